@@ -1,0 +1,55 @@
+"""The ``clips-nnunet`` command: argparse sub-commands, like nnU-Net's own tools.
+
+Each module in this package owns a group of sub-commands and exposes ``register(subparsers)``, which adds its
+parsers and sets ``func`` (called with the parsed namespace, returning an exit code). The modules only parse
+arguments and call library functions; heavy imports (torch, nnunetv2) happen inside ``func``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from clips_nnunet import __version__
+from clips_nnunet.errors import ClipsError
+
+# Order = order in ``clips-nnunet --help``.
+COMMAND_MODULES = (
+    "clips_nnunet.cli.env",
+    "clips_nnunet.cli.convert",
+    "clips_nnunet.cli.tmtv",
+    "clips_nnunet.cli.curriculum",
+    "clips_nnunet.cli.evaluation",
+    "clips_nnunet.cli.demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clips-nnunet",
+        description="Curriculum learning and TMTV-Net trainers for nnU-Net v2: DICOM PET/CT conversion, "
+                    "training helpers, prediction, evaluation and comparison.",
+    )
+    parser.add_argument("--version", action="version", version=f"clips-nnunet {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ClipsError as e:
+        print(f"clips-nnunet {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

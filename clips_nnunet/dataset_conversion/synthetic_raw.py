@@ -1,0 +1,82 @@
+"""A tiny synthetic 2-channel (CT-like + PET-like) nnU-Net raw dataset with lesions of known difficulty.
+
+Used by tests and benchmarks of the trainers, where DICOM conversion would only cost time. Easy cases carry one
+large, high-contrast lesion; hard cases carry small, faint lesions. ``case_metadata.json`` records the planted
+difficulty so curriculum tests can check that easy cases are sampled before hard ones.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from clips_nnunet.io_utils import atomic_path, atomic_write_json
+
+
+def _sphere(shape: Tuple[int, int, int], centre: np.ndarray, radius: float) -> np.ndarray:
+    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    return (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius ** 2
+
+
+def make_case(rng: np.random.Generator, shape: Tuple[int, int, int], difficulty: float
+              ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CT (HU), PET (SUV) and label volumes (z, y, x) for one case; ``difficulty`` in [0, 1] (1 = hardest)."""
+    shape = tuple(int(s) for s in shape)
+    centre = np.array(shape) / 2.0
+    zz, yy, xx = np.indices(shape)
+    body = ((yy - centre[1]) / (shape[1] * 0.42)) ** 2 + ((xx - centre[2]) / (shape[2] * 0.45)) ** 2 <= 1.0
+    ct = np.where(body, 40.0, -1000.0) + rng.normal(0, 15, shape)
+    pet = np.where(body, 1.0, 0.05) + np.abs(rng.normal(0, 0.15 + 0.25 * difficulty, shape))
+    label = np.zeros(shape, dtype=np.uint8)
+    n_lesions = 1 + int(round(2 * difficulty))
+    radius = max(1.5, (0.2 - 0.12 * difficulty) * min(shape))
+    contrast = 8.0 - 6.0 * difficulty
+    for _ in range(n_lesions):
+        lesion_centre = centre + rng.uniform(-0.25, 0.25, 3) * np.array(shape)
+        lesion = _sphere(shape, lesion_centre, radius) & body
+        label[lesion] = 1
+        pet[lesion] += contrast
+        ct[lesion] = 30.0 + rng.normal(0, 10, int(lesion.sum()))
+    return ct.astype(np.float32), pet.astype(np.float32), label
+
+
+def _write(array: np.ndarray, spacing: Sequence[float], path: Path) -> None:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(float(s) for s in spacing[::-1]))
+    with atomic_path(path, suffix=".nii.gz") as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+
+
+def make_synthetic_raw_dataset(raw_root: Path, dataset_id: int = 990, name: str = "ClipsTiny",
+                               n_train: int = 12, n_test: int = 2, shape: Tuple[int, int, int] = (32, 32, 32),
+                               spacing: Tuple[float, float, float] = (4.0, 4.0, 4.0), seed: int = 0) -> Path:
+    """Write ``Dataset{id}_{name}`` under ``raw_root`` and return its folder.
+
+    Difficulty rises linearly over the training cases (``case_0000`` easiest). Test cases go to imagesTs with their
+    labels in labelsTs (so evaluation can be checked). Channel names follow the converter: CT and PET both use
+    nnU-Net's CT normalisation.
+    """
+    rng = np.random.default_rng(seed)
+    folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{name}"
+    metadata: Dict[str, dict] = {}
+    cases = [(f"case_{i:04d}", "Tr", i / max(1, n_train - 1)) for i in range(n_train)]
+    cases += [(f"case_{n_train + i:04d}", "Ts", rng.uniform(0, 1)) for i in range(n_test)]
+    for case_id, split, difficulty in cases:
+        ct, pet, label = make_case(rng, shape, difficulty)
+        _write(ct, spacing, folder / f"images{split}" / f"{case_id}_0000.nii.gz")
+        _write(pet, spacing, folder / f"images{split}" / f"{case_id}_0001.nii.gz")
+        _write(label, spacing, folder / f"labels{split}" / f"{case_id}.nii.gz")
+        metadata[case_id] = {"planted_difficulty": float(difficulty), "split": split,
+                             "tmtv_ml": float(label.sum() * np.prod(spacing) / 1000.0)}
+    atomic_write_json(folder / "dataset.json", {
+        "channel_names": {"0": "CT", "1": "CT"},
+        "labels": {"background": 0, "lesion": 1},
+        "numTraining": n_train,
+        "file_ending": ".nii.gz",
+        "name": name,
+        "description": "clips-nnunet tiny synthetic PET/CT dataset (channel 1 is PET in SUV; CT normalisation)",
+    })
+    atomic_write_json(folder / "case_metadata.json", metadata)
+    return folder

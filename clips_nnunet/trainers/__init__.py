@@ -1,0 +1,1 @@
+"""The thin nnU-Net layer: curriculum trainers and the TMTV-Net recipe trainers."""

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install clips-nnunet with the pinned versions of everything it needs.
+# Idempotent: a second run only checks. Usage: bash scripts/setup_venv.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.clips-installed
+want=$(cat requirements/pinned.txt setup.cfg | sha1sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade "pip==24.3.1" "setuptools>=68" wheel
+  # torch first, from the pinned pair (torchvision must match torch; see README "Installation").
+  .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+  .venv/bin/python -m pip install --quiet -r requirements/pinned.txt
+  .venv/bin/python -m pip install --quiet --no-deps -e .
+  echo "$want" > "$stamp"
+fi

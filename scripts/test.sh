@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): set up .venv with pinned versions, then run the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_venv.sh
+export MPLBACKEND=Agg
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

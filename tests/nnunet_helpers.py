@@ -1,0 +1,39 @@
+"""Helpers for integration tests that run nnU-Net's real command line on tiny data."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from clips_nnunet.cli.env import ext_trainer_value
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_TESTDATA = REPO_ROOT.parent / "shared" / "testdata"
+BIN = Path(sys.executable).parent
+
+
+def nnunet_environment(base: Path, extra_ext_folders: Optional[List[Path]] = None) -> Dict[str, str]:
+    """Environment for nnU-Net CLI calls: private nnUNet_raw/preprocessed/results under ``base``, CPU-friendly."""
+    env = dict(os.environ)
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (base / name).mkdir(parents=True, exist_ok=True)
+        env[name] = str(base / name)
+    ext = ext_trainer_value(os.pathsep.join(str(p) for p in (extra_ext_folders or [])))
+    env.update({"nnUNet_extTrainer": ext, "nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "0",
+                "nnUNet_compile": "false", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                "PYTHONPATH": str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")})
+    return env
+
+
+def run_cli(args: List[str], env: Dict[str, str], timeout: int = 600, check: bool = True
+            ) -> subprocess.CompletedProcess:
+    """Run an nnU-Net or clips-nnunet console script from this environment's bin folder; fail with its output."""
+    exe = BIN / args[0]
+    cmd = [str(exe) if exe.exists() else args[0], *args[1:]]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n--- stdout ---\n"
+                             f"{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
+    return proc
