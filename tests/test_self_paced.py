@@ -1,0 +1,61 @@
+"""Self-paced weights (Kumar 2010; Jiang 2014) and the admitting threshold, against hand-computed values."""
+import numpy as np
+import pytest
+
+from clips_nnunet.curriculum.self_paced import spl_weights, threshold_admitting
+from clips_nnunet.errors import CurriculumConfigError
+
+
+def test_hard_weights():
+    np.testing.assert_array_equal(spl_weights([0.1, 0.5, 0.9], 0.6, "hard"), [1, 1, 0])
+    np.testing.assert_array_equal(spl_weights([-0.9, -0.2, 0.3], -0.5, "hard"), [1, 0, 0])   # any loss scale
+    np.testing.assert_array_equal(spl_weights([0.6], 0.6, "hard"), [0])                       # strict
+
+
+def test_linear_weights():
+    np.testing.assert_allclose(spl_weights([0.1, 0.5, 0.9, 1.5], 1.0, "linear"), [0.9, 0.5, 0.1, 0.0])
+    with pytest.raises(CurriculumConfigError, match="losses >= 0"):
+        spl_weights([-0.1, 0.5], 1.0, "linear")
+
+
+def test_logarithmic_weights():
+    # zeta = 1 - 0.6 = 0.4: v = log(l + 0.4) / log(0.4) below 0.6
+    expected = [1.0, np.log(0.65) / np.log(0.4), np.log(0.9) / np.log(0.4), 0.0]
+    assert expected[1] == pytest.approx(0.470138, abs=1e-6) and expected[2] == pytest.approx(0.114986, abs=1e-6)
+    np.testing.assert_allclose(spl_weights([0.0, 0.25, 0.5, 1.0], 0.6, "logarithmic"), expected, atol=1e-6)
+    # losses on another scale are rescaled to [0, 1] with lam: [-1, -0.5, 0, 1] and lam 0.2 -> same as above
+    np.testing.assert_allclose(spl_weights([-1.0, -0.5, 0.0, 1.0], 0.2, "logarithmic"), expected, atol=1e-6)
+
+
+def test_mixture_weights():
+    # lam = 1, lam' = 0.5: zeta = 0.5 / 0.5 = 1; v = 1/l - 1 between the thresholds
+    np.testing.assert_allclose(spl_weights([0.25, 0.5, 0.8, 1.2], 1.0, "mixture", lam_prime=0.5),
+                               [1.0, 1.0, 0.25, 0.0])
+    with pytest.raises(CurriculumConfigError, match="0 < lam_prime < lam"):
+        spl_weights([0.2], 1.0, "mixture", lam_prime=1.5)
+    with pytest.raises(CurriculumConfigError, match="needs lam_prime"):
+        spl_weights([0.2], 1.0, "mixture")
+
+
+def test_bad_scheme_and_losses():
+    with pytest.raises(CurriculumConfigError, match="scheme must be one of"):
+        spl_weights([0.2], 1.0, "polynomial")
+    with pytest.raises(CurriculumConfigError, match="finite"):
+        spl_weights([0.2, np.nan], 1.0, "hard")
+
+
+def test_threshold_admitting():
+    losses = [0.3, 0.1, 0.2, 0.5]
+    assert threshold_admitting(losses, 2) == pytest.approx(0.25)
+    assert threshold_admitting(losses, 0) == pytest.approx(0.1)
+    assert threshold_admitting(losses, 4) == pytest.approx(0.5 + 0.4 / 3)
+    assert threshold_admitting([-0.9, -0.5, -0.2], 1) == pytest.approx(-0.7)
+    for n in range(5):
+        assert int((np.asarray(losses) < threshold_admitting(losses, n)).sum()) == n
+    # scale invariance: an affine map of the losses admits the same cases
+    scaled = 7.0 * np.asarray(losses) - 3.0
+    assert np.array_equal(scaled < threshold_admitting(scaled, 3), np.asarray(losses) < threshold_admitting(losses, 3))
+    # ties with the last admitted case are admitted together
+    assert int((np.array([0.1, 0.2, 0.2]) < threshold_admitting([0.1, 0.2, 0.2], 2)).sum()) == 3
+    with pytest.raises(CurriculumConfigError, match="n_admitted must be an integer in \\[0, 4\\]"):
+        threshold_admitting(losses, 5)
