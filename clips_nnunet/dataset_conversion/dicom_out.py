@@ -1,0 +1,275 @@
+"""Write a binary lesion mask as DICOM: a DICOM SEG (highdicom) or an RTSTRUCT (pydicom).
+
+Both writers take the mask on the grid of a referenced image series (the "source series": ground-truth PET for the
+synthetic cohort, the PET of a new patient for predictions) and reference that series' SOP instances, so viewers and
+the converter's own readers (``clips_nnunet.dataset_conversion.masks``) map the mask back onto the same voxels.
+
+Mask layout: ``mask[k, r, c]`` is slice ``k`` of the source series sorted by position along the slice normal
+(ascending, i.e. the order SimpleITK's series reader uses), row ``r`` and column ``c`` of that slice's pixel data.
+
+RTSTRUCT contours follow the DICOM convention that a point is inside a region when a ray from it crosses the
+region's contours an odd number of times (even-odd rule). Each slice's region boundary is traced on the pixel-edge
+mid-points (marching squares at level 0.5 on the zero-padded slice), which gives outer contours *and* the inner
+contours of holes; filling them with the even-odd rule at the pixel centres reproduces the mask exactly.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from clips_nnunet import __version__
+from clips_nnunet.io_utils import PathLike, atomic_path
+
+RTSTRUCT_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.481.3"
+DEFAULT_ALGORITHM = "clips-nnunet"
+DEFAULT_MANUFACTURER = "clips-nnunet"
+
+# Patient/study attributes copied from the source series so that the new object belongs to the same study.
+_PATIENT_STUDY_KEYWORDS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "PatientWeight", "PatientSize",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
+    "StudyDescription",
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# geometry helpers
+# ----------------------------------------------------------------------------------------------------------------------
+def _slice_normal(ds: Dataset) -> np.ndarray:
+    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+    return np.cross(iop[:3], iop[3:])
+
+
+def sort_source_datasets(source_datasets: Sequence[Dataset]) -> List[Dataset]:
+    """The source series' slices sorted by position along the slice normal (ascending).
+
+    Raises ``ValueError`` naming what is missing when the datasets are not one single-frame image series.
+    """
+    if not source_datasets:
+        raise ValueError("source_datasets is empty: pass the pydicom datasets of the image series the mask is drawn on")
+    for i, ds in enumerate(source_datasets):
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
+                        "SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+            if keyword not in ds:
+                raise ValueError(f"source dataset {i} lacks {keyword}: pass complete image datasets "
+                                 "(read without stop_before_pixels is not needed, but geometry tags are)")
+    series = {ds.SeriesInstanceUID for ds in source_datasets}
+    if len(series) != 1:
+        raise ValueError(f"source_datasets come from {len(series)} series; pass the slices of exactly one series")
+    normal = _slice_normal(source_datasets[0])
+    return sorted(source_datasets, key=lambda d: float(np.dot(normal, [float(v) for v in d.ImagePositionPatient])))
+
+
+def _check_mask(mask: np.ndarray, sorted_ds: Sequence[Dataset]) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be 3-D (slices, rows, columns), got shape {mask.shape}")
+    expected = (len(sorted_ds), int(sorted_ds[0].Rows), int(sorted_ds[0].Columns))
+    if mask.shape != expected:
+        raise ValueError(f"mask shape {mask.shape} does not match the source series (slices, rows, columns) "
+                         f"{expected}: resample the mask onto the source series grid first")
+    return mask.astype(bool)
+
+
+def _copy_patient_study(src: Dataset, dst: Dataset) -> None:
+    for keyword in _PATIENT_STUDY_KEYWORDS:
+        if keyword in src:
+            setattr(dst, keyword, getattr(src, keyword))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# DICOM SEG
+# ----------------------------------------------------------------------------------------------------------------------
+def write_dicom_seg(mask: np.ndarray, source_datasets: Sequence[Dataset], output_path: PathLike,
+                    segment_label: str = "lesion", algorithm_name: str = DEFAULT_ALGORITHM,
+                    manufacturer: str = DEFAULT_MANUFACTURER, series_description: str = "Lesion segmentation",
+                    series_number: int = 900, algorithm_type: str = "AUTOMATIC",
+                    series_instance_uid: Optional[str] = None) -> Path:
+    """Write ``mask`` (slices, rows, columns; non-zero = lesion) as a BINARY DICOM SEG with one segment.
+
+    The SEG references every instance of the source series (highdicom builds the Referenced Series and the
+    per-frame Source Image references), has the source's frame of reference and patient/study attributes, and
+    omits empty frames. ``algorithm_type`` is ``"AUTOMATIC"`` (predictions) or ``"MANUAL"`` (expert ground
+    truth); for ``"MANUAL"`` no algorithm identification is written, as the standard requires. Returns the path.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    sorted_ds = sort_source_datasets(source_datasets)
+    binary = _check_mask(mask, sorted_ds)
+    algorithm_type = str(algorithm_type).upper()
+    if algorithm_type not in ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL"):
+        raise ValueError(f"algorithm_type {algorithm_type!r} must be AUTOMATIC, SEMIAUTOMATIC or MANUAL")
+    algorithm = None
+    if algorithm_type != "MANUAL":
+        algorithm = hd.AlgorithmIdentificationSequence(name=algorithm_name, family=codes.cid7162.ArtificialIntelligence,
+                                                        version=__version__)
+    description = hd.seg.SegmentDescription(
+        segment_number=1, segment_label=segment_label,
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Neoplasm if hasattr(codes.SCT, "Neoplasm") else codes.SCT.Lesion,
+        algorithm_type=algorithm_type, algorithm_identification=algorithm)
+    seg = hd.seg.Segmentation(
+        source_images=sorted_ds, pixel_array=binary.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
+        series_instance_uid=series_instance_uid or hd.UID(), series_number=int(series_number),
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer=manufacturer,
+        manufacturer_model_name=algorithm_name, software_versions=__version__, device_serial_number="0",
+        series_description=series_description, omit_empty_frames=True)
+    output_path = Path(output_path)
+    with atomic_path(output_path, suffix=".dcm") as tmp:
+        seg.save_as(tmp)
+    return output_path
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# RTSTRUCT
+# ----------------------------------------------------------------------------------------------------------------------
+def slice_contours(mask_2d: np.ndarray) -> List[np.ndarray]:
+    """Closed contours (each an (N, 2) array of (row, column) pixel coordinates) of a 2-D binary mask.
+
+    Outer boundaries and hole boundaries are both returned; filling them with the even-odd rule at pixel centres
+    gives back ``mask_2d``. Contours run through pixel-edge mid-points (marching squares at 0.5), so no pixel
+    centre lies on a contour.
+    """
+    from skimage import measure
+
+    padded = np.pad(np.asarray(mask_2d, dtype=np.float32), 1)
+    contours = []
+    for c in measure.find_contours(padded, 0.5):
+        c = c - 1.0  # undo the padding
+        if len(c) > 1 and np.allclose(c[0], c[-1]):
+            c = c[:-1]  # DICOM CLOSED_PLANAR contours are implicitly closed
+        if len(c) >= 3:
+            contours.append(c)
+    return contours
+
+
+def _pixel_to_patient(ds: Dataset, rows_cols: np.ndarray) -> np.ndarray:
+    """Patient coordinates (mm) of (row, column) pixel positions of slice ``ds``."""
+    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+    row_dir, col_dir = iop[:3], iop[3:]  # row_dir: direction of increasing column index
+    spacing_between_rows, spacing_between_cols = (float(v) for v in ds.PixelSpacing)
+    ipp = np.asarray([float(v) for v in ds.ImagePositionPatient])
+    r, c = rows_cols[:, 0:1], rows_cols[:, 1:2]
+    return ipp + c * spacing_between_cols * row_dir + r * spacing_between_rows * col_dir
+
+
+def write_rtstruct(mask: np.ndarray, source_datasets: Sequence[Dataset], output_path: PathLike,
+                   roi_name: str = "lesion", manufacturer: str = DEFAULT_MANUFACTURER,
+                   series_description: str = "Lesion contours", series_number: int = 901,
+                   roi_generation_algorithm: str = "AUTOMATIC", color: Tuple[int, int, int] = (255, 0, 0),
+                   series_instance_uid: Optional[str] = None) -> Path:
+    """Write ``mask`` (slices, rows, columns) as an RTSTRUCT with one ROI named ``roi_name``.
+
+    Every non-empty slice gets its outer and hole contours (CLOSED_PLANAR, points in patient mm computed from that
+    slice's ImagePositionPatient, ImageOrientationPatient and PixelSpacing), each with a ContourImageSequence item
+    referencing the slice's SOP instance. The Referenced Frame of Reference Sequence lists every source instance.
+    ``roi_generation_algorithm`` is ``AUTOMATIC``, ``SEMIAUTOMATIC`` or ``MANUAL``. Returns the path.
+    """
+    sorted_ds = sort_source_datasets(source_datasets)
+    binary = _check_mask(mask, sorted_ds)
+    roi_generation_algorithm = str(roi_generation_algorithm).upper()
+    if roi_generation_algorithm not in ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL"):
+        raise ValueError(f"roi_generation_algorithm {roi_generation_algorithm!r} must be AUTOMATIC, "
+                         "SEMIAUTOMATIC or MANUAL")
+    if not roi_name or len(roi_name) > 64:
+        raise ValueError(f"roi_name {roi_name!r} must be 1-64 characters (DICOM LO)")
+    ref = sorted_ds[0]
+    now = _dt.datetime.now()
+
+    ds = Dataset()
+    ds.SOPClassUID = RTSTRUCT_SOP_CLASS_UID
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "RTSTRUCT"
+    _copy_patient_study(ref, ds)
+    ds.SeriesInstanceUID = series_instance_uid or generate_uid()
+    ds.SeriesNumber = int(series_number)
+    ds.SeriesDescription = series_description
+    ds.InstanceNumber = 1
+    ds.FrameOfReferenceUID = ref.FrameOfReferenceUID
+    ds.Manufacturer = manufacturer
+    ds.SoftwareVersions = __version__
+    ds.StructureSetLabel = roi_name[:16]
+    ds.StructureSetDate = now.strftime("%Y%m%d")
+    ds.StructureSetTime = now.strftime("%H%M%S")
+    ds.ContentDate = ds.StructureSetDate
+    ds.ContentTime = ds.StructureSetTime
+    ds.SpecificCharacterSet = "ISO_IR 100"
+
+    # Referenced Frame of Reference -> Study -> Series -> Contour Image Sequence (all source instances)
+    contour_images = []
+    for src in sorted_ds:
+        item = Dataset()
+        item.ReferencedSOPClassUID = src.SOPClassUID
+        item.ReferencedSOPInstanceUID = src.SOPInstanceUID
+        contour_images.append(item)
+    rt_series = Dataset()
+    rt_series.SeriesInstanceUID = ref.SeriesInstanceUID
+    rt_series.ContourImageSequence = DicomSequence(contour_images)
+    rt_study = Dataset()
+    rt_study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (retired, customary)
+    rt_study.ReferencedSOPInstanceUID = ref.StudyInstanceUID
+    rt_study.RTReferencedSeriesSequence = DicomSequence([rt_series])
+    frame = Dataset()
+    frame.FrameOfReferenceUID = ref.FrameOfReferenceUID
+    frame.RTReferencedStudySequence = DicomSequence([rt_study])
+    ds.ReferencedFrameOfReferenceSequence = DicomSequence([frame])
+
+    roi = Dataset()
+    roi.ROINumber = 1
+    roi.ReferencedFrameOfReferenceUID = ref.FrameOfReferenceUID
+    roi.ROIName = roi_name
+    roi.ROIGenerationAlgorithm = roi_generation_algorithm
+    ds.StructureSetROISequence = DicomSequence([roi])
+
+    contours = []
+    for k, src in enumerate(sorted_ds):
+        if not binary[k].any():
+            continue
+        for c in slice_contours(binary[k]):
+            points = _pixel_to_patient(src, c)
+            item = Dataset()
+            image_ref = Dataset()
+            image_ref.ReferencedSOPClassUID = src.SOPClassUID
+            image_ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+            item.ContourImageSequence = DicomSequence([image_ref])
+            item.ContourGeometricType = "CLOSED_PLANAR"
+            item.NumberOfContourPoints = len(points)
+            item.ContourData = [f"{v:.4f}".rstrip("0").rstrip(".") for v in points.ravel()]
+            item.ContourNumber = len(contours) + 1
+            contours.append(item)
+    roi_contour = Dataset()
+    roi_contour.ReferencedROINumber = 1
+    roi_contour.ROIDisplayColor = [int(v) for v in color]
+    roi_contour.ContourSequence = DicomSequence(contours)
+    ds.ROIContourSequence = DicomSequence([roi_contour])
+
+    observation = Dataset()
+    observation.ObservationNumber = 1
+    observation.ReferencedROINumber = 1
+    observation.RTROIInterpretedType = "GTV"
+    observation.ROIInterpreter = ""
+    ds.RTROIObservationsSequence = DicomSequence([observation])
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    output_path = Path(output_path)
+    with atomic_path(output_path, suffix=".dcm") as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    return output_path
+
+
+def read_datasets(files: Sequence[PathLike]) -> List[Dataset]:
+    """Read a series' files fully (pixels included), e.g. to pass them as ``source_datasets``."""
+    return [pydicom.dcmread(str(f)) for f in files]
