@@ -1,0 +1,161 @@
+"""Per-patient outputs of `clips-nnunet predict` on a real PET series' headers (fast, no model).
+
+The mask is written as NIfTI, DICOM SEG and RTSTRUCT against the PET series of a shared reference object
+(../shared/testdata/suv_dro/DRO_0_0/PT, 20 slices of 256 x 256), then read back independently: the SEG with
+highdicom (exact match), the RTSTRUCT with pydicom + even-odd polygon filling on the PET slices (Dice > 0.95).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from clips_nnunet.dataset_conversion.dicom_out import sort_source_datasets
+from clips_nnunet.errors import PatientError
+from clips_nnunet.evaluation.lesions import measure_lesions
+from clips_nnunet.evaluation.predict import (OUTPUT_FILES, PseudonymMap, is_complete, safe_folder_name,
+                                             write_patient_outputs)
+from clips_nnunet.io_utils import read_json
+from nnunet_helpers import SHARED_TESTDATA
+
+PET_DIR = SHARED_TESTDATA / "suv_dro" / "DRO_0_0" / "PT"
+IDENTIFIERS = ("PETDRO", "PHANTOM", "19900101", "IBSI-SUV", "20250101")
+
+
+def _pet_headers():
+    return [pydicom.dcmread(str(f), stop_before_pixels=True) for f in sorted(PET_DIR.glob("*.dcm"))]
+
+
+def _grid_image(datasets, array_zyx):
+    ordered = sort_source_datasets(datasets)
+    iop = np.array([float(v) for v in ordered[0].ImageOrientationPatient])
+    normal = np.cross(iop[:3], iop[3:])
+    positions = [float(np.dot(normal, [float(v) for v in d.ImagePositionPatient])) for d in ordered]
+    img = sitk.GetImageFromArray(array_zyx)
+    row_spacing, col_spacing = (float(v) for v in ordered[0].PixelSpacing)
+    img.SetSpacing((col_spacing, row_spacing, float(np.mean(np.diff(positions)))))
+    img.SetOrigin(tuple(float(v) for v in ordered[0].ImagePositionPatient))
+    img.SetDirection(tuple(np.stack([iop[:3], iop[3:], normal], axis=1).ravel()))
+    return img, ordered
+
+
+def _planted_mask(shape):
+    mask = np.zeros(shape, np.uint8)
+    zz, yy, xx = np.indices(shape)
+    mask[((yy - 100) ** 2 + (xx - 90) ** 2 <= 20 ** 2) & (zz >= 4) & (zz <= 12)] = 1       # cylinder
+    mask[((yy - 100) ** 2 + (xx - 90) ** 2 <= 8 ** 2) & (zz >= 7) & (zz <= 9)] = 0         # with a hole inside
+    mask[((yy - 180) ** 2 + (xx - 170) ** 2 <= 6 ** 2) & (zz >= 14) & (zz <= 15)] = 1     # small second lesion
+    return mask
+
+
+def _rasterise_rtstruct(path: Path, ordered) -> np.ndarray:
+    """Even-odd filling of each slice's contours at the pixel centres (independent of the writer's code)."""
+    from skimage.draw import polygon
+
+    rt = pydicom.dcmread(str(path))
+    uid_to_k = {d.SOPInstanceUID: k for k, d in enumerate(ordered)}
+    shape = (len(ordered), int(ordered[0].Rows), int(ordered[0].Columns))
+    out = np.zeros(shape, bool)
+    iop = np.array([float(v) for v in ordered[0].ImageOrientationPatient])
+    row_dir, col_dir = iop[:3], iop[3:]
+    row_sp, col_sp = (float(v) for v in ordered[0].PixelSpacing)
+    for roi in rt.ROIContourSequence:
+        for c in roi.ContourSequence:
+            k = uid_to_k[c.ContourImageSequence[0].ReferencedSOPInstanceUID]
+            pts = np.asarray([float(v) for v in c.ContourData]).reshape(-1, 3)
+            rel = pts - np.array([float(v) for v in ordered[k].ImagePositionPatient])
+            cols = rel @ row_dir / col_sp
+            rows = rel @ col_dir / row_sp
+            rr, cc = polygon(rows, cols, shape[1:])
+            layer = np.zeros(shape[1:], bool)
+            layer[rr, cc] = True
+            out[k] ^= layer
+    return out
+
+
+def test_outputs_read_back_and_identifier_free(tmp_path):
+    import highdicom as hd
+
+    datasets = _pet_headers()
+    shape = (len(datasets), int(datasets[0].Rows), int(datasets[0].Columns))
+    suv = np.random.default_rng(0).uniform(0.5, 1.5, shape).astype(np.float32)
+    mask = _planted_mask(shape)
+    suv[mask > 0] += 4.0
+    pet_img, ordered = _grid_image(datasets, suv)
+    mask_img = sitk.GetImageFromArray(mask)
+    mask_img.CopyInformation(pet_img)
+    out = tmp_path / "PRED_0001"
+    model = {"stages": [{"stage": 1, "model": "nnUNetTrainer__nnUNetPlans__3d_fullres", "folds": [0]}],
+             "checkpoint": "checkpoint_final.pth", "device": "cpu"}
+    report = write_patient_outputs(out, "PRED_0001", mask_img, pet_img, datasets, model, ["a warning"])
+    assert is_complete(out) and sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+
+    # NIfTI mask: same voxels, PET geometry
+    nifti = sitk.ReadImage(str(out / "mask.nii.gz"))
+    assert np.array_equal(sitk.GetArrayFromImage(nifti), mask)
+    assert np.allclose(nifti.GetOrigin(), pet_img.GetOrigin()) and np.allclose(nifti.GetSpacing(), pet_img.GetSpacing())
+
+    # DICOM SEG read back with highdicom, frames mapped through their source instances: exact
+    seg = hd.seg.segread(str(out / "seg.dcm"))
+    assert seg.get_source_image_uids()[0][1] == ordered[0].SeriesInstanceUID
+    uids = [d.SOPInstanceUID for d in ordered]
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1],
+                                               assert_missing_frames_are_empty=True)
+    assert np.array_equal(pixels[..., 0] > 0, mask > 0)
+
+    # RTSTRUCT rasterised again on the PET slices: Dice > 0.95 (holes respected by the even-odd rule)
+    raster = _rasterise_rtstruct(out / "rtstruct.dcm", ordered)
+    dice = 2 * (raster & (mask > 0)).sum() / (raster.sum() + mask.sum())
+    assert dice > 0.95
+    assert not raster[8, 100, 90], "the hole inside the first lesion must stay empty"
+
+    # report equals measure_lesions on the mask NIfTI
+    spacing_zyx = nifti.GetSpacing()[::-1]
+    expected = measure_lesions(sitk.GetArrayFromImage(nifti), spacing_zyx, suv=suv)
+    saved = read_json(out / "report.json")
+    assert saved == report
+    assert saved["n_lesions"] == 2 == expected.n_lesions
+    assert saved["tmtv_ml"] == pytest.approx(expected.tmtv_ml)
+    assert saved["suv_max"] == pytest.approx(expected.suv_max) and saved["tlg"] == pytest.approx(expected.tlg)
+    assert saved["dmax_mm"] == pytest.approx(expected.dmax_mm) and saved["dmax_mm"] > 0
+
+    # no identifier in any output; the DICOM objects carry the pseudonym
+    for f in out.iterdir():
+        data = f.read_bytes()
+        for ident in IDENTIFIERS:
+            assert ident.encode() not in data, f"{ident} found in {f.name}"
+    for name in ("seg.dcm", "rtstruct.dcm"):
+        ds = pydicom.dcmread(str(out / name))
+        assert ds.PatientID == "PRED_0001" and str(ds.PatientName).rstrip("^") == "PRED_0001"
+        assert ds.StudyInstanceUID == ordered[0].StudyInstanceUID
+
+
+def test_outputs_refuse_mask_off_the_pet_grid(tmp_path):
+    datasets = _pet_headers()
+    shape = (len(datasets), int(datasets[0].Rows), int(datasets[0].Columns))
+    pet_img, _ = _grid_image(datasets, np.ones(shape, np.float32))
+    small = sitk.Image(10, 10, 10, sitk.sitkUInt8)
+    with pytest.raises(PatientError, match="not on the PET grid"):
+        write_patient_outputs(tmp_path / "x", "PRED_0001", small, pet_img, datasets, {})
+    shifted = sitk.Image(pet_img)
+    shifted.SetOrigin((0.0, 0.0, -999.0))
+    with pytest.raises(PatientError, match="origin"):
+        write_patient_outputs(tmp_path / "x", "PRED_0001", sitk.Cast(shifted > 2, sitk.sitkUInt8), shifted,
+                              datasets, {})
+    assert not (tmp_path / "x" / "report.json").exists()
+
+
+def test_pseudonyms_stable_and_private(tmp_path):
+    m = PseudonymMap(tmp_path / "private" / "map.json")
+    a = m.get("PID-A", "1.2.3", "PID-A")
+    b = m.get("PID-B", "1.2.4", "PID-B")
+    assert (a, b) == ("PRED_0001", "PRED_0002") and m.get("PID-A", "1.2.3") == a
+    m.save()
+    again = PseudonymMap(tmp_path / "private" / "map.json")
+    assert again.get("PID-B", "1.2.4") == "PRED_0002" and again.get("PID-C", "9") == "PRED_0003"
+    assert read_json(tmp_path / "private" / "map.json")["PRED_0001"]["patient_id"] == "PID-A"
+    assert safe_folder_name("../../etc/passwd") == "etc_passwd"
+    assert safe_folder_name("...") == "unnamed" and "/" not in safe_folder_name("a/b\\c")
