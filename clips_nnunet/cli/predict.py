@@ -1,6 +1,64 @@
-"""Sub-commands of `clips-nnunet` (module owner fills in)."""
+"""``clips-nnunet predict``: new patients from DICOM to mask, DICOM SEG, RTSTRUCT, TMTV report and MIP."""
 from __future__ import annotations
+
+import argparse
+import sys
+
+
+def run(args: argparse.Namespace) -> int:
+    from clips_nnunet.evaluation.predict import ModelSpec, predict_dicom
+
+    spec = ModelSpec(dataset=args.d, configuration=args.c, trainer=args.tr, plans=args.p, folds=args.f,
+                     checkpoint=args.chk, prev_stage_configuration=args.prev_stage_config,
+                     prev_stage_trainer=args.prev_stage_trainer, prev_stage_plans=args.prev_stage_plans)
+    result = predict_dicom(args.inputs, args.o, spec, device=args.device, private_dir=args.private_dir,
+                           keep_patient_names=args.keep_patient_names, overrides=args.overrides,
+                           overwrite=args.overwrite, use_mirroring=not args.disable_tta,
+                           progress=not args.no_progress)
+    print(result.summary_table())
+    print(f"outputs: {result.output_dir}   private pseudonym mapping: {result.mapping_file}")
+    if result.n_failed:
+        print(f"clips-nnunet predict: {result.n_failed} patient(s)/input(s) failed; see the table above and "
+              f"{result.output_dir / 'prediction_summary.json'}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def register(subparsers) -> None:
-    """Add this module's sub-commands to ``subparsers``."""
+    p = subparsers.add_parser(
+        "predict", help="predict new patients from DICOM: mask, DICOM SEG, RTSTRUCT, TMTV report, MIP",
+        description="Finds the PET/CT studies in the INPUT folders (patients' DICOM folders or a cohort folder), "
+                    "converts them with the training converter (SUVbw PET, CT on the PET grid), predicts with "
+                    "nnU-Net's nnUNetPredictor (chosen folds ensembled; both stages of a cascade) and writes per "
+                    "study OUT/PRED_NNNN/{mask.nii.gz, seg.dcm, rtstruct.dcm, report.json, report.md, "
+                    "mip_coronal.png}. The pseudonym -> PatientID mapping goes to --private-dir (default "
+                    "OUT_private beside OUT). Complete studies are skipped on a re-run. Exit code 1 if any "
+                    "study failed (the others are still predicted).")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM folder(s) of patients, or a cohort folder")
+    p.add_argument("-o", required=True, metavar="OUT", help="output folder")
+    p.add_argument("-d", required=True, metavar="ID", help="nnU-Net dataset id or name the model was trained on")
+    p.add_argument("-c", required=True, metavar="CONFIG", help="nnU-Net configuration (e.g. 3d_fullres, "
+                                                               "3d_tmtv_refine for the TMTV cascade)")
+    p.add_argument("-tr", default="nnUNetTrainer", metavar="TRAINER", help="trainer class (default nnUNetTrainer)")
+    p.add_argument("-p", default="nnUNetPlans", metavar="PLANS", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("-f", nargs="+", default=None, metavar="FOLD",
+                   help="folds to ensemble (default: every fold that has the checkpoint)")
+    p.add_argument("--chk", default="checkpoint_final.pth", help="checkpoint file name (default checkpoint_final.pth)")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
+                   help="auto (default): the GPU when PyTorch sees one, else the CPU")
+    p.add_argument("--prev-stage-config", default=None,
+                   help="cascade: configuration of stage 1 (default: the previous_stage named in the plans)")
+    p.add_argument("--prev-stage-trainer", default=None, help="cascade: trainer of stage 1 (default: -tr)")
+    p.add_argument("--prev-stage-plans", default=None, help="cascade: plans of stage 1 (default: -p)")
+    p.add_argument("--private-dir", default=None,
+                   help="folder for the private pseudonym -> patient mapping (must be outside OUT)")
+    p.add_argument("--keep-patient-names", action="store_true",
+                   help="name output folders by PatientID and keep the patient's identity in SEG/RTSTRUCT "
+                        "(for import into the hospital PACS; outputs then identify the patient)")
+    p.add_argument("--overrides", default=None, metavar="CSV",
+                   help="SUV header overrides (weight, dose, times) in the converter's CSV format")
+    p.add_argument("--overwrite", action="store_true", help="predict again studies whose outputs are complete")
+    p.add_argument("--disable-tta", action="store_true",
+                   help="no mirroring test-time augmentation (faster, slightly less accurate; nnU-Net's default is on)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)

@@ -563,10 +563,8 @@ def _prepare_kwargs(prepare_study: Callable, pseudonym: str) -> Dict[str, Any]:
 
 
 def _load_overrides(path: Optional[PathLike]) -> Any:
+    """The converter's overrides table (``{PatientID: SuvOverrides}``), or None."""
     if path is None:
         return None
-    try:
-        from clips_nnunet.dataset_conversion.convert import load_overrides
-    except ImportError as e:
-        raise ClipsError("--overrides needs the converter's load_overrides, which this version lacks") from e
+    from clips_nnunet.dataset_conversion.overrides import load_overrides
     return load_overrides(path)
