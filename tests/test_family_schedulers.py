@@ -1,0 +1,167 @@
+"""Family schedulers: plans with hand-checkable values, controls, JSON-safe state round trips (fast, no nnU-Net)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from clips_nnunet.curriculum.family_schedulers import (BabyStepsScheduler, CompetenceScheduler, DIHScheduler,
+                                                       FixedOrderPacingScheduler, SmoothingScheduler, SPLDScheduler,
+                                                       SuperLossScheduler, TeacherStudentScheduler)
+from clips_nnunet.curriculum.state import DifficultyState
+from clips_nnunet.errors import CurriculumConfigError
+
+IDS = [f"c{i}" for i in range(10)]
+D = np.arange(10) / 9.0  # c0 easiest
+
+
+def rng():
+    return np.random.default_rng(0)
+
+
+def roundtrip(s, new):
+    new.load_state_dict(json.loads(json.dumps(s.state_dict())))
+    return new
+
+
+def test_fixed_order_curriculum_random_anti():
+    state = DifficultyState(IDS)
+    s = FixedOrderPacingScheduler(IDS, D, pacing="linear", pacing_a=1.0, pacing_b=0.3)
+    p = s.plan(state, 0.0, 0, rng()).probabilities  # b = 0.3 -> the 3 easiest
+    np.testing.assert_allclose(p, [1 / 3] * 3 + [0] * 7)
+    np.testing.assert_allclose(s.plan(state, 0.5, 5, rng()).probabilities, [1 / 7] * 7 + [0] * 3)  # ceil(10*0.65)
+    anti = FixedOrderPacingScheduler(IDS, D, pacing="linear", pacing_a=1.0, pacing_b=0.3, order="anti")
+    np.testing.assert_allclose(anti.plan(state, 0.0, 0, rng()).probabilities, [0] * 7 + [1 / 3] * 3)
+    rand = FixedOrderPacingScheduler(IDS, D, pacing="linear", pacing_a=1.0, pacing_b=0.3, order="random")
+    p1 = rand.plan(state, 0.0, 0, rng()).probabilities
+    assert (p1 > 0).sum() == 3
+    # the order is drawn once and kept: a resumed copy with another rng gives the same admitted set
+    again = roundtrip(rand, FixedOrderPacingScheduler(IDS, D, "linear", 1.0, 0.3, order="random"))
+    np.testing.assert_allclose(again.plan(state, 0.0, 0, np.random.default_rng(99)).probabilities, p1)
+    # the 3 admitted by random order should not always be the easiest 3 (prob. of that is 1/120)
+    assert not np.allclose(p1, [1 / 3] * 3 + [0] * 7)
+
+
+def test_hacohen_exponential_pacing_per_epoch():
+    state = DifficultyState(IDS)
+    s = FixedOrderPacingScheduler(IDS, D, pacing="hacohen", hacohen_start=0.2, hacohen_increase=2.0,
+                                  hacohen_step=3, min_cases=1)
+    # g(i) = min(0.2 * 2^floor(i/3), 1) * 10: i=0..2 -> 2, i=3 -> 4, i=6 -> 8, i=9 -> 10
+    assert [int((s.plan(state, 0.0, i, rng()).probabilities > 0).sum()) for i in (0, 2, 3, 6, 9)] == [2, 2, 4, 8, 10]
+
+
+def test_competence_scheduler():
+    state = DifficultyState(IDS)
+    s = CompetenceScheduler(IDS, D, c0=0.1, p=2.0, competence_T=1.0, min_cases=1)
+    # c(0.5) = sqrt(0.5 * 0.99 + 0.01) = 0.71063: CDF values 0.1..1.0 -> 7 cases
+    plan = s.plan(state, 0.5, 5, rng())
+    assert plan.threshold == pytest.approx(math.sqrt(0.505))
+    np.testing.assert_allclose(plan.probabilities, [1 / 7] * 7 + [0] * 3)
+    anti = CompetenceScheduler(IDS, D, 0.1, 2.0, 1.0, 1, order="anti")
+    np.testing.assert_allclose(anti.plan(state, 0.5, 5, rng()).probabilities, [0] * 3 + [1 / 7] * 7)
+
+
+def test_baby_steps_scheduler():
+    state = DifficultyState(IDS)
+    s = BabyStepsScheduler(IDS, D, n_buckets=2, pacing_a=0.8)
+    np.testing.assert_allclose(s.plan(state, 0.1, 1, rng()).probabilities, [0.2] * 5 + [0] * 5)
+    np.testing.assert_allclose(s.plan(state, 0.4, 4, rng()).probabilities, [0.1] * 10)
+
+
+def test_dih_prefers_cases_whose_loss_changes():
+    state = DifficultyState(IDS, ema_alpha=1.0)
+    s = DIHScheduler(IDS, gamma=0.5, beta=50.0, shrink=0.5, floor=0.2, warmup_epochs=1, min_cases=1)
+    state.update(IDS, np.ones(10), epoch=0)
+    p0 = s.plan(state, 0.1, 1, rng()).probabilities  # epoch 1 - warmup 1 = 0 -> all cases
+    np.testing.assert_allclose(p0, [0.1] * 10)
+    # cases 7, 8, 9 change their loss a lot, the others barely
+    state.update(IDS, [1.0] * 7 + [3.0, 4.0, 5.0], epoch=1)
+    plan = s.plan(state, 0.2, 3, rng())  # epoch 3 -> k = ceil(10 * 0.25) = 3 (floor 2)
+    assert plan.extra["n_active"] == 3
+    np.testing.assert_allclose(plan.probabilities, [0] * 7 + [1 / 3] * 3)  # beta = 50: the 3 hardest
+    np.testing.assert_allclose(s.hardness, [0] * 7 + [2.0, 3.0, 4.0])  # first change initialises r
+    state.update(IDS, [1.0] * 7 + [3.0, 4.0, 1.0], epoch=3)  # case 9 changes by 4 again; 7, 8 by 0
+    s.plan(state, 0.3, 4, rng())
+    np.testing.assert_allclose(s.hardness[7:], [0.5 * 0 + 0.5 * 2.0, 0.5 * 0 + 0.5 * 3.0, 0.5 * 4 + 0.5 * 4])
+    copy = roundtrip(s, DIHScheduler(IDS, 0.5, 50.0, 0.5, 0.2, 1, 1))
+    np.testing.assert_allclose(copy.hardness, s.hardness)
+    anti = DIHScheduler(IDS, 0.5, 50.0, 0.5, 0.2, 1, 1, order="anti")
+    anti.load_state_dict(s.state_dict())
+    assert set(np.flatnonzero(anti.plan(state, 0.3, 4, rng()).probabilities)) <= set(range(7))
+
+
+def test_superloss_weights_use_running_mean_tau():
+    state = DifficultyState(IDS[:4], ema_alpha=1.0)
+    s = SuperLossScheduler(IDS[:4], lam=1.0)
+    s.plan(state, 0.0, 0, rng())
+    np.testing.assert_allclose(s.weights([5.0, -5.0]), [1.0, 1.0])  # nothing seen yet: weight 1
+    state.update(IDS[:4], [0.0, 1.0, 2.0, 3.0], epoch=0)
+    plan = s.plan(state, 0.1, 1, rng())
+    assert plan.threshold == pytest.approx(1.5)
+    omega = 0.5671432904097838
+    # l = 3.5 -> beta = 2 -> sigma = omega; l = 1.5 -> 1; l = -10 -> clipped -> e
+    np.testing.assert_allclose(s.weights([3.5, 1.5, -10.0]), [omega, 1.0, math.e])
+    anti = SuperLossScheduler(IDS[:4], lam=1.0, order="anti")
+    anti.plan(state, 0.1, 1, rng())
+    np.testing.assert_allclose(anti.weights([-0.5, 1.5]), [omega, 1.0])  # reflected: 2*1.5 - (-0.5) = 3.5
+    rand = SuperLossScheduler(IDS[:4], lam=1.0, order="random")
+    rand.plan(state, 0.1, 1, rng())
+    w = rand.weights([3.5, 1.5, -10.0])
+    np.testing.assert_allclose(np.sort(w), np.sort([omega, 1.0, math.e]))
+    copy = roundtrip(s, SuperLossScheduler(IDS[:4], lam=1.0))
+    assert copy.tau == pytest.approx(1.5)
+
+
+def test_spld_scheduler_groups():
+    ids = IDS[:6]
+    groups = ["A", "A", "A", "A", "B", "B"]
+    state = DifficultyState(ids, ema_alpha=1.0)
+    state.update(ids, [0.0, 0.1, 0.2, 0.3, 0.9, 1.0], epoch=0)
+    s = SPLDScheduler(ids, groups, pacing="linear", pacing_a=1.0, pacing_b=0.3, min_cases=1, gamma_rel=0.3)
+    plan = s.plan(state, 0.0, 1, rng())
+    # n = ceil(0.3 * 6) = 2 -> lam = (0.1 + 0.2)/2 = 0.15; gamma = 0.3 * 1.0 = 0.3
+    # A: 0.0 (r1, 0.45) in, 0.1 (r2, 0.15 + 0.12426) in, 0.2 (r3, 0.15 + 0.09535) in, 0.3 (r4, 0.15+0.0804) out
+    # B: 0.9 (r1, 0.45) out -> without diversity bonus large enough, B contributes nothing
+    assert plan.threshold == pytest.approx(0.15)
+    np.testing.assert_allclose(plan.probabilities, [1 / 3] * 3 + [0] * 3)
+    s2 = SPLDScheduler(ids, groups, "linear", 1.0, 0.3, 1, gamma_rel=0.8)
+    # gamma = 0.8: B's 0.9 (r1: 0.15 + 0.8 = 0.95) in; A r4 0.3 < 0.15 + 0.8/(2+sqrt3) = 0.3644 in
+    np.testing.assert_allclose(s2.plan(state, 0.0, 1, rng()).probabilities, [0.2] * 5 + [0])
+    rand = SPLDScheduler(ids, groups, "linear", 1.0, 0.3, 1, gamma_rel=0.8, order="random")
+    p = rand.plan(state, 0.0, 1, rng()).probabilities
+    assert (p[:4] > 0).sum() == 4 and (p[4:] > 0).sum() == 1
+
+
+def test_teacher_student_prefers_fast_changing_bucket():
+    state = DifficultyState(IDS, ema_alpha=1.0)
+    s = TeacherStudentScheduler(IDS, D, n_buckets=2, window=3, temperature=0.1, epsilon=0.0)
+    first = s.plan(state, 0.0, 0, rng())
+    np.testing.assert_allclose(first.extra["task_probabilities"], [0.5, 0.5])  # no history: equal
+    for epoch in range(3):  # bucket 0 (c0..c4) loss drops by 1 per epoch; bucket 1 stays
+        state.update(IDS, [5.0 - epoch] * 5 + [2.0] * 5, epoch)
+        plan = s.plan(state, 0.1 * (epoch + 1), epoch + 1, rng())
+    np.testing.assert_allclose(s.slopes(), [-1.0, 0.0])
+    # softmax(|s| / (0.1 * 1)) = softmax([10, 0])
+    p0 = 1 / (1 + math.exp(-10))
+    np.testing.assert_allclose(plan.extra["task_probabilities"], [p0, 1 - p0])
+    np.testing.assert_allclose(plan.probabilities[:5], [p0 / 5] * 5)
+    copy = roundtrip(s, TeacherStudentScheduler(IDS, D, 2, 3, 0.1, 0.0))
+    np.testing.assert_allclose(copy.slopes(), [-1.0, 0.0])
+    anti = TeacherStudentScheduler(IDS, D, 2, 3, 0.1, 0.0, order="anti")
+    anti.load_state_dict(s.state_dict())
+    assert anti.plan(state, 0.4, 4, rng()).extra["task_probabilities"][1] > 0.99
+
+
+def test_smoothing_scheduler_and_bad_config():
+    s = SmoothingScheduler(IDS, num_epochs=100)
+    plan = s.plan(DifficultyState(IDS), 0.1, 10, rng())
+    assert plan.extra["sigma"] == pytest.approx(0.81)
+    np.testing.assert_allclose(plan.probabilities, [0.1] * 10)
+    with pytest.raises(CurriculumConfigError, match="order"):
+        FixedOrderPacingScheduler(IDS, D, order="backwards")
+    with pytest.raises(CurriculumConfigError, match="10 training cases"):
+        CompetenceScheduler(IDS, D[:5])
+    with pytest.raises(CurriculumConfigError, match="c0"):
+        CompetenceScheduler(IDS, D, c0=0.0)
