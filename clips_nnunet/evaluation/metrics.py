@@ -49,6 +49,7 @@ class DetectionResult:
     tp: int  # true lesions touched by the prediction
     fn: int  # true lesions not touched
     fp: int  # predicted components touching no true lesion
+    pred_tp: int  # predicted components touching a true lesion
     fp_volume_ml: float
     fn_volume_ml: float
     sensitivity: float
@@ -79,6 +80,7 @@ class CaseMetrics:
     lesion_tp: int
     lesion_fp: int
     lesion_fn: int
+    lesion_pred_tp: int
     lesion_sensitivity: float
     lesion_precision: float
     lesion_f1: float
@@ -147,7 +149,7 @@ def detection_metrics(pred: np.ndarray, true: np.ndarray, spacing_zyx: Sequence[
         f1 = 0.0
     else:
         f1 = 2 * prec * sens / (prec + sens)
-    return DetectionResult(n_true_lesions=n_t, n_pred_lesions=n_p, tp=tp, fn=fn, fp=fp,
+    return DetectionResult(n_true_lesions=n_t, n_pred_lesions=n_p, tp=tp, fn=fn, fp=fp, pred_tp=pred_hits,
                            fp_volume_ml=fp_vox * voxel_ml, fn_volume_ml=fn_vox * voxel_ml,
                            sensitivity=sens, precision=prec, f1=f1)
 
@@ -189,7 +191,7 @@ def compute_case_metrics(pred: np.ndarray, true: np.ndarray, spacing_zyx: Tuple[
         dmax_pred_mm=sp_summary_p.dmax_mm, dmax_true_mm=sp_summary_t.dmax_mm, dmax_error_mm=derr,
         dmax_abs_error_mm=abs(derr), n_lesions_pred=sp_summary_p.n_lesions, n_lesions_true=sp_summary_t.n_lesions,
         fp_volume_ml=det.fp_volume_ml, fn_volume_ml=det.fn_volume_ml, lesion_tp=det.tp, lesion_fp=det.fp,
-        lesion_fn=det.fn, lesion_sensitivity=det.sensitivity, lesion_precision=det.precision, lesion_f1=det.f1,
+        lesion_fn=det.fn, lesion_pred_tp=det.pred_tp, lesion_sensitivity=det.sensitivity, lesion_precision=det.precision, lesion_f1=det.f1,
         **extra)
 
 
