@@ -1,0 +1,295 @@
+"""Index a DICOM folder of any layout: patient -> study -> series, from headers only.
+
+Every file below ``root`` is opened with ``pydicom.dcmread(stop_before_pixels=True)``; pixel data are never read
+here. Files that are not DICOM (no ``DICM`` preamble) are counted and skipped; DICOM files whose header cannot be
+parsed, or that lack the UIDs needed to group them, are listed in :attr:`DicomIndex.unreadable` with the reason.
+
+The resulting :class:`DicomIndex` is what :func:`clips_nnunet.dataset_conversion.select.select_studies` chooses the
+CT, PET and mask series from. ``SeriesInfo.patient_key`` is the DICOM PatientID: it is private, used for grouping
+only, and must never be written to any output (file name, JSON, NIfTI header, log).
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+__all__ = ["SeriesInfo", "DicomIndex", "index_dicom_folder", "read_header_record", "slice_position"]
+
+#: Header attributes kept in :attr:`SeriesInfo.attributes` (from the first instance of the series) because series
+#: selection, SUV conversion or the report need them.
+SELECTION_ATTRIBUTES: Tuple[str, ...] = (
+    "Units", "CorrectedImage", "SeriesType", "ImageType", "Manufacturer", "ManufacturerModelName",
+    "DecayCorrection", "SeriesNumber", "SeriesDate", "SeriesTime", "StudyDate", "StudyTime", "AcquisitionDate",
+    "AcquisitionTime", "SliceThickness", "Rows", "Columns", "PixelSpacing", "ImageOrientationPatient",
+    "ConvolutionKernel", "NumberOfFrames", "ContentLabel", "StructureSetLabel", "SegmentationType",
+)
+
+#: SOP classes of DICOMDIR media directories (not images).
+_MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class SeriesInfo:
+    """Header summary of one DICOM series (all instances sharing a SeriesInstanceUID).
+
+    ``files`` and ``sop_instance_uids`` are parallel lists in file-path order (not slice order; the reader sorts).
+    ``attributes`` holds :data:`SELECTION_ATTRIBUTES` of the first instance (multi-valued ones as tuples) plus
+    ``SliceExtent`` (min, max position along the slice normal in mm, image series only).
+    ``referenced_series_uids`` / ``referenced_sop_uids`` are, for SEG and RTSTRUCT, the image series and instances
+    the object was drawn on (empty for images).
+    """
+
+    series_uid: str
+    study_uid: str
+    patient_key: str
+    modality: str
+    sop_class_uid: str
+    frame_of_reference_uid: str
+    series_description: str
+    image_type: Tuple[str, ...]
+    files: List[Path]
+    n_instances: int
+    attributes: Dict[str, Any] = field(default_factory=dict)
+    referenced_series_uids: Set[str] = field(default_factory=set)
+    referenced_sop_uids: Set[str] = field(default_factory=set)
+    sop_instance_uids: List[str] = field(default_factory=list)
+
+
+@dataclass
+class DicomIndex:
+    """Result of :func:`index_dicom_folder`.
+
+    ``patients`` maps the private PatientID to ``{study_uid: [SeriesInfo, ...]}`` (series sorted by SeriesNumber,
+    then UID). ``unreadable`` lists ``(path, reason)`` for DICOM-looking files that could not be used.
+    ``n_non_dicom`` counts files without a DICOM preamble (skipped silently: README, .DS_Store, NIfTI, ...).
+    """
+
+    patients: Dict[str, Dict[str, List[SeriesInfo]]]
+    unreadable: List[Tuple[Path, str]]
+    n_non_dicom: int
+
+    @property
+    def n_series(self) -> int:
+        return sum(len(s) for st in self.patients.values() for s in st.values())
+
+
+def _as_tuple(value: Any) -> Any:
+    """pydicom MultiValue / DS / IS -> plain Python (tuples of str/float) so records pickle and compare."""
+    if value is None:
+        return None
+    if isinstance(value, (pydicom.multival.MultiValue, list, tuple)):
+        return tuple(_as_plain(v) for v in value)
+    return _as_plain(value)
+
+
+def _as_plain(v: Any) -> Any:
+    if isinstance(v, (pydicom.valuerep.DSfloat, pydicom.valuerep.DSdecimal)):
+        return float(v)
+    if isinstance(v, pydicom.valuerep.IS):
+        return int(v)
+    if isinstance(v, (int, float)):
+        return v
+    return str(v)
+
+
+def slice_position(ds: pydicom.Dataset) -> Optional[float]:
+    """Position of an image slice along its normal (mm), from ImagePositionPatient and ImageOrientationPatient."""
+    ipp = ds.get("ImagePositionPatient")
+    iop = ds.get("ImageOrientationPatient")
+    if ipp is None or iop is None or len(ipp) != 3 or len(iop) != 6:
+        return None
+    iop_f = np.asarray([float(x) for x in iop])
+    normal = np.cross(iop_f[:3], iop_f[3:])
+    return float(np.dot(normal, np.asarray([float(x) for x in ipp])))
+
+
+def _references(ds: pydicom.Dataset) -> Tuple[Set[str], Set[str]]:
+    """Image series / instances referenced by a SEG (ReferencedSeriesSequence) or RTSTRUCT (frame-of-reference
+    tree and contour image sequences)."""
+    series: Set[str] = set()
+    sops: Set[str] = set()
+    for item in ds.get("ReferencedSeriesSequence", []) or []:
+        if "SeriesInstanceUID" in item:
+            series.add(str(item.SeriesInstanceUID))
+        for inst in item.get("ReferencedInstanceSequence", []) or []:
+            if "ReferencedSOPInstanceUID" in inst:
+                sops.add(str(inst.ReferencedSOPInstanceUID))
+    for rfor in ds.get("ReferencedFrameOfReferenceSequence", []) or []:
+        for study in rfor.get("RTReferencedStudySequence", []) or []:
+            for ser in study.get("RTReferencedSeriesSequence", []) or []:
+                if "SeriesInstanceUID" in ser:
+                    series.add(str(ser.SeriesInstanceUID))
+                for img in ser.get("ContourImageSequence", []) or []:
+                    if "ReferencedSOPInstanceUID" in img:
+                        sops.add(str(img.ReferencedSOPInstanceUID))
+    for roi in ds.get("ROIContourSequence", []) or []:
+        for contour in roi.get("ContourSequence", []) or []:
+            for img in contour.get("ContourImageSequence", []) or []:
+                if "ReferencedSOPInstanceUID" in img:
+                    sops.add(str(img.ReferencedSOPInstanceUID))
+    return series, sops
+
+
+def _frame_of_reference(ds: pydicom.Dataset) -> str:
+    if "FrameOfReferenceUID" in ds:
+        return str(ds.FrameOfReferenceUID)
+    for rfor in ds.get("ReferencedFrameOfReferenceSequence", []) or []:
+        if "FrameOfReferenceUID" in rfor:
+            return str(rfor.FrameOfReferenceUID)
+    for roi in ds.get("StructureSetROISequence", []) or []:
+        if "ReferencedFrameOfReferenceUID" in roi:
+            return str(roi.ReferencedFrameOfReferenceUID)
+    return ""
+
+
+def read_header_record(path: PathLike) -> Tuple[str, Any]:
+    """Read one file's header. Returns ``("ok", record)``, ``("non_dicom", None)`` or ``("unreadable", reason)``.
+
+    ``record`` is a plain, picklable dict (so that worker processes can return it).
+    """
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except InvalidDicomError:
+        return "non_dicom", None
+    except Exception as exc:  # truncated or corrupted header: pydicom raises many different types
+        return "unreadable", f"header cannot be parsed ({type(exc).__name__}: {exc}); re-export the file"
+    try:
+        sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta", None), "MediaStorageSOPClassUID", ""))
+        if sop_class == _MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds:
+            return "non_dicom", None
+        missing = [k for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality") if not ds.get(k)]
+        if missing:
+            return "unreadable", f"DICOM header lacks {', '.join(missing)}; cannot group this file into a series"
+        attrs = {k: _as_tuple(ds.get(k)) for k in SELECTION_ATTRIBUTES if ds.get(k) is not None}
+        ref_series, ref_sops = _references(ds)
+        record = {
+            "path": str(path),
+            "patient_key": str(ds.PatientID),
+            "study_uid": str(ds.StudyInstanceUID),
+            "series_uid": str(ds.SeriesInstanceUID),
+            "modality": str(ds.Modality).upper(),
+            "sop_class_uid": sop_class,
+            "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
+            "frame_of_reference_uid": _frame_of_reference(ds),
+            "series_description": str(ds.get("SeriesDescription", "") or ""),
+            "image_type": tuple(str(x).upper() for x in (ds.get("ImageType") or ())) if not isinstance(
+                ds.get("ImageType"), str) else (str(ds.ImageType).upper(),),
+            "attributes": attrs,
+            "position": slice_position(ds),
+            "referenced_series_uids": sorted(ref_series),
+            "referenced_sop_uids": sorted(ref_sops),
+        }
+        return "ok", record
+    except Exception as exc:
+        return "unreadable", f"header values cannot be interpreted ({type(exc).__name__}: {exc})"
+
+
+def _read_chunk(paths: Sequence[str]) -> List[Tuple[str, str, Any]]:
+    return [(p, *read_header_record(p)) for p in paths]
+
+
+def _iter_files(root: Path) -> List[Path]:
+    files: List[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for name in sorted(filenames):
+            files.append(Path(dirpath) / name)
+    return files
+
+
+def _group(records: Iterable[Dict[str, Any]]) -> Dict[str, Dict[str, List[SeriesInfo]]]:
+    by_series: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
+    for r in records:
+        by_series.setdefault((r["patient_key"], r["study_uid"], r["series_uid"]), []).append(r)
+    patients: Dict[str, Dict[str, List[SeriesInfo]]] = {}
+    for (pkey, study, series), recs in by_series.items():
+        recs.sort(key=lambda r: r["path"])
+        # the same SOP instance copied twice (e.g. two exports) counts once
+        seen: Set[str] = set()
+        unique = []
+        for r in recs:
+            uid = r["sop_instance_uid"] or r["path"]
+            if uid in seen:
+                continue
+            seen.add(uid)
+            unique.append(r)
+        first = unique[0]
+        attrs = dict(first["attributes"])
+        positions = [r["position"] for r in unique if r["position"] is not None]
+        if positions:
+            attrs["SliceExtent"] = (min(positions), max(positions))
+        ref_series: Set[str] = set()
+        ref_sops: Set[str] = set()
+        for r in unique:
+            ref_series.update(r["referenced_series_uids"])
+            ref_sops.update(r["referenced_sop_uids"])
+        info = SeriesInfo(
+            series_uid=series, study_uid=study, patient_key=pkey, modality=first["modality"],
+            sop_class_uid=first["sop_class_uid"], frame_of_reference_uid=first["frame_of_reference_uid"],
+            series_description=first["series_description"], image_type=tuple(first["image_type"]),
+            files=[Path(r["path"]) for r in unique], n_instances=len(unique), attributes=attrs,
+            referenced_series_uids=ref_series, referenced_sop_uids=ref_sops,
+            sop_instance_uids=[r["sop_instance_uid"] for r in unique])
+        patients.setdefault(pkey, {}).setdefault(study, []).append(info)
+    for studies in patients.values():
+        for lst in studies.values():
+            lst.sort(key=lambda s: (_series_number(s), s.series_uid))
+    return patients
+
+
+def _series_number(s: SeriesInfo) -> int:
+    try:
+        return int(s.attributes.get("SeriesNumber"))
+    except (TypeError, ValueError):
+        return 10 ** 9
+
+
+def index_dicom_folder(root: PathLike, progress: bool = True, workers: int = 1) -> DicomIndex:
+    """Index every DICOM file below ``root`` (any folder layout; symbolic links followed).
+
+    Headers only (``stop_before_pixels``). ``workers > 1`` reads headers in that many processes (useful on network
+    storage). Raises ``FileNotFoundError`` when ``root`` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"DICOM folder {root} does not exist or is not a folder; pass the cohort's root folder")
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    files = _iter_files(root)
+    from tqdm.auto import tqdm
+
+    results: List[Tuple[str, str, Any]] = []
+    bar = tqdm(total=len(files), desc="indexing DICOM headers", unit="file", disable=not progress)
+    if workers == 1 or len(files) < 64:
+        for p in files:
+            results.append((str(p), *read_header_record(p)))
+            bar.update(1)
+    else:
+        chunk = max(16, len(files) // (workers * 8))
+        chunks = [[str(p) for p in files[i:i + chunk]] for i in range(0, len(files), chunk)]
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for part in pool.map(_read_chunk, chunks):
+                results.extend(part)
+                bar.update(len(part))
+    bar.close()
+    records = []
+    unreadable: List[Tuple[Path, str]] = []
+    n_non_dicom = 0
+    for path, status, payload in results:
+        if status == "ok":
+            records.append(payload)
+        elif status == "non_dicom":
+            n_non_dicom += 1
+        else:
+            unreadable.append((Path(path), payload))
+    return DicomIndex(patients=_group(records), unreadable=unreadable, n_non_dicom=n_non_dicom)

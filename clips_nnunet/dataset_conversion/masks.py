@@ -1,0 +1,273 @@
+"""Lesion masks from RTSTRUCT, DICOM SEG and NIfTI/NRRD files, on a given image grid (one label: 1).
+
+* :func:`rasterise_rtstruct`: closed planar contours (world mm) are mapped to continuous voxel indices of the
+  reference grid and filled slice by slice with the even-odd rule: within one ROI, the contours of a slice are
+  XOR-combined, so a contour inside another is a hole (how DICOM RT encodes holes, and what Eclipse, RayStation and
+  3D Slicer display); different ROIs are then united. A pixel is inside when its centre is inside the polygon.
+* :func:`read_seg_mask`: DICOM SEG read with highdicom; each frame is placed on the slice of the source instance it
+  references (``SourceImageSequence``), segments selected by label are united, FRACTIONAL segments thresholded at
+  0.5. The SEG's references must point at the given series.
+* :func:`mask_to_grid`: a mask on one grid (e.g. CT) to another (e.g. PET): the fraction of each target voxel
+  occupied by the mask (box average over the target voxel, then linear interpolation) thresholded at 0.5; a
+  connected lesion that would vanish entirely keeps the target voxel at its centroid (small lesions survive).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+
+from ..errors import PatientError
+
+__all__ = ["rtstruct_roi_names", "rasterise_rtstruct", "read_seg_mask", "seg_segment_labels", "read_mask_file",
+           "mask_to_grid", "same_grid"]
+
+PathLike = Union[str, os.PathLike]
+
+#: A contour whose points lie further than this (in slices) from a slice centre is reported as off-grid.
+SLICE_TOLERANCE = 0.3
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-3) -> bool:
+    """True when two images share size, and (within ``tol`` mm / ``tol``) origin, spacing and direction."""
+    return (a.GetSize() == b.GetSize()
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
+            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
+
+
+def _read_dicom(path: PathLike, label: str, what: str) -> pydicom.Dataset:
+    try:
+        return pydicom.dcmread(str(path))
+    except Exception as exc:
+        raise PatientError(label, f"{what} file {Path(path).name} cannot be read ({type(exc).__name__}: {exc}); "
+                                  f"re-export it") from exc
+
+
+def rtstruct_roi_names(rtstruct_path: PathLike) -> List[str]:
+    """Names of the ROIs (StructureSetROISequence ROIName) in an RTSTRUCT, in file order."""
+    ds = pydicom.dcmread(str(rtstruct_path), stop_before_pixels=True)
+    return [str(r.get("ROIName", "")) for r in ds.get("StructureSetROISequence", []) or []]
+
+
+def _fill_polygon(rows: np.ndarray, cols: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+    from skimage.draw import polygon
+
+    out = np.zeros(shape, dtype=bool)
+    rr, cc = polygon(rows, cols, shape=shape)
+    out[rr, cc] = True
+    return out
+
+
+def rasterise_rtstruct(rtstruct_path: PathLike, reference: sitk.Image, roi_pattern: Optional[str] = None,
+                       label: str = "") -> np.ndarray:
+    """Rasterise the ROIs of an RTSTRUCT whose name matches ``roi_pattern`` on ``reference``'s grid.
+
+    ``roi_pattern`` is a case-insensitive regular expression searched in each ROIName (``None``: every ROI).
+    Returns a uint8 array (z, y, x) with 1 inside. Contours outside the grid are skipped. Raises
+    :class:`PatientError` when the file cannot be read, no ROI matches (the message lists the ROI names), the frame
+    geometry cannot hold the contours (a contour not parallel to the slices) or the structure set has no contours.
+    """
+    if not isinstance(reference, sitk.Image) or reference.GetDimension() != 3:
+        raise TypeError("reference must be a 3-D SimpleITK image")
+    ds = _read_dicom(rtstruct_path, label, "RTSTRUCT")
+    if str(ds.get("Modality", "")).upper() != "RTSTRUCT":
+        raise PatientError(label, f"{Path(rtstruct_path).name} is not an RTSTRUCT (Modality {ds.get('Modality')})")
+    names: Dict[int, str] = {int(r.ROINumber): str(r.get("ROIName", "")) for r in
+                             ds.get("StructureSetROISequence", []) or []}
+    try:
+        regex = re.compile(roi_pattern, re.IGNORECASE) if roi_pattern else None
+    except re.error as exc:
+        raise ValueError(f"roi_pattern {roi_pattern!r} is not a valid regular expression: {exc}") from None
+    selected = {n for n, name in names.items() if regex is None or regex.search(name)}
+    if not selected:
+        raise PatientError(label, f"no ROI name matches --roi {roi_pattern!r}; ROIs in the RTSTRUCT: "
+                                  f"{sorted(names.values())}. Adjust --roi")
+    size = reference.GetSize()  # x, y, z
+    shape_zyx = (size[2], size[1], size[0])
+    out = np.zeros(shape_zyx, dtype=bool)
+    direction = np.asarray(reference.GetDirection()).reshape(3, 3)
+    inv = np.linalg.inv(direction * np.asarray(reference.GetSpacing())[None, :])
+    origin = np.asarray(reference.GetOrigin())
+    n_contours = 0
+    for roi in ds.get("ROIContourSequence", []) or []:
+        if int(roi.get("ReferencedROINumber", -1)) not in selected:
+            continue
+        per_slice: Dict[int, np.ndarray] = {}
+        for contour in roi.get("ContourSequence", []) or []:
+            if str(contour.get("ContourGeometricType", "CLOSED_PLANAR")).upper() != "CLOSED_PLANAR":
+                continue
+            data = contour.get("ContourData")
+            if data is None or len(data) < 9:
+                continue
+            pts = np.asarray([float(v) for v in data], dtype=float).reshape(-1, 3)
+            idx = (pts - origin) @ inv.T  # continuous index (x, y, z)
+            k_float = idx[:, 2]
+            k = int(round(float(np.mean(k_float))))
+            if np.ptp(k_float) > 2 * SLICE_TOLERANCE:
+                raise PatientError(label, f"a contour of ROI {names.get(int(roi.ReferencedROINumber), '?')!r} is not "
+                                          f"parallel to the image slices; rasterise it on the grid it was drawn on")
+            if abs(float(np.mean(k_float)) - k) > SLICE_TOLERANCE:
+                # the contour lies between slices of this grid (drawn on another grid): nearest slice
+                pass
+            n_contours += 1
+            if not 0 <= k < shape_zyx[0]:
+                continue
+            filled = _fill_polygon(idx[:, 1], idx[:, 0], shape_zyx[1:])
+            per_slice[k] = filled if k not in per_slice else np.logical_xor(per_slice[k], filled)
+        for k, m in per_slice.items():
+            out[k] |= m
+    if n_contours == 0:
+        raise PatientError(label, f"the selected ROI(s) {sorted(names[n] for n in selected)} contain no closed "
+                                  f"planar contours")
+    return out.astype(np.uint8)
+
+
+def seg_segment_labels(seg_path: PathLike) -> Dict[int, str]:
+    """SegmentNumber -> SegmentLabel of a DICOM SEG."""
+    ds = pydicom.dcmread(str(seg_path), stop_before_pixels=True)
+    return {int(s.SegmentNumber): str(s.get("SegmentLabel", "")) for s in ds.get("SegmentSequence", []) or []}
+
+
+def read_seg_mask(seg_path: PathLike, reference: sitk.Image, reference_files: Sequence[PathLike], label: str = "",
+                  segment_pattern: Optional[str] = None) -> np.ndarray:
+    """DICOM SEG -> uint8 mask (z, y, x) on ``reference``'s grid (the image series the SEG was drawn on).
+
+    ``reference_files`` are that series' files (any order); each SEG frame goes to the slice of the source
+    instance it references. ``segment_pattern`` (case-insensitive regex on SegmentLabel, ``None``: all segments)
+    selects the segments that are united. FRACTIONAL segments are thresholded at 0.5. Raises
+    :class:`PatientError` when the SEG references instances that are not in ``reference_files``, or its frames do
+    not match the reference's rows/columns.
+    """
+    import highdicom as hd
+
+    try:
+        seg = hd.seg.segread(str(seg_path))
+    except Exception as exc:
+        raise PatientError(label, f"SEG file {Path(seg_path).name} cannot be read ({type(exc).__name__}: {exc})"
+                           ) from exc
+    size = reference.GetSize()
+    if (int(seg.Rows), int(seg.Columns)) != (size[1], size[0]):
+        raise PatientError(label, f"SEG frames are {seg.Rows}x{seg.Columns} but the reference series is "
+                                  f"{size[1]}x{size[0]}; the SEG was drawn on another series")
+    labels = {int(s.SegmentNumber): str(s.get("SegmentLabel", "")) for s in seg.SegmentSequence}
+    regex = re.compile(segment_pattern, re.IGNORECASE) if segment_pattern else None
+    numbers = sorted(n for n, name in labels.items() if regex is None or regex.search(name))
+    if not numbers:
+        raise PatientError(label, f"no SEG segment label matches {segment_pattern!r}; segments: "
+                                  f"{sorted(labels.values())}")
+    # slice index of each reference instance, from its position on the reference grid
+    uid_to_k: Dict[str, int] = {}
+    for f in reference_files:
+        h = pydicom.dcmread(str(f), stop_before_pixels=True, specific_tags=["SOPInstanceUID", "ImagePositionPatient"])
+        k = reference.TransformPhysicalPointToContinuousIndex([float(v) for v in h.ImagePositionPatient])[2]
+        uid_to_k[str(h.SOPInstanceUID)] = int(round(k))
+    source_uids = [uid for _, _, uid in seg.get_source_image_uids()]
+    missing = [u for u in source_uids if u not in uid_to_k]
+    if not source_uids or len(missing) == len(source_uids):
+        raise PatientError(label, "the SEG does not reference any instance of the given image series; it was drawn on"
+                                  " another series. Check the series pairing (or export the SEG on the chosen series)")
+    referenced = sorted((u for u in uid_to_k if u in set(source_uids)), key=lambda u: uid_to_k[u])
+    pixels = seg.get_pixels_by_source_instance(referenced, segment_numbers=numbers, combine_segments=False,
+                                               rescale_fractional=True, skip_overlap_checks=True,
+                                               dtype=np.float32)
+    out = np.zeros((size[2], size[1], size[0]), dtype=np.uint8)
+    for i, uid in enumerate(referenced):
+        k = uid_to_k[uid]
+        if 0 <= k < size[2]:
+            out[k] |= (pixels[i].max(axis=-1) >= 0.5).astype(np.uint8)
+    return out
+
+
+def read_mask_file(path: PathLike, reference: sitk.Image) -> np.ndarray:
+    """NIfTI / NRRD (anything SimpleITK reads) mask -> uint8 (z, y, x) on ``reference``'s grid; any label > 0 is 1.
+
+    A mask on another grid is brought over with :func:`mask_to_grid`. Raises :class:`FileNotFoundError` /
+    :class:`ValueError` for a missing or non-3-D file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mask file {path} does not exist")
+    img = sitk.ReadImage(str(path))
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"mask file {path.name} must be a 3-D single-channel image, got {img.GetDimension()}-D with "
+                         f"{img.GetNumberOfComponentsPerPixel()} components")
+    arr = (sitk.GetArrayFromImage(img) > 0).astype(np.uint8)
+    if same_grid(img, reference):
+        return arr
+    return mask_to_grid(arr, img, reference)
+
+
+def _box_size(source: sitk.Image, target: sitk.Image) -> List[int]:
+    """Odd box width (source voxels, z y x) covering one target voxel along each source axis."""
+    sd = np.asarray(source.GetDirection()).reshape(3, 3)
+    td = np.asarray(target.GetDirection()).reshape(3, 3)
+    ts = np.asarray(target.GetSpacing())
+    extent = np.abs(td * ts[None, :]).sum(axis=1)  # world extent of one target voxel along x, y, z (world)
+    along_source = np.abs(sd.T @ extent)  # approximately, along each source axis
+    n = np.maximum(1, np.round(along_source / np.asarray(source.GetSpacing())).astype(int))
+    n = n + (1 - n % 2)  # odd
+    return [int(n[2]), int(n[1]), int(n[0])]
+
+
+def mask_to_grid(mask: np.ndarray, source: sitk.Image, target: sitk.Image) -> np.ndarray:
+    """Bring a binary mask (z, y, x on ``source``'s grid) to ``target``'s grid by occupancy >= 0.5.
+
+    Occupancy is the box average of the mask over one target voxel, interpolated linearly at target voxel centres.
+    Each connected lesion (26-connectivity) that would leave no voxel at all keeps the target voxel holding its
+    centroid, so lesions smaller than half a target voxel are not lost (TMTV counts them). Returns uint8 (z, y, x).
+    """
+    mask = np.asarray(mask)
+    size = source.GetSize()
+    if mask.shape != (size[2], size[1], size[0]):
+        raise ValueError(f"mask shape {mask.shape} does not match the source grid (z, y, x) "
+                         f"{(size[2], size[1], size[0])}")
+    tsize = target.GetSize()
+    out = np.zeros((tsize[2], tsize[1], tsize[0]), dtype=np.uint8)
+    binary = mask > 0
+    if not binary.any():
+        return out
+    if same_grid(source, target):
+        return binary.astype(np.uint8)
+    from scipy import ndimage
+
+    box = _box_size(source, target)
+    # work on the bounding box of the mask plus a margin: lesion masks are sparse, whole-body CT grids are large
+    nz = np.argwhere(binary)
+    lo = np.maximum(nz.min(axis=0) - np.asarray(box), 0)
+    hi = np.minimum(nz.max(axis=0) + np.asarray(box) + 1, binary.shape)
+    crop = binary[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float32)
+    occupancy = ndimage.uniform_filter(crop, size=box, mode="constant", cval=0.0)
+    crop_img = sitk.GetImageFromArray(occupancy)
+    crop_img.SetSpacing(source.GetSpacing())
+    crop_img.SetDirection(source.GetDirection())
+    crop_img.SetOrigin(source.TransformIndexToPhysicalPoint([int(lo[2]), int(lo[1]), int(lo[0])]))
+    resampled = sitk.Resample(crop_img, target, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    out = (sitk.GetArrayFromImage(resampled) >= 0.5).astype(np.uint8)
+    # rescue lesions that vanished
+    labels, n = ndimage.label(binary, structure=np.ones((3, 3, 3), dtype=bool))
+    if n:
+        centroids = ndimage.center_of_mass(binary, labels, index=range(1, n + 1))
+        slices = ndimage.find_objects(labels)
+        for c, sl in zip(centroids, slices):
+            corners = []
+            for zz in (sl[0].start, sl[0].stop - 1):
+                for yy in (sl[1].start, sl[1].stop - 1):
+                    for xx in (sl[2].start, sl[2].stop - 1):
+                        p = source.TransformIndexToPhysicalPoint([int(xx), int(yy), int(zz)])
+                        corners.append(target.TransformPhysicalPointToContinuousIndex(p))
+            corners = np.asarray(corners)
+            blo = np.clip(np.floor(corners.min(axis=0) + 0.5).astype(int), 0, np.asarray(tsize) - 1)
+            bhi = np.clip(np.floor(corners.max(axis=0) + 0.5).astype(int), 0, np.asarray(tsize) - 1)
+            if out[blo[2]:bhi[2] + 1, blo[1]:bhi[1] + 1, blo[0]:bhi[0] + 1].any():
+                continue
+            p = source.TransformContinuousIndexToPhysicalPoint([float(c[2]), float(c[1]), float(c[0])])
+            t = np.floor(np.asarray(target.TransformPhysicalPointToContinuousIndex(p)) + 0.5).astype(int)
+            if np.all(t >= 0) and np.all(t < np.asarray(tsize)):
+                out[t[2], t[1], t[0]] = 1
+    return out

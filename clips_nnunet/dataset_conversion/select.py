@@ -1,0 +1,219 @@
+"""Choose, per study, the PET series, the CT series it pairs with and the mask objects drawn on them.
+
+Rules (documented in docs/conversion_reading.md; every choice is recorded, without identifiers, in
+:attr:`StudySelection.decisions`):
+
+* **CT candidates**: Modality CT, CT Image Storage SOP classes only (dose reports, secondary captures and
+  screenshots are other classes), ImageType without LOCALIZER/SCOUT/TOPOGRAM, series description not a dose report,
+  at least 2 instances.
+* **PET candidates**: Modality PT, PET Image Storage, at least 2 instances, CorrectedImage containing ATTN
+  (non-attenuation-corrected "NAC" series are excluded), Units not PROPCPS, SeriesType not REPROJECTION and ImageType
+  / SeriesType without MIP / REPROJECTION (maximum intensity projections).
+* **Pairing**: a CT pairs with a PET only when they share the FrameOfReferenceUID (same scanner session, so world
+  coordinates agree without registration).
+* **Tie-break** (deterministic): PET: has a paired CT, ImageType ORIGINAL, more instances (longer axial coverage),
+  lower SeriesNumber, smaller SeriesInstanceUID. CT: ImageType ORIGINAL, larger overlap of its slice extent with the
+  PET's, more instances, lower SeriesNumber, smaller SeriesInstanceUID.
+* **Masks**: SEG and RTSTRUCT objects of the same study that reference the chosen PET or CT series (or, when they
+  carry no series reference, share their frame of reference); ordered SEG before RTSTRUCT, on-PET before on-CT.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..errors import PatientError
+from .index import SeriesInfo
+
+__all__ = ["StudySelection", "select_studies", "CT_SOP_CLASSES", "PET_SOP_CLASSES", "SEG_SOP_CLASS",
+           "RTSTRUCT_SOP_CLASS"]
+
+CT_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1"}  # CT, Enhanced CT
+PET_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.128"}  # PET Image Storage (legacy single-frame; what scanners export)
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+
+_LOCALIZER_WORDS = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW")
+_DOSE_WORDS = ("DOSE REPORT", "DOSE INFO", "PATIENT PROTOCOL", "DOSE SR", "SCREEN SAVE", "SCREENSHOT")
+
+
+@dataclass
+class StudySelection:
+    """The series chosen for one study. ``decisions`` are human-readable and free of identifiers (series are named
+    by SeriesNumber and description, never by UID or date)."""
+
+    patient_key: str
+    study_uid: str
+    ct: Optional[SeriesInfo]
+    pet: SeriesInfo
+    masks: List[SeriesInfo] = field(default_factory=list)
+    decisions: List[str] = field(default_factory=list)
+    study_index: int = 0
+
+
+def _name(s: SeriesInfo) -> str:
+    num = s.attributes.get("SeriesNumber")
+    desc = (s.series_description or "").strip()
+    return f"{s.modality} series #{num if num is not None else '?'}" + (f" '{desc}'" if desc else "")
+
+
+def _upper_tuple(value) -> Tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (tuple, list)):
+        return tuple(str(v).upper() for v in value)
+    return tuple(str(value).upper().split("\\"))
+
+
+def _ct_reject_reason(s: SeriesInfo) -> Optional[str]:
+    if s.sop_class_uid and s.sop_class_uid not in CT_SOP_CLASSES:
+        return "not a CT image (SOP class is a dose report, secondary capture or other non-volume object)"
+    it = tuple(x.upper() for x in s.image_type)
+    if any(w in x for x in it for w in _LOCALIZER_WORDS):
+        return "localizer/scout (ImageType " + "\\".join(it) + ")"
+    desc = (s.series_description or "").upper()
+    if any(w in desc for w in _DOSE_WORDS):
+        return "dose report / screen capture (series description)"
+    if s.n_instances < 2:
+        return "single-image series (not a volume)"
+    return None
+
+
+def _pet_reject_reason(s: SeriesInfo) -> Optional[str]:
+    if s.sop_class_uid and s.sop_class_uid not in PET_SOP_CLASSES:
+        return "not a single-frame PET Image Storage object"
+    if s.n_instances < 2:
+        return "single-image series (not a volume)"
+    corrected = _upper_tuple(s.attributes.get("CorrectedImage"))
+    if "ATTN" not in corrected:
+        return "not attenuation corrected (CorrectedImage lacks ATTN: a NAC series)"
+    units = str(s.attributes.get("Units", "")).upper()
+    if units == "PROPCPS":
+        return "Units PROPCPS (proportional counts, cannot be converted to SUV)"
+    stype = _upper_tuple(s.attributes.get("SeriesType"))
+    it = tuple(x.upper() for x in s.image_type)
+    if any(x in ("REPROJECTION", "MIP") for x in stype) or any("MIP" == x or "REPROJECTION" == x for x in it):
+        return "projection / MIP series (SeriesType or ImageType REPROJECTION/MIP)"
+    return None
+
+
+def _series_number(s: SeriesInfo) -> int:
+    try:
+        return int(s.attributes.get("SeriesNumber"))
+    except (TypeError, ValueError):
+        return 10 ** 9
+
+
+def _is_original(s: SeriesInfo) -> bool:
+    return bool(s.image_type) and s.image_type[0].upper() == "ORIGINAL"
+
+
+def _overlap(a: SeriesInfo, b: SeriesInfo) -> float:
+    ea, eb = a.attributes.get("SliceExtent"), b.attributes.get("SliceExtent")
+    if not ea or not eb:
+        return 0.0
+    return max(0.0, min(ea[1], eb[1]) - max(ea[0], eb[0]))
+
+
+def _study_sort_key(item: Tuple[str, List[SeriesInfo]]) -> Tuple[str, str, str]:
+    uid, series = item
+    first = series[0].attributes if series else {}
+    return (str(first.get("StudyDate", "")), str(first.get("StudyTime", "")), uid)
+
+
+def select_studies(studies: Dict[str, List[SeriesInfo]], patient_label: str) -> List[StudySelection]:
+    """Choose PET, paired CT and masks for every study of one patient.
+
+    ``studies`` is ``DicomIndex.patients[patient_key]``. ``patient_label`` is the pseudonymous label used in error
+    messages (never pass the PatientID). Studies are visited in chronological order (StudyDate/Time, then UID) and
+    numbered from 1 in the decisions; a study without a usable PET is skipped and the skip recorded in the
+    decisions of every returned selection. Raises :class:`PatientError` when no study has a usable PET series.
+    """
+    if not isinstance(studies, dict):
+        raise TypeError(f"studies must be a dict study_uid -> list[SeriesInfo], got {type(studies).__name__}")
+    selections: List[StudySelection] = []
+    skipped: List[str] = []
+    for number, (study_uid, series) in enumerate(sorted(studies.items(), key=_study_sort_key), start=1):
+        decisions: List[str] = []
+        pets: List[SeriesInfo] = []
+        cts: List[SeriesInfo] = []
+        masks: List[SeriesInfo] = []
+        for s in series:
+            if s.modality == "PT":
+                why = _pet_reject_reason(s)
+                if why:
+                    decisions.append(f"study {number}: excluded {_name(s)}: {why}")
+                else:
+                    pets.append(s)
+            elif s.modality == "CT":
+                why = _ct_reject_reason(s)
+                if why:
+                    decisions.append(f"study {number}: excluded {_name(s)}: {why}")
+                else:
+                    cts.append(s)
+            elif s.modality in ("SEG", "RTSTRUCT"):
+                masks.append(s)
+        if not pets:
+            skipped.append(f"study {number}: skipped, no usable PET series"
+                           + (f" ({'; '.join(d.split(': ', 1)[1] for d in decisions)})" if decisions else ""))
+            continue
+
+        def paired(p: SeriesInfo) -> List[SeriesInfo]:
+            return [c for c in cts if c.frame_of_reference_uid and c.frame_of_reference_uid == p.frame_of_reference_uid]
+
+        pets.sort(key=lambda p: (not paired(p), not _is_original(p), -p.n_instances, _series_number(p), p.series_uid))
+        pet = pets[0]
+        if len(pets) > 1:
+            decisions.append(
+                f"study {number}: {len(pets)} usable PET series; chose {_name(pet)} (rule: paired CT, ORIGINAL, most "
+                f"slices, lowest series number); not chosen: " + ", ".join(_name(p) for p in pets[1:]))
+        else:
+            decisions.append(f"study {number}: PET {_name(pet)}")
+        candidates = paired(pet)
+        ct: Optional[SeriesInfo] = None
+        if candidates:
+            candidates.sort(key=lambda c: (not _is_original(c), -_overlap(c, pet), -c.n_instances,
+                                           _series_number(c), c.series_uid))
+            ct = candidates[0]
+            if len(candidates) > 1:
+                decisions.append(
+                    f"study {number}: {len(candidates)} CT series share the PET's frame of reference; chose {_name(ct)}"
+                    f" (rule: ORIGINAL, largest axial overlap with the PET, most slices, lowest series number); "
+                    f"not chosen: " + ", ".join(_name(c) for c in candidates[1:]))
+            else:
+                decisions.append(f"study {number}: CT {_name(ct)} (same frame of reference as the PET)")
+        elif cts:
+            decisions.append(f"study {number}: no CT shares the PET's frame of reference ({len(cts)} CT series in other"
+                             f" frames of reference were not paired); no CT for this study")
+        else:
+            decisions.append(f"study {number}: no usable CT series; no CT for this study")
+
+        image_uids = {pet.series_uid: "PET"}
+        if ct is not None:
+            image_uids[ct.series_uid] = "CT"
+        chosen_masks: List[Tuple[Tuple[int, int, int, str], SeriesInfo]] = []
+        for m in masks:
+            on = [image_uids[u] for u in m.referenced_series_uids if u in image_uids]
+            kind = 0 if m.modality == "SEG" else 1
+            if on:
+                chosen_masks.append(((0, kind, 0 if "PET" in on else 1, m.series_uid), m))
+                decisions.append(f"study {number}: mask {_name(m)} drawn on the {'/'.join(sorted(set(on)))}")
+            elif m.referenced_series_uids:
+                decisions.append(f"study {number}: ignored mask {_name(m)}: it references another image series")
+            elif m.frame_of_reference_uid and m.frame_of_reference_uid == pet.frame_of_reference_uid:
+                chosen_masks.append(((1, kind, 0, m.series_uid), m))
+                decisions.append(f"study {number}: mask {_name(m)} matched by frame of reference only "
+                                 f"(no image series reference)")
+            else:
+                decisions.append(f"study {number}: ignored mask {_name(m)}: no reference to the chosen series")
+        chosen_masks.sort(key=lambda t: t[0])
+        selections.append(StudySelection(patient_key=pet.patient_key, study_uid=study_uid, ct=ct, pet=pet,
+                                         masks=[m for _, m in chosen_masks], decisions=decisions,
+                                         study_index=number))
+    if not selections:
+        detail = "; ".join(skipped) if skipped else "no studies"
+        raise PatientError(patient_label, f"no usable PET series ({detail}). Export the attenuation-corrected PET "
+                                          f"(CorrectedImage with ATTN, Units BQML/CNTS/GML) with this patient.")
+    for sel in selections:
+        sel.decisions = skipped + sel.decisions
+    return selections
