@@ -1,6 +1,63 @@
-"""Sub-commands of `clips-nnunet` (module owner fills in)."""
+"""``clips-nnunet score``: per-case difficulty for curricula, from a cross-validation or a trained model.
+
+- ``clips-nnunet score RESULTS_FOLDER -o difficulty.csv [--metric dice|tmtv|loss]``: reads the out-of-fold
+  predictions ``fold_X/validation/`` of an nnU-Net results folder and scores each case by its own fold model (the one
+  that never trained on it), the labels coming from ``$nnUNet_preprocessed/DatasetXXX/gt_segmentations``.
+- ``clips-nnunet score MODEL_FOLDER --predict -i imagesTr -l labelsTr -o difficulty.csv``: runs a trained model on
+  the cases instead (a teacher trained elsewhere).
+
+The CSV (``case_id,difficulty,...``; higher = harder) is what ``nnUNetTrainerCLTransferTeacher`` and
+``nnUNetTrainerCLPredefined`` read (``CLIPS_DIFFICULTY_CSV`` or ``difficulty.csv`` in the raw dataset folder).
+"""
 from __future__ import annotations
+
+import argparse
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from clips_nnunet.curriculum.difficulty import score_cross_validation, score_with_model, write_difficulty_csv
+    from clips_nnunet.errors import CurriculumConfigError
+
+    if args.predict:
+        if not args.images or not args.labels:
+            raise CurriculumConfigError("--predict needs --images (e.g. imagesTr) and --labels (e.g. labelsTr)")
+        table = score_with_model(args.folder, args.images, args.labels, metric=args.metric,
+                                 folds=[int(f) if f != "all" else f for f in (args.folds or ["0"])],
+                                 checkpoint_name=args.checkpoint, device=args.device)
+        source = "model"
+    else:
+        table = score_cross_validation(args.folder, gt_folder=args.labels, metric=args.metric,
+                                       folds=[int(f) for f in args.folds] if args.folds else None)
+        source = "cross-validation"
+    write_difficulty_csv(args.output, table)
+    scores = [float(r["difficulty"]) for r in table.values()]
+    print(f"scored {len(table)} cases from the {source} ({args.metric}); difficulty min {min(scores):.4g}, "
+          f"median {sorted(scores)[len(scores) // 2]:.4g}, max {max(scores):.4g}; wrote {args.output}")
+    return 0
 
 
 def register(subparsers) -> None:
-    """Add this module's sub-commands to ``subparsers``."""
+    """Add ``score`` to ``subparsers``."""
+    p = subparsers.add_parser(
+        "score", help="per-case difficulty CSV from a cross-validation's out-of-fold predictions or a model",
+        description="Writes case_id,difficulty (higher = harder) for the curriculum trainers "
+                    "(nnUNetTrainerCLTransferTeacher reads it). Default: FOLDER is a results folder "
+                    "$nnUNet_results/DatasetXXX/Trainer__Plans__Config of a finished cross-validation; each case is "
+                    "scored by the out-of-fold prediction in fold_X/validation (its own fold model never trained on "
+                    "it). With --predict, FOLDER is a trained model run on --images.")
+    p.add_argument("folder", help="results folder (Trainer__Plans__Config) with fold_X/validation, or with "
+                                  "--predict a trained model folder")
+    p.add_argument("-o", "--output", required=True, help="CSV to write (case_id,difficulty,...)")
+    p.add_argument("--metric", choices=("dice", "tmtv", "loss"), default="dice",
+                   help="dice: 1 - Dice (default); tmtv: |TMTV error| / max(true TMTV, 1 ml); loss: cross-entropy "
+                        "+ (1 - soft Dice) from the saved softmax (needs validation run with --npz)")
+    p.add_argument("-f", "--folds", nargs="+", help="folds to use (default: every fold_X with a validation folder; "
+                                                     "with --predict: 0)")
+    p.add_argument("-l", "--labels", help="labels folder (default: $nnUNet_preprocessed/DatasetXXX/gt_segmentations;"
+                                          " required with --predict)")
+    p.add_argument("--predict", action="store_true", help="run the model in FOLDER on --images instead of reading "
+                                                          "out-of-fold predictions")
+    p.add_argument("-i", "--images", help="with --predict: nnU-Net images folder (imagesTr)")
+    p.add_argument("--checkpoint", default="checkpoint_final.pth", help="with --predict: checkpoint file name")
+    p.add_argument("--device", default="cpu", help="with --predict: torch device (cpu, cuda)")
+    p.set_defaults(func=run_score)
