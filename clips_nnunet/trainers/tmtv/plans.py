@@ -1,0 +1,159 @@
+"""``plan-tmtv``: add TMTV-Net's two configurations to a dataset's nnU-Net plans.
+
+- ``3d_tmtv``: stage 1, 6 mm isotropic, patch 128x96x96 (z, y, x), ``NoNormalization`` (raw HU / SUV are stored;
+  the windowing is the network's first layer), architecture ``TMTVUNet``, ``next_stage`` ``3d_tmtv_refine``.
+- ``3d_tmtv_refine``: stage 2, the spacing of ``3d_fullres`` (the native PET grid: the converter resamples CT onto
+  PET), patch 96^3, ``NoNormalization``, architecture ``TMTVRefiner``, ``previous_stage`` ``3d_tmtv``: nnU-Net's
+  cascade carries stage-1 predictions (one-hot) into the refiner's input.
+
+Both inherit everything else (resampling, batch size, preprocessor) from ``3d_fullres``. Other configurations are
+kept. The channel roles (CT, PET) come from ``dataset.json`` and are written into the architecture keywords.
+
+Small data: a patch larger than the image only wastes padding, but on tiny test data (32^3 at 4 mm, i.e. ~21^3 at
+6 mm) it dominates; ``clamp_patch_to_median=True`` shrinks each patch axis to the largest multiple of the network's
+divisor (16 for stage 1, 1 for the refiner) not above the median image size (at least one divisor).
+"""
+from __future__ import annotations
+
+import math
+from copy import deepcopy
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from clips_nnunet.errors import DatasetError
+from clips_nnunet.io_utils import atomic_write_json, read_json
+
+STAGE1 = "3d_tmtv"
+REFINE = "3d_tmtv_refine"
+STAGE1_SPACING = (6.0, 6.0, 6.0)
+STAGE1_PATCH = (128, 96, 96)
+REFINE_PATCH = (96, 96, 96)
+STAGE1_DIVISOR = 16  # 4 stride-2 levels
+UNET_CLASS = "clips_nnunet.trainers.tmtv.network.TMTVUNet"
+REFINER_CLASS = "clips_nnunet.trainers.tmtv.network.TMTVRefiner"
+
+_PET_WORDS = ("pet", "suv", "pt")
+
+
+def detect_channels(channel_names: Dict[str, str]) -> Tuple[int, int]:
+    """(ct_channel, pet_channel) from dataset.json's ``channel_names``.
+
+    A channel whose name contains "PET"/"SUV" (or is "PT") is PET, one containing "CT" is CT. If the names do not
+    tell (e.g. both are called "CT" so that nnU-Net applies CT normalisation to both, as clips-nnunet's converter
+    may do), the converter's order is assumed: CT = channel 0, PET = channel 1.
+    """
+    if not isinstance(channel_names, dict) or len(channel_names) < 2:
+        raise DatasetError(f"dataset.json channel_names must list at least 2 channels (CT and PET), got "
+                           f"{channel_names!r}; convert the data with clips-nnunet convert")
+    names = {int(k): str(v).strip().lower() for k, v in channel_names.items()}
+    pet = [k for k, v in names.items() if any(w in v for w in _PET_WORDS[:2]) or v == "pt"]
+    ct = [k for k, v in names.items() if "ct" in v and k not in pet]
+    if len(pet) == 1:
+        others = [k for k in sorted(names) if k != pet[0]]
+        return (ct[0] if ct else others[0]), pet[0]
+    return 0, 1
+
+
+def _round_patch(patch: Sequence[int], median: Sequence[float], divisor: int) -> List[int]:
+    out = []
+    for p, m in zip(patch, median):
+        fit = max(divisor, int(math.floor(float(m) / divisor)) * divisor)
+        out.append(int(min(int(p), fit)))
+    return out
+
+
+def add_tmtv_configurations(plans: dict, dataset_json: dict, clamp_patch_to_median: bool = False,
+                            stage1_spacing: Sequence[float] = STAGE1_SPACING,
+                            stage1_patch: Sequence[int] = STAGE1_PATCH,
+                            refine_patch: Sequence[int] = REFINE_PATCH) -> dict:
+    """Return a copy of ``plans`` with ``3d_tmtv`` and ``3d_tmtv_refine`` added (replaced if present)."""
+    if "configurations" not in plans or "3d_fullres" not in plans["configurations"]:
+        raise DatasetError("the plans have no 3d_fullres configuration; run nnUNetv2_plan_experiment -d ID first "
+                           "(the TMTV configurations inherit resampling and batch size from 3d_fullres)")
+    if len(stage1_spacing) != 3 or any(float(s) <= 0 for s in stage1_spacing):
+        raise ValueError(f"stage1_spacing must be 3 positive numbers (mm), got {stage1_spacing}")
+    for name, patch, div in (("stage1_patch", stage1_patch, STAGE1_DIVISOR), ("refine_patch", refine_patch, 1)):
+        if len(patch) != 3 or any(int(p) < div or int(p) % div for p in patch):
+            raise ValueError(f"{name} must be 3 positive multiples of {div}, got {patch}")
+    ct, pet = detect_channels(dataset_json.get("channel_names", dataset_json.get("modality")))
+    n_channels = len(dataset_json.get("channel_names", dataset_json.get("modality")))
+    plans = deepcopy(plans)
+    fullres = plans["configurations"]["3d_fullres"]
+    if "inherits_from" in fullres:
+        raise DatasetError("3d_fullres inherits from another configuration; plan-tmtv needs a plain 3d_fullres")
+    native_spacing = [float(s) for s in fullres["spacing"]]
+    native_median = [float(s) for s in fullres["median_image_size_in_voxels"]]
+    stage1_median = [m * s / float(t) for m, s, t in zip(native_median, native_spacing, stage1_spacing)]
+    s1_patch = [int(p) for p in stage1_patch]
+    r_patch = [int(p) for p in refine_patch]
+    if clamp_patch_to_median:
+        s1_patch = _round_patch(s1_patch, stage1_median, STAGE1_DIVISOR)
+        r_patch = _round_patch(r_patch, native_median, 1)
+    plans_name = plans.get("plans_name", "nnUNetPlans")
+    channels = {"ct_channel": ct, "pet_channel": pet}
+    no_norm = ["NoNormalization"] * n_channels
+    no_mask = [False] * n_channels
+    plans["configurations"][STAGE1] = {
+        "inherits_from": "3d_fullres",
+        "data_identifier": f"{plans_name}_{STAGE1}",
+        "spacing": [float(s) for s in stage1_spacing],
+        "median_image_size_in_voxels": [round(m, 2) for m in stage1_median],
+        "patch_size": s1_patch,
+        "normalization_schemes": no_norm,
+        "use_mask_for_norm": no_mask,
+        "batch_dice": False,
+        "next_stage": REFINE,
+        "architecture": {
+            "network_class_name": UNET_CLASS,
+            "arch_kwargs": {**channels, "features_per_stage": [32, 64, 96, 128, 156], "bottleneck_kernel": 9,
+                            "strides": [[1, 1, 1]] + [[2, 2, 2]] * 4},
+            "_kw_requires_import": [],
+        },
+    }
+    plans["configurations"][REFINE] = {
+        "inherits_from": "3d_fullres",
+        "data_identifier": f"{plans_name}_{REFINE}",
+        "patch_size": r_patch,
+        "normalization_schemes": no_norm,
+        "use_mask_for_norm": no_mask,
+        "batch_dice": False,
+        "previous_stage": STAGE1,
+        "architecture": {
+            "network_class_name": REFINER_CLASS,
+            "arch_kwargs": {**channels, "features": 32, "n_blocks": 4, "first_kernel": 9, "strides": [[1, 1, 1]]},
+            "_kw_requires_import": [],
+        },
+    }
+    return plans
+
+
+def plan_tmtv(preprocessed_dataset_folder: Path, plans_identifier: str = "nnUNetPlans",
+              clamp_patch_to_median: bool = False) -> Path:
+    """Add the TMTV configurations to ``<folder>/<plans_identifier>.json`` in place (atomic) and return its path.
+
+    ``preprocessed_dataset_folder`` is ``$nnUNet_preprocessed/DatasetXXX_Name`` (holding dataset.json and the
+    plans written by ``nnUNetv2_plan_experiment``). Re-running replaces the TMTV configurations only.
+    """
+    folder = Path(preprocessed_dataset_folder)
+    plans_file = folder / f"{plans_identifier}.json"
+    dataset_file = folder / "dataset.json"
+    for f in (plans_file, dataset_file):
+        if not f.is_file():
+            raise DatasetError(f"{f} not found; run nnUNetv2_plan_experiment -d ID -pl ... (or "
+                               f"nnUNetv2_plan_and_preprocess) for this dataset first")
+    plans = add_tmtv_configurations(read_json(plans_file), read_json(dataset_file), clamp_patch_to_median)
+    atomic_write_json(plans_file, plans)
+    return plans_file
+
+
+def find_preprocessed_dataset_folder(dataset_id: int, preprocessed_root: Optional[Path] = None) -> Path:
+    """``$nnUNet_preprocessed/DatasetXXX_*`` for ``dataset_id``."""
+    import os
+    root = Path(preprocessed_root or os.environ.get("nnUNet_preprocessed", ""))
+    if not str(root) or not root.is_dir():
+        raise DatasetError("nnUNet_preprocessed is not set or does not exist; export nnUNet_preprocessed=/path")
+    matches = sorted(root.glob(f"Dataset{int(dataset_id):03d}_*"))
+    if len(matches) != 1:
+        raise DatasetError(f"expected one folder Dataset{int(dataset_id):03d}_* in {root}, found "
+                           f"{[m.name for m in matches]}; run nnUNetv2_plan_experiment -d {dataset_id} first")
+    return matches[0]
