@@ -14,8 +14,11 @@ Rules (documented in docs/conversion_reading.md; every choice is recorded, witho
 * **Tie-break** (deterministic): PET: has a paired CT, ImageType ORIGINAL, more instances (longer axial coverage),
   lower SeriesNumber, smaller SeriesInstanceUID. CT: ImageType ORIGINAL, larger overlap of its slice extent with the
   PET's, more instances, lower SeriesNumber, smaller SeriesInstanceUID.
-* **Masks**: SEG and RTSTRUCT objects of the same study that reference the chosen PET or CT series (or, when they
-  carry no series reference, share their frame of reference); ordered SEG before RTSTRUCT, on-PET before on-CT.
+* **Masks**: SEG and RTSTRUCT objects of the same study that reference the chosen PET or CT series; an RTSTRUCT whose
+  referenced series is absent from the export (e.g. drawn on a CT that was not exported) is accepted when it shares
+  the PET's frame of reference and is rasterised on the CT grid (else the PET grid). Masks referencing another
+  exported series (e.g. the NAC PET) are ignored. Order: by reference, SEG before RTSTRUCT, on-PET before on-CT.
+  :attr:`StudySelection.mask_on` says which grid each mask belongs to.
 """
 from __future__ import annotations
 
@@ -48,7 +51,10 @@ class StudySelection:
     pet: SeriesInfo
     masks: List[SeriesInfo] = field(default_factory=list)
     decisions: List[str] = field(default_factory=list)
+    #: 1-based chronological number of the study within the patient (identifier-free)
     study_index: int = 0
+    #: mask series_uid -> "PET" or "CT": the grid to rasterise / read it on (then mask_to_grid to the PET)
+    mask_on: Dict[str, str] = field(default_factory=dict)
 
 
 def _name(s: SeriesInfo) -> str:
@@ -191,25 +197,35 @@ def select_studies(studies: Dict[str, List[SeriesInfo]], patient_label: str) -> 
         image_uids = {pet.series_uid: "PET"}
         if ct is not None:
             image_uids[ct.series_uid] = "CT"
+        present = {s.series_uid for s in series}
         chosen_masks: List[Tuple[Tuple[int, int, int, str], SeriesInfo]] = []
+        mask_on: Dict[str, str] = {}
         for m in masks:
-            on = [image_uids[u] for u in m.referenced_series_uids if u in image_uids]
+            on = sorted({image_uids[u] for u in m.referenced_series_uids if u in image_uids}, reverse=True)
             kind = 0 if m.modality == "SEG" else 1
             if on:
-                chosen_masks.append(((0, kind, 0 if "PET" in on else 1, m.series_uid), m))
-                decisions.append(f"study {number}: mask {_name(m)} drawn on the {'/'.join(sorted(set(on)))}")
-            elif m.referenced_series_uids:
-                decisions.append(f"study {number}: ignored mask {_name(m)}: it references another image series")
-            elif m.frame_of_reference_uid and m.frame_of_reference_uid == pet.frame_of_reference_uid:
-                chosen_masks.append(((1, kind, 0, m.series_uid), m))
-                decisions.append(f"study {number}: mask {_name(m)} matched by frame of reference only "
-                                 f"(no image series reference)")
+                chosen_masks.append(((0, kind, 0 if on[0] == "PET" else 1, m.series_uid), m))
+                mask_on[m.series_uid] = on[0]
+                decisions.append(f"study {number}: mask {_name(m)} drawn on the {on[0]}")
+            elif m.referenced_series_uids & present:
+                decisions.append(f"study {number}: ignored mask {_name(m)}: it references another image series of "
+                                 f"this study, not the chosen PET or CT")
+            elif m.frame_of_reference_uid and m.frame_of_reference_uid == pet.frame_of_reference_uid \
+                    and m.modality == "RTSTRUCT":
+                # contours are in world coordinates: any grid of the frame of reference can hold them; the CT's
+                # finer grid keeps small lesions, then mask_to_grid brings the mask to the PET
+                grid = "CT" if ct is not None else "PET"
+                chosen_masks.append(((1, kind, 0 if grid == "PET" else 1, m.series_uid), m))
+                mask_on[m.series_uid] = grid
+                decisions.append(f"study {number}: mask {_name(m)} references an image series that is not in the "
+                                 f"export; matched by frame of reference and rasterised on the {grid} grid")
             else:
-                decisions.append(f"study {number}: ignored mask {_name(m)}: no reference to the chosen series")
+                decisions.append(f"study {number}: ignored mask {_name(m)}: it references neither the chosen series"
+                                 f" nor (RTSTRUCT only) their frame of reference")
         chosen_masks.sort(key=lambda t: t[0])
         selections.append(StudySelection(patient_key=pet.patient_key, study_uid=study_uid, ct=ct, pet=pet,
                                          masks=[m for _, m in chosen_masks], decisions=decisions,
-                                         study_index=number))
+                                         study_index=number, mask_on=mask_on))
     if not selections:
         detail = "; ".join(skipped) if skipped else "no studies"
         raise PatientError(patient_label, f"no usable PET series ({detail}). Export the attenuation-corrected PET "
