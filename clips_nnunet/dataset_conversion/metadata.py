@@ -1,0 +1,74 @@
+"""``case_metadata.json``: per-case lesion descriptors that curricula use as difficulty measures.
+
+For each case (no identifiers; keyed by the pseudonymous case id) the converter records, from the label and the
+SUV volume on the PET grid, via :func:`clips_nnunet.evaluation.lesions.measure_lesions` (26-connected lesions):
+TMTV (ml), number of lesions, SUVmax, SUVmean and total lesion glycolysis (TLG = SUVmean x TMTV) in lesions,
+smallest and largest lesion volume (ml), Dmax (largest distance between lesion centroids, mm); plus the
+lesion-to-background ratio (see :func:`lesion_to_background`), PET voxel spacing, vendor, split and the patient
+group (``G{NNNN}``, used for patient-grouped splits).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from clips_nnunet.io_utils import PathLike, atomic_write_json
+
+METADATA_NAME = "case_metadata.json"
+BACKGROUND_SHELL_MM = (10.0, 30.0)
+BODY_SUV_THRESHOLD = 0.1
+
+
+def lesion_to_background(suv: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float],
+                         shell_mm: Tuple[float, float] = BACKGROUND_SHELL_MM) -> Optional[float]:
+    """Lesion-to-background ratio: SUVmean in the lesions / median SUV in a shell around them.
+
+    The shell holds body voxels (SUV > 0.1, which excludes air) at a distance of ``shell_mm[0]`` to ``shell_mm[1]``
+    mm from the nearest lesion voxel, so partial-volume spill-out near the edge is left out. Median, so that a
+    neighbouring organ with high uptake (heart, bladder) does not dominate. ``None`` for an empty mask or when the
+    shell is empty or has zero median.
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask) > 0
+    if not mask.any():
+        return None
+    suv = np.asarray(suv, dtype=np.float32)
+    distance = ndimage.distance_transform_edt(~mask, sampling=[float(s) for s in spacing_zyx])
+    shell = (distance >= shell_mm[0]) & (distance <= shell_mm[1]) & (suv > BODY_SUV_THRESHOLD)
+    if not shell.any():
+        return None
+    background = float(np.median(suv[shell]))
+    if background <= 0:
+        return None
+    return float(suv[mask].mean()) / background
+
+
+def case_metadata(mask: Optional[np.ndarray], suv: np.ndarray, spacing_zyx: Sequence[float],
+                  vendor: Optional[str] = None, split: str = "train", group: Optional[str] = None,
+                  extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Metadata of one case; ``mask`` None (test case without a label) gives only spacing, vendor, split, group."""
+    from clips_nnunet.evaluation.lesions import measure_lesions
+
+    spacing = [float(s) for s in spacing_zyx]
+    record: Dict[str, Any] = {"pet_spacing_zyx_mm": spacing, "vendor": vendor, "split": split,
+                              "patient_group": group, "has_label": mask is not None}
+    if mask is not None:
+        summary = measure_lesions(np.asarray(mask), tuple(spacing), suv=np.asarray(suv)).to_dict()
+        for key in ("tmtv_ml", "n_lesions", "suv_max", "suv_mean", "tlg", "smallest_lesion_ml",
+                    "largest_lesion_ml", "dmax_mm"):
+            record[key] = summary[key]
+        record["lesion_volumes_ml"] = [round(float(les["volume_ml"]), 4) for les in summary["lesions"]]
+        record["lesion_to_background"] = lesion_to_background(suv, mask, spacing)
+    if extra:
+        record.update(dict(extra))
+    return record
+
+
+def write_case_metadata(dataset_dir: PathLike, records: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Write ``case_metadata.json`` (sorted keys) into the dataset folder; returns its path."""
+    path = Path(dataset_dir) / METADATA_NAME
+    atomic_write_json(path, {k: dict(v) for k, v in sorted(records.items())})
+    return path
