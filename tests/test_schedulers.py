@@ -99,3 +99,14 @@ def test_scheduler_validation():
     sch = SelfPacedScheduler(IDS)
     with pytest.raises(CurriculumConfigError, match="different case ids"):
         sch.plan(DifficultyState(["x"]), 0.0, 0, np.random.default_rng(0))
+
+
+def test_loss_weights_for_soft_spl_use_last_plan():
+    sch = SelfPacedScheduler(IDS, pacing="linear", pacing_a=1.0, pacing_b=0.5, min_cases=1, scheme="linear")
+    np.testing.assert_array_equal(sch.loss_weights([5.0, -1.0]), [1.0, 1.0])      # no plan yet
+    sch.plan(_state(), 0.0, 0, np.random.default_rng(0))                        # shift 0.1, lam 0.25
+    # batch losses 0.1 -> 1, 0.175 -> 1 - 0.075/0.15 = 0.5, 0.3 -> 0, 0.0 (below the shift) -> 1
+    np.testing.assert_allclose(sch.loss_weights([0.1, 0.175, 0.3, 0.0]), [1.0, 0.5, 0.0, 1.0])
+    log = SelfPacedScheduler(IDS, pacing="linear", pacing_a=1.0, pacing_b=0.5, min_cases=1, scheme="logarithmic")
+    log.plan(_state(), 0.0, 0, np.random.default_rng(0))   # range [0.1, 0.4], lam 0.25 -> 0.5 scaled, zeta 0.5
+    np.testing.assert_allclose(log.loss_weights([0.1, 0.175, 0.4]), [1.0, np.log(0.75) / np.log(0.5), 0.0])

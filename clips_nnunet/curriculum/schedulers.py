@@ -143,6 +143,7 @@ class SelfPacedScheduler(_PacedScheduler):
             raise CurriculumConfigError(f"lam_prime_quantile must be in (0, 1), got {lam_prime_quantile}")
         self.scheme = scheme
         self.lam_prime_quantile = float(lam_prime_quantile)
+        self._last: Optional[dict] = None
 
     def config(self) -> dict:
         return {**super().config(), "scheme": self.scheme, "lam_prime_quantile": self.lam_prime_quantile}
@@ -153,10 +154,11 @@ class SelfPacedScheduler(_PacedScheduler):
         n = self.n_active(progress)
         lam = threshold_admitting(d, n)
         extra = {"n_active": int(n), "scheme": self.scheme}
+        shift = float(d.min())
+        last = {"scheme": self.scheme, "lam": lam, "shift": shift, "range": (shift, float(d.max()))}
         if self.scheme in ("hard", "logarithmic"):
             w = spl_weights(d, lam, self.scheme)
         else:
-            shift = float(d.min())
             ds, lam_s = d - shift, lam - shift
             if self.scheme == "linear":
                 w = spl_weights(ds, lam_s, "linear")
@@ -166,12 +168,34 @@ class SelfPacedScheduler(_PacedScheduler):
                 if 0.0 < lam_prime < lam_s:
                     w = spl_weights(ds, lam_s, "mixture", lam_prime=lam_prime)
                     extra["lam_prime"] = lam_prime + shift
+                    last["lam_prime"] = lam_prime + shift
                 else:  # too few cases for two thresholds: the mixture degenerates to hard weights
                     w = spl_weights(d, lam, "hard")
+                    last["scheme"] = "hard"
+        self._last = last
         # admitted = below the threshold; the hard indicator defines the active set for every scheme
         active = d < lam
         return SamplingPlan(probabilities=_normalise(w), active_fraction=float(active.mean()), threshold=lam,
                             extra=extra)
+
+
+    def loss_weights(self, losses) -> np.ndarray:
+        """SPL weights ``v*(l; lam)`` of individual (batch) losses with the last plan's threshold(s), for soft
+        self-paced loss weighting (Jiang et al. 2014). Uses the same shift/rescaling as the last :meth:`plan`;
+        before the first plan every weight is 1."""
+        losses = np.asarray(losses, dtype=np.float64).reshape(-1)
+        if self._last is None:
+            return np.ones_like(losses)
+        last = self._last
+        lam, shift = last["lam"], last["shift"]
+        if last["scheme"] == "hard":
+            return spl_weights(losses, lam, "hard")
+        if last["scheme"] == "logarithmic":
+            return spl_weights(losses, lam, "logarithmic", loss_range=last["range"])
+        shifted = np.clip(losses - shift, 0.0, None)
+        if last["scheme"] == "linear":
+            return spl_weights(shifted, lam - shift, "linear")
+        return spl_weights(shifted, lam - shift, "mixture", lam_prime=last["lam_prime"] - shift)
 
 
 class OrderedPacingScheduler(_PacedScheduler):

@@ -20,7 +20,7 @@ quantile that admits ``pace(t) * N`` cases (:func:`threshold_admitting`), so the
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -38,14 +38,17 @@ def _as_losses(losses) -> np.ndarray:
     return arr
 
 
-def spl_weights(losses, lam: float, scheme: str = "hard", lam_prime: Optional[float] = None) -> np.ndarray:
+def spl_weights(losses, lam: float, scheme: str = "hard", lam_prime: Optional[float] = None,
+                loss_range: Optional[Tuple[float, float]] = None) -> np.ndarray:
     """Closed-form self-paced weights ``v*(l; lam)`` in [0, 1], one per loss (see the module table).
 
     - ``hard`` (Kumar 2010): 1 for losses strictly below ``lam``, else 0. Any loss scale.
     - ``linear`` (Jiang 2014): ``max(0, 1 - l/lam)``; needs losses >= 0 and ``lam > 0``.
     - ``logarithmic`` (Jiang 2014): losses are first rescaled to [0, 1] with ``(l - min) / (max - min)`` and
       ``lam`` with the same map (clipped into (0, 1)); then ``zeta = 1 - lam`` and
-      ``v = log(l + zeta) / log(zeta)`` below ``lam``, 0 above. Any loss scale.
+      ``v = log(l + zeta) / log(zeta)`` below ``lam``, 0 above. Any loss scale. ``loss_range=(min, max)``
+      fixes the rescaling range (e.g. that of the per-case estimates when weighting a batch's losses); values
+      outside it are clipped into [0, 1].
     - ``mixture`` (Jiang 2014): needs ``lam > lam_prime > 0`` and losses >= 0; ``zeta = lam lam'/(lam - lam')``.
     """
     arr = _as_losses(losses)
@@ -63,9 +66,12 @@ def spl_weights(losses, lam: float, scheme: str = "hard", lam_prime: Optional[fl
             raise CurriculumConfigError("the linear scheme needs losses >= 0; shift them (l - min(l)) first")
         return np.maximum(0.0, 1.0 - arr / lam)
     if scheme == "logarithmic":
-        lo, hi = float(arr.min()) if arr.size else 0.0, float(arr.max()) if arr.size else 1.0
+        if loss_range is not None:
+            lo, hi = float(loss_range[0]), float(loss_range[1])
+        else:
+            lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 1.0)
         span = hi - lo if hi > lo else 1.0
-        scaled = (arr - lo) / span
+        scaled = np.clip((arr - lo) / span, 0.0, 1.0)
         lam_s = float(np.clip((lam - lo) / span, 1e-6, 1 - 1e-6))
         zeta = 1.0 - lam_s
         v = np.where(scaled < lam_s, np.log(np.clip(scaled + zeta, 1e-300, None)) / np.log(zeta), 0.0)

@@ -1,3 +1,12 @@
-"""Shim for nnU-Net's trainer lookup (nnUNet_extTrainer): imports only; the classes live in clips_nnunet."""
+"""Shim for nnU-Net's trainer lookup (nnUNet_extTrainer): imports only; the classes live in clips_nnunet.
+
+nnU-Net imports every module of each nnUNet_extTrainer folder as a top-level module and then removes it from
+sys.modules, so the classes must keep their real ``__module__`` (clips_nnunet.trainers...) to pickle and to be found
+again by DDP rank processes and spawned workers. Append one import line per new trainer module.
+"""
+from clips_nnunet.trainers.base import nnUNetTrainerClipsBase  # noqa: F401
+from clips_nnunet.trainers.self_paced import (nnUNetTrainerCLSelfPaced, nnUNetTrainerCLSelfPacedAnti,  # noqa: F401
+                                              nnUNetTrainerCLSelfPacedLinear, nnUNetTrainerCLSelfPacedLog,
+                                              nnUNetTrainerCLSelfPacedMixture, nnUNetTrainerCLSelfPacedRandom)
 from clips_nnunet.trainers.tmtv.recipe import nnUNetTrainerTMTV, nnUNetTrainerTMTVRefiner  # noqa: F401
 from clips_nnunet.trainers.tmtv.combinations import *  # noqa: F401,F403  (nnUNetTrainerTMTVCL<Method>)

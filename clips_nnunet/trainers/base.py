@@ -10,15 +10,37 @@ loss weights), so the step lives here once, with hooks each axis overrides and c
 - ``per_sample_loss(logits, target)``: one loss value per sample from one output (default: nnU-Net's Dice + CE),
 - ``after_train_forward(keys, output, target)``: called with the detached outputs after each forward pass.
 Everything else is nnU-Net's own ``train_step`` (AMP on CUDA, grad scaler, clipping, optimiser step).
+
+The base also adds (used directly, it trains exactly like ``nnUNetTrainer``; it is the seeded stock baseline):
+
+- reproducible seeding when the environment variable ``CLIPS_SEED`` (an int) or the class attribute ``seed`` is
+  set: torch and numpy in the main process, and per-worker seeds for nnU-Net's augmentation workers (nnU-Net
+  passes ``seeds=None``);
+- ``get_dataloaders`` rebuilt from nnU-Net's, with the hook ``build_train_data_loader(...)`` so a subclass can swap
+  the training data loader (the curriculum's shared-memory sampler) without copying the rest;
+- ``checkpoint_extras()`` / ``restore_checkpoint_extras(extras)``: extra JSON-like state stored under the key
+  ``"clips_extras"`` of nnU-Net's checkpoint (the curriculum state), restored by ``nnUNetv2_train ... --c``.
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Union
+import os
+import random
+from typing import Any, Dict, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
+from torch._dynamo import OptimizedModule
+
+from clips_nnunet.errors import ClipsError
+from clips_nnunet.io_utils import atomic_path
 
 from clips_nnunet.trainers.per_sample_loss import dice_ce_per_sample
 
@@ -34,6 +56,143 @@ class nnUNetTrainerClipsBase(nnUNetTrainer):
     """nnU-Net's trainer with hooks for per-case loss bookkeeping, loss weighting and gradient clipping."""
 
     grad_clip_norm: float = 12.0
+    #: Seed for torch, numpy and the augmentation workers; None = nnU-Net's unseeded behaviour. The environment
+    #: variable CLIPS_SEED overrides it.
+    seed: Optional[int] = None
+
+    # ------------------------------------------------------------------ seeding
+    def clips_seed(self) -> Optional[int]:
+        """The seed in use: ``CLIPS_SEED`` if set, else the class attribute ``seed`` (None = unseeded)."""
+        env = os.environ.get("CLIPS_SEED", "").strip()
+        if env:
+            try:
+                return int(env)
+            except ValueError:
+                raise ClipsError(f"CLIPS_SEED must be an integer, got {env!r}; unset it or export CLIPS_SEED=0") \
+                    from None
+        return None if self.seed is None else int(self.seed)
+
+    def initialize(self):
+        seed = self.clips_seed()
+        if seed is not None and not self.was_initialized:
+            torch.manual_seed(seed)
+            np.random.seed((seed + self.local_rank) % 2 ** 32)
+            random.seed(seed + self.local_rank)
+        super().initialize()
+
+    def da_worker_seeds(self, num_processes: int, offset: int) -> Optional[List[int]]:
+        """Seeds for ``num_processes`` augmentation workers (distinct per rank, worker and loader), or None."""
+        seed = self.clips_seed()
+        if seed is None:
+            return None
+        base = seed * 1000 + self.local_rank * 100 + offset
+        return [(base + i) % 2 ** 32 for i in range(num_processes)]
+
+    # ------------------------------------------------------------------ data loading
+    def build_train_data_loader(self, dataset_tr, batch_size: int, initial_patch_size, final_patch_size,
+                                transforms) -> nnUNetDataLoader:
+        """The training data loader (before it is wrapped in augmentation workers); default: nnU-Net's."""
+        return nnUNetDataLoader(dataset_tr, batch_size, initial_patch_size, final_patch_size, self.label_manager,
+                                oversample_foreground_percent=self.oversample_foreground_percent,
+                                sampling_probabilities=None, pad_sides=None, transforms=transforms,
+                                probabilistic_oversampling=self.probabilistic_oversampling)
+
+    def get_dataloaders(self):
+        """nnU-Net's ``get_dataloaders`` (2.8.1) with the ``build_train_data_loader`` hook and seeded workers."""
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        patch_size = self.configuration_manager.patch_size
+        deep_supervision_scales = self._get_deep_supervision_scales()
+        rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        tr_transforms = self.get_training_transforms(
+            patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm,
+            is_cascaded=self.is_cascaded, foreground_labels=self.label_manager.foreground_labels,
+            regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
+            ignore_label=self.label_manager.ignore_label)
+        val_transforms = self.get_validation_transforms(
+            deep_supervision_scales, is_cascaded=self.is_cascaded,
+            foreground_labels=self.label_manager.foreground_labels,
+            regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
+            ignore_label=self.label_manager.ignore_label)
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        dl_tr = self.build_train_data_loader(dataset_tr, self.batch_size, initial_patch_size, patch_size,
+                                             tr_transforms)
+        dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, self.label_manager,
+                                  oversample_foreground_percent=self.oversample_foreground_percent,
+                                  sampling_probabilities=None, pad_sides=None, transforms=val_transforms,
+                                  probabilistic_oversampling=self.probabilistic_oversampling)
+        allowed_num_processes = get_allowed_n_proc_DA()
+        if allowed_num_processes == 0:
+            mt_gen_train = SingleThreadedAugmenter(dl_tr, None)
+            mt_gen_val = SingleThreadedAugmenter(dl_val, None)
+        else:
+            n_val = max(1, allowed_num_processes // 2)
+            mt_gen_train = NonDetMultiThreadedAugmenter(
+                data_loader=dl_tr, transform=None, num_processes=allowed_num_processes,
+                num_cached=max(6, allowed_num_processes // 2), seeds=self.da_worker_seeds(allowed_num_processes, 0),
+                pin_memory=self.device.type == "cuda", wait_time=0.002)
+            mt_gen_val = NonDetMultiThreadedAugmenter(
+                data_loader=dl_val, transform=None, num_processes=n_val,
+                num_cached=max(3, allowed_num_processes // 4), seeds=self.da_worker_seeds(n_val, 50),
+                pin_memory=self.device.type == "cuda", wait_time=0.002)
+        _ = next(mt_gen_train)
+        _ = next(mt_gen_val)
+        return mt_gen_train, mt_gen_val
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_extras(self) -> Dict[str, Any]:
+        """Extra state to store in nnU-Net checkpoints under ``"clips_extras"``; default none. Chain with super()."""
+        return {}
+
+    def restore_checkpoint_extras(self, extras: Dict[str, Any]) -> None:
+        """Receive ``checkpoint["clips_extras"]`` when a checkpoint is loaded (``--c``); default ignores it."""
+
+    def save_checkpoint(self, filename: str) -> None:
+        extras = self.checkpoint_extras() if self.was_initialized else {}
+        if not extras:
+            return super().save_checkpoint(filename)
+        if self.local_rank != 0:
+            return None
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return None
+        # same content as nnUNetTrainer.save_checkpoint (2.8.1) plus "clips_extras", written atomically
+        mod = self.network.module if self.is_ddp else self.network
+        if isinstance(mod, OptimizedModule):
+            mod = mod._orig_mod
+        checkpoint = {
+            "network_weights": mod.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            "clips_extras": extras,
+        }
+        with atomic_path(filename, suffix=".pth") as tmp:
+            torch.save(checkpoint, tmp)
+        return None
+
+    def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
+        if isinstance(filename_or_checkpoint, dict):
+            checkpoint = filename_or_checkpoint
+            # nnU-Net 2.8.1 cannot load from a dict (NameError); save it to a temporary file beside nothing
+            import tempfile
+            with tempfile.TemporaryDirectory() as tmpdir:
+                path = os.path.join(tmpdir, "checkpoint.pth")
+                torch.save(checkpoint, path)
+                super().load_checkpoint(path)
+        else:
+            checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)
+            super().load_checkpoint(filename_or_checkpoint)
+        extras = checkpoint.get("clips_extras")
+        if extras:
+            self.restore_checkpoint_extras(extras)
 
     def compute_loss(self, output: Output, target: Output, keys: Sequence[str]) -> torch.Tensor:
         """Loss the gradient follows; override (and chain) to weight samples or change the loss."""
