@@ -11,6 +11,7 @@ only, and must never be written to any output (file name, JSON, NIfTI header, lo
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,7 +159,9 @@ def read_header_record(path: PathLike) -> Tuple[str, Any]:
     """
     path = Path(path)
     try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        with warnings.catch_warnings():  # invalid values are reported by the checks below, not as warnings
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
     except InvalidDicomError:
         return "non_dicom", None
     except Exception as exc:  # truncated or corrupted header: pydicom raises many different types
@@ -169,7 +172,7 @@ def read_header_record(path: PathLike) -> Tuple[str, Any]:
             return "non_dicom", None
         missing = [k for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality") if not ds.get(k)]
         if missing:
-            return "unreadable", f"DICOM header lacks {', '.join(missing)}; cannot group this file into a series"
+            return "unreadable", f"DICOM header lacks {', '.join(missing)}; cannot group this file into a series; re-export it"
         attrs = {k: _as_tuple(ds.get(k)) for k in SELECTION_ATTRIBUTES if ds.get(k) is not None}
         ref_series, ref_sops = _references(ds)
         record = {

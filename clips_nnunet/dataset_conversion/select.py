@@ -43,7 +43,7 @@ _DOSE_WORDS = ("DOSE REPORT", "DOSE INFO", "PATIENT PROTOCOL", "DOSE SR", "SCREE
 @dataclass
 class StudySelection:
     """The series chosen for one study. ``decisions`` are human-readable and free of identifiers (series are named
-    by SeriesNumber and description, never by UID or date)."""
+    by modality, SeriesNumber and instance count; never by UID, date or the free-text SeriesDescription)."""
 
     patient_key: str
     study_uid: str
@@ -58,9 +58,10 @@ class StudySelection:
 
 
 def _name(s: SeriesInfo) -> str:
+    """Identifier-free series name: SeriesDescription is free text (sites put patient names and IDs in it), so
+    only the modality, SeriesNumber and instance count are used."""
     num = s.attributes.get("SeriesNumber")
-    desc = (s.series_description or "").strip()
-    return f"{s.modality} series #{num if num is not None else '?'}" + (f" '{desc}'" if desc else "")
+    return f"{s.modality} series #{num if num is not None else '?'} ({s.n_instances} instances)"
 
 
 def _upper_tuple(value) -> Tuple[str, ...]:
@@ -79,7 +80,7 @@ def _ct_reject_reason(s: SeriesInfo) -> Optional[str]:
         return "localizer/scout (ImageType " + "\\".join(it) + ")"
     desc = (s.series_description or "").upper()
     if any(w in desc for w in _DOSE_WORDS):
-        return "dose report / screen capture (series description)"
+        return "dose report / screen capture (by its series description)"
     if s.n_instances < 2:
         return "single-image series (not a volume)"
     return None
