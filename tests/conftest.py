@@ -20,7 +20,7 @@ def tiny_preprocessed(tmp_path_factory):
     env = nnunet_environment(base)
     make_synthetic_raw_dataset(Path(env["nnUNet_raw"]), TINY_DATASET_ID)
     run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(TINY_DATASET_ID), "-c", "3d_fullres", "-np", "1",
-             "--verify_dataset_integrity"], env)
+             "--verify_dataset_integrity"], {**env, "nnUNet_n_proc_DA": "1"})  # planner: torch.set_num_threads(DA)
     return base, env, TINY_DATASET_ID
 
 
