@@ -66,6 +66,14 @@ def cohort(tmp_path_factory):
     # faults: unreadable DICOM, stray non-DICOM files
     (root / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xffgarbage")
     (root / "trunc.dcm").write_bytes(ct_files[0].read_bytes()[:700])
+    # old preamble-less DICOM (no 128-byte preamble, no DICM, no meta group): still a DICOM image of patient D
+    old = pydicom.dcmread(str(DRO / "PT" / "pet_dro_0_0_slice_000.dcm"))
+    old.PatientID = "P_OLD"
+    old.StudyInstanceUID = generate_uid()
+    del old.file_meta
+    old.preamble = None
+    old.save_as(str(root / "old_style"), implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert (root / "old_style").read_bytes()[:2] == b"\x08\x00"
     (root / "notes.txt").write_text("not dicom")
     (root / "c" / ".DS_Store").write_bytes(b"\x00\x01")
     return root
@@ -77,7 +85,9 @@ def index(cohort):
 
 
 def test_index_groups_patients_studies_series(index, cohort):
-    assert sorted(index.patients) == ["DRO", "P_NAC_ONLY", "STS_001"]
+    assert sorted(index.patients) == ["DRO", "P_NAC_ONLY", "P_OLD", "STS_001"]
+    [[old]] = index.patients["P_OLD"].values()
+    assert old.modality == "PT" and old.n_instances == 1
     sts = index.patients["STS_001"]
     assert len(sts) == 1
     series = next(iter(sts.values()))

@@ -132,3 +132,22 @@ def test_resample_ct_to_pet_grid_and_coverage():
     assert check_coverage(ct, inner) == []
     with pytest.raises(ValueError, match="interpolator"):
         resample_to_reference(ct, pet_grid, interpolator="cubic")
+
+
+def test_error_messages_never_quote_file_names(tmp_path):
+    """File and folder names often hold patient names: errors number the slices instead."""
+    folder = tmp_path / "DOE^JOHN_1961"
+    folder.mkdir()
+    files = []
+    for k, f in enumerate(dro_files()[:5]):
+        p = folder / f"DOE_JOHN_{k}.dcm"
+        p.symlink_to(f)
+        files.append(p)
+    bad = folder / "DOE_JOHN_bad.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xffgarbage")
+    with pytest.raises(PatientError) as err:
+        read_series_volume(files + [bad], "case_0005")
+    assert "DOE" not in str(err.value) and "JOHN" not in str(err.value) and "#6" in str(err.value)
+    with pytest.raises(PatientError) as err:
+        read_series_volume(files[:2] + files[3:], "case_0005")  # missing slice
+    assert "DOE" not in str(err.value)

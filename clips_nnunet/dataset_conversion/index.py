@@ -152,6 +152,22 @@ def _frame_of_reference(ds: pydicom.Dataset) -> str:
     return ""
 
 
+def _read_without_preamble(path: Path) -> Optional[pydicom.Dataset]:
+    """Old DICOM files without the 128-byte preamble and ``DICM``: accepted when the first bytes are a group 0x0002
+    or 0x0008 tag (little endian) and the header then parses with the grouping UIDs; else None (not DICOM)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if len(head) < 4 or head[:2] not in (b"\x02\x00", b"\x08\x00"):
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+        return ds if ds.get("SeriesInstanceUID") and ds.get("Modality") else None
+    except Exception:
+        return None
+
+
 def read_header_record(path: PathLike) -> Tuple[str, Any]:
     """Read one file's header. Returns ``("ok", record)``, ``("non_dicom", None)`` or ``("unreadable", reason)``.
 
@@ -163,7 +179,9 @@ def read_header_record(path: PathLike) -> Tuple[str, Any]:
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(str(path), stop_before_pixels=True)
     except InvalidDicomError:
-        return "non_dicom", None
+        ds = _read_without_preamble(path)
+        if ds is None:
+            return "non_dicom", None
     except Exception as exc:  # truncated or corrupted header: pydicom raises many different types
         return "unreadable", f"header cannot be parsed ({type(exc).__name__}: {exc}); re-export the file"
     try:

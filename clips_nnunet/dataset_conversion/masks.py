@@ -23,6 +23,7 @@ import pydicom
 import SimpleITK as sitk
 
 from ..errors import PatientError
+from .read import describe_exception
 
 __all__ = ["rtstruct_roi_names", "rasterise_rtstruct", "read_seg_mask", "seg_segment_labels", "read_mask_file",
            "mask_to_grid", "same_grid"]
@@ -45,7 +46,7 @@ def _read_dicom(path: PathLike, label: str, what: str) -> pydicom.Dataset:
     try:
         return pydicom.dcmread(str(path))
     except Exception as exc:
-        raise PatientError(label, f"{what} file {Path(path).name} cannot be read ({type(exc).__name__}: {exc}); "
+        raise PatientError(label, f"the {what} file cannot be read ({describe_exception(exc, path)}); "
                                   f"re-export it") from exc
 
 
@@ -77,7 +78,7 @@ def rasterise_rtstruct(rtstruct_path: PathLike, reference: sitk.Image, roi_patte
         raise TypeError("reference must be a 3-D SimpleITK image")
     ds = _read_dicom(rtstruct_path, label, "RTSTRUCT")
     if str(ds.get("Modality", "")).upper() != "RTSTRUCT":
-        raise PatientError(label, f"{Path(rtstruct_path).name} is not an RTSTRUCT (Modality {ds.get('Modality')})")
+        raise PatientError(label, f"the RTSTRUCT file is not an RTSTRUCT (Modality {ds.get('Modality')})")
     names: Dict[int, str] = {int(r.ROINumber): str(r.get("ROIName", "")) for r in
                              ds.get("StructureSetROISequence", []) or []}
     try:
@@ -149,7 +150,7 @@ def read_seg_mask(seg_path: PathLike, reference: sitk.Image, reference_files: Se
     try:
         seg = hd.seg.segread(str(seg_path))
     except Exception as exc:
-        raise PatientError(label, f"SEG file {Path(seg_path).name} cannot be read ({type(exc).__name__}: {exc})"
+        raise PatientError(label, f"the SEG file cannot be read ({describe_exception(exc, seg_path)}); re-export it"
                            ) from exc
     size = reference.GetSize()
     if (int(seg.Rows), int(seg.Columns)) != (size[1], size[0]):

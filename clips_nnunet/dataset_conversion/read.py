@@ -16,6 +16,7 @@ slope per slice); it also assumes the file order is the slice order and that sli
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Tuple, Union
@@ -26,7 +27,7 @@ import SimpleITK as sitk
 
 from ..errors import PatientError
 
-__all__ = ["SeriesGeometry", "load_series_headers", "read_series_volume", "read_series_with_headers", "read_ct",
+__all__ = ["describe_exception", "SeriesGeometry", "load_series_headers", "read_series_volume", "read_series_with_headers", "read_ct",
            "resample_to_reference", "check_coverage"]
 
 PathLike = Union[str, os.PathLike]
@@ -38,6 +39,17 @@ SPACING_RTOL = 0.1
 GRID_RESIDUAL_TOL = 0.2
 #: Largest accepted angle (degrees) between the slice normal and the line through the slice origins.
 TILT_TOLERANCE_DEG = 0.1
+
+
+def describe_exception(exc: BaseException, *paths: PathLike) -> str:
+    """``Type: message`` of an exception with file paths removed (paths may hold patient names; reports must not)."""
+    text = str(exc)
+    for p in paths:
+        for form in {str(p), str(Path(p).resolve()) if Path(p).exists() else str(p), Path(p).name}:
+            if form:
+                text = text.replace(form, "<file>")
+    text = " ".join(text.split())
+    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
 
 
 @dataclass
@@ -61,27 +73,29 @@ def load_series_headers(files: Sequence[PathLike], label: str = "") -> Tuple[Lis
     if len(files) < 2:
         raise PatientError(label, f"an image series needs at least 2 slices, got {len(files)}; export the full series")
     headers: List[pydicom.Dataset] = []
-    for f in files:
+    for i, f in enumerate(files):
         try:
-            headers.append(pydicom.dcmread(str(f), stop_before_pixels=True))
+            with warnings.catch_warnings():  # invalid values surface through the checks below
+                warnings.simplefilter("ignore")
+                headers.append(pydicom.dcmread(str(f), stop_before_pixels=True))
         except Exception as exc:
-            raise PatientError(label, f"slice file {f.name} cannot be read ({type(exc).__name__}: {exc}); "
-                                      f"re-export the series") from exc
+            raise PatientError(label, f"slice file #{i + 1} of {len(files)} cannot be read "
+                                      f"({describe_exception(exc, f)}); re-export the series") from exc
     ref = headers[0]
     for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns"):
-        bad = [f.name for f, h in zip(files, headers) if h.get(tag) is None]
+        bad = [str(i + 1) for i, h in enumerate(headers) if h.get(tag) is None]
         if bad:
-            raise PatientError(label, f"slice(s) {', '.join(bad[:3])} lack {tag}; cannot place them in space. "
-                                      f"Re-export the series with geometry tags")
+            raise PatientError(label, f"{len(bad)} of {len(files)} slice files (e.g. #{', #'.join(bad[:3])}) lack "
+                                      f"{tag}; cannot place them in space. Re-export the series with geometry tags")
     iop = np.asarray([float(x) for x in ref.ImageOrientationPatient], dtype=float)
-    for f, h in zip(files, headers):
+    for i, h in enumerate(headers):
         if not np.allclose([float(x) for x in h.ImageOrientationPatient], iop, atol=1e-4):
-            raise PatientError(label, f"slice {f.name} has a different ImageOrientationPatient (0020,0037) than the "
+            raise PatientError(label, f"slice file #{i + 1} has a different ImageOrientationPatient (0020,0037) than the "
                                       f"first slice; the series mixes orientations. Export one orientation only")
         if (int(h.Rows), int(h.Columns)) != (int(ref.Rows), int(ref.Columns)):
-            raise PatientError(label, f"slice {f.name} has a different size (Rows/Columns) than the first slice")
+            raise PatientError(label, f"slice file #{i + 1} has a different size (Rows/Columns) than the first slice")
         if not np.allclose([float(x) for x in h.PixelSpacing], [float(x) for x in ref.PixelSpacing], rtol=1e-4):
-            raise PatientError(label, f"slice {f.name} has a different PixelSpacing (0028,0030) than the first slice")
+            raise PatientError(label, f"slice file #{i + 1} has a different PixelSpacing (0028,0030) than the first slice")
     row, col = iop[:3], iop[3:]
     normal = np.cross(row, col)
     positions = np.asarray([[float(x) for x in h.ImagePositionPatient] for h in headers])
@@ -98,7 +112,7 @@ def load_series_headers(files: Sequence[PathLike], label: str = "") -> Tuple[Lis
     diffs = np.diff(along)
     if np.any(diffs < 1e-3):
         k = int(np.argmin(diffs))
-        raise PatientError(label, f"two slices ({files[k].name}, {files[k + 1].name}) at the same position "
+        raise PatientError(label, f"two slices (sorted #{k + 1} and #{k + 2}) at the same position "
                                   f"{along[k]:.2f} mm; the series mixes several acquisitions (time frames or "
                                   f"reconstructions). Export a single static volume")
     span = positions[-1] - positions[0]

@@ -31,7 +31,9 @@ from .index import SeriesInfo
 __all__ = ["StudySelection", "select_studies", "CT_SOP_CLASSES", "PET_SOP_CLASSES", "SEG_SOP_CLASS",
            "RTSTRUCT_SOP_CLASS"]
 
-CT_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1"}  # CT, Enhanced CT
+CT_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.2"}  # CT Image Storage (single-frame)
+ENHANCED_CT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2.1"
+ENHANCED_PET_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.130"
 PET_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.128"}  # PET Image Storage (legacy single-frame; what scanners export)
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -73,6 +75,8 @@ def _upper_tuple(value) -> Tuple[str, ...]:
 
 
 def _ct_reject_reason(s: SeriesInfo) -> Optional[str]:
+    if s.sop_class_uid == ENHANCED_CT_SOP_CLASS:
+        return "multi-frame Enhanced CT is not supported; export the CT as single-frame (legacy) CT images"
     if s.sop_class_uid and s.sop_class_uid not in CT_SOP_CLASSES:
         return "not a CT image (SOP class is a dose report, secondary capture or other non-volume object)"
     it = tuple(x.upper() for x in s.image_type)
@@ -87,6 +91,8 @@ def _ct_reject_reason(s: SeriesInfo) -> Optional[str]:
 
 
 def _pet_reject_reason(s: SeriesInfo) -> Optional[str]:
+    if s.sop_class_uid == ENHANCED_PET_SOP_CLASS:
+        return "multi-frame Enhanced PET is not supported; export the PET as single-frame (legacy) PET images"
     if s.sop_class_uid and s.sop_class_uid not in PET_SOP_CLASSES:
         return "not a single-frame PET Image Storage object"
     if s.n_instances < 2:
