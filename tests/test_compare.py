@@ -75,8 +75,18 @@ def tree(tmp_path, monkeypatch):
     return tmp_path, base, better
 
 
+def _nnunet_summary(val: Path, gt: Path) -> None:
+    """Replace our hand-made summary.json by the one nnU-Net's own evaluation writes."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    compute_metrics_on_folder(str(gt), str(val), str(val / "summary.json"), SimpleITKIO(), ".nii.gz", [1], None,
+                              num_processes=1)
+
+
 def test_planted_difference_detected_with_right_sign(tree):
     tmp, base, better = tree
+    _nnunet_summary(base / "fold_0" / "validation", tmp / "preprocessed" / DS / "gt_segmentations")
     res = compare_results([better, base], out_dir=tmp / "cmp", metadata=tmp / "case_metadata.json",
                           progress=False)
     assert res.baseline == "nnUNetTrainer"  # default baseline when present, even when not first
@@ -91,7 +101,11 @@ def test_planted_difference_detected_with_right_sign(tree):
     pc = res.per_case.set_index(["group", "case_id"])
     assert pc.loc[("nnUNetTrainer", "case_000"), "dice"] == pytest.approx(2 * 3 * 32 / (3 * 32 + 8 * 32 + 2))
     assert pc.loc[("nnUNetTrainerBetter", "case_002"), "dice"] == pytest.approx(2 * 7 / 15)
-    assert pc.loc[("nnUNetTrainer", "case_000"), "nnunet_dice"] == 0.5  # carried from summary.json
+    # nnU-Net's own per-case Dice (real summary.json of fold_0) equals ours; fold_1 has our hand-made 0.5
+    for i in range(0, N, 2):
+        row = pc.loc[("nnUNetTrainer", f"case_{i:03d}")]
+        assert row["nnunet_dice"] == pytest.approx(row["dice"], abs=1e-6)
+    assert pc.loc[("nnUNetTrainer", "case_001"), "nnunet_dice"] == 0.5
     # tertiles from metadata: smallest TMTV = hard
     hard = set(res.per_case[(res.per_case.tertile == "hard") & (res.per_case.group == "nnUNetTrainer")].case_id)
     assert hard == {"case_000", "case_006", "case_001", "case_007"}

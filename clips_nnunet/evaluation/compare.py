@@ -530,6 +530,8 @@ def _fmt(x: Any, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
     if isinstance(x, float):
+        if abs(x) < 1e-9:  # float noise (e.g. sd of identical values)
+            return "0"
         return f"{x:.{digits}g}" if abs(x) < 1e4 else f"{x:.3e}"
     return str(x)
 
@@ -555,7 +557,7 @@ def _write_outputs(res: ComparisonResult, metrics: Mapping[str, bool], plots: bo
     if plots:
         from clips_nnunet.evaluation import plots as P
 
-        order = list(res.groups)
+        order = [res.baseline] + [g for g in res.groups if g != res.baseline]
         vals = {m: {g: _metric_values(res.per_case[res.per_case.group == g], m).tolist() for g in order}
                 for m in metrics if m in res.per_case.columns}
         files["boxplots"] = P.grouped_boxplots(vals, out / "plots" / "boxplots.png",
@@ -596,7 +598,7 @@ def render_markdown(res: ComparisonResult, metrics: Mapping[str, bool], n_common
         L.append("")
         L.append("| group | " + " | ".join(f"{m} {'↑' if metrics[m] else '↓'}" for m in mets) + " |")
         L.append("|---|" + "---|" * len(mets))
-        for g in res.groups:
+        for g in [res.baseline] + [x for x in res.groups if x != res.baseline]:
             cells = []
             for m in mets:
                 r = sub[(sub.group == g) & (sub.metric == m)]

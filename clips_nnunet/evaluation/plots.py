@@ -47,10 +47,10 @@ def bland_altman_tmtv(true_ml: Sequence[float], pred_ml: Sequence[float], path: 
     if len(diff):
         bias = float(diff.mean())
         sd = float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
-        ax.axhline(bias, color="k", lw=1, label=f"bias {bias:.2f} ml")
+        ax.axhline(bias, color="k", lw=1, label=f"bias {bias:.3g} ml")
         for lim in (bias - 1.96 * sd, bias + 1.96 * sd):
             ax.axhline(lim, color="r", ls="--", lw=1)
-        ax.legend(loc="best", fontsize=8, title=f"LoA +-{1.96 * sd:.2f} ml", title_fontsize=8)
+        ax.legend(loc="best", fontsize=8, title=f"LoA +-{1.96 * sd:.3g} ml", title_fontsize=8)
     ax.set_xlabel("mean of predicted and true TMTV (ml)")
     ax.set_ylabel("predicted - true TMTV (ml)")
     ax.set_title(title)
