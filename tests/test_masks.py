@@ -92,6 +92,20 @@ def test_rtstruct_world_coordinates_with_offset_origin(tmp_path):
     assert set(zz) == {2} and sorted(set(xx)) == [2, 3, 4] and sorted(set(yy)) == [2, 3]
 
 
+def test_rtstruct_contours_from_another_slice_spacing(tmp_path):
+    """CT contours every 1 mm rasterised on a 4 mm grid: no XOR between planes, no gaps; coarse contours (every
+    6 mm) on a 2 mm grid fill the slices between planes."""
+    fine_planes = [square(1.5, 9.5, 1.5, 9.5, float(z)) for z in range(3, 14)]  # z = 3..13 mm
+    path = write_rtstruct(tmp_path / "fine.dcm", [("GTV", fine_planes)])
+    coarse = grid(size=(12, 12, 6), spacing=(1.0, 1.0, 4.0))  # slice centres 0, 4, 8, 12, 16, 20 mm
+    mask = rasterise_rtstruct(path, coarse)
+    assert [int(mask[k].sum()) for k in range(6)] == [0, 64, 64, 64, 0, 0]
+    sparse = write_rtstruct(tmp_path / "sparse.dcm", [("GTV", [square(1.5, 9.5, 1.5, 9.5, z) for z in (6.0, 12.0)])])
+    mask2 = rasterise_rtstruct(sparse, grid(size=(12, 12, 10), spacing=(1.0, 1.0, 2.0)))
+    # planes at slices 3 and 6 stand for 6 mm slabs (1.5 slices either side): slices 2..7 (1.5 -> 2 by nearest)
+    assert [int(mask2[k].sum() > 0) for k in range(10)] == [0, 0, 1, 1, 1, 1, 1, 1, 0, 0]
+
+
 def test_rtstruct_off_plane_contour_is_an_error(tmp_path):
     pts = [1.0, 1.0, 0.0, 10.0, 1.0, 4.0, 10.0, 10.0, 4.0]
     path = write_rtstruct(tmp_path / "rs.dcm", [("GTV", [pts])])

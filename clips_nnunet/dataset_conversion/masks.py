@@ -30,7 +30,7 @@ __all__ = ["rtstruct_roi_names", "rasterise_rtstruct", "read_seg_mask", "seg_seg
 
 PathLike = Union[str, os.PathLike]
 
-#: A contour whose points lie further than this (in slices) from a slice centre is reported as off-grid.
+#: A contour whose points spread over more than twice this (in slices of the reference) is not parallel to them.
 SLICE_TOLERANCE = 0.3
 
 
@@ -99,7 +99,8 @@ def rasterise_rtstruct(rtstruct_path: PathLike, reference: sitk.Image, roi_patte
     for roi in ds.get("ROIContourSequence", []) or []:
         if int(roi.get("ReferencedROINumber", -1)) not in selected:
             continue
-        per_slice: Dict[int, np.ndarray] = {}
+        # contours grouped by their plane (world position along the slice normal, 0.01 mm); even-odd within a plane
+        planes: Dict[float, List[np.ndarray]] = {}
         for contour in roi.get("ContourSequence", []) or []:
             if str(contour.get("ContourGeometricType", "CLOSED_PLANAR")).upper() != "CLOSED_PLANAR":
                 continue
@@ -108,21 +109,31 @@ def rasterise_rtstruct(rtstruct_path: PathLike, reference: sitk.Image, roi_patte
                 continue
             pts = np.asarray([float(v) for v in data], dtype=float).reshape(-1, 3)
             idx = (pts - origin) @ inv.T  # continuous index (x, y, z)
-            k_float = idx[:, 2]
-            k = int(round(float(np.mean(k_float))))
-            if np.ptp(k_float) > 2 * SLICE_TOLERANCE:
+            if np.ptp(idx[:, 2]) > 2 * SLICE_TOLERANCE:
                 raise PatientError(label, f"a contour of ROI {names.get(int(roi.ReferencedROINumber), '?')!r} is not "
                                           f"parallel to the image slices; rasterise it on the grid it was drawn on")
-            if abs(float(np.mean(k_float)) - k) > SLICE_TOLERANCE:
-                # the contour lies between slices of this grid (drawn on another grid): nearest slice
-                pass
             n_contours += 1
-            if not 0 <= k < shape_zyx[0]:
+            planes.setdefault(round(float(np.mean(idx[:, 2])), 3), []).append(idx)
+        if not planes:
+            continue
+        zs = np.asarray(sorted(planes))
+        # each plane stands for a slab as thick as the contour spacing (at least one slice of this grid): a grid
+        # slice takes the nearest plane within half that thickness. Same grid: exactly the contoured slices;
+        # contours drawn on a finer or coarser grid (CT contours on the PET grid) are neither XOR-ed together
+        # nor leave gaps between contour planes.
+        half = max(0.5, 0.5 * float(np.median(np.diff(zs)))) if len(zs) > 1 else 0.5
+        cache: Dict[float, np.ndarray] = {}
+        for k in range(max(0, int(np.floor(zs[0] - half))), min(shape_zyx[0], int(np.ceil(zs[-1] + half)) + 1)):
+            p = int(np.argmin(np.abs(zs - k)))
+            if abs(zs[p] - k) > half + 1e-6:
                 continue
-            filled = _fill_polygon(idx[:, 1], idx[:, 0], shape_zyx[1:])
-            per_slice[k] = filled if k not in per_slice else np.logical_xor(per_slice[k], filled)
-        for k, m in per_slice.items():
-            out[k] |= m
+            z = float(zs[p])
+            if z not in cache:
+                filled = np.zeros(shape_zyx[1:], dtype=bool)
+                for idx in planes[z]:
+                    filled ^= _fill_polygon(idx[:, 1], idx[:, 0], shape_zyx[1:])
+                cache[z] = filled
+            out[k] |= cache[z]
     if n_contours == 0:
         raise PatientError(label, f"the selected ROI(s) {sorted(names[n] for n in selected)} contain no closed "
                                   f"planar contours")
