@@ -9,7 +9,7 @@ with different seeds into separate ``nnUNet_results`` roots. Each folder is one 
 
 * an nnU-Net model folder ``$nnUNet_results/DatasetXXX_Name/Trainer__Plans__Config``: the predictions of every
   ``fold_X/validation`` are pooled (out-of-fold: each training case is predicted once by the fold that did not
-  train on it; a case found in two folds is an error);
+  train on it; a case found in two folds is an error; ``fold_all`` is ignored since it trained on every case);
 * a folder holding predictions directly: ``crossval_results_folds_0_1_2_3_4`` (written by
   ``nnUNetv2_find_best_configuration`` / ``nnUNetv2_accumulate_crossval_results``) or
   ``$nnUNet_results/DatasetXXX/ensembles/ensemble___...`` (the cross-validation ensembles of
@@ -69,7 +69,7 @@ COMPARE_METRICS: Dict[str, bool] = {
 }
 TERTILES = ("easy", "medium", "hard")
 _DATASET_RE = re.compile(r"^Dataset\d{3}_.+")
-_FOLD_RE = re.compile(r"^fold_(\d+|all)$")
+_FOLD_RE = re.compile(r"^fold_\d+$")  # fold_all is trained on every case: not out-of-fold, ignored
 
 
 @dataclass
@@ -171,8 +171,8 @@ def resolve_results_dir(folder: PathLike, gt_dir: Optional[PathLike] = None,
             for cid, p in list_cases(d / "validation", ending).items():
                 if cid in preds:
                     raise DatasetError(f"{folder}: case {cid} is in {preds[cid].parent.parent.name} and {d.name}; "
-                                       f"out-of-fold pooling needs each case in one fold only (remove fold_all or "
-                                       f"the duplicate)")
+                                       f"out-of-fold pooling needs each case in one fold only (were the folds "
+                                       f"made with different splits? remove the duplicate)")
                 preds[cid] = p
             nn_dice.update(_read_nnunet_summary(d / "validation" / "summary.json", ending))
         kind, folds = "crossval", [d.name for d in fold_dirs]
