@@ -100,3 +100,18 @@ def test_dmax_many_points_matches_brute_force():
     pts = rng.normal(size=(1500, 3)) * [3, 1, 2]
     from scipy.spatial.distance import pdist
     assert dmax_from_centroids(pts) == pytest.approx(pdist(pts).max())
+
+
+def test_per_lesion_suv_max_and_tlg():
+    m = np.zeros((6, 6, 6), bool)
+    m[0:2, 0:2, 0:2] = True
+    m[4:6, 4:6, 4:6] = True
+    suv = np.full(m.shape, 100.0)  # background must not leak into lesion statistics
+    suv[0:2, 0:2, 0:2] = 2.0
+    suv[0, 0, 0] = 5.0
+    suv[4:6, 4:6, 4:6] = 3.0
+    s = measure_lesions(m, (1, 1, 1), suv=suv)
+    by_max = sorted((les.suv_max, les.suv_mean, les.tlg) for les in s.lesions)
+    assert by_max[0] == pytest.approx((3.0, 3.0, 0.008 * 3.0))
+    assert by_max[1] == pytest.approx((5.0, (7 * 2 + 5) / 8, 0.008 * (7 * 2 + 5) / 8))
+    assert s.suv_max == 5.0 and s.tlg == pytest.approx(sum(les.tlg for les in s.lesions))

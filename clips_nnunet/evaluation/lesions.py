@@ -160,11 +160,14 @@ def measure_lesions(mask: np.ndarray, spacing_zyx: Tuple[float, float, float], s
         counts = np.asarray(stats["voxel_counts"], dtype=np.int64)
         centroids = np.asarray(stats["centroids"], dtype=np.float64)
         boxes = stats["bounding_boxes"]
-        if suv is not None:
-            flat = labels.ravel()
-            sums = np.bincount(flat, weights=suv.ravel(), minlength=n + 1)
+        if suv is not None:  # per-label sums and maxima over foreground voxels only
+            fg_lab = labels[binary].astype(np.int64)
+            fg_suv = suv[binary]
+            sums = np.bincount(fg_lab, weights=fg_suv, minlength=n + 1)
+            order = np.lexsort((fg_suv, fg_lab))  # last entry of each label run is its maximum
+            last = np.r_[fg_lab[order][1:] != fg_lab[order][:-1], True]
             maxima = np.full(n + 1, -np.inf)
-            np.maximum.at(maxima, flat, suv.ravel())
+            maxima[fg_lab[order][last]] = fg_suv[order][last]
         for i in range(1, n + 1):
             vol = counts[i] * voxel_ml
             if suv is not None:
