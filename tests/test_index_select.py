@@ -55,6 +55,8 @@ def cohort(tmp_path_factory):
     _variant(pet_files[:5], root / "a" / "nac", CorrectedImage=["DECY", "SCAT"], SeriesNumber=5,
              SeriesDescription="PET NAC")
     _variant(pet_files[:5], root / "a" / "mip", SeriesType=["STATIC", "REPROJECTION"], SeriesNumber=6)
+    # a derived CT (e.g. a reformat) in the same frame of reference, with a lower series number: ORIGINAL wins
+    _variant(ct_files, root / "a" / "derived", ImageType=["DERIVED", "SECONDARY", "AXIAL"], SeriesNumber=1)
     # a second AC PET in the same study but in another frame of reference (no CT pairs with it)
     _variant(pet_files[:40], root / "a" / "other_for", FrameOfReferenceUID=generate_uid(), SeriesNumber=7)
     # patient whose only PET is NAC
@@ -95,7 +97,7 @@ def test_index_groups_patients_studies_series(index, cohort):
     for s in series:
         by_mod.setdefault(s.modality, []).append(s)
     assert sorted(s.n_instances for s in by_mod["PT"]) == [5, 5, 40, 267]
-    assert sorted(s.n_instances for s in by_mod["CT"]) == [1, 2, 59]
+    assert sorted(s.n_instances for s in by_mod["CT"]) == [1, 2, 59, 59]
     assert len(by_mod["RTSTRUCT"]) == 2
     pet = next(s for s in by_mod["PT"] if s.n_instances == 267)
     assert len(pet.files) == 267 and len(set(pet.sop_instance_uids)) == 267
@@ -119,10 +121,11 @@ def test_index_parallel_matches_serial(cohort, index):
 def test_select_excludes_faults_and_pairs_by_frame_of_reference(index):
     [sel] = select_studies(index.patients["STS_001"], "case_0001")
     assert sel.pet.n_instances == 267
-    assert sel.ct is not None and sel.ct.n_instances == 59
+    assert sel.ct is not None and sel.ct.n_instances == 59 and sel.ct.image_type[0] == "ORIGINAL"
     text = "\n".join(sel.decisions)
     assert "localizer" in text and "NAC" in text and "single-image" in text and "MIP" in text
     assert "chose PT series #1" in text  # the paired PET beats the 40-slice PET of another frame of reference
+    assert "2 CT series share the PET's frame of reference; chose CT series #2" in text
     # both RTSTRUCTs: the one on the PET by reference, the one on the (not exported) original CT by frame of reference
     assert len(sel.masks) == 2
     assert sel.mask_on[sel.masks[0].series_uid] == "PET"

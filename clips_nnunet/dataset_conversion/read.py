@@ -88,7 +88,12 @@ def load_series_headers(files: Sequence[PathLike], label: str = "") -> Tuple[Lis
             raise PatientError(label, f"{len(bad)} of {len(files)} slice files (e.g. #{', #'.join(bad[:3])}) lack "
                                       f"{tag}; cannot place them in space. Re-export the series with geometry tags")
     iop = np.asarray([float(x) for x in ref.ImageOrientationPatient], dtype=float)
+    ref_iop, ref_ps = list(ref.ImageOrientationPatient), list(ref.PixelSpacing)
+    ref_size = (int(ref.Rows), int(ref.Columns))
     for i, h in enumerate(headers):
+        if list(h.ImageOrientationPatient) == ref_iop and list(h.PixelSpacing) == ref_ps and \
+                (int(h.Rows), int(h.Columns)) == ref_size:
+            continue  # the usual case, without float conversions
         if not np.allclose([float(x) for x in h.ImageOrientationPatient], iop, atol=1e-4):
             raise PatientError(label, f"slice file #{i + 1} has a different ImageOrientationPatient (0020,0037) than the "
                                       f"first slice; the series mixes orientations. Export one orientation only")
