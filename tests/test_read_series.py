@@ -1,7 +1,6 @@
 """Series reading: per-slice rescale, sorting, geometry checks, resampling and coverage."""
 from __future__ import annotations
 
-import copy
 import random
 from pathlib import Path
 from typing import Callable, List

@@ -23,7 +23,7 @@ Rules (documented in docs/conversion_reading.md; every choice is recorded, witho
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ..errors import PatientError
 from .index import SeriesInfo
