@@ -46,7 +46,7 @@ from clips_nnunet.io_utils import atomic_write_json, atomic_write_text, read_jso
 __all__ = [
     "StudyConfigError", "TrainerSpec", "StudyConfig", "load_study_config", "parse_study_config",
     "study_class_name", "write_study_trainers", "RunSpec", "plan_runs", "run_is_finished", "build_train_command",
-    "case_metrics", "paired_wilcoxon", "run_study", "evaluate_study", "write_report",
+    "run_study", "study_groups", "write_report",
 ]
 
 GENERATED_MODULE = "clips_study_trainers.py"
@@ -110,6 +110,7 @@ class StudyConfig:
     skip_missing_trainers: bool
     run_timeout_s: Optional[float]
     n_proc_da: int
+    parallel_runs: int = 1
 
     def trainer(self, name: str) -> TrainerSpec:
         for spec in self.trainers:
@@ -165,13 +166,13 @@ def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
     ``teacher``}; ``baseline*``; ``controls``; ``folds`` ([0]); ``seeds*``; ``budget*`` {``epochs*``,
     ``iterations_per_epoch*``, ``val_iterations_per_epoch`` (2)}; ``device`` (auto | cpu | cuda); ``teacher_seed``
     (first seed); ``difficulty_key`` (case_metadata.json key for the hardest third; default: teacher difficulty);
-    ``skip_missing_trainers`` (true); ``run_timeout_s``; ``n_proc_da`` (0).
+    ``skip_missing_trainers`` (true); ``run_timeout_s``; ``n_proc_da`` (0); ``parallel_runs`` (1: runs at once).
     """
     if not isinstance(raw, Mapping):
         raise StudyConfigError(f"study config must be a mapping (YAML dictionary), got {type(raw).__name__}")
     known = {"name", "study_dir", "dataset", "configuration", "plans", "trainers", "baseline", "controls", "folds",
              "seeds", "budget", "device", "teacher_seed", "difficulty_key", "skip_missing_trainers",
-             "run_timeout_s", "n_proc_da", "description"}
+             "run_timeout_s", "n_proc_da", "parallel_runs", "description"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise StudyConfigError(f"study config: unknown key(s) {unknown}; known keys are {sorted(known)}")
@@ -273,7 +274,8 @@ def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
         device=device, teacher_seed=teacher_seed, difficulty_key=raw.get("difficulty_key"),
         skip_missing_trainers=bool(raw.get("skip_missing_trainers", True)),
         run_timeout_s=float(timeout) if timeout is not None else None,
-        n_proc_da=_positive_int(raw.get("n_proc_da", 0), "n_proc_da", 0))
+        n_proc_da=_positive_int(raw.get("n_proc_da", 0), "n_proc_da", 0),
+        parallel_runs=_positive_int(raw.get("parallel_runs", 1), "parallel_runs"))
 
 
 def load_study_config(path: Path, study_dir: Optional[Path] = None) -> StudyConfig:
@@ -334,7 +336,8 @@ class _StudyBudgetMixin:
         self.num_epochs = self.study_epochs
         self.num_iterations_per_epoch = self.study_iterations_per_epoch
         self.num_val_iterations_per_epoch = self.study_val_iterations_per_epoch
-        self.study_seed = _study_seed_everything(self.fold)
+        # clips trainers seed themselves from CLIPS_SEED (nnUNetTrainerClipsBase.initialize); others are seeded here
+        self.study_seed = self.clips_seed() if hasattr(self, "clips_seed") else _study_seed_everything(self.fold)
         self.study_drawn_keys = []
 
     def train_step(self, batch):
@@ -455,23 +458,33 @@ def run_is_finished(folder: Path) -> bool:
 
 def plan_runs(config: StudyConfig, available: Optional[Iterable[str]] = None, n_splits: Optional[int] = None
               ) -> List[RunSpec]:
-    """All runs in execution order: teacher folds first, then seed by seed (so that an interrupted study has whole
-    seeds), within a seed the arms in config order, teachers before their students."""
+    """All runs in execution order. Teachers first: their study folds at the teacher seed (in the seed root; they
+    are also the teacher's runs for those folds), then their other folds (teacher root); then seed by seed (so an
+    interrupted study has whole seeds), within a seed the arms in config order."""
     names = set(available) if available is not None else {t.name for t in config.trainers}
     runs: List[RunSpec] = []
     teachers = sorted({t.teacher for t in config.trainers if t.teacher and t.name in names and t.teacher in names})
-    all_folds = tuple(range(n_splits or config.n_splits or 5))
     for teacher in teachers:
-        for fold in all_folds:
-            runs.append(RunSpec(config.trainer(teacher), fold, config.teacher_seed, teacher_results_root(config),
-                                "teacher"))
+        spec = config.trainer(teacher)
+        for fold in teacher_folds(config, n_splits):
+            if fold in config.folds and config.teacher_seed in config.seeds:
+                runs.append(RunSpec(spec, fold, config.teacher_seed, seed_results_root(config, config.teacher_seed)))
+            else:
+                runs.append(RunSpec(spec, fold, config.teacher_seed, teacher_results_root(config), "teacher"))
     for seed in config.seeds:
         for spec in config.trainers:
             if spec.name not in names:
                 continue
             for fold in config.folds:
-                runs.append(RunSpec(spec, fold, seed, seed_results_root(config, seed)))
+                run = RunSpec(spec, fold, seed, seed_results_root(config, seed))
+                if run not in runs:
+                    runs.append(run)
     return runs
+
+
+def teacher_folds(config: StudyConfig, n_splits: Optional[int] = None) -> Tuple[int, ...]:
+    """Every fold of the split: a teacher must have predicted each case out of fold."""
+    return tuple(range(n_splits or config.n_splits or 5))
 
 
 def build_train_command(config: StudyConfig, run: RunSpec, device: str, resume: bool = False) -> List[str]:
@@ -500,6 +513,7 @@ def study_environment(config: StudyConfig, run: Optional[RunSpec] = None,
     env.setdefault("nnUNet_def_n_proc", "1")
     env["nnUNet_n_proc_DA"] = str(config.n_proc_da)
     env.setdefault("nnUNet_compile", "false")
+    env.setdefault("OMP_NUM_THREADS", "1" if config.device != "cuda" else env.get("OMP_NUM_THREADS", "4"))
     if run is not None:
         env["CLIPS_SEED"] = str(run.seed)
     if difficulty_csv is not None:
@@ -661,140 +675,32 @@ def resolve_device(device: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# metrics
-# --------------------------------------------------------------------------------------------------------------------
-
-def case_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], connectivity: int = 18
-                 ) -> Dict[str, float]:
-    """Dice, TMTV (ml) predicted/true/absolute error, false-positive and false-negative volumes (ml) of one case.
-
-    FP volume = predicted components touching no true lesion; FN volume = true components touching no predicted
-    lesion (autoPET 2022 definitions, 18-connectivity as in its evaluation script). Dice is NaN when both masks are
-    empty (undefined). Uses ``clips_nnunet.evaluation`` where it offers these, otherwise this implementation.
-    """
-    import cc3d
-
-    pred = np.asarray(pred) > 0
-    gt = np.asarray(gt) > 0
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    inter = float(np.logical_and(pred, gt).sum())
-    total = float(pred.sum() + gt.sum())
-    dice = 2 * inter / total if total > 0 else float("nan")
-    pred_cc = cc3d.connected_components(pred.astype(np.uint8), connectivity=connectivity)
-    gt_cc = cc3d.connected_components(gt.astype(np.uint8), connectivity=connectivity)
-    fp = 0.0
-    for label in range(1, int(pred_cc.max()) + 1):
-        comp = pred_cc == label
-        if not np.logical_and(comp, gt).any():
-            fp += float(comp.sum())
-    fn = 0.0
-    for label in range(1, int(gt_cc.max()) + 1):
-        comp = gt_cc == label
-        if not np.logical_and(comp, pred).any():
-            fn += float(comp.sum())
-    tmtv_pred = float(pred.sum()) * voxel_ml
-    tmtv_true = float(gt.sum()) * voxel_ml
-    return {"dice": dice, "tmtv_pred_ml": tmtv_pred, "tmtv_true_ml": tmtv_true,
-            "tmtv_abs_err_ml": abs(tmtv_pred - tmtv_true), "fp_volume_ml": fp * voxel_ml,
-            "fn_volume_ml": fn * voxel_ml}
-
-
-def _read_mask(path: Path) -> Tuple[np.ndarray, Tuple[float, ...]]:
-    import SimpleITK as sitk
-
-    image = sitk.ReadImage(str(path))
-    return sitk.GetArrayFromImage(image), tuple(image.GetSpacing())[::-1]
-
-
-def evaluate_fold(validation_dir: Path, gt_dir: Path) -> Dict[str, Dict[str, float]]:
-    """Per-case metrics of one fold's out-of-fold predictions (``fold_X/validation/*.nii.gz``)."""
-    out: Dict[str, Dict[str, float]] = {}
-    for pred_path in sorted(Path(validation_dir).glob("*.nii.gz")):
-        case = pred_path.name[: -len(".nii.gz")]
-        gt_path = Path(gt_dir) / pred_path.name
-        if not gt_path.is_file():
-            raise DatasetError(f"no ground truth {gt_path} for prediction {pred_path}; was the dataset re-created?")
-        pred, spacing = _read_mask(pred_path)
-        gt, _ = _read_mask(gt_path)
-        out[case] = case_metrics(pred, gt, spacing)
-    return out
-
-
-def paired_wilcoxon(a: Sequence[float], b: Sequence[float]) -> Dict[str, float]:
-    """Two-sided Wilcoxon signed-rank test of paired samples ``a`` vs ``b`` (NaN pairs dropped).
-
-    Returns n, mean and median of ``a - b``, the p-value and the matched-pairs rank-biserial correlation
-    r = (W+ - W-) / (W+ + W-) (Kerby 2014), in [-1, 1], positive when ``a`` tends to be larger.
-    """
-    from scipy.stats import rankdata, wilcoxon
-
-    a = np.asarray(a, dtype=float)
-    b = np.asarray(b, dtype=float)
-    if a.shape != b.shape:
-        raise ValueError(f"paired samples must have the same length, got {a.shape} and {b.shape}")
-    keep = np.isfinite(a) & np.isfinite(b)
-    d = a[keep] - b[keep]
-    n = int(d.size)
-    res = {"n": n, "mean_diff": float(d.mean()) if n else float("nan"),
-           "median_diff": float(np.median(d)) if n else float("nan"), "p_value": float("nan"),
-           "rank_biserial": float("nan")}
-    nz = d[d != 0]
-    if nz.size:
-        ranks = rankdata(np.abs(nz))
-        w_plus, w_minus = float(ranks[nz > 0].sum()), float(ranks[nz < 0].sum())
-        res["rank_biserial"] = (w_plus - w_minus) / (w_plus + w_minus)
-    if nz.size >= 2:
-        res["p_value"] = float(wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
-    elif n:
-        res["p_value"] = 1.0
-    return res
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # teacher difficulty
 # --------------------------------------------------------------------------------------------------------------------
 
 def compute_teacher_difficulty(config: StudyConfig, teacher: TrainerSpec, out_csv: Path, echo: bool = True) -> Path:
-    """Difficulty of every case from the teacher's out-of-fold predictions: ``clips-nnunet score`` when it exists,
-    else 1 - Dice computed here (empty-vs-empty counts as 0). CSV ``case_id,difficulty``."""
+    """Difficulty of every case from the teacher's out-of-fold predictions with ``clips-nnunet score`` (1 - Dice of
+    the fold model that never trained on the case; CSV ``case_id,difficulty``, higher = harder)."""
     results = trainer_output_dir(config, teacher_results_root(config), teacher)
     env = study_environment(config, RunSpec(teacher, 0, config.teacher_seed, teacher_results_root(config),
                                             "teacher"))
-    cmd = ["clips-nnunet", "score", str(results), "-o", str(out_csv)]
-    if _score_command_available():
-        if _run_logged(cmd, env, config.study_dir / "logs" / "score.log", None, echo) == 0 and out_csv.is_file():
-            return out_csv
-        print("[study] clips-nnunet score failed (see logs/score.log); using 1 - Dice computed by the harness",
-              flush=True)
-    gt_dir = config.study_dir / "nnUNet_preprocessed" / config.dataset_folder_name / "gt_segmentations"
-    rows = {}
-    for fdir in sorted(results.glob("fold_*")):
-        for case, m in evaluate_fold(fdir / "validation", gt_dir).items():
-            rows[case] = 0.0 if math.isnan(m["dice"]) else 1.0 - m["dice"]
-    if not rows:
-        raise DatasetError(f"teacher {teacher.name} has no out-of-fold predictions under {results}")
-    lines = "case_id,difficulty\n" + "".join(f"{k},{v:.6f}\n" for k, v in sorted(rows.items()))
-    atomic_write_text(out_csv, lines)
+    cmd = ["clips-nnunet", "score", str(results), "-o", str(out_csv), "--metric", "dice"]
+    log = config.study_dir / "logs" / "score.log"
+    if _run_logged(cmd, env, log, None, echo) != 0 or not out_csv.is_file():
+        raise DatasetError(f"clips-nnunet score failed for teacher {teacher.name} ({results}); see {log}")
     return out_csv
 
 
-def _score_command_available() -> bool:
-    try:
-        from clips_nnunet.cli import build_parser
-
-        parser = build_parser()
-        actions = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
-        return any("score" in a.choices for a in actions)
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def _read_difficulty_csv(path: Path) -> Dict[str, float]:
-    out = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            key = row.get("case_id") or row.get("case") or next(iter(row.values()))
-            out[str(key)] = float(row.get("difficulty", "nan"))
+def training_cases_difficulty_csv(config: StudyConfig, teacher_csv: Path, fold: int) -> Path:
+    """The teacher CSV restricted to the training cases of ``fold`` (the trainer rejects ids it does not train on)."""
+    splits = read_json(config.study_dir / "nnUNet_preprocessed" / config.dataset_folder_name / "splits_final.json")
+    train = set(splits[fold]["train"])
+    with open(teacher_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = teacher_csv.with_name(f"{teacher_csv.stem}_fold{fold}_train.csv")
+    text = "case_id,difficulty\n" + "".join(f"{r['case_id']},{r['difficulty']}\n" for r in rows
+                                             if r["case_id"] in train)
+    atomic_write_text(out, text)
     return out
 
 
@@ -860,50 +766,97 @@ def run_study(config: StudyConfig, dry_run: bool = False, echo: bool = True, max
         n_splits = len(read_json(splits)) if splits.is_file() else 5
     runs = plan_runs(config, modules.keys(), n_splits)
     difficulty_csvs: Dict[str, Path] = {}
-    done = 0
-    bar = tqdm(runs, desc=f"study {config.name}", unit="run", disable=not echo)
-    for run in bar:
-        bar.set_postfix_str(run.label)
-        if run.trainer.teacher and run.trainer.teacher not in difficulty_csvs:
-            teacher = config.trainer(run.trainer.teacher)
-            csv_path = study_dir / f"difficulty_{teacher.name}.csv"
-            teacher_runs = [r for r in runs if r.purpose == "teacher" and r.trainer.name == teacher.name]
+
+    def teacher_ready(run: RunSpec) -> bool:
+        """True when the run needs no teacher or the teacher's difficulty CSV exists (computed when possible)."""
+        if not run.trainer.teacher:
+            return True
+        name = run.trainer.teacher
+        if name not in difficulty_csvs:
+            teacher = config.trainer(name)
+            _ensure_teacher_fold_links(config, teacher)
+            teacher_runs = [RunSpec(teacher, f, config.teacher_seed, teacher_results_root(config), "teacher")
+                            for f in teacher_folds(config, n_splits)]
             if dry_run or not all(run_is_finished(fold_dir(config, r)) for r in teacher_runs):
-                status["runs"][run.label] = "waiting for teacher"
-                continue
+                return False
+            csv_path = study_dir / f"difficulty_{name}.csv"
             if not csv_path.is_file():
-                compute_teacher_difficulty(config, teacher, csv_path, echo=echo)
-            difficulty_csvs[teacher.name] = csv_path
-        if run.purpose == "teacher":
-            _ensure_teacher_fold_links(config, run.trainer)
+                compute_teacher_difficulty(config, config.trainer(name), csv_path, echo=echo)
+            difficulty_csvs[name] = csv_path
+        return True
+
+    def execute(run: RunSpec, cmd: List[str], env: Dict[str, str]) -> str:
         folder = fold_dir(config, run)
-        if run_is_finished(folder):
-            status["runs"][run.label] = "skipped (finished)"
-            continue
-        if max_runs is not None and done >= max_runs:
-            status["runs"][run.label] = "not started (max_runs)"
-            continue
-        csv_path = difficulty_csvs.get(run.trainer.teacher) if run.trainer.teacher else None
-        env = study_environment(config, run, csv_path)
-        resume = (folder / "checkpoint_latest.pth").is_file() or (folder / "checkpoint_final.pth").is_file()
-        cmd = build_train_command(config, run, device, resume=resume)
-        if dry_run:
-            print(f"$ {_shell_line(cmd, env)}", flush=True)
-            status["runs"][run.label] = "dry run"
-            continue
         log = study_dir / "logs" / f"{run.trainer.name}_fold{run.fold}_seed{run.seed}_{run.purpose}.log"
         t0 = time.time()
         rc = _run_logged(cmd, env, log, config.run_timeout_s, echo)
-        done += 1
         if rc == 0 and not run_is_finished(folder):
-            # finished training but validation missing (e.g. killed during validation): nnU-Net's --val redoes it
+            # trained but validation missing (e.g. killed while validating): nnU-Net's --val redoes only that
             rc = _run_logged([*build_train_command(config, run, device), "--val"], env, log, config.run_timeout_s,
                              echo)
-        status["runs"][run.label] = (f"finished in {time.time() - t0:.0f} s" if rc == 0 and run_is_finished(folder)
-                                     else f"failed (exit {rc}, log {log})")
-        if echo and rc != 0:
+        if rc == 0 and run_is_finished(folder):
+            return f"finished in {time.time() - t0:.0f} s"
+        if echo:
             print(f"[study] {run.label} failed with exit code {rc}; see {log}", flush=True)
-        atomic_write_json(study_dir / "study_status.json", status)
+        return f"failed (exit {rc}, log {log.name})"
+
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    pending = list(runs)
+    started = 0
+    bar = tqdm(total=len(runs), desc=f"study {config.name}", unit="run", disable=not echo)
+    with ThreadPoolExecutor(max_workers=max(1, config.parallel_runs)) as pool:
+        running: Dict[Any, RunSpec] = {}
+        while pending or running:
+            progressed = False
+            for run in list(pending):
+                if len(running) >= max(1, config.parallel_runs):
+                    break
+                folder = fold_dir(config, run)
+                if run_is_finished(folder):
+                    status["runs"][run.label] = "skipped (finished)"
+                    pending.remove(run)
+                    bar.update(1)
+                    progressed = True
+                    continue
+                if not teacher_ready(run):
+                    continue
+                if max_runs is not None and started >= max_runs:
+                    status["runs"][run.label] = "not started (max_runs)"
+                    pending.remove(run)
+                    bar.update(1)
+                    continue
+                csv_path = (training_cases_difficulty_csv(config, difficulty_csvs[run.trainer.teacher], run.fold)
+                            if run.trainer.teacher else None)
+                env = study_environment(config, run, csv_path)
+                resume = (folder / "checkpoint_latest.pth").is_file()
+                cmd = build_train_command(config, run, device, resume=resume)
+                pending.remove(run)
+                progressed = True
+                if dry_run:
+                    print(f"$ {_shell_line(cmd, env)}", flush=True)
+                    status["runs"][run.label] = "dry run"
+                    bar.update(1)
+                    continue
+                started += 1
+                running[pool.submit(execute, run, cmd, env)] = run
+            if running:
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    run = running.pop(fut)
+                    try:
+                        status["runs"][run.label] = fut.result()
+                    except Exception as e:  # noqa: BLE001 - one broken run never stops the study
+                        status["runs"][run.label] = f"failed ({type(e).__name__}: {e})"
+                    bar.update(1)
+                    bar.set_postfix_str(run.label)
+                atomic_write_json(study_dir / "study_status.json", status)
+            elif not progressed:
+                for run in pending:  # only teacher-dependent runs whose teacher did not finish are left
+                    status["runs"][run.label] = f"not run: teacher {run.trainer.teacher} has unfinished folds"
+                    bar.update(1)
+                pending.clear()
+    bar.close()
     atomic_write_json(study_dir / "study_status.json", status)
     if report and not dry_run:
         status["report"] = str(write_report(config, status))
@@ -914,45 +867,49 @@ def run_study(config: StudyConfig, dry_run: bool = False, echo: bool = True, max
 # evaluation and report
 # --------------------------------------------------------------------------------------------------------------------
 
-METRICS = (("dice", "Dice", True), ("tmtv_abs_err_ml", "|TMTV error| (ml)", False),
-           ("fp_volume_ml", "FP volume (ml)", False), ("fn_volume_ml", "FN volume (ml)", False))
+#: metrics shown in the study report (higher is better?): Dice, TMTV error, autoPET false-positive/-negative volumes
+REPORT_METRICS: Dict[str, bool] = {"dice": True, "tmtv_abs_error_ml": False, "fp_volume_ml": False,
+                                   "fn_volume_ml": False}
 
 
-def evaluate_study(config: StudyConfig) -> Dict[str, Dict[int, Dict[str, Dict[str, float]]]]:
-    """Per-case metrics of every finished run: ``{arm: {seed: {case: metrics}}}`` over the study folds."""
-    gt_dir = config.study_dir / "nnUNet_preprocessed" / config.dataset_folder_name / "gt_segmentations"
-    out: Dict[str, Dict[int, Dict[str, Dict[str, float]]]] = {}
+def study_groups(config: StudyConfig) -> Dict[str, List[Path]]:
+    """``{arm: [trainer results folder of each seed whose study folds all finished]}`` (arms with none left out)."""
+    groups: Dict[str, List[Path]] = {}
     for spec in config.trainers:
         for seed in config.seeds:
-            cases: Dict[str, Dict[str, float]] = {}
-            for fold in config.folds:
-                folder = fold_dir(config, RunSpec(spec, fold, seed, seed_results_root(config, seed)))
-                if run_is_finished(folder):
-                    cases.update(evaluate_fold(folder / "validation", gt_dir))
-            if cases:
-                out.setdefault(spec.name, {})[seed] = cases
-    return out
+            root = seed_results_root(config, seed)
+            if all(run_is_finished(fold_dir(config, RunSpec(spec, f, seed, root))) for f in config.folds):
+                groups.setdefault(spec.name, []).append(trainer_output_dir(config, root, spec))
+    return groups
 
 
-def _seed_mean_table(per_seed: Mapping[int, Mapping[str, Mapping[str, float]]], metric: str,
-                     cases: Sequence[str]) -> np.ndarray:
-    """Per-case metric averaged over the seeds that have the case (NaN where none has it)."""
-    vals = []
-    for case in cases:
-        xs = [per_seed[s][case][metric] for s in per_seed if case in per_seed[s]]
-        xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
-        vals.append(float(np.mean(xs)) if xs else float("nan"))
-    return np.asarray(vals, dtype=float)
+def _compare(config: StudyConfig, groups: Mapping[str, Sequence[Path]], baseline: str, out_dir: Path):
+    from clips_nnunet.evaluation.compare import compare_results
+
+    gt_dir = config.study_dir / "nnUNet_preprocessed" / config.dataset_folder_name / "gt_segmentations"
+    metadata = config.study_dir / "nnUNet_raw" / config.dataset_folder_name / "case_metadata.json"
+    kwargs: Dict[str, Any] = {}
+    if config.difficulty_key and metadata.is_file():
+        kwargs = {"metadata": metadata, "metadata_key": config.difficulty_key}
+    else:
+        csvs = sorted(config.study_dir.glob("difficulty_*[!n].csv"))
+        if csvs:
+            kwargs = {"difficulty_csv": csvs[0]}
+    return compare_results({k: list(v) for k, v in groups.items()}, baseline=baseline, gt_dir=gt_dir,
+                           out_dir=out_dir, metrics=REPORT_METRICS, progress=False, **kwargs)
 
 
-def _fmt(x: float, digits: int = 3) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
 def write_report(config: StudyConfig, status: Optional[Mapping[str, Any]] = None,
                  out_dir: Optional[Path] = None) -> Path:
-    """Evaluate the finished runs and write ``report.md``, ``report.png`` and ``report.json`` into ``out_dir``
-    (default ``study_dir/report``). Returns the Markdown path."""
+    """Compare the finished runs with the evaluator's :func:`clips_nnunet.evaluation.compare.compare_results`
+    (against the baseline and against each control) and write one ``report.md`` with ``report.png`` into
+    ``out_dir`` (default ``study_dir/report``); the full comparisons (CSV, JSON, box plots) go to ``vs_<arm>/``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -960,110 +917,93 @@ def write_report(config: StudyConfig, status: Optional[Mapping[str, Any]] = None
 
     out_dir = Path(out_dir or config.study_dir / "report")
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = evaluate_study(config)
-    arms = [t.name for t in config.trainers if t.name in results]
-    all_cases = sorted({c for arm in results.values() for cases in arm.values() for c in cases})
-    difficulty = case_difficulty_from_metadata(config)
-    difficulty_source = f"case_metadata.json key '{config.difficulty_key}'"
-    if not difficulty or not all(c in difficulty for c in all_cases):
-        csvs = sorted(config.study_dir.glob("difficulty_*.csv"))
-        if csvs:
-            difficulty = _read_difficulty_csv(csvs[0])
-            difficulty_source = f"teacher out-of-fold 1 - Dice ({csvs[0].name})"
-    known = [c for c in all_cases if c in difficulty]
-    hardest: List[str] = []
-    if known:
-        ordered = sorted(known, key=lambda c: (difficulty[c], c))
-        hardest = ordered[len(ordered) - max(1, int(round(len(ordered) / 3))):]
-    subsets = {"all cases": all_cases, "hardest third": hardest}
-
-    summary: Dict[str, Any] = {"arms": {}, "tests": {}, "cases": all_cases, "hardest_third": hardest,
-                               "difficulty_source": difficulty_source if hardest else None}
-    lines = [f"# Curriculum study `{config.name}`", "",
-             f"Dataset {config.dataset_folder_name} ({config.dataset_source}), configuration "
-             f"`{config.configuration}`, plans `{config.plans}`, folds {list(config.folds)}"
-             + (f" of a {config.n_splits}-fold split" if config.n_splits else "")
-             + f", seeds {list(config.seeds)}, device `{config.device}`.",
-             f"Budget per run: {config.epochs} epochs x {config.iterations_per_epoch} iterations = "
-             f"{config.budget_iterations} training iterations (equal for every arm).", "",
-             f"Out-of-fold cases evaluated: {len(all_cases)}; hardest third: {len(hardest)} cases"
-             + (f" by {difficulty_source}." if hardest else " (no difficulty available)."), "",
-             "Metrics per case are averaged over seeds, then summarised over cases (mean +- sd, median). "
-             "Paired tests: two-sided Wilcoxon signed-rank over cases (seed-averaged), effect size = matched-pairs "
-             "rank-biserial r (positive: the arm's value is larger). FP/FN volumes as autoPET defines them "
-             "(components touching no true / no predicted lesion, 18-connectivity).", ""]
-    if status and status.get("missing_trainers"):
-        lines += [f"Arms not run (trainer class not available when the study ran): "
-                  f"{', '.join(status['missing_trainers'])}.", ""]
-    for subset_name, cases in subsets.items():
-        if not cases:
-            continue
-        lines += [f"## {subset_name.capitalize()} (n = {len(cases)})", "",
-                  "| arm | seeds | " + " | ".join(label for _, label, _ in METRICS) + " | Dice per seed |",
-                  "|---|---|" + "---|" * len(METRICS) + "---|"]
-        for arm in arms:
-            row = [arm, str(len(results[arm]))]
-            arm_summary = summary["arms"].setdefault(arm, {}).setdefault(subset_name, {})
-            for key, _, _ in METRICS:
-                v = _seed_mean_table(results[arm], key, cases)
-                fin = v[np.isfinite(v)]
-                mean = float(fin.mean()) if fin.size else float("nan")
-                sd = float(fin.std(ddof=1)) if fin.size > 1 else float("nan")
-                med = float(np.median(fin)) if fin.size else float("nan")
-                arm_summary[key] = {"mean": mean, "sd": sd, "median": med, "n": int(fin.size)}
-                row.append(f"{_fmt(mean)} +- {_fmt(sd)} (med {_fmt(med)})")
-            per_seed = []
-            for seed, seed_cases in sorted(results[arm].items()):
-                ds = [seed_cases[c]["dice"] for c in cases if c in seed_cases and not math.isnan(seed_cases[c]["dice"])]
-                per_seed.append(_fmt(float(np.mean(ds)) if ds else float("nan")))
-            arm_summary["dice_per_seed"] = per_seed
-            row.append(", ".join(per_seed))
-            lines.append("| " + " | ".join(row) + " |")
-        lines.append("")
-        references = [config.baseline, *config.controls]
-        for ref in references:
-            if ref not in results:
+    groups = study_groups(config)
+    lines = [f"# Curriculum study `{config.name}`", ""]
+    lines += [f"- Dataset: {config.dataset_folder_name} (source `{config.dataset_source}`"
+              + (f", {dict(config.dataset_options)}" if config.dataset_options else "") + ")",
+              f"- nnU-Net configuration `{config.configuration}`, plans `{config.plans}`, device `{config.device}`",
+              f"- Folds {list(config.folds)}" + (f" of a {config.n_splits}-fold split (stratified by "
+                                                 f"`{config.difficulty_key}`)" if config.n_splits else ""),
+              f"- Seeds {list(config.seeds)} (`CLIPS_SEED`; each seed in its own `nnUNet_results` root)",
+              f"- Budget per run, equal for every arm: {config.epochs} epochs x {config.iterations_per_epoch} "
+              f"iterations = {config.budget_iterations} training iterations",
+              f"- Arms: " + ", ".join(f"`{t.name}` (= `{t.trainer}`"
+                                      + (", " + ", ".join(f"{k}={v}" for k, v in t.overrides) if t.overrides else "")
+                                      + (f", teacher `{t.teacher}`" if t.teacher else "") + ")"
+                                      for t in config.trainers),
+              f"- Baseline `{config.baseline}`; controls: {', '.join(f'`{c}`' for c in config.controls) or 'none'}",
+              ""]
+    missing = [t.name for t in config.trainers if t.name not in groups]
+    if missing:
+        lines += [f"Arms without a finished run (not evaluated): {', '.join(missing)}.", ""]
+    summary: Dict[str, Any] = {"groups": {k: [str(p) for p in v] for k, v in groups.items()}, "comparisons": {}}
+    main = None
+    if config.baseline in groups and len(groups) > 0:
+        main = _compare(config, groups, config.baseline, out_dir / f"vs_{config.baseline}")
+        summary["comparisons"][config.baseline] = str(out_dir / f"vs_{config.baseline}" / "comparison.json")
+        lines += ["## Results against the baseline", "",
+                  f"Out-of-fold validation cases: {main.per_case.case_id.nunique()}; difficulty for the tertiles: "
+                  f"{main.difficulty_source}. Per case, metrics are averaged over seeds; tables give mean +- sd "
+                  f"(median) over cases, [sd of the per-seed cohort means]. Tests: paired two-sided Wilcoxon "
+                  f"signed-rank over cases, r = matched-pairs rank-biserial (Kerby 2014), Holm over the metrics. "
+                  f"FP/FN volumes as autoPET defines them.", ""]
+        text = (out_dir / f"vs_{config.baseline}" / "report.md").read_text().splitlines()
+        body = [ln for ln in text[1:] if not ln.startswith("Files:")]
+        body = [ln.replace("](plots/", f"](vs_{config.baseline}/plots/").replace("## ", "### ") for ln in body]
+        lines += body
+        for ref in config.controls:
+            if ref not in groups or ref == config.baseline:
                 continue
-            lines += [f"Paired tests against `{ref}` ({subset_name}): difference = arm - {ref}", "",
-                      "| arm | metric | n | mean diff | median diff | p | r |", "|---|---|---|---|---|---|---|"]
-            for arm in arms:
-                if arm == ref:
-                    continue
-                for key, label, _ in METRICS:
-                    a = _seed_mean_table(results[arm], key, cases)
-                    b = _seed_mean_table(results[ref], key, cases)
-                    t = paired_wilcoxon(a, b)
-                    summary["tests"].setdefault(subset_name, {}).setdefault(ref, {}).setdefault(arm, {})[key] = t
-                    lines.append(f"| {arm} | {label} | {t['n']} | {_fmt(t['mean_diff'])} | "
-                                 f"{_fmt(t['median_diff'])} | {_fmt(t['p_value'])} | {_fmt(t['rank_biserial'], 2)} |")
+            res = _compare(config, groups, ref, out_dir / f"vs_{ref}")
+            summary["comparisons"][ref] = str(out_dir / f"vs_{ref}" / "comparison.json")
+            lines += [f"## Paired tests against the control `{ref}`", "",
+                      f"diff = arm - {ref}; all cases and the hardest tertile; full tables in `vs_{ref}/`.", "",
+                      "| arm | stratum | metric | n | median diff | r | p | p_holm | favours |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for _, r in res.tests[res.tests.stratum.isin(["all", "hard"])].iterrows():
+                lines.append(f"| {r['group']} | {r['stratum']} | {r['metric']} | {r['n_pairs']} | "
+                             f"{_fmt(r['median_diff'])} | {_fmt(r['rank_biserial'], 2)} | {_fmt(r['p_value'])} | "
+                             f"{_fmt(r['p_holm'])} | {r['better']} |")
             lines.append("")
+        _plot_summary(main, config, out_dir / "report.png", plt)
+        lines.insert(2, "![Dice and TMTV error per arm, all cases and hardest tertile](report.png)\n")
+    else:
+        lines += [f"The baseline `{config.baseline}` has no finished run yet: nothing to compare.", ""]
     lines += ["## Runs", "", "| run | status |", "|---|---|"]
     for label, state in (status or {}).get("runs", {}).items():
         lines.append(f"| {label} | {state} |")
-    lines += ["", "Reproduce: `clips-nnunet study CONFIG.yaml` (finished runs are skipped). Every run is "
-              "`nnUNetv2_train` with `CLIPS_SEED=S` and `nnUNet_results=study_dir/seed_S/nnUNet_results`; "
-              "the commands are in `study_dir/logs/`.", ""]
-
-    if arms:
-        fig, axes = plt.subplots(2, len(METRICS), figsize=(4 * len(METRICS), 7), squeeze=False)
-        for row, (subset_name, cases) in enumerate(subsets.items()):
-            for col, (key, label, _) in enumerate(METRICS):
-                ax = axes[row][col]
-                data = [_seed_mean_table(results[a], key, cases) if cases else np.array([]) for a in arms]
-                data = [d[np.isfinite(d)] for d in data]
-                if any(d.size for d in data):
-                    ax.boxplot([d if d.size else np.array([np.nan]) for d in data], showmeans=True)
-                ax.set_xticks(range(1, len(arms) + 1))
-                ax.set_xticklabels([a.replace("nnUNetTrainer", "") or "nnUNetTrainer" for a in arms], rotation=35,
-                                   ha="right", fontsize=8)
-                ax.set_title(f"{label}\n{subset_name} (n={len(cases)})", fontsize=9)
-        fig.suptitle(f"study {config.name}: {config.budget_iterations} iterations per run, seeds "
-                     f"{list(config.seeds)}", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(out_dir / "report.png", dpi=110)
-        plt.close(fig)
-        lines.insert(2, "![per-arm metrics](report.png)\n")
+    lines += ["", "Reproduce: `clips-nnunet study CONFIG.yaml` (finished runs are skipped). Each run is "
+              "`nnUNetv2_train DATASET CONFIG FOLD -tr <arm>Study` with `CLIPS_SEED=S` and "
+              "`nnUNet_results=<study_dir>/seed_S/nnUNet_results`; the exact commands are in `<study_dir>/logs/`.",
+              ""]
     atomic_write_json(out_dir / "report.json", summary)
     path = out_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def _plot_summary(res, config: StudyConfig, path: Path, plt) -> None:
+    """Box plots of seed-averaged per-case Dice and |TMTV error| per arm, all cases and the hardest tertile."""
+    arms = [config.baseline] + [g for g in res.groups if g != config.baseline]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), squeeze=False)
+    pc = res.per_case
+    for row, (metric, label) in enumerate((("dice", "Dice"), ("tmtv_abs_error_ml", "|TMTV error| (ml)"))):
+        for col, stratum in enumerate(("all", "hard")):
+            ax = axes[row][col]
+            sub = pc if stratum == "all" else pc[pc.tertile == "hard"]
+            data = []
+            for a in arms:
+                v = sub.loc[sub.group == a, metric].astype(float).to_numpy()
+                v = v[np.isfinite(v)]
+                data.append(v if v.size else np.array([np.nan]))
+            ax.boxplot(data, showmeans=True)
+            ax.set_xticks(range(1, len(arms) + 1))
+            ax.set_xticklabels([a.replace("nnUNetTrainer", "") or "nnUNetTrainer" for a in arms], rotation=30,
+                               ha="right", fontsize=8)
+            n = sub.case_id.nunique()
+            ax.set_title(f"{label}, {'all cases' if stratum == 'all' else 'hardest tertile'} (n={n})", fontsize=9)
+    fig.suptitle(f"study {config.name}: {config.budget_iterations} iterations per run, seeds {list(config.seeds)}, "
+                 f"folds {list(config.folds)}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
