@@ -1,6 +1,122 @@
-"""Sub-commands of `clips-nnunet` (module owner fills in)."""
+"""``clips-nnunet convert``, ``convert-autopet`` and ``synth``: data conversion sub-commands.
+
+They parse arguments and call :mod:`clips_nnunet.dataset_conversion`; see docs/conversion.md.
+"""
 from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-d", "--dataset-id", type=int, required=True, help="nnU-Net dataset id (1-999), e.g. 501")
+    p.add_argument("-n", "--name", required=True, help="dataset name (letters, digits, hyphens), e.g. Lymphoma")
+    p.add_argument("-j", "--workers", type=int, default=1,
+                   help="studies converted in parallel (processes, one SimpleITK thread each; default 1)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip cases completed by an earlier (possibly killed) run; unfinished cases are redone")
+    p.add_argument("--force", action="store_true",
+                   help="rewrite splits_final.json in nnUNet_preprocessed even when it exists")
+    p.add_argument("--private-dir", default=None,
+                   help="folder for the private patient->case mapping and the full report (default: "
+                        "<parent of nnUNet_raw>/clips_private/DatasetXXX_NAME; must be outside nnUNet_raw)")
+    p.add_argument("--prefix", default=None, help="case id prefix (default: the dataset name without hyphens)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _finish(report) -> int:
+    print(report.summary_table())
+    for w in report.warnings:
+        print(f"warning: {w}")
+    if report.failed:
+        print(f"{len(report.failed)} case(s) failed: see {report.dataset_dir / 'conversion_report.json'}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from clips_nnunet.dataset_conversion.convert import convert_cohort
+
+    report = convert_cohort(args.cohort_dir, args.dataset_id, args.name, labels=args.labels, roi=args.roi,
+                            test_dirs=args.test or [], workers=args.workers, resume=args.resume, force=args.force,
+                            private_dir=args.private_dir, overrides_csv=args.overrides,
+                            target_spacing=args.target_spacing, prefix=args.prefix, progress=not args.quiet)
+    return _finish(report)
+
+
+def run_convert_autopet(args: argparse.Namespace) -> int:
+    from clips_nnunet.dataset_conversion.autopet import convert_autopet
+
+    report = convert_autopet(args.autopet_dir, args.dataset_id, args.name, workers=args.workers,
+                             resume=args.resume, force=args.force, private_dir=args.private_dir,
+                             prefix=args.prefix, progress=not args.quiet)
+    return _finish(report)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from clips_nnunet.dataset_conversion.synthetic import FAULTS, make_synthetic_cohort
+
+    faults = [f.strip() for f in (args.faults or "").split(",") if f.strip()]
+    bad = [f for f in faults if f not in FAULTS]
+    if bad:
+        print(f"clips-nnunet synth: error: unknown fault(s) {bad}; choose from {','.join(FAULTS)}", file=sys.stderr)
+        return 2
+    manifest = make_synthetic_cohort(args.cohort_dir, n_patients=args.n, seed=args.seed, size=args.size,
+                                     faults=faults, progress=not args.quiet)
+    studies = manifest["studies"]
+    print(f"wrote {len(studies)} studies of {args.n} patients to {args.cohort_dir} "
+          f"(ground truth: {args.cohort_dir}/ground_truth/manifest.json)")
+    for s in studies:
+        print(f"  {s['key']}: {s['vendor']:<8} difficulty {s['difficulty']:.2f}, {len(s['lesions'])} lesion(s), "
+              f"TMTV {s['tmtv_ml']:.1f} ml" + (f", faults: {','.join(s['faults'])}" if s["faults"] else ""))
+    return 0
 
 
 def register(subparsers) -> None:
-    """Add this module's sub-commands to ``subparsers``."""
+    """Add ``convert``, ``convert-autopet`` and ``synth``."""
+    p = subparsers.add_parser(
+        "convert", help="DICOM PET/CT cohort -> nnU-Net raw dataset (SUV, CT on PET grid, masks, metadata)",
+        description="Index COHORT_DIR (any layout), choose CT/PET/mask series per study, compute SUVbw (QIBA/IBSI), "
+                    "resample CT onto the PET grid, bring masks to the PET grid and write "
+                    "$nnUNet_raw/DatasetXXX_NAME with dataset.json, case_metadata.json, conversion_report.json and "
+                    "patient-grouped splits_final.json in $nnUNet_preprocessed. Exit code 1 when any study failed.")
+    p.add_argument("cohort_dir", help="folder with the cohort's DICOM files (any folder layout)")
+    _add_common(p)
+    p.add_argument("--labels", default="auto",
+                   help="mask source: auto (SEG, else RTSTRUCT), seg, rtstruct, none, or nifti:DIR with files "
+                        "<PatientID>.nii.gz / <PatientID>_<StudyInstanceUID>.nii.gz (default auto)")
+    p.add_argument("--roi", default=None,
+                   help="regular expression (case-insensitive) selecting RTSTRUCT ROI names / SEG segment labels "
+                        "(default: all, united)")
+    p.add_argument("--test", action="append", metavar="COHORT_DIR2",
+                   help="a further cohort whose studies all go to imagesTs (repeatable)")
+    p.add_argument("--overrides", default=None,
+                   help="CSV with PatientID,weight_kg,dose_bq|dose_mbq,injection_datetime,... replacing missing or "
+                        "wrong SUV header values")
+    p.add_argument("--target-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), default=None,
+                   help="resample CT, PET and mask to this spacing in mm (default: the PET's own grid)")
+    p.set_defaults(func=run_convert)
+
+    a = subparsers.add_parser(
+        "convert-autopet", help="autoPET NIfTI release (CTres/SUV/SEG.nii.gz) -> nnU-Net raw dataset",
+        description="Convert the public FDG-PET-CT-Lesions NIfTI layout (DIR/<patient>/<study>/{CTres,SUV,SEG}.nii.gz) "
+                    "to the same raw layout, metadata, report and patient-grouped splits as `convert`.")
+    a.add_argument("autopet_dir", help="folder holding the patient folders")
+    _add_common(a)
+    a.set_defaults(func=run_convert_autopet)
+
+    s = subparsers.add_parser(
+        "synth", help="write a synthetic lymphoma PET/CT DICOM cohort with known ground truth",
+        description="Analytic body phantoms with physiological FDG uptake and lymphoma lesions of spread difficulty; "
+                    "CT + PET DICOM (Siemens BQML, GE with private decay time, Philips CNTS), masks as DICOM SEG "
+                    "and RTSTRUCT, ground truth (SUV, labels, manifest) in COHORT_DIR/ground_truth.")
+    s.add_argument("cohort_dir", help="output folder")
+    s.add_argument("-n", type=int, default=16, help="number of patients (default 16)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--size", choices=("small", "wholebody"), default="small",
+                   help="small: PET 48x48x64 at 4 mm (tests/demo); wholebody: CT 512x512x700, PET 200x200x350")
+    s.add_argument("--faults", default="",
+                   help="comma-separated faults to plant: nac,localizer,missing-weight,second-study,corrupted")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=run_synth)
