@@ -177,3 +177,56 @@ def test_statistics_helpers():
     assert r["n_pairs"] == 2
     t = assign_tertiles({"a": 3, "b": 1, "c": 2, "d": float("nan"), "e": 0, "f": 5})
     assert t == {"e": "easy", "b": "easy", "c": "medium", "a": "medium", "f": "hard"}
+
+
+@pytest.mark.integration
+def test_compare_on_real_nnunet_accumulated_crossval(tiny_preprocessed, tmp_path, monkeypatch):
+    """Fold predictions pooled by nnU-Net's own ``nnUNetv2_accumulate_crossval_results`` (which also writes its
+    summary.json): compare reads those folders, agrees with nnU-Net's Dice and finds the planted difference."""
+    import shutil
+
+    from scipy.ndimage import binary_erosion
+
+    from nnunet_helpers import run_cli
+
+    base, env, dsid = tiny_preprocessed
+    ds_name = "Dataset990_ClipsTiny"
+    raw_labels = Path(env["nnUNet_raw"]) / ds_name / "labelsTr"
+    pre = Path(env["nnUNet_preprocessed"]) / ds_name
+    results = tmp_path / "results"  # private results root: the shared fixture's stays untouched
+    env = dict(env, nnUNet_results=str(results))
+    cases = sorted(p.name[:-7] for p in raw_labels.glob("*.nii.gz"))
+    folders = {}
+    for trainer, erode in (("nnUNetTrainer", True), ("nnUNetTrainerGood", False)):
+        model = results / ds_name / f"{trainer}__nnUNetPlans__3d_fullres"
+        model.mkdir(parents=True)
+        shutil.copy(pre / "nnUNetPlans.json", model / "plans.json")
+        shutil.copy(pre / "dataset.json", model / "dataset.json")
+        for i, case in enumerate(cases):
+            ref = sitk.ReadImage(str(raw_labels / f"{case}.nii.gz"))
+            arr = sitk.GetArrayFromImage(ref)
+            if erode:
+                arr = binary_erosion(arr > 0).astype(arr.dtype)
+            img = sitk.GetImageFromArray(arr)
+            img.CopyInformation(ref)
+            val = model / f"fold_{i % 2}" / "validation"
+            val.mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(img, str(val / f"{case}.nii.gz"))
+        run_cli(["nnUNetv2_accumulate_crossval_results", str(dsid), "-c", "3d_fullres", "-tr", trainer,
+                 "-f", "0", "1"], env, timeout=300)
+        folders[trainer] = model / "crossval_results_folds_0_1"
+        assert (folders[trainer] / "summary.json").is_file()
+    monkeypatch.setenv("nnUNet_preprocessed", env["nnUNet_preprocessed"])
+    res = compare_results([folders["nnUNetTrainerGood"], folders["nnUNetTrainer"]], progress=False,
+                          out_dir=tmp_path / "cmp", plots=False)
+    assert set(res.groups) == {"nnUNetTrainer", "nnUNetTrainerGood"} and res.baseline == "nnUNetTrainer"
+    pc = res.per_case
+    assert len(pc) == 2 * len(cases) and (pc[pc.group == "nnUNetTrainerGood"].dice == 1.0).all()
+    np.testing.assert_allclose(pc.nnunet_dice, pc.dice, atol=1e-6)  # nnU-Net's own Dice agrees with ours
+    dice = res.tests[(res.tests.stratum == "all") & (res.tests.metric == "dice")].iloc[0]
+    assert dice.better == "nnUNetTrainerGood" and dice.rank_biserial == pytest.approx(1.0) and dice.p_value < 0.01
+    # the model folders themselves (fold_X/validation) give the same per-case values
+    res2 = compare_results([folders["nnUNetTrainer"].parent], progress=False)
+    a = res2.per_case.set_index("case_id").dice.sort_index()
+    b = pc[pc.group == "nnUNetTrainer"].set_index("case_id").dice.sort_index()
+    np.testing.assert_allclose(a.to_numpy(), b.to_numpy())
