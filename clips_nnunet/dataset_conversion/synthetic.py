@@ -636,7 +636,7 @@ def make_synthetic_cohort(cohort_dir: PathLike, n_patients: int = 16, seed: int 
                               "mask_formats": list(mask_formats), "grid": dataclasses.asdict(SIZES[size])},
                 "studies": studies}
     atomic_write_json(cohort_dir / GROUND_TRUTH_DIR / MANIFEST_NAME, manifest)
-    return manifest
+    return load_manifest(cohort_dir)  # JSON types (lists, not tuples), as later readers see it
 
 
 def load_manifest(cohort_dir: PathLike) -> Dict[str, Any]:

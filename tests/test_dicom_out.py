@@ -1,0 +1,148 @@
+"""DICOM SEG / RTSTRUCT writers: round trip through the converter's readers, references, holes, geometry."""
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from clips_nnunet.dataset_conversion.dicom_out import (slice_contours, sort_source_datasets, write_dicom_seg,
+                                                       write_rtstruct)
+from clips_nnunet.dataset_conversion.masks import rasterise_rtstruct, read_seg_mask
+
+SHAPE = (6, 20, 24)  # slices, rows, columns
+SPACING = (2.5, 1.5, 2.0)  # slice, row, column spacing (mm)
+ORIGIN = (-17.0, 33.0, -40.0)  # x, y, z of the first voxel of the lowest slice
+
+
+def _series(tmp_path):
+    """A small single-frame PET-like series written to disk in shuffled file order; returns (datasets, files)."""
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    datasets, files = [], []
+    order = [3, 0, 5, 1, 4, 2]
+    for k in range(SHAPE[0]):
+        ds = Dataset()
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.128"
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.Modality = "PT"
+        ds.PatientName, ds.PatientID = "TEST^WRITER", "WRITER01"
+        ds.PatientBirthDate, ds.PatientSex = "19700101", "F"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "120000", "1", "A1"
+        ds.ReferringPhysicianName = ""
+        ds.SeriesNumber, ds.InstanceNumber = 3, SHAPE[0] - k
+        ds.ImagePositionPatient = [ORIGIN[0], ORIGIN[1], ORIGIN[2] + k * SPACING[0]]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [SPACING[1], SPACING[2]]
+        ds.SliceThickness = SPACING[0]
+        ds.Rows, ds.Columns = SHAPE[1], SHAPE[2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = np.full(SHAPE[1:], k, dtype="<u2").tobytes()
+        ds.Manufacturer = "TEST"
+        ds.FrameOfReferenceUID = frame
+        meta = pydicom.dataset.FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        ds.file_meta = meta
+        f = tmp_path / "series" / f"{order[k]}.dcm"
+        f.parent.mkdir(exist_ok=True)
+        ds.save_as(f, enforce_file_format=True)
+        datasets.append(ds)
+        files.append(f)
+    return datasets, files
+
+
+def _reference() -> sitk.Image:
+    img = sitk.Image([SHAPE[2], SHAPE[1], SHAPE[0]], sitk.sitkFloat32)
+    img.SetOrigin(ORIGIN)
+    img.SetSpacing((SPACING[2], SPACING[1], SPACING[0]))
+    return img
+
+
+def _mask_with_hole() -> np.ndarray:
+    m = np.zeros(SHAPE, dtype=np.uint8)
+    m[1:5, 4:15, 5:18] = 1  # a box ...
+    m[2:4, 7:11, 9:13] = 0  # ... with a hole in slices 2-3 (inner contours)
+    m[4, 17, 2] = 1  # a single-voxel lesion
+    m[0, 0:3, 20:24] = 1  # touching the image border
+    return m
+
+
+def test_slice_contours_give_outer_and_inner_contours():
+    m = _mask_with_hole()[2]
+    contours = slice_contours(m)
+    assert len(contours) == 2  # box outer contour and hole contour
+    assert len(slice_contours(_mask_with_hole()[4])) == 2  # box and single voxel
+    for c in contours:  # marching squares at 0.5: every vertex lies half-way between pixel centres
+        frac = np.abs(np.modf(c)[0])
+        assert np.all(np.isclose(frac, 0.5) | np.isclose(frac, 0.0))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_rtstruct_round_trip_respects_holes(tmp_path, shuffle):
+    datasets, _ = _series(tmp_path)
+    if shuffle:
+        datasets = datasets[::-1]
+    mask = _mask_with_hole()
+    out = write_rtstruct(mask, datasets, tmp_path / "rt.dcm", roi_name="Lymphoma")
+    back = rasterise_rtstruct(out, _reference(), roi_pattern="lymph", label="t")
+    np.testing.assert_array_equal(back, mask)
+    assert back[2, 8, 10] == 0 and back[2, 5, 6] == 1  # hole stays a hole
+
+    rt = pydicom.dcmread(out)
+    assert rt.Modality == "RTSTRUCT" and rt.StructureSetROISequence[0].ROIName == "Lymphoma"
+    sop_uids = {d.SOPInstanceUID for d in datasets}
+    refs = rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    assert refs.SeriesInstanceUID == datasets[0].SeriesInstanceUID
+    assert {i.ReferencedSOPInstanceUID for i in refs.ContourImageSequence} == sop_uids
+    contours = rt.ROIContourSequence[0].ContourSequence
+    assert len(contours) == 1 + 1 + 2 + 2 + 2  # slices 0, 1, 2 (box + hole), 3 (box + hole), 4 (box + voxel)
+    for c in contours:
+        ref_uid = c.ContourImageSequence[0].ReferencedSOPInstanceUID
+        ref_ds = next(d for d in datasets if d.SOPInstanceUID == ref_uid)
+        pts = np.asarray(c.ContourData, dtype=float).reshape(-1, 3)
+        assert np.allclose(pts[:, 2], float(ref_ds.ImagePositionPatient[2]))  # on that slice's plane
+        assert c.ContourGeometricType == "CLOSED_PLANAR"
+
+
+def test_rtstruct_points_are_in_patient_mm(tmp_path):
+    datasets, _ = _series(tmp_path)
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    mask[3, 7, 11] = 1  # row 7, column 11
+    rt = pydicom.dcmread(write_rtstruct(mask, datasets, tmp_path / "rt.dcm"))
+    pts = np.asarray(rt.ROIContourSequence[0].ContourSequence[0].ContourData, dtype=float).reshape(-1, 3)
+    centre = pts.mean(axis=0)
+    expected = (ORIGIN[0] + 11 * SPACING[2], ORIGIN[1] + 7 * SPACING[1], ORIGIN[2] + 3 * SPACING[0])
+    np.testing.assert_allclose(centre, expected, atol=1e-3)
+
+
+def test_seg_round_trip_and_references(tmp_path):
+    datasets, files = _series(tmp_path)
+    mask = _mask_with_hole()
+    out = write_dicom_seg(mask, datasets[::-1], tmp_path / "seg.dcm", segment_label="lesion")
+    back = read_seg_mask(out, _reference(), files, label="t")
+    np.testing.assert_array_equal(back, mask)
+
+    seg = pydicom.dcmread(out)
+    assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
+    assert seg.FrameOfReferenceUID == datasets[0].FrameOfReferenceUID
+    assert seg.StudyInstanceUID == datasets[0].StudyInstanceUID
+    ref_series = seg.ReferencedSeriesSequence[0]
+    assert ref_series.SeriesInstanceUID == datasets[0].SeriesInstanceUID
+    assert seg.NumberOfFrames == int(mask.any(axis=(1, 2)).sum())  # empty frames omitted
+    assert seg.SegmentSequence[0].SegmentLabel == "lesion"
+
+
+def test_writers_validate_arguments(tmp_path):
+    datasets, _ = _series(tmp_path)
+    with pytest.raises(ValueError, match="does not match the source series"):
+        write_rtstruct(np.zeros((2, 2, 2)), datasets, tmp_path / "x.dcm")
+    with pytest.raises(ValueError, match="empty"):
+        write_dicom_seg(np.zeros(SHAPE), [], tmp_path / "x.dcm")
+    with pytest.raises(ValueError, match="MANUAL"):
+        write_rtstruct(np.zeros(SHAPE), datasets, tmp_path / "x.dcm", roi_generation_algorithm="GUESS")
+    assert not (tmp_path / "x.dcm").exists()
+    assert [d.InstanceNumber for d in sort_source_datasets(datasets[::-1])] == [6, 5, 4, 3, 2, 1]
