@@ -128,7 +128,8 @@ def test_seed_groups_average_per_case_and_ensemble_folder(tree, tmp_path):
     for i in range(N):
         _write(_truth(i), ens / f"case_{i:03d}.nii.gz")
     res = compare_results({"base": [base], "better": [better, seed2], "ens": [ens]}, baseline="base",
-                          progress=False, out_dir=None)
+                          progress=False, out_dir=None, cache_dir=tmp / "shared_cache")
+    assert len(list((tmp / "shared_cache").glob("*/case_*.json"))) == 4 * N  # one entry per folder and case
     pc = res.per_case.set_index(["group", "case_id"])
     expected = (2 * 5 / 13 + 2 * 4 / 12) / 2  # case_000: seeds keep 5 and 4 slices
     assert pc.loc[("better", "case_000"), "dice"] == pytest.approx(expected)

@@ -360,7 +360,7 @@ def compare_results(groups: Union[Mapping[str, Sequence[PathLike]], Sequence[Pat
                     out_dir: Optional[PathLike] = None, labels: Optional[Sequence[int]] = None,
                     connectivity: int = AUTOPET_CONNECTIVITY, lesion_connectivity: int = 26,
                     metrics: Optional[Mapping[str, bool]] = None, plots: bool = True,
-                    progress: bool = True) -> ComparisonResult:
+                    progress: bool = True, cache_dir: Optional[PathLike] = None) -> ComparisonResult:
     """Evaluate and compare groups of nnU-Net results folders (see module docstring).
 
     Args:
@@ -374,6 +374,8 @@ def compare_results(groups: Union[Mapping[str, Sequence[PathLike]], Sequence[Pat
         labels: label values counted as lesion (default all > 0).
         connectivity, lesion_connectivity: as in :func:`clips_nnunet.evaluation.metrics.compute_case_metrics`.
         metrics: ``{metric: higher_is_better}`` to compare (default :data:`COMPARE_METRICS`).
+        cache_dir: per-case evaluation cache (default ``out_dir/cache``; none when both are ``None``). Several
+            comparisons of the same folders (e.g. against different baselines) can share one cache.
     """
     import pandas as pd
 
@@ -406,7 +408,8 @@ def compare_results(groups: Union[Mapping[str, Sequence[PathLike]], Sequence[Pat
             if lost:
                 warnings.append(f"{gname} ({d}): {len(lost)} prediction(s) without reference in {src.gt_dir}: "
                                 f"{lost[:5]}")
-            cache = out / "cache" / hashlib.sha1(str(d.resolve()).encode()).hexdigest()[:12] if out else None
+            cache_root = Path(cache_dir) if cache_dir is not None else (out / "cache" if out else None)
+            cache = cache_root / hashlib.sha1(str(d.resolve()).encode()).hexdigest()[:12] if cache_root else None
             rows = evaluate_cases(cases, labels=labels, connectivity=connectivity,
                                   lesion_connectivity=lesion_connectivity, cache_dir=cache, progress=progress,
                                   desc=f"{gname}[{si}]")
