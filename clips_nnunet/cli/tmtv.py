@@ -27,6 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("-d", "--dataset", type=int, required=True, help="nnU-Net dataset id, e.g. 501")
     p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     p.add_argument("--clamp-patch-to-median", action="store_true",
-                   help="shrink each patch axis to the median image size (stage 1: a multiple of 16, refiner: any "
-                        "size); for small images such as test data, where a 128x96x96 patch would be mostly padding")
+                   help="shrink each patch axis to the median image size (stage 1: a multiple of 8, at least 24; "
+                        "refiner: the median size); for small images such as test data, where a 128x96x96 patch "
+                        "would be mostly padding")
     p.set_defaults(func=run_plan_tmtv)

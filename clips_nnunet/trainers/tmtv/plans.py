@@ -9,9 +9,11 @@
 Both inherit everything else (resampling, batch size, preprocessor) from ``3d_fullres``. Other configurations are
 kept. The channel roles (CT, PET) come from ``dataset.json`` and are written into the architecture keywords.
 
-Small data: a patch larger than the image only wastes padding, but on tiny test data (32^3 at 4 mm, i.e. ~21^3 at
-6 mm) it dominates; ``clamp_patch_to_median=True`` shrinks each patch axis to the largest multiple of the network's
-divisor (16 for stage 1, 1 for the refiner) not above the median image size (at least one divisor).
+Small data: a patch larger than the image only wastes padding (nnU-Net pads), but on tiny test data (32^3 at 4 mm,
+i.e. ~21^3 at 6 mm) it dominates; ``clamp_patch_to_median=True`` shrinks each patch axis to the median image size:
+stage 1 to the largest multiple of 8 not above it (deep-supervision targets at strides 2, 4, 8 must match the
+outputs), but at least 24 (the smallest patch whose 1/16 bottleneck keeps > 1 voxel for InstanceNorm), so a 21^3
+image gets a 24^3 patch (padded by 3 voxels); the refiner (no downsampling) to the median size itself.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ REFINE = "3d_tmtv_refine"
 STAGE1_SPACING = (6.0, 6.0, 6.0)
 STAGE1_PATCH = (128, 96, 96)
 REFINE_PATCH = (96, 96, 96)
-STAGE1_DIVISOR = 16  # 4 stride-2 levels
+STAGE1_MULTIPLE = 8   # deep-supervision targets at strides 1..8 must match the outputs exactly
+STAGE1_MIN_PATCH = 24  # 24 -> 12 -> 6 -> 3 -> 2: InstanceNorm needs > 1 voxel at the 1/16 bottleneck
 UNET_CLASS = "clips_nnunet.trainers.tmtv.network.TMTVUNet"
 REFINER_CLASS = "clips_nnunet.trainers.tmtv.network.TMTVRefiner"
 
@@ -54,10 +57,11 @@ def detect_channels(channel_names: Dict[str, str]) -> Tuple[int, int]:
     return 0, 1
 
 
-def _round_patch(patch: Sequence[int], median: Sequence[float], divisor: int) -> List[int]:
+def clamp_patch(patch: Sequence[int], median: Sequence[float], multiple: int, minimum: int) -> List[int]:
+    """Each axis: ``min(patch, max(minimum, largest multiple of `multiple` <= median))``."""
     out = []
     for p, m in zip(patch, median):
-        fit = max(divisor, int(math.floor(float(m) / divisor)) * divisor)
+        fit = max(int(minimum), int(math.floor(float(m) / multiple)) * multiple)
         out.append(int(min(int(p), fit)))
     return out
 
@@ -72,9 +76,10 @@ def add_tmtv_configurations(plans: dict, dataset_json: dict, clamp_patch_to_medi
                            "(the TMTV configurations inherit resampling and batch size from 3d_fullres)")
     if len(stage1_spacing) != 3 or any(float(s) <= 0 for s in stage1_spacing):
         raise ValueError(f"stage1_spacing must be 3 positive numbers (mm), got {stage1_spacing}")
-    for name, patch, div in (("stage1_patch", stage1_patch, STAGE1_DIVISOR), ("refine_patch", refine_patch, 1)):
-        if len(patch) != 3 or any(int(p) < div or int(p) % div for p in patch):
-            raise ValueError(f"{name} must be 3 positive multiples of {div}, got {patch}")
+    for name, patch, div, low in (("stage1_patch", stage1_patch, STAGE1_MULTIPLE, STAGE1_MIN_PATCH),
+                                  ("refine_patch", refine_patch, 1, 1)):
+        if len(patch) != 3 or any(int(p) < low or int(p) % div for p in patch):
+            raise ValueError(f"{name} must be 3 multiples of {div} of at least {low}, got {patch}")
     ct, pet = detect_channels(dataset_json.get("channel_names", dataset_json.get("modality")))
     n_channels = len(dataset_json.get("channel_names", dataset_json.get("modality")))
     plans = deepcopy(plans)
@@ -87,8 +92,8 @@ def add_tmtv_configurations(plans: dict, dataset_json: dict, clamp_patch_to_medi
     s1_patch = [int(p) for p in stage1_patch]
     r_patch = [int(p) for p in refine_patch]
     if clamp_patch_to_median:
-        s1_patch = _round_patch(s1_patch, stage1_median, STAGE1_DIVISOR)
-        r_patch = _round_patch(r_patch, native_median, 1)
+        s1_patch = clamp_patch(s1_patch, stage1_median, STAGE1_MULTIPLE, STAGE1_MIN_PATCH)
+        r_patch = clamp_patch(r_patch, native_median, 1, 1)
     plans_name = plans.get("plans_name", "nnUNetPlans")
     channels = {"ct_channel": ct, "pet_channel": pet}
     no_norm = ["NoNormalization"] * n_channels
