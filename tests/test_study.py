@@ -1,0 +1,260 @@
+"""Study harness: configuration errors, generated budget trainers, seeding environment, resumability, splits, and
+one tiny real run through nnUNetv2_train (integration)."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clips_nnunet.study import (RunSpec, StudyConfigError, build_train_command, fold_dir, load_study_config,
+                                parse_study_config, plan_runs, run_is_finished, run_study, seed_results_root,
+                                study_environment, teacher_results_root, training_cases_difficulty_csv,
+                                write_stratified_splits, write_study_trainers)
+
+REPO = Path(__file__).resolve().parents[1]
+
+BASE = {
+    "name": "t",
+    "dataset": {"id": 994, "name": "StudyT", "source": "synthetic_raw", "n_splits": 3},
+    "trainers": [{"name": "nnUNetTrainer", "trainer": "nnUNetTrainerClipsBase"},
+                 {"name": "nnUNetTrainerCLSelfPaced", "overrides": {"warmup_epochs": 1}},
+                 {"name": "nnUNetTrainerCLTransferTeacher", "teacher": "nnUNetTrainer"}],
+    "baseline": "nnUNetTrainer",
+    "controls": [],
+    "seeds": [0, 1],
+    "folds": [0],
+    "budget": {"epochs": 2, "iterations_per_epoch": 3},
+    "device": "cpu",
+}
+
+
+def cfg(tmp_path, **changes):
+    raw = copy.deepcopy(BASE)
+    raw.update(changes)
+    return parse_study_config(raw, study_dir=tmp_path / "study")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seeds": []}, "'seeds'"),
+    ({"seeds": [0, 0]}, "duplicates"),
+    ({"budget": {"epochs": 0, "iterations_per_epoch": 3}}, "budget.epochs"),
+    ({"budget": {"epochs": 2}}, "budget.iterations_per_epoch"),
+    ({"baseline": "nnUNetTrainerFoo"}, "baseline"),
+    ({"controls": ["nnUNetTrainerAnti"]}, "control"),
+    ({"device": "tpu"}, "device"),
+    ({"folds": [3]}, "n_splits"),
+    ({"trainers": [{"name": "nnUNetTrainer__X"}]}, "__"),
+    ({"trainers": [{"name": "A"}, {"name": "A"}], "baseline": "A"}, "unique"),
+    ({"trainers": [{"name": "A", "teacher": "B"}], "baseline": "A"}, "teacher"),
+    ({"trainers": [{"name": "A", "speed": 2}], "baseline": "A"}, "unknown key"),
+    ({"dataset": {"id": 1000}}, "dataset.id"),
+    ({"dataset": {"id": 5, "source": "ftp"}}, "dataset.source"),
+    ({"budgett": {}}, "unknown key"),
+    ({"parallel_runs": 0}, "parallel_runs"),
+])
+def test_config_errors_name_the_key(tmp_path, change, message):
+    with pytest.raises(StudyConfigError, match=message.replace("(", r"\(")):
+        cfg(tmp_path, **change)
+
+
+def test_config_missing_required_and_file_errors(tmp_path):
+    raw = copy.deepcopy(BASE)
+    del raw["budget"]
+    with pytest.raises(StudyConfigError, match="'budget' is missing"):
+        parse_study_config(raw)
+    with pytest.raises(StudyConfigError, match="does not exist"):
+        load_study_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(StudyConfigError, match="not valid YAML"):
+        load_study_config(bad)
+
+
+def test_shipped_configs_are_valid():
+    for name in ("synthetic_cpu.yaml", "gpu_lease.yaml"):
+        config = load_study_config(REPO / "benchmarks" / "learning" / name)
+        assert len(config.trainers) == 5 and len(config.seeds) == 3
+        assert config.baseline == "nnUNetTrainer" and config.trainer("nnUNetTrainer").trainer == "nnUNetTrainerClipsBase"
+        assert config.trainer("nnUNetTrainerCLTransferTeacher").teacher == "nnUNetTrainer"
+
+
+def test_plan_orders_teacher_first_and_reuses_its_study_fold(tmp_path):
+    config = cfg(tmp_path)
+    runs = plan_runs(config, n_splits=3)
+    labels = [r.label for r in runs]
+    # teacher: fold 0 at the teacher seed is the study run itself; folds 1, 2 go to the teacher root
+    assert labels[:3] == ["nnUNetTrainer fold 0 seed 0", "nnUNetTrainer fold 1 seed 0 (teacher)",
+                          "nnUNetTrainer fold 2 seed 0 (teacher)"]
+    assert runs[0].results_root == seed_results_root(config, 0)
+    assert runs[1].results_root == teacher_results_root(config)
+    assert len(runs) == 2 + 3 * 2  # 2 extra teacher folds + 3 arms x 2 seeds, no duplicate
+    assert len(set(runs)) == len(runs)
+
+
+def test_environment_carries_seed_results_root_ext_and_difficulty(tmp_path):
+    config = cfg(tmp_path)
+    run = RunSpec(config.trainer("nnUNetTrainerCLTransferTeacher"), 0, 1, seed_results_root(config, 1))
+    env = study_environment(config, run, difficulty_csv=tmp_path / "d.csv", base_env={"PATH": "/bin"})
+    assert env["CLIPS_SEED"] == "1"
+    assert env["nnUNet_results"] == str(tmp_path / "study" / "seed_1" / "nnUNet_results")
+    assert env["nnUNet_preprocessed"] == str(tmp_path / "study" / "nnUNet_preprocessed")
+    assert env["CLIPS_DIFFICULTY_CSV"] == str(tmp_path / "d.csv")
+    ext = env["nnUNet_extTrainer"].split(":")
+    assert ext[0].endswith("clips_nnunet/nnunet_ext") and str(tmp_path / "study" / "ext") in ext
+    assert env["nnUNet_n_proc_DA"] == "0"
+    cmd = build_train_command(config, run, "cpu")
+    assert cmd == ["nnUNetv2_train", "994", "3d_fullres", "0", "-tr", "nnUNetTrainerCLTransferTeacherStudy", "-p",
+                   "nnUNetPlans", "-device", "cpu"]
+    assert build_train_command(config, run, "cuda", resume=True)[-3:] == ["-device", "cuda", "--c"]
+
+
+def test_generated_budget_trainers(tmp_path):
+    config = cfg(tmp_path)
+    modules = {"nnUNetTrainer": "clips_nnunet.trainers.base",
+               "nnUNetTrainerCLSelfPaced": "clips_nnunet.trainers.self_paced"}
+    path = write_study_trainers(config, modules, tmp_path)
+    spec = importlib.util.spec_from_file_location("clips_study_trainers_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from clips_nnunet.trainers.base import nnUNetTrainerClipsBase
+    from clips_nnunet.trainers.self_paced import nnUNetTrainerCLSelfPaced
+
+    assert issubclass(module.nnUNetTrainerStudy, nnUNetTrainerClipsBase)
+    assert issubclass(module.nnUNetTrainerCLSelfPacedStudy, nnUNetTrainerCLSelfPaced)
+    assert module.nnUNetTrainerCLSelfPacedStudy.warmup_epochs == 1
+    assert module.nnUNetTrainerStudy.study_epochs == 2 and module.nnUNetTrainerStudy.study_iterations_per_epoch == 3
+    assert not hasattr(module, "nnUNetTrainerCLTransferTeacherStudy")  # not in modules: not generated
+    assert all("__" not in n for n in dir(module) if n.startswith("nnUNetTrainer"))
+
+
+def test_fallback_seeding_reproduces_and_differs(monkeypatch, tmp_path):
+    """The generated classes seed non-clips trainers themselves: same CLIPS_SEED -> same draws, other seed ->
+    different draws (nnU-Net's data loader draws keys with the global NumPy generator when nnUNet_n_proc_DA=0)."""
+    config = cfg(tmp_path)
+    path = write_study_trainers(config, {}, tmp_path)
+    spec = importlib.util.spec_from_file_location("clips_study_trainers_seed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    state = np.random.get_state()
+    try:
+        draws = {}
+        for seed in ("3", "3", "4"):
+            monkeypatch.setenv("CLIPS_SEED", seed)
+            module._study_seed_everything(0)
+            draws.setdefault(seed, []).append(np.random.choice(40, 8).tolist())
+        assert draws["3"][0] == draws["3"][1]
+        assert draws["3"][0] != draws["4"][0]
+        monkeypatch.delenv("CLIPS_SEED")
+        assert module._study_seed_everything(0) is None
+    finally:
+        np.random.set_state(state)
+
+
+def _fake_finished(folder: Path) -> None:
+    (folder / "validation").mkdir(parents=True)
+    (folder / "checkpoint_final.pth").write_bytes(b"x")
+    (folder / "validation" / "summary.json").write_text("{}")
+
+
+def test_finished_run_is_skipped_and_interrupted_run_resumes(tmp_path, capsys):
+    raw = copy.deepcopy(BASE)
+    raw["trainers"] = raw["trainers"][:2]
+    config = parse_study_config(raw, study_dir=tmp_path / "study")
+    spec = config.trainer("nnUNetTrainer")
+    finished = fold_dir(config, RunSpec(spec, 0, 0, seed_results_root(config, 0)))
+    _fake_finished(finished)
+    partial = fold_dir(config, RunSpec(spec, 0, 1, seed_results_root(config, 1)))
+    partial.mkdir(parents=True)
+    (partial / "checkpoint_latest.pth").write_bytes(b"x")
+    assert run_is_finished(finished) and not run_is_finished(partial)
+    status = run_study(config, dry_run=True, report=False)
+    assert status["runs"]["nnUNetTrainer fold 0 seed 0"] == "skipped (finished)"
+    assert status["runs"]["nnUNetTrainer fold 0 seed 1"] == "dry run"
+    assert status["runs"]["nnUNetTrainerCLSelfPaced fold 0 seed 0"] == "dry run"
+    out = capsys.readouterr().out
+    assert "CLIPS_SEED=1 nnUNetv2_train 994 3d_fullres 0 -tr nnUNetTrainerStudy -p nnUNetPlans -device cpu --c" in out
+    assert "CLIPS_SEED=0 nnUNetv2_train 994 3d_fullres 0 -tr nnUNetTrainerStudy " not in out
+    assert "-tr nnUNetTrainerCLSelfPacedStudy" in out
+    generated = (tmp_path / "study" / "ext" / "clips_study_trainers.py").read_text()
+    assert "class nnUNetTrainerCLSelfPacedStudy" in generated and "warmup_epochs = 1" in generated
+
+
+def test_missing_trainer_class_is_skipped_or_refused(tmp_path):
+    raw = copy.deepcopy(BASE)
+    raw["trainers"] = [{"name": "nnUNetTrainer", "trainer": "nnUNetTrainerClipsBase"},
+                       {"name": "nnUNetTrainerDoesNotExist"}]
+    config = parse_study_config(raw, study_dir=tmp_path / "a")
+    status = run_study(config, dry_run=True, report=False, echo=False)
+    assert status["missing_trainers"] == ["nnUNetTrainerDoesNotExist"]
+    raw["skip_missing_trainers"] = False
+    with pytest.raises(StudyConfigError, match="nnUNetTrainerDoesNotExist"):
+        run_study(parse_study_config(raw, study_dir=tmp_path / "b"), dry_run=True, report=False, echo=False)
+
+
+def test_stratified_splits_and_teacher_csv_per_fold(tmp_path):
+    config = cfg(tmp_path, difficulty_key="planted_difficulty")
+    gt = config.study_dir / "nnUNet_preprocessed" / config.dataset_folder_name / "gt_segmentations"
+    gt.mkdir(parents=True)
+    meta = {}
+    for i in range(9):
+        (gt / f"case_{i:04d}.nii.gz").write_bytes(b"")
+        meta[f"case_{i:04d}"] = {"planted_difficulty": i / 8}
+    raw = config.study_dir / "nnUNet_raw" / config.dataset_folder_name
+    raw.mkdir(parents=True)
+    (raw / "case_metadata.json").write_text(json.dumps(meta))
+    splits = json.loads(write_stratified_splits(config).read_text())
+    assert len(splits) == 3
+    assert splits[0]["val"] == ["case_0000", "case_0003", "case_0006"]  # each fold spans easy..hard
+    assert sorted(splits[0]["train"] + splits[0]["val"]) == sorted(meta)
+    teacher_csv = config.study_dir / "difficulty_nnUNetTrainer.csv"
+    teacher_csv.write_text("case_id,difficulty\n" + "".join(f"case_{i:04d},{i / 10}\n" for i in range(9)))
+    fold_csv = training_cases_difficulty_csv(config, teacher_csv, 0)
+    rows = fold_csv.read_text().splitlines()
+    assert rows[0] == "case_id,difficulty" and len(rows) == 1 + 6
+    assert not any(r.startswith(("case_0000,", "case_0003,", "case_0006,")) for r in rows)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_tiny_real_study(tiny_preprocessed, tmp_path):
+    """Two seeds of the seeded stock baseline, 1 epoch x 2 iterations each, run in parallel through nnUNetv2_train:
+    both finish, the drawn case keys differ between seeds, the report has the Dice table, and a re-run skips."""
+    import os
+    import shutil
+
+    base, env, dataset_id = tiny_preprocessed
+    study = tmp_path / "study"
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
+        src = Path(env[name]) / f"Dataset{dataset_id:03d}_ClipsTiny"
+        shutil.copytree(src, study / name / src.name,
+                        ignore=shutil.ignore_patterns("nnUNetPlans_2d", "nnUNetPlans_3d_lowres"))
+    raw = {"name": "tiny", "dataset": {"id": dataset_id, "source": "existing", "n_splits": 3},
+           "trainers": [{"name": "nnUNetTrainer", "trainer": "nnUNetTrainerClipsBase"}],
+           "baseline": "nnUNetTrainer", "seeds": [0, 1], "budget": {"epochs": 1, "iterations_per_epoch": 2,
+                                                                     "val_iterations_per_epoch": 1},
+           "device": "cpu", "difficulty_key": "planted_difficulty", "parallel_runs": 2}
+    config = parse_study_config(raw, study_dir=study)
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "PYTHONPATH")}
+    os.environ.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": env["PYTHONPATH"]})
+    try:
+        status = run_study(config, echo=False)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    assert all(str(v).startswith("finished") for v in status["runs"].values()), status
+    keys = []
+    for seed in (0, 1):
+        folder = fold_dir(config, RunSpec(config.trainer("nnUNetTrainer"), 0, seed, seed_results_root(config, seed)))
+        record = json.loads((folder / "study_drawn_keys.json").read_text())
+        assert record["seed"] == seed and len(record["keys"]) == 2
+        keys.append(record["keys"])
+    assert keys[0] != keys[1]
+    report = Path(status["report"]).read_text()
+    assert "| nnUNetTrainer | " in report and "dice" in report
+    again = run_study(config, echo=False, report=False)
+    assert set(again["runs"].values()) == {"skipped (finished)"}
