@@ -51,7 +51,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -59,7 +59,7 @@ from clips_nnunet.errors import CurriculumConfigError, DatasetError
 from clips_nnunet.evaluation.evaluate import (CaseFiles, detect_file_ending, evaluate_cases, list_cases,
                                               write_rows_csv)
 from clips_nnunet.evaluation.metrics import AUTOPET_CONNECTIVITY
-from clips_nnunet.io_utils import PathLike, atomic_path, atomic_write_json, atomic_write_text, read_json
+from clips_nnunet.io_utils import PathLike, atomic_write_json, atomic_write_text, read_json
 
 #: metric -> True when higher is better.
 COMPARE_METRICS: Dict[str, bool] = {

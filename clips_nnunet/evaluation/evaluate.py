@@ -20,7 +20,6 @@ This is the library behind ``clips-nnunet evaluate PRED_DIR GT_DIR [--pet-dir DI
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -243,8 +242,8 @@ def evaluate_cases(cases: Sequence[CaseFiles], labels: Optional[Sequence[int]] =
             row = evaluate_case(cf, labels=labels, connectivity=connectivity, lesion_connectivity=lesion_connectivity)
         except PatientError as e:
             row = _error_row(cf.case_id, str(e))
-        except (ValueError, MemoryError) as e:
-            row = _error_row(cf.case_id, f"{cf.case_id}: {e}")
+        except Exception as e:  # one bad case never stops the cohort; the row says what went wrong
+            row = _error_row(cf.case_id, f"{cf.case_id}: {type(e).__name__}: {e}")
         if cache is not None and row["status"] == "ok":
             atomic_write_json(cache, {"row": _to_json(row), "signature": sig})
         rows.append(row)
