@@ -119,3 +119,24 @@ def test_suv_stats_of_pred_and_truth():
 def test_shape_mismatch_is_explained():
     with pytest.raises(ValueError, match="same voxel grid"):
         compute_case_metrics(_blank((4, 4, 4)), _blank((4, 4, 5)), (1, 1, 1))
+
+
+def test_vectorised_fp_fn_equals_per_component_loop_on_random_masks():
+    """Reference: the per-component loop the autoPET script describes (each component checked on its own)."""
+    import cc3d
+
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        true = rng.random((20, 18, 16)) > 0.93
+        pred = rng.random((20, 18, 16)) > 0.93
+        fp = fn = 0
+        pl = cc3d.connected_components(pred, connectivity=18)
+        for i in range(1, pl.max() + 1):
+            fp += (pl == i).sum() if not ((pl == i) & true).any() else 0
+        tl = cc3d.connected_components(true, connectivity=18)
+        for i in range(1, tl.max() + 1):
+            fn += (tl == i).sum() if not ((tl == i) & pred).any() else 0
+        d = detection_metrics(pred, true, (2.0, 1.0, 1.5))
+        assert d.fp_volume_ml == pytest.approx(fp * 0.003) and d.fn_volume_ml == pytest.approx(fn * 0.003)
+        assert d.n_true_lesions == tl.max() and d.fn == sum(not ((tl == i) & pred).any()
+                                                           for i in range(1, tl.max() + 1))
