@@ -30,7 +30,7 @@ PatientID contains ``../`` so that code which turns header values into paths is 
 
 Faults (``faults=``): ``nac`` (an extra non-attenuation-corrected PET series; must be ignored), ``localizer``
 (an extra one-image CT localizer series; must be ignored), ``missing-weight`` (PatientWeight removed; that patient
-must fail naming the tag), ``second-study`` (a follow-up study for the same patient; two cases, one patient
+must fail naming the tag, except a Philips one, whose SUV factor (7053,1000) needs no weight), ``second-study`` (a follow-up study for the same patient; two cases, one patient
 group), ``corrupted`` (one PET slice file truncated; that patient must fail, the rest convert).
 """
 from __future__ import annotations
@@ -605,8 +605,9 @@ def write_study(spec: StudySpec, cohort_dir: PathLike, size: str = "small",
 
 
 def _expected_outcome(spec: StudySpec) -> Dict[str, Any]:
-    if "missing-weight" in spec.faults:
+    if "missing-weight" in spec.faults and spec.vendor != "PHILIPS":
         return {"converts": False, "error_contains": ["PatientWeight"]}
+    # Philips CNTS with a SUV scale factor (7053,1000) needs no weight: that study must still convert
     if "corrupted" in spec.faults:
         return {"converts": False, "error_contains": ["missing"]}  # the truncated slice leaves a gap
     return {"converts": True, "error_contains": []}
