@@ -86,7 +86,10 @@ def save_coronal_mip(suv: sitk.Image, mask: Optional[sitk.Image], output_path: P
     ax.imshow(mip, cmap="gray_r", vmin=0.0, vmax=vmax, interpolation="nearest",
               aspect=spacing_zyx[0] / spacing_zyx[2])
     if proj is not None and proj.any():
-        ax.contour(proj.astype(np.float32), levels=[0.5], colors=[outline_colour], linewidths=1.0)
+        # pad with background so that segmentations touching the image border are outlined there too
+        padded = np.pad(proj.astype(np.float32), 1)
+        ax.contour(np.arange(-1, proj.shape[1] + 1), np.arange(-1, proj.shape[0] + 1), padded, levels=[0.5],
+                   colors=[outline_colour], linewidths=1.0)
     ax.set_axis_off()
     ax.set_title(title or f"Coronal SUV MIP (0-{vmax:g}), segmentation outlined", fontsize=8)
     output_path = Path(output_path)

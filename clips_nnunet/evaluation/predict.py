@@ -28,9 +28,10 @@ and study lives only in ``prediction_pseudonyms.json`` in the private folder (de
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
-import shutil
 import tempfile
 import time
 import traceback
@@ -194,9 +195,10 @@ class CasePredictor:
             out_dir = workdir / f"stage{i + 1}"
             out_dir.mkdir(parents=True, exist_ok=True)
             needs_previous = predictor.configuration_manager.previous_stage_name is not None
-            predictor.predict_from_files_sequential(
-                [[str(f) for f in image_files]], [str(out_dir / case_id)], save_probabilities=False,
-                overwrite=True, folder_with_segs_from_prev_stage=previous_folder if needs_previous else None)
+            with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints per case; keep the progress bar clean
+                predictor.predict_from_files_sequential(
+                    [[str(f) for f in image_files]], [str(out_dir / case_id)], save_probabilities=False,
+                    overwrite=True, folder_with_segs_from_prev_stage=previous_folder if needs_previous else None)
             out_file = out_dir / f"{case_id}{FILE_ENDING}"
             if not out_file.is_file():
                 raise ClipsError(f"{case_id}: nnU-Net wrote no prediction (expected {out_file.name})")
@@ -528,7 +530,8 @@ def predict_dicom(inputs: Sequence[PathLike], output_dir: PathLike, spec: ModelS
         try:
             with tempfile.TemporaryDirectory(prefix="clips_predict_") as tmp:
                 work = Path(tmp)
-                prepared = prepare_study(sel, overrides_table, **_prepare_kwargs(prepare_study, pseudonym))
+                prepared = prepare_study(sel, (overrides_table or {}).get(str(sel.patient_key)), labels="none",
+                                         label=pseudonym)
                 images = [write_nifti(prepared.ct_on_pet, work / f"{pseudonym}_0000{FILE_ENDING}"),
                           write_nifti(prepared.pet_suv, work / f"{pseudonym}_0001{FILE_ENDING}")]
                 mask = predictor.predict(images, work, pseudonym)
@@ -553,13 +556,6 @@ def _get(report: Dict[str, Any], key: str) -> Any:
     if key in report:
         return report[key]
     return report.get("summary", {}).get(key)
-
-
-def _prepare_kwargs(prepare_study: Callable, pseudonym: str) -> Dict[str, Any]:
-    for name in ("case_label", "patient_label", "label"):
-        if _accepts(prepare_study, name):
-            return {name: pseudonym}
-    return {}
 
 
 def _load_overrides(path: Optional[PathLike]) -> Any:
