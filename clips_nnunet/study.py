@@ -374,6 +374,9 @@ def _resolve_trainer_module(class_name: str, ext_folders: Sequence[str]) -> Opti
     import nnunetv2
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
+    fast = _fast_trainer_module(class_name)
+    if fast is not None:
+        return fast
     cls = recursive_find_python_class(join(nnunetv2.__path__[0], "training", "nnUNetTrainer"), class_name,
                                       "nnunetv2.training.nnUNetTrainer", nnunetv2.__path__[0])
     for folder in ext_folders:
@@ -393,6 +396,27 @@ def _resolve_trainer_module(class_name: str, ext_folders: Sequence[str]) -> Opti
     except ImportError:
         return None
     return cls.__module__ if isinstance(getattr(module, class_name, None), type) else None
+
+
+def _fast_trainer_module(class_name: str) -> Optional[str]:
+    """Shortcut for the common cases (nnU-Net's own ``nnUNetTrainer``; classes of our shim) without importing every
+    trainer module of nnunetv2, which takes minutes on a busy machine."""
+    import importlib
+
+    from clips_nnunet.cli.env import EXT_TRAINER_DIR
+
+    candidates = ["nnunetv2.training.nnUNetTrainer.nnUNetTrainer"] if class_name == "nnUNetTrainer" else []
+    candidates += [f"clips_nnunet.nnunet_ext.{p.stem}" for p in sorted(EXT_TRAINER_DIR.glob("*.py"))
+                   if not p.stem.startswith("_")]
+    for name in candidates:
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - a shim that fails to import falls back to nnU-Net's lookup
+            continue
+        cls = getattr(module, class_name, None)
+        if isinstance(cls, type):
+            return cls.__module__
+    return None
 
 
 def write_study_trainers(config: StudyConfig, modules: Mapping[str, str], ext_dir: Path) -> Path:

@@ -1,0 +1,137 @@
+"""The demo pipeline: step order, command construction, budget, generated trainers, step skipping on re-run.
+
+A full demo run takes ~15 min on 2 cores and is not part of the suite; its measured run is in docs/demo.md."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from clips_nnunet.demo import (DEMO_TMTV_TRAINER, DEMO_TRAINER, DemoOptions, demo_budget, demo_environment,
+                               demo_steps, run_demo, write_demo_trainers)
+from clips_nnunet.errors import ClipsError
+
+
+def test_steps_and_commands_cpu(tmp_path):
+    options = DemoOptions(workdir=tmp_path / "w", patients=10, minutes=5)
+    steps = demo_steps(options, "cpu")
+    names = [s.name for s in steps]
+    assert names == ["synth", "convert", "plan_and_preprocess", "trainers", f"train_{DEMO_TRAINER}",
+                     f"predict_{DEMO_TRAINER}", f"evalinputs_{DEMO_TRAINER}", f"evaluate_{DEMO_TRAINER}"]
+    w = (tmp_path / "w").resolve()
+    by = {s.name: s for s in steps}
+    assert by["synth"].commands[0][:5] == ["clips-nnunet", "synth", str(w / "dicom" / "train"), "-n", "10"]
+    assert by["synth"].commands[1][:5] == ["clips-nnunet", "synth", str(w / "dicom" / "heldout"), "-n", "2"]
+    assert by["convert"].commands[0][:7] == ["clips-nnunet", "convert", str(w / "dicom" / "train"), "-d", "981",
+                                             "-n", "ClipsDemo"]
+    assert "--resume" in by["convert"].commands[0]
+    train = by[f"train_{DEMO_TRAINER}"]
+    assert train.commands[0] == ["nnUNetv2_train", "981", "3d_fullres", "0", "-tr", DEMO_TRAINER, "-device", "cpu"]
+    assert train.resume_command[-1] == "--c" and train.resume_if.name == "checkpoint_latest.pth"
+    predict = by[f"predict_{DEMO_TRAINER}"].commands[0]
+    assert predict[:3] == ["clips-nnunet", "predict", str(w / "dicom" / "heldout")]
+    assert predict[predict.index("-tr") + 1] == DEMO_TRAINER and predict[predict.index("--device") + 1] == "cpu"
+    evaluate = by[f"evaluate_{DEMO_TRAINER}"].commands[0]
+    assert evaluate[:2] == ["clips-nnunet", "evaluate"] and evaluate[-2] == str(w / "evaluation" / DEMO_TRAINER)
+
+
+def test_tmtv_adds_recipe_steps_and_gpu_device(tmp_path):
+    steps = demo_steps(DemoOptions(workdir=tmp_path, tmtv=True), "cuda")
+    names = [s.name for s in steps]
+    assert "plan_tmtv" in names and f"train_{DEMO_TMTV_TRAINER}" in names and f"evaluate_{DEMO_TMTV_TRAINER}" in names
+    tmtv = next(s for s in steps if s.name == f"train_{DEMO_TMTV_TRAINER}")
+    assert tmtv.commands[0][:6] == ["nnUNetv2_train", "981", "3d_tmtv", "0", "-tr", DEMO_TMTV_TRAINER]
+    assert tmtv.commands[0][-2:] == ["-device", "cuda"]
+    plan = next(s for s in steps if s.name == "plan_tmtv")
+    assert plan.commands == [["clips-nnunet", "plan-tmtv", "-d", "981"],
+                             ["nnUNetv2_preprocess", "-d", "981", "-c", "3d_tmtv", "-np", "1"]]
+
+
+def test_budget_scales_with_minutes_device_and_trainings():
+    cpu = demo_budget(6, "cpu")
+    assert cpu["iterations_per_epoch"] == 10 and cpu["epochs"] == int(360 // (10 * 1.6 + 6.0)) == 16
+    assert demo_budget(6, "cpu", 2)["epochs"] == 8  # two trainings share the time
+    assert demo_budget(0.1, "cpu")["epochs"] == 2  # never below two epochs
+    assert demo_budget(6, "cuda")["epochs"] > cpu["epochs"]
+    assert 1 <= cpu["warmup_epochs"] < cpu["epochs"]
+
+
+def test_generated_trainers_are_budget_subclasses(tmp_path):
+    budget = {"epochs": 3, "iterations_per_epoch": 4, "val_iterations_per_epoch": 2, "warmup_epochs": 1}
+    path = write_demo_trainers(tmp_path, budget, tmtv=True)
+    spec = importlib.util.spec_from_file_location("clips_demo_trainers_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from clips_nnunet.trainers.self_paced import nnUNetTrainerCLSelfPaced
+    from clips_nnunet.trainers.tmtv.recipe import nnUNetTrainerTMTV
+
+    assert issubclass(module.nnUNetTrainerCLSelfPacedDemo, nnUNetTrainerCLSelfPaced)
+    assert issubclass(module.nnUNetTrainerTMTVDemo, nnUNetTrainerTMTV)
+    assert module.nnUNetTrainerCLSelfPacedDemo.warmup_epochs == 1
+    text = path.read_text()
+    assert "self.num_epochs = 3" in text and "self.num_iterations_per_epoch = 4" in text
+
+
+def test_environment_points_into_workdir(tmp_path):
+    env = demo_environment(tmp_path, "cpu", base_env={})
+    assert env["nnUNet_raw"] == str(tmp_path / "nnUNet_raw")
+    assert env["nnUNet_results"] == str(tmp_path / "nnUNet_results")
+    assert env["nnUNet_extTrainer"].split(":")[-1] == str(tmp_path / "ext")
+    assert env["nnUNet_n_proc_DA"] == "0"
+
+
+def test_finished_steps_are_skipped_and_failures_stop(tmp_path, capsys, monkeypatch):
+    """With a fake runner: a failing step stops the demo and leaves no marker; the re-run skips the finished steps
+    and resumes the interrupted training with --c."""
+    import clips_nnunet.demo as demo
+
+    monkeypatch.setattr(demo, "pair_with_ground_truth", lambda *a, **k: None)
+    calls = []
+    fail_on = {"nnUNetv2_train"}
+
+    def runner(cmd, env, log):
+        calls.append(list(cmd))
+        assert env["nnUNet_raw"].startswith(str(tmp_path.resolve()))
+        return 1 if cmd[0] in fail_on else 0
+
+    options = DemoOptions(workdir=tmp_path / "w", patients=8, minutes=1, device="cpu")
+    assert run_demo(options, runner=runner) == 1
+    assert [c[0:2] for c in calls] == [["clips-nnunet", "synth"], ["clips-nnunet", "synth"],
+                                       ["clips-nnunet", "convert"], ["nnUNetv2_plan_and_preprocess", "-d"],
+                                       ["nnUNetv2_train", "981"]]
+    assert (tmp_path / "w" / "ext" / "clips_demo_trainers.py").is_file()
+    out = capsys.readouterr()
+    assert "$ nnUNet_raw=" in out.out and "nnUNetv2_train 981 3d_fullres 0 -tr nnUNetTrainerCLSelfPacedDemo" in out.out
+    assert "failed" in out.err
+
+    # the training was interrupted after writing a checkpoint: the re-run continues it with --c
+    fold = (tmp_path / "w").resolve() / "nnUNet_results" / "Dataset981_ClipsDemo" / \
+        f"{DEMO_TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
+    fold.mkdir(parents=True)
+    (fold / "checkpoint_latest.pth").write_bytes(b"x")
+    calls.clear()
+    fail_on.clear()
+    assert run_demo(options, runner=runner) == 0
+    assert calls[0] == ["nnUNetv2_train", "981", "3d_fullres", "0", "-tr", DEMO_TRAINER, "-device", "cpu", "--c"]
+    assert [c[1] for c in calls[1:]] == ["predict", "evaluate"]
+    out = capsys.readouterr().out
+    assert out.count("done before, skipped") == 4  # synth, convert, plan_and_preprocess, trainers
+    calls.clear()
+    assert run_demo(options, runner=runner) == 0 and calls == []  # everything finished: nothing runs
+
+
+def test_dry_run_prints_and_runs_nothing(tmp_path, capsys):
+    def runner(cmd, env, log):
+        raise AssertionError("dry run must not run anything")
+
+    assert run_demo(DemoOptions(workdir=tmp_path, dry_run=True, device="cpu"), runner=runner) == 0
+    out = capsys.readouterr().out
+    assert out.count("  $ ") == 7 and not (tmp_path / ".steps").exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [({"patients": 3}, "--patients"), ({"minutes": 0}, "--minutes"),
+                                             ({"device": "tpu"}, "--device"), ({"dataset_id": 0}, "--dataset-id")])
+def test_bad_options(tmp_path, kwargs, message):
+    with pytest.raises(ClipsError, match=message):
+        run_demo(DemoOptions(workdir=tmp_path, **kwargs))
