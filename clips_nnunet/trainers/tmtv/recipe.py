@@ -234,9 +234,9 @@ class nnUNetTrainerTMTVRefiner(nnUNetTrainerTMTV):
         if not self.tmtv_is_refiner:
             raise DatasetError(f"{type(self).__name__} trains the cascade's second stage; configuration "
                                f"{configuration!r} has no previous_stage. Use 3d_tmtv_refine (clips-nnunet plan-tmtv)")
-        from nnunetv2.paths import nnUNet_results
-        if nnUNet_results is not None:
+        results = os.environ.get("nnUNet_results")
+        if results:
             self.folder_with_segs_from_previous_stage = os.path.join(
-                nnUNet_results, self.plans_manager.dataset_name,
+                results, self.plans_manager.dataset_name,
                 f"{self.previous_stage_trainer}__{self.plans_manager.plans_name}__"
                 f"{self.configuration_manager.previous_stage_name}", "predicted_next_stage", self.configuration_name)
