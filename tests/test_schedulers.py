@@ -110,3 +110,14 @@ def test_loss_weights_for_soft_spl_use_last_plan():
     log = SelfPacedScheduler(IDS, pacing="linear", pacing_a=1.0, pacing_b=0.5, min_cases=1, scheme="logarithmic")
     log.plan(_state(), 0.0, 0, np.random.default_rng(0))   # range [0.1, 0.4], lam 0.25 -> 0.5 scaled, zeta 0.5
     np.testing.assert_allclose(log.loss_weights([0.1, 0.175, 0.4]), [1.0, np.log(0.75) / np.log(0.5), 0.0])
+
+
+def test_self_paced_admits_exactly_n_with_ties_broken_by_rng():
+    ids = [f"c{i}" for i in range(6)]
+    s = DifficultyState(ids, ema_alpha=1.0)
+    s.update(["c0", "c1", "c2"], [0.1, 0.5, 0.9], epoch=0)          # c3..c5 unseen -> median 0.5, tied with c1
+    sch = SelfPacedScheduler(ids, pacing="linear", pacing_a=1.0, pacing_b=0.5, min_cases=1, scheme="hard")
+    p = sch.plan(s, 0.0, 1, np.random.default_rng(3)).probabilities  # n = 3: c0 + two of the four tied at 0.5
+    assert int((p > 0).sum()) == 3 and p[0] > 0 and p[2] == 0
+    again = sch.plan(s, 0.0, 1, np.random.default_rng(3)).probabilities
+    np.testing.assert_array_equal(p, again)                          # same rng -> same tie-break (DDP ranks)

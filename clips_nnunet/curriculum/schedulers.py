@@ -129,7 +129,8 @@ class SelfPacedScheduler(_PacedScheduler):
     Each epoch, ``n = num_active_cases(pace(t), N, b, min_cases)`` (Wu et al. 2021 pacing ``pace``) and the
     threshold ``lam = threshold_admitting(d, n)`` on the EMA losses ``d`` of :class:`DifficultyState`; the
     sampling weight of case i is the SPL weight ``v*(d_i; lam)`` of ``scheme`` (Kumar et al. 2010 hard;
-    Jiang et al. 2014 linear / logarithmic / mixture). For the linear and mixture schemes losses are shifted to
+    Jiang et al. 2014 linear / logarithmic / mixture). Exactly ``n`` cases are admitted (the n lowest ``d``;
+    ties, such as unseen cases that all count as the median, are broken with a permutation drawn from ``rng``). For the linear and mixture schemes losses are shifted to
     ``d - min(d)`` (they need non-negative losses; Dice + CE is negative for good cases); the mixture's lower
     threshold ``lam'`` admits ``lam_prime_quantile`` of the admitted cases with weight 1.
     """
@@ -173,8 +174,15 @@ class SelfPacedScheduler(_PacedScheduler):
                     w = spl_weights(d, lam, "hard")
                     last["scheme"] = "hard"
         self._last = last
-        # admitted = below the threshold; the hard indicator defines the active set for every scheme
-        active = d < lam
+        # exactly n cases are admitted: the n lowest estimates, ties (e.g. unseen cases, which count as the
+        # median) broken by a random permutation from the shared rng, so every DDP rank breaks them identically
+        tie_break = rng.permutation(d.size) if rng is not None else np.arange(d.size)
+        order = np.lexsort((tie_break, d))
+        active = np.zeros(d.size, dtype=bool)
+        active[order[:n]] = True
+        w = np.where(active, np.maximum(w, 0.0), 0.0)
+        if self.scheme == "hard" or w.sum() <= 0:
+            w = active.astype(np.float64)
         return SamplingPlan(probabilities=_normalise(w), active_fraction=float(active.mean()), threshold=lam,
                             extra=extra)
 

@@ -150,8 +150,13 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
         return self._cl_loader
 
     def on_train_start(self):
-        # validate before the (slow) data loader start, then again with the real split inside _cl_setup
+        # validate before the (slow) data loader start: attributes, split, scheduler parameters (e.g. pacing)
         self.validate_curriculum_attributes()
+        tr_keys, _ = self.do_split()
+        if len(tr_keys) == 0:
+            raise CurriculumConfigError(f"fold {self.fold}: the training split is empty; check splits_final.json in "
+                                        f"{self.preprocessed_dataset_folder_base}")
+        self.build_scheduler(sorted(str(k) for k in tr_keys))
         super().on_train_start()
         self._cl_setup()
 
@@ -248,6 +253,7 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
         probabilities = finalize_probabilities(plan.probabilities, self.exploration_epsilon, warm)
         self._cl_version = self._cl_loader.set_probabilities(probabilities)
         self._cl_plan, self._cl_probabilities, self._cl_progress, self._cl_warm = plan, probabilities, progress, warm
+        self._cl_estimates = self._cl_state.estimates()
         self._cl_key_buf, self._cl_loss_buf, self._cl_versions = [], [], []
         threshold = "none" if plan.threshold is None else f"{plan.threshold:.4g}"
         self.print_to_log_file(f"curriculum: {'warm-up (uniform)' if warm else f'progress {progress:.3f}'}, active "
@@ -315,7 +321,8 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
                   "active_fraction": float(plan.active_fraction), "threshold": plan.threshold,
                   "mean_active_loss": mean_active, "sampling_entropy": entropy,
                   "lag_batches": lag, "n_losses": int(len(keys)),
-                  "probabilities": [float(p) for p in probabilities], "extra": plan.extra}
+                  "probabilities": [float(p) for p in probabilities],
+                  "estimates": [float(d) for d in self._cl_estimates], "extra": plan.extra}
         self._cl_history = [r for r in self._cl_history if r["epoch"] < epoch] + [record]
         self.print_to_log_file(f"curriculum: mean loss of active cases {mean_active:.4f}; {len(keys)} case losses "
                                f"recorded; {lag} of {len(self._cl_versions)} batches were drawn with the previous "

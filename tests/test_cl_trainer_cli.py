@@ -1,0 +1,147 @@
+"""End to end through nnU-Net's own CLI on the tiny dataset: train a short nnUNetTrainerCLSelfPaced subclass
+defined in a test ext folder, crash after epoch 1, continue with --c (curriculum state restored, not restarted),
+predict imagesTs with -tr, train a second fold and run nnUNetv2_find_best_configuration; bad pacing fails early."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clips_nnunet.curriculum.pacing import num_active_cases, pacing_fraction
+from nnunet_helpers import nnunet_environment, run_cli
+
+pytestmark = pytest.mark.integration
+
+TRAINER = "nnUNetTrainerCLSelfPacedTiny"
+EXT_MODULE = textwrap.dedent('''
+    import os
+    import torch
+    from clips_nnunet.trainers.self_paced import nnUNetTrainerCLSelfPaced
+
+
+    class nnUNetTrainerCLSelfPacedTiny(nnUNetTrainerCLSelfPaced):
+        """3 epochs x 4 iterations, 1 warm-up epoch, linear pacing from 30 %; may crash on request."""
+        warmup_epochs = 1
+        pacing = "linear"
+        pacing_a = 1.0
+        pacing_b = 0.3
+        exploration_epsilon = 0.1
+        min_cases = 2
+
+        def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+            super().__init__(plans, configuration, fold, dataset_json, device)
+            self.num_epochs = 3
+            self.num_iterations_per_epoch = 4
+            self.num_val_iterations_per_epoch = 1
+            self.save_every = 1
+
+        def on_epoch_end(self):
+            super().on_epoch_end()
+            crash = os.environ.get("CLIPS_TEST_CRASH_AFTER_EPOCH")
+            if crash is not None and self.current_epoch == int(crash) + 1:
+                os._exit(17)   # a killed job: no clean-up, checkpoint_latest.pth is what is left
+
+
+    class nnUNetTrainerCLSelfPacedBadPacing(nnUNetTrainerCLSelfPacedTiny):
+        pacing_a = 1.5
+''')
+
+
+@pytest.fixture(scope="module")
+def cl_env(tiny_preprocessed, tmp_path_factory):
+    base, env, dataset_id = tiny_preprocessed
+    ext = tmp_path_factory.mktemp("user_ext")
+    (ext / "clips_test_trainers.py").write_text(EXT_MODULE)
+    env = nnunet_environment(base, extra_ext_folders=[ext])
+    env["CLIPS_SEED"] = "0"
+    return base, env, dataset_id
+
+
+def _train(env, dataset_id, fold, *extra, check=True, crash_after=None):
+    env = dict(env)
+    if crash_after is not None:
+        env["CLIPS_TEST_CRASH_AFTER_EPOCH"] = str(crash_after)
+    return run_cli(["nnUNetv2_train", str(dataset_id), "3d_fullres", str(fold), "-tr", TRAINER, "-device", "cpu",
+                    *extra], env, timeout=900, check=check)
+
+
+def _extras(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)["clips_extras"]["curriculum"]
+
+
+def test_train_crash_continue_predict_and_find_best(cl_env):
+    base, env, dataset_id = cl_env
+    fold0 = base / "nnUNet_results" / f"Dataset{dataset_id:03d}_ClipsTiny" / f"{TRAINER}__nnUNetPlans__3d_fullres" \
+        / "fold_0"
+
+    # 1) train and "crash" after epoch 1 (checkpoint_latest.pth written every epoch)
+    proc = _train(env, dataset_id, 0, check=False, crash_after=1)
+    assert proc.returncode == 17, proc.stdout[-3000:] + proc.stderr[-3000:]
+    latest = _extras(fold0 / "checkpoint_latest.pth")
+    assert latest["epoch"] == 1
+    n_cases = len(latest["state"]["case_ids"])
+    assert sum(latest["state"]["visits"]) == 2 * 4 * 2            # 2 epochs x 4 iterations x batch 2
+    before = json.loads((fold0 / "curriculum.json").read_text())
+    assert [r["epoch"] for r in before["epochs"]] == [0, 1]
+
+    # epoch 0 is warm-up (uniform); epoch 1 admits the pace(0) N lowest-EMA cases, others get epsilon / N
+    e0, e1 = before["epochs"]
+    assert e0["warmup"] and np.allclose(e0["probabilities"], 1.0 / n_cases)
+    n_active = num_active_cases(pacing_fraction("linear", 0.0, 1.0, 0.3), n_cases, 0.3, 2)
+    p1, d1 = np.asarray(e1["probabilities"]), np.asarray(e1["estimates"])
+    admitted = p1 > 0.1 / n_cases + 1e-12
+    assert admitted.sum() == n_active == e1["extra"]["n_active"]
+    assert d1[admitted].max() < d1[~admitted].min()                # the easiest (lowest EMA loss) are admitted
+    np.testing.assert_allclose(p1[~admitted], 0.1 / n_cases)
+    np.testing.assert_allclose(p1[admitted], 0.9 / n_active + 0.1 / n_cases)
+    assert e1["active_fraction"] == pytest.approx(n_active / n_cases)
+
+    # 2) continue: state restored (visits keep counting), curriculum.json keeps epochs 0-1 unchanged
+    proc = _train(env, dataset_id, 0, "--c")
+    final = _extras(fold0 / "checkpoint_final.pth")
+    assert final["epoch"] == 2
+    assert sum(final["state"]["visits"]) == 3 * 4 * 2              # a restart would give 8
+    after = json.loads((fold0 / "curriculum.json").read_text())
+    assert [r["epoch"] for r in after["epochs"]] == [0, 1, 2]
+    assert after["epochs"][:2] == before["epochs"]
+    logs = "".join(p.read_text() for p in fold0.glob("training_log_*.txt"))
+    assert "curriculum: state restored from the checkpoint (epoch 1" in logs
+    assert "sampling entropy" in logs and "lag" in logs
+    config = json.loads((fold0 / "curriculum_config.json").read_text())
+    assert config["scheduler"]["pacing"] == "linear" and config["scheduler"]["pacing_b"] == 0.3
+    assert config["warmup_epochs"] == 1 and config["seed"] == 0 and config["n_cases"] == n_cases
+    assert (fold0 / "curriculum.png").stat().st_size > 1000 and (fold0 / "progress.png").is_file()
+    logging = torch.load(fold0 / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
+    assert len(logging["cl_active_fraction"]) == len(logging["train_losses"]) == 3
+    assert logging["cl_active_fraction"][0] == 1.0 and math.isnan(logging["cl_threshold"][0])
+    assert logging["cl_sampling_entropy"][0] == pytest.approx(math.log(n_cases))
+    assert (fold0 / "validation" / "summary.json").is_file()
+
+    # 3) predict imagesTs with the trainer name (class found again from the checkpoint's trainer name)
+    out = base / "pred_cl"
+    run_cli(["nnUNetv2_predict", "-i", str(Path(env["nnUNet_raw"]) / f"Dataset{dataset_id:03d}_ClipsTiny" /
+                                        "imagesTs"), "-o", str(out), "-d", str(dataset_id), "-c", "3d_fullres",
+             "-f", "0", "-tr", TRAINER, "-chk", "checkpoint_final.pth", "-device", "cpu", "--disable_tta",
+             "-npp", "1", "-nps", "1"], env, timeout=600)
+    assert len(list(out.glob("*.nii.gz"))) == 2
+
+    # 4) second fold, then nnU-Net's find_best_configuration over folds 0 and 1
+    _train(env, dataset_id, 1)
+    run_cli(["nnUNetv2_find_best_configuration", str(dataset_id), "-c", "3d_fullres", "-tr", TRAINER,
+             "-f", "0", "1", "--disable_ensembling", "-np", "1"], env, timeout=600)
+    results = base / "nnUNet_results" / f"Dataset{dataset_id:03d}_ClipsTiny"
+    assert (results / "inference_information.json").is_file()
+
+
+def test_bad_pacing_fails_at_trainer_start(cl_env):
+    base, env, dataset_id = cl_env
+    proc = run_cli(["nnUNetv2_train", str(dataset_id), "3d_fullres", "0", "-tr", "nnUNetTrainerCLSelfPacedBadPacing",
+                    "-device", "cpu"], env, timeout=600, check=False)
+    assert proc.returncode != 0
+    assert "pacing_a must be in (0, 1], got 1.5" in proc.stdout + proc.stderr
