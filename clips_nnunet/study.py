@@ -46,7 +46,7 @@ from clips_nnunet.io_utils import atomic_write_json, atomic_write_text, read_jso
 __all__ = [
     "StudyConfigError", "TrainerSpec", "StudyConfig", "load_study_config", "parse_study_config",
     "study_class_name", "write_study_trainers", "RunSpec", "plan_runs", "run_is_finished", "build_train_command",
-    "run_study", "study_groups", "write_report",
+    "run_study", "study_groups", "write_report", "add_derived_configuration", "prepare_dataset",
 ]
 
 GENERATED_MODULE = "clips_study_trainers.py"
@@ -111,6 +111,13 @@ class StudyConfig:
     run_timeout_s: Optional[float]
     n_proc_da: int
     parallel_runs: int = 1
+    derive_from: Optional[str] = None
+    features_divisor: int = 1
+
+    @property
+    def preprocess_configuration(self) -> str:
+        """The nnU-Net configuration that is preprocessed (the derived one shares its data)."""
+        return self.derive_from or self.configuration
 
     def trainer(self, name: str) -> TrainerSpec:
         for spec in self.trainers:
@@ -166,13 +173,16 @@ def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
     ``teacher``}; ``baseline*``; ``controls``; ``folds`` ([0]); ``seeds*``; ``budget*`` {``epochs*``,
     ``iterations_per_epoch*``, ``val_iterations_per_epoch`` (2)}; ``device`` (auto | cpu | cuda); ``teacher_seed``
     (first seed); ``difficulty_key`` (case_metadata.json key for the hardest third; default: teacher difficulty);
-    ``skip_missing_trainers`` (true); ``run_timeout_s``; ``n_proc_da`` (0); ``parallel_runs`` (1: runs at once).
+    ``skip_missing_trainers`` (true); ``run_timeout_s``; ``n_proc_da`` (0); ``parallel_runs`` (1: runs at once);
+    ``derive_configuration`` {``from``: 3d_fullres, ``features_divisor``: 4}: ``configuration`` is then added to the
+    plans as a smaller network inheriting ``from`` (same preprocessed data, features per stage divided), for
+    studies on CPUs.
     """
     if not isinstance(raw, Mapping):
         raise StudyConfigError(f"study config must be a mapping (YAML dictionary), got {type(raw).__name__}")
     known = {"name", "study_dir", "dataset", "configuration", "plans", "trainers", "baseline", "controls", "folds",
              "seeds", "budget", "device", "teacher_seed", "difficulty_key", "skip_missing_trainers",
-             "run_timeout_s", "n_proc_da", "parallel_runs", "description"}
+             "run_timeout_s", "n_proc_da", "parallel_runs", "derive_configuration", "description"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise StudyConfigError(f"study config: unknown key(s) {unknown}; known keys are {sorted(known)}")
@@ -266,7 +276,19 @@ def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
     timeout = raw.get("run_timeout_s")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise StudyConfigError(f"study config: 'run_timeout_s' must be a positive number of seconds, got {timeout!r}")
+    derive = raw.get("derive_configuration")
+    derive_from, divisor = None, 1
+    if derive is not None:
+        if not isinstance(derive, Mapping) or not derive.get("from"):
+            raise StudyConfigError("study config: 'derive_configuration' must be {from: 3d_fullres, "
+                                   "features_divisor: N}")
+        derive_from = str(derive["from"])
+        divisor = _positive_int(derive.get("features_divisor", 1), "derive_configuration.features_divisor")
+        if derive_from == str(raw.get("configuration", "3d_fullres")):
+            raise StudyConfigError("study config: 'configuration' must be a new name (e.g. 3d_study) when "
+                                   f"'derive_configuration.from' is {derive_from!r}")
     return StudyConfig(
+        derive_from=derive_from, features_divisor=divisor,
         name=name, study_dir=study_dir, dataset_id=dataset_id, dataset_name=dataset_name, dataset_source=source,
         dataset_options=dict(options), n_splits=n_splits, configuration=str(raw.get("configuration", "3d_fullres")),
         plans=str(raw.get("plans", "nnUNetPlans")), trainers=tuple(trainers), baseline=baseline, controls=controls,
@@ -626,17 +648,48 @@ def prepare_dataset(config: StudyConfig, echo: bool = True) -> StudyConfig:
         config = dataclasses.replace(config, dataset_name=config.dataset_name or _find_dataset_name(config))
     pre_folder = pre_root / config.dataset_folder_name
     plans_file = pre_folder / f"{config.plans}.json"
-    data_folder = pre_folder / f"{config.plans}_{config.configuration}"
+    data_folder = pre_folder / f"{config.plans}_{config.preprocess_configuration}"
     if not (plans_file.is_file() and data_folder.is_dir() and any(data_folder.iterdir())):
-        cmd = ["nnUNetv2_plan_and_preprocess", "-d", str(config.dataset_id), "-c", config.configuration, "-np", "1",
-               "--verify_dataset_integrity"]
+        cmd = ["nnUNetv2_plan_and_preprocess", "-d", str(config.dataset_id), "-c", config.preprocess_configuration,
+               "-np", "1", "--verify_dataset_integrity"]
         env = study_environment(config)
         env["nnUNet_n_proc_DA"] = "1"  # nnU-Net's planner calls torch.set_num_threads(n_proc_DA): 0 would crash
         if _run_logged(cmd, env, logs / "plan_and_preprocess.log", None, echo) != 0:
             raise DatasetError(f"nnUNetv2_plan_and_preprocess failed; see {logs / 'plan_and_preprocess.log'}")
     if config.n_splits is not None and not (pre_folder / "splits_final.json").is_file():
         write_stratified_splits(config)
+    if config.derive_from:
+        add_derived_configuration(plans_file, config.configuration, config.derive_from, config.features_divisor)
     return config
+
+
+def add_derived_configuration(plans_file: Path, name: str, base: str, features_divisor: int) -> Dict[str, Any]:
+    """Add configuration ``name`` to an nnU-Net plans file: inherits ``base`` (same preprocessed data, so nothing
+    is preprocessed again) with the U-Net's ``features_per_stage`` divided by ``features_divisor`` (at least 4).
+    nnU-Net resolves ``inherits_from`` with a shallow update, so the whole ``architecture`` entry is written.
+    Idempotent; returns the new configuration entry."""
+    import copy
+
+    plans = read_json(plans_file)
+    configs = plans.get("configurations", {})
+    if base not in configs:
+        raise DatasetError(f"{plans_file} has no configuration {base!r} to derive {name!r} from "
+                           f"(has {sorted(configs)})")
+    resolved = copy.deepcopy(configs[base])
+    while "inherits_from" in resolved:  # resolve the base's own inheritance for the architecture entry
+        parent = copy.deepcopy(configs[resolved.pop("inherits_from")])
+        parent.update(resolved)
+        resolved = parent
+    arch = copy.deepcopy(resolved["architecture"])
+    feats = arch["arch_kwargs"].get("features_per_stage")
+    if feats is None:
+        raise DatasetError(f"{plans_file}: configuration {base!r} has no architecture.arch_kwargs.features_per_stage")
+    arch["arch_kwargs"]["features_per_stage"] = [max(4, int(f) // features_divisor) for f in feats]
+    entry = {"inherits_from": base, "architecture": arch}
+    if configs.get(name) != entry:
+        configs[name] = entry
+        atomic_write_json(plans_file, plans)
+    return entry
 
 
 def _cli_options(opts: Mapping[str, Any]) -> List[str]:

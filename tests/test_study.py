@@ -258,3 +258,24 @@ def test_tiny_real_study(tiny_preprocessed, tmp_path):
     assert "| nnUNetTrainer | " in report and "dice" in report
     again = run_study(config, echo=False, report=False)
     assert set(again["runs"].values()) == {"skipped (finished)"}
+
+
+def test_derived_small_configuration(tmp_path):
+    from clips_nnunet.study import add_derived_configuration
+
+    with pytest.raises(StudyConfigError, match="new name"):
+        cfg(tmp_path, derive_configuration={"from": "3d_fullres", "features_divisor": 4})
+    config = cfg(tmp_path, configuration="3d_study", derive_configuration={"from": "3d_fullres",
+                                                                            "features_divisor": 4})
+    assert config.preprocess_configuration == "3d_fullres" and config.configuration == "3d_study"
+    plans = tmp_path / "plans.json"
+    arch = {"network_class_name": "X", "arch_kwargs": {"features_per_stage": [32, 64, 128, 320], "n_stages": 4}}
+    plans.write_text(json.dumps({"configurations": {"3d_fullres": {"patch_size": [32, 32, 32],
+                                                                   "architecture": arch}}}))
+    entry = add_derived_configuration(plans, "3d_study", "3d_fullres", 4)
+    saved = json.loads(plans.read_text())["configurations"]
+    assert saved["3d_study"] == entry and entry["inherits_from"] == "3d_fullres"
+    assert entry["architecture"]["arch_kwargs"]["features_per_stage"] == [8, 16, 32, 80]
+    assert saved["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] == [32, 64, 128, 320]
+    with pytest.raises(Exception, match="no configuration '2d'"):
+        add_derived_configuration(plans, "2d_small", "2d", 2)
