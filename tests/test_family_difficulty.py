@@ -59,8 +59,14 @@ def test_difficulty_csv_formats_and_errors(tmp_path):
     assert read_difficulty_csv(hard, ids) == {"case_0000": 0.0, "case_0001": 0.0, "case_0002": 1.0}
     unknown = tmp_path / "unknown.csv"
     unknown.write_text("case_0002\npatient_17\ncase_9\n")
-    with pytest.raises(CurriculumConfigError, match=r"2 case id\(s\) are not training cases.*\['case_9', 'patient_17'\]"):
+    with pytest.raises(CurriculumConfigError, match=r"2 case id\(s\) are not cases of this dataset.*"
+                                                    r"\['case_9', 'patient_17'\]"):
         read_difficulty_csv(unknown, ids)
+    # a CSV scoring every case of the dataset: other folds' cases (known ids) are ignored, ranks over this fold
+    everything = tmp_path / "all.csv"
+    everything.write_text("case_id,difficulty\ncase_0000,5\ncase_0001,1\ncase_0002,3\ncase_0099,0\n")
+    assert read_difficulty_csv(everything, ids, known_ids=ids + ["case_0099"]) == {
+        "case_0000": 1.0, "case_0001": 0.0, "case_0002": 0.5}
     partial = tmp_path / "partial.csv"
     partial.write_text("case_0000,0.3\ncase_0001,0.1\n")
     with pytest.raises(CurriculumConfigError, match=r"have no difficulty: \['case_0002'\]"):

@@ -176,8 +176,13 @@ def _looks_numeric(text: str) -> bool:
         return False
 
 
-def read_difficulty_csv(path: PathLike, case_ids: Sequence[str]) -> Dict[str, float]:
+def read_difficulty_csv(path: PathLike, case_ids: Sequence[str], known_ids: Optional[Sequence[str]] = None
+                        ) -> Dict[str, float]:
     """Difficulty rank of each training case from a CSV file.
+
+    ``case_ids``: this fold's training cases; ``known_ids``: every case of the dataset (default: ``case_ids``).
+    Listed ids that are known but not training cases of this fold (its validation cases, e.g. from a
+    cross-validation CSV that scores every case) are ignored; ids that are not known at all are an error.
 
     Two formats:
     - ``case_id,difficulty`` (header optional; extra columns ignored): every training case must be listed;
@@ -204,17 +209,20 @@ def read_difficulty_csv(path: PathLike, case_ids: Sequence[str]) -> Dict[str, fl
         column = [h.lower() for h in header].index("difficulty")
     else:
         column = 1
-    known = set(case_ids)
+    known = set(case_ids) | set(str(k) for k in (known_ids or ()))
     listed = [r[0] for r in rows]
     unknown = sorted(set(listed) - known)
     if unknown:
         raise CurriculumConfigError(
-            f"difficulty file {path}: {len(unknown)} case id(s) are not training cases of this fold: {unknown[:20]}"
+            f"difficulty file {path}: {len(unknown)} case id(s) are not cases of this dataset: {unknown[:20]}"
             f"{' ...' if len(unknown) > 20 else ''}; use the case ids of dataset.json / splits_final.json "
             f"(e.g. case_0003, without channel suffix or file ending)")
     duplicated = sorted({c for c in listed if listed.count(c) > 1})
     if duplicated:
         raise CurriculumConfigError(f"difficulty file {path}: case ids listed twice: {duplicated[:20]}")
+    training = set(case_ids)
+    rows = [r for r in rows if r[0] in training]  # other folds' training cases: not ours to rank
+    listed = [r[0] for r in rows]
     if two_columns:
         bad = [r[0] for r in rows if len(r) <= column or not _looks_numeric(r[column])]
         if bad:

@@ -10,3 +10,12 @@ from clips_nnunet.trainers.self_paced import (nnUNetTrainerCLSelfPaced, nnUNetTr
                                               nnUNetTrainerCLSelfPacedMixture, nnUNetTrainerCLSelfPacedRandom)
 from clips_nnunet.trainers.tmtv.recipe import nnUNetTrainerTMTV, nnUNetTrainerTMTVRefiner  # noqa: F401
 from clips_nnunet.trainers.tmtv.combinations import *  # noqa: F401,F403  (nnUNetTrainerTMTVCL<Method>)
+from clips_nnunet.trainers.family import (  # noqa: F401  (curriculum family and controls)
+    nnUNetTrainerCLBabySteps, nnUNetTrainerCLBabyStepsAnti, nnUNetTrainerCLBabyStepsRandom,
+    nnUNetTrainerCLCompetence, nnUNetTrainerCLCompetenceAnti, nnUNetTrainerCLCompetenceRandom,
+    nnUNetTrainerCLDIH, nnUNetTrainerCLDIHAnti, nnUNetTrainerCLDIHRandom, nnUNetTrainerCLPredefined,
+    nnUNetTrainerCLPredefinedAnti, nnUNetTrainerCLPredefinedRandom, nnUNetTrainerCLSelfPacedDiversity,
+    nnUNetTrainerCLSelfPacedDiversityAnti, nnUNetTrainerCLSelfPacedDiversityRandom, nnUNetTrainerCLSmoothing,
+    nnUNetTrainerCLSuperLoss, nnUNetTrainerCLSuperLossAnti, nnUNetTrainerCLSuperLossRandom,
+    nnUNetTrainerCLTeacherStudent, nnUNetTrainerCLTeacherStudentAnti, nnUNetTrainerCLTeacherStudentRandom,
+    nnUNetTrainerCLTransferTeacher, nnUNetTrainerCLTransferTeacherAnti, nnUNetTrainerCLTransferTeacherRandom)
