@@ -36,8 +36,19 @@ def lesion_to_background(suv: np.ndarray, mask: np.ndarray, spacing_zyx: Sequenc
     if not mask.any():
         return None
     suv = np.asarray(suv, dtype=np.float32)
-    distance = ndimage.distance_transform_edt(~mask, sampling=[float(s) for s in spacing_zyx])
-    shell = (distance >= shell_mm[0]) & (distance <= shell_mm[1]) & (suv > BODY_SUV_THRESHOLD)
+    sampling = np.asarray([float(s) for s in spacing_zyx])
+    margin = np.ceil(shell_mm[1] / sampling).astype(int) + 1
+    within = np.zeros(mask.shape, dtype=bool)  # <= shell_mm[1] from some lesion voxel
+    near = np.zeros(mask.shape, dtype=bool)  # < shell_mm[0] from some lesion voxel
+    labels, _ = ndimage.label(mask)
+    # exact distances, computed per lesion in its bounding box plus the shell width: a voxel outside that box is
+    # farther than shell_mm[1] from the lesion, so whole-body distance maps are never needed
+    for box in ndimage.find_objects(labels):
+        crop = tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, m, n in zip(box, margin, mask.shape))
+        distance = ndimage.distance_transform_edt(~mask[crop], sampling=sampling)
+        within[crop] |= distance <= shell_mm[1]
+        near[crop] |= distance < shell_mm[0]
+    shell = within & ~near & (suv > BODY_SUV_THRESHOLD)
     if not shell.any():
         return None
     background = float(np.median(suv[shell]))

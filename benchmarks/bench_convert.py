@@ -1,0 +1,142 @@
+"""Benchmark `clips-nnunet convert` on one synthetic whole-body PET/CT study (issue 3, item 11).
+
+Three pipelines, each run in a fresh subprocess (so peak memory, ``ru_maxrss``, is per worker), on the same files:
+
+* **floor**: SimpleITK reads the CT and PET series (``ImageSeriesReader``, float32) and writes the files the converter
+  writes (CT and PET as float32 NIfTI on the PET grid, label uint8), with the same gzip compression. Nothing can
+  convert faster than reading and writing the same data with the same library.
+* **clips**: :func:`clips_nnunet.dataset_conversion.convert.convert_cohort` (index, series choice, SUV, CT resampled
+  onto the PET grid, SEG mask, metadata, report), one worker.
+* **dicom2nifti**: what the autoPET scripts do: ``dicom2nifti.dicom_series_to_nifti`` for CT and PET, SUV from the
+  first PET header with nibabel, CT resampled onto the PET grid (SimpleITK here; nilearn in the originals).
+
+Prints the times, the ratios clips/floor (target <= 1.3) and dicom2nifti/clips (target >= 3) and peak RSS.
+Usage: ``python benchmarks/bench_convert.py [--workdir DIR] [--keep] [--repeats N]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _series_files(study: Path, sub: str):
+    return sorted(str(p) for p in (study / sub).glob("*.dcm"))
+
+
+def stage_floor(study: Path, out: Path) -> None:
+    import SimpleITK as sitk
+
+    images = []
+    for sub in ("CT", "PET"):
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(study / sub)))
+        reader.SetOutputPixelType(sitk.sitkFloat32)
+        images.append(reader.Execute())
+    pet = images[1]
+    out.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.Cast(pet, sitk.sitkFloat32), str(out / "x_0000.nii.gz"), useCompression=True)
+    sitk.WriteImage(pet, str(out / "x_0001.nii.gz"), useCompression=True)
+    sitk.WriteImage(sitk.Cast(pet > 1e9, sitk.sitkUInt8), str(out / "x.nii.gz"), useCompression=True)
+
+
+def stage_clips(cohort: Path, out: Path) -> None:
+    from clips_nnunet.dataset_conversion.convert import convert_cohort
+
+    report = convert_cohort(cohort, 555, "Bench", raw_root=out / "raw", preprocessed_root=None,
+                            private_dir=out / "private", progress=False)
+    if report.failed:
+        raise SystemExit(f"conversion failed: {report.cases}")
+
+
+def stage_dicom2nifti(study: Path, out: Path) -> None:
+    import dicom2nifti
+    import dicom2nifti.settings
+    import nibabel as nib
+    import numpy as np
+    import pydicom
+    import SimpleITK as sitk
+
+    dicom2nifti.settings.disable_validate_slice_increment()
+    out.mkdir(parents=True, exist_ok=True)
+    dicom2nifti.dicom_series_to_nifti(str(study / "CT"), str(out / "CT.nii.gz"), reorient_nifti=True)
+    dicom2nifti.dicom_series_to_nifti(str(study / "PET"), str(out / "PET.nii.gz"), reorient_nifti=True)
+    # SUV as in the autoPET scripts: one factor from the first header (BQML, decay to series time)
+    ds = pydicom.dcmread(_series_files(study, "PET")[0], stop_before_pixels=True)
+    rp = ds.RadiopharmaceuticalInformationSequence[0]
+
+    def seconds(t):
+        t = str(t)
+        return int(t[0:2]) * 3600 + int(t[2:4]) * 60 + float(t[4:] or 0)
+
+    elapsed = seconds(ds.SeriesTime) - seconds(rp.RadiopharmaceuticalStartTime)
+    factor = float(ds.PatientWeight) * 1000 / (float(rp.RadionuclideTotalDose)
+                                                * 2 ** (-elapsed / float(rp.RadionuclideHalfLife)))
+    pet = nib.load(str(out / "PET.nii.gz"))
+    suv = nib.Nifti1Image((np.asarray(pet.dataobj, dtype=np.float32) * factor).astype(np.float32), pet.affine)
+    nib.save(suv, str(out / "SUV.nii.gz"))
+    ct = sitk.ReadImage(str(out / "CT.nii.gz"), sitk.sitkFloat32)
+    ref = sitk.ReadImage(str(out / "SUV.nii.gz"))
+    ctres = sitk.Resample(ct, ref, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    sitk.WriteImage(ctres, str(out / "CTres.nii.gz"), useCompression=True)
+
+
+def _run_stage(name: str, cohort: Path, study: Path, out: Path) -> dict:
+    """Run one stage in a fresh interpreter; return wall seconds and peak RSS (MiB) of that process."""
+    code = ("import sys, time, json, resource; sys.path.insert(0, %r); import bench_convert as b; "
+            "from pathlib import Path; t = time.perf_counter(); "
+            "b.stage_%s(Path(%r), Path(%r)); dt = time.perf_counter() - t; "
+            "print(json.dumps({'seconds': dt, 'peak_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))"
+            ) % (str(Path(__file__).parent), name, str(cohort if name == "clips" else study), str(out))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"stage {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default=None, help="folder for the cohort and outputs (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per pipeline; the fastest counts")
+    parser.add_argument("--skip-dicom2nifti", action="store_true", help="only floor and clips")
+    args = parser.parse_args(argv)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_convert_"))
+    cohort = work / "cohort"
+    if not (cohort / "ground_truth" / "manifest.json").is_file():
+        from clips_nnunet.dataset_conversion.synthetic import make_synthetic_cohort
+        t = time.perf_counter()
+        make_synthetic_cohort(cohort, n_patients=1, seed=0, size="wholebody", mask_formats=("seg",), progress=False)
+        print(f"generated the whole-body study in {time.perf_counter() - t:.1f} s")
+    study = cohort / "patient_000" / "study_1"
+    n_ct, n_pet = len(_series_files(study, "CT")), len(_series_files(study, "PET"))
+    print(f"study: CT {n_ct} slices, PET {n_pet} slices ({sum(p.stat().st_size for p in study.rglob('*.dcm')) / 2**20:.0f} MiB)")
+    stages = ["floor", "clips"] + ([] if args.skip_dicom2nifti else ["dicom2nifti"])
+    results = {}
+    for r in range(max(1, args.repeats)):
+        for name in stages:
+            out = work / f"out_{name}"
+            shutil.rmtree(out, ignore_errors=True)
+            res = _run_stage(name, cohort, study, out)
+            if name not in results or res["seconds"] < results[name]["seconds"]:
+                results[name] = res
+            print(f"  run {r + 1}: {name:<12} {res['seconds']:7.2f} s   peak RSS {res['peak_mib']:7.0f} MiB")
+    floor, ours = results["floor"]["seconds"], results["clips"]["seconds"]
+    print(f"clips / floor       = {ours / floor:.2f}  (target <= 1.3)")
+    if "dicom2nifti" in results:
+        print(f"dicom2nifti / clips = {results['dicom2nifti']['seconds'] / ours:.2f}  (target >= 3)")
+    print(json.dumps({"results": results, "cpu_count": os.cpu_count()}, sort_keys=True))
+    if not args.keep and not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
