@@ -59,3 +59,31 @@ def test_threshold_admitting():
     assert int((np.array([0.1, 0.2, 0.2]) < threshold_admitting([0.1, 0.2, 0.2], 2)).sum()) == 3
     with pytest.raises(CurriculumConfigError, match="n_admitted must be an integer in \\[0, 4\\]"):
         threshold_admitting(losses, 5)
+
+
+def test_weighted_per_sample_loss_matches_nnunet_deep_supervision_and_weights_samples():
+    """Soft-SPL loss weighting: with unit weights it is nnU-Net's deep-supervised Dice + CE; weights act per sample."""
+    import torch
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    from clips_nnunet.trainers.curriculum import weighted_per_sample_loss
+    from clips_nnunet.trainers.per_sample_loss import dice_ce_per_sample
+
+    g = torch.Generator().manual_seed(0)
+    outputs = [torch.randn(2, 2, 8, 8, 8, generator=g), torch.randn(2, 2, 4, 4, 4, generator=g)]
+    targets = [(torch.rand(2, 1, 8, 8, 8, generator=g) > 0.7).float(),
+               (torch.rand(2, 1, 4, 4, 4, generator=g) > 0.7).float()]
+    factors = (0.5714285714, 0.4285714286)
+    nnunet = DeepSupervisionWrapper(DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False,
+                                                    "ddp": False}, {}, weight_ce=1, weight_dice=1,
+                                                   ignore_label=None,
+                                                   dice_class=MemoryEfficientSoftDiceLoss), factors)
+    ones = torch.ones(2)
+    ours = weighted_per_sample_loss(dice_ce_per_sample, outputs, targets, ones, factors)
+    assert float(ours) == pytest.approx(float(nnunet(outputs, targets)), abs=1e-5)
+    # weight 0 on sample 1: only sample 0 counts, halved by the batch mean
+    only0 = weighted_per_sample_loss(dice_ce_per_sample, outputs, targets, torch.tensor([1.0, 0.0]), factors)
+    expected = sum(f * dice_ce_per_sample(o, t)[0] / 2 for f, o, t in zip(factors, outputs, targets))
+    assert float(only0) == pytest.approx(float(expected), abs=1e-6)

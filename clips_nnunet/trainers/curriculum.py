@@ -66,6 +66,18 @@ def sync_case_losses(keys: Sequence[str], losses) -> Tuple[List[str], np.ndarray
     return all_keys, all_losses
 
 
+def weighted_per_sample_loss(per_sample_loss, output: Output, target: Output, weights: torch.Tensor,
+                             weight_factors: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """``sum_k DS_k * mean_b(w_b * per_sample_loss(output_k, target_k)_b)`` over deep-supervision outputs ``k``
+    (a single output: ``mean_b(w_b * l_b)``). With all ``w_b = 1`` and nnU-Net's ``DS_k`` this equals nnU-Net's
+    deep-supervised Dice + CE loss (batch_dice False)."""
+    if isinstance(output, (list, tuple)):
+        factors = tuple(weight_factors) if weight_factors is not None else (1.0,) * len(output)
+        return sum(f * (weights * per_sample_loss(o, t)).mean()
+                   for f, o, t in zip(factors, output, target) if f != 0)
+    return (weights * per_sample_loss(output, target)).mean()
+
+
 class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
     """Base of every curriculum trainer: subclasses implement :meth:`build_scheduler` (and optionally
     :meth:`sample_weights`) and set hyper-parameters as class attributes (the nnU-Net way)."""
@@ -281,11 +293,8 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
         if w.shape != (hi_out.shape[0],):
             raise CurriculumConfigError(f"sample_weights returned shape {tuple(w.shape)} for a batch of "
                                         f"{hi_out.shape[0]}")
-        if isinstance(output, (list, tuple)):
-            factors = getattr(self.loss, "weight_factors", None) or (1.0,) * len(output)
-            return sum(f * (w * self.per_sample_loss(o, t)).mean()
-                       for f, o, t in zip(factors, output, target) if f != 0)
-        return (w * self.per_sample_loss(output, target)).mean()
+        return weighted_per_sample_loss(self.per_sample_loss, output, target, w,
+                                        getattr(self.loss, "weight_factors", None))
 
     def after_train_forward(self, keys: Sequence[str], output: Output, target: Output) -> None:
         super().after_train_forward(keys, output, target)

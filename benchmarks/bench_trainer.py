@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""Benchmark (not a test): training-step throughput of nnUNetTrainerCLSelfPaced against stock nnUNetTrainer.
+
+Both trainers are built on the same preprocessed data and run ``train_step`` on the SAME pre-fetched batches
+(data loading excluded, so the comparison isolates the curriculum's step cost), interleaved stock / CL / stock /
+CL ... to cancel drift. It prints iterations per second of each, the ratio CL / stock (target >= 0.98), and the
+per-case-loss overhead: the time of ``per_sample_loss`` on the highest-resolution output relative to a stock step.
+
+Usage::
+
+    python benchmarks/bench_trainer.py                 # makes a tiny synthetic dataset (32^3) in a temp folder
+    python benchmarks/bench_trainer.py --shape 64 --iterations 20 --repeats 3 --device cpu
+    python benchmarks/bench_trainer.py --workdir /path/with/nnUNet_folders --dataset-id 990   # reuse data
+
+On CPU with the tiny patch the numbers say little about a GPU run at 128^3 (see docs/curriculum_engine.md).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _prepare(workdir: Path, dataset_id: int, shape: int) -> None:
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (workdir / name).mkdir(parents=True, exist_ok=True)
+        os.environ[name] = str(workdir / name)
+    pre = workdir / "nnUNet_preprocessed" / f"Dataset{dataset_id:03d}_ClipsTiny" / "nnUNetPlans_3d_fullres"
+    if pre.is_dir():
+        return
+    from clips_nnunet.dataset_conversion.synthetic_raw import make_synthetic_raw_dataset
+    make_synthetic_raw_dataset(workdir / "nnUNet_raw", dataset_id, shape=(shape, shape, shape))
+    env = dict(os.environ, nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1")
+    exe = Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"
+    subprocess.run([str(exe), "-d", str(dataset_id), "-c", "3d_fullres", "-np", "1"], env=env, check=True,
+                   capture_output=True)
+
+
+def _trainer(cls, dataset_id: int, device):
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    name = maybe_convert_to_dataset_name(dataset_id)
+    pre = Path(os.environ["nnUNet_preprocessed"]) / name
+    trainer = cls(load_json(str(pre / "nnUNetPlans.json")), "3d_fullres", 0, load_json(str(pre / "dataset.json")),
+                  device=device)
+    trainer.num_epochs = 10
+    if hasattr(trainer, "warmup_epochs"):
+        trainer.warmup_epochs = 0
+    trainer.print_to_log_file = lambda *a, **k: None
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()
+    return trainer
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=None, help="folder for nnUNet_raw/preprocessed/results "
+                        "(default: a temporary folder)")
+    parser.add_argument("--dataset-id", type=int, default=991)
+    parser.add_argument("--shape", type=int, default=32, help="edge of the synthetic cubic images (default 32)")
+    parser.add_argument("--iterations", type=int, default=15, help="timed steps per block (default 15)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved blocks per trainer (default 3)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("nnUNet_n_proc_DA", "0")
+    os.environ.setdefault("nnUNet_compile", "false")
+
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="clips_bench_")
+        args.workdir = Path(tmp.name)
+    _prepare(args.workdir, args.dataset_id, args.shape)
+
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from clips_nnunet.trainers.base import highest_resolution
+    from clips_nnunet.trainers.self_paced import nnUNetTrainerCLSelfPaced
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    stock = _trainer(nnUNetTrainer, args.dataset_id, device)
+    torch.manual_seed(0)
+    cl = _trainer(nnUNetTrainerCLSelfPaced, args.dataset_id, device)
+    batches = [next(stock.dataloader_train) for _ in range(args.iterations)]
+    for b in batches:
+        b.setdefault("curriculum_version", 0)
+
+    def run(trainer) -> float:
+        for b in batches[:2]:                      # warm-up steps (allocations, cudnn autotune)
+            trainer.train_step(dict(b))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for b in batches:
+            trainer.train_step(dict(b))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / len(batches)
+
+    times = {"stock": [], "cl": []}
+    for _ in range(args.repeats):
+        times["stock"].append(run(stock))
+        times["cl"].append(run(cl))
+        cl._cl_key_buf, cl._cl_loss_buf, cl._cl_versions = [], [], []
+
+    # per-case-loss overhead: per_sample_loss on the highest-resolution output of one forward pass
+    b = batches[0]
+    with torch.no_grad():
+        data = b["data"].to(device)
+        target = [t.to(device) for t in b["target"]] if isinstance(b["target"], list) else b["target"].to(device)
+        output = cl.network(data)
+        out0, tgt0 = highest_resolution(output), highest_resolution(target)
+        for _ in range(2):
+            cl.per_sample_loss(out0, tgt0)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(args.iterations):
+            cl.per_sample_loss(out0, tgt0)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t_loss = (time.perf_counter() - start) / args.iterations
+
+    t_stock, t_cl = statistics.median(times["stock"]), statistics.median(times["cl"])
+    patch = tuple(int(x) for x in stock.configuration_manager.patch_size)
+    print(f"device={device.type} patch={patch} batch={stock.batch_size} iterations={args.iterations} "
+          f"repeats={args.repeats} torch_threads={torch.get_num_threads()}")
+    print(f"stock nnUNetTrainer:       {1 / t_stock:8.3f} it/s  ({t_stock * 1000:8.1f} ms/step, median of blocks "
+          f"{[round(t * 1000, 1) for t in times['stock']]})")
+    print(f"nnUNetTrainerCLSelfPaced:  {1 / t_cl:8.3f} it/s  ({t_cl * 1000:8.1f} ms/step, median of blocks "
+          f"{[round(t * 1000, 1) for t in times['cl']]})")
+    print(f"ratio CL / stock (it/s):   {t_stock / t_cl:8.3f}  (target >= 0.98)")
+    print(f"per-case loss (full-res output): {t_loss * 1000:.2f} ms = {100 * t_loss / t_stock:.2f} % of a stock step")
+    for tr in (stock, cl):
+        for gen in (tr.dataloader_train, tr.dataloader_val):
+            if hasattr(gen, "_finish"):
+                gen._finish()
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
