@@ -49,16 +49,16 @@ def test_tmtv_adds_recipe_steps_and_gpu_device(tmp_path):
 
 
 def test_budget_scales_with_minutes_device_and_trainings():
-    cpu = demo_budget(6, "cpu")
-    assert cpu["iterations_per_epoch"] == 10 and cpu["epochs"] == int(360 // (10 * 1.6 + 6.0)) == 16
-    assert demo_budget(6, "cpu", 2)["epochs"] == 8  # two trainings share the time
-    assert demo_budget(0.1, "cpu")["epochs"] == 2  # never below two epochs
-    assert demo_budget(6, "cuda")["epochs"] > cpu["epochs"]
-    assert 1 <= cpu["warmup_epochs"] < cpu["epochs"]
+    cpu = demo_budget(14, "cpu")
+    assert cpu["seconds"] == (14 - 8.0) * 60 and cpu["iterations_per_epoch"] == 5
+    assert demo_budget(14, "cpu", 2)["seconds"] == cpu["seconds"] / 2  # two trainings share the time
+    assert demo_budget(1, "cpu")["seconds"] == 60.0  # never below one minute
+    assert demo_budget(14, "cuda")["seconds"] > cpu["seconds"] and demo_budget(14, "cuda")["iterations_per_epoch"] == 50
 
 
 def test_generated_trainers_are_budget_subclasses(tmp_path):
-    budget = {"epochs": 3, "iterations_per_epoch": 4, "val_iterations_per_epoch": 2, "warmup_epochs": 1}
+    budget = {"seconds": 90.0, "iterations_per_epoch": 4, "val_iterations_per_epoch": 2, "warmup_epochs": 1,
+              "calibration_iterations": 2, "max_epochs": 50}
     path = write_demo_trainers(tmp_path, budget, tmtv=True)
     spec = importlib.util.spec_from_file_location("clips_demo_trainers_test", path)
     module = importlib.util.module_from_spec(spec)
@@ -70,7 +70,8 @@ def test_generated_trainers_are_budget_subclasses(tmp_path):
     assert issubclass(module.nnUNetTrainerTMTVDemo, nnUNetTrainerTMTV)
     assert module.nnUNetTrainerCLSelfPacedDemo.warmup_epochs == 1
     text = path.read_text()
-    assert "self.num_epochs = 3" in text and "self.num_iterations_per_epoch = 4" in text
+    assert "DEMO_TRAINING_SECONDS = 90.0" in text and "self.num_iterations_per_epoch = 4" in text
+    assert "min(50, DEMO_TRAINING_SECONDS // per_epoch)" in text
 
 
 def test_environment_points_into_workdir(tmp_path):
@@ -116,7 +117,7 @@ def test_finished_steps_are_skipped_and_failures_stop(tmp_path, capsys, monkeypa
     assert calls[0] == ["nnUNetv2_train", "981", "3d_fullres", "0", "-tr", DEMO_TRAINER, "-device", "cpu", "--c"]
     assert [c[1] for c in calls[1:]] == ["predict", "evaluate"]
     out = capsys.readouterr().out
-    assert out.count("done before, skipped") == 4  # synth, convert, plan_and_preprocess, trainers
+    assert out.count("done before, skipped") == 3  # synth, convert, plan_and_preprocess (trainers is redone)
     calls.clear()
     assert run_demo(options, runner=runner) == 0 and calls == []  # everything finished: nothing runs
 
