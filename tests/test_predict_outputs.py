@@ -159,3 +159,15 @@ def test_pseudonyms_stable_and_private(tmp_path):
     assert read_json(tmp_path / "private" / "map.json")["PRED_0001"]["patient_id"] == "PID-A"
     assert safe_folder_name("../../etc/passwd") == "etc_passwd"
     assert safe_folder_name("...") == "unnamed" and "/" not in safe_folder_name("a/b\\c")
+
+
+def test_failure_messages_are_scrubbed():
+    from types import SimpleNamespace
+
+    from clips_nnunet.evaluation.predict import scrub
+
+    sel = SimpleNamespace(patient_key="DOE^JANE-123", ct=None,
+                          pet=SimpleNamespace(files=[Path("/data/Doe_Jane/PET/001.dcm")]))
+    msg = scrub("OSError: cannot read /data/Doe_Jane/PET/001.dcm (patient DOE^JANE-123) in /data/Doe_Jane/PET",
+                [Path("/data")], sel)
+    assert "Doe_Jane" not in msg and "DOE^JANE" not in msg and msg.startswith("OSError: cannot read <redacted>")

@@ -34,7 +34,6 @@ import os
 import re
 import tempfile
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -436,11 +435,11 @@ def find_studies(inputs: Sequence[PathLike]) -> Tuple[List[Any], List[str]]:
     for n, folder in enumerate(inputs):
         folder = Path(folder)
         if not folder.is_dir():
-            problems.append(f"input #{n + 1}: {folder} is not a folder; give DICOM folders or a cohort folder")
+            problems.append(f"input #{n + 1} is not a folder; give DICOM folders or a cohort folder")
             continue
         index = index_dicom_folder(folder, progress=False)
         if not index.patients:
-            problems.append(f"input #{n + 1}: no readable DICOM PET/CT in {folder}")
+            problems.append(f"input #{n + 1}: no readable DICOM PET/CT in this folder")
             continue
         for p_i, (patient_key, studies) in enumerate(sorted(index.patients.items())):
             try:
@@ -472,6 +471,21 @@ def _pet_files(selection: Any) -> List[Path]:
     if not files:
         raise ClipsError("the PET series lists no files")
     return [Path(f) for f in files]
+
+
+def scrub(message: str, inputs: Sequence[PathLike], selection: Any = None) -> str:
+    """``message`` with input paths, file paths and the PatientID replaced, for the shared summary and the log
+    (paths often carry patient names; library errors quote them)."""
+    secrets: List[str] = []
+    if selection is not None:
+        secrets.append(str(selection.patient_key))
+        for series in (getattr(selection, "pet", None), getattr(selection, "ct", None)):
+            for f in (getattr(series, "files", None) or []):
+                secrets += [str(f), str(Path(f).parent)]
+    secrets += [str(Path(p)) for p in inputs] + [str(Path(p).resolve()) for p in inputs]
+    for secret in sorted({s for s in secrets if s and len(s) > 2}, key=len, reverse=True):
+        message = message.replace(secret, "<redacted>")
+    return message
 
 
 def predict_dicom(inputs: Sequence[PathLike], output_dir: PathLike, spec: ModelSpec, device: str = "auto",
@@ -544,9 +558,8 @@ def predict_dicom(inputs: Sequence[PathLike], output_dir: PathLike, spec: ModelS
                                              warnings=list(prepared.warnings or [])))
         except Exception as e:  # one patient never stops the cohort
             message = e.reason if isinstance(e, PatientError) else f"{type(e).__name__}: {e}"
-            if not isinstance(e, ClipsError):
-                message += " | " + traceback.format_exc(limit=2).strip().splitlines()[-1]
-            run.results.append(PatientResult(label, "failed", time.perf_counter() - t0, message=message))
+            run.results.append(PatientResult(label, "failed", time.perf_counter() - t0,
+                                             message=scrub(message, inputs, sel)))
     atomic_write_json(output_dir / "prediction_summary.json",
                       {"model": predictor.model_description() if predictor else None, **run.to_dict()})
     return run
