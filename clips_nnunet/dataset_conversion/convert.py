@@ -304,13 +304,19 @@ def run_case(job: CaseJob, options: Dict[str, Any]) -> Dict[str, Any]:
             prepared = _prepare_autopet(job.payload, job.label)
         mask = None if job.test_only else prepared.mask
         split = "train" if mask is not None else "test"
-        W.write_case(dataset_dir, job.case_id, prepared.ct_on_pet, prepared.pet_suv, mask)
         spacing_zyx = tuple(reversed(prepared.pet_suv.GetSpacing()))
         suv = sitk.GetArrayViewFromImage(prepared.pet_suv)
+        # the (gzip-bound) NIfTI writes run in a second thread while the lesion metadata is computed: SimpleITK
+        # releases the GIL while writing. The completion record below is written only after both have finished.
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            written = writer.submit(W.write_case, dataset_dir, job.case_id, prepared.ct_on_pet, prepared.pet_suv,
+                                    mask)
+            metadata = case_metadata(prepared.mask, suv, spacing_zyx, vendor=prepared.vendor, split=split,
+                                     group=job.group)
+            written.result()
         record.update(status="converted", split=split, mask_source=prepared.mask_source,
-                      warnings=list(prepared.warnings), decisions=list(prepared.decisions),
-                      metadata=case_metadata(prepared.mask, suv, spacing_zyx, vendor=prepared.vendor, split=split,
-                                             group=job.group))
+                      warnings=list(prepared.warnings), decisions=list(prepared.decisions), metadata=metadata)
         if job.test_only and prepared.mask is not None:
             record["warnings"].append("from a --test cohort: written to imagesTs; its mask is used only in metadata")
         record["seconds"] = round(time.perf_counter() - t0, 2)
