@@ -171,3 +171,18 @@ def test_failure_messages_are_scrubbed():
     msg = scrub("OSError: cannot read /data/Doe_Jane/PET/001.dcm (patient DOE^JANE-123) in /data/Doe_Jane/PET",
                 [Path("/data")], sel)
     assert "Doe_Jane" not in msg and "DOE^JANE" not in msg and msg.startswith("OSError: cannot read <redacted>")
+
+
+def test_keep_identity_for_pacs_import(tmp_path):
+    datasets = _pet_headers()
+    shape = (len(datasets), int(datasets[0].Rows), int(datasets[0].Columns))
+    pet_img, _ = _grid_image(datasets, np.ones(shape, np.float32))
+    mask = np.zeros(shape, np.uint8)
+    mask[5:8, 50:60, 50:60] = 1
+    mask_img = sitk.GetImageFromArray(mask)
+    mask_img.CopyInformation(pet_img)
+    report = write_patient_outputs(tmp_path / "DRO", "PRED_0001", mask_img, pet_img, datasets, {},
+                                   keep_identity=True)
+    assert report["n_lesions"] == 1 and report["dmax_mm"] == 0.0
+    seg = pydicom.dcmread(str(tmp_path / "DRO" / "seg.dcm"), stop_before_pixels=True)
+    assert seg.PatientID == "DRO" and "PETDRO" in str(seg.PatientName)
