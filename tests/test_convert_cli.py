@@ -191,3 +191,40 @@ def test_prepare_study_label_sources(converted, tmp_path):
     from clips_nnunet.errors import PatientError
     with pytest.raises(PatientError, match="no usable mask"):
         prepare_study(selection, labels="rtstruct", roi_pattern="^spleen$", label="p1")
+
+
+def _selection(cohort: Path, patient_index: int):
+    from clips_nnunet.dataset_conversion.index import index_dicom_folder
+    from clips_nnunet.dataset_conversion.select import select_studies
+
+    index = index_dicom_folder(cohort / f"patient_{patient_index:03d}", progress=False)
+    (patient_key, studies), = index.patients.items()
+    selection, = select_studies(studies, f"p{patient_index}")
+    return patient_key, selection
+
+
+def test_overrides_csv_rescues_missing_weight(converted, tmp_path):
+    from clips_nnunet.dataset_conversion.convert import prepare_study
+    from clips_nnunet.dataset_conversion.overrides import load_overrides
+
+    study = next(s for s in converted["manifest"]["studies"] if "missing-weight" in s["faults"])
+    patient_key, selection = _selection(converted["cohort"], study["patient_index"])
+    csv = tmp_path / "overrides.csv"
+    csv.write_text(f"PatientID,weight_kg\n{patient_key},{study['weight_kg']}\n")
+    prepared = prepare_study(selection, load_overrides(csv)[patient_key], label="p")
+    gt = _arr(converted["cohort"] / study["suv_path"])
+    np.testing.assert_allclose(sitk.GetArrayFromImage(prepared.pet_suv), gt, rtol=1e-5, atol=1e-5)
+
+
+def test_prepare_study_target_spacing(converted):
+    from clips_nnunet.dataset_conversion.convert import prepare_study
+
+    study = next(s for s in converted["manifest"]["studies"] if s["patient_index"] == 0)
+    _, selection = _selection(converted["cohort"], 0)
+    prepared = prepare_study(selection, labels="seg", target_spacing=(2.0, 2.0, 2.0), label="p0")
+    assert prepared.pet_suv.GetSpacing() == (2.0, 2.0, 2.0) and prepared.ct_on_pet.GetSize() == (96, 96, 128)
+    assert prepared.mask.shape == (128, 96, 96)
+    tmtv = prepared.mask.sum() * 8.0 / 1000.0
+    assert tmtv == pytest.approx(study["tmtv_ml"], rel=0.15)
+    pet_mean = sitk.GetArrayFromImage(prepared.pet_suv).mean()
+    assert pet_mean == pytest.approx(_arr(converted["cohort"] / study["suv_path"]).mean(), rel=0.05)
