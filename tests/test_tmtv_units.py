@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 from copy import deepcopy
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -324,6 +323,9 @@ def test_refiner_and_stock_fullres(trainer_paths):
     assert ref._build_loss().weights == {"dice": 1.0, "focal": 0.5, "sensitivity": 0.5}
     with pytest.raises(DatasetError, match="previous_stage"):
         _trainer(nnUNetTrainerTMTVRefiner, "3d_tmtv")
+    same = _trainer(nnUNetTrainerTMTV, "3d_tmtv_refine")  # nnU-Net's convention: same trainer for both stages
+    assert same.tmtv_is_refiner and same._get_deep_supervision_scales() is None
+    assert "nnUNetTrainerTMTV__nnUNetPlans__3d_tmtv" in same.folder_with_segs_from_previous_stage
 
     # stock 3d_fullres (CTNormalization): the windowing layer maps stored values back to HU / SUV
     full = _trainer(nnUNetTrainerTMTV, "3d_fullres")

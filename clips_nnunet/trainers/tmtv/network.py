@@ -85,10 +85,6 @@ class WindowingLayer(nn.Module):
         self.register_buffer("scale", torch.tensor(scales).view(shape), persistent=False)
         self.register_buffer("offset", torch.tensor(offsets).view(shape), persistent=False)
 
-    @property
-    def out_channels_per_extra(self) -> int:
-        return len(self.windows)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raw = x.index_select(1, self.source_index).float() * self.scale + self.offset
         windowed = ((raw - self.low) / self.width).clamp(0.0, 1.0).to(x.dtype)
