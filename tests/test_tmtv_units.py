@@ -13,7 +13,8 @@ from clips_nnunet.trainers.tmtv import augmentation as aug
 from clips_nnunet.trainers.tmtv.loss import (TMTVLoss, deep_supervision_weights, tmtv_loss_per_sample,
                                              tmtv_loss_terms)
 from clips_nnunet.trainers.tmtv.network import TMTVRefiner, TMTVUNet, WindowingLayer
-from clips_nnunet.trainers.tmtv.plans import add_tmtv_configurations, clamp_patch, detect_channels
+from clips_nnunet.trainers.tmtv.plans import (add_tmtv_configurations, clamp_patch, detect_channels,
+                                               find_preprocessed_dataset_folder)
 from clips_nnunet.trainers.tmtv.schedule import (CosineWarmRestartsDecayLR, StepDecayLR, cosine_warm_restarts_lr,
                                                  restart_period_epochs)
 
@@ -271,7 +272,13 @@ def test_plan_tmtv_cli_writes_plans_atomically(tmp_path, monkeypatch):
     plans = read_json(folder / "nnUNetPlans.json")
     assert plans["configurations"]["3d_tmtv"]["patch_size"] == [24, 24, 24]
     assert sorted(p.name for p in folder.iterdir()) == ["dataset.json", "nnUNetPlans.json"]  # no temp files left
+    first = (folder / "nnUNetPlans.json").read_text()
+    assert main(["plan-tmtv", "-d", "991", "--clamp-patch-to-median"]) == 0  # re-run: same plans
+    assert (folder / "nnUNetPlans.json").read_text() == first
     assert main(["plan-tmtv", "-d", "992"]) == 1  # missing dataset: clear error, exit 1
+    monkeypatch.delenv("nnUNet_preprocessed")
+    with pytest.raises(DatasetError, match="nnUNet_preprocessed is not set"):
+        find_preprocessed_dataset_folder(991)
 
 
 # ---------------------------------------------------------------------------------------------------- trainers

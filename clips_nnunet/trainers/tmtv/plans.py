@@ -154,9 +154,11 @@ def plan_tmtv(preprocessed_dataset_folder: Path, plans_identifier: str = "nnUNet
 def find_preprocessed_dataset_folder(dataset_id: int, preprocessed_root: Optional[Path] = None) -> Path:
     """``$nnUNet_preprocessed/DatasetXXX_*`` for ``dataset_id``."""
     import os
-    root = Path(preprocessed_root or os.environ.get("nnUNet_preprocessed", ""))
-    if not str(root) or not root.is_dir():
-        raise DatasetError("nnUNet_preprocessed is not set or does not exist; export nnUNet_preprocessed=/path")
+    value = str(preprocessed_root or os.environ.get("nnUNet_preprocessed") or "")
+    if not value or not Path(value).is_dir():
+        raise DatasetError(f"nnUNet_preprocessed is not set or does not exist ({value!r}); "
+                           f"export nnUNet_preprocessed=/path/to/nnUNet_preprocessed")
+    root = Path(value)
     matches = sorted(root.glob(f"Dataset{int(dataset_id):03d}_*"))
     if len(matches) != 1:
         raise DatasetError(f"expected one folder Dataset{int(dataset_id):03d}_* in {root}, found "
