@@ -195,8 +195,8 @@ def demo_environment(workdir: Path, device: str, base_env: Optional[Mapping[str,
         env[name] = str(Path(workdir) / name)
     env["nnUNet_extTrainer"] = ext_trainer_value(str(Path(workdir) / "ext"))
     env.setdefault("nnUNet_compile", "false")
-    if device == "cpu":
-        env.setdefault("nnUNet_n_proc_DA", "0")
+    if device == "cpu":  # one augmentation worker beside the main process (2 cores); 0 would break the planner,
+        env.setdefault("nnUNet_n_proc_DA", "1")  # which calls torch.set_num_threads(nnUNet_n_proc_DA)
     return env
 
 

@@ -79,7 +79,7 @@ def test_environment_points_into_workdir(tmp_path):
     assert env["nnUNet_raw"] == str(tmp_path / "nnUNet_raw")
     assert env["nnUNet_results"] == str(tmp_path / "nnUNet_results")
     assert env["nnUNet_extTrainer"].split(":")[-1] == str(tmp_path / "ext")
-    assert env["nnUNet_n_proc_DA"] == "0"
+    assert env["nnUNet_n_proc_DA"] == "1"  # 0 makes nnU-Net's planner call torch.set_num_threads(0)
 
 
 def test_finished_steps_are_skipped_and_failures_stop(tmp_path, capsys, monkeypatch):
