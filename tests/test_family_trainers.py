@@ -3,14 +3,15 @@
 To keep the CPU cost small, the trainers are trained in ONE Python process through nnU-Net's own Python entry
 (``nnunetv2.run.run_training.run_training``, what ``nnUNetv2_train`` calls), each as a short subclass generated in a
 test ext folder (found by nnU-Net's own trainer lookup): 3 epochs x 2 iterations, interrupted after epoch 2 and
-continued with ``continue_training=True`` (``--c``). The sampled keys of every batch are recorded and must have
-positive probability in that epoch's curriculum (exploration off). Two trainers also run through the
-``nnUNetv2_train`` CLI (with --c and the final validation), and one predicts with ``nnUNetv2_predict``.
+continued with ``continue_training=True`` (what ``--c`` does). The sampled keys of every batch are recorded and must
+have positive probability in that epoch's curriculum (exploration off). The smoothing trainer also runs through the
+``nnUNetv2_train`` CLI (with the final validation) and ``nnUNetv2_predict``; the engine's own test covers the
+``nnUNetv2_train --c`` command line.
 """
 from __future__ import annotations
 
 import json
-import os
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 from clips_nnunet.trainers.family import FAMILY_TRAINERS
-from nnunet_helpers import BIN, nnunet_environment, run_cli
+from nnunet_helpers import nnunet_environment, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -150,7 +151,7 @@ def _fold_dir(base: Path, dataset_id: int, trainer: str, fold: int = 0) -> Path:
         / f"fold_{fold}"
 
 
-def _check_run(fold: Path, trainer: str) -> dict:
+def _check_run(fold: Path, trainer: str, resumed: bool = True) -> dict:
     """Checks common to every trainer; returns curriculum.json."""
     data = json.loads((fold / "curriculum.json").read_text())
     epochs = data["epochs"]
@@ -158,7 +159,7 @@ def _check_run(fold: Path, trainer: str) -> dict:
     # the resumed run continued the state: visits count all 3 epochs (a restart would count only epoch 2)
     assert sum(data["state"]["visits"]) == sum(r["n_losses"] for r in epochs) == 3 * 2 * 2, trainer
     log = "".join(p.read_text() for p in sorted(fold.glob("training_log_*.txt")))
-    assert "state restored from the checkpoint" in log, trainer
+    assert ("state restored from the checkpoint" in log) == resumed, trainer
     assert (fold / "curriculum_config.json").is_file()
     # every sampled key had positive probability in its epoch (exploration is off in the test subclasses)
     ids = data["case_ids"]
@@ -208,29 +209,31 @@ def test_every_family_trainer_trains_resumes_and_samples_its_plan(family_env):
     assert len(runs["nnUNetTrainerCLTeacherStudent"]["epochs"][2]["extra"]["task_probabilities"]) == 3
 
 
-def test_cli_train_continue_and_predict(family_env, tmp_path):
-    """nnUNetv2_train (interrupted, then --c, with the final validation) and nnUNetv2_predict of the smoothing
-    trainer (whose training network has blur hooks and whose predicted network must not); `clips-nnunet score`
-    then reads its out-of-fold predictions."""
+def test_cli_train_predict_and_score(family_env, tmp_path, monkeypatch):
+    """``nnUNetv2_train`` (with nnU-Net's final validation) and ``nnUNetv2_predict`` of the smoothing trainer, whose
+    training network has blur hooks and whose rebuilt network must not; ``clips-nnunet score`` then reads its
+    out-of-fold predictions, and :func:`score_with_model` runs the trained model on the training images."""
+    from clips_nnunet.curriculum.difficulty import score_with_model
+
     base, env, dataset_id, ext = family_env
-    for name in ("nnUNetTrainerCLSmoothingShort",):
-        fold = _fold_dir(base, dataset_id, name, fold=1)  # fold 0 belongs to the in-process test
-        cmd = ["nnUNetv2_train", str(dataset_id), "3d_fullres", "1", "-tr", name, "-device", "cpu"]
-        proc = run_cli(cmd, {**env, "FAMILY_TEST_STOP_AFTER_EPOCH": "1"}, timeout=900, check=False)
-        assert proc.returncode != 0 and "FamilyTestInterrupt" in proc.stderr + proc.stdout
-        assert (fold / "checkpoint_latest.pth").is_file()
-        run_cli(cmd + ["--c"], env, timeout=900)
-        assert (fold / "checkpoint_final.pth").is_file() and (fold / "validation" / "summary.json").is_file()
-        _check_run(fold, name)
-        assert (fold / "curriculum.png").is_file() and (fold / "progress.png").is_file()
+    name = "nnUNetTrainerCLSmoothingShort"
+    fold = _fold_dir(base, dataset_id, name, fold=1)  # fold 0 belongs to the in-process test
+    run_cli(["nnUNetv2_train", str(dataset_id), "3d_fullres", "1", "-tr", name, "-device", "cpu"], env, timeout=900)
+    assert (fold / "checkpoint_final.pth").is_file() and (fold / "validation" / "summary.json").is_file()
+    _check_run(fold, name, resumed=False)
+    assert (fold / "curriculum.png").is_file() and (fold / "progress.png").is_file()
+    log = "".join(p.read_text() for p in sorted(fold.glob("training_log_*.txt")))
+    assert re.search(r"feature blur sigma 1\s*$", log, re.M) and re.search(r"feature blur sigma 0\s*$", log, re.M)
     out = tmp_path / "pred"
     raw = Path(env["nnUNet_raw"]) / f"Dataset{dataset_id:03d}_ClipsTiny"
     run_cli(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(dataset_id), "-c",
-             "3d_fullres", "-f", "1", "-tr", "nnUNetTrainerCLSmoothingShort", "-device", "cpu", "--disable_tta"],
-            env, timeout=600)
+             "3d_fullres", "-f", "1", "-tr", name, "-device", "cpu", "--disable_tta"], env, timeout=600)
     assert len(list(out.glob("*.nii.gz"))) == 2
     csv_path = tmp_path / "difficulty.csv"
-    results = _fold_dir(base, dataset_id, "nnUNetTrainerCLSmoothingShort", fold=1).parent
-    run_cli(["clips-nnunet", "score", str(results), "-o", str(csv_path)], env, timeout=300)
+    run_cli(["clips-nnunet", "score", str(fold.parent), "-o", str(csv_path)], env, timeout=300)
     rows = csv_path.read_text().splitlines()
     assert rows[0].startswith("case_id,difficulty") and len(rows) == 1 + 3  # fold 1 validates 3 of 12 cases
+    monkeypatch.setenv("nnUNet_extTrainer", env["nnUNet_extTrainer"])  # the predictor looks the trainer up by name
+    table = score_with_model(fold.parent, raw / "imagesTr", raw / "labelsTr", folds=(1,))
+    assert len(table) == 12 and all(0.0 <= row["difficulty"] <= 1.0 for row in table.values())
+    assert all(row["difficulty"] == pytest.approx(1.0 - row["dice"]) for row in table.values())

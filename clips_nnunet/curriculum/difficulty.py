@@ -435,6 +435,8 @@ def score_with_model(model_folder: PathLike, images_folder: PathLike, labels_fol
 
     ``model_folder``: ``Trainer__Plans__Config`` folder; ``images_folder``: nnU-Net raw images (``imagesTr``);
     ``labels_folder``: labels (``labelsTr``). Predictions go to ``output_folder`` (default: a temporary folder).
+    The trainer class named in the checkpoint must be findable: for clips-nnunet trainers set ``nnUNet_extTrainer``
+    (``eval "$(clips-nnunet env)"``).
     """
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -472,9 +474,9 @@ def score_with_model(model_folder: PathLike, images_folder: PathLike, labels_fol
                                     device=torch.device(device), verbose=False, allow_tqdm=True)
         predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
                                                        checkpoint_name=checkpoint_name)
-        predictor.predict_from_files(inputs, [str(output_folder / n) for n in names],
-                                     save_probabilities=metric == "loss", overwrite=True,
-                                     num_processes_preprocessing=1, num_processes_segmentation_export=1)
+        # no worker processes: works from any caller (notebooks, stdin scripts, spawn start method)
+        predictor.predict_from_files_sequential(inputs, [str(output_folder / n) for n in names],
+                                                save_probabilities=metric == "loss", overwrite=True)
         table = {}
         for case_id in names:
             table[case_id] = score_case(metric, output_folder / f"{case_id}{ending}", labels[case_id])
