@@ -173,8 +173,16 @@ def prepare_study(selection, overrides=None, labels: LabelOption | str = "auto",
                                   "needed: add the CT series of this PET/CT session to the cohort folder")
     warnings: List[str] = []
     pet_files = list(selection.pet.files)
-    pet = read_pet_suv(pet_files, overrides, label=label)
-    ct = read_ct(selection.ct.files, label)
+    # the CT is read in a second thread while the PET is read and converted (SimpleITK's reader releases the GIL)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=1) as background:
+        ct_future = background.submit(read_ct, selection.ct.files, label)
+        try:
+            pet = read_pet_suv(pet_files, overrides, label=label)
+        except BaseException:
+            ct_future.cancel()
+            raise
+        ct = ct_future.result()
     warnings.extend(check_coverage(ct, pet))
     ct_on_pet = resample_to_reference(ct, pet, "linear", -1024.0)
     ct_cache = {"ct": ct}
