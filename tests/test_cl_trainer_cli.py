@@ -36,7 +36,7 @@ EXT_MODULE = textwrap.dedent('''
 
         def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
             super().__init__(plans, configuration, fold, dataset_json, device)
-            self.num_epochs = 3
+            self.num_epochs = int(os.environ.get("CLIPS_TEST_NUM_EPOCHS", "3"))
             self.num_iterations_per_epoch = 4
             self.num_val_iterations_per_epoch = 1
             self.save_every = 1
@@ -63,8 +63,8 @@ def cl_env(tiny_preprocessed, tmp_path_factory):
     return base, env, dataset_id
 
 
-def _train(env, dataset_id, fold, *extra, check=True, crash_after=None):
-    env = dict(env)
+def _train(env, dataset_id, fold, *extra, check=True, crash_after=None, epochs=3):
+    env = dict(env, CLIPS_TEST_NUM_EPOCHS=str(epochs))
     if crash_after is not None:
         env["CLIPS_TEST_CRASH_AFTER_EPOCH"] = str(crash_after)
     return run_cli(["nnUNetv2_train", str(dataset_id), "3d_fullres", str(fold), "-tr", TRAINER, "-device", "cpu",
@@ -97,7 +97,7 @@ def test_train_crash_continue_predict_and_find_best(cl_env):
     p1, d1 = np.asarray(e1["probabilities"]), np.asarray(e1["estimates"])
     admitted = p1 > 0.1 / n_cases + 1e-12
     assert admitted.sum() == n_active == e1["extra"]["n_active"]
-    assert d1[admitted].max() < d1[~admitted].min()                # the easiest (lowest EMA loss) are admitted
+    assert d1[admitted].max() <= d1[~admitted].min()               # the easiest (lowest EMA loss) are admitted
     np.testing.assert_allclose(p1[~admitted], 0.1 / n_cases)
     np.testing.assert_allclose(p1[admitted], 0.9 / n_active + 0.1 / n_cases)
     assert e1["active_fraction"] == pytest.approx(n_active / n_cases)
@@ -132,7 +132,7 @@ def test_train_crash_continue_predict_and_find_best(cl_env):
     assert len(list(out.glob("*.nii.gz"))) == 2
 
     # 4) second fold, then nnU-Net's find_best_configuration over folds 0 and 1
-    _train(env, dataset_id, 1)
+    _train(env, dataset_id, 1, epochs=1)
     run_cli(["nnUNetv2_find_best_configuration", str(dataset_id), "-c", "3d_fullres", "-tr", TRAINER,
              "-f", "0", "1", "--disable_ensembling", "-np", "1"], env, timeout=600)
     results = base / "nnUNet_results" / f"Dataset{dataset_id:03d}_ClipsTiny"
