@@ -194,6 +194,8 @@ def prepare_study(selection, overrides=None, labels: LabelOption | str = "auto",
         f = _find_nifti_mask(option.folder, selection.patient_key, selection.study_uid)
         if f is not None:
             mask, source = read_mask_file(f, pet), "nifti"
+        else:
+            warnings.append("no mask file for this study in the --labels nifti folder: written to imagesTs")
     elif option.mode != "none":
         wanted = {"auto": ("SEG", "RTSTRUCT"), "seg": ("SEG",), "rtstruct": ("RTSTRUCT",)}[option.mode]
         problems = []
@@ -207,6 +209,10 @@ def prepare_study(selection, overrides=None, labels: LabelOption | str = "auto",
                 problems.append(e.reason)
         if mask is None and problems:
             raise PatientError(label, "no usable mask: " + "; ".join(problems))
+        if mask is None and selection.masks:
+            warnings.append(f"--labels {option.mode}: none of the study's {len(selection.masks)} mask object(s) is "
+                            f"of that kind ({', '.join(sorted({m.modality for m in selection.masks}))}): written to "
+                            "imagesTs")
     if mask is not None and not mask.any():
         warnings.append("mask is empty (lesion-free study): kept as a training case with an all-zero label")
 
