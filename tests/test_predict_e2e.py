@@ -164,3 +164,60 @@ def test_predict_from_dicom_end_to_end(tmp_path):
     assert [r.status for r in rerun.results] == ["skipped", "skipped"] and rerun.n_failed == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("report.json")} == before
     assert read_json(mapping_file) == mapping
+
+    # 6. cascade plumbing: a stage-2 configuration whose plans name previous_stage 3d_fullres (as TMTV-Net's
+    #    3d_tmtv_refine names 3d_tmtv), with untrained weights; stage 1 is the model trained above.
+    _check_cascade(tmp_path, env, new / "patient_004")
+
+
+def _check_cascade(tmp_path: Path, env, patient_dir: Path) -> None:
+    import os
+
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from clips_nnunet.dataset_conversion.convert import prepare_study
+    from clips_nnunet.evaluation.predict import CasePredictor, find_studies, write_nifti
+
+    results = Path(env["nnUNet_results"]) / "Dataset992_PredTiny"
+    stage1 = results / f"{TRAINER}__{PLANS}__3d_fullres"
+    stage2 = results / f"{TRAINER}__{PLANS}__3d_stage2"
+    (stage2 / "fold_0").mkdir(parents=True)
+    plans = read_json(stage1 / "plans.json")
+    plans["configurations"]["3d_stage2"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_fullres"}
+    dataset_json = read_json(stage1 / "dataset.json")
+    atomic_write_json(stage2 / "plans.json", plans)
+    atomic_write_json(stage2 / "dataset.json", dataset_json)
+    pm = PlansManager(plans)
+    cm = pm.get_configuration("3d_stage2")
+    n_in = determine_num_input_channels(pm, cm, dataset_json)
+    assert n_in == 3, "stage 2 sees CT, PET and the one-hot stage-1 lesion segmentation"
+    torch.manual_seed(0)
+    net = nnUNetTrainer.build_network_architecture(pm, cm, n_in, 2, enable_deep_supervision=False)
+    torch.save({"network_weights": net.state_dict(), "trainer_name": TRAINER,
+                "init_args": {"configuration": "3d_stage2"}, "inference_allowed_mirroring_axes": (0, 1, 2)},
+               stage2 / "fold_0" / "checkpoint_final.pth")
+
+    keys = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: env[k] for k in keys})
+    try:
+        predictor = CasePredictor(ModelSpec(DATASET_ID, "3d_stage2", TRAINER, PLANS, folds=[0]), device="cpu",
+                                  use_mirroring=False)
+        assert [s["model"] for s in predictor.model_description()["stages"]] == [stage1.name, stage2.name]
+        selection = find_studies([patient_dir])[0][0]
+        prepared = prepare_study(selection, None, labels="none", label="PRED_cascade")
+        work = tmp_path / "cascade"
+        images = [write_nifti(prepared.ct_on_pet, work / "c_0000.nii.gz"),
+                  write_nifti(prepared.pet_suv, work / "c_0001.nii.gz")]
+        mask = predictor.predict(images, work, "c")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert (work / "stage1" / "c.nii.gz").is_file() and (work / "stage2" / "c.nii.gz").is_file()
+    assert mask.GetSize() == prepared.pet_suv.GetSize()
