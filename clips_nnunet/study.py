@@ -46,7 +46,7 @@ from clips_nnunet.io_utils import atomic_write_json, atomic_write_text, read_jso
 __all__ = [
     "StudyConfigError", "TrainerSpec", "StudyConfig", "load_study_config", "parse_study_config",
     "study_class_name", "write_study_trainers", "RunSpec", "plan_runs", "run_is_finished", "build_train_command",
-    "run_study", "study_groups", "write_report", "add_derived_configuration", "prepare_dataset",
+    "run_study", "study_groups", "write_report", "publish_report", "add_derived_configuration", "prepare_dataset",
 ]
 
 GENERATED_MODULE = "clips_study_trainers.py"
@@ -1010,9 +1010,18 @@ def write_report(config: StudyConfig, status: Optional[Mapping[str, Any]] = None
                                       for t in config.trainers),
               f"- Baseline `{config.baseline}`; controls: {', '.join(f'`{c}`' for c in config.controls) or 'none'}",
               ""]
+    default_budget = 1000 * 250
+    lines += [f"Scale: nnU-Net's default budget is 1000 epochs x 250 iterations = {default_budget:,} iterations per "
+              f"run; this study used {config.budget_iterations:,} ({100 * config.budget_iterations / default_budget:.3g} "
+              f"%), on folds {list(config.folds)} only. Differences at this budget say how the arms behave early in "
+              f"training on this data, not whether a curriculum helps a fully trained model.", ""]
     missing = [t.name for t in config.trainers if t.name not in groups]
     if missing:
         lines += [f"Arms without a finished run (not evaluated): {', '.join(missing)}.", ""]
+    partial = {k: len(v) for k, v in groups.items() if len(v) < len(config.seeds)}
+    if partial:
+        lines += ["Arms with fewer finished seeds than configured (per-case values average the finished seeds): "
+                  + ", ".join(f"{k} ({n}/{len(config.seeds)})" for k, n in partial.items()) + ".", ""]
     summary: Dict[str, Any] = {"groups": {k: [str(p) for p in v] for k, v in groups.items()}, "comparisons": {}}
     main = None
     if config.baseline in groups and len(groups) > 0:
@@ -1084,3 +1093,24 @@ def _plot_summary(res, config: StudyConfig, path: Path, plt) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def publish_report(config: StudyConfig, dest: Path) -> Path:
+    """Copy ``<study_dir>/report`` (Markdown, PNG, CSV, JSON) to ``dest`` (e.g. ``docs/results/<name>``), writing
+    the study folder's absolute path as ``<study_dir>`` so the copy does not depend on this machine; the per-case
+    cache is left out. Returns ``dest / "report.md"``."""
+    src = config.study_dir / "report"
+    if not (src / "report.md").is_file():
+        raise DatasetError(f"{src / 'report.md'} does not exist: run the study (or --report-only) first")
+    dest = Path(dest)
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if path.is_dir() or "cache" in rel.parts:
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix in (".md", ".json", ".csv"):
+            atomic_write_text(target, path.read_text().replace(str(config.study_dir), "<study_dir>"))
+        else:
+            shutil.copyfile(path, target)
+    return dest / "report.md"

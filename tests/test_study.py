@@ -3,6 +3,7 @@ one tiny real run through nnUNetv2_train (integration)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -223,7 +224,8 @@ def test_stratified_splits_and_teacher_csv_per_fold(tmp_path):
 @pytest.mark.timeout(600)
 def test_tiny_real_study(tiny_preprocessed, tmp_path):
     """Two seeds of the seeded stock baseline, 1 epoch x 2 iterations each, run in parallel through nnUNetv2_train:
-    both finish, the drawn case keys differ between seeds, the report has the Dice table, and a re-run skips."""
+    both finish, the drawn case keys differ between seeds, the report has the Dice table, a re-run skips, and the
+    same seed run again in a fresh results root draws exactly the same keys."""
     import os
     import shutil
 
@@ -253,11 +255,23 @@ def test_tiny_real_study(tiny_preprocessed, tmp_path):
         record = json.loads((folder / "study_drawn_keys.json").read_text())
         assert record["seed"] == seed and len(record["keys"]) == 2
         keys.append(record["keys"])
-    assert keys[0] != keys[1]
+    assert keys[0] != keys[1]  # another seed draws other cases
     report = Path(status["report"]).read_text()
     assert "| nnUNetTrainer | " in report and "dice" in report
     again = run_study(config, echo=False, report=False)
     assert set(again["runs"].values()) == {"skipped (finished)"}
+    # the same seed in a fresh results root draws the same cases in the same order
+    repro = dataclasses.replace(config, seeds=(0,), study_dir=tmp_path / "repro")
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
+        shutil.copytree(study / name, repro.study_dir / name)
+    os.environ.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": env["PYTHONPATH"]})
+    try:
+        status = run_study(repro, echo=False, report=False)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    folder = fold_dir(repro, RunSpec(repro.trainer("nnUNetTrainer"), 0, 0, seed_results_root(repro, 0)))
+    assert json.loads((folder / "study_drawn_keys.json").read_text())["keys"] == keys[0]
 
 
 def test_derived_small_configuration(tmp_path):
@@ -279,3 +293,22 @@ def test_derived_small_configuration(tmp_path):
     assert saved["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] == [32, 64, 128, 320]
     with pytest.raises(Exception, match="no configuration '2d'"):
         add_derived_configuration(plans, "2d_small", "2d", 2)
+
+
+def test_publish_report_rewrites_study_dir(tmp_path):
+    from clips_nnunet.study import publish_report
+
+    config = cfg(tmp_path)
+    with pytest.raises(Exception, match="report.md"):
+        publish_report(config, tmp_path / "pub")
+    report = config.study_dir / "report"
+    (report / "vs_nnUNetTrainer" / "cache").mkdir(parents=True)
+    (report / "report.md").write_text(f"folder {config.study_dir}/seed_0/nnUNet_results\n")
+    (report / "report.png").write_bytes(b"\x89PNG")
+    (report / "vs_nnUNetTrainer" / "cache" / "x.json").write_text("{}")
+    (report / "vs_nnUNetTrainer" / "tests.csv").write_text(f"a,{config.study_dir}\n")
+    out = publish_report(config, tmp_path / "pub")
+    assert out.read_text() == "folder <study_dir>/seed_0/nnUNet_results\n"
+    assert (tmp_path / "pub" / "vs_nnUNetTrainer" / "tests.csv").read_text() == "a,<study_dir>\n"
+    assert (tmp_path / "pub" / "report.png").read_bytes() == b"\x89PNG"
+    assert not (tmp_path / "pub" / "vs_nnUNetTrainer" / "cache").exists()

@@ -22,6 +22,10 @@ def run_study(args: argparse.Namespace) -> int:
     if args.report_only:
         path = write_report(config, _read_status(config.study_dir))
         print(f"report: {path}")
+        if args.publish:
+            from clips_nnunet.study import publish_report
+
+            print(f"published: {publish_report(config, Path(args.publish))}")
         return 0
     status = _run(config, dry_run=args.dry_run, max_runs=args.max_runs)
     failed = [k for k, v in status["runs"].items() if str(v).startswith("failed")]
@@ -73,4 +77,6 @@ def register(subparsers) -> None:
     s.add_argument("--dry-run", action="store_true", help="print the nnUNetv2_train commands, run nothing")
     s.add_argument("--max-runs", type=int, default=None, help="stop after starting this many runs (resume later)")
     s.add_argument("--report-only", action="store_true", help="only (re)write the report from finished runs")
+    s.add_argument("--publish", metavar="DIR", help="with --report-only: copy the report to DIR (e.g. "
+                   "docs/results/NAME) with the study folder written as <study_dir>")
     s.set_defaults(func=run_study)
