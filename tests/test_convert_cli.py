@@ -2,8 +2,6 @@
 nnU-Net's dataset check, per-patient failures, resume after a killed run, --test cohorts, label sources."""
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import time

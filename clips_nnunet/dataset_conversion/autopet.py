@@ -10,7 +10,7 @@ the release) are used only for the private mapping, never in the dataset.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from clips_nnunet.errors import ClipsError
 from clips_nnunet.io_utils import PathLike

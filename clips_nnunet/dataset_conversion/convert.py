@@ -23,12 +23,12 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
-from clips_nnunet.errors import ClipsError, DatasetError, PatientError
+from clips_nnunet.errors import ClipsError, PatientError
 from clips_nnunet.io_utils import PathLike, atomic_write_json, atomic_write_text, dumps_json, read_json
 
 from . import write as W

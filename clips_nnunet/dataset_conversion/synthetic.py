@@ -39,7 +39,7 @@ import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 import pydicom
@@ -85,7 +85,7 @@ STATIONS: Dict[str, Tuple[float, float, float]] = {
 }
 HARD_STATIONS = ("mediastinal", "hilar_R", "hilar_L", "paraaortic")  # beside heart / vessels / kidneys
 
-# Organs: (centre u, v, w), (radii u, v, w), HU, SUV (None: per patient).
+# Organs: (centre u, v, w), (radii u, v, w), HU. Their SUV is drawn per patient (make_study_specs).
 ORGANS: Dict[str, Tuple[Tuple[float, float, float], Tuple[float, float, float], float]] = {
     "lung_R": ((-0.38, 0.0, 0.28), (0.28, 0.40, 0.22), -820.0),
     "lung_L": ((0.38, 0.0, 0.28), (0.28, 0.40, 0.22), -820.0),
@@ -170,7 +170,7 @@ def _ct_slice(x: np.ndarray, y: np.ndarray, z: float, spec: StudySpec, frame: _F
     zz = np.full_like(x, z)
     s = _structures(x, y, zz, frame)
     hu = np.full(x.shape, -1000.0, dtype=np.float32)
-    hu[s["body"]] = -90.0 + 0.0 * x[s["body"]]  # subcutaneous fat ...
+    hu[s["body"]] = -90.0  # subcutaneous fat ...
     muscle = s["body"] & ((x / frame.hx / 0.78) ** 2 + (y / frame.hy / 0.55) ** 2 <= 1.0)
     hu[muscle] = 45.0  # ... around soft tissue
     hu[s["brain"]] = 35.0
