@@ -101,8 +101,6 @@ def main() -> int:
             _setup_untrained_model(work, cohort, int(dataset))
             print(f"(set-up: converted and planned the cohort, untrained model: {time.perf_counter() - t:.1f} s)")
 
-        import numpy as np
-        import SimpleITK as sitk
 
         from clips_nnunet.dataset_conversion.convert import prepare_study
         from clips_nnunet.evaluation import predict as P

@@ -36,7 +36,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -360,14 +360,6 @@ def write_patient_outputs(out_dir: Path, pseudonym: str, mask: sitk.Image, pet_s
                           spacing_zyx=spacing_zyx)
     write_report(report, out_dir)  # report.md then report.json (completion marker)
     return report
-
-
-def _accepts(func: Callable, name: str) -> bool:
-    import inspect
-    try:
-        return name in inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 # --------------------------------------------------------------------------------------------------------------------
