@@ -481,7 +481,7 @@ def convert_cohort(cohort_dir: PathLike, dataset_id: int, name: str, labels: str
     warnings: List[str] = []
     indexes = []
     for root, test_only in [(cohort_dir, False)] + [(t, True) for t in test_dirs]:
-        idx = index_dicom_folder(root, progress=progress)
+        idx = index_dicom_folder(root, progress=progress, workers=workers)  # headers read in parallel too
         indexes.append((idx, test_only))
         if idx.unreadable:
             warnings.append(f"{len(idx.unreadable)} unreadable DICOM file(s) in {'a --test' if test_only else 'the'} "
