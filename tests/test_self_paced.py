@@ -87,3 +87,24 @@ def test_weighted_per_sample_loss_matches_nnunet_deep_supervision_and_weights_sa
     only0 = weighted_per_sample_loss(dice_ce_per_sample, outputs, targets, torch.tensor([1.0, 0.0]), factors)
     expected = sum(f * dice_ce_per_sample(o, t)[0] / 2 for f, o, t in zip(factors, outputs, targets))
     assert float(only0) == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_soft_spl_sample_weights_hook():
+    """The soft-SPL trainers' sample_weights: None in warm-up, SPL weights of the batch losses afterwards, None when
+    every weight is 0 (nnU-Net's loss is used instead of a zero loss)."""
+    from types import SimpleNamespace
+
+    from clips_nnunet.curriculum.schedulers import SelfPacedScheduler
+    from clips_nnunet.curriculum.state import DifficultyState
+    from clips_nnunet.trainers.self_paced import soft_spl_sample_weights
+
+    ids = ["a", "b", "c", "d"]
+    state = DifficultyState(ids, ema_alpha=1.0)
+    state.update(ids, [0.4, 0.1, 0.3, 0.2], epoch=0)
+    sch = SelfPacedScheduler(ids, pacing="linear", pacing_a=1.0, pacing_b=0.5, min_cases=1, scheme="linear")
+    sch.plan(state, 0.0, 1, np.random.default_rng(0))               # shift 0.1, lam 0.25
+    trainer = SimpleNamespace(current_epoch=0, warmup_epochs=1, _cl_scheduler=sch)
+    assert soft_spl_sample_weights(trainer, ["a", "b"], np.array([0.1, 0.175])) is None   # warm-up
+    trainer.current_epoch = 1
+    np.testing.assert_allclose(soft_spl_sample_weights(trainer, ["a", "b"], np.array([0.1, 0.175])), [1.0, 0.5])
+    assert soft_spl_sample_weights(trainer, ["a", "b"], np.array([0.5, 0.9])) is None       # all weights 0
