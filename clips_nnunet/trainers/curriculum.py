@@ -355,31 +355,34 @@ def plot_curriculum(history: List[dict], case_ids: Sequence[str], destination: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [r["epoch"] for r in history]
-    fig, (ax, ax_heat) = plt.subplots(2, 1, figsize=(10, 4 + 0.12 * min(len(case_ids), 150)),
-                                      gridspec_kw={"height_ratios": [1, 2]})
-    ax.plot(epochs, [r["active_fraction"] for r in history], "b-o", ms=3, label="active fraction")
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("active fraction", color="b")
-    ax2 = ax.twinx()
-    thresholds = [np.nan if r["threshold"] is None else r["threshold"] for r in history]
-    ax2.plot(epochs, thresholds, "r-s", ms=3, label="threshold")
-    ax2.set_ylabel("threshold (loss / score)", color="r")
-    for r in history:
-        if r.get("warmup"):
-            ax.axvspan(r["epoch"] - 0.5, r["epoch"] + 0.5, color="0.9", zorder=0)
-    ax.set_title("curriculum (grey: warm-up, uniform sampling)")
-    probs = np.asarray([r["probabilities"] for r in history], dtype=float).T if history else np.zeros((1, 1))
-    im = ax_heat.imshow(probs, aspect="auto", interpolation="nearest", cmap="viridis",
-                        extent=(min(epochs, default=0) - 0.5, max(epochs, default=0) + 0.5, len(case_ids) - 0.5, -0.5))
-    ax_heat.set_xlabel("epoch")
-    ax_heat.set_ylabel("case")
-    if len(case_ids) <= 40:
-        ax_heat.set_yticks(range(len(case_ids)))
-        ax_heat.set_yticklabels(case_ids, fontsize=7)
-    fig.colorbar(im, ax=ax_heat, label="sampling probability")
-    fig.tight_layout()
-    with atomic_path(destination, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    # nnU-Net's logger calls seaborn.set(font_scale=2.5) globally: plot with matplotlib defaults
+    with plt.style.context("default"):
+        epochs = [r["epoch"] for r in history]
+        fig, (ax, ax_heat) = plt.subplots(2, 1, figsize=(10, 4 + 0.12 * min(len(case_ids), 150)),
+                                          gridspec_kw={"height_ratios": [1, 2]})
+        ax.plot(epochs, [r["active_fraction"] for r in history], "b-o", ms=3, label="active fraction")
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("active fraction", color="b")
+        ax2 = ax.twinx()
+        thresholds = [np.nan if r["threshold"] is None else r["threshold"] for r in history]
+        ax2.plot(epochs, thresholds, "r-s", ms=3, label="threshold")
+        ax2.set_ylabel("threshold (loss / score)", color="r")
+        for r in history:
+            if r.get("warmup"):
+                ax.axvspan(r["epoch"] - 0.5, r["epoch"] + 0.5, color="0.9", zorder=0)
+        ax.set_title("curriculum (grey: warm-up, uniform sampling)")
+        probs = np.asarray([r["probabilities"] for r in history], dtype=float).T if history else np.zeros((1, 1))
+        im = ax_heat.imshow(probs, aspect="auto", interpolation="nearest", cmap="viridis",
+                            extent=(min(epochs, default=0) - 0.5, max(epochs, default=0) + 0.5,
+                                    len(case_ids) - 0.5, -0.5))
+        ax_heat.set_xlabel("epoch")
+        ax_heat.set_ylabel("case")
+        if len(case_ids) <= 40:
+            ax_heat.set_yticks(range(len(case_ids)))
+            ax_heat.set_yticklabels(case_ids, fontsize=7)
+        fig.colorbar(im, ax=ax_heat, label="sampling probability")
+        fig.tight_layout()
+        with atomic_path(destination, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
+        plt.close(fig)
