@@ -130,8 +130,17 @@ def test_score_cross_validation_known_dice(fake_results, monkeypatch):
     tmtv = score_cross_validation(results, gt, metric="tmtv", progress=False)
     # true TMTV 32 voxels * 8 ul = 0.256 ml < the 1 ml floor: absolute errors in ml (0.128, 0.256, 0.256)
     np.testing.assert_allclose([tmtv[c]["difficulty"] for c in sorted(tmtv)], [0.0, 0.128, 0.256, 0.256])
-    with pytest.raises(DatasetError, match="--npz"):
+    with pytest.raises(DatasetError, match="--npz"), pytest.warns(UserWarning, match="not scored"):
         score_cross_validation(results, gt, metric="loss", progress=False)
+    # with the softmax saved (--npz): perfect one-hot -> loss 0, uniform 0.5 -> log 2 + (1 - 0.5)
+    ref = np.zeros((4, 4, 4))
+    ref[:2] = 1
+    for case, fold in (("case_a", 0), ("case_b", 0), ("case_c", 1), ("case_d", 1)):
+        probabilities = np.full((2, 4, 4, 4), 0.5) if case == "case_c" else np.stack([1 - ref, ref])
+        np.savez(results / f"fold_{fold}" / "validation" / f"{case}.npz", probabilities=probabilities)
+    loss = score_cross_validation(results, gt, metric="loss", progress=False)
+    assert loss["case_a"]["difficulty"] == pytest.approx(0.0, abs=1e-5)
+    assert loss["case_c"]["difficulty"] == pytest.approx(math.log(2) + 0.5)
 
 
 def test_score_cross_validation_errors(fake_results):
