@@ -146,3 +146,61 @@ def test_writers_validate_arguments(tmp_path):
         write_rtstruct(np.zeros(SHAPE), datasets, tmp_path / "x.dcm", roi_generation_algorithm="GUESS")
     assert not (tmp_path / "x.dcm").exists()
     assert [d.InstanceNumber for d in sort_source_datasets(datasets[::-1])] == [6, 5, 4, 3, 2, 1]
+
+
+def test_rtstruct_contour_sequence_matches_pydicom_built_one(tmp_path):
+    """The pre-encoded ContourSequence decodes to exactly the items pydicom builds element by element (ascending
+    tags, even lengths, DS strings of at most 16 characters), and re-encodes to the same bytes."""
+    from pydicom.sequence import Sequence as DicomSequence
+
+    from clips_nnunet.dataset_conversion.dicom_out import _pixel_to_patient_affine
+
+    datasets, _ = _series(tmp_path)
+    mask = _mask_with_hole()
+    out = write_rtstruct(mask, datasets, tmp_path / "rt.dcm")
+    with pydicom.config.strict_reading():
+        rt = pydicom.dcmread(out)
+        written = rt.ROIContourSequence[0].ContourSequence
+    expected = []
+    for k, src in enumerate(sort_source_datasets(datasets)):
+        offset, matrix = _pixel_to_patient_affine(src)
+        for c in slice_contours(mask[k]):
+            points = offset + c @ matrix
+            image_ref = Dataset()
+            image_ref.ReferencedSOPClassUID = src.SOPClassUID
+            image_ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+            item = Dataset()
+            item.ContourImageSequence = DicomSequence([image_ref])
+            item.ContourGeometricType = "CLOSED_PLANAR"
+            item.NumberOfContourPoints = len(points)
+            item.ContourData = [f"{v:.4f}".rstrip("0").rstrip(".") for v in points.ravel()]
+            item.ContourNumber = len(expected) + 1
+            expected.append(item)
+    assert len(written) == len(expected) == 8
+    for got, want in zip(written, expected):
+        assert got == want
+        assert all(len(str(v)) <= 16 for v in got.ContourData)
+    # pydicom re-encoding the decoded file gives the same bytes as our encoder
+    rt.save_as(tmp_path / "again.dcm", enforce_file_format=True)
+    assert (tmp_path / "again.dcm").read_bytes() == out.read_bytes()
+
+
+def test_rtstruct_contour_longer_than_64k_round_trips(tmp_path):
+    """A ContourData over 64 KiB does not fit explicit VR's 16-bit DS length: it is written as UN with a 32-bit
+    length (PS3.5 6.2.2, as pydicom does), read back as DS and rasterised to the same mask."""
+    datasets, _ = _series(tmp_path)
+    rows, cols = 20, 300
+    wide = [d.copy() for d in datasets]
+    for d in wide:
+        d.Rows, d.Columns = rows, cols
+    mask = np.zeros((SHAPE[0], rows, cols), dtype=bool)
+    mask[2, 1:19, 1:299] = True
+    mask[2, 1:18, 2:298:2] = False  # a comb (slots open at the top): one outer contour with thousands of points
+    out = write_rtstruct(mask, wide, tmp_path / "comb.dcm")
+    rt = pydicom.dcmread(out)
+    data = rt.ROIContourSequence[0].ContourSequence[0]["ContourData"]
+    assert len(data.value) > 65535 // 8  # more than 64 KiB of text
+    reference = sitk.Image([cols, rows, SHAPE[0]], sitk.sitkFloat32)
+    reference.SetOrigin(ORIGIN)
+    reference.SetSpacing((SPACING[2], SPACING[1], SPACING[0]))
+    np.testing.assert_array_equal(rasterise_rtstruct(out, reference, label="t"), mask)

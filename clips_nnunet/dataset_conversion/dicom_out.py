@@ -15,19 +15,24 @@ contours of holes; filling them with the even-odd rule at the pixel centres repr
 from __future__ import annotations
 
 import datetime as _dt
+import struct
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import pydicom
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from clips_nnunet import __version__
 from clips_nnunet.io_utils import PathLike, atomic_path
 
 RTSTRUCT_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.481.3"
+_TAG_CONTOUR_SEQUENCE = BaseTag(0x30060040)
 DEFAULT_ALGORITHM = "clips-nnunet"
 DEFAULT_MANUFACTURER = "clips-nnunet"
 
@@ -145,21 +150,85 @@ def slice_contours(mask_2d: np.ndarray) -> List[np.ndarray]:
     contours = []
     for c in measure.find_contours(padded, 0.5):
         c = c - 1.0  # undo the padding
-        if len(c) > 1 and np.allclose(c[0], c[-1]):
+        if len(c) > 1 and np.abs(c[0] - c[-1]).max() < 1e-6:
             c = c[:-1]  # DICOM CLOSED_PLANAR contours are implicitly closed
         if len(c) >= 3:
             contours.append(c)
     return contours
 
 
-def _pixel_to_patient(ds: Dataset, rows_cols: np.ndarray) -> np.ndarray:
-    """Patient coordinates (mm) of (row, column) pixel positions of slice ``ds``."""
+def _pixel_to_patient_affine(ds: Dataset) -> Tuple[np.ndarray, np.ndarray]:
+    """``(offset, matrix)`` mapping (row, column) pixel positions of slice ``ds`` to patient coordinates (mm):
+    ``points = offset + rows_cols @ matrix``."""
     iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
     row_dir, col_dir = iop[:3], iop[3:]  # row_dir: direction of increasing column index
     spacing_between_rows, spacing_between_cols = (float(v) for v in ds.PixelSpacing)
     ipp = np.asarray([float(v) for v in ds.ImagePositionPatient])
-    r, c = rows_cols[:, 0:1], rows_cols[:, 1:2]
-    return ipp + c * spacing_between_cols * row_dir + r * spacing_between_rows * col_dir
+    return ipp, np.stack([spacing_between_rows * col_dir, spacing_between_cols * row_dir])
+
+
+# Pre-encoded RTSTRUCT ContourSequence (explicit VR little endian, the transfer syntax write_rtstruct uses).
+# pydicom creates and validates one element object per value and walks every item again when it writes; with the
+# thousands of contours of a fragmented prediction that made write_rtstruct the slowest step of ``predict``. The
+# ContourSequence is therefore encoded here, once, into the bytes pydicom itself would write (PS3.5 7.1.2 data
+# elements, 7.5 items with defined lengths), and handed to pydicom as one raw element that it writes unchanged.
+_ITEM_TAG = struct.pack("<HH", 0xFFFE, 0xE000)
+_MAX_DS_COORDINATE = 1e10  # "%.4f" of anything smaller in magnitude fits DS's 16 characters
+
+
+def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element; ``value`` is padded to even length already.
+
+    A value longer than the 16-bit length field of its VR (a ContourData of thousands of points) is written with VR
+    UN and a 32-bit length, as PS3.5 6.2.2 prescribes and pydicom's own writer does (pydicom then reads it back as
+    UN bytes; :func:`clips_nnunet.dataset_conversion.masks.rasterise_rtstruct` decodes them as DS).
+    """
+    if vr == b"SQ" or len(value) > 0xFFFF:
+        return struct.pack("<HH2sHI", group, element, b"SQ" if vr == b"SQ" else b"UN", 0, len(value)) + value
+    return struct.pack("<HH2sH", group, element, vr, len(value)) + value
+
+
+def _item(value: bytes) -> bytes:
+    return _ITEM_TAG + struct.pack("<I", len(value)) + value
+
+
+def _pad(value: bytes, pad: bytes = b" ") -> bytes:
+    """Pad to even length (PS3.5 6.2: NUL for UI, space for text and number strings)."""
+    return value + pad if len(value) % 2 else value
+
+
+def _encode_ds(values: np.ndarray) -> bytes:
+    """Multi-valued DS: each value with at most 4 decimals, trailing zeros dropped (at most 16 characters each)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(values)) or np.abs(values).max(initial=0.0) >= _MAX_DS_COORDINATE:
+        raise ValueError("contour coordinates must be finite and below 1e10 mm in magnitude to be written as DS; "
+                         "check the source series' ImagePositionPatient and PixelSpacing")
+    text = "\\".join([f"{v:.4f}".rstrip("0").rstrip(".") for v in values.tolist()])
+    return _pad(text.encode("ascii"))
+
+
+def _encode_contour_item(points: np.ndarray, image_ref: bytes, number: int) -> bytes:
+    """One CLOSED_PLANAR ContourSequence item for ``points`` (N, 3, patient mm); ``image_ref`` is the encoded
+    ContourImageSequence element referencing the slice. Elements in ascending tag order, as DICOM requires."""
+    return _item(image_ref
+                 + _element(0x3006, 0x0042, b"CS", b"CLOSED_PLANAR ")
+                 + _element(0x3006, 0x0046, b"IS", _pad(str(len(points)).encode("ascii")))
+                 + _element(0x3006, 0x0048, b"IS", _pad(str(number).encode("ascii")))
+                 + _element(0x3006, 0x0050, b"DS", _encode_ds(points)))
+
+
+def _encode_image_reference(sop_class_uid: str, sop_instance_uid: str) -> bytes:
+    """The ContourImageSequence element (one item: ReferencedSOPClassUID, ReferencedSOPInstanceUID)."""
+    item = _item(_element(0x0008, 0x1150, b"UI", _pad(str(sop_class_uid).encode("ascii"), b"\0"))
+                 + _element(0x0008, 0x1155, b"UI", _pad(str(sop_instance_uid).encode("ascii"), b"\0")))
+    return _element(0x3006, 0x0016, b"SQ", item)
+
+
+def _mark_explicit_little(ds: Dataset) -> None:
+    """Mark ``ds`` as already in explicit VR little endian with its current character set, so that pydicom writes
+    its raw elements unchanged (``Dataset.set_original_encoding``) instead of decoding them first."""
+    charset = ds.get("SpecificCharacterSet")
+    ds.set_original_encoding(False, True, convert_encodings(charset) if charset else default_encoding)
 
 
 def write_rtstruct(mask: np.ndarray, source_datasets: Sequence[Dataset], output_path: PathLike,
@@ -230,26 +299,22 @@ def write_rtstruct(mask: np.ndarray, source_datasets: Sequence[Dataset], output_
     roi.ROIGenerationAlgorithm = roi_generation_algorithm
     ds.StructureSetROISequence = DicomSequence([roi])
 
-    contours = []
+    items = []
     for k, src in enumerate(sorted_ds):
         if not binary[k].any():
             continue
+        image_ref = _encode_image_reference(src.SOPClassUID, src.SOPInstanceUID)
+        to_patient = _pixel_to_patient_affine(src)
         for c in slice_contours(binary[k]):
-            points = _pixel_to_patient(src, c)
-            item = Dataset()
-            image_ref = Dataset()
-            image_ref.ReferencedSOPClassUID = src.SOPClassUID
-            image_ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
-            item.ContourImageSequence = DicomSequence([image_ref])
-            item.ContourGeometricType = "CLOSED_PLANAR"
-            item.NumberOfContourPoints = len(points)
-            item.ContourData = [f"{v:.4f}".rstrip("0").rstrip(".") for v in points.ravel()]
-            item.ContourNumber = len(contours) + 1
-            contours.append(item)
+            points = to_patient[0] + c @ to_patient[1]
+            items.append(_encode_contour_item(points, image_ref, len(items) + 1))
     roi_contour = Dataset()
     roi_contour.ReferencedROINumber = 1
     roi_contour.ROIDisplayColor = [int(v) for v in color]
-    roi_contour.ContourSequence = DicomSequence(contours)
+    contour_sequence = b"".join(items)
+    roi_contour[_TAG_CONTOUR_SEQUENCE] = RawDataElement(_TAG_CONTOUR_SEQUENCE, "SQ", len(contour_sequence),
+                                                        contour_sequence, 0, False, True)
+    _mark_explicit_little(roi_contour)
     ds.ROIContourSequence = DicomSequence([roi_contour])
 
     observation = Dataset()
@@ -264,6 +329,8 @@ def write_rtstruct(mask: np.ndarray, source_datasets: Sequence[Dataset], output_
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
+    # written as is: pydicom must neither decode the raw ContourSequence nor walk it looking for ambiguous VRs
+    _mark_explicit_little(ds)
     output_path = Path(output_path)
     with atomic_path(output_path, suffix=".dcm") as tmp:
         ds.save_as(tmp, enforce_file_format=True)

@@ -105,6 +105,8 @@ def rasterise_rtstruct(rtstruct_path: PathLike, reference: sitk.Image, roi_patte
             if str(contour.get("ContourGeometricType", "CLOSED_PLANAR")).upper() != "CLOSED_PLANAR":
                 continue
             data = contour.get("ContourData")
+            if isinstance(data, bytes):  # over 64 KiB, written as UN in explicit VR (PS3.5 6.2.2): DS text
+                data = data.decode("ascii").strip(" \0").split("\\")
             if data is None or len(data) < 9:
                 continue
             pts = np.asarray([float(v) for v in data], dtype=float).reshape(-1, 3)
