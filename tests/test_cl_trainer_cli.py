@@ -50,6 +50,11 @@ EXT_MODULE = textwrap.dedent('''
 
     class nnUNetTrainerCLSelfPacedBadPacing(nnUNetTrainerCLSelfPacedTiny):
         pacing_a = 1.5
+
+
+    class nnUNetTrainerCLSelfPacedMixtureTiny(nnUNetTrainerCLSelfPacedTiny):
+        spl_scheme = "mixture"
+        from clips_nnunet.trainers.self_paced import soft_spl_sample_weights as sample_weights
 ''')
 
 
@@ -145,3 +150,23 @@ def test_bad_pacing_fails_at_trainer_start(cl_env):
                     "-device", "cpu"], env, timeout=600, check=False)
     assert proc.returncode != 0
     assert "pacing_a must be in (0, 1], got 1.5" in proc.stdout + proc.stderr
+
+
+def test_soft_mixture_trainer_with_two_da_workers(cl_env):
+    """Soft SPL (loss weighted via sample_weights) in a real nnU-Net run with 2 augmentation workers."""
+    base, env, dataset_id = cl_env
+    env = dict(env, nnUNet_n_proc_DA="2", CLIPS_TEST_NUM_EPOCHS="2")
+    trainer = "nnUNetTrainerCLSelfPacedMixtureTiny"
+    run_cli(["nnUNetv2_train", str(dataset_id), "3d_fullres", "2", "-tr", trainer, "-device", "cpu"], env,
+            timeout=900)
+    fold = base / "nnUNet_results" / f"Dataset{dataset_id:03d}_ClipsTiny" / f"{trainer}__nnUNetPlans__3d_fullres" \
+        / "fold_2"
+    cur = json.loads((fold / "curriculum.json").read_text())
+    e1 = cur["epochs"][1]
+    assert not e1["warmup"] and e1["extra"]["scheme"] == "mixture"
+    p = np.asarray(e1["probabilities"])
+    assert abs(p.sum() - 1) < 1e-9 and p.max() > p.min()          # not uniform after warm-up
+    assert 0 <= e1["lag_batches"] <= 4                              # measured; at most the epoch's 4 batches
+    assert e1["n_losses"] == 4 * 2
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert all(np.isfinite(ckpt["logging"]["train_losses"]))
