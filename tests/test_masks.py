@@ -163,6 +163,26 @@ def test_seg_binary_union_mapped_through_source_instances(tmp_path, dro_series):
     np.testing.assert_array_equal(only_b, b)
 
 
+def test_seg_placed_by_already_parsed_headers(tmp_path, dro_series):
+    """With ``reference_headers`` (the headers the series reader parsed) the SEG lands on the same slices as when
+    the reader parses the files itself; a header list of the wrong length is rejected."""
+    files, image, sources = dro_series
+    a = np.zeros((20, 256, 256), dtype=np.uint8)
+    a[2, 10:20, 30:40] = 1
+    a[17, 5:9, 5:9] = 1
+    path = tmp_path / "seg.dcm"
+    _make_seg(sources, [a]).save_as(str(path))
+    headers = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in files]
+    order = list(range(len(files)))
+    random.Random(1).shuffle(order)
+    got = read_seg_mask(path, image, [files[i] for i in order], label="case_1",
+                        reference_headers=[headers[i] for i in order])
+    np.testing.assert_array_equal(got, a)
+    np.testing.assert_array_equal(got, read_seg_mask(path, image, files, label="case_1"))
+    with pytest.raises(ValueError, match="reference_headers"):
+        read_seg_mask(path, image, files, reference_headers=headers[:-1])
+
+
 def test_seg_fractional_thresholded_at_half(tmp_path, dro_series):
     files, image, sources = dro_series
     frac = np.zeros((20, 256, 256), dtype=np.float32)

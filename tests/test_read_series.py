@@ -109,6 +109,24 @@ def test_small_bed_overlap_steps_are_accepted():
         read_ct(dro_files(), "case_ge")
 
 
+def test_ct_reads_only_geometry_tags_and_the_same_volume():
+    """read_ct parses only GEOMETRY_TAGS of each header; the volume equals the all-tags read bit for bit."""
+    from clips_nnunet.dataset_conversion.read import GEOMETRY_TAGS, read_ct_with_headers, read_series_with_headers
+
+    files = sorted((STS / "STS_001_CT_cropped").glob("*.dcm"))
+    ct, sorted_files, headers = read_ct_with_headers(files[::-1], "case_ge")
+    full, full_files, full_headers = read_series_with_headers(files, "case_ge")
+    assert sorted_files == full_files
+    assert "PatientID" in full_headers[0] and "PatientID" not in headers[0]
+    assert all(set(h.dir()) <= set(GEOMETRY_TAGS) | {"SpecificCharacterSet"} for h in headers)
+    assert [h.SOPInstanceUID for h in headers] == [h.SOPInstanceUID for h in full_headers]
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(full))
+    assert (ct.GetOrigin(), ct.GetSpacing(), ct.GetDirection()) == (full.GetOrigin(), full.GetSpacing(),
+                                                                     full.GetDirection())
+    with pytest.raises(ValueError, match="must include ImageOrientationPatient"):
+        read_series_with_headers(files, "case_ge", specific_tags=["Rows"])
+
+
 def test_resample_ct_to_pet_grid_and_coverage():
     ct = read_ct(sorted((STS / "STS_001_CT_cropped").glob("*.dcm")), "case_ge")
     pet_grid = sitk.Image([64, 64, 40], sitk.sitkFloat32)

@@ -120,10 +120,12 @@ def _find_nifti_mask(folder: Path, patient_key: str, study_uid: str) -> Optional
     return best
 
 
-def _mask_from_object(obj, selection, pet: sitk.Image, pet_files: Sequence[Path], roi: Optional[str],
-                      label: str, ct_cache: Dict[str, sitk.Image]) -> Tuple[np.ndarray, str]:
+def _mask_from_object(obj, selection, pet: sitk.Image, pet_headers: Sequence[Any], roi: Optional[str],
+                      label: str, ct_cache: Dict[str, Any]) -> Tuple[np.ndarray, str]:
+    """Mask of one SEG/RTSTRUCT object on the PET grid. ``pet_headers`` and ``ct_cache["ct_headers"]`` are the
+    series' already parsed headers (the SEG reader places frames by their SOPInstanceUID and position)."""
     from .masks import mask_to_grid, rasterise_rtstruct, read_seg_mask
-    from .read import read_ct
+    from .read import read_ct_with_headers
 
     on_pet = selection.pet.series_uid in obj.referenced_series_uids
     on_ct = selection.ct is not None and selection.ct.series_uid in obj.referenced_series_uids
@@ -134,14 +136,15 @@ def _mask_from_object(obj, selection, pet: sitk.Image, pet_files: Sequence[Path]
         else:
             raise PatientError(label, f"{obj.modality} object does not reference the chosen PET or CT series")
     if on_pet:
-        reference, files, where = pet, pet_files, "PET"
+        reference, headers, where = pet, pet_headers, "PET"
     else:
-        if "ct" not in ct_cache:
-            ct_cache["ct"] = read_ct(selection.ct.files, label)
-        reference, files, where = ct_cache["ct"], selection.ct.files, "CT"
+        if "ct_headers" not in ct_cache:
+            ct_cache["ct"], _, ct_cache["ct_headers"] = read_ct_with_headers(selection.ct.files, label)
+        reference, headers, where = ct_cache["ct"], ct_cache["ct_headers"], "CT"
     path = obj.files[0]
     if obj.modality == "SEG":
-        mask = read_seg_mask(path, reference, files, label=label, segment_pattern=roi)
+        mask = read_seg_mask(path, reference, [Path(h.filename) for h in headers], label=label,
+                             segment_pattern=roi, reference_headers=headers)
     else:
         mask = rasterise_rtstruct(path, reference, roi_pattern=roi, label=label)
     if where == "CT":
@@ -164,8 +167,8 @@ def prepare_study(selection, overrides=None, labels: LabelOption | str = "auto",
 
     Returns a :class:`PreparedStudy`; raises :class:`PatientError` with the reason when the study cannot be used.
     """
-    from .read import check_coverage, read_ct, resample_to_reference
-    from .suv import read_pet_suv
+    from .read import check_coverage, read_ct_with_headers, resample_to_reference
+    from .suv import read_pet_suv_with_headers
 
     option = labels if isinstance(labels, LabelOption) else LabelOption.parse(labels)
     if selection.ct is None:
@@ -176,16 +179,16 @@ def prepare_study(selection, overrides=None, labels: LabelOption | str = "auto",
     # the CT is read in a second thread while the PET is read and converted (SimpleITK's reader releases the GIL)
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(max_workers=1) as background:
-        ct_future = background.submit(read_ct, selection.ct.files, label)
+        ct_future = background.submit(read_ct_with_headers, selection.ct.files, label)
         try:
-            pet = read_pet_suv(pet_files, overrides, label=label)
+            pet, _, pet_headers = read_pet_suv_with_headers(pet_files, overrides, label=label)
         except BaseException:
             ct_future.cancel()
             raise
-        ct = ct_future.result()
+        ct, _, ct_headers = ct_future.result()
     warnings.extend(check_coverage(ct, pet))
     ct_on_pet = resample_to_reference(ct, pet, "linear", -1024.0)
-    ct_cache = {"ct": ct}
+    ct_cache: Dict[str, Any] = {"ct": ct, "ct_headers": ct_headers}
 
     mask: Optional[np.ndarray] = None
     source: Optional[str] = None
@@ -203,7 +206,7 @@ def prepare_study(selection, overrides=None, labels: LabelOption | str = "auto",
             if obj.modality not in wanted:
                 continue
             try:
-                mask, source = _mask_from_object(obj, selection, pet, pet_files, roi_pattern, label, ct_cache)
+                mask, source = _mask_from_object(obj, selection, pet, pet_headers, roi_pattern, label, ct_cache)
                 break
             except PatientError as e:
                 problems.append(e.reason)

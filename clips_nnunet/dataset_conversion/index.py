@@ -191,7 +191,8 @@ def read_header_record(path: PathLike) -> Tuple[str, Any]:
         missing = [k for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality") if not ds.get(k)]
         if missing:
             return "unreadable", f"DICOM header lacks {', '.join(missing)}; cannot group this file into a series; re-export it"
-        attrs = {k: _as_tuple(ds.get(k)) for k in SELECTION_ATTRIBUTES if ds.get(k) is not None}
+        values = ((k, ds.get(k)) for k in SELECTION_ATTRIBUTES)  # each element decoded once
+        attrs = {k: _as_tuple(v) for k, v in values if v is not None}
         ref_series, ref_sops = _references(ds)
         record = {
             "path": str(path),

@@ -149,14 +149,17 @@ def seg_segment_labels(seg_path: PathLike) -> Dict[int, str]:
 
 
 def read_seg_mask(seg_path: PathLike, reference: sitk.Image, reference_files: Sequence[PathLike], label: str = "",
-                  segment_pattern: Optional[str] = None) -> np.ndarray:
+                  segment_pattern: Optional[str] = None,
+                  reference_headers: Optional[Sequence[pydicom.Dataset]] = None) -> np.ndarray:
     """DICOM SEG -> uint8 mask (z, y, x) on ``reference``'s grid (the image series the SEG was drawn on).
 
     ``reference_files`` are that series' files (any order); each SEG frame goes to the slice of the source
     instance it references. ``segment_pattern`` (case-insensitive regex on SegmentLabel, ``None``: all segments)
     selects the segments that are united. FRACTIONAL segments are thresholded at 0.5. Raises
     :class:`PatientError` when the SEG references instances that are not in ``reference_files``, or its frames do
-    not match the reference's rows/columns.
+    not match the reference's rows/columns. ``reference_headers``: the already parsed headers of
+    ``reference_files`` (any order; SOPInstanceUID and ImagePositionPatient are used), so that they are not parsed
+    again; by default they are read from ``reference_files``.
     """
     import highdicom as hd
 
@@ -177,8 +180,14 @@ def read_seg_mask(seg_path: PathLike, reference: sitk.Image, reference_files: Se
                                   f"{sorted(labels.values())}")
     # slice index of each reference instance, from its position on the reference grid
     uid_to_k: Dict[str, int] = {}
-    for f in reference_files:
-        h = pydicom.dcmread(str(f), stop_before_pixels=True, specific_tags=["SOPInstanceUID", "ImagePositionPatient"])
+    if reference_headers is None:
+        reference_headers = [pydicom.dcmread(str(f), stop_before_pixels=True,
+                                             specific_tags=["SOPInstanceUID", "ImagePositionPatient"])
+                             for f in reference_files]
+    elif len(reference_headers) != len(reference_files):
+        raise ValueError(f"reference_headers has {len(reference_headers)} datasets for {len(reference_files)} "
+                         "reference_files; pass the headers of exactly those files")
+    for h in reference_headers:
         k = reference.TransformPhysicalPointToContinuousIndex([float(v) for v in h.ImagePositionPatient])[2]
         uid_to_k[str(h.SOPInstanceUID)] = int(round(k))
     source_uids = [uid for _, _, uid in seg.get_source_image_uids()]

@@ -19,7 +19,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pydicom
@@ -28,6 +28,7 @@ import SimpleITK as sitk
 from ..errors import PatientError
 
 __all__ = ["describe_exception", "SeriesGeometry", "load_series_headers", "read_series_volume", "read_series_with_headers", "read_ct",
+           "read_ct_with_headers", "GEOMETRY_TAGS",
            "resample_to_reference", "check_coverage"]
 
 PathLike = Union[str, os.PathLike]
@@ -62,13 +63,29 @@ class SeriesGeometry:
     size: Tuple[int, int, int]
 
 
-def load_series_headers(files: Sequence[PathLike], label: str = "") -> Tuple[List[Path], List[pydicom.Dataset],
-                                                                            SeriesGeometry]:
+#: The header elements the series checks and :func:`read_ct` use (geometry, tilt, modality, instance UID): what
+#: a CT read parses (``specific_tags``) instead of every element.
+GEOMETRY_TAGS = ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns",
+                 "GantryDetectorTilt", "Modality", "SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID",
+                 "FrameOfReferenceUID")
+
+
+def load_series_headers(files: Sequence[PathLike], label: str = "",
+                        specific_tags: Optional[Sequence[str]] = None
+                        ) -> Tuple[List[Path], List[pydicom.Dataset], SeriesGeometry]:
     """Read and check the headers of a single-frame image series; return files and headers in slice order.
 
+    ``specific_tags`` (keywords): parse only these elements of each header (pydicom skips the others' values),
+    e.g. :data:`GEOMETRY_TAGS` when only the geometry is needed; ``None`` parses every element before the pixels.
     Raises :class:`PatientError` (with ``label``) for unreadable headers, mixed orientation/size/spacing, gantry
     tilt, duplicate positions, missing slices or irregular spacing.
     """
+    if specific_tags is not None:
+        specific_tags = list(specific_tags)
+        for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns",
+                    "GantryDetectorTilt"):
+            if tag not in specific_tags:
+                raise ValueError(f"specific_tags must include {tag}: the series checks need it")
     files = [Path(f) for f in files]
     if len(files) < 2:
         raise PatientError(label, f"an image series needs at least 2 slices, got {len(files)}; export the full series")
@@ -77,7 +94,7 @@ def load_series_headers(files: Sequence[PathLike], label: str = "") -> Tuple[Lis
         try:
             with warnings.catch_warnings():  # invalid values surface through the checks below
                 warnings.simplefilter("ignore")
-                headers.append(pydicom.dcmread(str(f), stop_before_pixels=True))
+                headers.append(pydicom.dcmread(str(f), stop_before_pixels=True, specific_tags=specific_tags))
         except Exception as exc:
             raise PatientError(label, f"slice file #{i + 1} of {len(files)} cannot be read "
                                       f"({describe_exception(exc, f)}); re-export the series") from exc
@@ -153,10 +170,14 @@ def load_series_headers(files: Sequence[PathLike], label: str = "") -> Tuple[Lis
     return files, headers, geometry
 
 
-def read_series_with_headers(files: Sequence[PathLike], label: str = ""
+def read_series_with_headers(files: Sequence[PathLike], label: str = "",
+                             specific_tags: Optional[Sequence[str]] = None
                              ) -> Tuple[sitk.Image, List[Path], List[pydicom.Dataset]]:
-    """:func:`read_series_volume` that also returns the files and headers in slice order (z index order)."""
-    sorted_files, headers, geo = load_series_headers(files, label)
+    """:func:`read_series_volume` that also returns the files and headers in slice order (z index order).
+
+    ``specific_tags``: see :func:`load_series_headers` (the returned headers then hold only those elements).
+    """
+    sorted_files, headers, geo = load_series_headers(files, label, specific_tags)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in sorted_files])
     reader.SetOutputPixelType(sitk.sitkFloat32)
@@ -191,11 +212,21 @@ def read_series_volume(files: Sequence[PathLike], label: str = "") -> sitk.Image
 
 def read_ct(files: Sequence[PathLike], label: str = "") -> sitk.Image:
     """Read a CT series in Hounsfield units (float32). Raises :class:`PatientError` when it is not a CT."""
-    image, _, headers = read_series_with_headers(files, label)
+    return read_ct_with_headers(files, label)[0]
+
+
+def read_ct_with_headers(files: Sequence[PathLike], label: str = ""
+                         ) -> Tuple[sitk.Image, List[Path], List[pydicom.Dataset]]:
+    """:func:`read_ct` that also returns the files and headers in slice order.
+
+    Only :data:`GEOMETRY_TAGS` are parsed from the headers (the CT's other elements are not used), which halves
+    the header parsing of a whole-body CT; the pixels are read by SimpleITK as before.
+    """
+    image, sorted_files, headers = read_series_with_headers(files, label, GEOMETRY_TAGS)
     modality = str(headers[0].get("Modality", "")).upper()
     if modality != "CT":
         raise PatientError(label, f"expected a CT series, got Modality {modality or 'missing'} (0008,0060)")
-    return image
+    return image, sorted_files, headers
 
 
 _INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}

@@ -40,6 +40,7 @@ import datetime as _dt
 import math
 import os
 import struct
+from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -49,7 +50,7 @@ import SimpleITK as sitk
 from ..errors import PatientError
 from .overrides import SuvOverrides
 
-__all__ = ["suv_factor", "read_pet_suv", "series_earliest_acquisition", "lean_body_mass_james",
+__all__ = ["suv_factor", "read_pet_suv", "read_pet_suv_with_headers", "series_earliest_acquisition", "lean_body_mass_james",
            "body_surface_area_dubois", "ideal_body_weight", "MBQ_THRESHOLD", "GRAMS_THRESHOLD"]
 
 PathLike = Union[str, os.PathLike]
@@ -365,9 +366,16 @@ def read_pet_suv(files: Sequence[PathLike], overrides: Optional[SuvOverrides] = 
     Raises :class:`PatientError` for geometry problems (see :mod:`.read`) and SUV header problems (see
     :func:`suv_factor`), always naming ``label`` and the tag.
     """
+    return read_pet_suv_with_headers(files, overrides, label)[0]
+
+
+def read_pet_suv_with_headers(files: Sequence[PathLike], overrides: Optional[SuvOverrides] = None, label: str = ""
+                              ) -> Tuple[sitk.Image, List[Path], List[pydicom.Dataset]]:
+    """:func:`read_pet_suv` that also returns the files and their full headers (no pixels) in slice order, so that
+    callers (the SEG reader, the DICOM writers) need not parse the same headers again."""
     from .read import read_series_with_headers
 
-    image, _, headers = read_series_with_headers(files, label)
+    image, sorted_files, headers = read_series_with_headers(files, label)
     units = {str(h.get("Units", "")).upper() for h in headers}
     if len(units) > 1:
         raise PatientError(label, f"slices disagree on Units (0054,1001): {sorted(units)}; export one series")
@@ -380,4 +388,4 @@ def read_pet_suv(files: Sequence[PathLike], overrides: Optional[SuvOverrides] = 
     arr *= factors.astype(np.float32)[:, None, None]
     out = sitk.GetImageFromArray(arr)
     out.CopyInformation(image)
-    return out
+    return out, sorted_files, headers
