@@ -127,6 +127,39 @@ def test_ct_reads_only_geometry_tags_and_the_same_volume():
         read_series_with_headers(files, "case_ge", specific_tags=["Rows"])
 
 
+def test_ct_from_index_geometry_equals_parsed_headers(tmp_path):
+    """The index records each CT slice's geometry; reading the CT with those records (no second header parse)
+    gives the same volume, geometry and slice order as parsing the files, and the same errors."""
+    import shutil
+
+    from clips_nnunet.dataset_conversion.index import index_dicom_folder
+    from clips_nnunet.dataset_conversion.read import HeaderValues, read_ct_with_headers
+
+    src = sorted((STS / "STS_001_CT_cropped").glob("*.dcm"))
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    for f in src[:12]:
+        shutil.copy(f, folder / f.name)
+    (series,), = [v for st in index_dicom_folder(folder, progress=False).patients.values() for v in st.values()]
+    headers = series.geometry_headers()
+    assert headers is not None and all(isinstance(h, HeaderValues) for h in headers)
+    from_index, files_a, headers_a = read_ct_with_headers(series.files, "case_ge", headers)
+    parsed, files_b, headers_b = read_ct_with_headers(series.files, "case_ge")
+    assert files_a == files_b
+    assert [h.SOPInstanceUID for h in headers_a] == [str(h.SOPInstanceUID) for h in headers_b]
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(from_index), sitk.GetArrayFromImage(parsed))
+    assert (from_index.GetOrigin(), from_index.GetSpacing(), from_index.GetDirection()) == (
+        parsed.GetOrigin(), parsed.GetSpacing(), parsed.GetDirection())
+    # a missing slice is found from the index's records as from the files
+    del series.files[5], series.slice_geometry[5]
+    with pytest.raises(PatientError, match="missing"):
+        read_ct_with_headers(series.files, "case_ge", series.geometry_headers())
+    with pytest.raises(PatientError, match="missing"):
+        read_ct_with_headers(series.files, "case_ge")
+    with pytest.raises(AttributeError, match="has no Rows"):
+        HeaderValues({}, "x.dcm").Rows
+
+
 def test_resample_ct_to_pet_grid_and_coverage():
     ct = read_ct(sorted((STS / "STS_001_CT_cropped").glob("*.dcm")), "case_ge")
     pet_grid = sitk.Image([64, 64, 40], sitk.sitkFloat32)

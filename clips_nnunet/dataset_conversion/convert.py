@@ -139,7 +139,8 @@ def _mask_from_object(obj, selection, pet: sitk.Image, pet_headers: Sequence[Any
         reference, headers, where = pet, pet_headers, "PET"
     else:
         if "ct_headers" not in ct_cache:
-            ct_cache["ct"], _, ct_cache["ct_headers"] = read_ct_with_headers(selection.ct.files, label)
+            ct_cache["ct"], _, ct_cache["ct_headers"] = read_ct_with_headers(selection.ct.files, label,
+                                                                             selection.ct.geometry_headers())
         reference, headers, where = ct_cache["ct"], ct_cache["ct_headers"], "CT"
     path = obj.files[0]
     if obj.modality == "SEG":
@@ -179,7 +180,9 @@ def prepare_study(selection, overrides=None, labels: LabelOption | str = "auto",
     # the CT is read in a second thread while the PET is read and converted (SimpleITK's reader releases the GIL)
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(max_workers=1) as background:
-        ct_future = background.submit(read_ct_with_headers, selection.ct.files, label)
+        # the CT's geometry comes from the index's records: its headers are not parsed a second time
+        ct_future = background.submit(read_ct_with_headers, selection.ct.files, label,
+                                      selection.ct.geometry_headers())
         try:
             pet, _, pet_headers = read_pet_suv_with_headers(pet_files, overrides, label=label)
         except BaseException:

@@ -21,6 +21,8 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from .read import GEOMETRY_TAGS
+
 __all__ = ["SeriesInfo", "DicomIndex", "index_dicom_folder", "read_header_record", "slice_position"]
 
 #: Header attributes kept in :attr:`SeriesInfo.attributes` (from the first instance of the series) because series
@@ -63,6 +65,30 @@ class SeriesInfo:
     referenced_series_uids: Set[str] = field(default_factory=set)
     referenced_sop_uids: Set[str] = field(default_factory=set)
     sop_instance_uids: List[str] = field(default_factory=list)
+    #: per file (parallel to ``files``): the geometry elements the series reader checks (see
+    #: :data:`GEOMETRY_KEYWORDS`), so that a series needing nothing else (the CT) is not parsed a second time.
+    slice_geometry: List[Optional[Dict[str, Any]]] = field(default_factory=list)
+
+    def geometry_headers(self) -> Optional[List[Dict[str, Any]]]:
+        """``slice_geometry`` as header-like objects for :func:`clips_nnunet.dataset_conversion.read.read_ct_with_headers`
+        (``None`` when the index did not record them, e.g. for a non-image series)."""
+        if len(self.slice_geometry) != len(self.files) or any(g is None for g in self.slice_geometry):
+            return None
+        from .read import HeaderValues
+
+        return [HeaderValues(g, filename=str(f)) for g, f in zip(self.slice_geometry, self.files)]
+
+
+#: Header elements recorded per file in :attr:`SeriesInfo.slice_geometry` (the series reader's checks and the
+#: SEG frame placement need them; values as plain Python: DS -> float, IS -> int, multi-valued -> tuple).
+GEOMETRY_KEYWORDS: Tuple[str, ...] = GEOMETRY_TAGS
+
+
+def _slice_geometry(ds: pydicom.Dataset) -> Optional[Dict[str, Any]]:
+    if ds.get("ImagePositionPatient") is None:
+        return None
+    values = ((k, ds.get(k)) for k in GEOMETRY_KEYWORDS)
+    return {k: _as_tuple(v) for k, v in values if v is not None}
 
 
 @dataclass
@@ -210,6 +236,7 @@ def read_header_record(path: PathLike) -> Tuple[str, Any]:
             "position": slice_position(ds),
             "referenced_series_uids": sorted(ref_series),
             "referenced_sop_uids": sorted(ref_sops),
+            "geometry": _slice_geometry(ds),
         }
         return "ok", record
     except Exception as exc:
@@ -261,7 +288,8 @@ def _group(records: Iterable[Dict[str, Any]]) -> Dict[str, Dict[str, List[Series
             series_description=first["series_description"], image_type=tuple(first["image_type"]),
             files=[Path(r["path"]) for r in unique], n_instances=len(unique), attributes=attrs,
             referenced_series_uids=ref_series, referenced_sop_uids=ref_sops,
-            sop_instance_uids=[r["sop_instance_uid"] for r in unique])
+            sop_instance_uids=[r["sop_instance_uid"] for r in unique],
+            slice_geometry=[r.get("geometry") for r in unique])
         patients.setdefault(pkey, {}).setdefault(study, []).append(info)
     for studies in patients.values():
         for lst in studies.values():

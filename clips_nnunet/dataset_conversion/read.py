@@ -19,7 +19,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pydicom
@@ -28,7 +28,7 @@ import SimpleITK as sitk
 from ..errors import PatientError
 
 __all__ = ["describe_exception", "SeriesGeometry", "load_series_headers", "read_series_volume", "read_series_with_headers", "read_ct",
-           "read_ct_with_headers", "GEOMETRY_TAGS",
+           "read_ct_with_headers", "GEOMETRY_TAGS", "HeaderValues",
            "resample_to_reference", "check_coverage"]
 
 PathLike = Union[str, os.PathLike]
@@ -70,14 +70,30 @@ GEOMETRY_TAGS = ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacin
                  "FrameOfReferenceUID")
 
 
+class HeaderValues(dict):
+    """Header values already read elsewhere (the index's :attr:`.index.SeriesInfo.slice_geometry`), usable where
+    the series reader and the SEG reader use a pydicom header: ``h.get("Rows")``, ``h.Rows``, ``"Rows" in h``."""
+
+    def __init__(self, values: Dict[str, Any], filename: str = "") -> None:
+        super().__init__(values)
+        self.filename = filename
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"header of {self.filename or 'a slice'} has no {name}") from None
+
+
 def load_series_headers(files: Sequence[PathLike], label: str = "",
-                        specific_tags: Optional[Sequence[str]] = None
+                        specific_tags: Optional[Sequence[str]] = None, headers: Optional[Sequence[Any]] = None
                         ) -> Tuple[List[Path], List[pydicom.Dataset], SeriesGeometry]:
     """Read and check the headers of a single-frame image series; return files and headers in slice order.
 
     ``specific_tags`` (keywords): parse only these elements of each header (pydicom skips the others' values),
     e.g. :data:`GEOMETRY_TAGS` when only the geometry is needed; ``None`` parses every element before the pixels.
-    Raises :class:`PatientError` (with ``label``) for unreadable headers, mixed orientation/size/spacing, gantry
+    ``headers``: the files' headers already read (parallel to ``files``, e.g. :class:`HeaderValues` from the
+    index), used instead of parsing the files. Raises :class:`PatientError` (with ``label``) for unreadable headers, mixed orientation/size/spacing, gantry
     tilt, duplicate positions, missing slices or irregular spacing.
     """
     if specific_tags is not None:
@@ -89,8 +105,14 @@ def load_series_headers(files: Sequence[PathLike], label: str = "",
     files = [Path(f) for f in files]
     if len(files) < 2:
         raise PatientError(label, f"an image series needs at least 2 slices, got {len(files)}; export the full series")
-    headers: List[pydicom.Dataset] = []
-    for i, f in enumerate(files):
+    if headers is not None:
+        if len(headers) != len(files):
+            raise ValueError(f"{len(headers)} headers for {len(files)} files; pass one header per file")
+        files_to_parse: List[Path] = []
+        headers = list(headers)
+    else:
+        files_to_parse, headers = files, []
+    for i, f in enumerate(files_to_parse):
         try:
             with warnings.catch_warnings():  # invalid values surface through the checks below
                 warnings.simplefilter("ignore")
@@ -171,13 +193,14 @@ def load_series_headers(files: Sequence[PathLike], label: str = "",
 
 
 def read_series_with_headers(files: Sequence[PathLike], label: str = "",
-                             specific_tags: Optional[Sequence[str]] = None
+                             specific_tags: Optional[Sequence[str]] = None, headers: Optional[Sequence[Any]] = None
                              ) -> Tuple[sitk.Image, List[Path], List[pydicom.Dataset]]:
     """:func:`read_series_volume` that also returns the files and headers in slice order (z index order).
 
-    ``specific_tags``: see :func:`load_series_headers` (the returned headers then hold only those elements).
+    ``specific_tags``, ``headers``: see :func:`load_series_headers` (the returned headers then hold only those
+    elements, or are the given ones).
     """
-    sorted_files, headers, geo = load_series_headers(files, label, specific_tags)
+    sorted_files, headers, geo = load_series_headers(files, label, specific_tags, headers)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in sorted_files])
     reader.SetOutputPixelType(sitk.sitkFloat32)
@@ -215,14 +238,15 @@ def read_ct(files: Sequence[PathLike], label: str = "") -> sitk.Image:
     return read_ct_with_headers(files, label)[0]
 
 
-def read_ct_with_headers(files: Sequence[PathLike], label: str = ""
+def read_ct_with_headers(files: Sequence[PathLike], label: str = "", headers: Optional[Sequence[Any]] = None
                          ) -> Tuple[sitk.Image, List[Path], List[pydicom.Dataset]]:
     """:func:`read_ct` that also returns the files and headers in slice order.
 
-    Only :data:`GEOMETRY_TAGS` are parsed from the headers (the CT's other elements are not used), which halves
-    the header parsing of a whole-body CT; the pixels are read by SimpleITK as before.
+    The CT needs only :data:`GEOMETRY_TAGS` of its headers: ``headers`` (e.g. the index's
+    :meth:`.index.SeriesInfo.geometry_headers`) are used when given, else only those elements are parsed from
+    the files. The pixels are read by SimpleITK as before.
     """
-    image, sorted_files, headers = read_series_with_headers(files, label, GEOMETRY_TAGS)
+    image, sorted_files, headers = read_series_with_headers(files, label, GEOMETRY_TAGS, headers)
     modality = str(headers[0].get("Modality", "")).upper()
     if modality != "CT":
         raise PatientError(label, f"expected a CT series, got Modality {modality or 'missing'} (0008,0060)")
