@@ -13,7 +13,9 @@ Three pipelines, each run in a fresh subprocess (so peak memory, ``ru_maxrss``, 
 Library imports happen before the clock starts in every pipeline (a per-process constant, not conversion work).
 On a busy machine wall time is noisy, so CPU seconds (user + system, all threads of the process) are reported too.
 Prints the times, the ratios clips/floor (target <= 1.3) and dicom2nifti/clips (target >= 3) and peak RSS.
-Usage: ``python benchmarks/bench_convert.py [--workdir DIR] [--keep] [--repeats N]``.
+``--baseline-src DIR`` also runs the clips pipeline from another source tree (DIR holding a ``clips_nnunet``
+package, e.g. ``git archive <commit> clips_nnunet | tar -x -C DIR``) in the same rounds, to measure a change.
+Usage: ``python benchmarks/bench_convert.py [--workdir DIR] [--keep] [--repeats N] [--baseline-src DIR]``.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 
 def _series_files(study: Path, sub: str):
@@ -113,16 +116,23 @@ def stage_dicom2nifti(study: Path, out: Path) -> None:
     sitk.WriteImage(ctres, str(out / "CTres.nii.gz"), useCompression=True)
 
 
-def _run_stage(name: str, cohort: Path, study: Path, out: Path) -> dict:
-    """Run one stage in a fresh interpreter; return wall seconds and peak RSS (MiB) of that process."""
+def _run_stage(name: str, cohort: Path, study: Path, out: Path, src: Optional[Path] = None) -> dict:
+    """Run one stage in a fresh interpreter; return wall seconds and peak RSS (MiB) of that process.
+
+    ``src``: import ``clips_nnunet`` from this folder instead of the installed one. The interpreter runs in
+    ``out``'s parent folder, so that the current directory never shadows the package.
+    """
     code = ("import sys, time, json, resource; sys.path.insert(0, %r); import bench_convert as b; "
             "from pathlib import Path; b.imports_%s(); t = time.perf_counter(); "
             "r0 = resource.getrusage(resource.RUSAGE_SELF); "
             "b.stage_%s(Path(%r), Path(%r)); dt = time.perf_counter() - t; r = resource.getrusage(resource.RUSAGE_SELF); "
             "cpu = r.ru_utime + r.ru_stime - r0.ru_utime - r0.ru_stime; "
             "print(json.dumps({'seconds': dt, 'cpu_seconds': cpu, 'peak_mib': r.ru_maxrss / 1024}))"
-            ) % (str(Path(__file__).parent), name, name, str(cohort if name == "clips" else study), str(out))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            ) % (str(Path(__file__).resolve().parent), name, name, str(cohort if name == "clips" else study), str(out))
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(src).resolve()), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(out.parent))
     if proc.returncode != 0:
         raise SystemExit(f"stage {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -134,8 +144,10 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--repeats", type=int, default=1, help="runs per pipeline; the fastest counts")
     parser.add_argument("--skip-dicom2nifti", action="store_true", help="only floor and clips")
+    parser.add_argument("--baseline-src", type=Path, default=None,
+                        help="folder with another clips_nnunet source tree, run as 'clips_baseline' in each round")
     args = parser.parse_args(argv)
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_convert_"))
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_convert_")).resolve()
     cohort = work / "cohort"
     if not (cohort / "ground_truth" / "manifest.json").is_file():
         from clips_nnunet.dataset_conversion.synthetic import make_synthetic_cohort
@@ -145,14 +157,18 @@ def main(argv=None) -> int:
     study = cohort / "patient_000" / "study_1"
     n_ct, n_pet = len(_series_files(study, "CT")), len(_series_files(study, "PET"))
     print(f"study: CT {n_ct} slices, PET {n_pet} slices ({sum(p.stat().st_size for p in study.rglob('*.dcm')) / 2**20:.0f} MiB)")
-    stages = ["floor", "clips"] + ([] if args.skip_dicom2nifti else ["dicom2nifti"])
+    if args.baseline_src is not None and not (args.baseline_src / "clips_nnunet" / "__init__.py").is_file():
+        parser.error(f"--baseline-src {args.baseline_src} holds no clips_nnunet package; extract one there first")
+    stages = ["floor"] + (["clips_baseline"] if args.baseline_src else []) + ["clips"] + \
+        ([] if args.skip_dicom2nifti else ["dicom2nifti"])
     results = {}
     all_runs: dict = {}
     for r in range(max(1, args.repeats)):
         for name in stages:
             out = work / f"out_{name}"
             shutil.rmtree(out, ignore_errors=True)
-            res = _run_stage(name, cohort, study, out)
+            res = _run_stage("clips" if name == "clips_baseline" else name, cohort, study, out,
+                             args.baseline_src if name == "clips_baseline" else None)
             all_runs.setdefault(name, []).append(res)
             if name not in results or res["seconds"] < results[name]["seconds"]:
                 results[name] = res
@@ -161,6 +177,9 @@ def main(argv=None) -> int:
     floor, ours = results["floor"]["seconds"], results["clips"]["seconds"]
     cpu = {k: min(r["cpu_seconds"] for r in v) for k, v in all_runs.items()}
     print(f"clips / floor       = {ours / floor:.2f} wall, {cpu['clips'] / cpu['floor']:.2f} CPU  (target <= 1.3)")
+    if "clips_baseline" in results:
+        print(f"baseline / floor    = {results['clips_baseline']['seconds'] / floor:.2f} wall, "
+              f"{cpu['clips_baseline'] / cpu['floor']:.2f} CPU  (best runs; same rounds)")
     if "dicom2nifti" in results:
         print(f"dicom2nifti / clips = {results['dicom2nifti']['seconds'] / ours:.2f} wall, "
               f"{cpu['dicom2nifti'] / cpu['clips']:.2f} CPU  (target >= 3)")
