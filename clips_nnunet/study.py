@@ -982,6 +982,12 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
+def _fmt_p(p: Any) -> str:
+    if p is None or not isinstance(p, float) or not math.isfinite(p):
+        return "n/a"
+    return "<0.001" if p < 1e-3 else f"{p:.3f}"
+
+
 def write_report(config: StudyConfig, status: Optional[Mapping[str, Any]] = None,
                  out_dir: Optional[Path] = None) -> Path:
     """Compare the finished runs with the evaluator's :func:`clips_nnunet.evaluation.compare.compare_results`
@@ -1048,8 +1054,8 @@ def write_report(config: StudyConfig, status: Optional[Mapping[str, Any]] = None
                       "|---|---|---|---|---|---|---|---|---|"]
             for _, r in res.tests[res.tests.stratum.isin(["all", "hard"])].iterrows():
                 lines.append(f"| {r['group']} | {r['stratum']} | {r['metric']} | {r['n_pairs']} | "
-                             f"{_fmt(r['median_diff'])} | {_fmt(r['rank_biserial'], 2)} | {_fmt(r['p_value'])} | "
-                             f"{_fmt(r['p_holm'])} | {r['better']} |")
+                             f"{_fmt(r['median_diff'])} | {_fmt(r['rank_biserial'], 2)} | {_fmt_p(r['p_value'])} | "
+                             f"{_fmt_p(r['p_holm'])} | {r['better']} |")
             lines.append("")
         _plot_summary(main, config, out_dir / "report.png", plt)
         lines.insert(2, "![Dice and TMTV error per arm, all cases and hardest tertile](report.png)\n")
