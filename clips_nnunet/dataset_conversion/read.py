@@ -5,7 +5,8 @@ and, unless float output is forced, truncates slices whose RescaleSlope/Intercep
 slope per slice); it also assumes the file order is the slice order and that slices are equally spaced.
 :func:`read_series_volume` therefore
 
-1. reads every header (``stop_before_pixels``) and checks that all slices share orientation, size and pixel spacing;
+1. reads every header (``stop_before_pixels``; only the geometry elements for a CT, or none when the index's
+   per-slice records are passed in) and checks that all slices share orientation, size and pixel spacing;
 2. sorts slices by their position along the slice normal (``n = row x col`` of ImageOrientationPatient);
 3. rejects gantry tilt (slice origins not moving along the normal, or GantryDetectorTilt != 0), duplicate
    positions, missing slices (a gap that is a multiple of the usual spacing) and irregular spacing, each with a
