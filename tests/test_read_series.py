@@ -143,6 +143,8 @@ def test_ct_from_index_geometry_equals_parsed_headers(tmp_path):
     (series,), = [v for st in index_dicom_folder(folder, progress=False).patients.values() for v in st.values()]
     headers = series.geometry_headers()
     assert headers is not None and all(isinstance(h, HeaderValues) for h in headers)
+    assert "SeriesInstanceUID" not in series.slice_geometry[0]  # series-level UIDs are not stored per file
+    assert headers[0].SeriesInstanceUID == series.series_uid and headers[0].Modality == "CT"
     from_index, files_a, headers_a = read_ct_with_headers(series.files, "case_ge", headers)
     parsed, files_b, headers_b = read_ct_with_headers(series.files, "case_ge")
     assert files_a == files_b

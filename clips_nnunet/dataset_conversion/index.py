@@ -76,12 +76,18 @@ class SeriesInfo:
             return None
         from .read import HeaderValues
 
-        return [HeaderValues(g, filename=str(f)) for g, f in zip(self.slice_geometry, self.files)]
+        series = {"SOPClassUID": self.sop_class_uid, "SeriesInstanceUID": self.series_uid,
+                  "FrameOfReferenceUID": self.frame_of_reference_uid}
+        return [HeaderValues({**g, **{k: v for k, v in series.items() if v}}, filename=str(f))
+                for g, f in zip(self.slice_geometry, self.files)]
 
 
 #: Header elements recorded per file in :attr:`SeriesInfo.slice_geometry` (the series reader's checks and the
-#: SEG frame placement need them; values as plain Python: DS -> float, IS -> int, multi-valued -> tuple).
-GEOMETRY_KEYWORDS: Tuple[str, ...] = GEOMETRY_TAGS
+#: SEG frame placement need them; values as plain Python: DS -> float, IS -> int, multi-valued -> tuple). The
+#: series-level UIDs of :data:`.read.GEOMETRY_TAGS` are not repeated per file (memory for large cohorts):
+#: :meth:`SeriesInfo.geometry_headers` adds them from the series.
+_SERIES_LEVEL = ("SOPClassUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+GEOMETRY_KEYWORDS: Tuple[str, ...] = tuple(k for k in GEOMETRY_TAGS if k not in _SERIES_LEVEL)
 
 
 def _slice_geometry(ds: pydicom.Dataset) -> Optional[Dict[str, Any]]:
