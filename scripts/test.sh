@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
 export MPLBACKEND=Agg
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Two pytest workers (pytest-xdist): the integration tests are mostly single-threaded nnU-Net processes.
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --durations=15 "$@"

@@ -50,7 +50,8 @@ def test_tmtv_adds_recipe_steps_and_gpu_device(tmp_path):
 
 def test_budget_scales_with_minutes_device_and_trainings():
     cpu = demo_budget(14, "cpu")
-    assert cpu["seconds"] == (14 - 8.0) * 60 and cpu["iterations_per_epoch"] == 5
+    assert cpu["seconds"] == (14 - 8.0) * 60 and cpu["iterations_per_epoch"] == 25
+    assert cpu["features_divisor"] == 4 and demo_budget(14, "cuda")["features_divisor"] == 1
     assert demo_budget(14, "cpu", 2)["seconds"] == cpu["seconds"] / 2  # two trainings share the time
     assert demo_budget(1, "cpu")["seconds"] == 60.0  # never below one minute
     assert demo_budget(14, "cuda")["seconds"] > cpu["seconds"] and demo_budget(14, "cuda")["iterations_per_epoch"] == 50
@@ -72,6 +73,29 @@ def test_generated_trainers_are_budget_subclasses(tmp_path):
     text = path.read_text()
     assert "DEMO_TRAINING_SECONDS = 90.0" in text and "self.num_iterations_per_epoch = 4" in text
     assert "min(50, DEMO_TRAINING_SECONDS // per_epoch)" in text
+
+
+def test_generated_cpu_trainer_builds_a_narrower_network(tmp_path):
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+    budget = dict(demo_budget(14, "cpu"), seconds=90.0)
+    path = write_demo_trainers(tmp_path, budget, tmtv=False)
+    spec = importlib.util.spec_from_file_location("clips_demo_trainers_narrow", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    arch = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"n_stages": 3, "features_per_stage": [32, 64, 128], "conv_op": "torch.nn.modules.conv.Conv3d",
+                            "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+                            "n_conv_per_stage": [2, 2, 2], "n_conv_per_stage_decoder": [2, 2], "conv_bias": True,
+                            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                            "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
+                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+    manager = ConfigurationManager({"architecture": arch, "patch_size": [16, 16, 16]})
+    net = module.nnUNetTrainerCLSelfPacedDemo.build_network_architecture(None, manager, 2, 2, True)
+    first_conv = net.encoder.stages[0][0].convs[0].conv
+    assert (first_conv.in_channels, first_conv.out_channels) == (2, 8)  # 32 // 4
+    assert arch["arch_kwargs"]["features_per_stage"] == [32, 64, 128]  # the plans are not modified
 
 
 def test_environment_points_into_workdir(tmp_path):
