@@ -40,7 +40,7 @@ DEMO_TRAINER = "nnUNetTrainerCLSelfPacedDemo"
 DEMO_TMTV_TRAINER = "nnUNetTrainerTMTVDemo"
 DATASET_NAME = "ClipsDemo"
 #: Minutes of the demo spent outside training (synth, convert, preprocess, predict, evaluate, start-ups), by device.
-NON_TRAINING_MINUTES = {"cpu": 8.0, "cuda": 3.0}
+NON_TRAINING_MINUTES = {"cpu": 4.0, "cuda": 3.0}
 ITERATIONS_PER_EPOCH = {"cpu": 25, "cuda": 50}
 #: On CPU the demo's self-paced trainer divides the planned U-Net's features per stage by this (32..256 -> 8..64):
 #: about 8x faster iterations, so the demo's minutes buy hundreds of iterations instead of a few dozen.

@@ -50,7 +50,7 @@ def test_tmtv_adds_recipe_steps_and_gpu_device(tmp_path):
 
 def test_budget_scales_with_minutes_device_and_trainings():
     cpu = demo_budget(14, "cpu")
-    assert cpu["seconds"] == (14 - 8.0) * 60 and cpu["iterations_per_epoch"] == 25
+    assert cpu["seconds"] == (14 - 4.0) * 60 and cpu["iterations_per_epoch"] == 25
     assert cpu["features_divisor"] == 4 and demo_budget(14, "cuda")["features_divisor"] == 1
     assert demo_budget(14, "cpu", 2)["seconds"] == cpu["seconds"] / 2  # two trainings share the time
     assert demo_budget(1, "cpu")["seconds"] == 60.0  # never below one minute
