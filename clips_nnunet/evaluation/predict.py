@@ -41,6 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
+from clips_nnunet.dataset_conversion.write import scrub as scrub_secrets
 from clips_nnunet.errors import ClipsError, DatasetError, PatientError
 from clips_nnunet.io_utils import PathLike, atomic_path, atomic_write_json, read_json
 
@@ -475,9 +476,7 @@ def scrub(message: str, inputs: Sequence[PathLike], selection: Any = None) -> st
             for f in (getattr(series, "files", None) or []):
                 secrets += [str(f), str(Path(f).parent)]
     secrets += [str(Path(p)) for p in inputs] + [str(Path(p).resolve()) for p in inputs]
-    for secret in sorted({s for s in secrets if s and len(s) > 2}, key=len, reverse=True):
-        message = message.replace(secret, "<redacted>")
-    return message
+    return scrub_secrets(message, secrets)
 
 
 def predict_dicom(inputs: Sequence[PathLike], output_dir: PathLike, spec: ModelSpec, device: str = "auto",
