@@ -48,6 +48,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from clips_nnunet.dataset_conversion.write import write_image
 from clips_nnunet.io_utils import PathLike, atomic_path, atomic_write_bytes, atomic_write_json, read_json
 
 FAULTS = ("nac", "localizer", "missing-weight", "second-study", "corrupted")
@@ -553,8 +554,7 @@ def _write_nifti(array: np.ndarray, grid: GridSize, path: Path) -> None:
     z_axis, y_axis, x_axis = _grid_coordinates(grid.pet_shape, grid.pet_spacing)
     img.SetOrigin((float(x_axis[0, 0, 0]), float(y_axis[0, 0, 0]), float(z_axis[0, 0, 0])))
     img.SetSpacing(tuple(float(s) for s in reversed(grid.pet_spacing)))
-    with atomic_path(path, suffix=".nii.gz") as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=True)
+    write_image(img, path)
 
 
 def write_study(spec: StudySpec, cohort_dir: PathLike, size: str = "small",

@@ -12,7 +12,8 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from clips_nnunet.io_utils import atomic_path, atomic_write_json
+from clips_nnunet.dataset_conversion.write import write_image
+from clips_nnunet.io_utils import atomic_write_json
 
 
 def _sphere(shape: Tuple[int, int, int], centre: np.ndarray, radius: float) -> np.ndarray:
@@ -45,8 +46,7 @@ def make_case(rng: np.random.Generator, shape: Tuple[int, int, int], difficulty:
 def _write(array: np.ndarray, spacing: Sequence[float], path: Path) -> None:
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(tuple(float(s) for s in spacing[::-1]))
-    with atomic_path(path, suffix=".nii.gz") as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
+    write_image(image, path)
 
 
 def make_synthetic_raw_dataset(raw_root: Path, dataset_id: int = 990, name: str = "ClipsTiny",

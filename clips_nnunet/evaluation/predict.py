@@ -41,9 +41,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from clips_nnunet.dataset_conversion.write import scrub as scrub_secrets
+from clips_nnunet.dataset_conversion.write import scrub as scrub_secrets, write_image
 from clips_nnunet.errors import ClipsError, DatasetError, PatientError
-from clips_nnunet.io_utils import PathLike, atomic_path, atomic_write_json, read_json
+from clips_nnunet.io_utils import PathLike, atomic_write_json, read_json
 
 #: Files written per patient; ``report.json`` is written last and marks completion.
 OUTPUT_FILES = ("mask.nii.gz", "seg.dcm", "rtstruct.dcm", "mip_coronal.png", "report.md", "report.json")
@@ -270,8 +270,7 @@ def _clean_copy(image: sitk.Image, pixel_type=None) -> sitk.Image:
 def write_nifti(image: sitk.Image, path: PathLike) -> Path:
     """Write ``image`` (geometry only, no metadata) as compressed NIfTI, atomically."""
     path = Path(path)
-    with atomic_path(path, suffix=FILE_ENDING) as tmp:
-        sitk.WriteImage(_clean_copy(image), str(tmp), useCompression=True)
+    write_image(_clean_copy(image), path)
     return path
 
 
