@@ -85,7 +85,10 @@ def test_keys_follow_probabilities_with_two_workers_and_lag_is_bounded(tiny_prep
         assert lag <= 2 * num_cached + 2
         print(f"measured lag with 2 workers, num_cached={num_cached}: {lag} batches")
         keys, versions = _draw(gen, 120)
-        assert set(versions) == {v2}
+        # the other worker may still deliver batches it drew before the switch: they count as lag too
+        stale = sum(v != v2 for v in versions)
+        assert set(versions) <= {v1, v2} and lag + stale <= 2 * num_cached + 2
+        keys = [k for k, v in zip(keys, versions) if v == v2]
         _assert_follows(keys, ids, p_hard)
         assert 0.8 < sum(k in hard for k in keys) / len(keys) < 0.97
     finally:
