@@ -49,7 +49,7 @@ def imports_clips() -> None:
     import tqdm.auto  # noqa: F401
 
     from clips_nnunet.dataset_conversion import convert, index, masks, metadata, read, select, suv  # noqa: F401
-    from clips_nnunet.evaluation import lesions  # noqa: F401
+    from clips_nnunet import lesions  # noqa: F401
 
 
 def imports_dicom2nifti() -> None:
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_convert_")).resolve()
     cohort = work / "cohort"
     if not (cohort / "ground_truth" / "manifest.json").is_file():
-        from clips_nnunet.dataset_conversion.synthetic import make_synthetic_cohort
+        from clips_nnunet.synthetic.dicom_cohort import make_synthetic_cohort
         t = time.perf_counter()
         make_synthetic_cohort(cohort, n_patients=1, seed=0, size="wholebody", mask_formats=("seg",), progress=False)
         print(f"generated the whole-body study in {time.perf_counter() - t:.1f} s")

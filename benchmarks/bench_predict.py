@@ -87,7 +87,7 @@ def main() -> int:
                 (work / n).mkdir()
                 os.environ[n] = str(work / n)
             os.environ.setdefault("nnUNet_compile", "false")
-        from clips_nnunet.dataset_conversion.synthetic import make_synthetic_cohort
+        from clips_nnunet.synthetic.dicom_cohort import make_synthetic_cohort
 
         cohort = args.cohort
         if cohort is None:

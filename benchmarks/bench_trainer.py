@@ -33,7 +33,7 @@ def _prepare(workdir: Path, dataset_id: int, shape: int) -> None:
     pre = workdir / "nnUNet_preprocessed" / f"Dataset{dataset_id:03d}_ClipsTiny" / "nnUNetPlans_3d_fullres"
     if pre.is_dir():
         return
-    from clips_nnunet.dataset_conversion.synthetic_raw import make_synthetic_raw_dataset
+    from clips_nnunet.synthetic.raw import make_synthetic_raw_dataset
     make_synthetic_raw_dataset(workdir / "nnUNet_raw", dataset_id, shape=(shape, shape, shape))
     env = dict(os.environ, nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1")
     exe = Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"

@@ -279,7 +279,7 @@ def pair_with_ground_truth(workdir: Path, trainer: str, heldout_dicom: Path) -> 
     """Copy each predicted ``mask.nii.gz`` and the generator's ground-truth label and SUV of the same study into
     ``evaluation/<trainer>/inputs/{pred,gt,pet}/<pseudonym>...`` (joined on the StudyInstanceUID through the private
     pseudonym map of ``clips-nnunet predict`` and the generator's manifest); names stay pseudonymous."""
-    from clips_nnunet.dataset_conversion.synthetic import load_manifest
+    from clips_nnunet.synthetic.dicom_cohort import load_manifest
     from clips_nnunet.evaluation.predict import MAPPING_FILE
 
     mapping_path = workdir / "private" / "predict" / MAPPING_FILE

@@ -3,7 +3,7 @@
 A study is one YAML file (see ``benchmarks/learning/``). The harness
 
 1. prepares the dataset (an existing nnU-Net dataset id, or the tiny synthetic generator
-   :func:`clips_nnunet.dataset_conversion.synthetic_raw.make_synthetic_raw_dataset`, or the DICOM cohort generator
+   :func:`clips_nnunet.synthetic.raw.make_synthetic_raw_dataset`, or the DICOM cohort generator
    ``clips-nnunet synth`` + ``clips-nnunet convert``), runs ``nnUNetv2_plan_and_preprocess`` and optionally writes a
    difficulty-stratified ``splits_final.json``;
 2. generates one *budget subclass* per trainer in a study ext folder (``study_dir/ext/clips_study_trainers.py``):
@@ -622,7 +622,7 @@ def prepare_dataset(config: StudyConfig, echo: bool = True) -> StudyConfig:
     if config.dataset_source == "synthetic_raw":
         folder = raw_root / config.dataset_folder_name
         if not (folder / "dataset.json").is_file():
-            from clips_nnunet.dataset_conversion.synthetic_raw import make_synthetic_raw_dataset
+            from clips_nnunet.synthetic.raw import make_synthetic_raw_dataset
 
             opts = dict(config.dataset_options)
             for key in ("shape", "spacing"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from clips_nnunet.dataset_conversion.synthetic_raw import make_synthetic_raw_dataset
+from clips_nnunet.synthetic.raw import make_synthetic_raw_dataset
 from nnunet_helpers import nnunet_environment, run_cli
 
 TINY_DATASET_ID = 990

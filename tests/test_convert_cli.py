@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from clips_nnunet.dataset_conversion.synthetic import FAULTS, load_manifest, make_synthetic_cohort
+from clips_nnunet.synthetic.dicom_cohort import FAULTS, load_manifest, make_synthetic_cohort
 from clips_nnunet.io_utils import read_json
 from nnunet_helpers import BIN, nnunet_environment, run_cli
 

@@ -19,8 +19,8 @@ from pydicom.uid import generate_uid
 
 from clips_nnunet.dataset_conversion.convert import convert_cohort
 from clips_nnunet.dataset_conversion.masks import rasterise_rtstruct, read_seg_mask
-from clips_nnunet.dataset_conversion.synthetic import make_synthetic_cohort
-from clips_nnunet.evaluation.lesions import measure_lesions
+from clips_nnunet.synthetic.dicom_cohort import make_synthetic_cohort
+from clips_nnunet.lesions import measure_lesions
 from clips_nnunet.evaluation.predict import OUTPUT_FILES, ModelSpec, predict_dicom
 from clips_nnunet.io_utils import atomic_write_json, read_json
 from nnunet_helpers import nnunet_environment, run_cli

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from clips_nnunet.dataset_conversion.dicom_out import sort_source_datasets
 from clips_nnunet.errors import PatientError
-from clips_nnunet.evaluation.lesions import measure_lesions
+from clips_nnunet.lesions import measure_lesions
 from clips_nnunet.evaluation.predict import (OUTPUT_FILES, PseudonymMap, is_complete, safe_folder_name,
                                              write_patient_outputs)
 from clips_nnunet.io_utils import read_json

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from clips_nnunet.dataset_conversion.convert import convert_cohort
-from clips_nnunet.dataset_conversion.synthetic import load_manifest, make_synthetic_cohort
+from clips_nnunet.synthetic.dicom_cohort import load_manifest, make_synthetic_cohort
 from clips_nnunet.errors import DatasetError
 from clips_nnunet.io_utils import read_json
 

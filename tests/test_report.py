@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from clips_nnunet.evaluation.lesions import measure_lesions
+from clips_nnunet.lesions import measure_lesions
 from clips_nnunet.evaluation.mip import coronal_mip, save_coronal_mip
 from clips_nnunet.evaluation.report import build_report, render_markdown, write_report
 from clips_nnunet.io_utils import read_json

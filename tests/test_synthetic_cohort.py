@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from clips_nnunet.dataset_conversion.masks import rasterise_rtstruct, read_seg_mask
 from clips_nnunet.dataset_conversion.suv import read_pet_suv
-from clips_nnunet.dataset_conversion.synthetic import (SIZES, load_manifest, make_study_specs,
+from clips_nnunet.synthetic.dicom_cohort import (SIZES, load_manifest, make_study_specs,
                                                        make_synthetic_cohort)
 from nnunet_helpers import nnunet_environment, run_cli
 

@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from clips_nnunet.dataset_conversion.synthetic_raw import make_synthetic_raw_dataset
+from clips_nnunet.synthetic.raw import make_synthetic_raw_dataset
 from clips_nnunet.io_utils import read_json
 from nnunet_helpers import nnunet_environment, run_cli
 

@@ -55,7 +55,7 @@ def run_convert_autopet(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from clips_nnunet.dataset_conversion.synthetic import FAULTS, make_synthetic_cohort
+    from clips_nnunet.synthetic.dicom_cohort import FAULTS, make_synthetic_cohort
 
     faults = [f.strip() for f in (args.faults or "").split(",") if f.strip()]
     bad = [f for f in faults if f not in FAULTS]

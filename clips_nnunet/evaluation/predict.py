@@ -332,7 +332,7 @@ def write_patient_outputs(out_dir: Path, pseudonym: str, mask: sitk.Image, pet_s
     attributes are pseudonymised (:func:`pseudonymise_sources`).
     """
     from clips_nnunet.dataset_conversion.dicom_out import write_dicom_seg, write_rtstruct
-    from clips_nnunet.evaluation.lesions import measure_lesions
+    from clips_nnunet.lesions import measure_lesions
     from clips_nnunet.evaluation.mip import save_coronal_mip
     from clips_nnunet.evaluation.report import build_report, write_report
 
