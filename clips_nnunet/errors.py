@@ -1,6 +1,14 @@
 """Exceptions with messages a physicist can act on.
 
 Every error names *what* is wrong (patient, file, DICOM tag, parameter) and *what to do* about it.
+
+Exit codes of the ``clips-nnunet`` command (:func:`clips_nnunet.cli.main`):
+
+* 0: done;
+* 1: the command ran, but some patients/cases failed (listed in its report), or an unexpected internal error;
+* 2: the command could not run as asked: bad arguments or input (:class:`ClipsError`), an unusable environment
+  (full disk, read-only folder: :class:`OSError` / :class:`WriteError`), a busy dataset (:class:`LockedError`).
+  Nothing is created for a bad argument; the message is one line.
 """
 from __future__ import annotations
 
@@ -27,3 +35,11 @@ class CurriculumConfigError(ClipsError, ValueError):
 
 class DatasetError(ClipsError):
     """An nnU-Net dataset, plans file or results folder is missing or inconsistent."""
+
+
+class WriteError(ClipsError, OSError):
+    """A file could not be written completely (full disk, quota, read-only folder); nothing was published."""
+
+
+class LockedError(ClipsError):
+    """Another run holds the lock of a dataset or output folder."""
