@@ -208,6 +208,95 @@ def test_seg_on_another_series_is_rejected(tmp_path, dro_series):
         read_seg_mask(path, image, other, label="case_2")
 
 
+def _strip_spatial_locations_preserved(path: Path, out: Path, shift_frame=None, shift_mm=(0.0, 0.0, 0.0),
+                                      value=None, drop_references=False) -> Path:
+    """Re-save a SEG as QIICR's dcmqi writes it: no SpatialLocationsPreserved in any SourceImageSequence item
+    (or ``value`` instead); optionally move one frame's ImagePositionPatient or drop every frame's references."""
+    ds = pydicom.dcmread(str(path))
+    for i, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        for derivation in frame.DerivationImageSequence:
+            for src in derivation.SourceImageSequence:
+                del src.SpatialLocationsPreserved
+                if value is not None:
+                    src.SpatialLocationsPreserved = value
+        if drop_references:
+            del frame.DerivationImageSequence
+        if i == shift_frame:
+            plane = frame.PlanePositionSequence[0]
+            plane.ImagePositionPatient = [float(v) + d for v, d in zip(plane.ImagePositionPatient, shift_mm)]
+    ds.save_as(str(out))
+    return out
+
+
+def _eleven_segments():
+    """11 segments (as TCIA's QIN-HEADNECK SEGs have), some overlapping, on 20 DRO slices."""
+    arrays = []
+    for i in range(11):
+        a = np.zeros((20, 256, 256), dtype=np.uint8)
+        a[i + 2: i + 5, 20 * i + 5: 20 * i + 15, 30:40 + i] = 1
+        arrays.append(a)
+    return arrays
+
+
+def test_seg_without_spatial_locations_preserved_is_read_after_position_check(tmp_path, dro_series):
+    """dcmqi-style SEG (11 segments, no SpatialLocationsPreserved): highdicom refuses source-instance indexing;
+    we check each frame's position against the referenced PET instance and read it exactly."""
+    files, image, sources = dro_series
+    arrays = _eleven_segments()
+    original = tmp_path / "seg.dcm"
+    _make_seg(sources, arrays).save_as(str(original))
+    stripped = _strip_spatial_locations_preserved(original, tmp_path / "dcmqi_like.dcm")
+    seg = hd.seg.segread(str(stripped))
+    uids = [d.SOPInstanceUID for d in sources]
+    with pytest.raises(RuntimeError, match="spatial locations"):  # the failure seen on QIN-HEADNECK
+        seg.get_pixels_by_source_instance(uids[:3], segment_numbers=[1])
+    union = np.max(np.stack(arrays), axis=0)
+    got = read_seg_mask(stripped, image, files, label="case_1")
+    np.testing.assert_array_equal(got, union)
+    np.testing.assert_array_equal(read_seg_mask(original, image, files), union)  # same as with the attribute
+    np.testing.assert_array_equal(read_seg_mask(stripped, image, files, segment_pattern="^lesion 7$"), arrays[6])
+    # frames without any source reference: placed by their position on the PET grid
+    unreferenced = _strip_spatial_locations_preserved(original, tmp_path / "noref.dcm", drop_references=True)
+    np.testing.assert_array_equal(read_seg_mask(unreferenced, image, files), union)
+
+
+@pytest.mark.parametrize("shift_mm, value, match", [
+    ((0.0, 0.0, 4.0), None, r"frame 3 lies 4.00 mm from the instance it references"),  # next slice (4 mm spacing)
+    ((0.5, 0.0, 0.0), None, r"frame 3 lies 0.50 mm"),  # in-plane shift: not the referenced pixels either
+    ((0.0, 0.0, 0.0), "NO", r"SpatialLocationsPreserved NO"),
+])
+def test_seg_frame_that_contradicts_its_reference_is_rejected(tmp_path, dro_series, shift_mm, value, match):
+    files, image, sources = dro_series
+    original = tmp_path / "seg.dcm"
+    _make_seg(sources, _eleven_segments()[:2]).save_as(str(original))
+    bad = _strip_spatial_locations_preserved(original, tmp_path / "bad.dcm", shift_frame=2, shift_mm=shift_mm,
+                                             value=value)
+    with pytest.raises(PatientError, match=match) as info:
+        read_seg_mask(bad, image, files, label="case_7")
+    assert str(info.value).startswith("case_7") and "\n" not in str(info.value)
+
+
+def test_seg_with_frames_off_the_grid_and_no_references_is_rejected(tmp_path, dro_series):
+    files, image, sources = dro_series
+    original = tmp_path / "seg.dcm"
+    _make_seg(sources, _eleven_segments()[:1]).save_as(str(original))
+    bad = _strip_spatial_locations_preserved(original, tmp_path / "bad.dcm", shift_frame=0, shift_mm=(0, 0, 1.5),
+                                             drop_references=True)
+    with pytest.raises(PatientError, match=r"frame 1 lies 1.50 mm from the nearest slice of the series"):
+        read_seg_mask(bad, image, files, label="case_8")
+
+
+def test_seg_with_undecodable_frames_is_a_patient_error(tmp_path, dro_series):
+    files, image, sources = dro_series
+    original = tmp_path / "seg.dcm"
+    _make_seg(sources, _eleven_segments()[:1]).save_as(str(original))
+    ds = pydicom.dcmread(str(original))
+    ds.PixelData = ds.PixelData[:3]  # truncated pixel data
+    ds.save_as(str(tmp_path / "truncated.dcm"))
+    with pytest.raises(PatientError, match="re-export it"):
+        read_seg_mask(tmp_path / "truncated.dcm", image, files, label="case_9")
+
+
 # ------------------------------------------------------------------------------------------ NIfTI + grid moves
 def test_mask_to_grid_occupancy_and_small_lesions():
     fine = grid(size=(40, 40, 40), spacing=(1.0, 1.0, 1.0), origin=(-0.5, -0.5, -0.5))

@@ -6,7 +6,9 @@
   3D Slicer display); different ROIs are then united. A pixel is inside when its centre is inside the polygon.
 * :func:`read_seg_mask`: DICOM SEG read with highdicom; each frame is placed on the slice of the source instance it
   references (``SourceImageSequence``), segments selected by label are united, FRACTIONAL segments thresholded at
-  0.5. The SEG's references must point at the given series.
+  0.5. The SEG's references must point at the given series. Frames without ``SpatialLocationsPreserved`` (QIICR's
+  dcmqi omits it) are accepted only when their position matches the referenced instance's (within
+  :data:`POSITION_TOLERANCE_MM`); every failure is a :class:`PatientError` that says why.
 * :func:`mask_to_grid`: a mask on one grid (e.g. CT) to another (e.g. PET): the fraction of each target voxel
   occupied by the mask (box average over the target voxel, then linear interpolation) thresholded at 0.5; a
   connected lesion that would vanish entirely keeps the target voxel at its centroid (small lesions survive).
@@ -26,12 +28,15 @@ from ..errors import PatientError
 from .read import describe_exception
 
 __all__ = ["rtstruct_roi_names", "rasterise_rtstruct", "read_seg_mask", "seg_segment_labels", "read_mask_file",
-           "mask_to_grid", "same_grid"]
+           "mask_to_grid", "same_grid", "POSITION_TOLERANCE_MM"]
 
 PathLike = Union[str, os.PathLike]
 
 #: A contour whose points spread over more than twice this (in slices of the reference) is not parallel to them.
 SLICE_TOLERANCE = 0.3
+#: A SEG frame without SpatialLocationsPreserved is accepted when its ImagePositionPatient lies this close (mm) to
+#: the instance it references (a frame on a neighbouring slice is a slice thickness, >= ~1 mm, away).
+POSITION_TOLERANCE_MM = 0.1
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-3) -> bool:
@@ -148,18 +153,69 @@ def seg_segment_labels(seg_path: PathLike) -> Dict[int, str]:
     return {int(s.SegmentNumber): str(s.get("SegmentLabel", "")) for s in ds.get("SegmentSequence", []) or []}
 
 
+def _seg_value(item: pydicom.Dataset, shared: Optional[pydicom.Dataset], sequence: str) -> Optional[pydicom.Dataset]:
+    """First item of functional-group ``sequence`` of one frame (per-frame group first, then the shared one)."""
+    for group in (item, shared):
+        if group is not None and sequence in group and len(group[sequence].value):
+            return group[sequence].value[0]
+    return None
+
+
+def _frame_sources(item: pydicom.Dataset, shared: Optional[pydicom.Dataset]) -> List[Tuple[str, Optional[str]]]:
+    """(ReferencedSOPInstanceUID, SpatialLocationsPreserved or None) of every source image one frame names
+    (DerivationImageSequence > SourceImageSequence, per-frame group first, then the shared one)."""
+    for group in (item, shared):
+        if group is None or "DerivationImageSequence" not in group:
+            continue
+        found = [(str(src.ReferencedSOPInstanceUID),
+                  str(src.SpatialLocationsPreserved).upper() if src.get("SpatialLocationsPreserved") else None)
+                 for derivation in group.DerivationImageSequence
+                 for src in derivation.get("SourceImageSequence", []) or [] if "ReferencedSOPInstanceUID" in src]
+        if found:
+            return found
+    return []
+
+
+def _seg_orientation_problem(seg: pydicom.Dataset, reference: sitk.Image) -> Optional[str]:
+    """Why the SEG's plane orientation / pixel spacing cannot lie on ``reference``'s slices (None when they can)."""
+    shared = seg.SharedFunctionalGroupsSequence[0] if seg.get("SharedFunctionalGroupsSequence") else None
+    orientation = _seg_value(shared, None, "PlaneOrientationSequence") if shared is not None else None
+    if orientation is not None and "ImageOrientationPatient" in orientation:
+        iop = np.asarray([float(v) for v in orientation.ImageOrientationPatient])
+        direction = np.asarray(reference.GetDirection()).reshape(3, 3)
+        if not np.allclose(iop, np.concatenate([direction[:, 0], direction[:, 1]]), atol=1e-3):
+            return "its ImageOrientationPatient differs from the series' orientation"
+    measures = _seg_value(shared, None, "PixelMeasuresSequence") if shared is not None else None
+    if measures is not None and "PixelSpacing" in measures:
+        row_col = [float(v) for v in measures.PixelSpacing]  # (between rows = y, between columns = x)
+        if not np.allclose(row_col, reference.GetSpacing()[1::-1], rtol=1e-3, atol=1e-3):
+            return f"its PixelSpacing {row_col} differs from the series' {list(reference.GetSpacing()[1::-1])}"
+    return None
+
+
 def read_seg_mask(seg_path: PathLike, reference: sitk.Image, reference_files: Sequence[PathLike], label: str = "",
                   segment_pattern: Optional[str] = None,
-                  reference_headers: Optional[Sequence[pydicom.Dataset]] = None) -> np.ndarray:
+                  reference_headers: Optional[Sequence[pydicom.Dataset]] = None,
+                  position_tolerance_mm: float = POSITION_TOLERANCE_MM) -> np.ndarray:
     """DICOM SEG -> uint8 mask (z, y, x) on ``reference``'s grid (the image series the SEG was drawn on).
 
     ``reference_files`` are that series' files (any order); each SEG frame goes to the slice of the source
-    instance it references. ``segment_pattern`` (case-insensitive regex on SegmentLabel, ``None``: all segments)
-    selects the segments that are united. FRACTIONAL segments are thresholded at 0.5. Raises
-    :class:`PatientError` when the SEG references instances that are not in ``reference_files``, or its frames do
-    not match the reference's rows/columns. ``reference_headers``: the already parsed headers of
-    ``reference_files`` (any order; SOPInstanceUID and ImagePositionPatient are used), so that they are not parsed
-    again; by default they are read from ``reference_files``.
+    instance it references (DerivationImageSequence > SourceImageSequence). ``segment_pattern``
+    (case-insensitive regex on SegmentLabel, ``None``: all segments) selects the segments that are united.
+    FRACTIONAL segments are thresholded at 0.5; LABELMAP frames hold segment numbers.
+
+    A frame whose source reference says ``SpatialLocationsPreserved`` YES is placed on the referenced slice.
+    Writers that omit the attribute (QIICR's dcmqi, e.g. TCIA's QIN-HEADNECK SEGs) are accepted after a check: the
+    frame's ImagePositionPatient (PlanePositionSequence) must lie within ``position_tolerance_mm`` of the
+    referenced instance's, and the SEG's orientation and pixel spacing must be the series'. A frame that references
+    no instance at all is placed by its position on ``reference``'s grid (within the same tolerance).
+
+    Raises :class:`PatientError` (one line naming the problem) when the SEG cannot be read, references instances
+    that are not in ``reference_files``, its frames do not match the reference's rows/columns, a frame says
+    SpatialLocationsPreserved NO / REORIENTED_ONLY, or a frame's position contradicts its reference.
+    ``reference_headers``: the already parsed headers of ``reference_files`` (any order; SOPInstanceUID and
+    ImagePositionPatient are used), so that they are not parsed again; by default they are read from
+    ``reference_files``.
     """
     import highdicom as hd
 
@@ -178,8 +234,6 @@ def read_seg_mask(seg_path: PathLike, reference: sitk.Image, reference_files: Se
     if not numbers:
         raise PatientError(label, f"no SEG segment label matches {segment_pattern!r}; segments: "
                                   f"{sorted(labels.values())}")
-    # slice index of each reference instance, from its position on the reference grid
-    uid_to_k: Dict[str, int] = {}
     if reference_headers is None:
         reference_headers = [pydicom.dcmread(str(f), stop_before_pixels=True,
                                              specific_tags=["SOPInstanceUID", "ImagePositionPatient"])
@@ -187,23 +241,93 @@ def read_seg_mask(seg_path: PathLike, reference: sitk.Image, reference_files: Se
     elif len(reference_headers) != len(reference_files):
         raise ValueError(f"reference_headers has {len(reference_headers)} datasets for {len(reference_files)} "
                          "reference_files; pass the headers of exactly those files")
+    # slice index and position of each reference instance, from its position on the reference grid
+    uid_to_k: Dict[str, int] = {}
+    uid_to_position: Dict[str, np.ndarray] = {}
     for h in reference_headers:
-        k = reference.TransformPhysicalPointToContinuousIndex([float(v) for v in h.ImagePositionPatient])[2]
-        uid_to_k[str(h.SOPInstanceUID)] = int(round(k))
-    source_uids = [uid for _, _, uid in seg.get_source_image_uids()]
-    missing = [u for u in source_uids if u not in uid_to_k]
-    if not source_uids or len(missing) == len(source_uids):
+        position = np.asarray([float(v) for v in h.ImagePositionPatient])
+        uid_to_k[str(h.SOPInstanceUID)] = int(round(reference.TransformPhysicalPointToContinuousIndex(position)[2]))
+        uid_to_position[str(h.SOPInstanceUID)] = position
+    source_uids = {uid for _, _, uid in seg.get_source_image_uids()}
+    if source_uids and not source_uids & set(uid_to_k):
         raise PatientError(label, "the SEG does not reference any instance of the given image series; it was drawn on"
                                   " another series. Check the series pairing (or export the SEG on the chosen series)")
-    referenced = sorted((u for u in uid_to_k if u in set(source_uids)), key=lambda u: uid_to_k[u])
-    pixels = seg.get_pixels_by_source_instance(referenced, segment_numbers=numbers, combine_segments=False,
-                                               rescale_fractional=True, skip_overlap_checks=True,
-                                               dtype=np.float32)
+    try:
+        return _place_seg_frames(seg, reference, uid_to_k, uid_to_position, numbers, position_tolerance_mm)
+    except _SegFrameError as exc:
+        raise PatientError(label, f"the SEG cannot be placed on the series: {exc}") from None
+    except Exception as exc:  # pixel data a library cannot decode, malformed functional groups, ...
+        raise PatientError(label, f"the SEG frames cannot be read ({describe_exception(exc, seg_path)}); "
+                                  "re-export it") from exc
+
+
+class _SegFrameError(Exception):
+    """A SEG frame that cannot be placed on the reference series (the message says why)."""
+
+
+def _place_seg_frames(seg: pydicom.Dataset, reference: sitk.Image, uid_to_k: Dict[str, int],
+                      uid_to_position: Dict[str, np.ndarray], numbers: Sequence[int],
+                      tolerance: float) -> np.ndarray:
+    """The union of the selected segments' frames, each on its slice of ``reference`` (see :func:`read_seg_mask`)."""
+    size = reference.GetSize()
     out = np.zeros((size[2], size[1], size[0]), dtype=np.uint8)
-    for i, uid in enumerate(referenced):
-        k = uid_to_k[uid]
-        if 0 <= k < size[2]:
-            out[k] |= (pixels[i].max(axis=-1) >= 0.5).astype(np.uint8)
+    seg_type = str(seg.SegmentationType).upper()
+    max_fraction = float(seg.get("MaximumFractionalValue", 255) or 255)
+    shared = seg.SharedFunctionalGroupsSequence[0] if seg.get("SharedFunctionalGroupsSequence") else None
+    per_frame = seg.get("PerFrameFunctionalGroupsSequence") or []
+    n_frames = int(seg.get("NumberOfFrames", 1) or 1)
+    wanted = set(numbers)
+    geometry_checked = False
+    for i in range(n_frames):
+        item = per_frame[i] if i < len(per_frame) else pydicom.Dataset()
+        if seg_type != "LABELMAP":
+            identification = _seg_value(item, shared, "SegmentIdentificationSequence")
+            if identification is None or int(identification.ReferencedSegmentNumber) not in wanted:
+                continue
+        plane = _seg_value(item, shared, "PlanePositionSequence")
+        position = (np.asarray([float(v) for v in plane.ImagePositionPatient])
+                    if plane is not None and "ImagePositionPatient" in plane else None)
+        sources = _frame_sources(item, shared)
+        resolved = [(uid, preserved) for uid, preserved in sources if uid in uid_to_k]
+        if sources and not resolved:
+            raise _SegFrameError(f"frame {i + 1} references only instances that are not in the series")
+        if resolved and resolved[0][1] == "YES":
+            k = uid_to_k[resolved[0][0]]
+        elif resolved and resolved[0][1] is not None:
+            raise _SegFrameError(f"frame {i + 1} says SpatialLocationsPreserved {resolved[0][1]}: its pixels are not "
+                                 "on the referenced slice; resample the SEG onto the series")
+        else:  # no SpatialLocationsPreserved (dcmqi) or no reference: the frame's position decides
+            if position is None:
+                raise _SegFrameError(f"frame {i + 1} has neither SpatialLocationsPreserved nor a position "
+                                     "(PlanePositionSequence); it cannot be placed")
+            if not geometry_checked:
+                problem = _seg_orientation_problem(seg, reference)
+                if problem:
+                    raise _SegFrameError(problem)
+                geometry_checked = True
+            if resolved:
+                k = uid_to_k[resolved[0][0]]
+                expected = uid_to_position[resolved[0][0]]
+                where = "the instance it references"
+            else:
+                k = int(round(reference.TransformPhysicalPointToContinuousIndex(position.tolist())[2]))
+                expected = np.asarray(reference.TransformIndexToPhysicalPoint([0, 0, k]))
+                where = "the nearest slice of the series"
+            distance = float(np.linalg.norm(position - expected))
+            if distance > tolerance:
+                raise _SegFrameError(f"frame {i + 1} lies {distance:.2f} mm from {where} (tolerance "
+                                     f"{tolerance} mm) and has no SpatialLocationsPreserved; the SEG does not fit "
+                                     "this series")
+        if not 0 <= k < size[2]:
+            continue
+        stored = np.asarray(seg.get_stored_frame(i + 1))
+        if seg_type == "LABELMAP":
+            frame = np.isin(stored, list(wanted))
+        elif seg_type == "FRACTIONAL":
+            frame = stored.astype(np.float32) / max_fraction >= 0.5
+        else:
+            frame = stored > 0
+        out[k] |= frame.astype(np.uint8)
     return out
 
 
