@@ -215,6 +215,8 @@ def prepare_study(selection, overrides=None, labels: LabelOption | str = "auto",
                 problems.append(e.reason)
         if mask is None and problems:
             raise PatientError(label, "no usable mask: " + "; ".join(problems))
+        if mask is not None and problems:  # a fallback (e.g. unreadable SEG -> RTSTRUCT) is always reported
+            warnings.append(f"--labels {option.mode}: used the {source} because " + "; ".join(problems))
         if mask is None and selection.masks:
             warnings.append(f"--labels {option.mode}: none of the study's {len(selection.masks)} mask object(s) is "
                             f"of that kind ({', '.join(sorted({m.modality for m in selection.masks}))}): written to "
