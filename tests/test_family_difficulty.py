@@ -11,8 +11,8 @@ import SimpleITK as sitk
 
 from clips_nnunet.cli import main as cli_main
 from clips_nnunet.curriculum.difficulty import (difficulty_from_metadata, difficulty_ranks_from_table,
-                                                groups_from_metadata, probability_loss, rank_normalise,
-                                                read_difficulty_csv, score_cross_validation, tmtv_error)
+                                                groups_from_metadata, rank_normalise, read_difficulty_csv)
+from clips_nnunet.evaluation.scoring import probability_loss, score_cross_validation, tmtv_error
 from clips_nnunet.errors import CurriculumConfigError, DatasetError
 
 

@@ -213,7 +213,7 @@ def test_cli_train_predict_and_score(family_env, tmp_path, monkeypatch):
     """``nnUNetv2_train`` (with nnU-Net's final validation) and ``nnUNetv2_predict`` of the smoothing trainer, whose
     training network has blur hooks and whose rebuilt network must not; ``clips-nnunet score`` then reads its
     out-of-fold predictions, and :func:`score_with_model` runs the trained model on the training images."""
-    from clips_nnunet.curriculum.difficulty import score_with_model
+    from clips_nnunet.evaluation.scoring import score_with_model
 
     base, env, dataset_id, ext = family_env
     name = "nnUNetTrainerCLSmoothingShort"

@@ -15,7 +15,8 @@ import argparse
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from clips_nnunet.curriculum.difficulty import score_cross_validation, score_with_model, write_difficulty_csv
+    from clips_nnunet.curriculum.difficulty import write_difficulty_csv
+    from clips_nnunet.evaluation.scoring import score_cross_validation, score_with_model
     from clips_nnunet.errors import CurriculumConfigError
 
     if args.predict:

@@ -26,11 +26,12 @@ deviation of the cohort means of the individual folders (how much a trainer's re
 Difficulty tertiles
 -------------------
 Each case gets a difficulty (higher = harder) from, in order of precedence:
-``difficulty_csv`` (columns ``case_id,difficulty``, e.g. from ``clips-nnunet score``); ``metadata``
-(``case_metadata.json``: ``{case: {key: value}}``, ``metadata_key`` default ``tmtv_ml``; small TMTV = hard, so for
-``tmtv_ml`` the value is negated; other keys count higher = harder unless ``harder_when='low'``); by default the
-baseline's own ``1 - Dice`` (cases without true lesion have no Dice and stay unassigned). Cases with a difficulty
-are sorted by (difficulty, case id) and split into three near-equal tertiles *easy*, *medium*, *hard*.
+``difficulty_csv`` (``case_id,difficulty``, e.g. from ``clips-nnunet score``); ``metadata``
+(``case_metadata.json``, ``metadata_key`` default ``tmtv_ml``) ranked by the same definition the curricula use
+(:mod:`clips_nnunet.curriculum.difficulty`: each measure's direction, e.g. small TMTV or low SUVmax = hard, and
+lesion-free cases at the median rank); by default the baseline's own ``1 - Dice`` (cases without true lesion have no
+Dice and stay unassigned). Cases with a difficulty are sorted by (difficulty, case id) and split into three
+near-equal tertiles *easy*, *medium*, *hard*.
 
 Statistics
 ----------
@@ -51,10 +52,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from clips_nnunet.curriculum.difficulty import (describe_metadata_difficulty, difficulty_from_metadata,
+                                                parse_difficulty_csv, read_case_metadata)
 from clips_nnunet.errors import CurriculumConfigError, DatasetError
 from clips_nnunet.evaluation.evaluate import (CaseFiles, detect_file_ending, evaluate_cases, list_cases,
                                               write_rows_csv)
@@ -231,55 +234,28 @@ def default_group_names(folders: Sequence[PathLike]) -> List[str]:
 
 
 # ------------------------------------------------------------------------------------------------------ difficulty
-def read_difficulty_csv(path: PathLike) -> Dict[str, float]:
-    """``{case_id: difficulty}`` from a CSV with columns ``case_id,difficulty`` (higher = harder)."""
-    import pandas as pd
-
-    path = Path(path)
-    try:
-        df = pd.read_csv(path, dtype={"case_id": str})
-    except (OSError, ValueError) as e:
-        raise CurriculumConfigError(f"difficulty file {path}: cannot read it as CSV ({e})") from e
-    missing = {"case_id", "difficulty"} - set(df.columns)
-    if missing:
-        raise CurriculumConfigError(f"difficulty file {path} lacks column(s) {sorted(missing)}; it needs a header "
-                                    f"'case_id,difficulty' (as written by clips-nnunet score)")
-    vals = pd.to_numeric(df["difficulty"], errors="coerce")
-    bad = df["case_id"][vals.isna()].tolist()
-    if bad:
-        raise CurriculumConfigError(f"difficulty file {path}: non-numeric difficulty for case(s) {bad[:5]}; fix or "
-                                    f"remove those rows")
-    dups = df["case_id"][df["case_id"].duplicated()].tolist()
-    if dups:
-        raise CurriculumConfigError(f"difficulty file {path}: case(s) {dups[:5]} listed twice; keep one row each")
-    return {str(c): float(v) for c, v in zip(df["case_id"], vals)}
-
-
-def difficulty_from_metadata(path: PathLike, key: str = "tmtv_ml",
-                             harder_when: Optional[str] = None) -> Dict[str, float]:
-    """Difficulty from ``case_metadata.json`` (``{case: {key: value}}``): ``-value`` when ``harder_when='low'``
-    (default for ``tmtv_ml``: small total volume = small, faint lesions = hard), ``value`` when ``'high'``
-    (default for other keys, e.g. ``planted_difficulty``). Cases without a numeric ``key`` are left out."""
-    path = Path(path)
-    if harder_when is None:
-        harder_when = "low" if key == "tmtv_ml" else "high"
-    if harder_when not in ("low", "high"):
-        raise CurriculumConfigError(f"harder_when must be 'low' or 'high', got {harder_when!r}")
-    try:
-        meta = read_json(path)
-    except (OSError, ValueError) as e:
-        raise CurriculumConfigError(f"metadata file {path}: cannot read JSON ({e})") from e
-    if not isinstance(meta, dict):
-        raise CurriculumConfigError(f"metadata file {path}: expected {{case_id: {{...}}}}, got {type(meta).__name__}")
-    out = {}
-    for case, info in meta.items():
-        v = info.get(key) if isinstance(info, dict) else None
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            out[str(case)] = -float(v) if harder_when == "low" else float(v)
-    if not out:
-        raise CurriculumConfigError(f"metadata file {path}: no case has a numeric {key!r}; choose another "
-                                    f"--metadata-key (e.g. planted_difficulty, tmtv_ml)")
-    return out
+def case_difficulty(case_ids: Sequence[str], metadata: Optional[PathLike] = None, metadata_key: str = "tmtv_ml",
+                    harder_when: Optional[str] = None, difficulty_csv: Optional[PathLike] = None
+                    ) -> Tuple[Dict[str, float], str]:
+    """``({case: difficulty}, description)`` of ``case_ids`` from a difficulty CSV (raw scores, higher = harder) or
+    ``case_metadata.json`` (ranks in [0, 1] over these cases), both by the one definition in
+    :mod:`clips_nnunet.curriculum.difficulty` (the directions of its ``METADATA_MEASURES``, lesion-free cases at the
+    median). Cases the source does not know are left out (the caller warns)."""
+    if difficulty_csv is not None:
+        table = parse_difficulty_csv(difficulty_csv)
+        if table.hard_list:
+            raise CurriculumConfigError(f"difficulty file {difficulty_csv} is a plain list of case ids; tertiles need "
+                                        f"a score per case: 'case_id,difficulty' (as written by clips-nnunet score)")
+        return ({c: table.scores[c] for c in case_ids if c in table.scores},
+                f"difficulty CSV {Path(difficulty_csv).name}")
+    assert metadata is not None
+    meta = read_case_metadata(metadata)
+    known = sorted(c for c in set(case_ids) if c in meta)
+    if not known:
+        raise CurriculumConfigError(f"metadata file {metadata}: none of the {len(case_ids)} evaluated cases is in it; "
+                                    f"give the case_metadata.json of this dataset")
+    return (difficulty_from_metadata(meta, known, metadata_key, harder_when=harder_when),
+            f"{Path(metadata).name}: {describe_metadata_difficulty(metadata_key, harder_when=harder_when)}")
 
 
 def assign_tertiles(difficulty: Mapping[str, float]) -> Dict[str, str]:
@@ -447,12 +423,9 @@ def compare_results(groups: Union[Mapping[str, Sequence[PathLike]], Sequence[Pat
                             f"{len(s & case_sets[baseline])} shared cases")
 
     # difficulty
-    if difficulty_csv is not None:
-        difficulty, dsrc = read_difficulty_csv(difficulty_csv), f"difficulty CSV {Path(difficulty_csv).name}"
-    elif metadata is not None:
-        difficulty = difficulty_from_metadata(metadata, metadata_key, harder_when)
-        hw = harder_when or ("low" if metadata_key == "tmtv_ml" else "high")
-        dsrc = f"{Path(metadata).name}: {metadata_key} ({'lower' if hw == 'low' else 'higher'} = harder)"
+    if difficulty_csv is not None or metadata is not None:
+        difficulty, dsrc = case_difficulty(sorted(set(per_case.case_id)), metadata, metadata_key, harder_when,
+                                           difficulty_csv)
     else:
         b = per_case[per_case.group == baseline]
         difficulty = {c: 1.0 - d for c, d, pos in zip(b.case_id, b.dice.astype(float), b.has_true_lesion)
