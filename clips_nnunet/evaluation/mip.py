@@ -11,7 +11,7 @@ with the aspect ratio taken from the voxel spacing so anisotropic volumes are no
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -97,7 +97,3 @@ def save_coronal_mip(suv: sitk.Image, mask: Optional[sitk.Image], output_path: P
         fig.savefig(tmp, dpi=dpi, format="png")
     return output_path
 
-
-def lps_spacing_zyx(image: sitk.Image) -> Sequence[float]:
-    """Voxel spacing (z, y, x) in mm after reorientation to LPS (used by the MIP's aspect ratio)."""
-    return tuple(float(s) for s in sitk.DICOMOrient(image, "LPS").GetSpacing()[::-1])
