@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-import pydicom
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -269,9 +268,11 @@ def write_rtstruct(mask: np.ndarray, source_datasets: Sequence[Dataset], output_
     ds.StructureSetLabel = roi_name[:16]
     ds.StructureSetDate = now.strftime("%Y%m%d")
     ds.StructureSetTime = now.strftime("%H%M%S")
-    ds.ContentDate = ds.StructureSetDate
-    ds.ContentTime = ds.StructureSetTime
     ds.SpecificCharacterSet = "ISO_IR 100"
+    # Type 2 attributes of the RT Series and Frame of Reference modules (PS3.3 C.8.8.1, C.7.4.1): present, empty
+    # when unknown. The position reference is the source series' (same frame of reference).
+    ds.OperatorsName = ""
+    ds.PositionReferenceIndicator = ref.get("PositionReferenceIndicator", "") or ""
 
     # Referenced Frame of Reference -> Study -> Series -> Contour Image Sequence (all source instances)
     contour_images = []
@@ -335,8 +336,3 @@ def write_rtstruct(mask: np.ndarray, source_datasets: Sequence[Dataset], output_
     with atomic_path(output_path, suffix=".dcm") as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     return output_path
-
-
-def read_datasets(files: Sequence[PathLike]) -> List[Dataset]:
-    """Read a series' files fully (pixels included), e.g. to pass them as ``source_datasets``."""
-    return [pydicom.dcmread(str(f)) for f in files]
