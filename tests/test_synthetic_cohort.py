@@ -133,3 +133,21 @@ def test_synth_cli_plants_faults(tmp_path):
     assert "LOCALIZER" in pydicom.dcmread(topogram).ImageType
     bad = run_cli(["clips-nnunet", "synth", str(tmp_path / "x"), "--faults", "nope"], env, check=False)
     assert bad.returncode == 2 and "unknown fault" in bad.stderr
+
+
+def test_seg_and_rtstruct_carry_the_planted_annotation_errors(tmp_path):
+    """SEG and RTSTRUCT are written from the erroneous mask; the clean mask stays in ground_truth/."""
+    manifest = make_synthetic_cohort(tmp_path, n_patients=3, seed=5, progress=False, label_error_fraction=1.0,
+                                     label_error_kinds=["slice_shift", "missed_lesion"])
+    planted = [s for s in manifest["studies"] if s["annotation_error"]["kind"]]
+    assert len(planted) >= 2
+    for s in planted:
+        d = tmp_path / s["study_dir"]
+        clean_img = sitk.ReadImage(str(tmp_path / s["label_path"]))
+        clean = sitk.GetArrayFromImage(clean_img).astype(bool)
+        noisy = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / s["annotated_label_path"]))).astype(bool)
+        assert int((noisy != clean).sum()) == s["annotation_error"]["changed_voxels"] > 0
+        seg = read_seg_mask(d / "SEG" / "lesions_seg.dcm", clean_img, _pet_files(tmp_path, s), label=s["key"])
+        rt = rasterise_rtstruct(d / "RTSTRUCT" / "lesions_rtstruct.dcm", clean_img, label=s["key"])
+        assert np.array_equal(seg.astype(bool), noisy)
+        assert 2.0 * np.logical_and(rt, noisy).sum() / (rt.sum() + noisy.sum()) > 0.99

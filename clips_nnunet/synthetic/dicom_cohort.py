@@ -32,6 +32,10 @@ Faults (``faults=``): ``nac`` (an extra non-attenuation-corrected PET series; mu
 (an extra one-image CT localizer series; must be ignored), ``missing-weight`` (PatientWeight removed; that patient
 must fail naming the tag, except a Philips one, whose SUV factor (7053,1000) needs no weight), ``second-study`` (a follow-up study for the same patient; two cases, one patient
 group), ``corrupted`` (one PET slice file truncated; that patient must fail, the rest convert).
+
+Annotation errors (``label_error_fraction=``, ``label_error_kinds=``; :mod:`clips_nnunet.synthetic.annotation_errors`):
+SEG and RTSTRUCT are written from the erroneous mask (also in ``ground_truth/<study>_label_annotated.nii.gz``);
+``<study>_label.nii.gz`` stays the clean mask and the manifest entry's ``annotation_error`` says what was planted.
 """
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from clips_nnunet.dataset_conversion.write import write_image
 from clips_nnunet.io_utils import PathLike, atomic_path, atomic_write_bytes, atomic_write_json, read_json
+from clips_nnunet.synthetic.annotation_errors import ERROR_KINDS, choose_error_cases, plant_annotation_error
 
 FAULTS = ("nac", "localizer", "missing-weight", "second-study", "corrupted")
 VENDORS = ("SIEMENS", "GE", "PHILIPS")
@@ -128,6 +133,7 @@ class StudySpec:
     identity: Dict[str, str]
     faults: List[str] = field(default_factory=list)
     seed: int = 0
+    annotation_error: str = ""  # planted annotation error kind ("" = clean mask)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -584,12 +590,16 @@ def write_study(spec: StudySpec, cohort_dir: PathLike, size: str = "small",
                              "has_hole": bool(any(l.core_fraction > 0 for l in spec.lesions)),
                              "n_label_voxels": int(label.sum()),
                              "tmtv_ml": float(label.sum() * np.prod(grid.pet_spacing) / 1000.0)}
-    if label.any():
+    annotated, entry["annotation_error"] = label, {"kind": None}
+    if spec.annotation_error:
+        annotated, entry["annotation_error"] = plant_annotation_error(
+            label, spec.annotation_error, np.random.default_rng([spec.seed, 1]), suv=gt_suv)
+    if annotated.any():
         if "seg" in mask_formats:
-            write_dicom_seg(label, pet_ds, study_dir / "SEG" / "lesions_seg.dcm", segment_label="lymphoma",
+            write_dicom_seg(annotated, pet_ds, study_dir / "SEG" / "lesions_seg.dcm", segment_label="lymphoma",
                             algorithm_type="MANUAL", series_description="Lymphoma lesions (expert)")
         if "rtstruct" in mask_formats:
-            write_rtstruct(label, pet_ds, study_dir / "RTSTRUCT" / "lesions_rtstruct.dcm", roi_name="Lymphoma",
+            write_rtstruct(annotated, pet_ds, study_dir / "RTSTRUCT" / "lesions_rtstruct.dcm", roi_name="Lymphoma",
                            roi_generation_algorithm="MANUAL", series_description="Lymphoma contours (expert)")
     if "corrupted" in spec.faults:
         victim = sorted((study_dir / "PET").glob("*.dcm"))[len(pet_ds) // 2]
@@ -600,6 +610,9 @@ def write_study(spec: StudySpec, cohort_dir: PathLike, size: str = "small",
     _write_nifti(label, grid, gt_dir / f"{spec.key}_label.nii.gz")
     entry["suv_path"] = f"{GROUND_TRUTH_DIR}/{spec.key}_suv.nii.gz"
     entry["label_path"] = f"{GROUND_TRUTH_DIR}/{spec.key}_label.nii.gz"
+    if spec.annotation_error:
+        _write_nifti(annotated, grid, gt_dir / f"{spec.key}_label_annotated.nii.gz")
+        entry["annotated_label_path"] = f"{GROUND_TRUTH_DIR}/{spec.key}_label_annotated.nii.gz"
     entry["expected"] = _expected_outcome(spec)
     return entry
 
@@ -615,7 +628,8 @@ def _expected_outcome(spec: StudySpec) -> Dict[str, Any]:
 
 def make_synthetic_cohort(cohort_dir: PathLike, n_patients: int = 16, seed: int = 0, size: str = "small",
                           faults: Iterable[str] = (), mask_formats: Sequence[str] = ("seg", "rtstruct"),
-                          progress: bool = True) -> Dict[str, Any]:
+                          progress: bool = True, label_error_fraction: float = 0.0,
+                          label_error_kinds: Sequence[str] = ERROR_KINDS) -> Dict[str, Any]:
     """Write a synthetic PET/CT DICOM cohort to ``cohort_dir`` and return its manifest.
 
     Layout: ``patient_NNN/study_K/{CT,PET,SEG,RTSTRUCT[,PET_NAC,CT_TOPOGRAM]}/*.dcm`` and the private
@@ -629,11 +643,16 @@ def make_synthetic_cohort(cohort_dir: PathLike, n_patients: int = 16, seed: int 
         if m not in ("seg", "rtstruct"):
             raise ValueError(f"unknown mask format {m!r}: use 'seg' and/or 'rtstruct'")
     specs = make_study_specs(n_patients, seed=seed, size=size, faults=faults)
+    planned = choose_error_cases([s.key for s in specs], label_error_fraction, label_error_kinds,
+                                 np.random.default_rng([seed, 1]))  # studies with an annotation error
+    for s in specs:
+        s.annotation_error = planned.get(s.key, "")
     cohort_dir = Path(cohort_dir)
     cohort_dir.mkdir(parents=True, exist_ok=True)
     studies = [write_study(s, cohort_dir, size=size, mask_formats=mask_formats)
                for s in tqdm(specs, desc="synth", unit="study", disable=not progress)]
     manifest = {"generator": {"n_patients": n_patients, "seed": seed, "size": size, "faults": list(faults),
+                              "label_error_fraction": float(label_error_fraction),
                               "mask_formats": list(mask_formats), "grid": dataclasses.asdict(SIZES[size])},
                 "studies": studies}
     atomic_write_json(cohort_dir / GROUND_TRUTH_DIR / MANIFEST_NAME, manifest)

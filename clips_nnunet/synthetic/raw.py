@@ -2,18 +2,30 @@
 
 Used by tests and benchmarks of the trainers, where DICOM conversion would only cost time. Easy cases carry one
 large, high-contrast lesion; hard cases carry small, faint lesions. ``case_metadata.json`` records the planted
-difficulty so curriculum tests can check that easy cases are sampled before hard ones.
+difficulty so curriculum tests can check that easy cases are sampled before hard ones: the hardest cases are the
+planted *hard but correctly annotated* patients.
+
+With ``label_error_fraction > 0`` a fraction of the training cases gets a planted annotation error
+(:mod:`clips_nnunet.synthetic.annotation_errors`) in ``labelsTr``, and every case also carries a bladder-like
+physiological hot region near the bottom of the volume (never labelled in the clean masks). The clean masks and each
+case's error are written *beside* the dataset, never inside it: ``<raw_root>/../clips_truth/Dataset{id}_{name}/``
+holds ``labels_clean/{case}.nii.gz`` (all cases) and ``annotation_errors.json`` (see :func:`truth_dir`).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
 from clips_nnunet.dataset_conversion.write import write_image
 from clips_nnunet.io_utils import atomic_write_json
+from clips_nnunet.synthetic.annotation_errors import ERROR_KINDS, choose_error_cases, plant_annotation_error
+
+TRUTH_DIR = "clips_truth"
+ERRORS_JSON = "annotation_errors.json"
+BLADDER_SUV = 6.0
 
 
 def _sphere(shape: Tuple[int, int, int], centre: np.ndarray, radius: float) -> np.ndarray:
@@ -43,6 +55,22 @@ def make_case(rng: np.random.Generator, shape: Tuple[int, int, int], difficulty:
     return ct.astype(np.float32), pet.astype(np.float32), label
 
 
+def add_bladder(pet: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Add a bladder-like hot ellipsoid (SUV + ``BLADDER_SUV``) low in z, outside the lesions; returns the region."""
+    shape = pet.shape
+    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    region = (((zz - 0.12 * shape[0]) / (0.07 * shape[0])) ** 2 + ((yy - 0.55 * shape[1]) / (0.12 * shape[1])) ** 2
+              + ((xx - 0.5 * shape[2]) / (0.12 * shape[2])) ** 2) <= 1.0
+    region &= label == 0
+    pet[region] += BLADDER_SUV
+    return region
+
+
+def truth_dir(raw_root: Path, dataset_id: int, name: str) -> Path:
+    """Where :func:`make_synthetic_raw_dataset` keeps the clean masks and planted errors (outside nnUNet_raw)."""
+    return Path(raw_root).resolve().parent / TRUTH_DIR / f"Dataset{dataset_id:03d}_{name}"
+
+
 def _write(array: np.ndarray, spacing: Sequence[float], path: Path) -> None:
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(tuple(float(s) for s in spacing[::-1]))
@@ -51,25 +79,46 @@ def _write(array: np.ndarray, spacing: Sequence[float], path: Path) -> None:
 
 def make_synthetic_raw_dataset(raw_root: Path, dataset_id: int = 990, name: str = "ClipsTiny",
                                n_train: int = 12, n_test: int = 2, shape: Tuple[int, int, int] = (32, 32, 32),
-                               spacing: Tuple[float, float, float] = (4.0, 4.0, 4.0), seed: int = 0) -> Path:
+                               spacing: Tuple[float, float, float] = (4.0, 4.0, 4.0), seed: int = 0,
+                               label_error_fraction: float = 0.0, label_error_kinds: Sequence[str] = ERROR_KINDS,
+                               physiological_uptake: Optional[bool] = None) -> Path:
     """Write ``Dataset{id}_{name}`` under ``raw_root`` and return its folder.
 
     Difficulty rises linearly over the training cases (``case_0000`` easiest). Test cases go to imagesTs with their
     labels in labelsTs (so evaluation can be checked). Channel names follow the converter: CT and PET both use
     nnU-Net's CT normalisation.
+
+    ``label_error_fraction`` of the training cases (rounded) get a planted annotation error of one of
+    ``label_error_kinds`` (dealt in turn), drawn from ``numpy.random.default_rng([seed, 1])`` so the images and
+    clean masks do not depend on it. ``physiological_uptake`` (default: on when errors are planted) adds the
+    bladder-like region to every PET. Clean masks and errors go to :func:`truth_dir`.
     """
     rng = np.random.default_rng(seed)
+    error_rng = np.random.default_rng([seed, 1])
+    if physiological_uptake is None:
+        physiological_uptake = label_error_fraction > 0
+    planned = choose_error_cases([f"case_{i:04d}" for i in range(n_train)], label_error_fraction,
+                                 label_error_kinds, error_rng)
+    truth = truth_dir(raw_root, dataset_id, name)
+    errors: Dict[str, Any] = {}
     folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{name}"
     metadata: Dict[str, dict] = {}
     cases = [(f"case_{i:04d}", "Tr", i / max(1, n_train - 1)) for i in range(n_train)]
     cases += [(f"case_{n_train + i:04d}", "Ts", rng.uniform(0, 1)) for i in range(n_test)]
     for case_id, split, difficulty in cases:
         ct, pet, label = make_case(rng, shape, difficulty)
+        hot = add_bladder(pet, label) if physiological_uptake else None
+        annotated, record = label, {"kind": None}
+        if case_id in planned:
+            annotated, record = plant_annotation_error(label, planned[case_id], error_rng, suv=pet, hot_region=hot,
+                                                       fallback_kinds=label_error_kinds)
         _write(ct, spacing, folder / f"images{split}" / f"{case_id}_0000.nii.gz")
         _write(pet, spacing, folder / f"images{split}" / f"{case_id}_0001.nii.gz")
-        _write(label, spacing, folder / f"labels{split}" / f"{case_id}.nii.gz")
+        _write(annotated, spacing, folder / f"labels{split}" / f"{case_id}.nii.gz")
+        _write(label, spacing, truth / "labels_clean" / f"{case_id}.nii.gz")
+        errors[case_id] = {**record, "split": split, "planted_difficulty": float(difficulty)}
         metadata[case_id] = {"planted_difficulty": float(difficulty), "split": split,
-                             "tmtv_ml": float(label.sum() * np.prod(spacing) / 1000.0)}
+                             "tmtv_ml": float(annotated.sum() * np.prod(spacing) / 1000.0)}
     atomic_write_json(folder / "dataset.json", {
         "channel_names": {"0": "CT", "1": "CT"},
         "labels": {"background": 0, "lesion": 1},
@@ -79,4 +128,8 @@ def make_synthetic_raw_dataset(raw_root: Path, dataset_id: int = 990, name: str 
         "description": "clips-nnunet tiny synthetic PET/CT dataset (channel 1 is PET in SUV; CT normalisation)",
     })
     atomic_write_json(folder / "case_metadata.json", metadata)
+    atomic_write_json(truth / ERRORS_JSON, {
+        "dataset": folder.name, "seed": seed, "label_error_fraction": float(label_error_fraction),
+        "label_error_kinds": list(label_error_kinds), "physiological_uptake": bool(physiological_uptake),
+        "cases": errors})
     return folder
