@@ -549,9 +549,18 @@ def _write_outputs(res: ComparisonResult, metrics: Mapping[str, bool], plots: bo
     res.files["report_md"] = out / "report.md"
 
 
-def render_markdown(res: ComparisonResult, metrics: Mapping[str, bool], n_common: int) -> str:
-    """The Markdown report (tables of mean +- sd (median) per stratum, tests, plots, warnings)."""
-    L = ["# Curriculum comparison (out-of-fold validation)", ""]
+def render_markdown(res: ComparisonResult, metrics: Mapping[str, bool], n_common: int, heading_level: int = 1,
+                    link_base: str = "", title: bool = True) -> str:
+    """The Markdown report (tables of mean +- sd (median) per stratum, tests, plots, warnings).
+
+    To include it in a larger document (the study report): ``heading_level`` is the level of the title (its
+    sections one below), ``link_base`` is prepended to the plot links and names the folder of the files (e.g.
+    ``"vs_nnUNetTrainer/"``), ``title=False`` leaves the title out (the including document has its own heading).
+    """
+    if heading_level < 1:
+        raise ValueError(f"heading_level must be >= 1, got {heading_level}")
+    section = "#" * (heading_level + 1)
+    L = [f"{'#' * heading_level} Curriculum comparison (out-of-fold validation)", ""] if title else []
     L.append(f"Baseline: **{res.baseline}**. Difficulty: {res.difficulty_source}. Cases shared by all groups: "
              f"{n_common}. Dice is averaged over cases with a true lesion only.")
     L.append("")
@@ -567,7 +576,7 @@ def render_markdown(res: ComparisonResult, metrics: Mapping[str, bool], n_common
             continue
         n_cases = int(res.per_case[(res.per_case.group == res.baseline)
                                    & ((res.per_case.tertile == stratum) if stratum != "all" else True)].shape[0])
-        L.append(f"## {'All cases' if stratum == 'all' else 'Tertile: ' + stratum} (n = {n_cases})")
+        L.append(f"{section} {'All cases' if stratum == 'all' else 'Tertile: ' + stratum} (n = {n_cases})")
         L.append("")
         L.append("mean +- sd (median)" + ("; sd between seeds in brackets" if stratum == "all" and
                                           (sub.n_seeds > 1).any() else ""))
@@ -601,10 +610,11 @@ def render_markdown(res: ComparisonResult, metrics: Mapping[str, bool], n_common
                          f"{r['better']} |")
             L.append("")
     if "boxplots" in res.files:
-        L += ["## Plots", "", "![per-case metrics](plots/boxplots.png)", ""]
+        L += [f"{section} Plots", "", f"![per-case metrics]({link_base}plots/boxplots.png)", ""]
     if "boxplots_tertiles" in res.files:
-        L += ["![Dice by tertile](plots/dice_by_tertile.png)", ""]
+        L += [f"![Dice by tertile]({link_base}plots/dice_by_tertile.png)", ""]
     if res.warnings:
-        L += ["## Warnings", ""] + [f"- {w}" for w in res.warnings] + [""]
-    L += ["Files: `per_case.csv` (seed-averaged per case), `summary.csv`, `tests.csv`, `comparison.json`.", ""]
+        L += [f"{section} Warnings", ""] + [f"- {w}" for w in res.warnings] + [""]
+    L += [f"Files{f' in `{link_base}`' if link_base else ''}: `per_case.csv` (seed-averaged per case), `summary.csv`, "
+          "`tests.csv`, `comparison.json`.", ""]
     return "\n".join(L)
