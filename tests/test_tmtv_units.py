@@ -297,11 +297,11 @@ def _trainer(cls, configuration, plans=None):
 
 def test_stage1_trainer_settings(trainer_paths):
     from clips_nnunet.trainers.tmtv.recipe import nnUNetTrainerTMTV
-    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    from clips_nnunet.trainers.tmtv.loss import FullResolutionDeepSupervision
     tr = _trainer(nnUNetTrainerTMTV, "3d_tmtv")
     assert (tr.initial_lr, tr.weight_decay, tr.oversample_foreground_percent, tr.grad_clip_norm) == \
         (1e-3, 1e-6, 0.0, 1.0)
-    assert tr._get_deep_supervision_scales() == [[1.0] * 3, [0.5] * 3, [0.25] * 3, [0.125] * 3]
+    assert tr._get_deep_supervision_scales() == [[1.0] * 3] * 4  # TMTV-Net: full-resolution target everywhere
     rotation, dummy_2d, initial_patch, mirror = tr.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     assert rotation == (-0.3, 0.3) and not dummy_2d and mirror == (0, 1, 2)
     assert tr.inference_allowed_mirroring_axes is None  # no test-time mirroring
@@ -309,7 +309,7 @@ def test_stage1_trainer_settings(trainer_paths):
     tr.network = tr.build_network_architecture(tr.plans_manager, tr.configuration_manager, 2, 2, True)
     assert isinstance(tr.network, TMTVUNet)
     loss = tr._build_loss()
-    assert isinstance(loss, DeepSupervisionWrapper) and loss.weight_factors == (1.0, 0.5, 0.25, 0.125)
+    assert isinstance(loss, FullResolutionDeepSupervision) and loss.weight_factors == (1.0, 0.5, 0.25, 0.125)
     assert loss.loss.weights == {"dice": 1.0, "focal": 0.5, "sensitivity": 2.0}
     opt, sched = tr.configure_optimizers()
     assert isinstance(opt, torch.optim.AdamW) and isinstance(sched, CosineWarmRestartsDecayLR)

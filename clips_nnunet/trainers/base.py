@@ -15,7 +15,12 @@ The base also adds (used directly, it trains exactly like ``nnUNetTrainer``; it 
 
 - reproducible seeding when the environment variable ``CLIPS_SEED`` (an int) or the class attribute ``seed`` is
   set: torch and numpy in the main process, and per-worker seeds for nnU-Net's augmentation workers (nnU-Net
-  passes ``seeds=None``);
+  passes ``seeds=None``), all offset by the *global* DDP rank (``torch.distributed.get_rank()``), so no two
+  processes of a multi-node run share an augmentation stream;
+- steps that cannot help are skipped and counted (``clips_step_counts``, printed at the end of the epoch): a batch
+  whose loss a weighting curriculum zeroed entirely (hook ``skip_backward()``: no backward pass, no optimiser step,
+  no grad-scaler call) and a step whose gradient is not finite (no optimiser step; with AMP nnU-Net's grad scaler
+  already skips it and lowers its scale; the training log names the batch's cases). Otherwise the step is nnU-Net's;
 - ``get_dataloaders`` rebuilt from nnU-Net's, with the hook ``build_train_data_loader(...)`` so a subclass can swap
   the training data loader (the curriculum's shared-memory sampler) without copying the rest;
 - ``checkpoint_extras()`` / ``restore_checkpoint_extras(extras)``: extra JSON-like state stored under the key
@@ -37,6 +42,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
+from torch import distributed as dist
 from torch._dynamo import OptimizedModule
 
 from clips_nnunet.errors import ClipsError
@@ -45,6 +51,12 @@ from clips_nnunet.io_utils import atomic_path
 from clips_nnunet.trainers.per_sample_loss import dice_ce_per_sample
 
 Output = Union[torch.Tensor, List[torch.Tensor]]
+
+
+def global_rank() -> int:
+    """This process's rank in the whole DDP job (0 without a process group); nnU-Net's ``local_rank`` is the
+    rank used to pick the GPU."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def highest_resolution(output: Output) -> torch.Tensor:
@@ -56,6 +68,8 @@ class nnUNetTrainerClipsBase(nnUNetTrainer):
     """nnU-Net's trainer with hooks for per-case loss bookkeeping, loss weighting and gradient clipping."""
 
     grad_clip_norm: float = 12.0
+    #: optimiser step every N training steps, gradients summed over them (each step's loss / N); 1 = nnU-Net
+    grad_accumulation_steps: int = 1
     #: Seed for torch, numpy and the augmentation workers; None = nnU-Net's unseeded behaviour. The environment
     #: variable CLIPS_SEED overrides it.
     seed: Optional[int] = None
@@ -76,8 +90,8 @@ class nnUNetTrainerClipsBase(nnUNetTrainer):
         seed = self.clips_seed()
         if seed is not None and not self.was_initialized:
             torch.manual_seed(seed)
-            np.random.seed((seed + self.local_rank) % 2 ** 32)
-            random.seed(seed + self.local_rank)
+            np.random.seed((seed + global_rank()) % 2 ** 32)
+            random.seed(seed + global_rank())
         super().initialize()
 
     def da_worker_seeds(self, num_processes: int, offset: int) -> Optional[List[int]]:
@@ -85,7 +99,7 @@ class nnUNetTrainerClipsBase(nnUNetTrainer):
         seed = self.clips_seed()
         if seed is None:
             return None
-        base = seed * 1000 + self.local_rank * 100 + offset
+        base = seed * 1000 + global_rank() * 100 + offset
         return [(base + i) % 2 ** 32 for i in range(num_processes)]
 
     # ------------------------------------------------------------------ data loading
@@ -205,6 +219,36 @@ class nnUNetTrainerClipsBase(nnUNetTrainer):
     def after_train_forward(self, keys: Sequence[str], output: Output, target: Output) -> None:
         """Called after each training forward pass with detached outputs; default does nothing."""
 
+    def skip_backward(self) -> bool:
+        """True if this step's loss must not be back-propagated (decided identically on every DDP rank, e.g. a
+        weighting curriculum gave the whole global batch weight 0); default False."""
+        return False
+
+    #: per-epoch counts of skipped work (reset in on_train_epoch_start; identical on every rank)
+    clips_step_counts: Dict[str, int] = {}
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.clips_step_counts = {"zero_weight_batches": 0, "skipped_steps": 0, "non_finite_gradient_steps": 0}
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        counts = self.clips_step_counts
+        if any(counts.values()):
+            self.print_to_log_file(f"skipped this epoch: {counts['zero_weight_batches']} batches with all loss "
+                                   f"weights 0 (no backward), {counts['skipped_steps']} optimiser steps without a "
+                                   f"gradient, {counts['non_finite_gradient_steps']} steps with a non-finite gradient")
+
+    def _count(self, key: str) -> None:
+        if not self.clips_step_counts:
+            self.clips_step_counts = {"zero_weight_batches": 0, "skipped_steps": 0, "non_finite_gradient_steps": 0}
+        self.clips_step_counts[key] += 1
+
+    def _non_finite_gradient(self, keys: Sequence[str], norm: torch.Tensor) -> None:
+        self._count("non_finite_gradient_steps")
+        self.print_to_log_file(f"WARNING: optimiser step skipped, non-finite gradient norm ({float(norm)}) in the "
+                               f"batch of cases {', '.join(map(str, keys)) or '(unknown)'}")
+
     def train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
@@ -214,7 +258,11 @@ class nnUNetTrainerClipsBase(nnUNetTrainer):
             target = target.to(self.device, non_blocking=True)
         keys = list(batch.get("keys", []))
 
-        self.optimizer.zero_grad(set_to_none=True)
+        n_accumulate = max(1, int(self.grad_accumulation_steps))
+        accumulated = getattr(self, "_clips_accumulated", 0)
+        if accumulated == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+            self._clips_window_has_grad = False
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             output = self.network(data)
             loss = self.compute_loss(output, target, keys)
@@ -222,14 +270,30 @@ class nnUNetTrainerClipsBase(nnUNetTrainer):
             detached = [o.detach() for o in output] if isinstance(output, (list, tuple)) else output.detach()
             self.after_train_forward(keys, detached, target)
 
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip_norm)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
+        self._clips_accumulated = (accumulated + 1) % n_accumulate
+        do_step = self._clips_accumulated == 0
+        if self.skip_backward():
+            self._count("zero_weight_batches")
         else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip_norm)
-            self.optimizer.step()
+            backward_loss = loss / n_accumulate if n_accumulate > 1 else loss
+            if self.grad_scaler is not None:
+                self.grad_scaler.scale(backward_loss).backward()
+            else:
+                backward_loss.backward()
+            self._clips_window_has_grad = True
+        if do_step and not getattr(self, "_clips_window_has_grad", True):
+            self._count("skipped_steps")          # nothing to step on: no scaler call, no optimiser step
+        elif do_step and self.grad_scaler is not None:
+            self.grad_scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip_norm)
+            self.grad_scaler.step(self.optimizer)      # skips the step itself when the gradient is not finite
+            self.grad_scaler.update()
+            if not torch.isfinite(norm):
+                self._non_finite_gradient(keys, norm)
+        elif do_step:
+            norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip_norm)
+            if torch.isfinite(norm):
+                self.optimizer.step()
+            else:
+                self._non_finite_gradient(keys, norm)
         return {"loss": loss.detach().cpu().numpy()}

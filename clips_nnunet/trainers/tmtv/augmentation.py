@@ -9,12 +9,22 @@ segmentation moved to one-hot input channels, regions, deep-supervision downsamp
 
 The intensity transforms run on the PET channel before the network's windowing layer, as TMTV-Net augments SUV
 before windowing. CT is not intensity-augmented.
+
+Refiner (TMTV-Net's ``experiments/baseline/104_v4_hdf5_refiner_aug_sensitivity_v2.py`` in civodlu/AutoPET2022, with
+``transform_randomize_spacing.py``): no affine transform; instead, with p=0.5, the case is resampled to a random
+spacing (x = y uniform in 1.5-4 mm, z uniform in 2-4 mm; linear for images, nearest for labels), then the SUV
+transforms and the flips. ``RandomRespacingTransform`` does this on nnU-Net's (larger) sampled patch: it zooms about
+the patch centre by ``target / current spacing`` and crops the patch; voxels that fall outside the sampled region
+are 0 in every channel (air, see ``network.WindowingLayer``) and label -1 (nnU-Net's "outside").
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from batchgeneratorsv2.helpers.scalar_type import RandomScalar
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
@@ -36,6 +46,12 @@ FLIP_PROBABILITY = 0.5  # per axis (batchgeneratorsv2's MirrorTransform flips ea
 AFFINE_PROBABILITY = 0.5
 ROTATION_RAD = (-0.3, 0.3)
 SCALING = (0.9, 1.1)
+RESPACING_PROBABILITY = 0.5
+#: TMTV-Net's random spacing range in mm, (z, y, x) order; y and x share one draw
+RESPACING_MIN_ZYX = (2.0, 1.5, 1.5)
+RESPACING_MAX_ZYX = (4.0, 4.0, 4.0)
+#: refiner spatial augmentation: TMTV-Net's random respacing, or stage 1's affine (nnU-Net-like)
+SPATIAL_MODES = ("respacing", "affine")
 
 
 class ChannelSubsetTransform(BasicTransform):
@@ -80,6 +96,88 @@ class JointAffineTransform(SpatialTransform):
         return super().get_parameters(**data_dict)
 
 
+def respacing_initial_patch_size(patch_size: Sequence[int], current_spacing: Sequence[float],
+                                 spacing_max: Sequence[float] = RESPACING_MAX_ZYX) -> Tuple[int, ...]:
+    """Patch to sample so that a zoom to the coarsest target spacing still covers ``patch_size``:
+    ``ceil(patch * max(1, max_spacing / current_spacing))`` per axis."""
+    if len(patch_size) != len(current_spacing) or len(spacing_max) != len(patch_size):
+        raise ValueError(f"patch {tuple(patch_size)}, spacing {tuple(current_spacing)} and max spacing "
+                         f"{tuple(spacing_max)} must have the same length")
+    return tuple(int(math.ceil(int(p) * max(1.0, float(m) / float(c))))
+                 for p, c, m in zip(patch_size, current_spacing, spacing_max))
+
+
+class RandomRespacingTransform(BasicTransform):
+    """TMTV-Net's random respacing (module docstring) on a sampled patch, with the crop to ``patch_size``.
+
+    ``current_spacing``: the configuration's spacing (z, y, x) in mm. With probability ``p`` a target spacing is
+    drawn (``spacing_min``-``spacing_max`` per axis, y tied to x) and the output voxel ``i`` along an axis samples the
+    input at ``centre_in + (i - centre_out) * target / current`` (linear for the image, nearest for labels);
+    otherwise the centre ``patch_size`` crop is returned unchanged. ``rng``: a numpy Generator; None draws from
+    numpy's global state, which nnU-Net's augmentation workers seed (as batchgeneratorsv2's transforms do).
+    """
+
+    def __init__(self, patch_size: Sequence[int], current_spacing: Sequence[float],
+                 p: float = RESPACING_PROBABILITY, spacing_min: Sequence[float] = RESPACING_MIN_ZYX,
+                 spacing_max: Sequence[float] = RESPACING_MAX_ZYX, xy_tied: bool = True,
+                 rng: Optional[np.random.Generator] = None):
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        if not (len(patch_size) == len(current_spacing) == len(spacing_min) == len(spacing_max) == 3):
+            raise ValueError("patch_size, current_spacing, spacing_min and spacing_max need 3 values (z, y, x)")
+        if any(float(c) <= 0 for c in current_spacing) or any(float(lo) <= 0 or float(hi) < float(lo)
+                                                              for lo, hi in zip(spacing_min, spacing_max)):
+            raise ValueError(f"spacings must be positive with min <= max: current {tuple(current_spacing)}, "
+                             f"min {tuple(spacing_min)}, max {tuple(spacing_max)}")
+        self.patch_size = tuple(int(x) for x in patch_size)
+        self.current_spacing = tuple(float(x) for x in current_spacing)
+        self.p, self.xy_tied, self.rng = float(p), bool(xy_tied), rng
+        self.spacing_min = tuple(float(x) for x in spacing_min)
+        self.spacing_max = tuple(float(x) for x in spacing_max)
+
+    def _uniform(self, low: float = 0.0, high: float = 1.0) -> float:
+        return float(self.rng.uniform(low, high) if self.rng is not None else np.random.uniform(low, high))
+
+    def get_parameters(self, **data_dict) -> dict:
+        if self._uniform() >= self.p:
+            return {"target_spacing": None}
+        target = [self._uniform(lo, hi) for lo, hi in zip(self.spacing_min, self.spacing_max)]
+        if self.xy_tied:
+            target[1] = target[2]
+        return {"target_spacing": tuple(target)}
+
+    def _sample(self, x: torch.Tensor, target_spacing, mode: str) -> torch.Tensor:
+        in_shape = x.shape[1:]
+        if target_spacing is None:  # centre crop (or zero-pad) to the patch, no interpolation
+            out = torch.zeros((x.shape[0], *self.patch_size), dtype=x.dtype)
+            src, dst = [], []
+            for s, p in zip(in_shape, self.patch_size):
+                lo = (s - p) // 2
+                a, b = max(lo, 0), min(lo + p, s)
+                src.append(slice(a, b))
+                dst.append(slice(a - lo, b - lo))
+            out[(slice(None), *dst)] = x[(slice(None), *src)]
+            return out
+        axes = []
+        for s, p, cur, tgt in zip(in_shape, self.patch_size, self.current_spacing, target_spacing):
+            idx = (s - 1) / 2 + (torch.arange(p, dtype=torch.float32) - (p - 1) / 2) * (tgt / cur)
+            axes.append(2 * idx / max(s - 1, 1) - 1)
+        gz, gy, gx = torch.meshgrid(*axes, indexing="ij")
+        grid = torch.stack([gx, gy, gz], dim=-1)[None]
+        sampled = F.grid_sample(x[None].float(), grid, mode=mode, padding_mode="zeros", align_corners=True)[0]
+        return sampled
+
+    def _apply_to_image(self, img: torch.Tensor, **params) -> torch.Tensor:
+        return self._sample(img, params["target_spacing"], "bilinear").to(img.dtype)
+
+    def _apply_to_segmentation(self, segmentation: torch.Tensor, **params) -> torch.Tensor:
+        if params["target_spacing"] is None:
+            return self._sample(segmentation + 1, None, "nearest").to(segmentation.dtype) - 1
+        shifted = segmentation.float() + 1  # outside -> 0 -> label -1 (nnU-Net's "outside")
+        return (self._sample(shifted, params["target_spacing"], "nearest").round() - 1).to(segmentation.dtype)
+
+
 def suv_intensity_transforms(p: float = SUV_TRANSFORM_PROBABILITY) -> List[BasicTransform]:
     """TMTV-Net's five SUV intensity augmentations (gamma twice: inverted and not), each wrapped with probability p."""
     return [
@@ -112,15 +210,29 @@ def tmtv_training_transforms(
         ignore_label: Optional[int] = None,
         rotation: RandomScalar = ROTATION_RAD,
         scaling: RandomScalar = SCALING,
+        spatial: str = "affine",
+        current_spacing: Optional[Sequence[float]] = None,
 ) -> ComposeTransforms:
-    """The TMTV-Net training pipeline (module docstring) for a 3D patch of ``patch_size``."""
+    """The TMTV-Net training pipeline (module docstring) for a 3D patch of ``patch_size``.
+
+    ``spatial="affine"`` (stage 1): SUV transforms, flips, joint affine. ``spatial="respacing"`` (refiner): random
+    respacing (needs ``current_spacing``, the configuration's spacing), SUV transforms, flips.
+    """
     if len(patch_size) != 3:
         raise ValueError(f"the TMTV recipe is 3D; got a patch size of {tuple(patch_size)}")
-    transforms: List[BasicTransform] = [ChannelSubsetTransform(ComposeTransforms(suv_intensity_transforms()),
-                                                               [suv_channel])]
+    if spatial not in SPATIAL_MODES:
+        raise ValueError(f"spatial must be one of {SPATIAL_MODES}, got {spatial!r}")
+    patch = tuple(int(p) for p in patch_size)
+    transforms: List[BasicTransform] = []
+    if spatial == "respacing":
+        if current_spacing is None:
+            raise ValueError("spatial='respacing' needs current_spacing (the configuration's spacing, z, y, x)")
+        transforms.append(RandomRespacingTransform(patch, current_spacing))
+    transforms.append(ChannelSubsetTransform(ComposeTransforms(suv_intensity_transforms()), [suv_channel]))
     if mirror_axes:
         transforms.append(MirrorTransform(allowed_axes=tuple(mirror_axes)))
-    transforms.append(JointAffineTransform(tuple(int(p) for p in patch_size), AFFINE_PROBABILITY, rotation, scaling))
+    if spatial == "affine":
+        transforms.append(JointAffineTransform(patch, AFFINE_PROBABILITY, rotation, scaling))
     transforms.append(RemoveLabelTansform(-1, 0))
     if is_cascaded:
         if not foreground_labels:

@@ -12,8 +12,14 @@ ignored; nnU-Net's ignore label), each computed per sample:
   ``sens = sum((1 - p_c) * g_c) / sum(g_c)``
 
 ``loss = w_dice * dice + w_focal * focal + w_sens * sens``; stage 1: (1, 0.5, 2.0), refiner: (1, 0.5, 0.5).
-Deep supervision: nnU-Net's ``DeepSupervisionWrapper`` with TMTV-Net's weights 1, 1/2, 1/4, 1/8 (full resolution
-first; TMTV-Net lists them from the coarsest head: 1/8, 1/4, 1/2, 1), not normalised.
+Deep supervision, TMTV-Net's weights 1, 1/2, 1/4, 1/8 (full resolution first; TMTV-Net lists them from the coarsest
+head: 1/8, 1/4, 1/2, 1), not normalised, in one of two ways:
+
+- ``FullResolutionDeepSupervision`` (TMTV-Net, ``layers/deep_supervision.py``): each low-resolution output is
+  upsampled (trilinear, corners aligned, as TMTV-Net's ``resize``) to the full-resolution target, so a lesion
+  smaller than a coarse voxel still counts at every scale;
+- nnU-Net's ``DeepSupervisionWrapper`` on targets downsampled by the data pipeline (nearest neighbour), where such
+  lesions vanish from the coarse targets.
 """
 from __future__ import annotations
 
@@ -104,6 +110,46 @@ class TMTVLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.per_sample(logits, target).mean()
+
+
+def upsample_logits(logits: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """``logits`` resized to ``spatial_shape`` (trilinear, ``align_corners=True``, TMTV-Net's ``resize``); unchanged
+    when the shape already matches."""
+    if tuple(logits.shape[2:]) == tuple(int(s) for s in spatial_shape):
+        return logits
+    mode = {3: "trilinear", 2: "bilinear", 1: "linear"}.get(len(spatial_shape))
+    if mode is None or logits.ndim != len(spatial_shape) + 2:
+        raise ValueError(f"cannot resize logits {tuple(logits.shape)} to {tuple(spatial_shape)}")
+    return F.interpolate(logits, size=tuple(int(s) for s in spatial_shape), mode=mode, align_corners=True)
+
+
+class FullResolutionDeepSupervision(nn.Module):
+    """TMTV-Net's deep supervision: ``sum_k w_k * loss(upsample(output_k), target_k)``.
+
+    ``output``: the network's outputs, full resolution first; ``target``: one full-resolution target per output
+    (the data pipeline repeats the same tensor; see ``recipe.TMTVRecipe.deep_supervision_upsample_logits``) or a
+    single tensor used for every output. Weights of 0 skip an output.
+    """
+
+    def __init__(self, loss: nn.Module, weights: Sequence[float]):
+        super().__init__()
+        if not weights:
+            raise ValueError("FullResolutionDeepSupervision needs at least one weight")
+        self.loss = loss
+        self.weight_factors = tuple(float(w) for w in weights)
+
+    def forward(self, output, target) -> torch.Tensor:
+        outputs = list(output) if isinstance(output, (list, tuple)) else [output]
+        targets = list(target) if isinstance(target, (list, tuple)) else [target] * len(outputs)
+        if len(outputs) > len(self.weight_factors) or len(targets) != len(outputs):
+            raise ValueError(f"{len(outputs)} outputs, {len(targets)} targets, {len(self.weight_factors)} weights")
+        total = None
+        for w, o, t in zip(self.weight_factors, outputs, targets):
+            if w == 0:
+                continue
+            term = w * self.loss(upsample_logits(o, t.shape[2:]), t)
+            total = term if total is None else total + term
+        return total
 
 
 def deep_supervision_weights(n_outputs: int, weights: Sequence[float] = DEEP_SUPERVISION_WEIGHTS) -> list:

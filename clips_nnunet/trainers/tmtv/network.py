@@ -9,6 +9,16 @@ exactly the trained model from the trainer's static ``build_network_architecture
 When the data were preprocessed with nnU-Net's ``CTNormalization`` (stock ``3d_fullres`` plans), the layer first
 maps the stored intensities back to HU/SUV with ``x * std + mean`` of the dataset's foreground statistics
 (``input_scale``, ``input_offset``); values outside nnU-Net's 0.5-99.5 percentile clip stay clipped.
+
+Outside the image is air: nnU-Net pads with 0 (data loader, spatial augmentation, sliding-window predictor), which is
+0 HU (water) in raw CT. TMTV-Net pads its windowed inputs with 0, i.e. below every window (air for CT, no uptake for
+PET). The layer does the same: a voxel where every image channel is exactly 0 (nnU-Net's own "outside" convention,
+``create_nonzero_mask``) gets 0 in every window (``zero_outside``; False = nnU-Net's water padding).
+
+Structure follows TMTV-Net's code (qurit-frizi/TMTV-Net ``main/src``) layer for layer, so that its released weights
+can be mapped onto these modules: trilinear decoder upsampling (``layers/ops_conversion.py``); the refiner's
+convolutions have no bias and its 1x1x1 head is followed by InstanceNorm and LeakyReLU
+(``model_refiner_multiclass_deepsupervision_configured_v1.py``).
 """
 from __future__ import annotations
 
@@ -33,15 +43,19 @@ TMTV_BOTTLENECK_KERNEL = 9
 TMTV_REFINER_FEATURES = 32
 TMTV_REFINER_BLOCKS = 4
 TMTV_REFINER_FIRST_KERNEL = 9
+#: decoder upsampling modes: TMTV-Net's trilinear (``nn.Upsample(mode="trilinear")``) or nearest neighbour
+UPSAMPLE_MODES = ("trilinear", "nearest")
 
 
 def _norm_act(channels: int) -> List[nn.Module]:
     return [nn.InstanceNorm3d(channels, affine=True), nn.LeakyReLU(0.01, inplace=True)]
 
 
-def conv_block(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
+def conv_block(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+               bias: bool = True) -> nn.Sequential:
     """Conv3d (same padding) + InstanceNorm3d(affine) + LeakyReLU(0.01), TMTV-Net's basic unit."""
-    return nn.Sequential(nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2),
+    return nn.Sequential(nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2,
+                                   bias=bias),
                          *_norm_act(out_channels))
 
 
@@ -51,12 +65,15 @@ class WindowingLayer(nn.Module):
     Input (B, C, ...) with the image channels first (``ct_channel``, ``pet_channel`` index them) and, in a cascade,
     the previous stage's one-hot channels after the ``n_image_channels`` image channels; those pass through
     unchanged after the windows. Output (B, len(windows) + C - n_image_channels, ...). No trainable parameters.
+    With ``zero_outside`` a voxel whose image channels are all exactly 0 (nnU-Net's padding) is 0 in every window.
     """
 
     def __init__(self, ct_channel: int = 0, pet_channel: int = 1, n_image_channels: int = 2,
                  windows: Sequence[Sequence] = TMTV_WINDOWS,
-                 input_scale: Optional[Dict[str, float]] = None, input_offset: Optional[Dict[str, float]] = None):
+                 input_scale: Optional[Dict[str, float]] = None, input_offset: Optional[Dict[str, float]] = None,
+                 zero_outside: bool = True):
         super().__init__()
+        self.zero_outside = bool(zero_outside)
         if n_image_channels < 1:
             raise ValueError(f"n_image_channels must be >= 1, got {n_image_channels}")
         for name, channel in (("ct_channel", ct_channel), ("pet_channel", pet_channel)):
@@ -87,7 +104,11 @@ class WindowingLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raw = x.index_select(1, self.source_index).float() * self.scale + self.offset
-        windowed = ((raw - self.low) / self.width).clamp(0.0, 1.0).to(x.dtype)
+        windowed = ((raw - self.low) / self.width).clamp(0.0, 1.0)
+        if self.zero_outside:
+            inside = (x[:, :self.n_image_channels] != 0).any(dim=1, keepdim=True)
+            windowed = windowed * inside
+        windowed = windowed.to(x.dtype)
         extra = x[:, self.n_image_channels:]
         return torch.cat([windowed, extra], dim=1) if extra.shape[1] else windowed
 
@@ -95,9 +116,13 @@ class WindowingLayer(nn.Module):
 class _Decoder(nn.Module):
     """Decoder of the stage-1 U-Net; ``deep_supervision`` is toggled by nnU-Net's ``set_deep_supervision_enabled``."""
 
-    def __init__(self, features: Sequence[int], num_classes: int, deep_supervision: bool):
+    def __init__(self, features: Sequence[int], num_classes: int, deep_supervision: bool,
+                 upsample_mode: str = "trilinear"):
         super().__init__()
+        if upsample_mode not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample_mode must be one of {UPSAMPLE_MODES}, got {upsample_mode!r}")
         self.deep_supervision = deep_supervision
+        self.upsample_mode = upsample_mode
         deep_to_shallow = list(features)[::-1]  # 156, 128, 96, 64, 32
         self.up_convs = nn.ModuleList()
         self.fuse_convs = nn.ModuleList()
@@ -112,7 +137,7 @@ class _Decoder(nn.Module):
         outputs = []
         for i, (up, fuse) in enumerate(zip(self.up_convs, self.fuse_convs)):
             skip = skips[-(i + 2)]
-            x = up(F.interpolate(x, size=skip.shape[2:], mode="nearest"))
+            x = up(F.interpolate(x, size=skip.shape[2:], mode=self.upsample_mode))
             x = fuse(torch.cat([x, skip], dim=1))
             if self.deep_supervision or i == len(self.up_convs) - 1:
                 outputs.append(self.seg_heads[i](x))
@@ -122,12 +147,13 @@ class _Decoder(nn.Module):
 
 class TMTVUNet(nn.Module):
     """TMTV-Net stage 1: windowing, 3^3 stem to 32, 4 stride-2 3^3 encoder levels (64, 96, 128, 156), one 9^3
-    bottleneck conv, decoder of nearest-neighbour upsampling + 3^3 conv, skip concatenation and one 3^3 conv,
+    bottleneck conv, decoder of trilinear upsampling (``upsample_mode``; "nearest" as an option) + 3^3 conv, skip concatenation and one 3^3 conv,
     InstanceNorm(affine) + LeakyReLU(0.01) throughout, 1x1x1 segmentation heads on the 4 decoder outputs.
 
     With ``deep_supervision`` the forward pass returns 4 logits tensors, full resolution first (strides 1, 2, 4, 8);
     otherwise the full-resolution logits. The keyword names follow nnU-Net's ``get_network_from_plans`` (it passes
-    ``input_channels``, ``num_classes``, ``deep_supervision`` plus the plans' ``arch_kwargs``).
+    ``input_channels``, ``num_classes``, ``deep_supervision`` plus the plans' ``arch_kwargs``). ``zero_outside``:
+    see ``WindowingLayer``.
     """
 
     def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = True,
@@ -135,24 +161,21 @@ class TMTVUNet(nn.Module):
                  bottleneck_kernel: int = TMTV_BOTTLENECK_KERNEL,
                  ct_channel: int = 0, pet_channel: int = 1, n_image_channels: Optional[int] = None,
                  windows: Sequence[Sequence] = TMTV_WINDOWS, input_scale: Optional[Dict[str, float]] = None,
-                 input_offset: Optional[Dict[str, float]] = None, **unused):
+                 input_offset: Optional[Dict[str, float]] = None, upsample_mode: str = "trilinear",
+                 zero_outside: bool = True, **unused):
         super().__init__()
         features = [int(f) for f in features_per_stage]
         if len(features) < 2:
             raise ValueError(f"features_per_stage needs a stem and at least one level, got {features}")
         n_image_channels = input_channels if n_image_channels is None else int(n_image_channels)
-        self.windowing = WindowingLayer(ct_channel, pet_channel, n_image_channels, windows, input_scale, input_offset)
+        self.windowing = WindowingLayer(ct_channel, pet_channel, n_image_channels, windows, input_scale, input_offset,
+                                        zero_outside)
         in_ch = len(self.windowing.windows) + input_channels - n_image_channels
         self.stem = conv_block(in_ch, features[0], 3)
         self.encoder = nn.ModuleList(conv_block(a, b, 3, stride=2) for a, b in zip(features[:-1], features[1:]))
         self.bottleneck = conv_block(features[-1], features[-1], int(bottleneck_kernel))
-        self.decoder = _Decoder(features, num_classes, deep_supervision)
+        self.decoder = _Decoder(features, num_classes, deep_supervision, upsample_mode)
         self.num_classes = num_classes
-
-    #: spatial stride of each output (full resolution first), used for nnU-Net's deep-supervision target scales
-    @property
-    def output_strides(self) -> List[int]:
-        return [2 ** i for i in range(len(self.encoder))]
 
     def forward(self, x: torch.Tensor):
         x = self.stem(self.windowing(x))
@@ -165,12 +188,12 @@ class TMTVUNet(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """conv3-IN-LReLU-conv3-IN, plus identity, then LeakyReLU(0.01)."""
+    """conv3-IN-LReLU-conv3-IN, plus identity, then LeakyReLU(0.01) (TMTV-Net's ``BlockRes``)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, bias: bool = True):
         super().__init__()
-        self.body = nn.Sequential(conv_block(channels, channels, 3),
-                                  nn.Conv3d(channels, channels, 3, padding=1),
+        self.body = nn.Sequential(conv_block(channels, channels, 3, bias=bias),
+                                  nn.Conv3d(channels, channels, 3, padding=1, bias=bias),
                                   nn.InstanceNorm3d(channels, affine=True))
         self.act = nn.LeakyReLU(0.01, inplace=True)
 
@@ -180,8 +203,10 @@ class ResidualBlock(nn.Module):
 
 class TMTVRefiner(nn.Module):
     """TMTV-Net stage 2: windowing (5 windows + the previous stage's foreground channel = 6 inputs), one 9^3 conv
-    to 32 channels, 4 residual blocks of 3^3 convs, 1x1x1 conv to the classes; full resolution, no deep supervision.
+    to 32 channels, 4 residual blocks of 3^3 convs, 1x1x1 head to the classes; full resolution, no deep supervision.
 
+    As in TMTV-Net, no convolution has a bias (``conv_bias``) and the head is conv + InstanceNorm(affine) +
+    LeakyReLU(0.01) (``head_norm_act``; False = a plain 1x1x1 conv with bias, nnU-Net's segmentation head).
     ``deep_supervision`` is accepted (nnU-Net passes it) and must be False in training; the network has one output.
     """
 
@@ -190,14 +215,20 @@ class TMTVRefiner(nn.Module):
                  first_kernel: int = TMTV_REFINER_FIRST_KERNEL,
                  ct_channel: int = 0, pet_channel: int = 1, n_image_channels: Optional[int] = None,
                  windows: Sequence[Sequence] = TMTV_WINDOWS, input_scale: Optional[Dict[str, float]] = None,
-                 input_offset: Optional[Dict[str, float]] = None, **unused):
+                 input_offset: Optional[Dict[str, float]] = None, conv_bias: bool = False,
+                 head_norm_act: bool = True, zero_outside: bool = True, **unused):
         super().__init__()
         n_image_channels = input_channels if n_image_channels is None else int(n_image_channels)
-        self.windowing = WindowingLayer(ct_channel, pet_channel, n_image_channels, windows, input_scale, input_offset)
+        self.windowing = WindowingLayer(ct_channel, pet_channel, n_image_channels, windows, input_scale, input_offset,
+                                        zero_outside)
         in_ch = len(self.windowing.windows) + input_channels - n_image_channels
-        self.stem = conv_block(in_ch, int(features), int(first_kernel))
-        self.blocks = nn.Sequential(*[ResidualBlock(int(features)) for _ in range(int(n_blocks))])
-        self.head = nn.Conv3d(int(features), num_classes, 1)
+        bias = bool(conv_bias)
+        self.stem = conv_block(in_ch, int(features), int(first_kernel), bias=bias)
+        self.blocks = nn.Sequential(*[ResidualBlock(int(features), bias) for _ in range(int(n_blocks))])
+        if head_norm_act:
+            self.head = conv_block(int(features), num_classes, 1, bias=bias)
+        else:
+            self.head = nn.Conv3d(int(features), num_classes, 1)
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

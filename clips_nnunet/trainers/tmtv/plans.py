@@ -2,11 +2,12 @@
 
 - ``3d_tmtv``: stage 1, 6 mm isotropic, patch 128x96x96 (z, y, x), ``NoNormalization`` (raw HU / SUV are stored;
   the windowing is the network's first layer), architecture ``TMTVUNet``, ``next_stage`` ``3d_tmtv_refine``.
-- ``3d_tmtv_refine``: stage 2, the spacing of ``3d_fullres`` (the native PET grid: the converter resamples CT onto
-  PET), patch 96^3, ``NoNormalization``, architecture ``TMTVRefiner``, ``previous_stage`` ``3d_tmtv``: nnU-Net's
-  cascade carries stage-1 predictions (one-hot) into the refiner's input.
+- ``3d_tmtv_refine``: stage 2, the spacing of ``3d_fullres`` (nnU-Net's median spacing of the cohort; TMTV-Net
+  keeps each case's native grid, which an nnU-Net configuration cannot: it has one spacing), patch 96^3, batch 8
+  (TMTV-Net's refiner batch), ``NoNormalization``, architecture ``TMTVRefiner``, ``previous_stage`` ``3d_tmtv``:
+  nnU-Net's cascade carries stage-1 predictions (one-hot) into the refiner's input.
 
-Both inherit everything else (resampling, batch size, preprocessor) from ``3d_fullres``. Other configurations are
+Both inherit everything else (resampling, stage-1 batch size, preprocessor) from ``3d_fullres``. Other configurations are
 kept. The channel roles (CT, PET) come from ``dataset.json`` and are written into the architecture keywords.
 
 Small data: a patch larger than the image only wastes padding (nnU-Net pads), but on tiny test data (32^3 at 4 mm,
@@ -30,6 +31,7 @@ REFINE = "3d_tmtv_refine"
 STAGE1_SPACING = (6.0, 6.0, 6.0)
 STAGE1_PATCH = (128, 96, 96)
 REFINE_PATCH = (96, 96, 96)
+REFINE_BATCH = 8  # TMTV-Net's refiner batch (with 2-step gradient accumulation in the trainer)
 STAGE1_MULTIPLE = 8   # deep-supervision targets at strides 1..8 must match the outputs exactly
 STAGE1_MIN_PATCH = 24  # 24 -> 12 -> 6 -> 3 -> 2: InstanceNorm needs > 1 voxel at the 1/16 bottleneck
 UNET_CLASS = "clips_nnunet.trainers.tmtv.network.TMTVUNet"
@@ -119,6 +121,7 @@ def add_tmtv_configurations(plans: dict, dataset_json: dict, clamp_patch_to_medi
         "inherits_from": "3d_fullres",
         "data_identifier": f"{plans_name}_{REFINE}",
         "patch_size": r_patch,
+        "batch_size": REFINE_BATCH,
         "normalization_schemes": no_norm,
         "use_mask_for_norm": no_mask,
         "batch_dice": False,

@@ -7,13 +7,24 @@
 - network: windowing layer + TMTV-Net stage-1 U-Net, or the refiner on a cascaded configuration (one with
   ``previous_stage``, e.g. ``3d_tmtv_refine``), built by the static ``build_network_architecture`` so that
   ``nnUNetv2_predict`` rebuilds the trained model;
-- loss: soft Dice (fg) + 0.5 focal + 2.0 sensitivity with deep-supervision weights 1, 1/2, 1/4, 1/8 (refiner:
-  Dice + 0.5 focal + 0.5 sensitivity, no deep supervision); ``per_sample_loss`` is the same loss per sample, so
-  curricula measure difficulty with the recipe's loss;
-- AdamW (lr 1e-3, wd 1e-6; refiner 5e-4, 1e-4); cosine warm restarts with decay (refiner: step decay);
+- loss: soft Dice (fg) + 0.5 focal + 2.0 sensitivity with deep-supervision weights 1, 1/2, 1/4, 1/8, the
+  low-resolution logits upsampled to the full-resolution target (TMTV-Net; ``deep_supervision_upsample_logits``)
+  (refiner: Dice + 0.5 focal + 0.5 sensitivity, no deep supervision); ``per_sample_loss`` is the same loss per
+  sample, so curricula measure difficulty with the recipe's loss;
+- AdamW (lr 1e-3, wd 1e-6; refiner 5e-4, 1e-4); cosine warm restarts with decay; refiner: step decay x0.3 every
+  24,000 iterations over 144,000 (TMTV-Net: every 2,000 of 12,000 epochs of 12 iterations), with gradient
+  accumulation over 2 steps (``grad_accumulation_steps``; batch 8 comes from ``plan-tmtv``'s plans);
 - gradient-norm clipping at 1.0 (``grad_clip_norm``, applied by the shared ``train_step``); AMP is nnU-Net's (CUDA);
 - uniform patch sampling (``oversample_foreground_percent = 0``);
-- TMTV-Net's augmentation (``augmentation.py``) and no test-time mirroring.
+- TMTV-Net's augmentation (``augmentation.py``): stage 1 affine, refiner random respacing; no test-time mirroring;
+- network options as TMTV-Net builds them: trilinear decoder upsampling, bias-free refiner with a normalised head,
+  air (0 after windowing) outside the image (``decoder_upsample_mode``, ``refiner_conv_bias``,
+  ``refiner_head_norm_act``, ``padding_is_air``; class attributes read by ``build_network_architecture``, so
+  ``nnUNetv2_predict -tr <subclass>`` rebuilds the same network).
+
+Each TMTV-Net choice that has an nnU-Net counterpart a user may prefer is a class attribute; a subclass flips it
+(``deep_supervision_upsample_logits = False``: nnU-Net's downsampled targets; ``refiner_spatial_augmentation =
+"affine"``; ``decoder_upsample_mode = "nearest"``; ``padding_is_air = False``: nnU-Net's 0-valued padding).
 
 Works on the ``3d_tmtv`` / ``3d_tmtv_refine`` configurations from ``clips-nnunet plan-tmtv`` and on stock
 ``3d_fullres`` (the windowing layer then undoes nnU-Net's CT normalisation with the dataset's intensity statistics).
@@ -34,8 +45,9 @@ from torch import nn
 from clips_nnunet.errors import DatasetError
 from clips_nnunet.trainers.base import nnUNetTrainerClipsBase
 from clips_nnunet.trainers.tmtv import augmentation as aug
-from clips_nnunet.trainers.tmtv.loss import (REFINER_WEIGHTS, STAGE1_WEIGHTS, TMTVLoss, deep_supervision_weights,
-                                             tmtv_loss_per_sample)
+from clips_nnunet.trainers.tmtv.loss import (REFINER_WEIGHTS, STAGE1_WEIGHTS, FullResolutionDeepSupervision,
+                                             TMTVLoss, deep_supervision_weights, tmtv_loss_per_sample,
+                                             upsample_logits)
 from clips_nnunet.trainers.tmtv.network import TMTV_UNET_FEATURES, TMTVRefiner, TMTVUNet
 from clips_nnunet.trainers.tmtv.plans import REFINER_CLASS, UNET_CLASS, detect_channels
 from clips_nnunet.trainers.tmtv.schedule import CosineWarmRestartsDecayLR, StepDecayLR, restart_period_epochs
@@ -103,10 +115,24 @@ class TMTVRecipe:
     tmtv_weight_decay: float = 1e-6
     restart_period_iterations: int = 3800   # TMTV-Net: 200 epochs x ~19 iterations
     restart_decay: float = 0.9              # peak learning rate x0.9 at each restart
+    #: True: TMTV-Net's deep supervision (low-resolution logits upsampled to the full-resolution target);
+    #: False: nnU-Net's (targets downsampled by the data pipeline; small lesions vanish from coarse targets)
+    deep_supervision_upsample_logits: bool = True
     refiner_initial_lr: float = 5e-4
     refiner_weight_decay: float = 1e-4
-    refiner_lr_gamma: float = 0.5           # step decay: x0.5 ...
-    refiner_lr_steps: int = 4               # ... 4 times over the run (every num_epochs // 4 epochs)
+    # TMTV-Net's refiner (104_v4_hdf5_refiner_aug_sensitivity_v2.py): StepLR(2000 epochs, 0.3), 12,000 epochs of
+    # 12 iterations (reservoir of 96 samples / batch 8), optimiser step every 2 iterations. In nnU-Net iterations:
+    refiner_lr_gamma: float = 0.3
+    refiner_lr_step_iterations: int = 24_000   # 2,000 TMTV epochs x 12 iterations
+    refiner_total_iterations: int = 144_000    # 12,000 TMTV epochs x 12 iterations -> 576 nnU-Net epochs of 250
+    refiner_grad_accumulation: int = 2
+    #: "respacing": TMTV-Net's random respacing (p 0.5, 1.5-4 mm) and no affine; "affine": stage 1's affine
+    refiner_spatial_augmentation: str = "respacing"
+    # network structure (read by build_network_architecture; nnUNetv2_predict rebuilds the network from the class)
+    decoder_upsample_mode: str = "trilinear"   # TMTV-Net's layers/ops_conversion.py; "nearest" as before
+    refiner_conv_bias: bool = False            # TMTV-Net: conv_kwargs bias=False in the refiner
+    refiner_head_norm_act: bool = True         # TMTV-Net: 1x1x1 conv + InstanceNorm + LeakyReLU
+    padding_is_air: bool = True                # all-zero voxels (nnU-Net's padding) -> 0 in every window
     stage1_loss_weights: Dict[str, float] = STAGE1_WEIGHTS
     refiner_loss_weights: Dict[str, float] = REFINER_WEIGHTS
     dice_smooth: float = 1e-3
@@ -131,19 +157,31 @@ class TMTVRecipe:
         self.oversample_foreground_percent = 0.0
         self.num_iterations_per_epoch = 250
         self.enable_deep_supervision = not self.tmtv_is_refiner
+        if self.tmtv_is_refiner:
+            if self.refiner_spatial_augmentation not in aug.SPATIAL_MODES:
+                raise DatasetError(f"refiner_spatial_augmentation must be one of {aug.SPATIAL_MODES}, got "
+                                   f"{self.refiner_spatial_augmentation!r}")
+            self.num_epochs = max(1, int(round(self.refiner_total_iterations / self.num_iterations_per_epoch)))
+            self.grad_accumulation_steps = max(1, int(self.refiner_grad_accumulation))
         # the static pipeline needs the SUV channel: bind it for this trainer (nnU-Net calls self.get_training_transforms)
-        self.get_training_transforms = functools.partial(type(self).get_training_transforms,
-                                                         suv_channel=self.tmtv_pet_channel)
+        spatial = self.refiner_spatial_augmentation if self.tmtv_is_refiner else "affine"
+        self.get_training_transforms = functools.partial(
+            type(self).get_training_transforms, suv_channel=self.tmtv_pet_channel, spatial=spatial,
+            current_spacing=tuple(float(x) for x in self.configuration_manager.spacing))
 
     # ----------------------------------------------------------------------------------------------- network
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
         kwargs = tmtv_network_kwargs(plans_manager, configuration_manager)
+        kwargs["zero_outside"] = bool(cls.padding_is_air)
         if is_refiner_configuration(configuration_manager):
-            return TMTVRefiner(num_input_channels, num_output_channels, deep_supervision=False, **kwargs)
-        return TMTVUNet(num_input_channels, num_output_channels, deep_supervision=enable_deep_supervision, **kwargs)
+            return TMTVRefiner(num_input_channels, num_output_channels, deep_supervision=False,
+                               **{"conv_bias": bool(cls.refiner_conv_bias),
+                                  "head_norm_act": bool(cls.refiner_head_norm_act), **kwargs})
+        return TMTVUNet(num_input_channels, num_output_channels, deep_supervision=enable_deep_supervision,
+                        **{"upsample_mode": cls.decoder_upsample_mode, **kwargs})
 
     def _tmtv_n_outputs(self) -> int:
         if self.configuration_manager.network_arch_class_name == UNET_CLASS:
@@ -154,9 +192,16 @@ class TMTVRecipe:
         return len(features) - 1
 
     def _get_deep_supervision_scales(self) -> Optional[List[List[float]]]:
-        """Target scales of the stage-1 outputs (strides 1, 2, 4, 8), full resolution first; None without DS."""
+        """Target scales, one per stage-1 output (full resolution first); None without deep supervision.
+
+        TMTV-Net's way (``deep_supervision_upsample_logits``): every scale 1, i.e. each output gets the
+        full-resolution target (batchgeneratorsv2 passes the same tensor on; the loss upsamples the logits).
+        nnU-Net's way: 1, 1/2, 1/4, 1/8 (the strides of the outputs).
+        """
         if not self.enable_deep_supervision or self.tmtv_is_refiner:
             return None
+        if self.deep_supervision_upsample_logits:
+            return [[1.0] * 3 for _ in range(self._tmtv_n_outputs())]
         return [[1.0 / 2 ** i] * 3 for i in range(self._tmtv_n_outputs())]
 
     def set_deep_supervision_enabled(self, enabled: bool):
@@ -173,18 +218,23 @@ class TMTVRecipe:
     def _build_loss(self):
         loss = TMTVLoss(self.tmtv_loss_weights, self.dice_smooth, self.focal_gamma)
         if self.enable_deep_supervision and not self.tmtv_is_refiner:
-            loss = DeepSupervisionWrapper(loss, deep_supervision_weights(self._tmtv_n_outputs()))
+            weights = deep_supervision_weights(self._tmtv_n_outputs())
+            wrapper = FullResolutionDeepSupervision if self.deep_supervision_upsample_logits else DeepSupervisionWrapper
+            loss = wrapper(loss, weights)
         return loss
 
     def per_sample_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The recipe's loss per sample (B,), so curricula rank cases by the loss the network is trained with."""
-        return tmtv_loss_per_sample(logits, target, self.tmtv_loss_weights, self.dice_smooth, self.focal_gamma)
+        """The recipe's loss per sample (B,), so curricula rank cases by the loss the network is trained with.
+        Logits coarser than the target are upsampled to it (TMTV-Net's deep supervision)."""
+        spatial = target.shape[2:] if target.ndim == logits.ndim else target.shape[1:]
+        return tmtv_loss_per_sample(upsample_logits(logits, spatial), target, self.tmtv_loss_weights,
+                                    self.dice_smooth, self.focal_gamma)
 
     # ----------------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
         if self.tmtv_is_refiner:
-            step = max(1, self.num_epochs // max(1, self.refiner_lr_steps))
+            step = restart_period_epochs(self.refiner_lr_step_iterations, self.num_iterations_per_epoch)
             scheduler = StepDecayLR(optimizer, self.initial_lr, step, self.refiner_lr_gamma)
         else:
             period = restart_period_epochs(self.restart_period_iterations, self.num_iterations_per_epoch)
@@ -193,12 +243,16 @@ class TMTVRecipe:
 
     # ----------------------------------------------------------------------------------------------- augmentation
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        """Rotation +-0.3 rad, scale 0.9-1.1, flips on all 3 axes in training, none at test time."""
+        """Rotation +-0.3 rad, scale 0.9-1.1 (refiner: random respacing), flips on all 3 axes in training, none at
+        test time. The sampled patch is large enough for the affine / the coarsest respacing."""
         patch_size = self.configuration_manager.patch_size
         if len(patch_size) != 3:
             raise DatasetError(f"the TMTV recipe is 3D; configuration patch size {patch_size}")
         rotation = aug.ROTATION_RAD
-        initial_patch_size = get_patch_size(patch_size, rotation, rotation, rotation, aug.SCALING)
+        if self.tmtv_is_refiner and self.refiner_spatial_augmentation == "respacing":
+            initial_patch_size = aug.respacing_initial_patch_size(patch_size, self.configuration_manager.spacing)
+        else:
+            initial_patch_size = get_patch_size(patch_size, rotation, rotation, rotation, aug.SCALING)
         self.inference_allowed_mirroring_axes = None
         return rotation, False, initial_patch_size, (0, 1, 2)
 
@@ -207,16 +261,33 @@ class TMTVRecipe:
                                 deep_supervision_scales: Union[List, Tuple, None], mirror_axes: Tuple[int, ...],
                                 do_dummy_2d_data_aug: bool, use_mask_for_norm: List[bool] = None,
                                 is_cascaded: bool = False, foreground_labels=None, regions=None,
-                                ignore_label: int = None, suv_channel: int = 1):
-        """TMTV-Net's pipeline (``augmentation.tmtv_training_transforms``); ``suv_channel`` is bound per trainer."""
+                                ignore_label: int = None, suv_channel: int = 1, spatial: str = "affine",
+                                current_spacing=None):
+        """TMTV-Net's pipeline (``augmentation.tmtv_training_transforms``); ``suv_channel``, ``spatial`` and
+        ``current_spacing`` are bound per trainer."""
         return aug.tmtv_training_transforms(patch_size, deep_supervision_scales, mirror_axes, suv_channel,
                                             is_cascaded, foreground_labels, regions, ignore_label,
-                                            rotation=rotation_for_DA)
+                                            rotation=rotation_for_DA, spatial=spatial,
+                                            current_spacing=current_spacing)
 
 
 class nnUNetTrainerTMTV(TMTVRecipe, nnUNetTrainerClipsBase):
     """TMTV-Net's recipe (stage 1 on 3d_tmtv / 3d_fullres; the refiner on a cascaded configuration such as
     3d_tmtv_refine, reading stage-1 predictions of this same trainer, nnU-Net's cascade convention)."""
+
+
+class nnUNetTrainerTMTVFinetune(nnUNetTrainerTMTV):
+    """TMTV-Net's second stage-1 run (``*_longer.py`` in civodlu/AutoPET2022): the same recipe at lr 5e-5, started
+    from the best checkpoint of a first run::
+
+        nnUNetv2_train D 3d_tmtv F -tr nnUNetTrainerTMTVFinetune \\
+            -pretrained_weights $nnUNet_results/DatasetD/nnUNetTrainerTMTV__nnUNetPlans__3d_tmtv/fold_F/checkpoint_best.pth
+
+    ``checkpoint_best.pth`` is nnU-Net's: saved whenever the exponential moving average of the validation
+    pseudo-Dice improves. TMTV-Net ran its fine-tuning for up to 12,000 epochs; the epoch count here stays nnU-Net's.
+    """
+
+    tmtv_initial_lr: float = 5e-5
 
 
 class nnUNetTrainerTMTVRefiner(nnUNetTrainerTMTV):
