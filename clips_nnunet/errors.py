@@ -43,3 +43,7 @@ class WriteError(ClipsError, OSError):
 
 class LockedError(ClipsError):
     """Another run holds the lock of a dataset or output folder."""
+
+
+class UsageError(ClipsError, ValueError):
+    """An argument is invalid (a command-line option or a function argument); the message says the valid range."""

@@ -56,6 +56,8 @@ def _read_stream(path: Path, compressed: bool, header_bytes: int = 0) -> Tuple[b
 
 def nifti_header_shape(head: bytes) -> Tuple[Tuple[int, ...], int, int]:
     """(dims x, y, z, ..., bits per voxel, vox_offset) from the first bytes of a NIfTI-1 or NIfTI-2 file."""
+    if len(head) < 348:
+        raise ValueError(f"the file holds {len(head)} bytes, less than a NIfTI header")
     for endian in "<>":
         size = struct.unpack(endian + "i", head[:4])[0]
         if size == 348 and len(head) >= 348:
@@ -254,6 +256,38 @@ def atomic_write_json(destination: PathLike, obj: Any) -> None:
 def read_json(path: PathLike) -> Any:
     with open(path, "r", encoding="utf-8") as f:
         return json.load(f)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# worker processes
+# ----------------------------------------------------------------------------------------------------------------------
+def die_with_parent(parent_pid: int) -> None:
+    """Make this (worker) process end when ``parent_pid`` ends; call it first in a process pool's initializer.
+
+    On Linux the kernel sends SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``); elsewhere a daemon thread
+    polls the parent pid every second. A parent that died before this call ends the worker at once.
+    """
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        import time
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    if not sys.platform.startswith("linux"):
+        threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -39,17 +39,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run one sub-command and return its exit code.
+
+    Exit codes (the policy of :mod:`clips_nnunet.errors`): 0 done; 1 the command ran but some cases failed (the
+    sub-command returns it) or an internal error (with its traceback, to be reported); 2 the command could not run
+    as asked: bad arguments or input (:class:`ClipsError`, e.g. a missing folder, an empty cohort, a locked
+    dataset) or an unusable environment (:class:`OSError`: full disk, read-only folder, missing file), printed as
+    one line without a traceback; 130 interrupted (Ctrl-C).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    prog = f"clips-nnunet {args.command}"
     try:
         return int(args.func(args) or 0)
     except ClipsError as e:
-        print(f"clips-nnunet {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"{prog}: error: {_one_line(e.strerror or e)}{where}; check the path, free disk space and "
+              "permissions, then run again", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -14,9 +14,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-j", "--workers", type=int, default=1,
                    help="studies converted in parallel (processes, one SimpleITK thread each; default 1)")
     p.add_argument("--resume", action="store_true",
-                   help="skip cases completed by an earlier (possibly killed) run; unfinished cases are redone")
+                   help="skip cases completed by an earlier (possibly killed) run whose files re-verify; unfinished "
+                        "cases are redone")
+    p.add_argument("--add", action="store_true",
+                   help="let this cohort's new patients join a dataset that already holds converted cases "
+                        "(without --add that is refused)")
+    p.add_argument("--prune", action="store_true",
+                   help="remove the dataset's cases that are not in this run's cohort(s) (each is printed); without "
+                        "it, cases converted by earlier runs are always kept")
     p.add_argument("--force", action="store_true",
-                   help="rewrite splits_final.json in nnUNet_preprocessed even when it exists")
+                   help="rewrite splits_final.json in nnUNet_preprocessed even when it exists (it is rewritten "
+                        "anyway when this tool wrote it and the training cases changed)")
     p.add_argument("--private-dir", default=None,
                    help="folder for the private patient->case mapping and the full report (default: "
                         "<parent of nnUNet_raw>/clips_private/DatasetXXX_NAME; must be outside nnUNet_raw)")
@@ -24,15 +32,22 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _finish(report) -> int:
+def _finish(report, command: str) -> int:
+    """Print the summary; exit code 1 when a case failed or splits_final.json is stale, else 0."""
+    for case in report.pruned:
+        print(f"--prune: removed case {case} (not in this run's cohort)")
     print(report.summary_table())
     for w in report.warnings:
         print(f"warning: {w}")
+    code = 0
     if report.failed:
-        print(f"{len(report.failed)} case(s) failed: see {report.dataset_dir / 'conversion_report.json'}",
-              file=sys.stderr)
-        return 1
-    return 0
+        print(f"clips-nnunet {command}: {len(report.failed)} case(s) failed: see "
+              f"{report.dataset_dir / 'conversion_report.json'}", file=sys.stderr)
+        code = 1
+    if report.splits_error:
+        print(f"clips-nnunet {command}: error: {report.splits_error}", file=sys.stderr)
+        code = 1
+    return code
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -41,8 +56,9 @@ def run_convert(args: argparse.Namespace) -> int:
     report = convert_cohort(args.cohort_dir, args.dataset_id, args.name, labels=args.labels, roi=args.roi,
                             test_dirs=args.test or [], workers=args.workers, resume=args.resume, force=args.force,
                             private_dir=args.private_dir, overrides_csv=args.overrides,
-                            target_spacing=args.target_spacing, prefix=args.prefix, progress=not args.quiet)
-    return _finish(report)
+                            target_spacing=args.target_spacing, prefix=args.prefix, progress=not args.quiet,
+                            add=args.add, prune=args.prune)
+    return _finish(report, "convert")
 
 
 def run_convert_autopet(args: argparse.Namespace) -> int:
@@ -50,8 +66,8 @@ def run_convert_autopet(args: argparse.Namespace) -> int:
 
     report = convert_autopet(args.autopet_dir, args.dataset_id, args.name, workers=args.workers,
                              resume=args.resume, force=args.force, private_dir=args.private_dir,
-                             prefix=args.prefix, progress=not args.quiet)
-    return _finish(report)
+                             prefix=args.prefix, progress=not args.quiet, add=args.add, prune=args.prune)
+    return _finish(report, "convert-autopet")
 
 
 def run_synth(args: argparse.Namespace) -> int:

@@ -12,18 +12,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from clips_nnunet.errors import ClipsError
+import numpy as np
+import SimpleITK as sitk
+
+from clips_nnunet.errors import ClipsError, PatientError
 from clips_nnunet.io_utils import PathLike
 
-from .convert import CaseJob, ConversionReport, _execute, _setup, finish_dataset
+from . import cohort as C
 
 CT_NAME, SUV_NAME, SEG_NAME = "CTres.nii.gz", "SUV.nii.gz", "SEG.nii.gz"
 
 
-def find_autopet_studies(root: PathLike) -> List[Tuple[str, str, Dict[str, str]]]:
-    """(patient, study, {"ct", "pet", "seg"}) for every folder below ``root`` holding SUV.nii.gz (sorted).
+def find_autopet_studies(root: PathLike) -> List[Tuple[str, str, C.AutopetFiles]]:
+    """(patient, study, files) for every folder below ``root`` holding SUV.nii.gz (sorted).
 
-    ``seg`` is absent when SEG.nii.gz is missing (the study goes to imagesTs); a missing CTres.nii.gz is kept
+    ``files.seg`` is None when SEG.nii.gz is missing (the study goes to imagesTs); a missing CTres.nii.gz is kept
     and reported as that study's failure.
     """
     root = Path(root)
@@ -35,39 +38,72 @@ def find_autopet_studies(root: PathLike) -> List[Tuple[str, str, Dict[str, str]]
         if not rel.parts:
             raise ClipsError(f"{suv} lies directly in {root}: expected DIR/<patient>/<study>/{SUV_NAME}")
         patient, study = rel.parts[0], "/".join(rel.parts[1:]) or "."
-        paths = {"pet": str(suv), "ct": str(suv.parent / CT_NAME)}
-        if (suv.parent / SEG_NAME).is_file():
-            paths["seg"] = str(suv.parent / SEG_NAME)
-        studies.append((patient, study, paths))
+        seg = suv.parent / SEG_NAME
+        studies.append((patient, study, C.AutopetFiles(str(suv), str(suv.parent / CT_NAME),
+                                                       str(seg) if seg.is_file() else None)))
     if not studies:
         raise ClipsError(f"no {SUV_NAME} found below {root}: is this the NIfTI release of FDG-PET-CT-Lesions?")
     return studies
 
 
+def prepare_autopet(files: C.AutopetFiles, label: str) -> C.PreparedStudy:
+    """Read one autoPET study (SUV grid; CTres resampled onto it when it is not on it already)."""
+    from .masks import read_mask_file
+    from .read import resample_to_reference
+
+    try:
+        pet = sitk.ReadImage(files.pet, sitk.sitkFloat32)
+        ct = sitk.ReadImage(files.ct, sitk.sitkFloat32)
+    except RuntimeError as e:
+        raise PatientError(label, f"cannot read the NIfTI files ({str(e).splitlines()[0][:200]}); re-download "
+                                  "the study") from e
+    warnings = []
+    same_grid = (ct.GetSize() == pet.GetSize() and np.allclose(ct.GetSpacing(), pet.GetSpacing(), atol=1e-4)
+                 and np.allclose(ct.GetOrigin(), pet.GetOrigin(), atol=1e-3))
+    if not same_grid:
+        warnings.append("CTres is not on the SUV grid: resampled (linear, -1024 HU fill)")
+        ct = resample_to_reference(ct, pet, "linear", -1024.0)
+    mask = read_mask_file(files.seg, pet) if files.seg else None
+    return C.PreparedStudy(ct, pet, mask, "nifti" if mask is not None else None, None, warnings, [])
+
+
 def convert_autopet(root: PathLike, dataset_id: int, name: str, workers: int = 1, resume: bool = False,
                     force: bool = False, private_dir: Optional[PathLike] = None, prefix: Optional[str] = None,
                     raw_root: Optional[PathLike] = None, preprocessed_root: Optional[PathLike] = None,
-                    progress: bool = True, n_folds: int = 5) -> ConversionReport:
+                    progress: bool = True, n_folds: int = 5, add: bool = False,
+                    prune: bool = False) -> C.ConversionReport:
     """Convert an autoPET NIfTI tree to ``<nnUNet_raw>/Dataset{id}_{name}`` (arguments as ``convert_cohort``)."""
-    if not isinstance(workers, int) or workers < 1:
+    from .write import CaseRegistry
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ClipsError(f"-j/--workers must be a positive integer, got {workers!r}")
     studies = find_autopet_studies(root)
-    dataset_dir, private, pre, registry = _setup(dataset_id, name, private_dir, raw_root, preprocessed_root, prefix)
-    case_of = registry.assign([(p, s) for p, s, _ in studies])
-    registry.save()
-    records: Dict[str, Dict] = {}
-    jobs: List[CaseJob] = []
-    for patient, study, paths in studies:
-        cid = case_of[(patient, study)]
-        group = registry.groups[patient]
-        if not Path(paths["ct"]).is_file():
-            records[cid] = {"case_id": cid, "patient_group": group, "status": "failed",
-                            "reason": f"{CT_NAME} is missing beside {SUV_NAME}; re-download this study"}
-            continue
-        jobs.append(CaseJob(cid, group, False, "autopet", paths, f"{cid} (patient {group})",
-                            [patient] + [p for p in study.split("/") if len(p) >= 3]))
-    options = {"dataset_dir": str(dataset_dir), "private_dir": str(private)}
-    secrets_ = _execute(jobs, records, dataset_dir, private, options, resume, workers, progress)
-    return finish_dataset(dataset_dir, private, name, records, [], pre, force, n_folds, secrets_,
-                          extra_report={"options": {"source": "autoPET NIfTI", "workers": workers,
-                                                    "resume": resume}})
+    target = C.resolve_target(dataset_id, name, private_dir, raw_root, preprocessed_root)
+    keys = [(p, s) for p, s, _ in studies]
+    with target.lock():
+        registry = CaseRegistry.load(target.private_dir, prefix or name.replace("-", ""))
+        earlier = C.check_membership(target, registry, keys, add, prune)
+        C.open_dataset(target)
+        case_of = registry.assign(keys)
+        registry.save()
+        pruned: List[str] = []
+        if prune:
+            pruned = C.prune_cases(target, [c for c in earlier if c not in set(case_of.values())])
+            earlier = {c: r for c, r in earlier.items() if c not in pruned}
+        records: Dict[str, C.Record] = {}
+        jobs: List[C.CaseJob] = []
+        for patient, study, files in studies:
+            cid = case_of[(patient, study)]
+            group = registry.groups[patient]
+            if not Path(files.ct).is_file():
+                records[cid] = {"case_id": cid, "patient_group": group, "status": "failed",
+                                "reason": f"{CT_NAME} is missing beside {SUV_NAME}; re-download this study"}
+                continue
+            jobs.append(C.CaseJob(cid, group, False, files, f"{cid} (patient {group})",
+                                  [patient] + [p for p in study.split("/") if len(p) >= 3]))
+        options = C.ConversionOptions(target.dataset_dir, target.private_dir)
+        secrets_ = C.execute(jobs, records, options, resume, workers, progress)
+        return C.finish_dataset(target, records, [], force, n_folds, secrets_, earlier=earlier,
+                                known_cases=list(registry.cases), pruned=pruned,
+                                extra_report={"options": {"source": "autoPET NIfTI", "workers": workers,
+                                                          "resume": resume, "add": add, "prune": prune}})

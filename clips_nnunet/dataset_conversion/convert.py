@@ -10,18 +10,17 @@ geometry):
    (even-odd rule) or a NIfTI/NRRD file; a mask drawn on the CT is brought to the PET grid by occupancy >= 0.5.
 4. Optional common target spacing (CT and PET linear, mask by occupancy).
 
-Cohort (:func:`convert_cohort`): index the folder(s), choose series per study (:mod:`.select`), give each study a
-pseudonymous case id (:class:`.write.CaseRegistry`), convert studies in parallel (``workers`` processes, one
-SimpleITK thread each), write cases atomically, then dataset.json, case_metadata.json, conversion_report.json and
-the patient-grouped splits. One study's failure is recorded and the others go on. A per-case completion record in
-the private folder makes ``resume`` skip finished cases; files of unfinished cases (a killed run) are deleted.
+Cohort (:func:`convert_cohort`): check the arguments and the cohort (nothing is created for bad input), index the
+folder(s), take the dataset lock, choose series per study (:mod:`.select`), give each study a pseudonymous case id
+(:class:`.write.CaseRegistry`), convert studies in parallel, then write dataset.json, case_metadata.json,
+conversion_report.json and the patient-grouped splits (:mod:`.cohort`). One study's failure is recorded and the
+others go on. A per-case completion record in the private folder makes ``resume`` skip finished cases whose files
+re-verify; files of unfinished cases (a killed run) are deleted; cases converted by earlier runs stay unless
+``prune``.
 """
 from __future__ import annotations
 
-import os
 import re
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -29,51 +28,20 @@ import numpy as np
 import SimpleITK as sitk
 
 from clips_nnunet.errors import ClipsError, PatientError
-from clips_nnunet.io_utils import PathLike, atomic_write_json, atomic_write_text, dumps_json, read_json
+from clips_nnunet.io_utils import PathLike, atomic_write_json, read_json
 
-from . import write as W
-from .metadata import case_metadata, write_case_metadata
+from . import cohort as C
+from .cohort import ConversionReport, LabelOption, PreparedStudy
 
-REPORT_NAME = "conversion_report.json"
-STATE_DIR = "cases"
+__all__ = ["ConversionReport", "LabelOption", "PreparedStudy", "convert_cohort", "prepare_study",
+           "resample_to_spacing", "vendor_name"]
+
 MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # per study
 # ----------------------------------------------------------------------------------------------------------------------
-@dataclass
-class PreparedStudy:
-    """One study on the PET grid: CT (HU) and PET (SUVbw) float32 images, mask (z, y, x uint8) or None."""
-    ct_on_pet: sitk.Image
-    pet_suv: sitk.Image
-    mask: Optional[np.ndarray]
-    mask_source: Optional[str] = None
-    vendor: Optional[str] = None
-    warnings: List[str] = field(default_factory=list)
-    decisions: List[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class LabelOption:
-    """Parsed ``--labels``: mode ``auto``, ``seg``, ``rtstruct``, ``none`` or ``nifti`` (with ``folder``)."""
-    mode: str = "auto"
-    folder: Optional[Path] = None
-
-    @classmethod
-    def parse(cls, text: str) -> "LabelOption":
-        text = (text or "auto").strip()
-        if text.lower().startswith("nifti:"):
-            folder = Path(text.split(":", 1)[1]).expanduser()
-            if not folder.is_dir():
-                raise ClipsError(f"--labels {text}: folder {folder} does not exist; pass nifti:DIR with the mask "
-                                 "files named <PatientID>.nii.gz or <PatientID>_<StudyInstanceUID>.nii.gz")
-            return cls("nifti", folder)
-        if text.lower() not in ("auto", "seg", "rtstruct", "none"):
-            raise ClipsError(f"--labels {text!r} is not one of auto, seg, rtstruct, none, nifti:DIR")
-        return cls(text.lower(), None)
-
-
 def vendor_name(manufacturer: Optional[str]) -> Optional[str]:
     """Short vendor name from DICOM Manufacturer (SIEMENS, GE, PHILIPS, CANON, UIH or the text itself)."""
     if not manufacturer:
@@ -130,8 +98,8 @@ def _mask_from_object(obj, selection, pet: sitk.Image, pet_headers: Sequence[Any
     on_pet = selection.pet.series_uid in obj.referenced_series_uids
     on_ct = selection.ct is not None and selection.ct.series_uid in obj.referenced_series_uids
     if not on_pet and not on_ct:
-        if selection.ct is not None and obj.frame_of_reference_uid == selection.ct.frame_of_reference_uid \
-                and obj.modality == "RTSTRUCT":
+        same_frame = selection.ct is not None and obj.frame_of_reference_uid == selection.ct.frame_of_reference_uid
+        if same_frame and obj.modality == "RTSTRUCT":
             on_pet = True  # contours are in patient mm: rasterise directly on the PET grid
         else:
             raise PatientError(label, f"{obj.modality} object does not reference the chosen PET or CT series")
@@ -238,275 +206,45 @@ def prepare_study(selection, overrides=None, labels: LabelOption | str = "auto",
 # ----------------------------------------------------------------------------------------------------------------------
 # cohort
 # ----------------------------------------------------------------------------------------------------------------------
-@dataclass
-class CaseJob:
-    """One study to convert. ``kind`` ``dicom`` (payload: StudySelection) or ``autopet`` (payload: file paths)."""
-    case_id: str
-    group: str
-    test_only: bool
-    kind: str
-    payload: Any
-    label: str
-    secrets: List[str] = field(default_factory=list)
-    overrides: Any = None
-
-
-@dataclass
-class ConversionReport:
-    """Outcome of a cohort conversion; ``cases`` maps case id -> record (status converted/failed/skipped)."""
-    dataset_dir: Path
-    private_dir: Path
-    cases: Dict[str, Dict[str, Any]]
-    warnings: List[str]
-    splits_written: bool
-
-    @property
-    def failed(self) -> List[str]:
-        return sorted(c for c, r in self.cases.items() if r["status"] == "failed")
-
-    @property
-    def converted(self) -> List[str]:
-        return sorted(c for c, r in self.cases.items() if r["status"] == "converted")
-
-    def summary_table(self) -> str:
-        """Plain-text table: one row per case (status, split, TMTV, lesions, reason/warnings)."""
-        rows = [("case", "status", "split", "TMTV ml", "lesions", "notes")]
-        for case, r in sorted(self.cases.items()):
-            md = r.get("metadata") or {}
-            tmtv = md.get("tmtv_ml")
-            notes = r.get("reason") or "; ".join(r.get("warnings", []))
-            rows.append((case, r["status"] + (" (resumed)" if r.get("resumed") else ""), r.get("split", "-"),
-                         "-" if tmtv is None else f"{tmtv:.1f}", str(md.get("n_lesions", "-")),
-                         (notes[:110] + "...") if len(notes) > 113 else notes))
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
-        lines = ["  ".join(v.ljust(w) for v, w in zip(row[:5], widths)) + "  " + row[5] for row in rows]
-        n_ok = len(self.converted)
-        lines.append(f"converted {n_ok}, failed {len(self.failed)}, skipped "
-                     f"{sum(r['status'] == 'skipped' for r in self.cases.values())} -> {self.dataset_dir}")
-        return "\n".join(lines)
-
-
-def _init_worker() -> None:
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-
-
-def _prepare_autopet(paths: Dict[str, str], label: str) -> PreparedStudy:
-    from .masks import read_mask_file
-    from .read import resample_to_reference
-
-    try:
-        pet = sitk.ReadImage(paths["pet"], sitk.sitkFloat32)
-        ct = sitk.ReadImage(paths["ct"], sitk.sitkFloat32)
-    except RuntimeError as e:
-        raise PatientError(label, f"cannot read the NIfTI files ({str(e).splitlines()[0][:200]}); re-download "
-                                  "the study") from e
-    warnings = []
-    if ct.GetSize() != pet.GetSize() or not np.allclose(ct.GetSpacing(), pet.GetSpacing(), atol=1e-4) \
-            or not np.allclose(ct.GetOrigin(), pet.GetOrigin(), atol=1e-3):
-        warnings.append("CTres is not on the SUV grid: resampled (linear, -1024 HU fill)")
-        ct = resample_to_reference(ct, pet, "linear", -1024.0)
-    mask = read_mask_file(paths["seg"], pet) if paths.get("seg") else None
-    return PreparedStudy(ct, pet, mask, "nifti" if mask is not None else None, None, warnings, [])
-
-
-def _state_path(private_dir: Path, case_id: str) -> Path:
-    return private_dir / STATE_DIR / f"{case_id}.json"
-
-
-def run_case(job: CaseJob, options: Dict[str, Any]) -> Dict[str, Any]:
-    """Convert one case and write its files and completion record; never raises (failures become records)."""
-    t0 = time.perf_counter()
-    dataset_dir, private_dir = Path(options["dataset_dir"]), Path(options["private_dir"])
-    record: Dict[str, Any] = {"case_id": job.case_id, "patient_group": job.group}
-    try:
-        if job.kind == "dicom":
-            prepared = prepare_study(job.payload, job.overrides, options["labels"], options["roi"],
-                                     options["target_spacing"], label=job.label)
-        else:
-            prepared = _prepare_autopet(job.payload, job.label)
-        mask = None if job.test_only else prepared.mask
-        split = "train" if mask is not None else "test"
-        spacing_zyx = tuple(reversed(prepared.pet_suv.GetSpacing()))
-        suv = sitk.GetArrayViewFromImage(prepared.pet_suv)
-        # the (gzip-bound) NIfTI writes run in a second thread while the lesion metadata is computed: SimpleITK
-        # releases the GIL while writing. The completion record below is written only after both have finished.
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(max_workers=1) as writer:
-            written = writer.submit(W.write_case, dataset_dir, job.case_id, prepared.ct_on_pet, prepared.pet_suv,
-                                    mask)
-            metadata = case_metadata(prepared.mask, suv, spacing_zyx, vendor=prepared.vendor, split=split,
-                                     group=job.group)
-            written.result()
-        record.update(status="converted", split=split, mask_source=prepared.mask_source,
-                      warnings=list(prepared.warnings), decisions=list(prepared.decisions), metadata=metadata)
-        if job.test_only and prepared.mask is not None:
-            record["warnings"].append("from a --test cohort: written to imagesTs; its mask is used only in metadata")
-        record["seconds"] = round(time.perf_counter() - t0, 2)
-        atomic_write_json(_state_path(private_dir, job.case_id), record)
-    except PatientError as e:
-        record.update(status="failed", reason=e.reason)
-    except Exception as e:  # one study never stops the cohort: record and go on
-        record.update(status="failed", reason=f"unexpected {type(e).__name__}: {e}")
-    record.setdefault("seconds", round(time.perf_counter() - t0, 2))
-    record["secrets"] = job.secrets
-    return record
-
-
-def _run_jobs(jobs: List[CaseJob], options: Dict[str, Any], workers: int, progress: bool) -> List[Dict[str, Any]]:
-    from tqdm.auto import tqdm
-
-    results: List[Dict[str, Any]] = []
-    bar = tqdm(total=len(jobs), desc="converting", unit="study", disable=not progress)
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            results.append(run_case(job, options))
-            bar.update()
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
-            futures = [pool.submit(run_case, job, options) for job in jobs]
-            for fut in as_completed(futures):
-                results.append(fut.result())
-                bar.update()
-    bar.close()
-    return results
-
-
-def finish_dataset(dataset_dir: Path, private_dir: Path, name: str, records: Dict[str, Dict[str, Any]],
-                   warnings: List[str], preprocessed_root: Optional[Path], force: bool, n_folds: int = 5,
-                   secrets_: Sequence[str] = (), extra_report: Optional[Dict[str, Any]] = None) -> ConversionReport:
-    """dataset.json, case_metadata.json, conversion_report.json (scrubbed) and splits after the cases are written."""
-    converted = {c: r for c, r in records.items() if r["status"] == "converted"}
-    train = {c: r for c, r in converted.items() if r["split"] == "train"}
-    W.remove_incomplete(dataset_dir, converted)
-    W.write_dataset_json(dataset_dir, name, len(train))
-    write_case_metadata(dataset_dir, {c: r["metadata"] for c, r in converted.items()})
-    splits_written = False
-    if preprocessed_root is not None and len({r["patient_group"] for r in train.values()}) >= 2:
-        splits = W.patient_grouped_splits({c: r["patient_group"] for c, r in train.items()}, n_folds=n_folds)
-        splits_written = W.write_splits(preprocessed_root / dataset_dir.name, splits, force=force)
-        if not splits_written:
-            warnings.append("splits_final.json exists in nnUNet_preprocessed and was kept (use --force to rewrite)")
-    elif preprocessed_root is not None:
-        warnings.append("fewer than 2 labelled patients: no splits_final.json written")
-    public_cases = {}
-    for c, r in sorted(records.items()):
-        r = {k: v for k, v in r.items() if k != "secrets"}
-        public_cases[c] = r
-    report = {"cases": public_cases, "warnings": warnings,
-              "counts": {"converted": len(converted), "train": len(train), "test": len(converted) - len(train),
-                         "failed": sum(r["status"] == "failed" for r in records.values()),
-                         "skipped": sum(r["status"] == "skipped" for r in records.values())},
-              **(extra_report or {})}
-    atomic_write_json(private_dir / REPORT_NAME, report)
-    atomic_write_text(dataset_dir / REPORT_NAME, W.scrub(dumps_json(report), secrets_))
-    return ConversionReport(dataset_dir, private_dir, public_cases, warnings, splits_written)
-
-
-def _setup(dataset_id: int, name: str, private_dir: Optional[PathLike], raw_root: Optional[PathLike],
-           preprocessed_root: Optional[PathLike], prefix: Optional[str]):
-    folder = W.dataset_folder_name(dataset_id, name)
-    raw = Path(raw_root) if raw_root else W.nnunet_folder("nnUNet_raw")
-    pre = Path(preprocessed_root) if preprocessed_root else (
-        Path(os.environ["nnUNet_preprocessed"]) if os.environ.get("nnUNet_preprocessed") else None)
-    dataset_dir = raw / folder
-    private = W.check_private_dir(Path(private_dir) if private_dir else W.default_private_dir(raw, folder), raw)
-    dataset_dir.mkdir(parents=True, exist_ok=True)
-    private.mkdir(parents=True, exist_ok=True)
-    registry = W.CaseRegistry.load(private, prefix or name.replace("-", ""))
-    return dataset_dir, private, pre, registry
-
-
-def _resumable(private: Path, dataset_dir: Path, case_id: str) -> Optional[Dict[str, Any]]:
-    state = _state_path(private, case_id)
-    if not state.is_file():
-        return None
-    try:
-        record = read_json(state)
-    except (OSError, ValueError):
-        return None
-    if record.get("status") != "converted":
-        return None
-    files = W.case_files(dataset_dir, case_id, record.get("split") == "train")
-    if not all(f.is_file() for f in files):
-        return None
-    return record
-
-
-def _execute(jobs: List[CaseJob], records: Dict[str, Dict[str, Any]], dataset_dir: Path, private: Path,
-             options: Dict[str, Any], resume: bool, workers: int, progress: bool) -> List[str]:
-    """Resume bookkeeping + run; fills ``records``; returns the secrets of all jobs (for scrubbing)."""
-    secrets_: List[str] = []
-    todo: List[CaseJob] = []
-    for job in jobs:
-        secrets_.extend(job.secrets)
-        done = _resumable(private, dataset_dir, job.case_id) if resume else None
-        if done is not None:
-            done["resumed"] = True
-            records[job.case_id] = done
-        else:
-            _state_path(private, job.case_id).unlink(missing_ok=True)
-            todo.append(job)
-    W.remove_incomplete(dataset_dir, [c for c, r in records.items() if r.get("resumed")])
-    for r in _run_jobs(todo, options, workers, progress):
-        r.pop("secrets", None)
-        records[r["case_id"]] = r
-    return secrets_
-
-
-def convert_cohort(cohort_dir: PathLike, dataset_id: int, name: str, labels: str = "auto",
-                   roi: Optional[str] = None, test_dirs: Sequence[PathLike] = (), workers: int = 1,
-                   resume: bool = False, force: bool = False, private_dir: Optional[PathLike] = None,
-                   overrides_csv: Optional[PathLike] = None, target_spacing: Optional[Sequence[float]] = None,
-                   prefix: Optional[str] = None, raw_root: Optional[PathLike] = None,
-                   preprocessed_root: Optional[PathLike] = None, progress: bool = True,
-                   n_folds: int = 5) -> ConversionReport:
-    """Convert a DICOM PET/CT cohort into ``<nnUNet_raw>/Dataset{id}_{name}`` (see the module docstring).
-
-    ``test_dirs``: further cohorts whose studies all go to imagesTs. ``raw_root`` / ``preprocessed_root`` default to
-    ``$nnUNet_raw`` / ``$nnUNet_preprocessed``; ``private_dir`` defaults to ``<parent of nnUNet_raw>/clips_private/
-    Dataset{id}_{name}``. Returns the :class:`ConversionReport`; failures are in it (nothing raised for them).
-    """
-    from .index import index_dicom_folder
-    from .select import select_studies
-
-    if not isinstance(workers, int) or workers < 1:
+def _check_inputs(cohort_dir: PathLike, test_dirs: Sequence[PathLike], workers: int, labels: str,
+                  roi: Optional[str], overrides_csv: Optional[PathLike], target_spacing: Optional[Sequence[float]],
+                  prefix: Optional[str]) -> Tuple[LabelOption, Dict[str, Any]]:
+    """Every argument check that needs no DICOM reading; raises :class:`ClipsError` before anything is created."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ClipsError(f"-j/--workers must be a positive integer, got {workers!r}")
+    for folder, what in [(cohort_dir, "cohort folder")] + [(t, "--test cohort folder") for t in test_dirs]:
+        if not Path(folder).is_dir():
+            raise ClipsError(f"{what} {folder} does not exist or is not a folder: pass the folder that holds the "
+                             "cohort's DICOM files")
     option = LabelOption.parse(labels)
     if roi is not None:
         try:
             re.compile(roi)
         except re.error as e:
             raise ClipsError(f"--roi {roi!r} is not a valid regular expression ({e})") from e
+    if target_spacing is not None:
+        spacing = [float(v) for v in target_spacing]
+        if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+            raise ClipsError(f"--target-spacing {spacing} must be three positive numbers (mm)")
+    if prefix is not None and not re.match(r"^[A-Za-z][A-Za-z0-9]*$", prefix):
+        raise ClipsError(f"--prefix {prefix!r} must start with a letter and hold only letters and digits")
     overrides: Dict[str, Any] = {}
     if overrides_csv:
         from .overrides import load_overrides
         overrides = load_overrides(overrides_csv)
-    dataset_dir, private, pre, registry = _setup(dataset_id, name, private_dir, raw_root, preprocessed_root, prefix)
+    return option, overrides
 
-    warnings: List[str] = []
-    indexes = []
-    for root, test_only in [(cohort_dir, False)] + [(t, True) for t in test_dirs]:
-        idx = index_dicom_folder(root, progress=progress, workers=workers)  # headers read in parallel too
-        indexes.append((idx, test_only))
-        if idx.unreadable:
-            warnings.append(f"{len(idx.unreadable)} unreadable DICOM file(s) in {'a --test' if test_only else 'the'} "
-                            f"cohort (listed in the private report)")
-    keys = [(p, s) for idx, _ in indexes for p in sorted(idx.patients) for s in sorted(idx.patients[p])]
-    case_of = registry.assign(keys)
-    registry.save()
-    unreadable = [str(p) for idx, _ in indexes for p, _ in idx.unreadable]
 
-    records: Dict[str, Dict[str, Any]] = {}
-    jobs: List[CaseJob] = []
+def _jobs_and_records(indexes, registry, case_of, overrides) -> Tuple[List[C.CaseJob], Dict[str, C.Record]]:
+    from .select import select_studies
+
+    records: Dict[str, C.Record] = {}
+    jobs: List[C.CaseJob] = []
     for idx, test_only in indexes:
         for patient_key in sorted(idx.patients):
             studies = idx.patients[patient_key]
             group = registry.groups[patient_key]
             plabel = f"patient {group}"
-            secrets_ = [patient_key]
             try:
                 selections = select_studies(studies, plabel)
             except PatientError as e:
@@ -523,17 +261,71 @@ def convert_cohort(cohort_dir: PathLike, dataset_id: int, name: str, labels: str
                                     "decisions": list(selections[0].decisions) if selections else []}
             for sel in selections:
                 cid = case_of[(patient_key, sel.study_uid)]
-                jobs.append(CaseJob(cid, group, test_only, "dicom", sel, f"{cid} ({plabel})", secrets_,
-                                    overrides.get(patient_key)))
-    options = {"dataset_dir": str(dataset_dir), "private_dir": str(private), "labels": option, "roi": roi,
-               "target_spacing": None if target_spacing is None else [float(v) for v in target_spacing]}
-    secrets_all = _execute(jobs, records, dataset_dir, private, options, resume, workers, progress)
-    secrets_all += list(registry.groups)  # every PatientID seen
-    report = finish_dataset(dataset_dir, private, name, records, warnings, pre, force, n_folds, secrets_all,
-                            extra_report={"options": {"labels": option.mode, "roi": roi, "workers": workers,
-                                                      "resume": resume, "target_spacing": options["target_spacing"]}})
-    if unreadable:
-        data = read_json(private / REPORT_NAME)
-        data["unreadable_files"] = unreadable
-        atomic_write_json(private / REPORT_NAME, data)
+                jobs.append(C.CaseJob(cid, group, test_only, sel, f"{cid} ({plabel})", [patient_key],
+                                      overrides.get(patient_key)))
+    return jobs, records
+
+
+def convert_cohort(cohort_dir: PathLike, dataset_id: int, name: str, labels: str = "auto",
+                   roi: Optional[str] = None, test_dirs: Sequence[PathLike] = (), workers: int = 1,
+                   resume: bool = False, force: bool = False, private_dir: Optional[PathLike] = None,
+                   overrides_csv: Optional[PathLike] = None, target_spacing: Optional[Sequence[float]] = None,
+                   prefix: Optional[str] = None, raw_root: Optional[PathLike] = None,
+                   preprocessed_root: Optional[PathLike] = None, progress: bool = True,
+                   n_folds: int = 5, add: bool = False, prune: bool = False) -> ConversionReport:
+    """Convert a DICOM PET/CT cohort into ``<nnUNet_raw>/Dataset{id}_{name}`` (see the module docstring).
+
+    ``test_dirs``: further cohorts whose studies all go to imagesTs. ``raw_root`` / ``preprocessed_root`` default to
+    ``$nnUNet_raw`` / ``$nnUNet_preprocessed``; ``private_dir`` defaults to ``<parent of nnUNet_raw>/clips_private/
+    Dataset{id}_{name}``. Cases converted by earlier runs stay in the dataset; ``add`` lets new patients join a
+    dataset that already has converted cases; ``prune`` removes the cases that are not in this run's cohort(s).
+
+    Raises :class:`ClipsError` for bad arguments, a missing or empty cohort, a dataset id taken by another name,
+    a dataset locked by another run, or new patients without ``add`` (nothing is created for these). Returns the
+    :class:`ConversionReport`; failed studies are in it (nothing raised for them).
+    """
+    from .index import index_dicom_folder
+
+    option, overrides = _check_inputs(cohort_dir, test_dirs, workers, labels, roi, overrides_csv,
+                                      target_spacing, prefix)
+    target = C.resolve_target(dataset_id, name, private_dir, raw_root, preprocessed_root)
+    warnings: List[str] = []
+    indexes = []
+    for root, test_only in [(cohort_dir, False)] + [(t, True) for t in test_dirs]:
+        idx = index_dicom_folder(root, progress=progress, workers=workers)  # headers read in parallel too
+        if not idx.patients:
+            raise ClipsError(f"no DICOM series found in {root} ({len(idx.unreadable)} unreadable DICOM file(s), "
+                             f"{idx.n_non_dicom} other file(s)): pass the folder that holds the cohort's DICOM files")
+        indexes.append((idx, test_only))
+        if idx.unreadable:
+            warnings.append(f"{len(idx.unreadable)} unreadable DICOM file(s) in {'a --test' if test_only else 'the'} "
+                            f"cohort (listed in the private report)")
+    keys = [(p, s) for idx, _ in indexes for p in sorted(idx.patients) for s in sorted(idx.patients[p])]
+    unreadable = [str(p) for idx, _ in indexes for p, _ in idx.unreadable]
+
+    with target.lock():
+        from .write import CaseRegistry
+        registry = CaseRegistry.load(target.private_dir, prefix or name.replace("-", ""))
+        earlier = C.check_membership(target, registry, keys, add, prune)
+        C.open_dataset(target)
+        case_of = registry.assign(keys)
+        registry.save()
+        pruned: List[str] = []
+        if prune:
+            pruned = C.prune_cases(target, [c for c in earlier if c not in set(case_of.values())])
+            earlier = {c: r for c, r in earlier.items() if c not in pruned}
+        jobs, records = _jobs_and_records(indexes, registry, case_of, overrides)
+        options = C.ConversionOptions(target.dataset_dir, target.private_dir, option, roi,
+                                      None if target_spacing is None else tuple(float(v) for v in target_spacing))
+        secrets_all = C.execute(jobs, records, options, resume, workers, progress)
+        secrets_all += list(registry.groups)  # every PatientID seen
+        report = C.finish_dataset(target, records, warnings, force, n_folds, secrets_all, earlier=earlier,
+                                  known_cases=list(registry.cases), pruned=pruned,
+                                  extra_report={"options": {"labels": option.mode, "roi": roi, "workers": workers,
+                                                            "resume": resume, "add": add, "prune": prune,
+                                                            "target_spacing": options.target_spacing}})
+        if unreadable:
+            data = read_json(target.private_dir / C.REPORT_NAME)
+            data["unreadable_files"] = unreadable
+            atomic_write_json(target.private_dir / C.REPORT_NAME, data)
     return report

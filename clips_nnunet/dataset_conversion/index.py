@@ -21,6 +21,8 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from clips_nnunet.io_utils import die_with_parent
+
 from .read import GEOMETRY_TAGS
 
 __all__ = ["SeriesInfo", "DicomIndex", "index_dicom_folder", "read_header_record", "slice_position"]
@@ -333,7 +335,8 @@ def index_dicom_folder(root: PathLike, progress: bool = True, workers: int = 1) 
     else:
         chunk = max(16, len(files) // (workers * 8))
         chunks = [[str(p) for p in files[i:i + chunk]] for i in range(0, len(files), chunk)]
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:  # workers end with this process
             for part in pool.map(_read_chunk, chunks):
                 results.extend(part)
                 bar.update(len(part))

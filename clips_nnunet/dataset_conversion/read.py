@@ -131,8 +131,8 @@ def load_series_headers(files: Sequence[PathLike], label: str = "",
     ref_iop, ref_ps = list(ref.ImageOrientationPatient), list(ref.PixelSpacing)
     ref_size = (int(ref.Rows), int(ref.Columns))
     for i, h in enumerate(headers):
-        if list(h.ImageOrientationPatient) == ref_iop and list(h.PixelSpacing) == ref_ps and \
-                (int(h.Rows), int(h.Columns)) == ref_size:
+        usual = list(h.ImageOrientationPatient) == ref_iop and list(h.PixelSpacing) == ref_ps
+        if usual and (int(h.Rows), int(h.Columns)) == ref_size:
             continue  # the usual case, without float conversions
         if not np.allclose([float(x) for x in h.ImageOrientationPatient], iop, atol=1e-4):
             raise PatientError(label, f"slice file #{i + 1} has a different ImageOrientationPatient (0020,0037) than the "

@@ -217,8 +217,8 @@ def select_studies(studies: Dict[str, List[SeriesInfo]], patient_label: str) -> 
             elif m.referenced_series_uids & present:
                 decisions.append(f"study {number}: ignored mask {_name(m)}: it references another image series of "
                                  f"this study, not the chosen PET or CT")
-            elif m.frame_of_reference_uid and m.frame_of_reference_uid == pet.frame_of_reference_uid \
-                    and m.modality == "RTSTRUCT":
+            elif (m.frame_of_reference_uid and m.frame_of_reference_uid == pet.frame_of_reference_uid
+                  and m.modality == "RTSTRUCT"):
                 # contours are in world coordinates: any grid of the frame of reference can hold them; the CT's
                 # finer grid keeps small lesions, then mask_to_grid brings the mask to the PET
                 grid = "CT" if ct is not None else "PET"

@@ -31,7 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from clips_nnunet.errors import DatasetError
-from clips_nnunet.io_utils import PathLike, atomic_path, atomic_write_json, read_json
+from clips_nnunet.io_utils import PathLike, atomic_path, atomic_write_json, read_json, verify_nifti, write_error
 
 FILE_ENDING = ".nii.gz"
 CHANNEL_NAMES = {"0": "CT", "1": "CT"}
@@ -95,9 +95,48 @@ def case_files(dataset_dir: PathLike, case_id: str, train: bool) -> List[Path]:
 
 
 def write_image(image: sitk.Image, path: Path, compress: bool = True) -> None:
-    """Atomic SimpleITK write (temporary file beside ``path``, then rename)."""
-    with atomic_path(path, suffix=FILE_ENDING) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=compress)
+    """Verified atomic SimpleITK write: temporary file beside ``path``, read back, fsync, then rename.
+
+    SimpleITK does not raise when the disk fills (it leaves a truncated file), so the temporary file is checked
+    before it is published: a NIfTI's header must give ``image``'s size and its (gzip) data must be complete
+    (:func:`clips_nnunet.io_utils.verify_nifti`); other formats get :func:`clips_nnunet.io_utils.verify_file`.
+    Raises :class:`clips_nnunet.errors.WriteError` (naming the file and what to do) when the write is incomplete.
+    """
+    path = Path(path)
+    suffix = FILE_ENDING if path.name.endswith(FILE_ENDING) else "".join(path.suffixes)
+    is_nifti = path.name.lower().endswith((".nii", ".nii.gz"))
+
+    def same_size(tmp: Path) -> None:
+        if is_nifti:
+            verify_nifti(tmp, tuple(image.GetSize()))
+
+    with atomic_path(path, suffix=suffix, verify=same_size) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=compress)
+        except RuntimeError as e:  # SimpleITK reports a failed open/write as RuntimeError
+            raise write_error(path, str(e).strip().splitlines()[-1][:200]) from e
+
+
+def verify_case(dataset_dir: PathLike, case_id: str, train: bool) -> Optional[str]:
+    """None when every file of the case is present and complete, else the reason (used by ``--resume``)."""
+    for f in case_files(dataset_dir, case_id, train):
+        if not f.is_file():
+            return f"{f.name} is missing"
+        try:
+            verify_nifti(f)
+        except ValueError as e:
+            return f"{f.name} is incomplete ({e})"
+    return None
+
+
+def remove_case_files(dataset_dir: PathLike, case_id: str) -> List[Path]:
+    """Delete every file of one case (both layouts: imagesTr/labelsTr and imagesTs); returns what was removed."""
+    removed = []
+    for f in case_files(dataset_dir, case_id, True) + case_files(dataset_dir, case_id, False):
+        if f.is_file():
+            f.unlink()
+            removed.append(f)
+    return removed
 
 
 def write_case(dataset_dir: PathLike, case_id: str, ct: sitk.Image, pet: sitk.Image,
@@ -141,12 +180,15 @@ def existing_case_ids(dataset_dir: PathLike) -> Dict[str, List[Path]]:
     return found
 
 
-def remove_incomplete(dataset_dir: PathLike, complete: Iterable[str]) -> List[str]:
-    """Delete the files of cases that are not in ``complete`` (left by a killed run) and stray temporary files."""
+def remove_incomplete(dataset_dir: PathLike, complete: Iterable[str], known: Optional[Iterable[str]] = None
+                      ) -> List[str]:
+    """Delete the files of cases that are not in ``complete`` (left by a killed run or a failed case) and stray
+    temporary files. With ``known`` (the case ids this tool handed out), files of other case ids are left alone."""
     complete = set(complete)
+    known = None if known is None else set(known)
     removed = []
     for case_id, files in existing_case_ids(dataset_dir).items():
-        if case_id not in complete:
+        if case_id not in complete and (known is None or case_id in known):
             for f in files:
                 f.unlink(missing_ok=True)
             removed.append(case_id)
@@ -206,6 +248,71 @@ def write_splits(preprocessed_dir: PathLike, splits: List[Dict[str, List[str]]],
         return False
     atomic_write_json(path, splits)
     return True
+
+
+def splits_cases(splits: Sequence[Mapping[str, Sequence[str]]]) -> set:
+    """Every case id named in an nnU-Net split list (train and val of all folds)."""
+    return {c for fold in splits for part in ("train", "val") for c in fold[part]}
+
+
+@dataclass(frozen=True)
+class SplitsOutcome:
+    """What :func:`update_splits` did: ``written``, ``rewritten``, ``kept``, ``none`` (too few patients) or
+    ``stale`` (an existing file that does not match the cases and may not be replaced: ``message`` says what to
+    do; the run must fail)."""
+    status: str
+    message: Optional[str] = None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def update_splits(preprocessed_dir: PathLike, private_dir: PathLike, case_groups: Mapping[str, str],
+                  n_folds: int = 5, force: bool = False) -> SplitsOutcome:
+    """Make ``splits_final.json`` list exactly the training cases ``case_groups`` (case -> patient group).
+
+    An existing file that lists exactly these cases is kept (``force`` rewrites it). One that differs is rewritten
+    when this tool wrote it (its SHA-256 is kept in ``private_dir/splits_written.json``) or with ``force``; a file
+    written or edited by someone else is left alone and reported ``stale``.
+    """
+    path = Path(preprocessed_dir) / "splits_final.json"
+    state_path = Path(private_dir) / "splits_written.json"
+    present = set(case_groups)
+    listed: Optional[set] = None
+    existed = path.is_file()
+    if existed:
+        try:
+            listed = splits_cases(read_json(path))
+        except (OSError, ValueError, TypeError, KeyError):
+            listed = None
+        if listed == present and not force:
+            return SplitsOutcome("kept", f"{path} exists and lists the {len(present)} training cases: kept "
+                                         "(--force rewrites it)")
+        try:
+            ours = read_json(state_path).get("sha256") == _sha256(path)
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours and not force:
+            diff = ("does not parse" if listed is None else
+                    f"lists {len(listed - present)} case(s) not in the dataset and misses {len(present - listed)} "
+                    f"training case(s) (e.g. {', '.join(sorted(listed ^ present)[:3])})")
+            return SplitsOutcome("stale", f"{path} {diff} and was not written by this tool: rerun with --force to "
+                                          "regenerate it from the cases present, or edit or delete it")
+    if len(set(case_groups.values())) < 2:
+        if not existed:
+            return SplitsOutcome("none", "fewer than 2 labelled patients: no splits_final.json written")
+        return SplitsOutcome("stale", f"{path} does not match the cases and fewer than 2 labelled patients remain: "
+                                      "delete it (nnU-Net needs at least 2 patients to split)")
+    splits = patient_grouped_splits(case_groups, n_folds=n_folds)
+    atomic_write_json(path, splits)
+    atomic_write_json(state_path, {"sha256": _sha256(path)})
+    if not existed:
+        return SplitsOutcome("written")
+    if listed is None or listed == present:
+        return SplitsOutcome("rewritten", f"{path} rewritten")
+    return SplitsOutcome("rewritten", f"{path} rewritten: {len(present - listed)} training case(s) added, "
+                                      f"{len(listed - present)} removed; folds trained before used other splits")
 
 
 @dataclass

@@ -53,6 +53,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from clips_nnunet.dataset_conversion.write import write_image
+from clips_nnunet.errors import UsageError
 from clips_nnunet.io_utils import PathLike, atomic_path, atomic_write_bytes, atomic_write_json, read_json
 from clips_nnunet.synthetic.annotation_errors import ERROR_KINDS, choose_error_cases, plant_annotation_error
 
@@ -282,7 +283,9 @@ def make_study_specs(n_patients: int, seed: int = 0, size: str = "small",
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}: choose small or wholebody")
     if n_patients < 1 or n_patients < len(faults) + 1:
-        raise ValueError(f"n_patients={n_patients} must be >= 1 and > the number of faults ({len(faults)})")
+        raise UsageError(f"{n_patients} patient(s) for {len(faults)} fault(s): each fault needs a patient of its own "
+                         f"and one patient stays clean, so use at least {len(faults) + 1} patients (-n) or fewer "
+                         "faults")
     grid = SIZES[size]
     frame = _Frame(tuple(n * s for n, s in zip(grid.pet_shape, grid.pet_spacing)))
     rng = np.random.default_rng(seed)
