@@ -166,7 +166,7 @@ def test_errors_name_the_problem(tree, tmp_path):
     dup.write_bytes((base / "fold_0" / "validation" / "case_000.nii.gz").read_bytes())
     with pytest.raises(DatasetError, match="case_000"):
         resolve_results_dir(base)
-    assert main(["compare", str(tmp), "-o", str(tmp / "x")]) == 1  # no dataset folder above: error, no crash
+    assert main(["compare", str(tmp), "-o", str(tmp / "x")]) == 2  # no dataset folder above: input error (exit 2), no crash
 
 
 def test_statistics_helpers():

@@ -11,8 +11,9 @@ import types
 import numpy as np
 import pytest
 
-from clips_nnunet.curriculum.difficulty import (METADATA_MEASURES, difficulty_from_metadata, parse_difficulty_csv,
-                                                read_difficulty_csv, resolve_measure, write_difficulty_csv)
+from clips_nnunet.curriculum.difficulty import (METADATA_MEASURES, difficulty_from_metadata, difficulty_of_cases,
+                                                parse_difficulty_csv, read_difficulty_csv, resolve_measure,
+                                                write_difficulty_csv)
 from clips_nnunet.errors import CurriculumConfigError
 
 META = {
@@ -47,10 +48,24 @@ def _curriculum(tmp_path, measure):
 
 
 def _compare(tmp_path, measure):
-    from clips_nnunet.evaluation.compare import assign_tertiles, case_difficulty
+    """The difficulty and tertiles ``compare_results`` gives (one trainer, predictions = references)."""
+    import SimpleITK as sitk
 
-    difficulty, source = case_difficulty(CASES, metadata=tmp_path / "case_metadata.json", metadata_key=measure)
-    return difficulty, assign_tertiles(difficulty), source
+    from clips_nnunet.evaluation.compare import compare_results
+
+    gt = tmp_path / "gt"
+    validation = tmp_path / "Dataset999_Def" / "T__P__C" / "fold_0" / "validation"
+    for folder in (gt, validation):
+        folder.mkdir(parents=True, exist_ok=True)
+        for case in CASES:
+            mask = np.zeros((4, 4, 4), np.uint8)
+            if case != "b":
+                mask[1:3, 1:3, 1:3] = 1
+            sitk.WriteImage(sitk.GetImageFromArray(mask), str(folder / f"{case}.nii.gz"))
+    res = compare_results([validation.parent.parent], gt_dir=gt, metadata=tmp_path / "case_metadata.json",
+                          metadata_key=measure, out_dir=None, plots=False, progress=False)
+    tertiles = dict(zip(res.per_case.case_id, res.per_case.tertile))
+    return res.difficulty, tertiles, res.difficulty_source
 
 
 @pytest.mark.parametrize("measure", sorted(EXPECTED))
@@ -144,9 +159,7 @@ def test_empty_cell_is_an_error_naming_file_line_and_column(tmp_path):
 
 
 def test_compare_refuses_a_plain_list_for_tertiles(tmp_path):
-    from clips_nnunet.evaluation.compare import case_difficulty
-
     path = tmp_path / "hard.csv"
     path.write_text("case_1\n")
     with pytest.raises(CurriculumConfigError, match="plain list of case ids"):
-        case_difficulty(["case_1", "case_2"], difficulty_csv=path)
+        difficulty_of_cases(["case_1", "case_2"], difficulty_csv=path)

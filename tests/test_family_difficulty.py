@@ -166,4 +166,4 @@ def test_score_cli_writes_csv_that_trainers_read(fake_results, capsys):
     assert [r["case_id"] for r in rows] == ["case_a", "case_b", "case_c", "case_d"]
     assert float(rows[2]["difficulty"]) == 1.0 and rows[2]["fold"] == "1"
     assert read_difficulty_csv(out, ["case_a", "case_b", "case_c", "case_d"])["case_c"] == 1.0
-    assert cli_main(["score", str(base / "nope"), "-o", str(out)]) == 1
+    assert cli_main(["score", str(base / "nope"), "-o", str(out)]) == 2  # missing input: exit 2

@@ -224,6 +224,31 @@ def describe_metadata_difficulty(measure: str, lesion_free: str = "median",
     return text
 
 
+def difficulty_of_cases(case_ids: Sequence[str], metadata: Optional[PathLike] = None, measure: str = "tmtv_ml",
+                        harder_when: Optional[str] = None, difficulty_csv: Optional[PathLike] = None,
+                        lesion_free: str = "median") -> Tuple[Dict[str, float], str]:
+    """``({case: difficulty}, description)`` of ``case_ids`` from a difficulty CSV (its raw scores, higher = harder)
+    or a ``case_metadata.json`` file (:func:`difficulty_from_metadata` ranks over the listed cases it knows); used
+    by ``clips-nnunet compare`` for its tertiles. Cases the source does not know are left out (the caller says so);
+    a plain list of hard cases is refused (tertiles need a score per case)."""
+    if difficulty_csv is not None:
+        table = parse_difficulty_csv(difficulty_csv)
+        if table.hard_list:
+            raise CurriculumConfigError(f"difficulty file {difficulty_csv} is a plain list of case ids; tertiles need "
+                                        f"a score per case: 'case_id,difficulty' (as written by clips-nnunet score)")
+        return ({c: table.scores[c] for c in case_ids if c in table.scores},
+                f"difficulty CSV {Path(difficulty_csv).name}")
+    if metadata is None:
+        raise CurriculumConfigError("give a difficulty CSV or a case_metadata.json")
+    meta = read_case_metadata(metadata)
+    known = sorted(c for c in set(case_ids) if c in meta)
+    if not known:
+        raise CurriculumConfigError(f"metadata file {metadata}: none of the {len(case_ids)} evaluated cases is in it; "
+                                    f"give the case_metadata.json of this dataset")
+    return (difficulty_from_metadata(meta, known, measure, lesion_free, harder_when),
+            f"{Path(metadata).name}: {describe_metadata_difficulty(measure, lesion_free, harder_when)}")
+
+
 def groups_from_metadata(metadata: Mapping[str, Mapping], case_ids: Sequence[str], key: str = "vendor"
                          ) -> Dict[str, str]:
     """Group label of each case for diversity curricula (SPLD): a metadata field such as ``vendor``, or

@@ -52,12 +52,11 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from clips_nnunet.curriculum.difficulty import (describe_metadata_difficulty, difficulty_from_metadata,
-                                                parse_difficulty_csv, read_case_metadata)
+from clips_nnunet.curriculum.difficulty import difficulty_of_cases
 from clips_nnunet.errors import CurriculumConfigError, DatasetError
 from clips_nnunet.evaluation.evaluate import (CaseFiles, detect_file_ending, evaluate_cases, list_cases,
                                               write_rows_csv)
@@ -234,30 +233,6 @@ def default_group_names(folders: Sequence[PathLike]) -> List[str]:
 
 
 # ------------------------------------------------------------------------------------------------------ difficulty
-def case_difficulty(case_ids: Sequence[str], metadata: Optional[PathLike] = None, metadata_key: str = "tmtv_ml",
-                    harder_when: Optional[str] = None, difficulty_csv: Optional[PathLike] = None
-                    ) -> Tuple[Dict[str, float], str]:
-    """``({case: difficulty}, description)`` of ``case_ids`` from a difficulty CSV (raw scores, higher = harder) or
-    ``case_metadata.json`` (ranks in [0, 1] over these cases), both by the one definition in
-    :mod:`clips_nnunet.curriculum.difficulty` (the directions of its ``METADATA_MEASURES``, lesion-free cases at the
-    median). Cases the source does not know are left out (the caller warns)."""
-    if difficulty_csv is not None:
-        table = parse_difficulty_csv(difficulty_csv)
-        if table.hard_list:
-            raise CurriculumConfigError(f"difficulty file {difficulty_csv} is a plain list of case ids; tertiles need "
-                                        f"a score per case: 'case_id,difficulty' (as written by clips-nnunet score)")
-        return ({c: table.scores[c] for c in case_ids if c in table.scores},
-                f"difficulty CSV {Path(difficulty_csv).name}")
-    assert metadata is not None
-    meta = read_case_metadata(metadata)
-    known = sorted(c for c in set(case_ids) if c in meta)
-    if not known:
-        raise CurriculumConfigError(f"metadata file {metadata}: none of the {len(case_ids)} evaluated cases is in it; "
-                                    f"give the case_metadata.json of this dataset")
-    return (difficulty_from_metadata(meta, known, metadata_key, harder_when=harder_when),
-            f"{Path(metadata).name}: {describe_metadata_difficulty(metadata_key, harder_when=harder_when)}")
-
-
 def assign_tertiles(difficulty: Mapping[str, float]) -> Dict[str, str]:
     """``{case: 'easy'|'medium'|'hard'}`` splitting cases sorted by (difficulty, case id) into 3 near-equal parts."""
     items = sorted(((float(v), k) for k, v in difficulty.items() if v is not None and math.isfinite(v)))
@@ -424,8 +399,8 @@ def compare_results(groups: Union[Mapping[str, Sequence[PathLike]], Sequence[Pat
 
     # difficulty
     if difficulty_csv is not None or metadata is not None:
-        difficulty, dsrc = case_difficulty(sorted(set(per_case.case_id)), metadata, metadata_key, harder_when,
-                                           difficulty_csv)
+        difficulty, dsrc = difficulty_of_cases(sorted(set(per_case.case_id)), metadata, metadata_key, harder_when,
+                                               difficulty_csv)
     else:
         b = per_case[per_case.group == baseline]
         difficulty = {c: 1.0 - d for c, d, pos in zip(b.case_id, b.dice.astype(float), b.has_true_lesion)
