@@ -64,15 +64,19 @@ def test_generated_trainers_are_budget_subclasses(tmp_path):
     spec = importlib.util.spec_from_file_location("clips_demo_trainers_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    from clips_nnunet.trainers.mixins import FeaturesDivisorMixin, TimeBudgetMixin
     from clips_nnunet.trainers.self_paced import nnUNetTrainerCLSelfPaced
     from clips_nnunet.trainers.tmtv.recipe import nnUNetTrainerTMTV
 
-    assert issubclass(module.nnUNetTrainerCLSelfPacedDemo, nnUNetTrainerCLSelfPaced)
-    assert issubclass(module.nnUNetTrainerTMTVDemo, nnUNetTrainerTMTV)
-    assert module.nnUNetTrainerCLSelfPacedDemo.warmup_epochs == 1
-    text = path.read_text()
-    assert "DEMO_TRAINING_SECONDS = 90.0" in text and "self.num_iterations_per_epoch = 4" in text
-    assert "min(50, DEMO_TRAINING_SECONDS // per_epoch)" in text
+    demo, tmtv = module.nnUNetTrainerCLSelfPacedDemo, module.nnUNetTrainerTMTVDemo
+    assert demo.__bases__ == (TimeBudgetMixin, FeaturesDivisorMixin, nnUNetTrainerCLSelfPaced)
+    assert issubclass(tmtv, TimeBudgetMixin) and issubclass(tmtv, nnUNetTrainerTMTV)
+    assert not issubclass(tmtv, FeaturesDivisorMixin)
+    assert demo.warmup_epochs == 1 and demo.features_divisor == 1  # no divisor in this budget
+    for cls in (demo, tmtv):
+        assert (cls.budget_seconds, cls.budget_iterations_per_epoch, cls.budget_val_iterations_per_epoch,
+                cls.budget_calibration_iterations, cls.budget_max_epochs) == (90.0, 4, 2, 2, 50)
+    assert "def " not in path.read_text()  # imports and class attributes only
 
 
 def test_generated_cpu_trainer_builds_a_narrower_network(tmp_path):

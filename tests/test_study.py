@@ -127,33 +127,41 @@ def test_generated_budget_trainers(tmp_path):
 
     assert issubclass(module.nnUNetTrainerStudy, nnUNetTrainerClipsBase)
     assert issubclass(module.nnUNetTrainerCLSelfPacedStudy, nnUNetTrainerCLSelfPaced)
+    from clips_nnunet.trainers.mixins import BudgetMixin, DrawnKeysMixin
+
     assert module.nnUNetTrainerCLSelfPacedStudy.warmup_epochs == 1
-    assert module.nnUNetTrainerStudy.study_epochs == 2 and module.nnUNetTrainerStudy.study_iterations_per_epoch == 3
+    assert module.nnUNetTrainerStudy.__mro__[1:4] == (DrawnKeysMixin, BudgetMixin, nnUNetTrainerClipsBase)
+    assert module.nnUNetTrainerStudy.budget_epochs == 2 and module.nnUNetTrainerStudy.budget_iterations_per_epoch == 3
+    assert module.nnUNetTrainerStudy.budget_val_iterations_per_epoch == 2  # the config's default
     assert not hasattr(module, "nnUNetTrainerCLTransferTeacherStudy")  # not in modules: not generated
     assert all("__" not in n for n in dir(module) if n.startswith("nnUNetTrainer"))
 
 
-def test_fallback_seeding_reproduces_and_differs(monkeypatch, tmp_path):
-    """The generated classes seed non-clips trainers themselves: same CLIPS_SEED -> same draws, other seed ->
-    different draws (nnU-Net's data loader draws keys with the global NumPy generator when nnUNet_n_proc_DA=0)."""
+def test_generated_file_holds_only_imports_and_class_attributes(tmp_path):
+    """No behaviour in the generated file: a docstring, imports, classes whose bodies are literal assignments."""
+    import ast
+
     config = cfg(tmp_path)
-    path = write_study_trainers(config, {}, tmp_path)
-    spec = importlib.util.spec_from_file_location("clips_study_trainers_seed", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    state = np.random.get_state()
-    try:
-        draws = {}
-        for seed in ("3", "3", "4"):
-            monkeypatch.setenv("CLIPS_SEED", seed)
-            module._study_seed_everything(0)
-            draws.setdefault(seed, []).append(np.random.choice(40, 8).tolist())
-        assert draws["3"][0] == draws["3"][1]
-        assert draws["3"][0] != draws["4"][0]
-        monkeypatch.delenv("CLIPS_SEED")
-        assert module._study_seed_everything(0) is None
-    finally:
-        np.random.set_state(state)
+    path = write_study_trainers(config, {"nnUNetTrainer": "clips_nnunet.trainers.base",
+                                         "nnUNetTrainerCLSelfPaced": "clips_nnunet.trainers.self_paced"}, tmp_path)
+    tree = ast.parse(path.read_text())
+    kinds = [type(node).__name__ for node in tree.body]
+    assert kinds == ["Expr", "ImportFrom", "ImportFrom", "ImportFrom", "ImportFrom", "ClassDef", "ClassDef"]
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        assert all(isinstance(s, ast.Assign) and isinstance(s.value, (ast.Constant, ast.List)) for s in cls.body)
+    assert "def " not in path.read_text() and "import os" not in path.read_text()
+
+
+def test_non_clips_trainer_is_warned_unseeded(tmp_path, capsys):
+    """An arm on nnU-Net's own trainer runs, but CLIPS_SEED cannot seed it: the study says so."""
+    raw = copy.deepcopy(BASE)
+    raw["trainers"] = [{"name": "nnUNetTrainer", "trainer": "nnUNetTrainerClipsBase"},
+                       {"name": "Stock", "trainer": "nnUNetTrainer"}]
+    status = run_study(parse_study_config(raw, study_dir=tmp_path / "s"), dry_run=True, report=False)
+    out = capsys.readouterr().out
+    assert "arm 'Stock' derives from nnUNetTrainer, which is not a clips trainer" in out
+    assert "arm 'nnUNetTrainer' derives" not in out
+    assert status["runs"]["Stock fold 0 seed 1"] == "dry run"
 
 
 def _fake_finished(folder: Path) -> None:

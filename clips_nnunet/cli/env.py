@@ -1,23 +1,16 @@
-"""``clips-nnunet env``: print the ``export nnUNet_extTrainer=...`` line and check nnU-Net's folders."""
+"""``clips-nnunet env``: print the ``export nnUNet_extTrainer=...`` line and check nnU-Net's folders.
+
+The values come from :mod:`clips_nnunet.nnunet_env` (``EXT_TRAINER_DIR`` and ``ext_trainer_value`` are re-exported
+here for existing imports)."""
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
 
-import clips_nnunet
+from clips_nnunet.nnunet_env import EXT_TRAINER_DIR, NNUNET_FOLDERS, ext_trainer_value
 
-EXT_TRAINER_DIR = Path(clips_nnunet.__file__).resolve().parent / "nnunet_ext"
-NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
-
-
-def ext_trainer_value(existing: str | None = None) -> str:
-    """The value nnUNet_extTrainer should have: our shim folder first, then any folders the user already lists."""
-    folders = [str(EXT_TRAINER_DIR)]
-    for folder in (existing or "").split(os.pathsep):
-        if folder.strip() and Path(folder).resolve() != EXT_TRAINER_DIR:
-            folders.append(folder)
-    return os.pathsep.join(folders)
+__all__ = ["EXT_TRAINER_DIR", "NNUNET_FOLDERS", "ext_trainer_value", "run", "register"]
 
 
 def run(args: argparse.Namespace) -> int:

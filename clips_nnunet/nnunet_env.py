@@ -1,0 +1,144 @@
+"""nnU-Net's environment, owned in one place: its three folders, ``nnUNet_extTrainer``, and one logged runner.
+
+nnU-Net v2 is configured by environment variables: ``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results``
+(where datasets, preprocessed data and trained models live) and ``nnUNet_extTrainer`` (extra folders searched for
+trainer classes; clips-nnunet lists its discovery shim ``clips_nnunet/nnunet_ext`` there). This module builds
+those values for a work folder (``clips-nnunet env``, the demo and the study use it) and runs nnU-Net's or
+clips-nnunet's console scripts as subprocesses with one runner: the command is echoed as a user would type it
+(with the ``nnUNet_*`` variables it depends on), appended to a log file, optionally streamed to the terminal and
+bounded by a timeout.
+
+Layer 1: standard library only (no torch, nnunetv2 or other clips_nnunet package).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, TextIO, Union
+
+__all__ = ["EXT_TRAINER_DIR", "NNUNET_FOLDERS", "TIMEOUT_EXIT_CODE", "ext_trainer_value", "nnunet_folders",
+           "nnunet_environment", "bin_path", "shell_line", "run_logged", "split_folders"]
+
+#: The discovery shim listed first in ``nnUNet_extTrainer`` (re-exports the clips trainers for nnU-Net's lookup).
+EXT_TRAINER_DIR = Path(__file__).resolve().parent / "nnunet_ext"
+NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+#: Exit code :func:`run_logged` returns when the command ran past its timeout (the code of coreutils' timeout).
+TIMEOUT_EXIT_CODE = 124
+#: Variables shown in front of an echoed command (those nnU-Net and the clips trainers read).
+ECHO_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "CLIPS_SEED",
+                  "CLIPS_DIFFICULTY_CSV")
+
+PathLike = Union[str, Path]
+
+
+def ext_trainer_value(existing: Optional[str] = None) -> str:
+    """The value ``nnUNet_extTrainer`` should have: our shim folder first, then the folders in ``existing``
+    (``os.pathsep``-separated, e.g. the user's current value), in order, without repeating the shim."""
+    folders = [str(EXT_TRAINER_DIR)]
+    for folder in (existing or "").split(os.pathsep):
+        if folder.strip() and Path(folder).resolve() != EXT_TRAINER_DIR and folder not in folders:
+            folders.append(folder)
+    return os.pathsep.join(folders)
+
+
+def nnunet_folders(workdir: PathLike, results: Optional[PathLike] = None) -> Dict[str, str]:
+    """``{nnUNet_raw, nnUNet_preprocessed, nnUNet_results: folder}`` inside ``workdir`` (``results`` replaces the
+    results folder, e.g. one results root per seed)."""
+    workdir = Path(workdir)
+    folders = {name: str(workdir / name) for name in NNUNET_FOLDERS}
+    if results is not None:
+        folders["nnUNet_results"] = str(results)
+    return folders
+
+
+def nnunet_environment(workdir: PathLike, ext_folders: Iterable[PathLike] = (),
+                       results: Optional[PathLike] = None, base_env: Optional[Mapping[str, str]] = None,
+                       keep_user_ext: bool = True) -> Dict[str, str]:
+    """Environment for nnU-Net subprocesses working in ``workdir``.
+
+    The three folders come from :func:`nnunet_folders`; ``nnUNet_extTrainer`` lists our shim, then
+    ``ext_folders`` (e.g. the folder of generated budget subclasses), then (``keep_user_ext``) the folders the
+    base environment already lists. ``nnUNet_compile`` defaults to ``false`` (compiling costs minutes on short
+    runs). ``base_env`` defaults to ``os.environ``; it is copied, never modified.
+    """
+    env = dict(os.environ if base_env is None else base_env)
+    env.update(nnunet_folders(workdir, results))
+    user = [p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p] if keep_user_ext else []
+    env["nnUNet_extTrainer"] = ext_trainer_value(os.pathsep.join([*(str(p) for p in ext_folders), *user]))
+    env.setdefault("nnUNet_compile", "false")
+    return env
+
+
+def bin_path(name: str) -> str:
+    """The console script ``name`` of the running Python environment (``.venv/bin/nnUNetv2_train``) if it exists,
+    else ``name`` (looked up on ``PATH``)."""
+    exe = Path(sys.executable).parent / name
+    return str(exe) if exe.exists() else name
+
+
+def shell_line(cmd: Sequence[str], env: Mapping[str, str], variables: Sequence[str] = ECHO_VARIABLES) -> str:
+    """``cmd`` as a user would type it, preceded by the ``variables`` of ``env`` it depends on."""
+    prefix = " ".join(f"{k}={shlex.quote(env[k])}" for k in variables if k in env)
+    return f"{prefix} {shlex.join(cmd)}" if prefix else shlex.join(cmd)
+
+
+def run_logged(cmd: Sequence[str], env: Mapping[str, str], log_path: PathLike, timeout: Optional[float] = None,
+               echo: bool = False, stream: bool = False, indent: str = "    ",
+               variables: Sequence[str] = ECHO_VARIABLES) -> int:
+    """Run ``cmd`` (its first word resolved with :func:`bin_path`) and return its exit code.
+
+    The command line (:func:`shell_line`) is appended to ``log_path`` (folders created) and printed first when
+    ``echo``. The output goes to the log; with ``stream`` each line is also printed with ``indent`` (lines of
+    Python warnings only go to the log). After ``timeout`` seconds the process is killed, a line saying so is
+    logged and :data:`TIMEOUT_EXIT_CODE` is returned.
+    """
+    line = shell_line(cmd, env, variables)
+    if echo:
+        print(f"$ {line}", flush=True)
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {line}\n")
+        log.flush()
+        proc = subprocess.Popen([bin_path(cmd[0]), *cmd[1:]], env=dict(env), stderr=subprocess.STDOUT,
+                                stdout=subprocess.PIPE if stream else log, text=stream, bufsize=1 if stream else -1)
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, kill) if timeout is not None else None
+        if timer is not None:
+            timer.start()
+        try:
+            if stream:
+                _copy_lines(proc.stdout, log, indent)
+            rc = proc.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if timed_out.is_set():
+            log.write(f"\n[clips-nnunet] timed out after {timeout} s: {shlex.join(cmd)}\n")
+            return TIMEOUT_EXIT_CODE
+        return rc
+
+
+def _copy_lines(source: Optional[TextIO], log: TextIO, indent: str) -> None:
+    """Copy a process's output to the log and the terminal (warnings to the log only)."""
+    assert source is not None
+    for text in source:
+        log.write(text)
+        if "Warning" in text or "warnings.warn" in text:
+            continue
+        sys.stdout.write(indent + text)
+        sys.stdout.flush()
+
+
+def split_folders(value: Optional[str]) -> List[str]:
+    """The non-empty folders of an ``os.pathsep``-separated value (``nnUNet_extTrainer``)."""
+    return [p for p in (value or "").split(os.pathsep) if p.strip()]

@@ -1,0 +1,305 @@
+"""The study configuration: one YAML file (see ``benchmarks/learning/``), validated into a :class:`StudyConfig`.
+
+Every error names the key and what to do (:class:`StudyConfigError`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from clips_nnunet.errors import ClipsError
+
+__all__ = ["StudyConfigError", "TrainerSpec", "StudyConfig", "parse_study_config", "load_study_config",
+           "study_class_name", "DATASET_SOURCES"]
+
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+DATASET_SOURCES = ("existing", "synthetic_raw", "synth_dicom")
+KNOWN_KEYS = ("name", "study_dir", "dataset", "configuration", "plans", "trainers", "baseline", "controls", "folds",
+              "seeds", "budget", "device", "teacher_seed", "difficulty_key", "skip_missing_trainers", "run_timeout_s",
+              "n_proc_da", "parallel_runs", "derive_configuration", "description")
+#: Literal types an arm's class-attribute override may have (written as ``attribute = value`` lines).
+OVERRIDE_TYPES = (int, float, str, bool, list, type(None))
+
+
+class StudyConfigError(ClipsError, ValueError):
+    """The study configuration is invalid (names the key and what to do)."""
+
+
+def study_class_name(name: str) -> str:
+    """Name of the generated budget subclass of an arm: ``{name}Study`` (never contains ``__``)."""
+    return f"{name}Study"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerSpec:
+    """One arm of the study.
+
+    ``name`` labels the arm in the report and names the generated budget subclass (``{name}Study``);
+    ``trainer`` is the nnU-Net trainer class it derives from (found with nnU-Net's own lookup, ext folders
+    included); ``overrides`` are class attributes set on the subclass (the nnU-Net way of changing a
+    hyper-parameter); ``teacher`` names the arm whose out-of-fold predictions give the difficulty
+    (transfer teacher / bootstrapping).
+    """
+
+    name: str
+    trainer: str
+    overrides: Tuple[Tuple[str, Any], ...] = ()
+    teacher: Optional[str] = None
+
+    @property
+    def class_name(self) -> str:
+        return study_class_name(self.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    """A validated study configuration (see :func:`parse_study_config` for the YAML keys)."""
+
+    name: str
+    study_dir: Path
+    dataset_id: int
+    dataset_name: str
+    dataset_source: str
+    dataset_options: Mapping[str, Any]
+    n_splits: Optional[int]
+    configuration: str
+    plans: str
+    trainers: Tuple[TrainerSpec, ...]
+    baseline: str
+    controls: Tuple[str, ...]
+    folds: Tuple[int, ...]
+    seeds: Tuple[int, ...]
+    epochs: int
+    iterations_per_epoch: int
+    val_iterations_per_epoch: int
+    device: str
+    teacher_seed: int
+    difficulty_key: Optional[str]
+    skip_missing_trainers: bool
+    run_timeout_s: Optional[float]
+    n_proc_da: int
+    parallel_runs: int = 1
+    derive_from: Optional[str] = None
+    features_divisor: int = 1
+
+    @property
+    def preprocess_configuration(self) -> str:
+        """The nnU-Net configuration that is preprocessed (the derived one shares its data)."""
+        return self.derive_from or self.configuration
+
+    def trainer(self, name: str) -> TrainerSpec:
+        for spec in self.trainers:
+            if spec.name == name:
+                return spec
+        raise StudyConfigError(f"no trainer named {name!r} in 'trainers' (known: {[t.name for t in self.trainers]})")
+
+    @property
+    def dataset_folder_name(self) -> str:
+        return f"Dataset{self.dataset_id:03d}_{self.dataset_name}"
+
+    @property
+    def budget_iterations(self) -> int:
+        return self.epochs * self.iterations_per_epoch
+
+    @property
+    def teachers(self) -> Tuple[str, ...]:
+        """Arms that are the teacher of another arm, sorted."""
+        return tuple(sorted({t.teacher for t in self.trainers if t.teacher}))
+
+
+def _req(mapping: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in mapping or mapping[key] is None:
+        raise StudyConfigError(f"study config: '{where}{key}' is missing; add it (see benchmarks/learning/README.md)")
+    return mapping[key]
+
+
+def _positive_int(value: Any, key: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
+        raise StudyConfigError(f"study config: '{key}' must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _int_list(value: Any, key: str, minimum: int = 0) -> Tuple[int, ...]:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise StudyConfigError(f"study config: '{key}' must be a non-empty list of integers, got {value!r}")
+    out = tuple(_positive_int(v, key, minimum) for v in value)
+    if len(set(out)) != len(out):
+        raise StudyConfigError(f"study config: '{key}' has duplicates: {list(out)}; list each value once")
+    return out
+
+
+def _parse_dataset(raw: Mapping[str, Any]) -> Dict[str, Any]:
+    """``dataset_id, dataset_name, dataset_source, dataset_options, n_splits`` of :class:`StudyConfig`."""
+    dataset = _req(raw, "dataset", "")
+    if not isinstance(dataset, Mapping):
+        raise StudyConfigError("study config: 'dataset' must be a mapping with at least 'id'")
+    dataset_id = _positive_int(_req(dataset, "id", "dataset."), "dataset.id")
+    if dataset_id > 999:
+        raise StudyConfigError(f"study config: 'dataset.id' must be 1..999 (nnU-Net dataset ids), got {dataset_id}")
+    source = str(dataset.get("source", "existing"))
+    if source not in DATASET_SOURCES:
+        raise StudyConfigError(f"study config: 'dataset.source' must be one of {DATASET_SOURCES}, got {source!r}")
+    name = str(dataset.get("name") or ("ClipsStudy" if source != "existing" else ""))
+    if source != "existing" and not _NAME_RE.match(name):
+        raise StudyConfigError(f"study config: 'dataset.name' must be letters/digits/underscores, got {name!r}")
+    options = dataset.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise StudyConfigError("study config: 'dataset.options' must be a mapping of generator arguments")
+    n_splits = dataset.get("n_splits")
+    if n_splits is not None:
+        n_splits = _positive_int(n_splits, "dataset.n_splits", 2)
+    return {"dataset_id": dataset_id, "dataset_name": name, "dataset_source": source,
+            "dataset_options": dict(options), "n_splits": n_splits}
+
+
+def _parse_trainer(i: int, t: Any) -> TrainerSpec:
+    if isinstance(t, str):
+        t = {"name": t}
+    if not isinstance(t, Mapping):
+        raise StudyConfigError(f"study config: trainers[{i}] must be a name or a mapping, got {t!r}")
+    bad = sorted(set(t) - {"name", "trainer", "overrides", "teacher"})
+    if bad:
+        raise StudyConfigError(f"study config: trainers[{i}] has unknown key(s) {bad}; "
+                               "use name, trainer, overrides, teacher")
+    name = str(_req(t, "name", f"trainers[{i}]."))
+    trainer = str(t.get("trainer") or name)
+    for label, value in (("name", name), ("trainer", trainer)):
+        if not _NAME_RE.match(value) or "__" in value:
+            raise StudyConfigError(f"study config: trainers[{i}].{label} = {value!r} must be a Python identifier "
+                                   "without '__' (nnU-Net splits result folders on '__')")
+    overrides = t.get("overrides") or {}
+    if not isinstance(overrides, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in overrides):
+        raise StudyConfigError(f"study config: trainers[{i}].overrides must map attribute names to values")
+    for k, v in overrides.items():
+        if not isinstance(v, OVERRIDE_TYPES):
+            raise StudyConfigError(f"study config: trainers[{i}].overrides.{k} must be a number, string, bool, "
+                                   f"list or null, got {type(v).__name__}")
+    return TrainerSpec(name, trainer, tuple(sorted(overrides.items())), t.get("teacher"))
+
+
+def _parse_arms(raw: Mapping[str, Any]) -> Dict[str, Any]:
+    """``trainers, baseline, controls`` of :class:`StudyConfig` (names unique, teachers/baseline/controls known)."""
+    trainers_raw = _req(raw, "trainers", "")
+    if not isinstance(trainers_raw, list) or not trainers_raw:
+        raise StudyConfigError("study config: 'trainers' must be a non-empty list of {name, trainer, ...}")
+    trainers = [_parse_trainer(i, t) for i, t in enumerate(trainers_raw)]
+    names = [t.name for t in trainers]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise StudyConfigError(f"study config: trainer names must be unique, duplicated: {dupes}")
+    for t in trainers:
+        if t.teacher is not None and t.teacher not in names:
+            raise StudyConfigError(f"study config: trainer {t.name!r} has teacher {t.teacher!r}, which is not one of "
+                                   f"the trainers {names}")
+        if t.teacher == t.name:
+            raise StudyConfigError(f"study config: trainer {t.name!r} cannot be its own teacher")
+    baseline = str(_req(raw, "baseline", ""))
+    if baseline not in names:
+        raise StudyConfigError(f"study config: baseline {baseline!r} is not one of the trainers {names}")
+    controls = tuple(str(c) for c in (raw.get("controls") or []))
+    for c in controls:
+        if c not in names:
+            raise StudyConfigError(f"study config: control {c!r} is not one of the trainers {names}")
+    return {"trainers": tuple(trainers), "baseline": baseline, "controls": controls}
+
+
+def _parse_budget(raw: Mapping[str, Any]) -> Dict[str, int]:
+    budget = _req(raw, "budget", "")
+    if not isinstance(budget, Mapping):
+        raise StudyConfigError("study config: 'budget' must be a mapping {epochs, iterations_per_epoch}")
+    return {"epochs": _positive_int(_req(budget, "epochs", "budget."), "budget.epochs"),
+            "iterations_per_epoch": _positive_int(_req(budget, "iterations_per_epoch", "budget."),
+                                                  "budget.iterations_per_epoch"),
+            "val_iterations_per_epoch": _positive_int(budget.get("val_iterations_per_epoch", 2),
+                                                      "budget.val_iterations_per_epoch")}
+
+
+def _parse_derived(raw: Mapping[str, Any], configuration: str) -> Dict[str, Any]:
+    derive = raw.get("derive_configuration")
+    if derive is None:
+        return {"derive_from": None, "features_divisor": 1}
+    if not isinstance(derive, Mapping) or not derive.get("from"):
+        raise StudyConfigError("study config: 'derive_configuration' must be {from: 3d_fullres, features_divisor: N}")
+    derive_from = str(derive["from"])
+    divisor = _positive_int(derive.get("features_divisor", 1), "derive_configuration.features_divisor")
+    if derive_from == configuration:
+        raise StudyConfigError("study config: 'configuration' must be a new name (e.g. 3d_study) when "
+                               f"'derive_configuration.from' is {derive_from!r}")
+    return {"derive_from": derive_from, "features_divisor": divisor}
+
+
+def _resolve_study_dir(raw: Mapping[str, Any], name: str, base_dir: Optional[Path],
+                       study_dir: Optional[Path]) -> Path:
+    if study_dir is None:
+        study_dir = Path(raw.get("study_dir") or f"study_runs/{name}")
+        if not study_dir.is_absolute():
+            study_dir = (Path(base_dir) if base_dir is not None else Path.cwd()) / study_dir
+    return Path(study_dir).resolve()
+
+
+def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
+                       study_dir: Optional[Path] = None) -> StudyConfig:
+    """Validate a study configuration mapping (the parsed YAML) and return a :class:`StudyConfig`.
+
+    Keys (``*`` required): ``name``; ``study_dir`` (relative paths are relative to ``base_dir``, the config file's
+    folder; the ``study_dir`` argument wins); ``dataset*`` {``id*``, ``name``, ``source``: existing | synthetic_raw |
+    synth_dicom, ``options``: generator keyword arguments, ``n_splits``}; ``configuration`` (3d_fullres);
+    ``plans`` (nnUNetPlans); ``trainers*``: list of {``name*``, ``trainer`` (default = name), ``overrides``,
+    ``teacher``}; ``baseline*``; ``controls``; ``folds`` ([0]); ``seeds*``; ``budget*`` {``epochs*``,
+    ``iterations_per_epoch*``, ``val_iterations_per_epoch`` (2)}; ``device`` (auto | cpu | cuda); ``teacher_seed``
+    (first seed); ``difficulty_key`` (case_metadata.json key for the hardest third; default: teacher difficulty);
+    ``skip_missing_trainers`` (true); ``run_timeout_s``; ``n_proc_da`` (0); ``parallel_runs`` (1: runs at once);
+    ``derive_configuration`` {``from``: 3d_fullres, ``features_divisor``: 4}: ``configuration`` is then added to the
+    plans as a smaller network inheriting ``from`` (same preprocessed data, features per stage divided), for
+    studies on CPUs.
+    """
+    if not isinstance(raw, Mapping):
+        raise StudyConfigError(f"study config must be a mapping (YAML dictionary), got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(KNOWN_KEYS))
+    if unknown:
+        raise StudyConfigError(f"study config: unknown key(s) {unknown}; known keys are {sorted(KNOWN_KEYS)}")
+    name = str(raw.get("name") or "study")
+    dataset = _parse_dataset(raw)
+    arms = _parse_arms(raw)
+    folds = _int_list(raw.get("folds", [0]), "folds", 0)
+    if dataset["n_splits"] is not None and max(folds) >= dataset["n_splits"]:
+        raise StudyConfigError(f"study config: fold {max(folds)} does not exist with dataset.n_splits = "
+                               f"{dataset['n_splits']}")
+    seeds = _int_list(_req(raw, "seeds", ""), "seeds", 0)
+    budget = _parse_budget(raw)
+    device = str(raw.get("device", "auto"))
+    if device not in ("auto", "cpu", "cuda"):
+        raise StudyConfigError(f"study config: 'device' must be auto, cpu or cuda, got {device!r}")
+    timeout = raw.get("run_timeout_s")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise StudyConfigError(f"study config: 'run_timeout_s' must be a positive number of seconds, got {timeout!r}")
+    configuration = str(raw.get("configuration", "3d_fullres"))
+    return StudyConfig(
+        name=name, study_dir=_resolve_study_dir(raw, name, base_dir, study_dir), **dataset, **arms, **budget,
+        **_parse_derived(raw, configuration), configuration=configuration, plans=str(raw.get("plans", "nnUNetPlans")),
+        folds=folds, seeds=seeds, device=device,
+        teacher_seed=_positive_int(raw.get("teacher_seed", seeds[0]), "teacher_seed", 0),
+        difficulty_key=raw.get("difficulty_key"), skip_missing_trainers=bool(raw.get("skip_missing_trainers", True)),
+        run_timeout_s=float(timeout) if timeout is not None else None,
+        n_proc_da=_positive_int(raw.get("n_proc_da", 0), "n_proc_da", 0),
+        parallel_runs=_positive_int(raw.get("parallel_runs", 1), "parallel_runs"))
+
+
+def load_study_config(path: Path, study_dir: Optional[Path] = None) -> StudyConfig:
+    """Read and validate a study YAML file (relative ``study_dir`` is resolved against the file's folder)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise StudyConfigError(f"study config file {path} does not exist; see benchmarks/learning/*.yaml for examples")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise StudyConfigError(f"study config file {path} is not valid YAML: {e}") from e
+    return parse_study_config(raw, base_dir=path.resolve().parent, study_dir=study_dir)

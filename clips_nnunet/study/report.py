@@ -1,0 +1,224 @@
+"""The study report: the finished runs compared with :func:`clips_nnunet.evaluation.compare.compare_results`
+(against the baseline and each control), one ``report.md`` + ``report.png``; the comparison against the baseline
+is rendered by the comparison's own renderer (:func:`~clips_nnunet.evaluation.compare.render_markdown`) as a
+section of the study report."""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from clips_nnunet.errors import DatasetError
+from clips_nnunet.io_utils import atomic_write_json, atomic_write_text
+from clips_nnunet.study.config import StudyConfig
+from clips_nnunet.study.layout import (RunSpec, fold_dir, run_is_finished, seed_results_root, teacher_csv_path,
+                                       trainer_output_dir)
+
+__all__ = ["REPORT_METRICS", "study_groups", "write_report", "publish_report"]
+
+#: metrics shown in the study report (higher is better?): Dice, TMTV error, autoPET false-positive/-negative volumes
+REPORT_METRICS: Dict[str, bool] = {"dice": True, "tmtv_abs_error_ml": False, "fp_volume_ml": False,
+                                   "fn_volume_ml": False}
+#: nnU-Net's default training budget (epochs x iterations per epoch), for the scale statement
+NNUNET_DEFAULT_ITERATIONS = 1000 * 250
+
+
+def study_groups(config: StudyConfig) -> Dict[str, List[Path]]:
+    """``{arm: [trainer results folder of each seed whose study folds all finished]}`` (arms with none left out)."""
+    groups: Dict[str, List[Path]] = {}
+    for spec in config.trainers:
+        for seed in config.seeds:
+            root = seed_results_root(config, seed)
+            if all(run_is_finished(fold_dir(config, RunSpec(spec, f, seed, root))) for f in config.folds):
+                groups.setdefault(spec.name, []).append(trainer_output_dir(config, root, spec))
+    return groups
+
+
+def _difficulty_arguments(config: StudyConfig) -> Dict[str, Any]:
+    """How ``compare`` ranks the cases for the tertiles: ``difficulty_key`` of ``case_metadata.json``, else the
+    first teacher's difficulty CSV, else compare's default (the baseline's own 1 - Dice)."""
+    metadata = config.study_dir / "nnUNet_raw" / config.dataset_folder_name / "case_metadata.json"
+    if config.difficulty_key and metadata.is_file():
+        return {"metadata": metadata, "metadata_key": config.difficulty_key}
+    csvs = [teacher_csv_path(config, t) for t in config.teachers if teacher_csv_path(config, t).is_file()]
+    return {"difficulty_csv": csvs[0]} if csvs else {}
+
+
+def _compare(config: StudyConfig, groups: Mapping[str, Sequence[Path]], baseline: str, out_dir: Path):
+    from clips_nnunet.evaluation.compare import compare_results
+
+    gt_dir = config.study_dir / "nnUNet_preprocessed" / config.dataset_folder_name / "gt_segmentations"
+    return compare_results({k: list(v) for k, v in groups.items()}, baseline=baseline, gt_dir=gt_dir,
+                           out_dir=out_dir, metrics=REPORT_METRICS, progress=False, **_difficulty_arguments(config))
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _fmt_p(p: Any) -> str:
+    if p is None or not isinstance(p, float) or not math.isfinite(p):
+        return "n/a"
+    return "<0.001" if p < 1e-3 else f"{p:.3f}"
+
+
+def _header(config: StudyConfig) -> List[str]:
+    """Title, what was run, and the scale statement."""
+    arms = ", ".join(f"`{t.name}` (= `{t.trainer}`"
+                     + (", " + ", ".join(f"{k}={v}" for k, v in t.overrides) if t.overrides else "")
+                     + (f", teacher `{t.teacher}`" if t.teacher else "") + ")" for t in config.trainers)
+    lines = [f"# Curriculum study `{config.name}`", ""]
+    lines += [f"- Dataset: {config.dataset_folder_name} (source `{config.dataset_source}`"
+              + (f", {dict(config.dataset_options)}" if config.dataset_options else "") + ")",
+              f"- nnU-Net configuration `{config.configuration}`, plans `{config.plans}`, device `{config.device}`",
+              f"- Folds {list(config.folds)}" + (f" of a {config.n_splits}-fold split (stratified by "
+                                                 f"`{config.difficulty_key}`)" if config.n_splits else ""),
+              f"- Seeds {list(config.seeds)} (`CLIPS_SEED`; each seed in its own `nnUNet_results` root)",
+              f"- Budget per run, equal for every arm: {config.epochs} epochs x {config.iterations_per_epoch} "
+              f"iterations = {config.budget_iterations} training iterations",
+              f"- Arms: {arms}",
+              f"- Baseline `{config.baseline}`; controls: {', '.join(f'`{c}`' for c in config.controls) or 'none'}",
+              ""]
+    share = 100 * config.budget_iterations / NNUNET_DEFAULT_ITERATIONS
+    lines += [f"Scale: nnU-Net's default budget is 1000 epochs x 250 iterations = {NNUNET_DEFAULT_ITERATIONS:,} "
+              f"iterations per run; this study used {config.budget_iterations:,} ({share:.3g} %), on folds "
+              f"{list(config.folds)} only. Differences at this budget say how the arms behave early in training on "
+              f"this data, not whether a curriculum helps a fully trained model.", ""]
+    return lines
+
+
+def _completeness(config: StudyConfig, groups: Mapping[str, Sequence[Path]]) -> List[str]:
+    lines: List[str] = []
+    missing = [t.name for t in config.trainers if t.name not in groups]
+    if missing:
+        lines += [f"Arms without a finished run (not evaluated): {', '.join(missing)}.", ""]
+    partial = {k: len(v) for k, v in groups.items() if len(v) < len(config.seeds)}
+    if partial:
+        lines += ["Arms with fewer finished seeds than configured (per-case values average the finished seeds): "
+                  + ", ".join(f"{k} ({n}/{len(config.seeds)})" for k, n in partial.items()) + ".", ""]
+    return lines
+
+
+def _baseline_section(config: StudyConfig, res) -> List[str]:
+    """The comparison against the baseline, rendered by compare's renderer one heading level down."""
+    from clips_nnunet.evaluation.compare import render_markdown
+
+    shared = set.intersection(*(set(res.per_case.case_id[res.per_case.group == g]) for g in res.groups))
+    lines = ["## Results against the baseline", "",
+             f"Out-of-fold validation cases: {res.per_case.case_id.nunique()}; difficulty for the tertiles: "
+             f"{res.difficulty_source}. Per case, metrics are averaged over seeds; tables give mean +- sd "
+             f"(median) over cases, [sd of the per-seed cohort means]. Tests: paired two-sided Wilcoxon "
+             f"signed-rank over cases, r = matched-pairs rank-biserial (Kerby 2014), Holm over the metrics. "
+             f"FP/FN volumes as autoPET defines them.", ""]
+    return lines + render_markdown(res, REPORT_METRICS, len(shared), heading_level=2,
+                                   link_base=f"vs_{config.baseline}/", title=False).splitlines()
+
+
+def _control_section(ref: str, res) -> List[str]:
+    lines = [f"## Paired tests against the control `{ref}`", "",
+             f"diff = arm - {ref}; all cases and the hardest tertile; full tables in `vs_{ref}/`.", "",
+             "| arm | stratum | metric | n | median diff | r | p | p_holm | favours |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in res.tests[res.tests.stratum.isin(["all", "hard"])].iterrows():
+        lines.append(f"| {r['group']} | {r['stratum']} | {r['metric']} | {r['n_pairs']} | "
+                     f"{_fmt(r['median_diff'])} | {_fmt(r['rank_biserial'], 2)} | {_fmt_p(r['p_value'])} | "
+                     f"{_fmt_p(r['p_holm'])} | {r['better']} |")
+    return lines + [""]
+
+
+def _runs_section(status: Optional[Mapping[str, Any]]) -> List[str]:
+    lines = ["## Runs", "", "| run | status |", "|---|---|"]
+    lines += [f"| {label} | {state} |" for label, state in (status or {}).get("runs", {}).items()]
+    return lines + ["", "Reproduce: `clips-nnunet study CONFIG.yaml` (finished runs are skipped). Each run is "
+                    "`nnUNetv2_train DATASET CONFIG FOLD -tr <arm>Study` with `CLIPS_SEED=S` and "
+                    "`nnUNet_results=<study_dir>/seed_S/nnUNet_results`; the exact commands are in "
+                    "`<study_dir>/logs/`.", ""]
+
+
+def write_report(config: StudyConfig, status: Optional[Mapping[str, Any]] = None,
+                 out_dir: Optional[Path] = None) -> Path:
+    """Compare the finished runs with the evaluator's :func:`clips_nnunet.evaluation.compare.compare_results`
+    (against the baseline and against each control) and write one ``report.md`` with ``report.png`` into
+    ``out_dir`` (default ``study_dir/report``); the full comparisons (CSV, JSON, box plots) go to ``vs_<arm>/``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # before compare plots: reports are written on machines without a display
+    out_dir = Path(out_dir or config.study_dir / "report")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = study_groups(config)
+    lines = _header(config) + _completeness(config, groups)
+    summary: Dict[str, Any] = {"groups": {k: [str(p) for p in v] for k, v in groups.items()}, "comparisons": {}}
+    if config.baseline in groups:
+        main = _compare(config, groups, config.baseline, out_dir / f"vs_{config.baseline}")
+        summary["comparisons"][config.baseline] = str(out_dir / f"vs_{config.baseline}" / "comparison.json")
+        lines += _baseline_section(config, main)
+        for ref in config.controls:
+            if ref not in groups or ref == config.baseline:
+                continue
+            res = _compare(config, groups, ref, out_dir / f"vs_{ref}")
+            summary["comparisons"][ref] = str(out_dir / f"vs_{ref}" / "comparison.json")
+            lines += _control_section(ref, res)
+        _plot_summary(main, config, out_dir / "report.png")
+        lines.insert(2, "![Dice and TMTV error per arm, all cases and hardest tertile](report.png)\n")
+    else:
+        lines += [f"The baseline `{config.baseline}` has no finished run yet: nothing to compare.", ""]
+    lines += _runs_section(status)
+    atomic_write_json(out_dir / "report.json", summary)
+    path = out_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+def _plot_summary(res, config: StudyConfig, path: Path) -> None:
+    """Box plots of seed-averaged per-case Dice and |TMTV error| per arm, all cases and the hardest tertile."""
+    import matplotlib.pyplot as plt
+
+    arms = [config.baseline] + [g for g in res.groups if g != config.baseline]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), squeeze=False)
+    pc = res.per_case
+    for row, (metric, label) in enumerate((("dice", "Dice"), ("tmtv_abs_error_ml", "|TMTV error| (ml)"))):
+        for col, stratum in enumerate(("all", "hard")):
+            ax = axes[row][col]
+            sub = pc if stratum == "all" else pc[pc.tertile == "hard"]
+            data = []
+            for a in arms:
+                v = sub.loc[sub.group == a, metric].astype(float).to_numpy()
+                v = v[np.isfinite(v)]
+                data.append(v if v.size else np.array([np.nan]))
+            ax.boxplot(data, showmeans=True)
+            ax.set_xticks(range(1, len(arms) + 1))
+            ax.set_xticklabels([a.replace("nnUNetTrainer", "") or "nnUNetTrainer" for a in arms], rotation=30,
+                               ha="right", fontsize=8)
+            n = sub.case_id.nunique()
+            ax.set_title(f"{label}, {'all cases' if stratum == 'all' else 'hardest tertile'} (n={n})", fontsize=9)
+    fig.suptitle(f"study {config.name}: {config.budget_iterations} iterations per run, seeds {list(config.seeds)}, "
+                 f"folds {list(config.folds)}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def publish_report(config: StudyConfig, dest: Path) -> Path:
+    """Copy ``<study_dir>/report`` (Markdown, PNG, CSV, JSON) to ``dest`` (e.g. ``docs/results/<name>``), writing
+    the study folder's absolute path as ``<study_dir>`` so the copy does not depend on this machine; the per-case
+    cache is left out. Returns ``dest / "report.md"``."""
+    src = config.study_dir / "report"
+    if not (src / "report.md").is_file():
+        raise DatasetError(f"{src / 'report.md'} does not exist: run the study (or --report-only) first")
+    dest = Path(dest)
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if path.is_dir() or "cache" in rel.parts:
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix in (".md", ".json", ".csv"):
+            atomic_write_text(target, path.read_text().replace(str(config.study_dir), "<study_dir>"))
+        else:
+            shutil.copyfile(path, target)
+    return dest / "report.md"

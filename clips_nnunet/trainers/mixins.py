@@ -1,0 +1,229 @@
+"""Mixins for budget subclasses of any nnU-Net trainer: a fixed budget, a time budget, a narrower U-Net, and a record
+of the drawn case keys. Used by the demo and the study (``clips_nnunet.demo``, ``clips_nnunet.study``).
+
+The nnU-Net way to change one thing is a small subclass, found by name through ``nnUNet_extTrainer``. The demo
+and the study write such subclasses into an extension folder, one line per class and attribute, built from data
+by :func:`trainer_module_source`::
+
+    from clips_nnunet.trainers.mixins import BudgetMixin
+    from clips_nnunet.trainers.self_paced import nnUNetTrainerCLSelfPaced
+
+    class nnUNetTrainerCLSelfPacedStudy(BudgetMixin, nnUNetTrainerCLSelfPaced):
+        budget_epochs = 3
+        budget_iterations_per_epoch = 4
+
+All behaviour lives here (importable, tested); the generated files hold only imports and class attributes.
+Mixins go first in the bases so that they run around the trainer's own methods. Seeding is the trainer's own
+(``CLIPS_SEED``, :class:`clips_nnunet.trainers.base.nnUNetTrainerClipsBase`); these mixins never seed.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from clips_nnunet.errors import ClipsError
+from clips_nnunet.io_utils import atomic_write_json
+
+__all__ = ["BudgetMixin", "TimeBudgetMixin", "FeaturesDivisorMixin", "DrawnKeysMixin", "scaled_features",
+           "epochs_for_time_budget", "TrainerClass", "trainer_module_source", "class_attributes"]
+
+#: Smallest number of features per stage a narrower U-Net keeps (InstanceNorm and the decoder need a few).
+MIN_FEATURES = 4
+
+
+def scaled_features(features: Sequence[int], divisor: int) -> List[int]:
+    """Features per stage of a U-Net ``divisor`` times narrower (at least :data:`MIN_FEATURES` per stage):
+    ``scaled_features([32, 64, 320], 4) == [8, 16, 80]``."""
+    if isinstance(divisor, bool) or int(divisor) != divisor or divisor < 1:
+        raise ClipsError(f"features_divisor must be an integer >= 1, got {divisor!r}")
+    return [max(MIN_FEATURES, int(f) // int(divisor)) for f in features]
+
+
+def epochs_for_time_budget(seconds: float, seconds_per_iteration: float, iterations_per_epoch: int,
+                           val_iterations_per_epoch: int, max_epochs: int, min_epochs: int = 2,
+                           epoch_overhead_s: float = 2.0) -> int:
+    """Number of epochs that fit ``seconds``: an epoch costs ``iterations_per_epoch`` training iterations, half an
+    iteration per validation iteration (no backward pass) and ``epoch_overhead_s`` (logging, checkpoint); the
+    result is clipped to ``[min_epochs, max_epochs]``."""
+    if seconds_per_iteration <= 0 or not math.isfinite(seconds_per_iteration):
+        raise ClipsError(f"seconds per iteration must be a positive number, got {seconds_per_iteration!r}")
+    per_epoch = seconds_per_iteration * (iterations_per_epoch + 0.5 * val_iterations_per_epoch) + epoch_overhead_s
+    return int(max(min_epochs, min(max_epochs, seconds // per_epoch)))
+
+
+class BudgetMixin:
+    """A fixed budget: ``num_epochs``, ``num_iterations_per_epoch`` and ``num_val_iterations_per_epoch`` from the
+    class attributes below (``None`` keeps the trainer's own value). Set after the trainer's ``__init__``, so a
+    trainer that sets its own iterations (the TMTV recipe) is overridden too."""
+
+    budget_epochs: Optional[int] = None
+    budget_iterations_per_epoch: Optional[int] = None
+    budget_val_iterations_per_epoch: Optional[int] = None
+
+    # nnU-Net stores the constructor's arguments by reading its signature: keep nnUNetTrainer's exact one
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        for attribute, value in (("num_epochs", self.budget_epochs),
+                                 ("num_iterations_per_epoch", self.budget_iterations_per_epoch),
+                                 ("num_val_iterations_per_epoch", self.budget_val_iterations_per_epoch)):
+            if value is not None:
+                setattr(self, attribute, int(value))
+
+
+class TimeBudgetMixin(BudgetMixin):
+    """Fit ``num_epochs`` to ``budget_seconds`` of training on this machine.
+
+    At the end of ``on_train_start`` (data loaders and curriculum ready), one untimed training step pays the
+    one-off start-up costs, then ``budget_calibration_iterations`` timed steps measure the speed and
+    :func:`epochs_for_time_budget` sets ``num_epochs`` (at most ``budget_max_epochs``, at least 2). The calibration
+    steps are real training steps, on top of the budget. The choice is stored in ``time_budget_file`` in the fold
+    folder so that ``nnUNetv2_train ... --c`` continues with the same schedule. nnU-Net's poly learning-rate
+    schedule decays over ``num_epochs``: its ``max_steps`` follows.
+    """
+
+    budget_seconds: float = 600.0
+    budget_calibration_iterations: int = 3
+    budget_max_epochs: int = 1000
+    time_budget_file: str = "time_budget.json"
+
+    def on_train_start(self):
+        super().on_train_start()
+        path = os.path.join(self.output_folder, self.time_budget_file)
+        if os.path.isfile(path):
+            with open(path) as f:
+                self._set_num_epochs(int(json.load(f)["num_epochs"]))
+            return
+        self.train_step(next(self.dataloader_train))  # start-up costs (first CUDA/cuDNN call, workers): not timed
+        t0 = time.perf_counter()
+        for _ in range(self.budget_calibration_iterations):
+            self.train_step(next(self.dataloader_train))
+        per_iteration = (time.perf_counter() - t0) / max(1, self.budget_calibration_iterations)
+        self._set_num_epochs(epochs_for_time_budget(self.budget_seconds, per_iteration, self.num_iterations_per_epoch,
+                                                    self.num_val_iterations_per_epoch, self.budget_max_epochs))
+        if self.local_rank == 0:
+            atomic_write_json(path, {"num_epochs": self.num_epochs, "seconds_per_iteration": per_iteration,
+                                     "budget_seconds": self.budget_seconds})
+        self.print_to_log_file(f"time budget: {per_iteration:.2f} s per iteration -> {self.num_epochs} epochs x "
+                               f"{self.num_iterations_per_epoch} iterations in {self.budget_seconds:.0f} s")
+
+    def _set_num_epochs(self, epochs: int) -> None:
+        self.num_epochs = epochs
+        if hasattr(self.lr_scheduler, "max_steps"):
+            self.lr_scheduler.max_steps = epochs
+
+
+class FeaturesDivisorMixin:
+    """The planned U-Net with ``features_per_stage`` divided by ``features_divisor`` (:func:`scaled_features`):
+    a narrower network for CPUs, same patch size and depth. ``nnUNetv2_predict`` rebuilds the same network from the
+    trainer class (``build_network_architecture`` is called on the class at inference)."""
+
+    features_divisor: int = 1
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True):
+        from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+        if cls.features_divisor != 1:
+            configuration = copy.deepcopy(configuration_manager.configuration)
+            arch_kwargs = configuration["architecture"]["arch_kwargs"]
+            if "features_per_stage" not in arch_kwargs:
+                raise ClipsError(f"{cls.__name__}: features_divisor needs a network with features_per_stage "
+                                 f"(nnU-Net's U-Nets); {configuration['architecture'].get('network_class_name')} "
+                                 "has none")
+            arch_kwargs["features_per_stage"] = scaled_features(arch_kwargs["features_per_stage"],
+                                                                cls.features_divisor)
+            configuration_manager = ConfigurationManager(configuration)
+        return super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                  num_output_channels, enable_deep_supervision)
+
+
+class DrawnKeysMixin:
+    """Record the case keys of every training batch in ``drawn_keys_file`` of the fold folder (with the trainer's
+    seed, ``clips_seed()`` for clips trainers, else null), so that reproducibility can be checked run against run."""
+
+    drawn_keys_file: str = "study_drawn_keys.json"
+    drawn_keys: Optional[List[List[str]]] = None  # per instance once the first batch is drawn
+
+    def train_step(self, batch: dict) -> dict:
+        keys = batch.get("keys")
+        if keys is not None:
+            if getattr(self, "drawn_keys", None) is None:
+                self.drawn_keys = []
+            self.drawn_keys.append([str(k) for k in keys])
+        return super().train_step(batch)
+
+    def on_train_end(self):
+        super().on_train_end()
+        if self.local_rank == 0:
+            seed = self.clips_seed() if hasattr(self, "clips_seed") else None
+            atomic_write_json(os.path.join(self.output_folder, self.drawn_keys_file),
+                              {"seed": seed, "keys": getattr(self, "drawn_keys", None) or []})
+
+
+# ---------------------------------------------------------------------------------------------- generated modules
+
+@dataclass(frozen=True)
+class TrainerClass:
+    """One generated subclass: ``name``, its bases as ``(module, class name)`` in order, and class attributes
+    (values with a Python literal form: numbers, strings, booleans, None, lists/tuples/dicts of those)."""
+
+    name: str
+    bases: Tuple[Tuple[str, str], ...]
+    attributes: Tuple[Tuple[str, Any], ...] = ()
+
+
+def _literal(value: Any, where: str) -> str:
+    """``repr`` of a literal value, refused when it would not read back as the same value."""
+    import ast
+
+    text = repr(value)
+    try:
+        same = ast.literal_eval(text) == value
+    except (ValueError, SyntaxError):
+        same = False
+    if not same or (isinstance(value, float) and not math.isfinite(value)):
+        raise ClipsError(f"{where} = {value!r} is not a plain literal (number, string, bool, None or a list of them)")
+    return text
+
+
+def trainer_module_source(classes: Sequence[TrainerClass], docstring: str) -> str:
+    """Source of an extension module: the docstring, one import per base class, one ``class`` line per trainer
+    followed by its ``attribute = literal`` lines. Names are checked to be identifiers; the text is compiled before
+    it is returned."""
+    imports: Dict[Tuple[str, str], str] = {}
+    for cls in classes:
+        for module, name in cls.bases:
+            if not (all(p.isidentifier() for p in module.split(".")) and name.isidentifier()):
+                raise ClipsError(f"base class {module}.{name} of {cls.name} is not an importable name")
+            imports.setdefault((module, name), name)
+    if len(set(imports.values())) != len(imports):
+        raise ClipsError(f"two base classes share a name: {sorted(imports)}")
+    lines = ['"""' + docstring.replace('"""', "'''").rstrip() + '\n"""']
+    lines += [f"from {module} import {name}" for module, name in imports]
+    for cls in classes:
+        if not cls.name.isidentifier():
+            raise ClipsError(f"generated class name {cls.name!r} is not an identifier")
+        lines += ["", "", f"class {cls.name}({', '.join(name for _, name in cls.bases)}):"]
+        for attribute, value in cls.attributes:
+            if not attribute.isidentifier() or attribute.startswith("__"):
+                raise ClipsError(f"{cls.name}: attribute name {attribute!r} is not a plain identifier")
+            lines.append(f"    {attribute} = {_literal(value, f'{cls.name}.{attribute}')}")
+        if not cls.attributes:
+            lines.append("    pass")
+    text = "\n".join(lines) + "\n"
+    compile(text, "<generated trainers>", "exec")
+    return text
+
+
+def class_attributes(mapping: Mapping[str, Any]) -> Tuple[Tuple[str, Any], ...]:
+    """``mapping`` as the ordered attribute tuple of :class:`TrainerClass` (``None`` values left out)."""
+    return tuple((k, v) for k, v in mapping.items() if v is not None)
