@@ -21,7 +21,7 @@ from clips_nnunet.dataset_conversion.convert import convert_cohort
 from clips_nnunet.dataset_conversion.masks import rasterise_rtstruct, read_seg_mask
 from clips_nnunet.synthetic.dicom_cohort import make_synthetic_cohort
 from clips_nnunet.lesions import measure_lesions
-from clips_nnunet.evaluation.predict import OUTPUT_FILES, ModelSpec, predict_dicom
+from clips_nnunet.evaluation.predict import OUTPUT_FILES, ModelSpec, is_complete, predict_dicom
 from clips_nnunet.io_utils import atomic_write_json, read_json
 from nnunet_helpers import nnunet_environment, run_cli
 
@@ -169,6 +169,34 @@ def test_predict_from_dicom_end_to_end(tmp_path):
     #    3d_tmtv_refine names 3d_tmtv), with untrained weights; stage 1 is the model trained above.
     _check_cascade(tmp_path, env, new / "patient_004")
 
+    # 7. --keep-patient-names with PatientIDs that sanitise to the same folder name (Müller, Mäller -> M_ller):
+    #    two folders, each with its own patient's prediction (equal to step 3's), nothing overwritten
+    source_mask = {f"patient_{gt_key[c][1:4]}": sitk.GetArrayFromImage(sitk.ReadImage(str(out / c / "mask.nii.gz")))
+                   for c in cases}
+    named = tmp_path / "named"
+    for patient, pid in (("patient_004", "Müller"), ("patient_005", "Mäller")):
+        for f in sorted((new / patient).rglob("*.dcm")):
+            ds = pydicom.dcmread(str(f))
+            ds.SpecificCharacterSet, ds.PatientID = "ISO_IR 192", pid
+            target = named / pid / f.relative_to(new / patient)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(str(target))
+    out_named = tmp_path / "out_named"
+    proc = run_cli(["clips-nnunet", "predict", str(named), "-o", str(out_named), "-d", str(DATASET_ID), "-c",
+                    "3d_fullres", "-p", PLANS, "-tr", TRAINER, "-f", "0", "--disable-tta", "--no-progress",
+                    "--keep-patient-names"], env)
+    summary = read_json(out_named / "prediction_summary.json")
+    assert sorted((r["case"], r["status"]) for r in summary["results"]) == [("M_ller_PRED_0001", "done"),
+                                                                             ("M_ller_PRED_0002", "done")]
+    names = read_json(tmp_path / "out_named_private" / "prediction_pseudonyms.json")
+    for entry in names.values():
+        folder = out_named / entry["folder"]
+        assert is_complete(folder)
+        source = {"Müller": "patient_004", "Mäller": "patient_005"}[entry["patient_id"]]
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "mask.nii.gz"))),
+                                      source_mask[source])
+        assert pydicom.dcmread(str(folder / "seg.dcm"), stop_before_pixels=True).PatientID == entry["patient_id"]
+
 
 def _check_cascade(tmp_path: Path, env, patient_dir: Path) -> None:
     import os
@@ -209,15 +237,21 @@ def _check_cascade(tmp_path: Path, env, patient_dir: Path) -> None:
         assert [s["model"] for s in predictor.model_description()["stages"]] == [stage1.name, stage2.name]
         selection = find_studies([patient_dir])[0][0]
         prepared = prepare_study(selection, None, labels="none", label="PRED_cascade")
+        # stage 2 has 3 input channels: it runs only when stage 1's segmentation is appended (one-hot)
+        mask = predictor.predict_images([prepared.ct_on_pet, prepared.pet_suv], "c")
+        # the same through nnU-Net's own file-based cascade (nnUNetv2_predict -prev_stage_predictions)
         work = tmp_path / "cascade"
-        images = [write_nifti(prepared.ct_on_pet, work / "c_0000.nii.gz"),
-                  write_nifti(prepared.pet_suv, work / "c_0001.nii.gz")]
-        mask = predictor.predict(images, work, "c")
+        images = [[str(write_nifti(prepared.ct_on_pet, work / "c_0000.nii.gz")),
+                   str(write_nifti(prepared.pet_suv, work / "c_0001.nii.gz"))]]
+        stage1, stage2 = predictor.stages
+        stage1.predict_from_files_sequential(images, str(work / "s1"), False, True, None)
+        stage2.predict_from_files_sequential(images, str(work / "s2"), False, True, str(work / "s1"))
+        expected = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "s2" / "c.nii.gz")))
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    assert (work / "stage1" / "c.nii.gz").is_file() and (work / "stage2" / "c.nii.gz").is_file()
     assert mask.GetSize() == prepared.pet_suv.GetSize()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), expected)

@@ -186,3 +186,71 @@ def test_keep_identity_for_pacs_import(tmp_path):
     assert report["n_lesions"] == 1 and report["dmax_mm"] == 0.0
     seg = pydicom.dcmread(str(tmp_path / "DRO" / "seg.dcm"), stop_before_pixels=True)
     assert seg.PatientID == "DRO" and "PETDRO" in str(seg.PatientName)
+
+
+# --------------------------------------------------------------------------------------------- folder names, lock
+def test_keep_patient_names_collisions_get_stable_unique_folders(tmp_path):
+    """``Müller`` and ``Mäller`` both sanitise to ``M_ller``: neither gets the plain name (suffix = pseudonym), the
+    names are recorded privately and stay the same when more patients come; case-only differences collide too."""
+    m = PseudonymMap(tmp_path / "private" / "map.json")
+    first_run = [("Müller", "1.1"), ("Mäller", "1.2"), ("Smith", "1.3")]
+    pseudonyms = [m.get(pid, uid, pid) for pid, uid in first_run]
+    claims = [safe_folder_name(pid) for pid, _ in first_run]
+    assert claims == ["M_ller", "M_ller", "Smith"]
+    folders = [m.folder_for(p, claims) for p in pseudonyms]
+    assert folders == ["M_ller_PRED_0001", "M_ller_PRED_0002", "Smith"]
+    m.save()
+
+    # a later run with a third M_ller, a SMITH (same folder as Smith on case-insensitive filesystems), a patient
+    # with two studies, and a folder already present in OUT that no entry records
+    again = PseudonymMap(tmp_path / "private" / "map.json")
+    second_run = first_run + [("Möller", "2.1"), ("SMITH", "2.2"), ("Jones", "2.3"), ("Jones", "2.4"),
+                              ("Taken", "2.5")]
+    pseudonyms = [again.get(pid, uid, pid) for pid, uid in second_run]
+    claims = [safe_folder_name(pid) for pid, _ in second_run]
+    folders = [again.folder_for(p, claims, existing=["Taken"]) for p in pseudonyms]
+    assert folders[:3] == ["M_ller_PRED_0001", "M_ller_PRED_0002", "Smith"]  # stable
+    assert folders[3:] == ["M_ller_PRED_0004", "SMITH_PRED_0005", "Jones_PRED_0006", "Jones_PRED_0007",
+                           "Taken_PRED_0008"]
+    assert len({f.casefold() for f in folders}) == len(folders)
+    again.save()
+    assert read_json(tmp_path / "private" / "map.json")["PRED_0004"]["folder"] == "M_ller_PRED_0004"
+
+
+def test_second_prediction_into_the_same_folder_fails_fast_naming_the_holder(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from clips_nnunet.errors import LockedError
+    from clips_nnunet.evaluation.predict import ModelSpec, predict_dicom
+    from clips_nnunet.io_utils import DirectoryLock
+
+    out = tmp_path / "out"
+    spec = ModelSpec(dataset=999, configuration="3d_fullres")
+    with DirectoryLock(out, what="prediction output folder"):
+        with pytest.raises(LockedError, match=rf"prediction output folder .*pid {os.getpid()} on host "
+                                              rf"{socket.gethostname()}"):
+            predict_dicom([PET_DIR], out, spec, progress=False)
+        # the command line: exit code 2, one line, no traceback, nothing created
+        proc = subprocess.run([sys.executable, "-m", "clips_nnunet", "predict", str(PET_DIR), "-o", str(out),
+                               "-d", "999", "-c", "3d_fullres", "--no-progress"], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "nnUNet_results": str(tmp_path / "results")})
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and f"pid {os.getpid()}" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".clips.lock"]
+    assert not (tmp_path / "out_private").exists()
+
+
+def test_private_folder_is_locked_too(tmp_path):
+    from clips_nnunet.errors import LockedError
+    from clips_nnunet.evaluation.predict import ModelSpec, predict_dicom
+    from clips_nnunet.io_utils import DirectoryLock
+
+    spec = ModelSpec(dataset=999, configuration="3d_fullres")
+    with DirectoryLock(tmp_path / "shared_private", what="private pseudonym folder"):
+        with pytest.raises(LockedError, match="private pseudonym folder"):
+            predict_dicom([PET_DIR], tmp_path / "other_out", spec, private_dir=tmp_path / "shared_private",
+                          progress=False)
+    assert not (tmp_path / "other_out" / "prediction_summary.json").exists()

@@ -7,33 +7,37 @@ Pipeline (one call, many patients, one failure never stops the others):
    :func:`clips_nnunet.dataset_conversion.select.select_studies`), so the CT and
    PET chosen for prediction are the ones the training conversion would choose.
 2. **Convert** each study with the training converter (``convert.prepare_study``): PET in body-weight SUV and CT
-   resampled onto the PET grid, exactly as for the training data (identical SUV and geometry). The two volumes are
-   written as nnU-Net input images ``{case}_0000.nii.gz`` (CT, HU) and ``{case}_0001.nii.gz`` (PET, SUV) to a
-   temporary folder.
+   resampled onto the PET grid, exactly as for the training data (identical SUV and geometry).
 3. **Predict** with nnU-Net's own :class:`nnunetv2.inference.predict_from_raw_data.nnUNetPredictor`
    (``initialize_from_trained_model_folder`` with all chosen folds, which it ensembles by softmax averaging;
-   nnU-Net's defaults: Gaussian-weighted sliding window with step 0.5 and mirroring test-time augmentation). For a
-   cascade (a configuration whose plans name a ``previous_stage``, e.g. TMTV-Net's ``3d_tmtv_refine``), stage 1
-   is predicted first and its segmentation is passed to stage 2 as ``folder_with_segs_from_prev_stage``, exactly as
-   ``nnUNetv2_predict -prev_stage_predictions`` does. nnU-Net resamples the prediction back to the input grid, so
-   the mask is on the PET grid.
-4. **Write** into ``OUT/{pseudonym}/``: ``mask.nii.gz`` (uint8, PET grid), ``seg.dcm`` (DICOM SEG referencing the
-   source PET series), ``rtstruct.dcm`` (one ROI per lesion, contours on the PET slices), ``report.json`` /
-   ``report.md`` (TMTV, lesion count, SUVmax, SUVmean, TLG, Dmax, per-lesion table) and ``mip_coronal.png``.
-   ``report.json`` is written last and marks the patient as complete, so a re-run skips complete patients.
+   nnU-Net's defaults: Gaussian-weighted sliding window with step 0.5 and mirroring test-time augmentation). The
+   two volumes go to ``predict_single_npy_array`` as the arrays nnU-Net's ``SimpleITKIO`` would read from the
+   converter's NIfTI files (channel 0 CT in HU, channel 1 PET in SUV, spacing z, y, x), so nothing is written and
+   read back; nnU-Net pre-processes, predicts and resamples the segmentation back onto the PET grid as for files.
+   For a cascade (a configuration whose plans name a ``previous_stage``, e.g. TMTV-Net's ``3d_tmtv_refine``),
+   stage 1 is predicted first and its segmentation goes to stage 2 as ``segmentation_previous_stage``, what
+   ``nnUNetv2_predict -prev_stage_predictions`` does with files. :meth:`CasePredictor.predict_images` is the one
+   place that calls nnU-Net.
+4. **Write** into ``OUT/{pseudonym}/`` (:mod:`clips_nnunet.evaluation.predict_outputs`): ``mask.nii.gz``,
+   ``seg.dcm``, ``rtstruct.dcm``, ``report.md``, ``mip_coronal.png`` and last ``report.json``, which marks the
+   patient as complete, so a re-run skips complete patients. The outputs of one study are written in a background
+   thread while the next study is converted and predicted.
+
+One run at a time per output folder (and per private folder): a second ``predict`` into the same folder fails at
+once naming the running one (:class:`clips_nnunet.io_utils.DirectoryLock`).
 
 Privacy: output folders are pseudonyms ``PRED_0001``... (stable across re-runs); the mapping pseudonym -> patient
 and study lives only in ``prediction_pseudonyms.json`` in the private folder (default: ``OUT_private`` beside
-``OUT``). No identifier goes into a file name, report, NIfTI header or log line.
+``OUT``). No identifier goes into a file name, report, NIfTI header or log line. ``--keep-patient-names`` names
+folders by PatientID instead, unique and stable (see :mod:`clips_nnunet.evaluation.predict_outputs`).
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import os
-import re
-import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -41,14 +45,21 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from clips_nnunet.dataset_conversion.write import scrub as scrub_secrets, write_image
+from clips_nnunet.dataset_conversion.index import SeriesInfo
+from clips_nnunet.dataset_conversion.select import StudySelection
+from clips_nnunet.dataset_conversion.write import scrub as scrub_secrets
 from clips_nnunet.errors import ClipsError, DatasetError, PatientError
-from clips_nnunet.io_utils import PathLike, atomic_write_json, read_json
+from clips_nnunet.evaluation.checkpoints import load_trained_model
+from clips_nnunet.evaluation.predict_outputs import (MAPPING_FILE, OUTPUT_FILES, PSEUDONYM_PREFIX, PseudonymMap,
+                                                     is_complete, safe_folder_name, write_nifti,
+                                                     write_patient_outputs)
+from clips_nnunet.io_utils import DirectoryLock, PathLike, atomic_write_json, read_json
 
-#: Files written per patient; ``report.json`` is written last and marks completion.
-OUTPUT_FILES = ("mask.nii.gz", "seg.dcm", "rtstruct.dcm", "mip_coronal.png", "report.md", "report.json")
-MAPPING_FILE = "prediction_pseudonyms.json"
-PSEUDONYM_PREFIX = "PRED"
+__all__ = ["ModelSpec", "CasePredictor", "PatientResult", "PredictionRun", "predict_dicom", "find_studies",
+           "model_folder", "available_folds", "resolve_device", "default_private_dir", "scrub", "OUTPUT_FILES",
+           "MAPPING_FILE", "PSEUDONYM_PREFIX", "PseudonymMap", "is_complete", "safe_folder_name", "write_nifti",
+           "write_patient_outputs", "FILE_ENDING"]
+
 FILE_ENDING = ".nii.gz"
 
 
@@ -130,14 +141,10 @@ def _make_predictor(folder: Path, folds: Optional[Sequence], checkpoint: str, de
     if not folds:
         raise DatasetError(f"no fold of {folder} holds {checkpoint}: finish training (nnUNetv2_train) or name "
                            "another checkpoint with --chk (e.g. checkpoint_best.pth)")
-    for f in folds:
-        if not (folder / f"fold_{f}" / checkpoint).is_file():
-            raise DatasetError(f"{folder / f'fold_{f}' / checkpoint} does not exist: train fold {f}, drop it from "
-                               "-f, or name another checkpoint with --chk")
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=use_mirroring,
                                 perform_everything_on_device=device.type == "cuda", device=device,
                                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(folder), use_folds=tuple(folds), checkpoint_name=checkpoint)
+    load_trained_model(predictor, folder, folds, checkpoint)
     n_channels = len(predictor.dataset_json["channel_names"])
     if n_channels != 2:
         raise DatasetError(f"the model in {folder} expects {n_channels} input channels; clips-nnunet predict feeds "
@@ -145,14 +152,26 @@ def _make_predictor(folder: Path, folds: Optional[Sequence], checkpoint: str, de
     if predictor.dataset_json.get("file_ending", FILE_ENDING) != FILE_ENDING:
         raise DatasetError(f"the model in {folder} was trained on {predictor.dataset_json['file_ending']} files; "
                            f"clips-nnunet predict writes {FILE_ENDING}")
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    reader = predictor.plans_manager.image_reader_writer_class
+    if not issubclass(reader, SimpleITKIO):
+        raise DatasetError(f"the model in {folder} reads its images with {reader.__name__}; clips-nnunet predict "
+                           "feeds images as SimpleITKIO reads them (what clips-nnunet convert sets); use "
+                           "nnUNetv2_predict on NIfTI files for this model")
     return predictor, list(folds)
+
+
+def _stage_input(images: Sequence[sitk.Image]) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """The (channels, z, y, x) float32 array and the properties nnU-Net's ``SimpleITKIO`` reads from the
+    converter's NIfTI files of ``images`` (spacing z, y, x)."""
+    data = np.stack([sitk.GetArrayViewFromImage(im) for im in images]).astype(np.float32, copy=False)
+    return data, {"spacing": [abs(float(v)) for v in images[0].GetSpacing()[::-1]]}
 
 
 class CasePredictor:
     """nnU-Net predictor(s) of one model (one or two cascade stages), loaded once, applied case by case.
 
-    ``predict(image_files, workdir, case_id)`` returns the predicted label map as a SimpleITK image on the grid of
-    the input images.
+    :meth:`predict_images` returns the predicted label map as a SimpleITK image on the grid of the input images.
     """
 
     def __init__(self, spec: ModelSpec, device: str = "auto", use_mirroring: bool = True):
@@ -188,178 +207,28 @@ class CasePredictor:
         return {"dataset": str(self.spec.dataset), "checkpoint": self.spec.checkpoint,
                 "device": self.device.type, "stages": self.stage_info}
 
-    def predict(self, image_files: Sequence[Path], workdir: Path, case_id: str) -> sitk.Image:
-        previous_folder: Optional[str] = None
-        out_file = None
-        for i, predictor in enumerate(self.stages):
-            out_dir = workdir / f"stage{i + 1}"
-            out_dir.mkdir(parents=True, exist_ok=True)
+    def predict_images(self, images: Sequence[sitk.Image], case_id: str) -> sitk.Image:
+        """Label map predicted from ``images`` (CT in HU, PET in SUV, on one grid) on that grid.
+
+        Every stage goes through nnU-Net's ``predict_single_npy_array`` with the arrays its ``SimpleITKIO`` would
+        read from the converter's NIfTI files; stage 2 of a cascade gets stage 1's segmentation.
+        """
+        data, properties = _stage_input(images)
+        previous: Optional[np.ndarray] = None
+        segmentation: Optional[np.ndarray] = None
+        for predictor in self.stages:
             needs_previous = predictor.configuration_manager.previous_stage_name is not None
             with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints per case; keep the progress bar clean
-                predictor.predict_from_files_sequential(
-                    [[str(f) for f in image_files]], [str(out_dir / case_id)], save_probabilities=False,
-                    overwrite=True, folder_with_segs_from_prev_stage=previous_folder if needs_previous else None)
-            out_file = out_dir / f"{case_id}{FILE_ENDING}"
-            if not out_file.is_file():
-                raise ClipsError(f"{case_id}: nnU-Net wrote no prediction (expected {out_file.name})")
-            previous_folder = str(out_dir)
-        return sitk.ReadImage(str(out_file))
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Pseudonyms and resumption
-# --------------------------------------------------------------------------------------------------------------------
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def safe_folder_name(text: str) -> str:
-    """A header value made harmless as one folder name (no separators, no leading dots, not empty)."""
-    name = _SAFE.sub("_", str(text)).strip("._")
-    return name[:64] or "unnamed"
-
-
-class PseudonymMap:
-    """Stable pseudonyms ``PRED_0001``... for (patient, study) keys, stored in the private mapping file.
-
-    The file maps each pseudonym to ``{"patient_id", "study_instance_uid", "patient_key"}``; it is written
-    atomically and only ever in the private folder, never under the output folder.
-    """
-
-    def __init__(self, path: PathLike):
-        self.path = Path(path)
-        self.entries: Dict[str, Dict[str, str]] = read_json(self.path) if self.path.is_file() else {}
-
-    def _key(self, patient_key: str, study_uid: str) -> Optional[str]:
-        for pseudonym, entry in self.entries.items():
-            if entry.get("patient_key") == patient_key and entry.get("study_instance_uid") == study_uid:
-                return pseudonym
-        return None
-
-    def get(self, patient_key: str, study_uid: str, patient_id: str = "") -> str:
-        found = self._key(patient_key, study_uid)
-        if found:
-            return found
-        numbers = [int(p.rsplit("_", 1)[1]) for p in self.entries if p.rsplit("_", 1)[-1].isdigit()]
-        pseudonym = f"{PSEUDONYM_PREFIX}_{(max(numbers) + 1) if numbers else 1:04d}"
-        self.entries[pseudonym] = {"patient_key": str(patient_key), "study_instance_uid": str(study_uid),
-                                   "patient_id": str(patient_id)}
-        return pseudonym
-
-    def save(self) -> None:
-        atomic_write_json(self.path, self.entries)
-
-
-def is_complete(folder: Path) -> bool:
-    """True when every output of one patient exists (``report.json``, written last, included)."""
-    return all((folder / name).is_file() for name in OUTPUT_FILES)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# One patient
-# --------------------------------------------------------------------------------------------------------------------
-def _clean_copy(image: sitk.Image, pixel_type=None) -> sitk.Image:
-    """Copy of ``image`` with geometry only: the metadata dictionary (which could hold DICOM values) is dropped."""
-    arr = sitk.GetArrayFromImage(image)
-    out = sitk.GetImageFromArray(arr)
-    out.CopyInformation(image)
-    if pixel_type is not None:
-        out = sitk.Cast(out, pixel_type)
-    return out
-
-
-def write_nifti(image: sitk.Image, path: PathLike) -> Path:
-    """Write ``image`` (geometry only, no metadata) as compressed NIfTI, atomically."""
-    path = Path(path)
-    write_image(_clean_copy(image), path)
-    return path
-
-
-#: Patient/study attributes blanked in the DICOM outputs unless the user keeps identities (PatientName and PatientID
-#: become the pseudonym; UIDs are kept so that SEG and RTSTRUCT still reference the source PET series).
-DEIDENTIFY_BLANK = ("PatientBirthDate", "PatientBirthTime", "PatientAge", "OtherPatientIDs", "OtherPatientNames",
-                    "AccessionNumber", "ReferringPhysicianName", "StudyDate", "StudyTime", "StudyID",
-                    "StudyDescription", "PatientAddress", "PatientTelephoneNumbers", "InstitutionName")
-
-
-#: Type 2 patient/study attributes that highdicom copies from the source images and so must exist (empty is valid).
-TYPE2_REQUIRED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
-                  "ReferringPhysicianName", "StudyID", "StudyDate", "StudyTime")
-
-
-def pseudonymise_sources(datasets: Sequence[Any], pseudonym: Optional[str]) -> None:
-    """Prepare source PET headers (in place) before they are copied into SEG and RTSTRUCT.
-
-    With a ``pseudonym``: PatientName and PatientID become ``pseudonym`` and :data:`DEIDENTIFY_BLANK` attributes
-    become empty. Always: absent :data:`TYPE2_REQUIRED` attributes are added empty (some scanners and phantoms omit
-    e.g. AccessionNumber, which highdicom requires to be present).
-    """
-    for ds in datasets:
-        if pseudonym is not None:
-            ds.PatientName = f"{pseudonym}^"  # family-name component only (DICOM PN)
-            ds.PatientID = pseudonym
-            for keyword in DEIDENTIFY_BLANK:
-                if keyword in ds:
-                    setattr(ds, keyword, "")
-        for keyword in TYPE2_REQUIRED:
-            if keyword not in ds:
-                setattr(ds, keyword, "")
-
-
-def check_pet_geometry(pet_suv: sitk.Image, pet_datasets: Sequence[Any], case: str) -> None:
-    """Check that ``pet_suv``'s grid is the source PET series' grid (what SEG/RTSTRUCT reference): same slice count,
-    rows, columns and first-slice position; a converter configured to resample would break the references."""
-    from clips_nnunet.dataset_conversion.dicom_out import sort_source_datasets
-    ordered = sort_source_datasets(pet_datasets)
-    expected = (int(ordered[0].Columns), int(ordered[0].Rows), len(ordered))
-    if tuple(pet_suv.GetSize()) != expected:
-        raise PatientError(case, f"the converted PET grid {pet_suv.GetSize()} is not the source PET series grid "
-                                 f"{expected} (columns, rows, slices); predict on the native PET grid (no target "
-                                 "spacing) so that DICOM SEG and RTSTRUCT can reference the PET slices")
-    first = np.array([float(v) for v in ordered[0].ImagePositionPatient])
-    if not np.allclose(first, pet_suv.GetOrigin(), atol=1e-2):
-        raise PatientError(case, "the converted PET origin differs from the first PET slice position; the PET "
-                                 "series is not in the order SimpleITK reads it, report this as a bug")
-
-
-def write_patient_outputs(out_dir: Path, pseudonym: str, mask: sitk.Image, pet_suv: sitk.Image,
-                          pet_datasets: Sequence[Any], model: Dict[str, Any], warnings: Sequence[str] = (),
-                          keep_identity: bool = False) -> Dict[str, Any]:
-    """Write every output of one patient into ``out_dir``; ``report.json`` last. Returns the report dict.
-
-    ``mask`` is the predicted label map on the grid of ``pet_suv``; ``pet_datasets`` are the source PET series'
-    pydicom datasets (headers suffice). The DICOM SEG and the RTSTRUCT (one ROI ``lesion`` holding the contours of
-    every lesion on every PET slice) reference the source PET instances. Unless ``keep_identity``, their patient
-    attributes are pseudonymised (:func:`pseudonymise_sources`).
-    """
-    from clips_nnunet.dataset_conversion.dicom_out import write_dicom_seg, write_rtstruct
-    from clips_nnunet.lesions import measure_lesions
-    from clips_nnunet.evaluation.mip import save_coronal_mip
-    from clips_nnunet.evaluation.report import build_report, write_report
-
-    if mask.GetSize() != pet_suv.GetSize():
-        raise PatientError(pseudonym, f"predicted mask size {mask.GetSize()} differs from the PET size "
-                                      f"{pet_suv.GetSize()}; the model output is not on the PET grid")
-    check_pet_geometry(pet_suv, pet_datasets, pseudonym)
-    pseudonymise_sources(pet_datasets, None if keep_identity else pseudonym)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    mask_u8 = sitk.Cast(mask > 0, sitk.sitkUInt8)
-    mask_u8.CopyInformation(pet_suv)
-    write_nifti(mask_u8, out_dir / "mask.nii.gz")
-    mask_arr = sitk.GetArrayFromImage(mask_u8).astype(np.uint8)
-    suv_arr = sitk.GetArrayFromImage(pet_suv).astype(np.float32)
-    spacing_zyx = tuple(float(s) for s in pet_suv.GetSpacing()[::-1])
-    summary = measure_lesions(mask_arr, spacing_zyx, suv=suv_arr)
-
-    write_dicom_seg(mask_arr, pet_datasets, out_dir / "seg.dcm", segment_label="lesion",
-                    series_description="clips-nnunet predicted lesions")
-    write_rtstruct(mask_arr, pet_datasets, out_dir / "rtstruct.dcm", roi_name="lesion",
-                   series_description="clips-nnunet predicted lesion contours")
-    save_coronal_mip(pet_suv, mask_u8, out_dir / "mip_coronal.png",
-                     title=f"{pseudonym}: coronal SUV MIP, prediction outlined")
-    report = build_report(summary, case_id=pseudonym, model=model, warnings=list(warnings),
-                          spacing_zyx=spacing_zyx)
-    write_report(report, out_dir)  # report.md then report.json (completion marker)
-    return report
+                segmentation = predictor.predict_single_npy_array(
+                    data, dict(properties), previous[None] if needs_previous and previous is not None else None)
+            previous = np.asarray(segmentation)
+        seg = np.asarray(segmentation)
+        if seg.shape != tuple(images[0].GetSize()[::-1]):
+            raise ClipsError(f"{case_id}: nnU-Net returned a {seg.shape} segmentation for a "
+                             f"{tuple(images[0].GetSize()[::-1])} image (z, y, x)")
+        out = sitk.GetImageFromArray(seg.astype(np.uint8, copy=False))
+        out.CopyInformation(images[0])
+        return out
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -397,13 +266,14 @@ class PredictionRun:
                 "n_skipped": sum(r.status == "skipped" for r in self.results), "n_failed": self.n_failed}
 
     def summary_table(self) -> str:
-        lines = [f"{'case':<12} {'status':<8} {'TMTV ml':>9} {'lesions':>7}  message"]
+        width = max([12] + [len(r.case) for r in self.results])
+        lines = [f"{'case':<{width}} {'status':<8} {'TMTV ml':>9} {'lesions':>7}  message"]
         for r in self.results:
             tmtv = f"{r.tmtv_ml:9.2f}" if r.tmtv_ml is not None else f"{'-':>9}"
             n = f"{r.n_lesions:7d}" if r.n_lesions is not None else f"{'-':>7}"
-            lines.append(f"{r.case:<12} {r.status:<8} {tmtv} {n}  {r.message}")
+            lines.append(f"{r.case:<{width}} {r.status:<8} {tmtv} {n}  {r.message}")
         for p in self.problems:
-            lines.append(f"{'-':<12} {'failed':<8} {'-':>9} {'-':>7}  {p}")
+            lines.append(f"{'-':<{width}} {'failed':<8} {'-':>9} {'-':>7}  {p}")
         return "\n".join(lines)
 
 
@@ -413,7 +283,7 @@ def default_private_dir(output_dir: PathLike) -> Path:
     return output_dir.parent / f"{output_dir.name}_private"
 
 
-def find_studies(inputs: Sequence[PathLike]) -> Tuple[List[Any], List[str]]:
+def find_studies(inputs: Sequence[PathLike]) -> Tuple[List[StudySelection], List[str]]:
     """Index every input folder and choose CT/PET per study with the converter's rules.
 
     Returns ``(selections, problems)``: problems are readable lines (a folder without DICOM, a study without a
@@ -421,7 +291,7 @@ def find_studies(inputs: Sequence[PathLike]) -> Tuple[List[Any], List[str]]:
     """
     from clips_nnunet.dataset_conversion.index import index_dicom_folder
     from clips_nnunet.dataset_conversion.select import select_studies
-    selections: List[Any] = []
+    selections: List[StudySelection] = []
     problems: List[str] = []
     seen = set()
     for n, folder in enumerate(inputs):
@@ -441,41 +311,62 @@ def find_studies(inputs: Sequence[PathLike]) -> Tuple[List[Any], List[str]]:
                 continue
             for sel in chosen:
                 key = (sel.patient_key, sel.study_uid)
-                if key in seen:
-                    continue
-                seen.add(key)
-                if getattr(sel, "pet", None) is None:
-                    problems.append(f"input {n + 1} patient {p_i + 1}: study without a usable PET series "
-                                    f"({'; '.join(getattr(sel, 'decisions', []) or [])})")
-                    continue
-                selections.append(sel)
+                if key not in seen:
+                    seen.add(key)
+                    selections.append(sel)
     return selections, problems
 
 
-def _patient_id(selection: Any) -> str:
-    """The PatientID (the index's private ``patient_key``); only for the private mapping and --keep-patient-names."""
-    return str(selection.patient_key)
+def _series_files(series: Optional[SeriesInfo]) -> List[Path]:
+    return list(series.files) if series is not None else []
 
 
-def _pet_files(selection: Any) -> List[Path]:
-    pet = selection.pet
-    files = getattr(pet, "files", None) or getattr(pet, "paths", None)
-    if not files:
-        raise ClipsError("the PET series lists no files")
-    return [Path(f) for f in files]
-
-
-def scrub(message: str, inputs: Sequence[PathLike], selection: Any = None) -> str:
+def scrub(message: str, inputs: Sequence[PathLike], selection: Optional[StudySelection] = None) -> str:
     """``message`` with input paths, file paths and the PatientID replaced, for the shared summary and the log
     (paths often carry patient names; library errors quote them)."""
     secrets: List[str] = []
     if selection is not None:
         secrets.append(str(selection.patient_key))
-        for series in (getattr(selection, "pet", None), getattr(selection, "ct", None)):
-            for f in (getattr(series, "files", None) or []):
-                secrets += [str(f), str(Path(f).parent)]
+        for f in _series_files(selection.pet) + _series_files(selection.ct):
+            secrets += [str(f), str(Path(f).parent)]
     secrets += [str(Path(p)) for p in inputs] + [str(Path(p).resolve()) for p in inputs]
     return scrub_secrets(message, secrets)
+
+
+def _output_names(selections: Sequence[StudySelection], mapping: PseudonymMap, output_dir: Path,
+                  keep_patient_names: bool) -> List[Tuple[str, str, StudySelection]]:
+    """(pseudonym, folder name, selection) per study: the pseudonym, or with ``keep_patient_names`` a unique,
+    stable PatientID-based name (:meth:`PseudonymMap.folder_for`)."""
+    pseudonyms = [mapping.get(str(s.patient_key), str(s.study_uid), str(s.patient_key)) for s in selections]
+    if not keep_patient_names:
+        return [(p, p, s) for p, s in zip(pseudonyms, selections)]
+    recorded = {e.get("folder", "").casefold() for e in mapping.entries.values()}
+    existing = [d.name for d in output_dir.iterdir() if d.is_dir() and d.name.casefold() not in recorded] \
+        if output_dir.is_dir() else []
+    claims = [safe_folder_name(str(s.patient_key)) for s in selections]  # the rule does not depend on the order
+    return [(p, mapping.folder_for(p, claims, existing), s) for p, s in zip(pseudonyms, selections)]
+
+
+def _write_outputs(folder: Path, pseudonym: str, label: str, selection: StudySelection, mask: sitk.Image,
+                   prepared: Any, model: Dict[str, Any], keep_identity: bool, inputs: Sequence[PathLike],
+                   started: float) -> PatientResult:
+    """Read the PET headers and write one study's outputs (runs in the output thread); never raises."""
+    import pydicom
+
+    try:
+        pet_datasets = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in selection.pet.files]
+        report = write_patient_outputs(folder, pseudonym, mask, prepared.pet_suv, pet_datasets, model,
+                                       list(prepared.warnings), keep_identity=keep_identity)
+        return PatientResult(label, "done", time.perf_counter() - started, tmtv_ml=_get(report, "tmtv_ml"),
+                             n_lesions=_get(report, "n_lesions"), warnings=list(prepared.warnings))
+    except Exception as e:  # one patient never stops the cohort
+        return _failure(label, e, inputs, selection, started)
+
+
+def _failure(label: str, error: Exception, inputs: Sequence[PathLike], selection: StudySelection,
+             started: float) -> PatientResult:
+    message = error.reason if isinstance(error, PatientError) else f"{type(error).__name__}: {error}"
+    return PatientResult(label, "failed", time.perf_counter() - started, message=scrub(message, inputs, selection))
 
 
 def predict_dicom(inputs: Sequence[PathLike], output_dir: PathLike, spec: ModelSpec, device: str = "auto",
@@ -487,12 +378,9 @@ def predict_dicom(inputs: Sequence[PathLike], output_dir: PathLike, spec: ModelS
     Writes ``output_dir/{pseudonym}/`` per study (see module docstring), ``output_dir/prediction_summary.json``
     and the private pseudonym mapping in ``private_dir`` (default :func:`default_private_dir`). Complete studies are
     skipped unless ``overwrite``. A failing study is recorded and the others go on; check ``run.n_failed``.
+    Raises :class:`clips_nnunet.errors.LockedError` at once when another run uses ``output_dir`` or
+    ``private_dir``.
     """
-    import pydicom
-    from tqdm import tqdm
-
-    from clips_nnunet.dataset_conversion.convert import prepare_study
-
     if not inputs:
         raise ClipsError("no input given: name DICOM folders of patients or a cohort folder")
     output_dir = Path(output_dir)
@@ -500,56 +388,58 @@ def predict_dicom(inputs: Sequence[PathLike], output_dir: PathLike, spec: ModelS
     if private_dir.resolve() == output_dir.resolve() or output_dir.resolve() in private_dir.resolve().parents:
         raise ClipsError(f"--private-dir {private_dir} is inside the output folder {output_dir}: the mapping to "
                          "patient identities must live outside the folder you share; choose another folder")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(output_dir, what="prediction output folder"), \
+            DirectoryLock(private_dir, what="private pseudonym folder"):
+        return _predict_locked(inputs, output_dir, private_dir, spec, device, keep_patient_names, overrides,
+                               overwrite, use_mirroring, progress, predictor)
+
+
+def _predict_locked(inputs: Sequence[PathLike], output_dir: Path, private_dir: Path, spec: ModelSpec, device: str,
+                    keep_patient_names: bool, overrides: Optional[PathLike], overwrite: bool, use_mirroring: bool,
+                    progress: bool, predictor: Optional[CasePredictor]) -> PredictionRun:
+    from tqdm import tqdm
+
+    from clips_nnunet.dataset_conversion.convert import prepare_study
+
     mapping = PseudonymMap(private_dir / MAPPING_FILE)
     run = PredictionRun(output_dir=output_dir, mapping_file=mapping.path)
-
     selections, run.problems = find_studies(inputs)
-    cases = []
-    for sel in selections:
-        pseudonym = mapping.get(str(sel.patient_key), str(sel.study_uid), _patient_id(sel))
-        name = pseudonym
-        if keep_patient_names:
-            same_patient = sum(1 for s in selections if s.patient_key == sel.patient_key)
-            name = safe_folder_name(_patient_id(sel)) + (f"_{pseudonym}" if same_patient > 1 else "")
-        cases.append((pseudonym, name, sel))
+    cases = _output_names(selections, mapping, output_dir, keep_patient_names)
     mapping.save()
 
+    results: Dict[int, PatientResult] = {}
     todo = []
-    for pseudonym, name, sel in cases:
+    for i, (pseudonym, name, sel) in enumerate(cases):
+        label = name if keep_patient_names else pseudonym
         if not overwrite and is_complete(output_dir / name):
             report = read_json(output_dir / name / "report.json")
-            run.results.append(PatientResult(pseudonym if not keep_patient_names else name, "skipped",
-                                             message="outputs already complete",
-                                             tmtv_ml=_get(report, "tmtv_ml"), n_lesions=_get(report, "n_lesions")))
+            results[i] = PatientResult(label, "skipped", message="outputs already complete",
+                                       tmtv_ml=_get(report, "tmtv_ml"), n_lesions=_get(report, "n_lesions"))
         else:
-            todo.append((pseudonym, name, sel))
+            todo.append((i, pseudonym, name, label, sel))
 
     if todo and predictor is None:
         predictor = CasePredictor(spec, device=device, use_mirroring=use_mirroring)
-    overrides_table = _load_overrides(overrides)
-    for pseudonym, name, sel in tqdm(todo, desc="predict", unit="study", disable=not progress):
-        label = name if keep_patient_names else pseudonym
-        t0 = time.perf_counter()
-        try:
-            with tempfile.TemporaryDirectory(prefix="clips_predict_") as tmp:
-                work = Path(tmp)
-                prepared = prepare_study(sel, (overrides_table or {}).get(str(sel.patient_key)), labels="none",
+    overrides_table = _load_overrides(overrides) or {}
+    # the outputs of one study are written in this thread while the next study is converted and predicted
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clips-predict-out") as writer:
+        pending: Optional[Tuple[int, Future]] = None
+        for i, pseudonym, name, label, sel in tqdm(todo, desc="predict", unit="study", disable=not progress):
+            t0 = time.perf_counter()
+            try:
+                prepared = prepare_study(sel, overrides_table.get(str(sel.patient_key)), labels="none",
                                          label=pseudonym)
-                images = [write_nifti(prepared.ct_on_pet, work / f"{pseudonym}_0000{FILE_ENDING}"),
-                          write_nifti(prepared.pet_suv, work / f"{pseudonym}_0001{FILE_ENDING}")]
-                mask = predictor.predict(images, work, pseudonym)
-                pet_datasets = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in _pet_files(sel)]
-                report = write_patient_outputs(output_dir / name, pseudonym, mask, prepared.pet_suv, pet_datasets,
-                                               predictor.model_description(), list(prepared.warnings or []),
-                                               keep_identity=keep_patient_names)
-            run.results.append(PatientResult(label, "done", time.perf_counter() - t0,
-                                             tmtv_ml=_get(report, "tmtv_ml"), n_lesions=_get(report, "n_lesions"),
-                                             warnings=list(prepared.warnings or [])))
-        except Exception as e:  # one patient never stops the cohort
-            message = e.reason if isinstance(e, PatientError) else f"{type(e).__name__}: {e}"
-            run.results.append(PatientResult(label, "failed", time.perf_counter() - t0,
-                                             message=scrub(message, inputs, sel)))
+                mask = predictor.predict_images([prepared.ct_on_pet, prepared.pet_suv], pseudonym)
+            except Exception as e:  # one patient never stops the cohort
+                results[i] = _failure(label, e, inputs, sel, t0)
+                continue
+            if pending is not None:  # at most one study waits for its outputs (memory)
+                results[pending[0]] = pending[1].result()
+            pending = (i, writer.submit(_write_outputs, output_dir / name, pseudonym, label, sel, mask, prepared,
+                                        predictor.model_description(), keep_patient_names, inputs, t0))
+        if pending is not None:
+            results[pending[0]] = pending[1].result()
+    run.results = [results[i] for i in sorted(results)]
     atomic_write_json(output_dir / "prediction_summary.json",
                       {"model": predictor.model_description() if predictor else None, **run.to_dict()})
     return run

@@ -236,8 +236,8 @@ def score_with_model(model_folder: PathLike, images_folder: PathLike, labels_fol
     try:
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                     device=torch.device(device), verbose=False, allow_tqdm=True)
-        predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
-                                                       checkpoint_name=checkpoint_name)
+        from clips_nnunet.evaluation.checkpoints import load_trained_model  # errors name the checkpoint file
+        load_trained_model(predictor, model_folder, folds, checkpoint_name)
         # no worker processes: works from any caller (notebooks, stdin scripts, spawn start method)
         predictor.predict_from_files_sequential(inputs, [str(output_folder / n) for n in names],
                                                 save_probabilities=metric == "loss", overwrite=True)
