@@ -7,18 +7,25 @@ Per epoch ``e`` (every DDP rank does the same, so all ranks hold identical state
    progress ``t = (e - warmup_epochs) / (num_epochs - warmup_epochs)``, the plan is mixed with the exploration
    probability ``epsilon`` (:func:`~clips_nnunet.curriculum.schedulers.finalize_probabilities`) and written to the
    :class:`~clips_nnunet.trainers.data_loader.CurriculumDataLoader`'s shared memory, which the augmentation
-   workers read.
-2. each training step: the per-case loss of the highest-resolution output of the forward pass already done
-   (``per_sample_loss``, detached, no second forward pass) is buffered with ``batch["keys"]``; the gradient
-   follows nnU-Net's loss unless :meth:`sample_weights` returns weights (SuperLoss, soft self-paced learning).
-3. ``on_train_epoch_end``: (keys, losses) of all ranks are gathered (:func:`sync_case_losses`, one
-   ``all_gather_object`` per epoch on every rank), the EMA difficulty state is updated, active fraction,
-   threshold, mean loss of active cases and sampling entropy go to the training log and to nnU-Net's logger
-   (registered keys, one value per epoch, so ``progress.png`` keeps working), and rank 0 writes
-   ``curriculum.json`` (per epoch: the probability of every case) and ``curriculum.png``.
+   workers read (batches already queued keep the previous probabilities: the *lag*, measured and logged).
+2. each training step: the per-sample loss of the highest-resolution output of the forward pass already done
+   (``per_sample_loss``, detached, no second forward pass) and whether the patch contains foreground are buffered
+   with ``batch["keys"]``. The gradient follows nnU-Net's own loss object (``self.loss``, untouched) unless
+   :meth:`sample_weights` returns weights this step (SuperLoss, soft self-paced learning): then it follows
+   nnU-Net's loss with per-sample weights (:func:`~clips_nnunet.trainers.per_sample_loss.weighted_nnunet_loss`,
+   equal to ``self.loss`` when every weight is 1, batch Dice and DDP included). Samples with a non-finite loss are
+   left out (warning naming the case, counted); a global batch whose weights are all 0 gets no backward pass and
+   no optimiser step (counted, :meth:`skip_backward`).
+3. ``on_train_epoch_end``: (keys, losses, patch types) of all ranks are gathered (:func:`sync_patch_records`, one
+   ``all_gather_object`` per epoch on every rank), turned into per-case observations by the difficulty signal
+   (:class:`~clips_nnunet.trainers.difficulty_signal.PatchDifficulty`: lesion cases measured on lesion patches,
+   losses centred per patch type) and folded into the EMA difficulty state; active fraction, threshold, mean loss
+   of active cases, sampling entropy, non-finite losses and skipped steps go to the training log and nnU-Net's
+   logger; rank 0 appends the epoch to the history (:mod:`~clips_nnunet.trainers.curriculum_history`, read with
+   :func:`read_history`) and redraws ``curriculum.png`` at a bounded cost.
 
-The state (difficulty estimates, scheduler state, epoch, random generator) is stored in nnU-Net's checkpoints and
-restored by ``nnUNetv2_train ... --c``; ``curriculum_config.json`` in the fold folder records every
+The state (difficulty estimates, scheduler state, signal means, epoch, random generator) is stored in nnU-Net's
+checkpoints and restored by ``nnUNetv2_train ... --c``; ``curriculum_config.json`` in the fold folder records every
 hyper-parameter used.
 """
 from __future__ import annotations
@@ -37,45 +44,48 @@ from clips_nnunet.curriculum.schedulers import (CurriculumScheduler, SamplingPla
                                                 sampling_entropy)
 from clips_nnunet.curriculum.state import DifficultyState
 from clips_nnunet.errors import CurriculumConfigError
-from clips_nnunet.io_utils import atomic_path, atomic_write_json, read_json
-from clips_nnunet.trainers.base import Output, highest_resolution, nnUNetTrainerClipsBase
-from clips_nnunet.trainers.data_loader import CurriculumDataLoader
+from clips_nnunet.io_utils import atomic_write_json
+from clips_nnunet.trainers.base import Output, global_rank, highest_resolution, nnUNetTrainerClipsBase
+from clips_nnunet.trainers.curriculum_history import (CURRICULUM_PNG, CurriculumHistory, HistoryWriter,
+                                                      plot_curriculum, read_history)
+from clips_nnunet.trainers.data_loader import CurriculumDataLoader, case_has_foreground
+from clips_nnunet.trainers.difficulty_signal import PatchDifficulty
+from clips_nnunet.trainers.per_sample_loss import (foreground_patches, nnunet_loss_spec, weighted_nnunet_loss,
+                                                   weighted_per_sample_loss)
 
-CURRICULUM_JSON = "curriculum.json"
-CURRICULUM_PNG = "curriculum.png"
+__all__ = ["nnUNetTrainerCurriculum", "read_history", "CurriculumHistory", "plot_curriculum", "sync_case_losses",
+           "sync_patch_records", "weighted_per_sample_loss"]
+
 CURRICULUM_CONFIG_JSON = "curriculum_config.json"
-LOG_KEYS = ("cl_active_fraction", "cl_threshold", "cl_active_mean_loss", "cl_sampling_entropy")
+LOG_KEYS = ("cl_active_fraction", "cl_threshold", "cl_active_mean_loss", "cl_sampling_entropy",
+            "cl_nonfinite_losses", "cl_skipped_batches")
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def sync_patch_records(keys: Sequence[str], losses, patch_foreground) -> Tuple[List[str], np.ndarray, np.ndarray]:
+    """All ranks' (keys, losses, patch-has-foreground flags) concatenated in rank order; identity without an
+    initialised process group. Every rank must call it once per epoch (a symmetric ``all_gather_object``)."""
+    keys = [str(k) for k in keys]
+    losses = np.asarray(losses, dtype=np.float64).reshape(-1)
+    fg = np.asarray(patch_foreground, dtype=bool).reshape(-1)
+    if not (len(keys) == losses.size == fg.size):
+        raise CurriculumConfigError(f"sync got {len(keys)} keys, {losses.size} losses and {fg.size} patch types")
+    if not _distributed():
+        return keys, losses, fg
+    gathered: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (keys, losses.tolist(), fg.tolist()))
+    return ([k for rank_keys, _, _ in gathered for k in rank_keys],
+            np.asarray([v for _, rank_losses, _ in gathered for v in rank_losses], dtype=np.float64),
+            np.asarray([f for _, _, rank_fg in gathered for f in rank_fg], dtype=bool))
 
 
 def sync_case_losses(keys: Sequence[str], losses) -> Tuple[List[str], np.ndarray]:
-    """All ranks' (keys, losses) concatenated in rank order; identity without an initialised process group.
-
-    Every rank must call it once per epoch (a symmetric ``all_gather_object``), so that every rank then updates
-    an identical :class:`DifficultyState` in the same order and computes identical probabilities.
-    """
-    keys = [str(k) for k in keys]
-    losses = np.asarray(losses, dtype=np.float64).reshape(-1)
-    if len(keys) != losses.size:
-        raise CurriculumConfigError(f"sync_case_losses got {len(keys)} keys but {losses.size} losses")
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return keys, losses
-    gathered: List[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (keys, losses.tolist()))
-    all_keys = [k for rank_keys, _ in gathered for k in rank_keys]
-    all_losses = np.asarray([v for _, rank_losses in gathered for v in rank_losses], dtype=np.float64)
-    return all_keys, all_losses
-
-
-def weighted_per_sample_loss(per_sample_loss, output: Output, target: Output, weights: torch.Tensor,
-                             weight_factors: Optional[Sequence[float]] = None) -> torch.Tensor:
-    """``sum_k DS_k * mean_b(w_b * per_sample_loss(output_k, target_k)_b)`` over deep-supervision outputs ``k``
-    (a single output: ``mean_b(w_b * l_b)``). With all ``w_b = 1`` and nnU-Net's ``DS_k`` this equals nnU-Net's
-    deep-supervised Dice + CE loss (batch_dice False)."""
-    if isinstance(output, (list, tuple)):
-        factors = tuple(weight_factors) if weight_factors is not None else (1.0,) * len(output)
-        return sum(f * (weights * per_sample_loss(o, t)).mean()
-                   for f, o, t in zip(factors, output, target) if f != 0)
-    return (weights * per_sample_loss(output, target)).mean()
+    """All ranks' (keys, losses) concatenated in rank order (:func:`sync_patch_records` without patch types)."""
+    keys, losses, _ = sync_patch_records(keys, losses, np.ones(len(list(keys)), dtype=bool))
+    return keys, losses
 
 
 class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
@@ -101,11 +111,13 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
         """The scheduler of this curriculum for the training cases ``case_ids`` (the loader's order)."""
 
     def sample_weights(self, keys: Sequence[str], losses: np.ndarray) -> Optional[np.ndarray]:
-        """Optional per-sample loss weights (shape (B,)) from this batch's detached per-sample losses.
+        """Optional per-sample loss weights (shape (B,), finite, >= 0) from this batch's detached per-sample losses
+        (centred like the difficulty estimates, see :mod:`~clips_nnunet.trainers.difficulty_signal`; non-finite
+        for a sample whose loss is not finite: such samples are left out whatever their weight).
 
-        None (default) keeps nnU-Net's loss for the gradient (sampling curricula). Weights ``w`` make the loss
-        ``sum_k DS_k * mean_b(w_b * per_sample_loss(output_k, target_k)_b)`` over the deep-supervision outputs
-        ``k`` with nnU-Net's weights ``DS_k`` (weighting curricula: SuperLoss, soft self-paced learning).
+        None (default) keeps nnU-Net's loss object for the gradient (sampling curricula, warm-up, SuperLoss before
+        its threshold exists). Whether None is returned must depend on epoch-level state only (identical on every
+        DDP rank), never on the batch: the weighted loss has its own collectives.
         """
         return None
 
@@ -126,6 +138,8 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
                 "num_iterations_per_epoch": int(self.num_iterations_per_epoch), "batch_size": int(self.batch_size),
                 "seed": self.clips_seed(), "curriculum_seed": self._curriculum_rng_seed(),
                 "world_size": dist.get_world_size() if self.is_ddp else 1,
+                "batch_dice": bool(self.configuration_manager.batch_dice),
+                "difficulty_signal": "per-sample Dice+CE; lesion cases on foreground patches; centred per patch type",
                 "scheduler": self._cl_scheduler.config() if self._cl_scheduler is not None else None,
                 "n_cases": len(self._cl_case_ids), "case_ids": list(self._cl_case_ids)}
 
@@ -133,25 +147,36 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
     _cl_loader: Optional[CurriculumDataLoader] = None
     _cl_state: Optional[DifficultyState] = None
     _cl_scheduler: Optional[CurriculumScheduler] = None
+    _cl_signal: Optional[PatchDifficulty] = None
     _cl_rng: Optional[np.random.Generator] = None
     _cl_pending: Optional[dict] = None
     _cl_case_ids: List[str] = []
+    _cl_zero_batch: bool = False
 
     def _curriculum_rng_seed(self) -> int:
         seed = self.clips_seed()
         return int(self.curriculum_seed if seed is None else seed)
 
     def validate_curriculum_attributes(self) -> None:
-        """Raise :class:`CurriculumConfigError` naming a bad class attribute and its valid range."""
+        """Raise :class:`CurriculumConfigError` naming a bad class attribute or dataset and what to do."""
         if int(self.warmup_epochs) != self.warmup_epochs or self.warmup_epochs < 0:
             raise CurriculumConfigError(f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r} "
                                         f"(set it on your trainer subclass)")
+        if self.warmup_epochs > 0 and self.warmup_epochs >= self.num_epochs:
+            raise CurriculumConfigError(f"warmup_epochs ({self.warmup_epochs}) >= num_epochs ({self.num_epochs}): "
+                                        f"the curriculum would never start; set warmup_epochs below num_epochs on "
+                                        f"your trainer subclass")
         if not 0.0 <= float(self.exploration_epsilon) <= 1.0:
             raise CurriculumConfigError(f"exploration_epsilon must be in [0, 1], got {self.exploration_epsilon}")
         if not 0.0 < float(self.loss_ema_alpha) <= 1.0:
             raise CurriculumConfigError(f"loss_ema_alpha must be in (0, 1], got {self.loss_ema_alpha}")
         if int(self.min_cases) != self.min_cases or self.min_cases < 1:
             raise CurriculumConfigError(f"min_cases must be an integer >= 1, got {self.min_cases!r}")
+        if self.label_manager.has_regions:
+            raise CurriculumConfigError(
+                f"{type(self).__name__} needs a label-based dataset: {self.plans_manager.dataset_name} defines "
+                f"regions (dataset.json 'labels' with lists and 'regions_class_order'), whose sigmoid loss has no "
+                f"per-case Dice + CE here; train it with nnUNetTrainer or convert the regions to labels")
 
     def build_train_data_loader(self, dataset_tr, batch_size, initial_patch_size, final_patch_size, transforms):
         self._cl_loader = CurriculumDataLoader(
@@ -172,15 +197,28 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
         super().on_train_start()
         self._cl_setup()
 
+    def _cl_loss_spec(self):
+        """nnU-Net's loss description for the weighted loss (None: a loss with ``per_sample``, e.g. the TMTV
+        recipe's); a loss that can be neither is refused at start."""
+        spec = nnunet_loss_spec(self.loss)
+        if spec is None:
+            inner = getattr(self.loss, "loss", self.loss)
+            if not callable(getattr(inner, "per_sample", None)):
+                raise CurriculumConfigError(
+                    f"{type(self).__name__} weights per-sample losses, but its loss {type(inner).__name__} is neither "
+                    f"nnU-Net's DC_and_CE_loss nor a loss with a per_sample(logits, target) method; use a sampling "
+                    f"curriculum with this loss")
+        return spec
+
     def _cl_setup(self) -> None:
         if self._cl_loader is None:
             raise CurriculumConfigError("the training data loader is not a CurriculumDataLoader; a subclass "
                                         "overrode build_train_data_loader without chaining super()")
         case_ids = list(self._cl_loader.case_ids)
-        if not case_ids:
-            raise CurriculumConfigError(f"fold {self.fold}: the training split is empty; check splits_final.json")
         self._cl_case_ids = case_ids
         self._cl_state = DifficultyState(case_ids, self.loss_ema_alpha)
+        has_fg = case_has_foreground(self._cl_loader._data, case_ids, self.label_manager.foreground_labels)
+        self._cl_signal = PatchDifficulty(case_ids, has_fg)
         scheduler = self.build_scheduler(list(case_ids))
         if not isinstance(scheduler, CurriculumScheduler):
             raise CurriculumConfigError(f"{type(self).__name__}.build_scheduler must return a CurriculumScheduler, "
@@ -190,22 +228,30 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
             raise CurriculumConfigError(f"the scheduler's case ids differ from the training split (unknown case ids: "
                                         f"{unknown[:10]}); build it from the case_ids passed to build_scheduler")
         self._cl_scheduler = scheduler
+        self._cl_spec = self._cl_loss_spec() if self.uses_sample_weights() else None
         self._cl_rng = np.random.default_rng(self._curriculum_rng_seed())
-        self._cl_history: List[dict] = []
         if self._cl_pending is not None:
             self._cl_restore(self._cl_pending)
             self._cl_pending = None
         self._cl_register_log_keys()
+        self._cl_reset_buffers()
+        self._cl_plan: Optional[SamplingPlan] = None
+        self._cl_writer = HistoryWriter(self.output_folder, case_ids, type(self).__name__)
+        if global_rank() == 0:
+            atomic_write_json(os.path.join(self.output_folder, CURRICULUM_CONFIG_JSON), self.curriculum_config())
+            self._cl_writer.start(int(self.current_epoch))
+        self.print_to_log_file(f"curriculum: {type(self).__name__} over {len(case_ids)} training cases "
+                               f"({int(has_fg.sum())} with foreground), scheduler {type(scheduler).__name__}, warm-up "
+                               f"{self.warmup_epochs} epochs, epsilon {self.exploration_epsilon}, EMA alpha "
+                               f"{self.loss_ema_alpha}, batch Dice {self.configuration_manager.batch_dice}")
+
+    def _cl_reset_buffers(self) -> None:
         self._cl_key_buf: List[str] = []
         self._cl_loss_buf: List[torch.Tensor] = []
+        self._cl_fg_buf: List[torch.Tensor] = []
         self._cl_versions: List[int] = []
         self._cl_cached: Optional[torch.Tensor] = None
-        self._cl_plan: Optional[SamplingPlan] = None
-        if self.local_rank == 0:
-            atomic_write_json(os.path.join(self.output_folder, CURRICULUM_CONFIG_JSON), self.curriculum_config())
-        self.print_to_log_file(f"curriculum: {type(self).__name__} over {len(case_ids)} training cases, "
-                               f"scheduler {type(scheduler).__name__}, warm-up {self.warmup_epochs} epochs, "
-                               f"epsilon {self.exploration_epsilon}, EMA alpha {self.loss_ema_alpha}")
+        self._cl_step_nonfinite = 0
 
     def _cl_restore(self, saved: dict) -> None:
         state = DifficultyState.from_dict(saved["state"])
@@ -218,11 +264,8 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
                 f"or start a new training without --c")
         self._cl_state = state
         self._cl_scheduler.load_state_dict(saved.get("scheduler", {}))
+        self._cl_signal.load_state_dict(saved.get("signal", {}))
         self._cl_rng.bit_generator.state = saved["rng"]
-        path = os.path.join(self.output_folder, CURRICULUM_JSON)
-        if os.path.isfile(path):
-            previous = read_json(path)
-            self._cl_history = [r for r in previous.get("epochs", []) if r["epoch"] < self.current_epoch]
         self.print_to_log_file(f"curriculum: state restored from the checkpoint (epoch {saved.get('epoch')}, "
                                f"{int(state.visits.sum())} case losses recorded)")
 
@@ -236,6 +279,7 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
         extras = super().checkpoint_extras()
         if self._cl_state is not None:
             extras["curriculum"] = {"state": self._cl_state.to_dict(), "scheduler": self._cl_scheduler.state_dict(),
+                                    "signal": self._cl_signal.state_dict(),
                                     "rng": self._cl_rng.bit_generator.state, "epoch": int(self.current_epoch),
                                     "trainer": type(self).__name__}
         return extras
@@ -266,7 +310,7 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
         self._cl_version = self._cl_loader.set_probabilities(probabilities)
         self._cl_plan, self._cl_probabilities, self._cl_progress, self._cl_warm = plan, probabilities, progress, warm
         self._cl_estimates = self._cl_state.estimates()
-        self._cl_key_buf, self._cl_loss_buf, self._cl_versions = [], [], []
+        self._cl_reset_buffers()
         threshold = "none" if plan.threshold is None else f"{plan.threshold:.4g}"
         self.print_to_log_file(f"curriculum: {'warm-up (uniform)' if warm else f'progress {progress:.3f}'}, active "
                                f"fraction {plan.active_fraction:.3f}, threshold {threshold}, sampling entropy "
@@ -278,111 +322,104 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
             self._cl_versions.append(int(version))
         return super().train_step(batch)
 
+    def skip_backward(self) -> bool:
+        return bool(self._cl_zero_batch) or super().skip_backward()
+
     def compute_loss(self, output: Output, target: Output, keys: Sequence[str]) -> torch.Tensor:
         self._cl_cached = None
+        self._cl_zero_batch = False
         if not self.uses_sample_weights():
             return super().compute_loss(output, target, keys)
         hi_out, hi_target = highest_resolution(output), highest_resolution(target)
         with torch.no_grad():
-            detached = self.per_sample_loss(hi_out.detach(), hi_target)
+            detached = self.per_sample_loss(hi_out.detach(), hi_target).float()
+            fg = foreground_patches(hi_target, hi_out.shape[1]).cpu().numpy()
         self._cl_cached = detached
-        weights = self.sample_weights(keys, detached.float().cpu().numpy())
+        losses = detached.cpu().numpy()
+        weights = self.sample_weights(keys, self._cl_signal.centre(losses, fg))
         if weights is None:
-            return super().compute_loss(output, target, keys)
-        w = torch.as_tensor(np.asarray(weights, dtype=np.float32), device=hi_out.device)
-        if w.shape != (hi_out.shape[0],):
-            raise CurriculumConfigError(f"sample_weights returned shape {tuple(w.shape)} for a batch of "
-                                        f"{hi_out.shape[0]}")
-        return weighted_per_sample_loss(self.per_sample_loss, output, target, w,
-                                        getattr(self.loss, "weight_factors", None))
+            return super().compute_loss(output, target, keys)      # nnU-Net's loss object, untouched
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if w.shape != (hi_out.shape[0],) or not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise CurriculumConfigError(f"{type(self).__name__}.sample_weights must return {hi_out.shape[0]} finite "
+                                        f"weights >= 0, got {np.asarray(weights).tolist()}")
+        keep_np = np.isfinite(losses)
+        if not keep_np.all():
+            bad = [str(k) for k, ok in zip(keys, keep_np) if not ok]
+            self._cl_step_nonfinite += len(bad)
+            self.print_to_log_file(f"curriculum WARNING: non-finite training loss of case(s) {', '.join(bad)} in "
+                                   f"epoch {self.current_epoch}: left out of this step's weighted loss")
+        device = hi_out.device
+        w_t = torch.as_tensor(w, dtype=torch.float32, device=device)
+        keep = torch.as_tensor(keep_np, device=device)
+        totals = torch.tensor([float((w * keep_np).sum()), float(w.size)], dtype=torch.float64, device=device)
+        if _distributed():
+            dist.all_reduce(totals)                      # every rank weights this step (epoch-level decision)
+        self._cl_zero_batch = bool(totals[0].item() == 0.0)
+        if self._cl_spec is not None:
+            return weighted_nnunet_loss(self._cl_spec, output, target, w_t, keep=keep,
+                                        weight_mean=(totals[0] / totals[1]).to(torch.float32))
+        inner = getattr(self.loss, "loss", self.loss)
+        return weighted_per_sample_loss(inner.per_sample, output, target, w_t,
+                                        getattr(self.loss, "weight_factors", None), keep=keep)
 
     def after_train_forward(self, keys: Sequence[str], output: Output, target: Output) -> None:
         super().after_train_forward(keys, output, target)
+        hi_out, hi_target = highest_resolution(output), highest_resolution(target)
         if self._cl_cached is not None:
             losses = self._cl_cached
             self._cl_cached = None
         else:
-            losses = self.per_sample_loss(highest_resolution(output), highest_resolution(target))
+            losses = self.per_sample_loss(hi_out, hi_target)
         self._cl_loss_buf.append(losses.detach().float())
+        self._cl_fg_buf.append(foreground_patches(hi_target, hi_out.shape[1]))
         self._cl_key_buf.extend(str(k) for k in keys)
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
         epoch = int(self.current_epoch)
         local = torch.cat(self._cl_loss_buf).cpu().numpy() if self._cl_loss_buf else np.zeros(0)
-        keys, losses = sync_case_losses(self._cl_key_buf, local)
+        local_fg = torch.cat(self._cl_fg_buf).cpu().numpy() if self._cl_fg_buf else np.zeros(0, dtype=bool)
+        keys, losses, fg = sync_patch_records(self._cl_key_buf, local, local_fg)
+        finite = np.isfinite(losses)
+        if not finite.all():
+            bad = sorted({k for k, ok in zip(keys, finite) if not ok})
+            self.print_to_log_file(f"curriculum WARNING: {int((~finite).sum())} non-finite training loss(es) in epoch "
+                                   f"{epoch}, case(s) {', '.join(bad)}: skipped for the difficulty estimates")
+        obs_keys, obs_values, n_skipped = self._cl_signal.observations(keys, losses, fg)
+        ok = np.isfinite(obs_values)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            self._cl_state.update(keys, losses, epoch)
+            self._cl_state.update([k for k, o in zip(obs_keys, ok) if o], obs_values[ok], epoch)
         for w in caught:
             self.print_to_log_file(f"curriculum WARNING: {w.message}")
         plan, probabilities = self._cl_plan, self._cl_probabilities
         active = np.asarray(plan.probabilities) > 0
         active_keys = {k for k, a in zip(self._cl_case_ids, active) if a}
-        active_losses = [v for k, v in zip(keys, losses) if k in active_keys and np.isfinite(v)]
+        active_losses = [v for k, v in zip(obs_keys, obs_values) if k in active_keys and np.isfinite(v)]
         mean_active = float(np.mean(active_losses)) if active_losses else float("nan")
         entropy = sampling_entropy(probabilities)
         threshold = float("nan") if plan.threshold is None else float(plan.threshold)
-        for key, value in zip(LOG_KEYS, (float(plan.active_fraction), threshold, mean_active, entropy)):
+        counts = dict(self.clips_step_counts)
+        skipped_batches = int(counts.get("zero_weight_batches", 0))
+        for key, value in zip(LOG_KEYS, (float(plan.active_fraction), threshold, mean_active, entropy,
+                                         float((~finite).sum()), float(skipped_batches))):
             self.logger.log(key, value, epoch)
         lag = int(sum(v < self._cl_version for v in self._cl_versions))
-        record = {"epoch": epoch, "warmup": bool(self._cl_warm), "progress": self._cl_progress,
+        record = {"warmup": bool(self._cl_warm), "progress": self._cl_progress,
                   "active_fraction": float(plan.active_fraction), "threshold": plan.threshold,
-                  "mean_active_loss": mean_active, "sampling_entropy": entropy,
-                  "lag_batches": lag, "n_losses": int(len(keys)),
-                  "probabilities": [float(p) for p in probabilities],
-                  "estimates": [float(d) for d in self._cl_estimates], "extra": plan.extra}
-        self._cl_history = [r for r in self._cl_history if r["epoch"] < epoch] + [record]
-        self.print_to_log_file(f"curriculum: mean loss of active cases {mean_active:.4f}; {len(keys)} case losses "
-                               f"recorded; {lag} of {len(self._cl_versions)} batches were drawn with the previous "
+                  "mean_active_loss": mean_active, "sampling_entropy": entropy, "lag_batches": lag,
+                  "n_losses": int(len(keys)), "n_observations": int(ok.sum()),
+                  "skipped_background_patches": n_skipped, "nonfinite_losses": int((~finite).sum()),
+                  "nonfinite_weighted_step_losses": int(self._cl_step_nonfinite),
+                  "signal_means": self._cl_signal.means, **counts, "extra": plan.extra}
+        self.print_to_log_file(f"curriculum: mean centred loss of active cases {mean_active:.4f}; {len(keys)} patch "
+                               f"losses, {int(ok.sum())} recorded ({n_skipped} background patches of lesion cases "
+                               f"skipped); {lag} of {len(self._cl_versions)} batches were drawn with the previous "
                                f"epoch's probabilities (lag)")
-        if self.local_rank == 0:
-            self._cl_write_outputs()
-
-    def _cl_write_outputs(self) -> None:
-        data = {"trainer": type(self).__name__, "case_ids": list(self._cl_case_ids), "epochs": self._cl_history,
-                "state": self._cl_state.to_dict()}
-        atomic_write_json(os.path.join(self.output_folder, CURRICULUM_JSON), data)
-        try:
-            plot_curriculum(self._cl_history, self._cl_case_ids, os.path.join(self.output_folder, CURRICULUM_PNG))
-        except Exception as e:  # a plot must never stop a training
-            self.print_to_log_file(f"curriculum: could not write {CURRICULUM_PNG}: {e}")
-
-
-def plot_curriculum(history: List[dict], case_ids: Sequence[str], destination: str) -> None:
-    """``curriculum.png``: active fraction and threshold over epochs; case-by-epoch heat map of probabilities."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    # nnU-Net's logger calls seaborn.set(font_scale=2.5) globally: plot with matplotlib defaults
-    with plt.style.context("default"):
-        epochs = [r["epoch"] for r in history]
-        fig, (ax, ax_heat) = plt.subplots(2, 1, figsize=(10, 4 + 0.12 * min(len(case_ids), 150)),
-                                          gridspec_kw={"height_ratios": [1, 2]})
-        ax.plot(epochs, [r["active_fraction"] for r in history], "b-o", ms=3, label="active fraction")
-        ax.set_ylim(0, 1.05)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("active fraction", color="b")
-        ax2 = ax.twinx()
-        thresholds = [np.nan if r["threshold"] is None else r["threshold"] for r in history]
-        ax2.plot(epochs, thresholds, "r-s", ms=3, label="threshold")
-        ax2.set_ylabel("threshold (loss / score)", color="r")
-        for r in history:
-            if r.get("warmup"):
-                ax.axvspan(r["epoch"] - 0.5, r["epoch"] + 0.5, color="0.9", zorder=0)
-        ax.set_title("curriculum (grey: warm-up, uniform sampling)")
-        probs = np.asarray([r["probabilities"] for r in history], dtype=float).T if history else np.zeros((1, 1))
-        im = ax_heat.imshow(probs, aspect="auto", interpolation="nearest", cmap="viridis",
-                            extent=(min(epochs, default=0) - 0.5, max(epochs, default=0) + 0.5,
-                                    len(case_ids) - 0.5, -0.5))
-        ax_heat.set_xlabel("epoch")
-        ax_heat.set_ylabel("case")
-        if len(case_ids) <= 40:
-            ax_heat.set_yticks(range(len(case_ids)))
-            ax_heat.set_yticklabels(case_ids, fontsize=7)
-        fig.colorbar(im, ax=ax_heat, label="sampling probability")
-        fig.tight_layout()
-        with atomic_path(destination, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=80, format="png")
-        plt.close(fig)
+        if global_rank() == 0:
+            self._cl_writer.append(epoch, probabilities, self._cl_estimates, record, self._cl_state.to_dict())
+            try:
+                plot_curriculum(self.output_folder, os.path.join(self.output_folder, CURRICULUM_PNG))
+            except Exception as e:  # a plot must never stop a training
+                self.print_to_log_file(f"curriculum: could not write {CURRICULUM_PNG}: {e}")

@@ -9,7 +9,11 @@ and makes it even again, and a reader retries until it copied a consistent snaps
 shared with the workers. Each batch carries ``batch["curriculum_version"]``, the version it was drawn with, so the
 trainer can measure the lag (batches already in flight when the probabilities changed).
 
-The curriculum picks the *case*; nnU-Net's foreground oversampling (``get_bbox``) still picks the *patch*.
+The curriculum picks the *case*; nnU-Net's foreground oversampling (``get_bbox``) still picks the *patch*: with
+batch size 2 and ``oversample_foreground_percent = 0.33`` the last slot of every batch is a foreground-forced patch
+and the first a random one. :func:`case_has_foreground` reads which cases have any foreground voxel from the
+preprocessed ``class_locations`` (nnU-Net's own record of where each class lies), so that the difficulty signal
+can tell a background-only patch of a lesion case from a patch of a lesion-free case.
 Each process draws cases with its own ``numpy.random.Generator``, created lazily in the process that samples
 (seeded from numpy's global state, which nnU-Net's worker ``producer`` seeds with the worker seed, and the worker's
 thread id), so forked workers never share a random stream. Works with ``nnUNet_n_proc_DA=0`` (the main process
@@ -25,7 +29,29 @@ import numpy as np
 import torch
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
-from clips_nnunet.errors import CurriculumConfigError
+from clips_nnunet.errors import CurriculumConfigError, DatasetError
+
+
+def case_has_foreground(dataset, case_ids: Sequence[str], foreground_labels: Sequence[int]) -> np.ndarray:
+    """Boolean per case: does its preprocessed segmentation contain any foreground voxel?
+
+    Read from ``properties["class_locations"]`` of ``<case>.pkl`` in the preprocessed folder (written by nnU-Net's
+    preprocessing; the locations its foreground oversampling draws from). Raises :class:`DatasetError` naming the
+    case when the file or the field is missing (re-run ``nnUNetv2_preprocess``).
+    """
+    from batchgenerators.utilities.file_and_folder_operations import load_pickle
+
+    folder = getattr(dataset, "source_folder", None)
+    result = np.zeros(len(case_ids), dtype=bool)
+    for i, case in enumerate(case_ids):
+        path = os.path.join(str(folder), f"{case}.pkl")
+        try:
+            locations = load_pickle(path)["class_locations"]
+        except (OSError, KeyError, EOFError) as e:
+            raise DatasetError(f"case {case}: cannot read class_locations from {path} ({type(e).__name__}: {e}); "
+                               f"re-run nnUNetv2_preprocess for this dataset") from None
+        result[i] = any(len(locations.get(label, ())) > 0 for label in foreground_labels)
+    return result
 
 
 class CurriculumDataLoader(nnUNetDataLoader):
