@@ -1,4 +1,4 @@
-"""One definition of case difficulty: the curriculum trainers, ``compare`` and the study's entry point agree.
+"""One definition of case difficulty: the curriculum trainers, ``compare`` and the study agree.
 
 Hand-made ``case_metadata.json`` of five cases (one lesion-free), ranked by hand from the directions of
 docs/curricula.md: small TMTV, low SUVmax = hard; many lesions = hard; lesion-free cases at the median rank 0.5.
@@ -68,13 +68,24 @@ def _compare(tmp_path, measure):
     return res.difficulty, tertiles, res.difficulty_source
 
 
+def _study(tmp_path, measure):
+    """The difficulty the study's stratified splits use (every labelled case of the raw dataset's metadata)."""
+    from clips_nnunet.study.dataset import case_difficulty_from_metadata
+
+    raw = tmp_path / "study" / "nnUNet_raw" / "Dataset999_Def"
+    raw.mkdir(parents=True)
+    (raw / "case_metadata.json").write_text(json.dumps(META))
+    config = types.SimpleNamespace(study_dir=tmp_path / "study", dataset_folder_name=raw.name, difficulty_key=measure)
+    return case_difficulty_from_metadata(config)
+
+
 @pytest.mark.parametrize("measure", sorted(EXPECTED))
 def test_curriculum_compare_and_study_agree(tmp_path, measure):
     (tmp_path / "case_metadata.json").write_text(json.dumps(META))
     expected = EXPECTED[measure]
     curriculum = _curriculum(tmp_path, measure)
     compare, tertiles, source = _compare(tmp_path, measure)
-    study = difficulty_from_metadata(META, measure=measure)  # the study's call: every labelled case
+    study = _study(tmp_path, measure)
     for got in (curriculum, compare, study):
         assert set(got) == set(CASES)
         for case in CASES:
