@@ -127,7 +127,7 @@ def register(subparsers) -> None:
     c.add_argument("--metadata-key", default="tmtv_ml",
                    help="key in case_metadata.json used as difficulty (default tmtv_ml: small TMTV = hard)")
     c.add_argument("--harder-when", choices=("low", "high"),
-                   help="whether low or high values of --difficulty-key are harder; only needed for a key that is not in the "
+                   help="whether low or high values of --metadata-key are harder; only needed for a key that is not in the "
                         "difficulty table of docs/curricula.md (the table gives the direction of every converter measure)")
     c.add_argument("--difficulty", help="CSV case_id,difficulty (higher = harder), e.g. from clips-nnunet score")
     c.add_argument("-o", "--output", default="clips_comparison", help="output folder (default ./clips_comparison)")
