@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "clips_nnunet.cli.curriculum",
     "clips_nnunet.cli.predict",
     "clips_nnunet.cli.evaluation",
+    "clips_nnunet.cli.audit",
     "clips_nnunet.cli.demo",
 )
 

@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from clips_nnunet.dataset_conversion.write import write_image
 from clips_nnunet.io_utils import atomic_write_json
@@ -56,12 +57,13 @@ def make_case(rng: np.random.Generator, shape: Tuple[int, int, int], difficulty:
 
 
 def add_bladder(pet: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """Add a bladder-like hot ellipsoid (SUV + ``BLADDER_SUV``) low in z, outside the lesions; returns the region."""
+    """Add a bladder-like hot ellipsoid (SUV + ``BLADDER_SUV``) low in z, two voxels or more from the lesions; returns
+    the region."""
     shape = pet.shape
     zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
     region = (((zz - 0.12 * shape[0]) / (0.07 * shape[0])) ** 2 + ((yy - 0.55 * shape[1]) / (0.12 * shape[1])) ** 2
               + ((xx - 0.5 * shape[2]) / (0.12 * shape[2])) ** 2) <= 1.0
-    region &= label == 0
+    region &= ~ndimage.binary_dilation(label > 0, iterations=2)  # apart from the lesions, as in a body
     pet[region] += BLADDER_SUV
     return region
 

@@ -1,0 +1,188 @@
+"""Benchmark of ``clips-nnunet audit`` on a synthetic cohort with planted annotation errors.
+
+What it does (CPU, about a minute):
+
+1. writes the raw synthetic dataset (:func:`clips_nnunet.synthetic.raw.make_synthetic_raw_dataset`) with
+   ``--error-fraction`` (default 25 %) of the training cases carrying a planted annotation error; difficulty rises
+   over the cases, so the hardest third are the planted *hard but correctly annotated* patients;
+2. **simulates** out-of-fold predictions instead of training nnU-Net (stated in every output): the model is assumed
+   to have learned the clean convention, so each prediction is derived from the CLEAN mask, degraded as a real model
+   degrades it: per lesion a detection logit ``e ~ N(4 - 6 d + 2 (radius - 2) / 4, 1.5)`` (d = planted difficulty)
+   whose sigmoid is the lesion's foreground probability, lesions with ``sigmoid(e) < 0.5`` are missed; every voxel of
+   the one-voxel inner and outer boundary shells flips with probability ``0.05 + 0.2 d``; hard cases get an
+   unconfident false-positive blob (probability 0.5-0.85) with probability ``0.5 d``; the bladder-like
+   physiological region gets probability 0-0.05 (the model learned it is not lesion);
+3. lays the predictions out as an nnU-Net results folder (``fold_X/validation/*.nii.gz`` and ``*.npz``,
+   ``dataset.json``, ``plans.json``; references in ``gt_segmentations``) and runs the audit through its public API;
+4. prints the ROC AUC of ``suspicion`` for badly annotated vs all other training cases, the AUC and the
+   error-kind separation (annotation error kind vs ``hard_case``/``none``) between badly annotated and planted
+   hard-but-correct patients, with and without probabilities (``--npz`` absent) and without PET, and writes
+   ``bench_audit.json``.
+
+The numbers measure the audit's evidence under this simulation, not a trained model's behaviour; see docs/audit.md.
+Usage: ``python benchmarks/bench_audit.py [--cases 64] [--error-fraction 0.25] [--seeds 0 1 2] [--out DIR]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clips_nnunet.dataset_conversion.write import write_image  # noqa: E402
+from clips_nnunet.evaluation.audit import roc_auc  # noqa: E402
+from clips_nnunet.io_utils import atomic_write_json  # noqa: E402
+from clips_nnunet.synthetic.raw import add_bladder, make_synthetic_raw_dataset, truth_dir  # noqa: E402
+
+N_FOLDS = 5
+
+
+def simulate_prediction(clean: np.ndarray, pet: np.ndarray, difficulty: float, rng: np.random.Generator):
+    """(predicted mask uint8, foreground probability float16) for one case: see the module docstring."""
+    lab, n = ndimage.label(clean > 0, structure=np.ones((3, 3, 3)))
+    prob = np.full(clean.shape, 0.01, dtype=np.float32)
+    pred = np.zeros(clean.shape, dtype=bool)
+    for i in range(1, n + 1):
+        lesion = lab == i
+        radius = (3.0 * lesion.sum() / (4.0 * np.pi)) ** (1.0 / 3.0)
+        e = rng.normal(4.0 - 6.0 * difficulty + 2.0 * (radius - 2.0) / 4.0, 1.5)
+        p = 1.0 / (1.0 + np.exp(-e))
+        prob[lesion] = p
+        if p >= 0.5:
+            pred |= lesion
+    q = 0.05 + 0.2 * difficulty
+    inner = pred & ~ndimage.binary_erosion(pred)
+    outer = ndimage.binary_dilation(pred) & ~pred
+    flip_in = inner & (rng.random(clean.shape) < q)
+    flip_out = outer & (rng.random(clean.shape) < q)
+    pred = (pred & ~flip_in) | flip_out
+    prob[flip_in] = 0.4
+    prob[flip_out] = 0.6
+    if rng.random() < 0.5 * difficulty:  # an unconfident false positive in hard cases
+        body = (pet > 0.5) & ~ndimage.binary_dilation(clean > 0, iterations=3)
+        centre = np.argwhere(body)[rng.integers(0, int(body.sum()))]
+        zz, yy, xx = np.ogrid[: clean.shape[0], : clean.shape[1], : clean.shape[2]]
+        blob = ((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= 2.0 ** 2) & body
+        pred |= blob
+        prob[blob] = rng.uniform(0.5, 0.85)
+    hot = add_bladder(np.zeros_like(pet), clean) > 0
+    prob[hot & ~pred] = rng.uniform(0.0, 0.05)
+    return pred.astype(np.uint8), prob.astype(np.float16)
+
+
+def _write(array: np.ndarray, spacing, path: Path) -> None:
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(tuple(float(s) for s in spacing[::-1]))
+    write_image(img, path)
+
+
+def build_results_folder(work: Path, n_cases: int, fraction: float, seed: int):
+    """Synthetic dataset + simulated cross-validation results; returns (results_dir, gt_dir, images_dir, truth)."""
+    raw = work / "nnUNet_raw"
+    spacing = (4.0, 4.0, 4.0)
+    dataset = make_synthetic_raw_dataset(raw, 997, "Audit", n_train=n_cases, n_test=0, seed=seed,
+                                         label_error_fraction=fraction)
+    truth = json.loads((truth_dir(raw, 997, "Audit") / "annotation_errors.json").read_text())["cases"]
+    clean_dir = truth_dir(raw, 997, "Audit") / "labels_clean"
+    results = work / "nnUNet_results" / dataset.name / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    gt_dir = work / "nnUNet_preprocessed" / dataset.name / "gt_segmentations"
+    shutil.copytree(dataset / "labelsTr", gt_dir, dirs_exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
+    shutil.copy(dataset / "dataset.json", results / "dataset.json")
+    atomic_write_json(results / "plans.json", {"dataset_name": dataset.name, "plans_name": "nnUNetPlans"})
+    rng = np.random.default_rng([seed, 99])
+    cases = sorted(truth)
+    folds = {c: i % N_FOLDS for i, c in enumerate(rng.permutation(cases))}
+    for c in cases:
+        clean = sitk.GetArrayFromImage(sitk.ReadImage(str(clean_dir / f"{c}.nii.gz")))
+        pet = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / "imagesTr" / f"{c}_0001.nii.gz")))
+        pred, prob = simulate_prediction(clean, pet, truth[c]["planted_difficulty"], rng)
+        val = results / f"fold_{folds[c]}" / "validation"
+        _write(pred, spacing, val / f"{c}.nii.gz")
+        np.savez_compressed(val / f"{c}.npz", probabilities=np.stack([1 - prob, prob]).astype(np.float16))
+    return results, gt_dir, dataset / "imagesTr", truth
+
+
+def evaluate(rows, truth, hard_cut: float = 2.0 / 3.0) -> Dict[str, float]:
+    """AUCs and kind separation of one audit run against the planted truth."""
+    bad = {c for c, r in truth.items() if r["kind"]}
+    hard_ok = {c for c, r in truth.items() if not r["kind"] and r["planted_difficulty"] >= hard_cut}
+    by_case = {r["case_id"]: r for r in rows}
+    cases = sorted(by_case)
+    flagged = {c for c in cases if by_case[c]["error_kind"] in ("missed_lesion", "extra_region", "boundary")}
+    pair = sorted(bad | hard_ok)
+    out = {
+        "n_cases": len(cases), "n_bad": len(bad), "n_hard_correct": len(hard_ok),
+        "auc_bad_vs_rest": roc_auc([by_case[c]["suspicion"] for c in cases], [c in bad for c in cases]),
+        "auc_bad_vs_hard_correct": roc_auc([by_case[c]["suspicion"] for c in pair], [c in bad for c in pair]),
+        "kind_sensitivity": len(flagged & bad) / max(1, len(bad)),
+        "kind_hard_correct_called_hard_or_none": len(hard_ok - flagged) / max(1, len(hard_ok)),
+        "top_k_precision": len({r["case_id"] for r in rows[: len(bad)]} & bad) / max(1, len(bad)),
+    }
+    out["kind_balanced_accuracy"] = 0.5 * (out["kind_sensitivity"] + out["kind_hard_correct_called_hard_or_none"])
+    return out
+
+
+def main(argv=None) -> int:
+    from clips_nnunet.evaluation.audit_report import run_audit
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", type=int, default=64)
+    ap.add_argument("--error-fraction", type=float, default=0.25)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", type=Path, default=None, help="keep the last run's folders and audit here")
+    args = ap.parse_args(argv)
+    variants = {"npz+pet": dict(use_npz=True, use_pet=True), "masks+pet": dict(use_npz=False, use_pet=True),
+                "npz only": dict(use_npz=True, use_pet=False), "masks only": dict(use_npz=False, use_pet=False)}
+    results: Dict[str, list] = {v: [] for v in variants}
+    kinds: Dict[str, Dict[str, int]] = {}
+    t0 = time.perf_counter()
+    for seed in args.seeds:
+        work = Path(tempfile.mkdtemp(prefix="bench_audit_")) if args.out is None else args.out / f"seed{seed}"
+        res, gt, images, truth = build_results_folder(work, args.cases, args.error_fraction, seed)
+        for name, v in variants.items():
+            out = work / f"audit_{name.replace(' ', '_').replace('+', '_')}"
+            rows = run_audit([res], out, gt_dir=gt, images_dir=images if v["use_pet"] else None,
+                             use_npz=v["use_npz"], write_html=(name == "npz+pet"))
+            results[name].append(evaluate(rows, truth))
+            if name == "npz+pet":
+                for r in rows:
+                    planted = truth[r["case_id"]]["kind"] or (
+                        "hard_correct" if truth[r["case_id"]]["planted_difficulty"] >= 2 / 3 else "clean")
+                    kinds.setdefault(planted, {}).setdefault(r["error_kind"], 0)
+                    kinds[planted][r["error_kind"]] += 1
+        if args.out is None:
+            shutil.rmtree(work, ignore_errors=True)
+    summary = {"simulated_predictions": True, "cases": args.cases, "error_fraction": args.error_fraction,
+               "seeds": args.seeds, "seconds": round(time.perf_counter() - t0, 1),
+               "per_variant": {n: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} for n, rs in results.items()},
+               "per_seed": results, "planted_kind_vs_audit_kind": kinds}
+    print(f"bench_audit: SIMULATED out-of-fold predictions (no nnU-Net training), {args.cases} cases, "
+          f"{args.error_fraction:.0%} planted errors, seeds {args.seeds}, {summary['seconds']} s")
+    print(f"{'variant':<12} {'AUC bad/rest':>12} {'AUC bad/hard':>12} {'top-k prec':>10} {'kind sens':>9} "
+          f"{'hard->hard':>10} {'kind bal.acc':>12}")
+    for n, m in summary["per_variant"].items():
+        print(f"{n:<12} {m['auc_bad_vs_rest']:>12.3f} {m['auc_bad_vs_hard_correct']:>12.3f} "
+              f"{m['top_k_precision']:>10.3f} {m['kind_sensitivity']:>9.3f} "
+              f"{m['kind_hard_correct_called_hard_or_none']:>10.3f} {m['kind_balanced_accuracy']:>12.3f}")
+    print("planted kind -> audit kind (npz+pet):")
+    for planted, counts in sorted(kinds.items()):
+        print(f"  {planted:<14} " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    target = Path(args.out or ".") / "bench_audit.json"
+    atomic_write_json(target, summary)
+    print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""``clips-nnunet audit``: rank suspect annotations and hard patients from finished cross-validations.
+
+It parses arguments and calls :func:`clips_nnunet.evaluation.audit_report.run_audit`; see docs/audit.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def run_audit_command(args: argparse.Namespace) -> int:
+    from clips_nnunet.errors import ClipsError
+    from clips_nnunet.evaluation.audit import AuditParams
+    from clips_nnunet.evaluation.audit_report import run_audit
+
+    try:
+        params = AuditParams(liver_suv=args.liver_suv, suspicion_threshold=args.suspicion_threshold)
+        rows = run_audit(args.results_dirs, args.output, gt_dir=args.gt, images_dir=args.images,
+                         metadata=args.metadata, use_npz=not args.no_npz, write_html=not args.no_html,
+                         pet_channel=args.pet_channel, params=params)
+    except (ClipsError, ValueError, OSError) as e:
+        print(f"clips-nnunet audit: error: {e}", file=sys.stderr)
+        return 2
+    kinds = {}
+    for r in rows:
+        kinds[r["error_kind"]] = kinds.get(r["error_kind"], 0) + 1
+    print(f"audited {len(rows)} cases: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
+    for i, r in enumerate(rows[: args.show], 1):
+        print(f"  {i:>3}. {r['case_id']}: suspicion {r['suspicion']:.3f} ({r['error_kind']}), "
+              f"Dice {r['dice']:.3f}")
+    print(f"results in {args.output} (audit.csv, audit.json" + ("" if args.no_html else ", index.html") + ")")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``audit``."""
+    p = subparsers.add_parser(
+        "audit", help="rank cases whose reference mask looks wrong (out-of-fold predictions, PET, training losses)",
+        description="Read the out-of-fold predictions of finished nnU-Net cross-validations (fold_X/validation, "
+                    "optional --npz probabilities), the reference masks and optionally the PET, and rank every "
+                    "case by a suspicion score with its most likely error kind (missed_lesion, extra_region, "
+                    "boundary, hard_case, none). Writes OUT/audit.csv, OUT/audit.json and OUT/index.html (one "
+                    "card per case: coronal PET MIP, reference blue, prediction red). Exit code 2 on bad input.")
+    p.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR",
+                   help="nnUNet_results/DatasetXXX_NAME/TRAINER__PLANS__CONFIG of a finished cross-validation "
+                        "(several: their predictions are combined)")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--gt", default=None,
+                   help="reference masks (default $nnUNet_preprocessed/DatasetXXX_NAME/gt_segmentations)")
+    p.add_argument("--images", default=None,
+                   help="folder with the PET as {case}_0001 (e.g. $nnUNet_raw/DatasetXXX_NAME/imagesTr); enables "
+                        "the PET plausibility evidence and the MIP pictures")
+    p.add_argument("--pet-channel", type=int, default=1, help="channel index of the PET in --images (default 1)")
+    p.add_argument("--metadata", default=None,
+                   help="case_metadata.json: its difficulty measures are added as meta_* columns")
+    p.add_argument("--liver-suv", type=float, default=None,
+                   help="liver SUVmean of the cohort (default: 2 x each case's background SUV)")
+    p.add_argument("--suspicion-threshold", type=float, default=0.1,
+                   help="suspicion from which a case gets an annotation error kind (default 0.1)")
+    p.add_argument("--no-npz", action="store_true", help="ignore .npz probabilities even when present")
+    p.add_argument("--no-html", action="store_true", help="skip index.html (and the MIP pictures)")
+    p.add_argument("--show", type=int, default=10, help="cases printed (default 10)")
+    p.set_defaults(func=run_audit_command)

@@ -1,0 +1,338 @@
+"""Annotation audit maths: evidence that a reference mask is wrong, from out-of-fold predictions and the PET.
+
+Arrays and spacing in, numbers out; no I/O (the command, reading and the HTML report are in
+:mod:`clips_nnunet.evaluation.audit_report`). All arrays are (z, y, x) on one grid; volumes in ml.
+
+Evidence of one case (:func:`case_evidence`), from the reference ``R``, the out-of-fold prediction ``P``, the
+optional foreground probability ``p`` (nnU-Net ``--npz``, or the vote fraction of several cross-validations) and the
+optional PET ``SUV``:
+
+* lesions are connected components (:func:`clips_nnunet.lesions.label_components`, 26-connectivity). A reference
+  lesion is **missed** when less than ``match_fraction`` of its voxels are predicted; a predicted lesion is
+  **extra** when less than ``match_fraction`` of its voxels are in the reference. The rest are *matched*.
+* ``ref_missed_*``: reference lesions the model misses. Each counts with the weight
+  ``max(absent confidence x brightness, cold fraction)``: absent confidence = 1 when the mean ``p`` inside is <= 0.1,
+  0 when >= 0.4, linear between (1 without probabilities); brightness = 0 at SUVmax <= the liver-like level, 1 at
+  >= ``bright_factor`` (3) x it (a faint lesion is a plausible miss of a weak model: a hard case; a bright region the
+  model confidently rejects is not); cold fraction = share of its voxels at background SUV (below). Unless cold,
+  the weight is multiplied by the model's *competence* on the case: the matched share of the case's other reference
+  lesions (1 when there is no other lesion): a model that finds a patient's other lesions and rejects this one
+  speaks against the reference, one that misses most of them is a weak model on a hard case.
+* ``ref_deep_ml`` / ``pred_deep_ml``: voxels of matched lesions in one mask only and more than one voxel away from
+  the other mask (beyond boundary noise: a physiological region merged with a lesion, a lesion drawn far too
+  tight), weighted voxel by voxel as above (absent or present confidence, brightness or hotness, coldness).
+  Weighted volume = ``ref_missed_confident_ml``: evidence of an **extra_region** in the reference.
+* ``pred_extra_*``: predicted lesions absent from the reference, weighted by presence confidence (0 at mean ``p``
+  <= 0.6, 1 at >= 0.9; 1 without probabilities) times PET hotness (0 at SUVmax <= background, 1 at >= the
+  liver-like level; 1 without PET): ``pred_extra_confident_ml``, evidence of a **missed_lesion** in the reference.
+* boundary, on matched lesions: ``boundary_volume_ratio`` = reference / predicted volume (1 = same size),
+  ``boundary_disagreement`` = (R xor P) / (R or P) volume, and ``boundary_shell`` = (R xor P) voxels / surface
+  voxels of R (1 = a whole one-voxel shell differs; size-independent, so small lesions are not penalised).
+* PET plausibility of the reference: ``suv_background`` = median SUV of body voxels (SUV > 0.3 x 90th percentile)
+  outside R and P; ``suv_liver_like`` = ``liver_factor`` (2.0) x background unless a measured liver SUV is given
+  (no liver mask needed); ``ref_background_fraction`` = share of R voxels below the midpoint of background and
+  liver-like SUV (labelled voxels at background SUV: shifted or dilated masks); ``unlabelled_hot_ml`` = unlabelled
+  voxels above the liver-like level in components of >= 3 voxels; ``unlabelled_hot_adjacent_ml`` = unlabelled voxels
+  above the liver-like level within two voxels of R and connected to R through such voxels (the lesion's own uptake
+  left outside the mask: drawn too tight or shifted).
+* ``uncertain_ml``: the rest of the unmatched volume (weight 1 - w): disagreement a weak model explains.
+
+Cohort scoring (:func:`score_cohort`): with ``V = max(ref_ml, pred_ml)``,
+
+* ``missed_lesion_score`` = half the weighted share of the patient's predicted disease in question by volume and
+  by lesion count: ``0.5 ((pred_extra_confident_ml + pred_deep_ml) / V + pred_extra_confident_n / n_pred_lesions)``
+  (a small false lesion matters for lesion counts and Dmax even in a patient with a large TMTV);
+* ``extra_region_score`` = ``0.5 ((ref_missed_confident_ml + ref_deep_ml) / V + ref_missed_confident_n /
+  n_ref_lesions)`` (``*_confident_n``: the weighted count of those lesions);
+* ``boundary_score`` = excess over the cohort median of ``boundary_shell`` (x 0.25), ``ref_background_fraction`` and
+  ``unlabelled_hot_adjacent_ml / ref_ml`` (x 2 each): what every case shows is the model's or the PET's normal
+  behaviour, not an annotation error;
+* ``loss_score`` = ``loss_weight`` (0.1) x ``max(0, 2 loss_late_rank - 1)`` (cases that stay hard late in training
+  while others are learned, when a curriculum history is available; a small weight: it also rises for hard cases);
+* ``suspicion`` = the sum; ``hardness`` = ``0.5 (uncertain_ml / V + uncertain_n / max(n_ref, n_pred)) +
+  boundary_disagreement`` (disagreement the audit attributes to the model rather than to the reference);
+* ``error_kind``: the largest of missed_lesion / extra_region / boundary when ``suspicion >= suspicion_threshold``,
+  else ``hard_case`` when ``hardness >= hard_threshold``, else ``none``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from clips_nnunet.lesions import as_binary_mask, label_components, validate_connectivity, validate_spacing
+
+ERROR_KINDS = ("missed_lesion", "extra_region", "boundary", "hard_case", "none")
+_STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class AuditParams:
+    """Tunable constants of the audit (defaults as documented in the module docstring and docs/audit.md)."""
+    match_fraction: float = 0.1
+    absent_sure: float = 0.1
+    absent_unsure: float = 0.4
+    present_unsure: float = 0.6
+    present_sure: float = 0.9
+    liver_factor: float = 2.0
+    liver_suv: Optional[float] = None
+    min_hot_voxels: int = 3
+    adjacent_vox: int = 2
+    bright_factor: float = 3.0
+    boundary_weight: float = 0.25
+    pet_weight: float = 2.0
+    loss_weight: float = 0.1
+    suspicion_threshold: float = 0.1
+    hard_threshold: float = 0.1
+    connectivity: int = 26
+
+    def __post_init__(self):
+        validate_connectivity(self.connectivity)
+        if not 0 < self.match_fraction <= 1:
+            raise ValueError(f"match_fraction must be in (0, 1], got {self.match_fraction}")
+        if not (0 <= self.absent_sure < self.absent_unsure <= 1 and 0 <= self.present_unsure < self.present_sure <= 1):
+            raise ValueError("confidence bounds must satisfy 0 <= absent_sure < absent_unsure <= 1 and "
+                             "0 <= present_unsure < present_sure <= 1")
+        if self.liver_suv is not None and not self.liver_suv > 0:
+            raise ValueError(f"liver_suv must be a positive SUV, got {self.liver_suv}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _ramp(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """0 at ``lo``, 1 at ``hi``, linear between (``hi < lo`` gives the decreasing ramp)."""
+    return np.clip((np.asarray(x, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _per_label(labels: np.ndarray, n: int, values: Optional[np.ndarray] = None) -> np.ndarray:
+    """Sum of ``values`` (or voxel count) per label 1..n."""
+    w = None if values is None else values.ravel().astype(np.float64)
+    return np.bincount(labels.ravel(), weights=w, minlength=n + 1)[1:].astype(np.float64)
+
+
+def _surface_voxels(mask: np.ndarray) -> int:
+    """Voxels of ``mask`` with at least one of their 6 face neighbours outside it (volume edge counts as outside)."""
+    if not mask.any():
+        return 0
+    padded = np.pad(mask, 1)
+    return int((mask & ~ndimage.binary_erosion(padded)[1:-1, 1:-1, 1:-1]).sum())
+
+
+def pet_reference_levels(suv: np.ndarray, exclude: np.ndarray, liver_factor: float = 2.0,
+                         liver_suv: Optional[float] = None) -> Dict[str, float]:
+    """``{"suv_background", "suv_liver_like"}``: median SUV of body voxels (SUV > 0.3 x 90th percentile) outside
+    ``exclude``, and ``liver_suv`` if given, else ``liver_factor`` x background."""
+    suv = np.asarray(suv, dtype=np.float64)
+    cut = 0.3 * float(np.percentile(suv, 90))
+    body = (suv > cut) & ~exclude
+    background = float(np.median(suv[body])) if body.any() else float(np.median(suv))
+    liver = float(liver_suv) if liver_suv is not None else liver_factor * background
+    return {"suv_background": background, "suv_liver_like": max(liver, background + 1e-6)}
+
+
+def case_evidence(reference: np.ndarray, prediction: np.ndarray, spacing_zyx: Sequence[float],
+                  probability: Optional[np.ndarray] = None, suv: Optional[np.ndarray] = None,
+                  params: AuditParams = AuditParams()) -> Dict[str, float]:
+    """Evidence of one case (see the module docstring); a flat dict of floats (NaN where undefined)."""
+    ref = as_binary_mask(reference, "reference")
+    pred = as_binary_mask(prediction, "prediction")
+    if ref.shape != pred.shape:
+        raise ValueError(f"reference shape {ref.shape} differs from prediction shape {pred.shape}")
+    for name, arr in (("probability", probability), ("suv", suv)):
+        if arr is not None and np.shape(arr) != ref.shape:
+            raise ValueError(f"{name} shape {np.shape(arr)} differs from the mask shape {ref.shape}")
+    sp = validate_spacing(spacing_zyx)
+    voxel_ml = sp[0] * sp[1] * sp[2] / 1000.0
+    prob = None if probability is None else np.asarray(probability, dtype=np.float64)
+    ref_lab, nr = label_components(ref, params.connectivity)
+    pred_lab, npr = label_components(pred, params.connectivity)
+    ref_size, pred_size = _per_label(ref_lab, nr), _per_label(pred_lab, npr)
+    ref_hit = _per_label(ref_lab, nr, pred) / np.maximum(ref_size, 1)
+    pred_hit = _per_label(pred_lab, npr, ref) / np.maximum(pred_size, 1)
+    ref_missed = ref_hit < params.match_fraction
+    pred_extra = pred_hit < params.match_fraction
+
+    ev: Dict[str, float] = {"ref_ml": float(ref.sum() * voxel_ml), "pred_ml": float(pred.sum() * voxel_ml),
+                            "n_ref_lesions": float(nr), "n_pred_lesions": float(npr)}
+    denom = ref.sum() + pred.sum()
+    ev["dice"] = float(2.0 * (ref & pred).sum() / denom) if denom else 1.0
+
+    levels: Dict[str, float] = {}
+    cold_frac = np.zeros(nr)
+    bright = np.ones(nr)
+    hot_w = np.ones(npr)
+    if suv is not None:
+        suv = np.asarray(suv, dtype=np.float64)
+        levels = pet_reference_levels(suv, ref | pred, params.liver_factor, params.liver_suv)
+        bg, liver = levels["suv_background"], levels["suv_liver_like"]
+        cold = suv < 0.5 * (bg + liver)
+        cold_frac = _per_label(ref_lab, nr, cold & ref) / np.maximum(ref_size, 1)
+        if nr:
+            ref_max = np.asarray(ndimage.maximum(suv, ref_lab, index=np.arange(1, nr + 1)), dtype=np.float64)
+            bright = _ramp(ref_max, liver, params.bright_factor * liver)
+        if npr:
+            pred_max = np.asarray(ndimage.maximum(suv, pred_lab, index=np.arange(1, npr + 1)), dtype=np.float64)
+            hot_w = _ramp(pred_max, bg, liver)
+    absent_w = np.ones(nr)
+    present_w = np.ones(npr)
+    if prob is not None:
+        absent_w = _ramp(_per_label(ref_lab, nr, prob) / np.maximum(ref_size, 1), params.absent_unsure,
+                         params.absent_sure)
+        present_w = _ramp(_per_label(pred_lab, npr, prob) / np.maximum(pred_size, 1), params.present_unsure,
+                          params.present_sure)
+    w_ref = np.maximum(absent_w * bright, cold_frac)
+    # a model that finds this patient's other lesions and rejects this one is evidence against the reference; a model
+    # that misses most of them is a weak model on a hard case
+    if nr:
+        matched_vol = float(ref_size[~ref_missed].sum())
+        others = ref_size.sum() - ref_size
+        competence = np.where(others > 0, matched_vol / np.maximum(others, 1), 1.0)
+        w_ref = w_ref * np.where(cold_frac > absent_w * bright, 1.0, competence)
+    w_pred = present_w * hot_w
+    ev["ref_missed_n"] = float(ref_missed.sum())
+    ev["ref_missed_ml"] = float(ref_size[ref_missed].sum() * voxel_ml)
+    ev["ref_missed_confident_ml"] = float((ref_size * w_ref)[ref_missed].sum() * voxel_ml)
+    ev["ref_missed_confident_n"] = float(w_ref[ref_missed].sum())
+    ev["pred_extra_n"] = float(pred_extra.sum())
+    ev["pred_extra_ml"] = float(pred_size[pred_extra].sum() * voxel_ml)
+    ev["pred_extra_confident_ml"] = float((pred_size * w_pred)[pred_extra].sum() * voxel_ml)
+    ev["pred_extra_confident_n"] = float(w_pred[pred_extra].sum())
+    ev["uncertain_ml"] = float(((ref_size * (1 - w_ref))[ref_missed].sum()
+                                + (pred_size * (1 - w_pred))[pred_extra].sum()) * voxel_ml)
+    ev["uncertain_n"] = float((1 - w_ref)[ref_missed].sum() + (1 - w_pred)[pred_extra].sum())
+
+    ref_m = ref & np.isin(ref_lab, np.flatnonzero(~ref_missed) + 1)
+    pred_m = pred & np.isin(pred_lab, np.flatnonzero(~pred_extra) + 1)
+    # deep disagreement inside matched lesions: more than one voxel from the other mask (beyond boundary noise),
+    # weighted voxel by voxel like the unmatched lesions
+    ref_deep = ref_m & ~ndimage.binary_dilation(pred_m, _STRUCTURE_26) if pred_m.any() else ref_m
+    pred_deep = pred_m & ~ndimage.binary_dilation(ref_m, _STRUCTURE_26) if ref_m.any() else pred_m
+    v_ref = np.ones(ref.shape) if prob is None else _ramp(prob, params.absent_unsure, params.absent_sure)
+    v_pred = np.ones(ref.shape) if prob is None else _ramp(prob, params.present_unsure, params.present_sure)
+    if suv is not None:
+        v_ref = np.maximum(v_ref * _ramp(suv, liver, params.bright_factor * liver), cold)
+        v_pred = v_pred * _ramp(suv, bg, liver)
+    ev["ref_deep_ml"] = float(v_ref[ref_deep].sum() * voxel_ml)
+    ev["pred_deep_ml"] = float(v_pred[pred_deep].sum() * voxel_ml)
+    xor = int((ref_m ^ pred_m).sum())
+    union = int((ref_m | pred_m).sum())
+    ev["boundary_volume_ratio"] = float(ref_m.sum() / pred_m.sum()) if pred_m.any() else math.nan
+    ev["boundary_disagreement"] = float(xor / union) if union else 0.0
+    surface = _surface_voxels(ref_m)
+    ev["boundary_shell"] = float(xor / surface) if surface else (1.0 if xor else 0.0)
+
+    if suv is not None:
+        bg, liver = levels["suv_background"], levels["suv_liver_like"]
+        ev.update(levels)
+        ev["ref_background_fraction"] = float((cold & ref).sum() / ref.sum()) if ref.any() else 0.0
+        above = suv >= liver
+        hot_lab, nh = label_components(above & ~ref, params.connectivity)
+        keep = np.flatnonzero(_per_label(hot_lab, nh) >= params.min_hot_voxels) + 1
+        hot = np.isin(hot_lab, keep) if nh else np.zeros_like(ref)
+        ev["unlabelled_hot_ml"] = float(hot.sum() * voxel_ml)
+        # the labelled lesions' own uptake left outside the mask: unlabelled voxels above the liver-like level,
+        # connected to the reference through such voxels, within adjacent_vox of it
+        joint_lab, _ = label_components(above | ref, params.connectivity)
+        touching = np.unique(joint_lab[ref])
+        near = (ndimage.binary_dilation(ref, _STRUCTURE_26, iterations=params.adjacent_vox)
+                if ref.any() and params.adjacent_vox > 0 else np.zeros_like(ref))
+        spill = above & ~ref & near & np.isin(joint_lab, touching[touching > 0])
+        ev["unlabelled_hot_adjacent_ml"] = float(spill.sum() * voxel_ml)
+    else:
+        for k in ("suv_background", "suv_liver_like", "ref_background_fraction", "unlabelled_hot_ml",
+                  "unlabelled_hot_adjacent_ml"):
+            ev[k] = math.nan
+    ev["has_probabilities"] = float(prob is not None)
+    return ev
+
+
+def loss_evidence(losses: Mapping[str, Sequence[float]], late_fraction: float = 1.0 / 3.0
+                  ) -> Dict[str, Dict[str, float]]:
+    """Per case, from its per-epoch training loss (or the curriculum's per-case difficulty estimate, which may be
+    centred, i.e. negative): ``loss_late`` = mean over the last ``late_fraction`` of its recorded epochs,
+    ``loss_late_rank`` = rank of ``loss_late`` in the cohort in [0, 1] (1 = the hardest late in training; ties
+    share the mean rank), ``loss_drop`` = late minus early mean (first ``late_fraction``; near 0 = not learned).
+
+    A case that stays hard while the others are learned has ``loss_late_rank`` near 1. No finite value: NaN."""
+    late: Dict[str, float] = {}
+    drop: Dict[str, float] = {}
+    for case, values in losses.items():
+        v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+        if v.size == 0:
+            late[case] = drop[case] = math.nan
+            continue
+        k = max(1, int(math.ceil(late_fraction * v.size)))
+        late[case] = float(v[-k:].mean())
+        drop[case] = float(late[case] - v[:k].mean())
+    finite = sorted(c for c in late if np.isfinite(late[c]))
+    rank: Dict[str, float] = {c: math.nan for c in losses}
+    if len(finite) > 1:
+        values = np.asarray([late[c] for c in finite])
+        order = values.argsort(kind="stable")
+        r = np.empty(len(values))
+        r[order] = np.arange(len(values), dtype=np.float64)
+        for v in np.unique(values):  # ties share their mean rank
+            r[values == v] = r[values == v].mean()
+        for c, x in zip(finite, r / (len(values) - 1)):
+            rank[c] = float(x)
+    return {c: {"loss_late": late[c], "loss_drop": drop[c], "loss_late_rank": rank[c]} for c in losses}
+
+
+def _excess(values: Dict[str, float]) -> Dict[str, float]:
+    finite = [v for v in values.values() if np.isfinite(v)]
+    med = float(np.median(finite)) if finite else 0.0
+    return {c: (max(0.0, v - med) if np.isfinite(v) else 0.0) for c, v in values.items()}
+
+
+def score_cohort(evidence: Mapping[str, Mapping[str, float]], params: AuditParams = AuditParams()
+                 ) -> List[Dict[str, Any]]:
+    """Rows ``{"case_id", "suspicion", "error_kind", component scores, hardness, every evidence column}``, sorted by
+    decreasing suspicion (ties by case id). Cohort medians make the boundary and PET terms relative."""
+    cases = sorted(evidence)
+    volume = {c: max(evidence[c]["ref_ml"], evidence[c]["pred_ml"], 1e-9) for c in cases}
+    shell = _excess({c: float(evidence[c]["boundary_shell"]) for c in cases})
+    cold = _excess({c: float(evidence[c].get("ref_background_fraction", math.nan)) for c in cases})
+    adjacent = _excess({c: (min(1.0, evidence[c].get("unlabelled_hot_adjacent_ml", math.nan)
+                                / evidence[c]["ref_ml"]) if evidence[c]["ref_ml"] > 0 else math.nan)
+                        for c in cases})
+    rows: List[Dict[str, Any]] = []
+    for c in cases:
+        ev = evidence[c]
+        n_ref, n_pred = max(ev["n_ref_lesions"], 1.0), max(ev["n_pred_lesions"], 1.0)
+        comp = {"missed_lesion": 0.5 * ((ev["pred_extra_confident_ml"] + ev["pred_deep_ml"]) / volume[c]
+                                        + ev["pred_extra_confident_n"] / n_pred),
+                "extra_region": 0.5 * ((ev["ref_missed_confident_ml"] + ev["ref_deep_ml"]) / volume[c]
+                                       + ev["ref_missed_confident_n"] / n_ref),
+                "boundary": params.boundary_weight * shell[c] + params.pet_weight * (cold[c] + adjacent[c])}
+        rank = ev.get("loss_late_rank", math.nan)
+        loss = params.loss_weight * max(0.0, 2.0 * rank - 1.0) if np.isfinite(rank) else 0.0
+        suspicion = float(sum(comp.values()) + loss)
+        hardness = float(0.5 * (ev["uncertain_ml"] / volume[c] + ev["uncertain_n"] / max(n_ref, n_pred))
+                         + ev["boundary_disagreement"])
+        if suspicion >= params.suspicion_threshold:
+            kind = max(comp, key=lambda k: (comp[k], -list(comp).index(k)))
+        elif hardness >= params.hard_threshold:
+            kind = "hard_case"
+        else:
+            kind = "none"
+        rows.append({"case_id": c, "suspicion": suspicion, "error_kind": kind,
+                     **{f"{k}_score": float(v) for k, v in comp.items()}, "loss_score": float(loss),
+                     "hardness": hardness, **{k: float(v) for k, v in ev.items()}})
+    rows.sort(key=lambda r: (-r["suspicion"], r["case_id"]))
+    return rows
+
+
+def roc_auc(scores: Sequence[float], positives: Sequence[bool]) -> float:
+    """Area under the ROC curve (Mann-Whitney U / (n+ n-), ties count half); NaN without both classes."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(positives, dtype=bool)
+    pos, neg = s[y], s[~y]
+    if not len(pos) or not len(neg):
+        return math.nan
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))

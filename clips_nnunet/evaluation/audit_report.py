@@ -1,0 +1,384 @@
+"""``clips-nnunet audit``: read finished cross-validations, score every case (:mod:`clips_nnunet.evaluation.audit`)
+and write ``audit.csv``, ``audit.json`` and a self-contained ``index.html``.
+
+Inputs, as nnU-Net lays them out:
+
+* one or more results folders ``nnUNet_results/DatasetXXX_NAME/TRAINER__PLANS__CONFIG`` holding
+  ``fold_X/validation/{case}{file_ending}`` (out-of-fold predictions; ``{case}.npz`` with ``probabilities`` (C, z, y,
+  x) when trained or validated with ``--npz``), ``dataset.json`` (file ending) and ``plans.json`` (dataset name);
+  a case predicted by several folders or folds gets their consensus (mean vote >= 0.5), and its probability is the
+  mean of the softmax foreground (all with ``.npz``) or, without, the vote fraction when there are several votes;
+* reference masks: ``--gt`` or ``$nnUNet_preprocessed/DatasetXXX_NAME/gt_segmentations`` (what nnU-Net's own
+  validation compares against);
+* optional PET: ``--images`` folder with ``{case}_{channel:04d}{ending}`` (SUV; channel 1 as the converter writes);
+* optional per-fold curriculum histories (:func:`clips_nnunet.trainers.curriculum_history.read_history`): the
+  per-case difficulty estimates over epochs give the loss-trajectory evidence.
+
+One unreadable case is reported in ``audit.json`` (``failed``) and skipped; the others are scored. Outputs hold case
+ids only (no file paths, no header values).
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from clips_nnunet.errors import DatasetError
+from clips_nnunet.evaluation.audit import AuditParams, case_evidence, loss_evidence, score_cohort
+from clips_nnunet.io_utils import PathLike, atomic_write_json, atomic_write_text, read_json
+
+KNOWN_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".tif")
+REFERENCE_COLOUR = "#1f77b4"  # blue
+PREDICTION_COLOUR = "#d62728"  # red
+CSV_FIRST = ("rank", "case_id", "suspicion", "error_kind", "missed_lesion_score", "extra_region_score",
+             "boundary_score", "loss_score", "hardness")
+
+
+def _file_ending(results_dir: Path) -> str:
+    ds = results_dir / "dataset.json"
+    if ds.is_file():
+        try:
+            ending = read_json(ds).get("file_ending")
+        except (ValueError, OSError):
+            ending = None
+        if ending:
+            return str(ending)
+    return ".nii.gz"
+
+
+def dataset_name(results_dir: Path) -> Optional[str]:
+    """``DatasetXXX_NAME`` of a results folder, from ``plans.json`` or the parent folder's name."""
+    plans = results_dir / "plans.json"
+    if plans.is_file():
+        try:
+            name = read_json(plans).get("dataset_name")
+            if name:
+                return str(name)
+        except (ValueError, OSError):
+            pass
+    parent = results_dir.resolve().parent.name
+    return parent if parent.startswith("Dataset") else None
+
+
+def find_validation(results_dir: PathLike) -> Tuple[Dict[str, List[Tuple[Path, Optional[Path]]]], List[Path], str]:
+    """``({case: [(prediction, npz or None), ...]}, fold folders, file ending)`` of one results folder."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise DatasetError(f"results folder {results_dir} does not exist; give nnUNet_results/DatasetXXX_NAME/"
+                           f"TRAINER__PLANS__CONFIG of a finished cross-validation")
+    folds = sorted(p for p in results_dir.glob("fold_*") if (p / "validation").is_dir())
+    if not folds:
+        raise DatasetError(f"{results_dir} has no fold_X/validation folder: run the cross-validation (nnUNetv2_train "
+                           f"... FOLD, or --val to redo the validation) before auditing")
+    ending = _file_ending(results_dir)
+    cases: Dict[str, List[Tuple[Path, Optional[Path]]]] = {}
+    for fold in folds:
+        for f in sorted((fold / "validation").iterdir()):
+            if f.is_file() and not f.name.startswith(".") and f.name.endswith(ending):
+                case = f.name[: -len(ending)]
+                npz = f.with_name(case + ".npz")
+                cases.setdefault(case, []).append((f, npz if npz.is_file() else None))
+    if not cases:
+        raise DatasetError(f"{results_dir}: the fold_X/validation folders hold no {ending} predictions")
+    return cases, folds, ending
+
+
+def default_gt_dir(results_dir: Path) -> Path:
+    """``$nnUNet_preprocessed/DatasetXXX_NAME/gt_segmentations``; DatasetError naming what to pass otherwise."""
+    name = dataset_name(results_dir)
+    pre = os.environ.get("nnUNet_preprocessed")
+    if not name or not pre:
+        raise DatasetError(f"cannot locate the reference masks of {results_dir} ("
+                           f"{'nnUNet_preprocessed is not set' if not pre else 'no dataset name in plans.json'}); "
+                           f"pass --gt DIR (e.g. $nnUNet_preprocessed/DatasetXXX_NAME/gt_segmentations)")
+    gt = Path(pre) / name / "gt_segmentations"
+    if not gt.is_dir():
+        raise DatasetError(f"{gt} does not exist; pass --gt DIR with the reference masks ({{case}} + file ending)")
+    return gt
+
+
+def _read(path: Path):
+    import SimpleITK as sitk
+
+    try:
+        return sitk.DICOMOrient(sitk.ReadImage(str(path)), "LPS")
+    except RuntimeError as e:
+        raise DatasetError(f"cannot read {path.name}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}"
+                           ) from None
+
+
+def _foreground_probability(npz: Path, shape_zyx: Tuple[int, ...], image) -> np.ndarray:
+    import SimpleITK as sitk
+
+    try:
+        with np.load(npz) as data:
+            probs = np.asarray(data["probabilities"], dtype=np.float32)
+    except (OSError, KeyError, ValueError) as e:
+        raise DatasetError(f"cannot read probabilities from {npz.name} ({e}); rerun the validation with --npz") from None
+    if probs.ndim != 4 or probs.shape[0] < 2:
+        raise DatasetError(f"{npz.name}: probabilities must be (classes, z, y, x), got shape {probs.shape}")
+    fg = 1.0 - probs[0]
+    # nnU-Net stores them in the prediction file's own array order: orient like the mask (LPS)
+    img = sitk.GetImageFromArray(fg)
+    img.CopyInformation(image)
+    fg = sitk.GetArrayFromImage(sitk.DICOMOrient(img, "LPS"))
+    if fg.shape != shape_zyx:
+        raise DatasetError(f"{npz.name}: probability shape {fg.shape} differs from the mask shape {shape_zyx}")
+    return fg
+
+
+def read_case(case: str, entries: Sequence[Tuple[Path, Optional[Path]]], gt: Path, pet: Optional[Path],
+              use_npz: bool) -> Dict[str, Any]:
+    """Arrays of one case, all in LPS (z, y, x): reference, consensus prediction, probability, SUV, spacing."""
+    import SimpleITK as sitk
+
+    ref_img = _read(gt)
+    ref = sitk.GetArrayFromImage(ref_img) > 0
+    votes, probs = [], []
+    for pred_path, npz in entries:
+        raw_img = sitk.ReadImage(str(pred_path)) if use_npz and npz is not None else None
+        img = _read(pred_path)
+        if img.GetSize() != ref_img.GetSize():
+            raise DatasetError(f"{case}: prediction size {img.GetSize()} differs from the reference size "
+                               f"{ref_img.GetSize()}; is --gt the right dataset?")
+        votes.append(sitk.GetArrayFromImage(img) > 0)
+        if raw_img is not None:
+            probs.append(_foreground_probability(npz, ref.shape, raw_img))
+    vote = np.mean(votes, axis=0)
+    prediction = vote >= 0.5
+    probability = None
+    if use_npz and probs and len(probs) == len(votes):
+        probability = np.mean(probs, axis=0)
+    elif len(votes) > 1:
+        probability = vote
+    suv = None
+    if pet is not None:
+        pet_img = _read(pet)
+        if pet_img.GetSize() != ref_img.GetSize():
+            raise DatasetError(f"{case}: PET size {pet_img.GetSize()} differs from the mask size {ref_img.GetSize()}; "
+                               f"--images must hold the PET on the mask grid (nnU-Net imagesTr)")
+        suv = sitk.GetArrayFromImage(pet_img).astype(np.float32)
+    spacing = tuple(float(s) for s in ref_img.GetSpacing()[::-1])
+    return {"reference": ref, "prediction": prediction, "probability": probability, "suv": suv, "spacing": spacing,
+            "n_votes": len(votes)}
+
+
+def _history_reader():
+    try:
+        from clips_nnunet.trainers.curriculum_history import read_history
+        return read_history
+    except ImportError:
+        return None
+
+
+def gather_losses(fold_dirs: Sequence[Path]) -> Dict[str, Dict[str, float]]:
+    """Loss-trajectory evidence per case, averaged over the folds whose curriculum history holds the case; empty
+    when no fold has a history (stock trainers) or the reader is not available."""
+    read_history = _history_reader()
+    if read_history is None:
+        return {}
+    per_case: Dict[str, List[Dict[str, float]]] = {}
+    for fold in fold_dirs:
+        try:
+            history = read_history(fold)
+        except (DatasetError, OSError, ValueError, KeyError):
+            continue
+        values = history.estimates if history.estimates is not None else None
+        if values is None or not len(history.epochs):
+            continue
+        fold_ev = loss_evidence({c: values[:, i].tolist() for i, c in enumerate(history.case_ids)})
+        for c, ev in fold_ev.items():
+            per_case.setdefault(c, []).append(ev)
+    return {c: {k: float(np.nanmean([e[k] for e in evs])) if any(np.isfinite(e[k]) for e in evs) else math.nan
+                for k in evs[0]} for c, evs in per_case.items()}
+
+
+def _png_data_uri(suv: Optional[np.ndarray], ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float]) -> str:
+    """Coronal MIP (max over y, head up) of the PET with the reference (blue) and prediction (red) outlined."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from clips_nnunet.evaluation.mip import coronal_mip
+
+    background = suv if suv is not None else np.zeros(ref.shape, dtype=np.float32)
+    mip, ref_proj = coronal_mip(background, ref)
+    _, pred_proj = coronal_mip(background, pred)
+    mip, ref_proj, pred_proj = mip[::-1], ref_proj[::-1], pred_proj[::-1]
+    vmax = float(min(10.0, max(float(mip.max()), 1e-6)))
+    aspect = spacing[0] / spacing[2]
+    h_mm, w_mm = mip.shape[0] * spacing[0], mip.shape[1] * spacing[2]
+    fig_h = float(np.clip(2.6 * h_mm / max(w_mm, 1e-6), 1.5, 6.0))
+    fig = Figure(figsize=(2.6, fig_h))
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(mip, cmap="gray_r", vmin=0.0, vmax=vmax, interpolation="nearest", aspect=aspect)
+    for proj, colour, style in ((ref_proj, REFERENCE_COLOUR, "solid"), (pred_proj, PREDICTION_COLOUR, "dashed")):
+        if proj.any():
+            padded = np.pad(proj.astype(np.float32), 1)
+            ax.contour(np.arange(-1, proj.shape[1] + 1), np.arange(-1, proj.shape[0] + 1), padded, levels=[0.5],
+                       colors=[colour], linewidths=1.2, linestyles=style)
+    ax.set_axis_off()
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=80, format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "" if not math.isfinite(v) else f"{v:.4g}"
+    return str(v)
+
+
+CARD_FIELDS = (("suspicion", "suspicion"), ("error_kind", "likely error kind"),
+               ("missed_lesion_score", "missed-lesion score"), ("extra_region_score", "extra-region score"),
+               ("boundary_score", "boundary score"), ("hardness", "hardness"), ("dice", "Dice (ref vs OOF)"),
+               ("ref_ml", "reference ml"), ("pred_ml", "prediction ml"),
+               ("pred_extra_confident_ml", "predicted lesions absent from reference, ml (weighted)"),
+               ("ref_missed_confident_ml", "reference lesions missed with confidence, ml (weighted)"),
+               ("boundary_volume_ratio", "boundary volume ratio ref/pred"),
+               ("boundary_disagreement", "boundary disagreement (xor/union)"),
+               ("ref_background_fraction", "reference voxels at background SUV"),
+               ("unlabelled_hot_adjacent_ml", "unlabelled hot ml beside the reference"),
+               ("unlabelled_hot_ml", "unlabelled hot ml"), ("loss_late_rank", "late-training loss rank"))
+
+
+def render_html(rows: Sequence[Dict[str, Any]], images: Dict[str, str], title: str, notes: Sequence[str]) -> str:
+    """The report page: one card per case in ``rows`` order; ``images`` maps case -> data URI."""
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;margin:1em}.cards{display:flex;flex-wrap:wrap;gap:12px}"
+             ".card{border:1px solid #ccc;border-radius:6px;padding:8px;width:520px;display:flex;gap:8px}"
+             ".card img{width:200px;height:auto}table{font-size:12px;border-collapse:collapse}"
+             "td{padding:1px 4px}.kind{font-weight:bold}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>",
+             f'<p>Coronal SUV MIP (black = high uptake); reference outlined in <span style="color:{REFERENCE_COLOUR}">'
+             f'solid blue</span>, out-of-fold prediction in <span style="color:{PREDICTION_COLOUR}">dashed red'
+             f"</span>. Cases sorted by suspicion (most suspect first). See docs/audit.md for every number.</p>"]
+    parts += [f"<p>{html.escape(n)}</p>" for n in notes]
+    parts.append('<div class="cards">')
+    for i, row in enumerate(rows, 1):
+        case = html.escape(str(row["case_id"]))
+        parts.append(f'<div class="card" id="case-{case}">')
+        if row["case_id"] in images:
+            parts.append(f'<img alt="coronal MIP of {case}" src="{images[row["case_id"]]}">')
+        parts.append(f"<div><h3>{i}. {case}</h3><table>")
+        for key, label in CARD_FIELDS:
+            if key in row:
+                cls = ' class="kind"' if key == "error_kind" else ""
+                parts.append(f"<tr><td>{html.escape(label)}</td><td{cls}>{html.escape(_fmt(row[key]))}</td></tr>")
+        parts.append("</table></div></div>")
+    parts.append("</div></body></html>")
+    return "\n".join(parts)
+
+
+def _write_csv(rows: Sequence[Dict[str, Any]], path: Path) -> None:
+    keys = list(CSV_FIRST) + sorted({k for r in rows for k in r} - set(CSV_FIRST))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    for i, r in enumerate(rows, 1):
+        writer.writerow({k: _fmt(v) for k, v in {**r, "rank": i}.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _metadata_numbers(path: Optional[PathLike]) -> Dict[str, Dict[str, float]]:
+    if path is None:
+        return {}
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"--metadata {path}: cannot read it as JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"--metadata {path}: expected a JSON object case_id -> {{measure: value}}")
+    try:
+        from clips_nnunet.curriculum.difficulty import METADATA_MEASURES
+        allowed = set(METADATA_MEASURES) | {"planted_difficulty"}
+    except ImportError:
+        allowed = {"tmtv_ml", "n_lesions", "suv_max", "planted_difficulty"}
+    return {str(c): {f"meta_{k}": float(v) for k, v in m.items() if k in allowed and isinstance(v, (int, float))
+                     and not isinstance(v, bool)} for c, m in data.items() if isinstance(m, dict)}
+
+
+def run_audit(results_dirs: Sequence[PathLike], out_dir: PathLike, gt_dir: Optional[PathLike] = None,
+              images_dir: Optional[PathLike] = None, metadata: Optional[PathLike] = None, use_npz: bool = True,
+              write_html: bool = True, pet_channel: int = 1, params: AuditParams = AuditParams(),
+              progress: bool = False) -> List[Dict[str, Any]]:
+    """Audit the cross-validation(s) in ``results_dirs``; write OUT/audit.csv, audit.json, index.html; return the
+    rows (sorted by suspicion). Raises :class:`DatasetError` for unusable input (no case could be read)."""
+    if not results_dirs:
+        raise DatasetError("give at least one nnU-Net results folder")
+    dirs = [Path(d) for d in results_dirs]
+    predictions: Dict[str, List[Tuple[Path, Optional[Path]]]] = {}
+    fold_dirs: List[Path] = []
+    endings = set()
+    for d in dirs:
+        cases, folds, ending = find_validation(d)
+        endings.add(ending)
+        fold_dirs += folds
+        for c, e in cases.items():
+            predictions.setdefault(c, []).extend(e)
+    if len(endings) > 1:
+        raise DatasetError(f"the results folders use different file endings {sorted(endings)}; audit one dataset")
+    ending = endings.pop()
+    gt = Path(gt_dir) if gt_dir is not None else default_gt_dir(dirs[0])
+    if not gt.is_dir():
+        raise DatasetError(f"reference folder {gt} does not exist")
+    if images_dir is not None and not Path(images_dir).is_dir():
+        raise DatasetError(f"--images {images_dir} does not exist; give the nnU-Net imagesTr folder with the PET")
+    meta = _metadata_numbers(metadata)
+    losses = gather_losses(fold_dirs)
+    evidence: Dict[str, Dict[str, float]] = {}
+    pictures: Dict[str, Tuple] = {}
+    failed: Dict[str, str] = {}
+    for case in sorted(predictions):
+        ref_path = gt / f"{case}{ending}"
+        if not ref_path.is_file():
+            failed[case] = f"{case}: no reference {ref_path.name} in {gt.name}"
+            continue
+        pet = None
+        if images_dir is not None:
+            pet = Path(images_dir) / f"{case}_{pet_channel:04d}{ending}"
+            if not pet.is_file():
+                failed[case] = f"{case}: no PET {pet.name} in the --images folder"
+                continue
+        try:
+            arrays = read_case(case, predictions[case], ref_path, pet, use_npz)
+            ev = case_evidence(arrays["reference"], arrays["prediction"], arrays["spacing"],
+                               probability=arrays["probability"], suv=arrays["suv"], params=params)
+        except (DatasetError, ValueError, OSError) as e:
+            failed[case] = str(e)
+            continue
+        ev["n_votes"] = float(arrays["n_votes"])
+        ev.update(losses.get(case, {}))
+        ev.update(meta.get(case, {}))
+        evidence[case] = ev
+        if write_html:
+            pictures[case] = _png_data_uri(arrays["suv"], arrays["reference"], arrays["prediction"],
+                                           arrays["spacing"])
+    if not evidence:
+        first = next(iter(failed.values()), "no case")
+        raise DatasetError(f"no case could be audited ({len(failed)} failed; first: {first})")
+    rows = score_cohort(evidence, params)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    notes = [f"{len(rows)} cases audited from {len(dirs)} results folder(s), {len(fold_dirs)} fold(s); "
+             f"probabilities: {'yes' if any(r['has_probabilities'] for r in rows) else 'no'}; "
+             f"PET: {'yes' if images_dir is not None else 'no'}; loss history: {'yes' if losses else 'no'}."]
+    if failed:
+        notes.append(f"{len(failed)} case(s) could not be audited: {', '.join(sorted(failed))} (see audit.json).")
+    _write_csv(rows, out / "audit.csv")
+    atomic_write_json(out / "audit.json", {
+        "results_folders": [d.name for d in dirs], "n_cases": len(rows), "failed": failed,
+        "inputs": {"probabilities": bool(use_npz), "pet": images_dir is not None, "loss_history": bool(losses)},
+        "params": params.to_dict(), "cases": rows})
+    if write_html:
+        atomic_write_text(out / "index.html", render_html(rows, pictures, "clips-nnunet audit", notes))
+    return rows

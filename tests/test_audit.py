@@ -1,0 +1,130 @@
+"""Audit maths (clips_nnunet.evaluation.audit) on small hand-checkable arrays."""
+import math
+
+import numpy as np
+import pytest
+
+from clips_nnunet.evaluation.audit import (AuditParams, case_evidence, loss_evidence, pet_reference_levels, roc_auc,
+                                           score_cohort)
+
+SP = (2.0, 1.0, 1.0)  # voxel = 2 mm^3 = 0.002 ml
+
+
+def _cube(mask, z, y, x, n=3):
+    mask[z:z + n, y:y + n, x:x + n] = 1
+    return mask
+
+
+def test_missed_and_extra_lesions_without_probabilities_or_pet():
+    ref = np.zeros((12, 12, 12), np.uint8)
+    _cube(ref, 1, 1, 1)  # 27 voxels, predicted exactly
+    _cube(ref, 7, 7, 7, 2)  # 8 voxels, not predicted -> missed reference lesion
+    pred = np.zeros_like(ref)
+    _cube(pred, 1, 1, 1)
+    pred[8:10, 1:3, 8] = 1  # 4 voxels absent from the reference -> extra predicted lesion
+    ev = case_evidence(ref, pred, SP)
+    assert ev["ref_ml"] == pytest.approx(35 * 0.002) and ev["pred_ml"] == pytest.approx(31 * 0.002)
+    assert ev["n_ref_lesions"] == 2 and ev["n_pred_lesions"] == 2
+    assert ev["ref_missed_n"] == 1 and ev["ref_missed_ml"] == pytest.approx(8 * 0.002)
+    assert ev["pred_extra_n"] == 1 and ev["pred_extra_ml"] == pytest.approx(4 * 0.002)
+    # no probabilities, no PET: every unmatched lesion counts in full; the other lesion is found (competence 1)
+    assert ev["ref_missed_confident_ml"] == pytest.approx(8 * 0.002)
+    assert ev["pred_extra_confident_ml"] == pytest.approx(4 * 0.002)
+    assert ev["dice"] == pytest.approx(2 * 27 / (35 + 31))
+    assert ev["boundary_volume_ratio"] == 1.0 and ev["boundary_disagreement"] == 0.0
+    assert ev["boundary_shell"] == 0.0 and math.isnan(ev["ref_background_fraction"])
+
+
+def test_probabilities_grade_confidence():
+    ref = np.zeros((12, 12, 12), np.uint8)
+    _cube(ref, 1, 1, 1)
+    _cube(ref, 7, 7, 7, 2)
+    pred = np.zeros_like(ref)
+    _cube(pred, 1, 1, 1)
+    prob = np.where(pred > 0, 0.95, 0.0)
+    prob[7:9, 7:9, 7:9] = 0.25  # halfway between sure (0.1) and unsure (0.4) absence -> weight 0.5
+    ev = case_evidence(ref, pred, SP, probability=prob)
+    assert ev["ref_missed_confident_ml"] == pytest.approx(0.5 * 8 * 0.002)
+    assert ev["uncertain_ml"] == pytest.approx(0.5 * 8 * 0.002)
+
+
+def test_boundary_shell_and_volume_ratio_of_a_dilated_reference():
+    pred = _cube(np.zeros((9, 9, 9), np.uint8), 3, 3, 3)  # 3x3x3
+    ref = _cube(np.zeros((9, 9, 9), np.uint8), 2, 2, 2, 5)  # 5x5x5 around it
+    ev = case_evidence(ref, pred, SP)
+    assert ev["boundary_volume_ratio"] == pytest.approx(125 / 27)
+    assert ev["boundary_disagreement"] == pytest.approx(98 / 125)
+    assert ev["boundary_shell"] == pytest.approx(98 / 98)  # the 5^3 cube's surface = 125 - 27 voxels
+    # the outer layer of the 5^3 reference is more than one voxel from the prediction? no: all within one voxel
+    assert ev["ref_deep_ml"] == 0.0
+
+
+def test_pet_plausibility_cold_labels_and_hot_spill():
+    suv = np.ones((10, 10, 10))
+    suv[2:5, 2:5, 2:5] = 8.0  # lesion uptake
+    ref = np.zeros((10, 10, 10), np.uint8)
+    ref[3:6, 2:5, 2:5] = 1  # shifted one slice: slice 5 is background, slice 2 (hot) is left out
+    pred = np.zeros_like(ref)
+    pred[2:5, 2:5, 2:5] = 1
+    lv = pet_reference_levels(suv, (ref | pred) > 0)
+    assert lv == {"suv_background": 1.0, "suv_liver_like": 2.0}
+    ev = case_evidence(ref, pred, (1.0, 1.0, 1.0), suv=suv)
+    assert ev["ref_background_fraction"] == pytest.approx(9 / 27)  # labelled voxels below (1 + 2) / 2
+    assert ev["unlabelled_hot_adjacent_ml"] == pytest.approx(9 / 1000)  # the hot slice beside the mask
+    assert ev["unlabelled_hot_ml"] == pytest.approx(9 / 1000)
+
+
+def test_bright_region_confidently_rejected_counts_faint_one_does_not():
+    suv = np.ones((12, 12, 12))
+    ref = np.zeros((12, 12, 12), np.uint8)
+    pred = np.zeros_like(ref)
+    _cube(ref, 1, 1, 1)
+    _cube(pred, 1, 1, 1)
+    suv[1:4, 1:4, 1:4] = 6.0
+    _cube(ref, 7, 7, 7, 2)
+    suv[7:9, 7:9, 7:9] = 2.0  # faint: at the liver-like level (2 x background) -> brightness 0
+    ev = case_evidence(ref, pred, SP, suv=suv)
+    assert ev["ref_missed_ml"] == pytest.approx(8 * 0.002) and ev["ref_missed_confident_ml"] == 0.0
+    suv[7:9, 7:9, 7:9] = 7.0  # bright (>= 3 x liver-like = 6) -> full weight
+    ev = case_evidence(ref, pred, SP, suv=suv)
+    assert ev["ref_missed_confident_ml"] == pytest.approx(8 * 0.002)
+
+
+def test_score_cohort_ranks_and_names_the_error_kinds():
+    base = np.zeros((12, 12, 12), np.uint8)
+    _cube(base, 2, 2, 2, 4)
+    _cube(base, 8, 8, 8, 2)
+    clean = {f"c{i}": base.copy() for i in range(6)}
+    refs = {k: v.copy() for k, v in clean.items()}
+    refs["c1"][8:10, 8:10, 8:10] = 0  # reference missed a lesion
+    refs["c2"][9:11, 1:3, 9:11] = 1  # reference has an extra region
+    refs["c3"][1:7, 1:7, 1:7] = 1  # reference dilated by one voxel
+    evidence = {c: case_evidence(refs[c], clean[c], SP) for c in clean}
+    rows = score_cohort(evidence)
+    assert {r["case_id"] for r in rows[:3]} == {"c1", "c2", "c3"}
+    assert [r["suspicion"] for r in rows] == sorted((r["suspicion"] for r in rows), reverse=True)
+    kinds = {r["case_id"]: r["error_kind"] for r in rows}
+    assert kinds["c1"] == "missed_lesion" and kinds["c2"] == "extra_region" and kinds["c3"] == "boundary"
+    assert {kinds[c] for c in ("c0", "c4", "c5")} == {"none"}
+    assert all(r["suspicion"] == 0.0 for r in rows[3:])
+    c1 = next(r for r in rows if r["case_id"] == "c1")
+    # 8 of max(64, 72) voxels and 1 of the 2 predicted lesions, averaged
+    assert c1["missed_lesion_score"] == pytest.approx(0.5 * (8 / 72 + 1 / 2))
+
+
+def test_loss_evidence_and_auc():
+    ev = loss_evidence({"a": [4, 3, 2], "b": [4, 4, 4], "c": [1, 1, 1]})
+    assert ev["b"]["loss_late"] == 4 and ev["b"]["loss_late_rank"] == 1.0 and ev["c"]["loss_late_rank"] == 0.0
+    assert ev["a"]["loss_drop"] == pytest.approx(-2.0) and ev["a"]["loss_late_rank"] == 0.5
+    assert math.isnan(loss_evidence({"x": [float("nan")], "y": [1.0]})["x"]["loss_late"])
+    assert roc_auc([0.9, 0.8, 0.1, 0.8], [True, True, False, False]) == pytest.approx((2 + 1.5) / 4)
+    assert math.isnan(roc_auc([1.0], [True]))
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="differs"):
+        case_evidence(np.zeros((3, 3, 3)), np.zeros((3, 3, 4)), SP)
+    with pytest.raises(ValueError, match="spacing"):
+        case_evidence(np.zeros((3, 3, 3)), np.zeros((3, 3, 3)), (1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="match_fraction"):
+        AuditParams(match_fraction=0.0)
