@@ -85,6 +85,8 @@ class ModelSpec:
     prev_stage_trainer: Optional[str] = None
     prev_stage_plans: Optional[str] = None
     prev_stage_folds: Optional[Sequence[Union[int, str]]] = None
+    #: TMTV-Net's learned fold ensemble (a file from ``clips-nnunet stack``) instead of softmax averaging
+    stacking: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not self.configuration:
@@ -201,6 +203,9 @@ class CasePredictor:
             raise DatasetError(f"{folder.name} is stage 2 of a cascade: name stage 1 with --prev-stage-config")
         self.stages.append(main)
         self.stage_info.append({"model": folder.name, "folds": folds, "stage": len(self.stages)})
+        if spec.stacking:  # clips_nnunet.evaluation.stacking: checks the model, marks stage_info["stacking"]
+            from clips_nnunet.evaluation.stacking import apply_stacking
+            apply_stacking(spec.stacking, self.stages, self.stage_info, spec.checkpoint)
 
     def model_description(self) -> Dict[str, Any]:
         """Model, folds, checkpoint and device, for reports (no paths, no identifiers)."""
