@@ -182,12 +182,69 @@ def test_philips_cnts_private_tags_without_creator():
 
 
 def test_gml_types_converted_to_body_weight():
+    """W 70 kg, H 175 cm, (W/H)^2 = 0.16, BMI 22.857 (hand-computed values of the IBSI manual's formulas)."""
     assert suv_factor(pet_header(Units="GML", SUVType="BW")) == 1.0
-    lbm = lean_body_mass_james(70.0, 1.75, "M")
-    assert 50 < lbm < 65
-    assert suv_factor(pet_header(Units="GML", SUVType="LBM")) == pytest.approx(70.0 / lbm)
-    with pytest.raises(PatientError, match=r"\(0010,0040\)"):
-        suv_factor(pet_header(Units="GML", SUVType="LBM", PatientSex="O"))
+    assert lean_body_mass_james(70.0, 1.75, "M") == pytest.approx(77.0 - 128 * 0.16)  # 56.52
+    # LBM (Morgan): male 1.10 W - 120 (W/H)^2 = 57.8; LBMJAMES128: 56.52; female (both) 1.07 W - 148 (W/H)^2 = 51.22
+    assert suv_factor(pet_header(Units="GML", SUVType="LBM")) == pytest.approx(70.0 / 57.8, rel=1e-12)
+    assert suv_factor(pet_header(Units="GML", SUVType="LBMJAMES128")) == pytest.approx(70.0 / 56.52, rel=1e-12)
+    assert suv_factor(pet_header(Units="GML", SUVType="LBM", PatientSex="F")) == pytest.approx(70.0 / 51.22,
+                                                                                              rel=1e-12)
+    # LBMJANMA (Janmahasatian): male 9270 W / (6680 + 216 BMI)
+    bmi = 70.0 / 1.75 ** 2
+    assert suv_factor(pet_header(Units="GML", SUVType="LBMJANMA")) == pytest.approx(
+        70.0 / (9270 * 70.0 / (6680 + 216 * bmi)), rel=1e-12)
+    # IBW: male 48.0 + 1.06 * 23 = 72.38, female 45.5 + 0.91 * 23 = 66.43
+    assert suv_factor(pet_header(Units="GML", SUVType="IBW")) == pytest.approx(70.0 / 72.38, rel=1e-12)
+    assert suv_factor(pet_header(Units="GML", SUVType="IBW", PatientSex="F")) == pytest.approx(70.0 / 66.43,
+                                                                                              rel=1e-12)
+    with pytest.raises(PatientError, match=r"\(0010,0040\) M, F or O, got none"):
+        suv_factor(pet_header(Units="GML", SUVType="IBW", PatientSex=""))
+
+
+def test_patient_sex_other_uses_the_mean_of_the_male_and_female_values():
+    """IBSI SUV manual: for PatientSex O, LBM and IBW are the mean of the sex-specific values (DRO_2_2: GML, IBW, O).
+    IBW (72.38 + 66.43) / 2 = 69.405 kg; LBM (Morgan) (57.8 + 51.22) / 2 = 54.51 kg."""
+    assert suv_factor(pet_header(Units="GML", SUVType="IBW", PatientSex="O")) == pytest.approx(70.0 / 69.405,
+                                                                                              rel=1e-12)
+    assert suv_factor(pet_header(Units="GML", SUVType="LBM", PatientSex="O")) == pytest.approx(70.0 / 54.51,
+                                                                                              rel=1e-12)
+    # the mean of the masses, not of the factors (70/72.38 + 70/66.43) / 2 = 1.01043, 0.2 % away
+    assert abs(suv_factor(pet_header(Units="GML", SUVType="IBW", PatientSex="O")) - 1.010429) > 1e-3
+    assert suv_factor(pet_header(Units="GML", SUVType="IBW", PatientSex=None),
+                      SuvOverrides(sex="O")) == pytest.approx(70.0 / 69.405, rel=1e-12)
+
+
+def test_series_start_back_computed_from_acquisition_and_frame_reference_time():
+    """DecayCorrection START, SeriesTime 11:30 after the acquisition (11:02:30; post-processed series), no GE tag:
+    t_ref = t_acq + T_ave - FrameReferenceTime (IBSI manual; DICOM PS3.3 C.8.9.4.1.5), as in DRO_3_2.
+
+    By hand: l = ln 2 / 6586.2 s, T = 603 s, l T = 0.0634612; T_ave = ln(l T / (1 - e^(-l T))) / l
+    = T / 2 - l T^2 / 24 + O(l^3 T^4) = 301.5 - 1.5945 = 299.9055 s; FrameReferenceTime 450 s, so
+    t_ref = 11:02:30 + 299.9055 - 450 s = 10:59:59.9055, 3599.9055 s after the injection at 10:00.
+    """
+    from clips_nnunet.dataset_conversion.suv import acquisition_start, series_acquisition_start
+    ds = pet_header(SeriesTime="113000", AcquisitionTime="110230", FrameReferenceTime=450000.0,
+                    ActualFrameDuration=603000)
+    start = acquisition_start(ds, HALF_LIFE)
+    assert abs((start - dt.datetime(2025, 1, 1, 10, 59, 59, 905500)).total_seconds()) < 0.002
+    assert suv_factor(ds) == pytest.approx(expected(elapsed_s=3599.9055), rel=1e-7)
+    # the earliest acquisition time alone (3750 s) would be 2^(150/6586.2) = 1.6 % too high
+    assert suv_factor(ds) * 2 ** (150.0945 / HALF_LIFE) == pytest.approx(expected(elapsed_s=3750.0), rel=1e-7)
+    # a later bed (acquired 10 min later, its frame reference 10 min later) points back to the same start
+    later = pet_header(SeriesTime="113000", AcquisitionTime="111230", FrameReferenceTime=1050000.0,
+                       ActualFrameDuration=603000)
+    assert abs((acquisition_start(later, HALF_LIFE) - start).total_seconds()) < 1e-3
+    assert series_acquisition_start([later, ds], HALF_LIFE) == start
+    assert suv_factor(later) == pytest.approx(suv_factor(ds), rel=1e-9)
+    # precedence: a GE private scan date-time still wins; without FrameReferenceTime the earliest acquisition is used
+    ds.add_new((0x0009, 0x100D), "UN", b"20250101103000.00 ")
+    assert suv_factor(ds) == pytest.approx(expected(elapsed_s=1800.0), rel=1e-9)
+    no_frame = pet_header(SeriesTime="113000", AcquisitionTime="110230")
+    assert suv_factor(no_frame) == pytest.approx(expected(elapsed_s=3750.0), rel=1e-9)
+    # and when the series time is plausible (not after the acquisition) it is used as it is
+    assert suv_factor(pet_header(AcquisitionTime="110230", FrameReferenceTime=450000.0,
+                                 ActualFrameDuration=603000)) == pytest.approx(expected(elapsed_s=3600.0), rel=1e-9)
 
 
 def test_gates_reject_nac_projection_and_unknown_units():

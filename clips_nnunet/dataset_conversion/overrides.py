@@ -10,7 +10,7 @@ column                  meaning
 ``dose_bq``             injected activity in Bq (replaces RadionuclideTotalDose (0018,1074)); ``dose_mbq`` in MBq
 ``injection_datetime``  injection date and time, ISO 8601 ``2025-01-31T09:15:00`` or DICOM ``20250131091500``
 ``height_m``            height in m (replaces PatientSize (0010,1020)), used for SUV types other than body weight
-``sex``                 ``M`` or ``F`` (replaces PatientSex (0010,0040))
+``sex``                 ``M``, ``F`` or ``O`` (replaces PatientSex (0010,0040))
 ======================  ==========================================================================================
 
 The file is private user input (it holds PatientIDs): keep it outside the dataset. Error messages name the row
@@ -48,8 +48,8 @@ class SuvOverrides:
             v = getattr(self, name)
             if v is not None and not (lo <= float(v) <= hi):
                 raise ValueError(f"SuvOverrides.{name}={v!r} is outside the plausible range [{lo:g}, {hi:g}]")
-        if self.sex is not None and self.sex not in ("M", "F"):
-            raise ValueError(f"SuvOverrides.sex must be 'M' or 'F', got {self.sex!r}")
+        if self.sex is not None and self.sex not in ("M", "F", "O"):
+            raise ValueError(f"SuvOverrides.sex must be 'M', 'F' or 'O', got {self.sex!r}")
         if self.injection_datetime is not None and not isinstance(self.injection_datetime, _dt.datetime):
             raise TypeError("SuvOverrides.injection_datetime must be a datetime.datetime")
 

@@ -15,8 +15,9 @@ Steps (each decision is documented in docs/conversion_reading.md):
 2. Units (0054,1001): BQML continue; CNTS (Philips): SUV = value * (7053,1000) when present and non-zero, else
    value * (7053,1009) gives Bq/ml and we continue (the private creator (7053,0010) may be missing: the raw tags
    are read); GML / CM2ML: the values already are an SUV of type SUVType (0054,1006) (BW when absent) and are
-   converted to body weight from weight, height and sex (LBM: James; BSA: DuBois; IBW: 48.0 / 45.5 kg +
-   1.06 / 0.91 kg per cm above 152 cm); anything else is an error.
+   converted to body weight from weight, height and sex (LBM: Morgan, LBMJAMES128: James, LBMJANMA:
+   Janmahasatian; BSA: DuBois; IBW: 48.0 / 45.5 kg + 1.06 / 0.91 kg per cm above 152 cm; PatientSex O: the mean of
+   the male and female values, as the IBSI manual proposes); anything else is an error.
 3. Weight (0010,1030) in kg; a value above 1000 was entered in grams. Dose (0018,1074) in Bq; a value below 1e5
    can only be MBq (no imaging activity is below 0.1 MBq, none is above 100 GBq) and is multiplied by 1e6.
    Half-life (0018,1075) in s.
@@ -29,7 +30,9 @@ Steps (each decision is documented in docs/conversion_reading.md):
    (scan across midnight), so one day is subtracted.
 6. t_ref: SeriesDate/SeriesTime, unless it is later than the earliest AcquisitionDate/Time of the series (the
    series time was reset by post-processing); then the GE private decay-correction date-time (0009,100D) when
-   present, else the earliest acquisition date-time.
+   present, else the series start back-computed from the earliest acquired slice (IBSI manual, QIBA step 4;
+   DICOM PS3.3 C.8.9.4.1.5): t_acq + T_ave - FrameReferenceTime with T_ave = ln(l T / (1 - e^(-l T))) / l for
+   ActualFrameDuration T, else the earliest acquisition date-time.
 
 Missing weight, dose, half-life or times raise :class:`PatientError` naming the patient label and the tag, unless a
 :class:`~clips_nnunet.dataset_conversion.overrides.SuvOverrides` supplies the value (an override always wins).
@@ -50,7 +53,8 @@ import SimpleITK as sitk
 from ..errors import PatientError
 from .overrides import SuvOverrides
 
-__all__ = ["suv_factor", "read_pet_suv", "read_pet_suv_with_headers", "series_earliest_acquisition", "lean_body_mass_james",
+__all__ = ["suv_factor", "read_pet_suv", "read_pet_suv_with_headers", "series_earliest_acquisition",
+           "acquisition_start", "series_acquisition_start", "lean_body_mass", "lean_body_mass_james",
            "body_surface_area_dubois", "ideal_body_weight", "MBQ_THRESHOLD", "GRAMS_THRESHOLD"]
 
 PathLike = Union[str, os.PathLike]
@@ -159,14 +163,41 @@ def _upper_list(value: Any) -> List[str]:
 
 
 # ------------------------------------------------------------------------------------------ body size formulas
+def _by_sex(male: float, female: float, sex: str, what: str) -> float:
+    """The sex-specific value; PatientSex O (other): their mean, as the IBSI SUV manual proposes."""
+    if sex == "M":
+        return male
+    if sex == "F":
+        return female
+    if sex == "O":
+        return 0.5 * (male + female)
+    raise ValueError(f"sex must be 'M', 'F' or 'O' for {what}, got {sex!r}")
+
+
+def lean_body_mass(weight_kg: float, height_m: float, sex: str, suv_type: str = "LBMJAMES128") -> float:
+    """Lean body mass (kg) for an SUVType (0054,1006), as listed in the IBSI SUV manual (after Sugawara et al.).
+
+    ``LBM`` (Morgan): male 1.10 W - 120 (W/H)^2, female 1.07 W - 148 (W/H)^2; ``LBMJAMES128`` (James): male
+    1.10 W - 128 (W/H)^2, female 1.07 W - 148 (W/H)^2; ``LBMJANMA`` (Janmahasatian): male 9270 W / (6680 + 216
+    BMI), female 9270 W / (8780 + 244 BMI). W in kg, H in cm, BMI = W / (H/100)^2. Sex ``O``: mean of both.
+    """
+    h_cm = 100.0 * height_m
+    ratio2 = (weight_kg / h_cm) ** 2
+    if suv_type == "LBM":
+        male, female = 1.10 * weight_kg - 120.0 * ratio2, 1.07 * weight_kg - 148.0 * ratio2
+    elif suv_type == "LBMJAMES128":
+        male, female = 1.10 * weight_kg - 128.0 * ratio2, 1.07 * weight_kg - 148.0 * ratio2
+    elif suv_type == "LBMJANMA":
+        bmi = weight_kg / height_m ** 2
+        male, female = 9270.0 * weight_kg / (6680.0 + 216.0 * bmi), 9270.0 * weight_kg / (8780.0 + 244.0 * bmi)
+    else:
+        raise ValueError(f"unknown lean body mass SUVType {suv_type!r} (LBM, LBMJAMES128, LBMJANMA)")
+    return _by_sex(male, female, sex, "lean body mass")
+
+
 def lean_body_mass_james(weight_kg: float, height_m: float, sex: str) -> float:
     """Lean body mass (kg), James (1976): male 1.10 W - 128 (W/H)^2, female 1.07 W - 148 (W/H)^2, H in cm."""
-    h_cm = 100.0 * height_m
-    if sex == "M":
-        return 1.10 * weight_kg - 128.0 * (weight_kg / h_cm) ** 2
-    if sex == "F":
-        return 1.07 * weight_kg - 148.0 * (weight_kg / h_cm) ** 2
-    raise ValueError(f"sex must be 'M' or 'F' for lean body mass, got {sex!r}")
+    return lean_body_mass(weight_kg, height_m, sex, "LBMJAMES128")
 
 
 def body_surface_area_dubois(weight_kg: float, height_m: float) -> float:
@@ -175,13 +206,10 @@ def body_surface_area_dubois(weight_kg: float, height_m: float) -> float:
 
 
 def ideal_body_weight(height_m: float, sex: str) -> float:
-    """Ideal body weight (kg): male 48.0 + 1.06 (H - 152), female 45.5 + 0.91 (H - 152), H in cm."""
+    """Ideal body weight (kg): male 48.0 + 1.06 (H - 152), female 45.5 + 0.91 (H - 152), H in cm; sex O (other):
+    the mean of both (IBSI SUV manual)."""
     h_cm = 100.0 * height_m
-    if sex == "M":
-        return 48.0 + 1.06 * (h_cm - 152.0)
-    if sex == "F":
-        return 45.5 + 0.91 * (h_cm - 152.0)
-    raise ValueError(f"sex must be 'M' or 'F' for ideal body weight, got {sex!r}")
+    return _by_sex(48.0 + 1.06 * (h_cm - 152.0), 45.5 + 0.91 * (h_cm - 152.0), sex, "ideal body weight")
 
 
 # ------------------------------------------------------------------------------------------------- the factor
@@ -203,8 +231,8 @@ def _height_sex(ds: pydicom.Dataset, ov: SuvOverrides, label: str, what: str) ->
     if h is None or h <= 0:
         raise PatientError(label, f"converting {what} to body-weight SUV needs PatientSize (0010,1020); add height_m "
                                   f"to the --overrides CSV")
-    if what != "BSA" and sex not in ("M", "F"):
-        raise PatientError(label, f"converting {what} to body-weight SUV needs PatientSex (0010,0040) M or F, got "
+    if what != "BSA" and sex not in ("M", "F", "O"):
+        raise PatientError(label, f"converting {what} to body-weight SUV needs PatientSex (0010,0040) M, F or O, got "
                                   f"{sex or 'none'}; add sex to the --overrides CSV")
     return float(h), sex
 
@@ -216,13 +244,48 @@ def series_earliest_acquisition(headers: Sequence[pydicom.Dataset]) -> Optional[
     return min(times) if times else None
 
 
-def _reference_time(ds: pydicom.Dataset, earliest_acq: Optional[_dt.datetime], label: str) -> _dt.datetime:
+def acquisition_start(ds: pydicom.Dataset, half_life_s: float) -> Optional[_dt.datetime]:
+    """The series start back-computed from one slice: t_acq + T_ave - dt (IBSI SUV manual, QIBA step 4).
+
+    t_acq is the slice's AcquisitionDate/Time, dt its FrameReferenceTime (0054,1300) (the offset of the frame's
+    reference time from the series reference time, DICOM PS3.3 C.8.9.4.1.5) and T_ave = ln(l T / (1 - e^(-l T))) / l
+    the average count rate time within a frame of ActualFrameDuration (0018,1242) T, l = ln 2 / half-life. None when
+    one of these attributes is missing.
+    """
+    t_acq = _combine(ds.get("AcquisitionDate") or ds.get("SeriesDate"), ds.get("AcquisitionTime"))
+    ref_ms = _float_or_none(ds.get("FrameReferenceTime"))
+    dur_ms = _float_or_none(ds.get("ActualFrameDuration"))
+    if t_acq is None or ref_ms is None or dur_ms is None or dur_ms <= 0 or half_life_s <= 0:
+        return None
+    lam = math.log(2.0) / half_life_s
+    lt = lam * dur_ms / 1000.0
+    t_ave = math.log(lt / -math.expm1(-lt)) / lam
+    return t_acq + _dt.timedelta(seconds=t_ave - ref_ms / 1000.0)
+
+
+def series_acquisition_start(headers: Sequence[pydicom.Dataset], half_life_s: float) -> Optional[_dt.datetime]:
+    """:func:`acquisition_start` of the series' earliest acquired slice(s) (None when they lack the attributes)."""
+    earliest = series_earliest_acquisition(headers)
+    if earliest is None:
+        return None
+    starts = [acquisition_start(h, half_life_s) for h in headers
+              if _combine(h.get("AcquisitionDate") or h.get("SeriesDate"), h.get("AcquisitionTime")) == earliest]
+    starts = [t for t in starts if t is not None]
+    return min(starts) if starts else None
+
+
+def _reference_time(ds: pydicom.Dataset, earliest_acq: Optional[_dt.datetime], series_start: Optional[_dt.datetime],
+                    label: str) -> _dt.datetime:
+    """QIBA/IBSI order: SeriesDate/Time unless later than the earliest acquisition; the GE private scan date-time;
+    the start back-computed from acquisition and frame reference times; the earliest acquisition date-time."""
     series_dt = _combine(ds.get("SeriesDate"), ds.get("SeriesTime"))
     if series_dt is not None and (earliest_acq is None or series_dt <= earliest_acq):
         return series_dt
     ge = _parse_dt(_raw_value(ds, GE_DECAY_DATETIME))
     if ge is not None:
         return ge
+    if series_start is not None:
+        return series_start
     if earliest_acq is not None:
         return earliest_acq
     raise PatientError(label, "SeriesDate/SeriesTime (0008,0021)/(0008,0031) and AcquisitionDate/AcquisitionTime "
@@ -267,11 +330,13 @@ def _half_life(rp: pydicom.Dataset, label: str) -> float:
 
 
 def suv_factor(ds: pydicom.Dataset, overrides: Optional[SuvOverrides] = None, label: str = "", *,
-               earliest_acquisition: Optional[_dt.datetime] = None) -> float:
+               earliest_acquisition: Optional[_dt.datetime] = None,
+               series_start: Optional[_dt.datetime] = None) -> float:
     """Factor that turns one PET slice's rescaled pixel values (after RescaleSlope/Intercept) into SUVbw.
 
     ``ds`` is the slice header. ``earliest_acquisition`` is the earliest acquisition date-time of the whole series
-    (see :func:`series_earliest_acquisition`; :func:`read_pet_suv` passes it); by default the slice's own.
+    (see :func:`series_earliest_acquisition`) and ``series_start`` the start back-computed from it
+    (:func:`series_acquisition_start`); :func:`read_pet_suv` passes both; by default the slice's own.
     Raises :class:`PatientError` (naming ``label`` and the DICOM tag) for ungated, unsupported or incomplete headers.
     """
     if not isinstance(ds, pydicom.Dataset):
@@ -304,13 +369,14 @@ def suv_factor(ds: pydicom.Dataset, overrides: Optional[SuvOverrides] = None, la
             return 1.0
         w = _weight_kg(ds, ov, label)
         h, sex = _height_sex(ds, ov, label, suv_type)
-        if suv_type in ("LBM", "LBMJAMES128"):
-            return w / lean_body_mass_james(w, h, sex)
+        if suv_type in ("LBM", "LBMJAMES128", "LBMJANMA"):
+            return w / lean_body_mass(w, h, sex, suv_type)
         if suv_type == "IBW":
             return w / ideal_body_weight(h, sex)
         if suv_type == "BSA":
             return (w * 1000.0) / (body_surface_area_dubois(w, h) * 1e4)  # g / cm^2
-        raise PatientError(label, f"SUVType (0054,1006) {suv_type} is not supported (BW, LBM, LBMJAMES128, BSA, IBW)")
+        raise PatientError(label, f"SUVType (0054,1006) {suv_type} is not supported (BW, LBM, LBMJAMES128, "
+                                  "LBMJANMA, BSA, IBW)")
     if units == "CNTS":
         suv_scale = _float_or_none(_raw_value(ds, PHILIPS_SUV_SCALE))
         if suv_scale is not None and suv_scale != 0:
@@ -336,7 +402,9 @@ def suv_factor(ds: pydicom.Dataset, overrides: Optional[SuvOverrides] = None, la
     if earliest_acquisition is None:
         earliest_acquisition = series_earliest_acquisition([ds])
     if decay_mode == "START":
-        t_ref = _reference_time(ds, earliest_acquisition, label)
+        if series_start is None:  # every slice's frame reference time points back to the same series start
+            series_start = acquisition_start(ds, half_life)
+        t_ref = _reference_time(ds, earliest_acquisition, series_start, label)
         t_inj = _injection_time(ds, rp, ov, t_ref, label)
         elapsed = (t_ref - t_inj).total_seconds()
         if elapsed < 0:
@@ -360,6 +428,13 @@ def suv_factor(ds: pydicom.Dataset, overrides: Optional[SuvOverrides] = None, la
     return activity_scale * weight_g / decayed
 
 
+def _series_start_of(headers: Sequence[pydicom.Dataset]) -> Optional[_dt.datetime]:
+    """:func:`series_acquisition_start` with the half-life of the first slice (None without one)."""
+    seq = headers[0].get("RadiopharmaceuticalInformationSequence") if headers else None
+    half_life = _float_or_none(seq[0].get("RadionuclideHalfLife")) if seq else None
+    return series_acquisition_start(headers, half_life) if half_life and half_life > 0 else None
+
+
 def read_pet_suv(files: Sequence[PathLike], overrides: Optional[SuvOverrides] = None, label: str = "") -> sitk.Image:
     """Read a PET series as a float32 SUVbw volume (slices sorted, per-slice rescale and per-slice SUV factor).
 
@@ -380,8 +455,9 @@ def read_pet_suv_with_headers(files: Sequence[PathLike], overrides: Optional[Suv
     if len(units) > 1:
         raise PatientError(label, f"slices disagree on Units (0054,1001): {sorted(units)}; export one series")
     earliest = series_earliest_acquisition(headers)
-    factors = np.asarray([suv_factor(h, overrides, label, earliest_acquisition=earliest) for h in headers],
-                         dtype=np.float64)
+    start = _series_start_of(headers)
+    factors = np.asarray([suv_factor(h, overrides, label, earliest_acquisition=earliest, series_start=start)
+                          for h in headers], dtype=np.float64)
     if not np.all(np.isfinite(factors)) or np.any(factors <= 0):
         raise PatientError(label, "SUV factor is not a positive finite number; check weight, dose and times")
     arr = sitk.GetArrayFromImage(image)  # z, y, x
