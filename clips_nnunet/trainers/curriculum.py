@@ -104,6 +104,8 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
     #: seed of the curriculum's own random generator when neither CLIPS_SEED nor ``seed`` is set (identical on
     #: every DDP rank; the samplers in the data workers use their own streams).
     curriculum_seed: int = 12345
+    #: redraw curriculum.png every this many epochs (and at the first and last epoch); ~2.5 s per drawing
+    curriculum_plot_every: int = 5
 
     # ------------------------------------------------------------------ API for subclasses
     @abstractmethod
@@ -419,6 +421,9 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
                                f"epoch's probabilities (lag)")
         if global_rank() == 0:
             self._cl_writer.append(epoch, probabilities, self._cl_estimates, record, self._cl_state.to_dict())
+            every = max(1, int(self.curriculum_plot_every))
+            if epoch % every and epoch not in (0, int(self.num_epochs) - 1):
+                return
             try:
                 plot_curriculum(self.output_folder, os.path.join(self.output_folder, CURRICULUM_PNG))
             except Exception as e:  # a plot must never stop a training

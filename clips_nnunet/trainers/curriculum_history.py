@@ -11,8 +11,8 @@ Files in the fold folder (written by rank 0 only; every rank holds the same valu
 - ``curriculum_epochs.jsonl``: one JSON line per epoch with the scalars (warm-up, progress, active fraction,
   threshold, mean loss of active cases, sampling entropy, lag, number of losses, skipped patches, non-finite
   losses, skipped steps) and the scheduler's ``extra``;
-- ``curriculum_state.json``: the latest difficulty state (EMA, visits, last epoch seen), rewritten atomically (it
-  does not grow with the epochs).
+- ``curriculum_state.json``: the latest difficulty state (EMA, visits, last epoch seen), replaced every epoch by
+  an atomic rename (not fsynced: the durable copy is the one in nnU-Net's checkpoint); it does not grow.
 
 Appending costs O(N) per epoch instead of rewriting O(N x epochs). A crash can leave a partial last row; readers
 ignore it and a continued run (``--c``) truncates the files to the epochs before the one it restarts from.
@@ -215,7 +215,11 @@ class HistoryWriter:
             f.flush()
             os.fsync(f.fileno())
         if state is not None:
-            atomic_write_json(self.path(STATE_JSON), state)
+            # a convenience copy of the checkpoint's state: atomic (rename) but not fsynced, ~4x cheaper per epoch
+            tmp = self.path(STATE_JSON + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(state, f, sort_keys=True, default=_plain)
+            os.replace(tmp, self.path(STATE_JSON))
 
 
 def _even(n: int, k: int) -> np.ndarray:
