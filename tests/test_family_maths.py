@@ -8,8 +8,9 @@ import pytest
 
 from clips_nnunet.curriculum.bandit import case_probabilities, task_probabilities, window_slope
 from clips_nnunet.curriculum.baby_steps import active_bucket_count, baby_steps_probabilities, difficulty_buckets
-from clips_nnunet.curriculum.competence import competence_probabilities, difficulty_cdf
-from clips_nnunet.curriculum.dih import dih_weights, sample_subset, subset_size, update_hardness
+from clips_nnunet.curriculum.competence import competence_count, competence_probabilities
+from clips_nnunet.curriculum.dih import (dih_weights, instantaneous_hardness, poly_learning_rate, sample_subset,
+                                         subset_size, update_hardness)
 from clips_nnunet.curriculum.smoothing import gaussian_kernel_1d, smoothing_sigma
 from clips_nnunet.curriculum.spld import spld_select
 from clips_nnunet.curriculum.superloss import superloss_sigma, superloss_value
@@ -54,14 +55,18 @@ def test_spld_rank_rule_prefers_diversity():
     assert spld_select(losses, groups, 0.25, 0.0).tolist() == [True, False, False, False, True]
 
 
-def test_competence_cdf_and_probabilities():
+def test_competence_rank_cdf_and_probabilities():
     d = [0.0, 0.2, 0.2, 0.9]
-    np.testing.assert_allclose(difficulty_cdf(d), [0.25, 0.75, 0.75, 1.0])
-    np.testing.assert_allclose(competence_probabilities(d, 0.5), [1, 0, 0, 0])
+    # rank CDF rank/N = [0.25, 0.5, 0.75, 1.0] (the tie at 0.2 by case order): c = 0.5 admits floor(2) = 2 cases
+    np.testing.assert_allclose(competence_probabilities(d, 0.5), [0.5, 0.5, 0, 0])
     np.testing.assert_allclose(competence_probabilities(d, 0.75), [1 / 3, 1 / 3, 1 / 3, 0])
     np.testing.assert_allclose(competence_probabilities(d, 1.0), [0.25] * 4)
-    # competence below the easiest case's CDF still keeps min_cases (ties included)
-    np.testing.assert_allclose(competence_probabilities(d, 0.1, min_cases=2), [1 / 3, 1 / 3, 1 / 3, 0])
+    # competence below the easiest case's CDF still keeps min_cases
+    np.testing.assert_allclose(competence_probabilities(d, 0.1, min_cases=2), [0.5, 0.5, 0, 0])
+    assert competence_count(0.29, 100) == 29  # 0.29 * 100 = 28.999999999999996 in floating point
+    assert competence_count(0.999, 4) == 3 and competence_count(1.0, 4) == 4 and competence_count(0.0, 4, 1) == 1
+    with pytest.raises(CurriculumConfigError, match="competence must be in"):
+        competence_count(1.5, 4)
 
 
 def test_baby_steps_buckets_are_cumulative():
@@ -81,10 +86,15 @@ def test_baby_steps_buckets_are_cumulative():
 def test_dih_update_softmax_and_subset_size():
     np.testing.assert_allclose(update_hardness([0.5, 1.0, 0.2], [0.1, 0.4, 9.0], [True, True, False], 0.5),
                                [0.3, 0.7, 0.2])
-    # beta * r / max r = [0, 1, 2]: softmax = [1, e, e^2] / (1 + e + e^2)
-    total = 1 + math.e + math.e ** 2
-    np.testing.assert_allclose(dih_weights([0.0, 1.0, 2.0], beta=2.0), [1 / total, math.e / total,
-                                                                         math.e ** 2 / total])
+    # beta * r / mean r = 2 * [0, 1, 2] / 1 = [0, 2, 4]: softmax = [1, e^2, e^4] / (1 + e^2 + e^4)
+    total = 1 + math.e ** 2 + math.e ** 4
+    np.testing.assert_allclose(dih_weights([0.0, 1.0, 2.0], beta=2.0), [1 / total, math.e ** 2 / total,
+                                                                         math.e ** 4 / total])
+    # the paper's code: a = |l - l'| / (sum of learning rates since the last visit); no step, no hardness
+    np.testing.assert_allclose(instantaneous_hardness([3.0, 1.0, 2.0], [1.0, 1.5, 0.0], [0.5, 0.01, 0.0]),
+                               [4.0, 50.0, 0.0])
+    assert poly_learning_rate(5, 0.01, 10) == pytest.approx(0.01 * 0.5 ** 0.9)  # nnU-Net's PolyLRScheduler
+    assert poly_learning_rate(0, 0.01, 10) == 0.01 and poly_learning_rate(10, 0.01, 10) == 0.0
     np.testing.assert_allclose(dih_weights([0.0, 0.0], beta=2.0), [0.5, 0.5])
     assert subset_size(10, 0, 0.5, 0.3) == 10
     assert subset_size(10, 1, 0.5, 0.3) == 5
@@ -99,12 +109,15 @@ def test_bandit_slope_and_boltzmann():
     assert window_slope([0, 1, 2], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
     assert window_slope([0, 1, 2, 3], [1.0, 1.0, 2.0, 2.0]) == pytest.approx(0.4)  # sum(xc*yc)/sum(xc^2) = 2/5
     assert math.isnan(window_slope([3], [1.0]))
-    # |s| = [1, 0.5, nan -> 1]; z = [1, 0.5, 1]; p = 0.9 softmax + 0.1/3
-    p = task_probabilities([-1.0, 0.5, float("nan")], tau=1.0, epsilon=0.1)
+    # |s| = [1, 0.5, nan -> 1]; Boltzmann alone (Matiisen et al.): z = |s| / (tau max|s|) = [1, 0.5, 1]
+    p = task_probabilities([-1.0, 0.5, float("nan")], "boltzmann", tau=1.0)
     e1, eh = math.e, math.exp(0.5)
-    expected = [0.9 * e1 / (2 * e1 + eh) + 0.1 / 3, 0.9 * eh / (2 * e1 + eh) + 0.1 / 3,
-                0.9 * e1 / (2 * e1 + eh) + 0.1 / 3]
-    np.testing.assert_allclose(p, expected)
+    np.testing.assert_allclose(p, [e1 / (2 * e1 + eh), eh / (2 * e1 + eh), e1 / (2 * e1 + eh)])
+    # epsilon-greedy alone: the two tied best tasks share 1 - eps, every task gets eps / 3
+    np.testing.assert_allclose(task_probabilities([-1.0, 0.5, float("nan")], "epsilon_greedy", epsilon=0.3),
+                               [0.35 + 0.1, 0.1, 0.35 + 0.1])
+    with pytest.raises(CurriculumConfigError, match="bandit exploration must be one of"):
+        task_probabilities([1.0], "both")
     np.testing.assert_allclose(case_probabilities([0.75, 0.25], [np.array([0, 2]), np.array([1])], 3),
                                [0.375, 0.25, 0.375])
 

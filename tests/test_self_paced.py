@@ -90,8 +90,9 @@ def test_weighted_per_sample_loss_matches_nnunet_deep_supervision_and_weights_sa
 
 
 def test_soft_spl_sample_weights_hook():
-    """The soft-SPL trainers' sample_weights: None in warm-up, SPL weights of the batch losses afterwards, None when
-    every weight is 0 (nnU-Net's loss is used instead of a zero loss)."""
+    """The soft-SPL trainers' sample_weights: None in warm-up (nnU-Net's loss), SPL weights of the batch losses
+    afterwards, 0 for a non-finite loss, and all zeros when every case is above the threshold: as in self-paced
+    learning such a batch contributes no gradient (the trainer skips the step), it does not fall back to weight 1."""
     from types import SimpleNamespace
 
     from clips_nnunet.curriculum.schedulers import SelfPacedScheduler
@@ -107,4 +108,5 @@ def test_soft_spl_sample_weights_hook():
     assert soft_spl_sample_weights(trainer, ["a", "b"], np.array([0.1, 0.175])) is None   # warm-up
     trainer.current_epoch = 1
     np.testing.assert_allclose(soft_spl_sample_weights(trainer, ["a", "b"], np.array([0.1, 0.175])), [1.0, 0.5])
-    assert soft_spl_sample_weights(trainer, ["a", "b"], np.array([0.5, 0.9])) is None       # all weights 0
+    np.testing.assert_array_equal(soft_spl_sample_weights(trainer, ["a", "b"], np.array([0.5, 0.9])), [0.0, 0.0])
+    np.testing.assert_array_equal(soft_spl_sample_weights(trainer, ["a", "b"], np.array([np.nan, 0.1])), [0.0, 1.0])

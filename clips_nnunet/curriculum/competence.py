@@ -1,13 +1,19 @@
 """Competence-based sampling (Platanios et al. 2019, "Competence-based curriculum learning for neural machine
 translation", NAACL, algorithm 1).
 
-Each case has a difficulty ``d_i``; its difficulty CDF value is ``cdf_i = #{j : d_j <= d_i} / N``. At time ``t`` the
-model's competence is ``c(t)`` (:func:`clips_nnunet.curriculum.pacing.competence_root_p`,
+Each case has a difficulty ``d_i`` and a difficulty CDF value; at time ``t`` the model's competence is ``c(t)``
+(:func:`clips_nnunet.curriculum.pacing.competence_root_p`, eq. 7 generalised:
 ``c(t) = min(1, (t (1 - c0^p) / T + c0^p)^(1/p))``), and training samples uniformly among the cases with
-``cdf_i <= c(t)``.
+``CDF(d_i) <= c(t)`` (algorithm 1, line 4).
+
+The CDF here is the rank CDF ``CDF_i = rank_i / N`` with ranks 1..N and ties broken by case order, so exactly
+``floor(c N)`` cases are admitted. The empirical CDF ``#{j : d_j <= d_i} / N`` of the paper gives tied cases the
+larger value: with many tied difficulties (e.g. lesion-free cases) the admitted count then jumps by the size of the
+tie and no control can admit the same number (a documented deviation, docs/curricula.md).
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -15,26 +21,24 @@ import numpy as np
 from clips_nnunet.errors import CurriculumConfigError
 
 
-def difficulty_cdf(difficulty: Sequence[float]) -> np.ndarray:
-    """Empirical CDF of each case's difficulty: ``#{j : d_j <= d_i} / N`` (ties share the larger value)."""
-    d = np.asarray(difficulty, dtype=float)
-    if d.ndim != 1 or d.size == 0 or not np.all(np.isfinite(d)):
-        raise CurriculumConfigError("difficulty must be a non-empty 1-D array of finite numbers")
-    return np.searchsorted(np.sort(d), d, side="right") / d.size
+def competence_count(competence: float, n_cases: int, min_cases: int = 1) -> int:
+    """Number of cases with rank CDF ``rank / N <= c``: ``min(N, max(floor(c N), min_cases))``."""
+    c = float(competence)
+    if not 0.0 <= c <= 1.0:
+        raise CurriculumConfigError(f"competence must be in [0, 1], got {competence}")
+    if int(n_cases) != n_cases or n_cases < 1:
+        raise CurriculumConfigError(f"n_cases must be an integer >= 1, got {n_cases!r}")
+    if int(min_cases) != min_cases or min_cases < 0:
+        raise CurriculumConfigError(f"min_cases must be an integer >= 0, got {min_cases!r}")
+    return int(min(int(n_cases), max(math.floor(c * n_cases + 1e-9), int(min_cases))))
 
 
 def competence_probabilities(difficulty: Sequence[float], competence: float, min_cases: int = 1) -> np.ndarray:
-    """Uniform probabilities over the cases whose difficulty CDF is ``<= competence``, zero elsewhere.
-
-    At least the ``min_cases`` easiest cases stay in (ties at the boundary included), so the probabilities never sum
-    to zero even at ``c0`` below ``1/N``.
-    """
-    if not 0.0 <= float(competence) <= 1.0:
-        raise CurriculumConfigError(f"competence must be in [0, 1], got {competence}")
-    cdf = difficulty_cdf(difficulty)
-    active = cdf <= float(competence) + 1e-12
-    if active.sum() < min_cases:
-        k = min(int(min_cases), cdf.size)
-        threshold = np.sort(cdf)[k - 1]
-        active = cdf <= threshold
-    return active / active.sum()
+    """Uniform probabilities over the :func:`competence_count` easiest cases (ties by case order), zero elsewhere."""
+    d = np.asarray(difficulty, dtype=float)
+    if d.ndim != 1 or d.size == 0 or not np.all(np.isfinite(d)):
+        raise CurriculumConfigError("difficulty must be a non-empty 1-D array of finite numbers")
+    n = max(1, competence_count(competence, d.size, min_cases))
+    p = np.zeros(d.size)
+    p[np.argsort(d, kind="stable")[:n]] = 1.0 / n
+    return p

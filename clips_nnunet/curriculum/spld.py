@@ -7,7 +7,8 @@ loss ascending, rank ``r = 1, 2, ...``; a case is selected when
 
 (the closed-form solution of the SPLD objective with the negative l2,1 diversity term, algorithm 1). The first case
 of every group gets the largest bonus ``gamma``, so every group contributes its easiest cases before one group
-contributes many: diversity. ``lam`` grows each epoch (more cases), ``gamma`` too (more diversity).
+contributes many: diversity. In algorithm 1 ``lam`` and ``gamma`` are multiplied by the same factor ``mu`` each
+iteration; :class:`clips_nnunet.curriculum.schedulers.SPLDScheduler` grows both with the admitted count.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from clips_nnunet.errors import CurriculumConfigError
 
 
 def spld_select(losses: Sequence[float], groups: Sequence[str], lam: float, gamma: float) -> np.ndarray:
-    """Boolean selection of the SPLD rank rule (ties in loss broken by case order)."""
+    """Boolean selection of the SPLD rank rule ``l < lam + gamma / (sqrt(r) + sqrt(r - 1))`` within each group
+    (Jiang et al. 2014, algorithm 1, the closed-form selection step); ties in loss broken by case order."""
     losses = np.asarray(losses, dtype=float)
     groups = np.asarray([str(g) for g in groups])
     if losses.shape != groups.shape:

@@ -2,8 +2,8 @@
 
 Self-paced learning (Kumar et al. 2010) ranks cases by their current loss. In nnU-Net a case is seen only a few
 times per epoch, as random patches, so one patch's loss is noisy; we keep an EMA per case,
-``d_i <- alpha * l + (1 - alpha) * d_i`` (first visit: ``d_i = l``), the number of visits and the last epoch the
-case was seen. Cases never seen count as the median of the seen ones (neither favoured nor excluded), and when no
+``d_i <- alpha * l + (1 - alpha) * d_i`` (first visit: ``d_i = l``), the latest raw loss, the number of visits and
+the last epoch the case was seen. Cases never seen count as the median of the seen ones (neither favoured nor excluded), and when no
 case has been seen all estimates are 0 (the curriculum then falls back to uniform sampling).
 """
 from __future__ import annotations
@@ -37,6 +37,7 @@ class DifficultyState:
         self.ema_alpha = ema_alpha
         self._index: Dict[str, int] = {c: i for i, c in enumerate(case_ids)}
         self._ema = np.zeros(len(case_ids), dtype=np.float64)
+        self._last = np.zeros(len(case_ids), dtype=np.float64)
         self.visits = np.zeros(len(case_ids), dtype=np.int64)
         self.last_seen = np.full(len(case_ids), -1, dtype=np.int64)
 
@@ -70,6 +71,7 @@ class DifficultyState:
                 self._ema[i] = loss
             else:
                 self._ema[i] = self.ema_alpha * loss + (1.0 - self.ema_alpha) * self._ema[i]
+            self._last[i] = loss
             self.visits[i] += 1
             self.last_seen[i] = int(epoch)
 
@@ -87,10 +89,14 @@ class DifficultyState:
         est[~seen] = float(np.median(est[seen]))
         return est
 
+    def last_losses(self) -> np.ndarray:
+        """Latest finite raw loss per case (copy); 0 for cases never seen (check :attr:`seen`)."""
+        return self._last.copy()
+
     def to_dict(self) -> dict:
         """JSON-safe dictionary (lists and floats) for checkpoints and curriculum.json."""
         return {"case_ids": list(self.case_ids), "ema_alpha": self.ema_alpha, "ema": self._ema.tolist(),
-                "visits": self.visits.tolist(), "last_seen": self.last_seen.tolist()}
+                "last_loss": self._last.tolist(), "visits": self.visits.tolist(), "last_seen": self.last_seen.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DifficultyState":
@@ -100,9 +106,12 @@ class DifficultyState:
             state._ema = np.asarray(d["ema"], dtype=np.float64)
             state.visits = np.asarray(d["visits"], dtype=np.int64)
             state.last_seen = np.asarray(d["last_seen"], dtype=np.int64)
+            # states saved before the raw loss was kept: the EMA is the best stand-in
+            state._last = np.asarray(d.get("last_loss", d["ema"]), dtype=np.float64)
         except KeyError as e:
             raise CurriculumConfigError(f"curriculum state is missing the field {e.args[0]!r}") from None
         n = len(state.case_ids)
-        if not (state._ema.shape == state.visits.shape == state.last_seen.shape == (n,)):
+        if not (state._ema.shape == state.visits.shape == state.last_seen.shape == state._last.shape
+                == (n,)):
             raise CurriculumConfigError("curriculum state arrays do not match the number of case ids")
         return state

@@ -6,8 +6,11 @@ again by DDP rank processes and spawned workers. Append one import line per new 
 """
 from clips_nnunet.trainers.base import nnUNetTrainerClipsBase  # noqa: F401
 from clips_nnunet.trainers.self_paced import (nnUNetTrainerCLSelfPaced, nnUNetTrainerCLSelfPacedAnti,  # noqa: F401
-                                              nnUNetTrainerCLSelfPacedLinear, nnUNetTrainerCLSelfPacedLog,
-                                              nnUNetTrainerCLSelfPacedMixture, nnUNetTrainerCLSelfPacedRandom)
+                                              nnUNetTrainerCLSelfPacedLinear, nnUNetTrainerCLSelfPacedLinearAnti,
+                                              nnUNetTrainerCLSelfPacedLinearRandom, nnUNetTrainerCLSelfPacedLog,
+                                              nnUNetTrainerCLSelfPacedLogAnti, nnUNetTrainerCLSelfPacedLogRandom,
+                                              nnUNetTrainerCLSelfPacedMixture, nnUNetTrainerCLSelfPacedMixtureAnti,
+                                              nnUNetTrainerCLSelfPacedMixtureRandom, nnUNetTrainerCLSelfPacedRandom)
 from clips_nnunet.trainers.tmtv.recipe import nnUNetTrainerTMTV, nnUNetTrainerTMTVRefiner  # noqa: F401
 from clips_nnunet.trainers.tmtv.combinations import *  # noqa: F401,F403  (nnUNetTrainerTMTVCL<Method>)
 from clips_nnunet.trainers.family import (  # noqa: F401  (curriculum family and controls)

@@ -1,10 +1,11 @@
 """The curriculum family as nnU-Net trainers (``nnUNetv2_train ... -tr nnUNetTrainerCL<Method>``).
 
-Each trainer is a small subclass of the engine's :class:`~clips_nnunet.trainers.curriculum.nnUNetTrainerCurriculum`
-that builds one scheduler of :mod:`clips_nnunet.curriculum.family_schedulers`; hyper-parameters are class
-attributes (subclass to change them). Every ordering has a ``...Random`` (same pacing, fixed random order) and a
-``...Anti`` (hardest first) control; ``order`` is the attribute they change. See docs/curricula.md for the table of
-methods, papers, formulas and defaults.
+Each trainer is a small subclass of :class:`~clips_nnunet.trainers.arms.nnUNetTrainerCurriculumArm` that builds one
+scheduler of :mod:`clips_nnunet.curriculum.schedulers` (``build_arm_scheduler``); hyper-parameters are class
+attributes (subclass to change them). Every ordering has a ``...Random`` and a ``...Anti`` control that set only
+``order``: the control admits exactly the curriculum's number of cases every epoch, in a fixed random order or in
+the reversed order (:mod:`clips_nnunet.curriculum.schedulers.controls`). Curriculum by smoothing has no order and no
+controls. See docs/curricula.md for the table of methods, papers, formulas, defaults and deviations.
 
 Difficulty of fixed-order curricula (``difficulty_source``):
 
@@ -22,20 +23,19 @@ import numpy as np
 
 from clips_nnunet.curriculum.difficulty import (difficulty_from_metadata, groups_from_metadata, load_case_metadata,
                                                 read_difficulty_csv)
-from clips_nnunet.curriculum.family_schedulers import (BabyStepsScheduler, CompetenceScheduler, DIHScheduler,
-                                                       FixedOrderPacingScheduler, SmoothingScheduler, SPLDScheduler,
-                                                       SuperLossScheduler, TeacherStudentScheduler)
+from clips_nnunet.curriculum.schedulers import (BabyStepsScheduler, CompetenceScheduler, DIHScheduler,
+                                                FixedOrderPacingScheduler, SmoothingScheduler, SPLDScheduler,
+                                                SuperLossScheduler, TeacherStudentScheduler)
 from clips_nnunet.errors import CurriculumConfigError, DatasetError
+from clips_nnunet.trainers.arms import nnUNetTrainerCurriculumArm, scheduler_sample_weights
 from clips_nnunet.trainers.curriculum import nnUNetTrainerCurriculum
 
 DIFFICULTY_CSV_ENV = "CLIPS_DIFFICULTY_CSV"
 
 
-class _FamilyTrainer(nnUNetTrainerCurriculum):
-    """Shared helpers: raw dataset folder, fixed difficulty, arm (``order``)."""
+class _FamilyTrainer(nnUNetTrainerCurriculumArm):
+    """Shared helpers: raw dataset folder, fixed difficulty; the arm (``order``) comes from the base."""
 
-    #: study arm: "curriculum" (easy first), "random" (fixed random order) or "anti" (hardest first)
-    order: str = "curriculum"
     #: where a fixed difficulty comes from: "metadata" or "csv"
     difficulty_source: str = "metadata"
     #: case_metadata.json measure (see METADATA_MEASURES for its direction)
@@ -85,7 +85,6 @@ class _FamilyTrainer(nnUNetTrainerCurriculum):
 
     def curriculum_config(self) -> Dict[str, Any]:
         config = super().curriculum_config()
-        config["order"] = self.order
         if self._family_difficulty is not None:
             config["difficulty_source"] = self._family_difficulty_origin
             config["difficulty"] = {c: self._family_difficulty[c] for c in sorted(self._family_difficulty)}
@@ -106,10 +105,10 @@ class nnUNetTrainerCLPredefined(_FamilyTrainer):
     hacohen_increase: float = 1.5
     hacohen_step: int = 100
 
-    def build_scheduler(self, case_ids: List[str]) -> FixedOrderPacingScheduler:
+    def build_arm_scheduler(self, case_ids: List[str]) -> FixedOrderPacingScheduler:
         return FixedOrderPacingScheduler(case_ids, self.load_difficulty(case_ids), pacing=self.pacing,
                                          pacing_a=self.pacing_a, pacing_b=self.pacing_b, min_cases=self.min_cases,
-                                         order=self.order, hacohen_start=self.hacohen_start,
+                                         hacohen_start=self.hacohen_start,
                                          hacohen_increase=self.hacohen_increase, hacohen_step=self.hacohen_step)
 
 
@@ -138,18 +137,17 @@ class nnUNetTrainerCLTransferTeacherAnti(nnUNetTrainerCLTransferTeacher):
 
 
 class nnUNetTrainerCLCompetence(_FamilyTrainer):
-    """Competence-based curriculum (Platanios et al. 2019): uniform among cases whose difficulty CDF is
-    ``<= c(t) = min(1, (t (1 - c0^p) / T + c0^p)^(1/p))``."""
+    """Competence-based curriculum (Platanios et al. 2019): uniform among the ``floor(c(t) N)`` easiest cases (rank
+    CDF ``<= c(t)``), ``c(t) = min(1, (t (1 - c0^p) / T + c0^p)^(1/p))``."""
 
     warmup_epochs = 0
     competence_c0: float = 0.1
     competence_p: float = 2.0
     competence_T: float = 0.8
 
-    def build_scheduler(self, case_ids: List[str]) -> CompetenceScheduler:
+    def build_arm_scheduler(self, case_ids: List[str]) -> CompetenceScheduler:
         return CompetenceScheduler(case_ids, self.load_difficulty(case_ids), c0=self.competence_c0,
-                                   p=self.competence_p, competence_T=self.competence_T, min_cases=self.min_cases,
-                                   order=self.order)
+                                   p=self.competence_p, competence_T=self.competence_T, min_cases=self.min_cases)
 
 
 class nnUNetTrainerCLCompetenceRandom(nnUNetTrainerCLCompetence):
@@ -168,10 +166,9 @@ class nnUNetTrainerCLBabySteps(_FamilyTrainer):
     baby_steps_buckets: int = 4
     pacing_a: float = 0.8
 
-    def build_scheduler(self, case_ids: List[str]) -> BabyStepsScheduler:
+    def build_arm_scheduler(self, case_ids: List[str]) -> BabyStepsScheduler:
         return BabyStepsScheduler(case_ids, self.load_difficulty(case_ids),
-                                  n_buckets=min(int(self.baby_steps_buckets), len(case_ids)), pacing_a=self.pacing_a,
-                                  order=self.order)
+                                  n_buckets=min(int(self.baby_steps_buckets), len(case_ids)), pacing_a=self.pacing_a)
 
 
 class nnUNetTrainerCLBabyStepsRandom(nnUNetTrainerCLBabySteps):
@@ -185,8 +182,8 @@ class nnUNetTrainerCLBabyStepsAnti(nnUNetTrainerCLBabySteps):
 # ------------------------------------------------------------------------------------ dynamic curricula
 
 class nnUNetTrainerCLDIH(_FamilyTrainer):
-    """Dynamic instance hardness (Zhou, Wang & Bilmes 2020): running average of each case's loss change, a subset
-    drawn ∝ ``exp(beta r / max r)`` shrinking from all cases to ``dih_floor``."""
+    """Dynamic instance hardness (Zhou, Wang & Bilmes 2020): running average of each case's raw loss change per unit
+    of learning rate, a subset drawn ∝ ``exp(beta r / mean r)`` shrinking from all cases to ``dih_floor``."""
 
     warmup_epochs = 5
     dih_gamma: float = 0.5
@@ -194,10 +191,10 @@ class nnUNetTrainerCLDIH(_FamilyTrainer):
     dih_shrink: float = 0.95
     dih_floor: float = 0.3
 
-    def build_scheduler(self, case_ids: List[str]) -> DIHScheduler:
+    def build_arm_scheduler(self, case_ids: List[str]) -> DIHScheduler:
         return DIHScheduler(case_ids, gamma=self.dih_gamma, beta=self.dih_beta, shrink=self.dih_shrink,
                             floor=self.dih_floor, warmup_epochs=self.warmup_epochs, min_cases=self.min_cases,
-                            order=self.order)
+                            initial_lr=float(self.initial_lr), num_epochs=int(self.num_epochs))
 
 
 class nnUNetTrainerCLDIHRandom(nnUNetTrainerCLDIH):
@@ -211,17 +208,16 @@ class nnUNetTrainerCLDIHAnti(nnUNetTrainerCLDIH):
 class nnUNetTrainerCLSuperLoss(_FamilyTrainer):
     """SuperLoss (Castells et al. 2020): uniform sampling, each sample's loss (every deep-supervision output)
     weighted by ``sigma* = exp(-W0(0.5 max(-2/e, (l - tau)/lam)))``, ``tau`` the running mean loss. One warm-up
-    epoch measures the losses ``tau`` starts from (weights are 1 until then)."""
+    epoch measures the losses ``tau`` starts from (no weighting until then: nnU-Net's loss)."""
 
     warmup_epochs = 1
     exploration_epsilon = 0.0
     superloss_lambda: float = 1.0
 
-    def build_scheduler(self, case_ids: List[str]) -> SuperLossScheduler:
-        return SuperLossScheduler(case_ids, lam=self.superloss_lambda, order=self.order)
+    sample_weights = scheduler_sample_weights
 
-    def sample_weights(self, keys: Sequence[str], losses: np.ndarray) -> Optional[np.ndarray]:
-        return self._cl_scheduler.weights(losses)
+    def build_arm_scheduler(self, case_ids: List[str]) -> SuperLossScheduler:
+        return SuperLossScheduler(case_ids, lam=self.superloss_lambda)
 
 
 class nnUNetTrainerCLSuperLossRandom(nnUNetTrainerCLSuperLoss):
@@ -254,10 +250,9 @@ class nnUNetTrainerCLSelfPacedDiversity(_FamilyTrainer):
                                f"{ {g: list(groups.values()).count(g) for g in sorted(set(groups.values()))} }")
         return [groups[c] for c in case_ids]
 
-    def build_scheduler(self, case_ids: List[str]) -> SPLDScheduler:
+    def build_arm_scheduler(self, case_ids: List[str]) -> SPLDScheduler:
         return SPLDScheduler(case_ids, self.case_groups(case_ids), pacing=self.pacing, pacing_a=self.pacing_a,
-                             pacing_b=self.pacing_b, min_cases=self.min_cases, gamma_rel=self.spld_gamma_rel,
-                             order=self.order)
+                             pacing_b=self.pacing_b, min_cases=self.min_cases, gamma_rel=self.spld_gamma_rel)
 
 
 class nnUNetTrainerCLSelfPacedDiversityRandom(nnUNetTrainerCLSelfPacedDiversity):
@@ -270,20 +265,23 @@ class nnUNetTrainerCLSelfPacedDiversityAnti(nnUNetTrainerCLSelfPacedDiversity):
 
 class nnUNetTrainerCLTeacherStudent(_FamilyTrainer):
     """Teacher-student curriculum (Matiisen et al. 2017), Window teacher over ``bandit_buckets`` difficulty buckets
-    (fixed difficulty as in Predefined): tasks chosen by the absolute slope of their recent loss."""
+    (fixed difficulty as in Predefined): tasks chosen by the absolute slope of their recent loss, with one
+    exploration rule, ``bandit_exploration`` = ``"boltzmann"`` (``bandit_temperature``) or ``"epsilon_greedy"``
+    (``bandit_epsilon``)."""
 
     warmup_epochs = 1
-    exploration_epsilon = 0.0  # the bandit has its own bandit_epsilon
+    exploration_epsilon = 0.0  # the bandit explores on its own
     bandit_buckets: int = 3
     bandit_window: int = 5
+    bandit_exploration: str = "boltzmann"
     bandit_temperature: float = 0.5
     bandit_epsilon: float = 0.1
 
-    def build_scheduler(self, case_ids: List[str]) -> TeacherStudentScheduler:
+    def build_arm_scheduler(self, case_ids: List[str]) -> TeacherStudentScheduler:
         return TeacherStudentScheduler(case_ids, self.load_difficulty(case_ids),
                                        n_buckets=min(int(self.bandit_buckets), len(case_ids)),
-                                       window=self.bandit_window, temperature=self.bandit_temperature,
-                                       epsilon=self.bandit_epsilon, order=self.order)
+                                       window=self.bandit_window, exploration=self.bandit_exploration,
+                                       temperature=self.bandit_temperature, epsilon=self.bandit_epsilon)
 
 
 class nnUNetTrainerCLTeacherStudentRandom(nnUNetTrainerCLTeacherStudent):
@@ -296,7 +294,7 @@ class nnUNetTrainerCLTeacherStudentAnti(nnUNetTrainerCLTeacherStudent):
 
 # ------------------------------------------------------------------------------------ curriculum by smoothing
 
-class nnUNetTrainerCLSmoothing(_FamilyTrainer):
+class nnUNetTrainerCLSmoothing(nnUNetTrainerCurriculum):
     """Curriculum by smoothing (Sinha et al. 2020): encoder feature maps blurred with a Gaussian whose ``sigma``
     (feature-map voxels) decays ``sigma0 decay^floor(epoch / every)`` and is 0 below ``sigma_min`` or from progress
     ``zero_after`` on; sampling stays uniform. No Random/Anti controls: there is no order; compare with

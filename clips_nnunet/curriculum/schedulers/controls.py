@@ -1,0 +1,146 @@
+"""Random and Anti controls of any curriculum, expressed one way.
+
+Wu, Dyer & Neyshabur (2021, "When do curricula work?", ICLR) showed that the gain of a curriculum may come from its
+pacing (a growing subset) rather than from its order, so every ordering needs a *random* and an *anti* arm that
+differ from it only in the order. :class:`ControlScheduler` wraps the curriculum's own scheduler (the *arm*) and, every
+epoch, lets the arm plan on the shared state and then moves the arm's probabilities to other cases:
+
+    ``q[c_k] = p[r_k]``  for ``k = 1..N``,
+
+with ``r`` the arm's ranking (most preferred first, :attr:`SamplingPlan.ranking`) and ``c`` the control's order:
+
+- ``"random"``: a fixed random permutation of the cases, drawn once from the seeded generator and saved in the
+  checkpoint (drawn anew each epoch when the arm itself draws a new subset every epoch, DIH);
+- ``"anti"``: the arm's ranking reversed (hardest first).
+
+So a control has exactly the arm's multiset of probabilities every epoch: the same number of admitted cases (ties
+included), the same active fraction and sampling entropy, only other cases. Within strata (SPLD groups,
+:meth:`CurriculumScheduler.control_strata`) the move stays inside each stratum, so the per-group counts match too.
+
+For weighting curricula the same rule applies to one batch's loss weights: the arm's weights ordered by the arm's
+preference (ascending loss) are given to the batch's cases in the control's order (descending loss for Anti; the
+fixed random rank of the case for Random). Non-finite losses keep weight 0; "no weighting" (None) stays None.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from clips_nnunet.curriculum.schedulers.base import CurriculumScheduler, SamplingPlan
+from clips_nnunet.curriculum.state import DifficultyState
+from clips_nnunet.errors import CurriculumConfigError
+
+#: study arms: the curriculum as published and its two controls
+ARMS = ("curriculum", "random", "anti")
+CONTROLS = ("random", "anti")
+
+
+def move_to_order(values, from_order, to_order, strata=None) -> np.ndarray:
+    """``out[to_order[k]] = values[from_order[k]]`` (within each stratum when ``strata`` labels are given).
+
+    Both orders are permutations of ``range(len(values))``; the result is a permutation of ``values``.
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    src, dst = np.asarray(from_order, dtype=np.int64), np.asarray(to_order, dtype=np.int64)
+    n = values.size
+    for name, order in (("ranking", src), ("control order", dst)):
+        if order.shape != (n,) or not np.array_equal(np.sort(order), np.arange(n)):
+            raise CurriculumConfigError(f"the {name} must be a permutation of the {n} cases")
+    out = np.empty(n)
+    if strata is None:
+        out[dst] = values[src]
+        return out
+    labels = np.asarray(strata).reshape(-1)
+    for label in np.unique(labels):
+        out[dst[labels[dst] == label]] = values[src[labels[src] == label]]
+    return out
+
+
+class ControlScheduler(CurriculumScheduler):
+    """The ``control`` ("random" or "anti") arm of the curriculum scheduled by ``arm`` (see the module docstring)."""
+
+    def __init__(self, arm: CurriculumScheduler, control: str):
+        if not isinstance(arm, CurriculumScheduler):
+            raise CurriculumConfigError(f"a control wraps a CurriculumScheduler, got {type(arm).__name__}")
+        if not arm.has_order:
+            raise CurriculumConfigError(f"{type(arm).__name__} has no case order, so it has no {control} control "
+                                        f"(compare it with the uncurriculated baseline, nnUNetTrainerClipsBase)")
+        if control not in CONTROLS:
+            raise CurriculumConfigError(f"control must be one of {CONTROLS}, got {control!r}")
+        super().__init__(arm.case_ids)
+        self.arm, self.control = arm, control
+        self.permutation: Optional[np.ndarray] = None
+
+    def config(self) -> dict:
+        return {"class": type(self).__name__, "control": self.control, "arm": self.arm.config()}
+
+    def _control_order(self, ranking: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.control == "anti":
+            return ranking[::-1].copy()
+        if self.permutation is None or self.arm.random_control_redraws:
+            if rng is None:
+                raise CurriculumConfigError("the Random control needs the curriculum's random generator")
+            self.permutation = rng.permutation(len(self.case_ids))
+        return self.permutation
+
+    def plan(self, state: DifficultyState, progress: float, epoch: int, rng: np.random.Generator) -> SamplingPlan:
+        self._check_state(state)
+        arm = self.arm.plan(state, progress, epoch, rng)
+        if arm.ranking is None:
+            raise CurriculumConfigError(f"{type(self.arm).__name__} has no case order, so it has no "
+                                        f"{self.control} control (compare it with the uncurriculated baseline)")
+        ranking = np.asarray(arm.ranking, dtype=np.int64)
+        order = self._control_order(ranking, rng)
+        q = move_to_order(arm.probabilities, ranking, order, self.arm.control_strata())
+        return SamplingPlan(q, arm.active_fraction, arm.threshold, {**arm.extra, "control": self.control},
+                            order.copy())
+
+    def loss_weights(self, losses, keys: Optional[Sequence[str]] = None) -> Optional[np.ndarray]:
+        w = self.arm.loss_weights(losses, keys)
+        if w is None:
+            return None
+        losses = np.asarray(losses, dtype=np.float64).reshape(-1)
+        w = np.asarray(w, dtype=np.float64).reshape(-1)
+        finite = np.flatnonzero(np.isfinite(losses))
+        out = np.zeros(losses.size)
+        arm_order = finite[np.argsort(losses[finite], kind="stable")]
+        if self.control == "anti":
+            ctrl_order = finite[np.argsort(-losses[finite], kind="stable")]
+        else:
+            if keys is None or self.permutation is None:
+                raise CurriculumConfigError("the Random control weights a batch by the random rank of its cases: "
+                                            "pass the batch's case keys, after the first plan")
+            keys = [str(k) for k in keys]
+            if len(keys) != losses.size:
+                raise CurriculumConfigError(f"{len(keys)} keys for {losses.size} losses")
+            rank = np.empty(len(self.case_ids), dtype=np.int64)
+            rank[self.permutation] = np.arange(len(self.case_ids))
+            index = {c: i for i, c in enumerate(self.case_ids)}
+            unknown = [k for k in keys if k not in index]
+            if unknown:
+                raise CurriculumConfigError(f"unknown case ids in the batch: {unknown[:5]}")
+            key_rank = np.asarray([rank[index[k]] for k in keys])
+            ctrl_order = finite[np.argsort(key_rank[finite], kind="stable")]
+        out[ctrl_order] = w[arm_order]
+        return out
+
+    def state_dict(self) -> dict:
+        return {"arm": self.arm.state_dict(),
+                "permutation": None if self.permutation is None else self.permutation.tolist()}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.arm.load_state_dict(d.get("arm", {}))
+        perm = d.get("permutation")
+        if perm is not None:
+            perm = np.asarray(perm, dtype=np.int64)
+            if not np.array_equal(np.sort(perm), np.arange(len(self.case_ids))):
+                raise CurriculumConfigError("the saved random order does not match the number of training cases")
+        self.permutation = perm
+
+
+def with_control(arm: CurriculumScheduler, order: str = "curriculum") -> CurriculumScheduler:
+    """``arm`` itself for ``order == "curriculum"``, else its :class:`ControlScheduler` ("random" or "anti")."""
+    if order not in ARMS:
+        raise CurriculumConfigError(f"order must be one of {ARMS}, got {order!r}")
+    return arm if order == "curriculum" else ControlScheduler(arm, order)

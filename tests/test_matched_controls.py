@@ -1,0 +1,126 @@
+"""Every curriculum with an order and its Random and Anti controls admit exactly the same number of cases in every
+epoch, ties included, and every admission schedule admits all cases at t = 1 (issue 11, item 4).
+
+100 cases; 40 of them are lesion-free and tied at the median difficulty (and, for the loss-driven curricula, tied
+EMA losses), as in a real PET cohort where many cases carry no lesion.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clips_nnunet.curriculum.schedulers import (BabyStepsScheduler, CompetenceScheduler, DIHScheduler,
+                                                FixedOrderPacingScheduler, SelfPacedScheduler, SPLDScheduler,
+                                                SuperLossScheduler, TeacherStudentScheduler, with_control)
+from clips_nnunet.curriculum.state import DifficultyState
+
+N = 100
+IDS = [f"case_{i:03d}" for i in range(N)]
+EPOCHS = 40
+
+
+def _difficulty() -> np.ndarray:
+    rng = np.random.default_rng(5)
+    d = rng.permutation(np.linspace(0.0, 1.0, N))
+    d[rng.choice(N, 40, replace=False)] = 0.5  # lesion-free cases, all tied at the median
+    return d
+
+
+DIFFICULTY = _difficulty()
+GROUPS = [("A", "B", "C")[i % 3] for i in range(N)]
+
+FACTORIES = {
+    "predefined_root": lambda: FixedOrderPacingScheduler(IDS, DIFFICULTY, "root", 0.8, 0.3, 2),
+    "predefined_linear": lambda: FixedOrderPacingScheduler(IDS, DIFFICULTY, "linear", 1.0, 0.1, 2),
+    "hacohen": lambda: FixedOrderPacingScheduler(IDS, DIFFICULTY, "hacohen", hacohen_start=0.1,
+                                                 hacohen_increase=1.5, hacohen_step=3),
+    "competence": lambda: CompetenceScheduler(IDS, DIFFICULTY, c0=0.1, p=2.0, competence_T=0.8, min_cases=2),
+    "baby_steps": lambda: BabyStepsScheduler(IDS, DIFFICULTY, n_buckets=4, pacing_a=0.8),
+    "teacher_student": lambda: TeacherStudentScheduler(IDS, DIFFICULTY, n_buckets=3, window=3),
+    "teacher_student_greedy": lambda: TeacherStudentScheduler(IDS, DIFFICULTY, 3, 3, "epsilon_greedy", epsilon=0.0),
+    "self_paced_hard": lambda: SelfPacedScheduler(IDS, "root", 0.8, 0.2, 2, "hard"),
+    "self_paced_linear": lambda: SelfPacedScheduler(IDS, "linear", 1.0, 0.2, 2, "linear"),
+    "self_paced_log": lambda: SelfPacedScheduler(IDS, "linear", 1.0, 0.2, 2, "logarithmic"),
+    "self_paced_mixture": lambda: SelfPacedScheduler(IDS, "quadratic", 0.9, 0.2, 2, "mixture"),
+    "spld": lambda: SPLDScheduler(IDS, GROUPS, "root", 0.8, 0.3, 2, gamma_rel=0.2),
+    "dih": lambda: DIHScheduler(IDS, gamma=0.5, beta=3.0, shrink=0.9, floor=0.3, initial_lr=0.01, num_epochs=EPOCHS),
+    "superloss": lambda: SuperLossScheduler(IDS, lam=1.0),
+}
+#: not admission schedules: DIH trains on a subset that SHRINKS from all cases to a floor (Zhou et al. 2020); a greedy
+#: teacher (epsilon 0) samples only the task with the largest learning progress (Matiisen et al. 2017)
+NOT_GROWING = {"dih", "teacher_student_greedy"}
+
+
+def _states():
+    """One difficulty state per epoch: every case measured each epoch, 40 tied losses, the others drifting."""
+    rng = np.random.default_rng(11)
+    state = DifficultyState(IDS, ema_alpha=0.5)
+    tied = DIFFICULTY == 0.5
+    for epoch in range(EPOCHS):
+        losses = DIFFICULTY - 0.02 * epoch + rng.normal(0.0, 0.05, N)
+        losses[tied] = 0.3  # tied EMA losses as well
+        state.update(IDS, losses, epoch)
+        yield epoch, min(1.0, epoch / (EPOCHS - 1)), DifficultyState.from_dict(state.to_dict())
+
+
+STATES = list(_states())
+
+
+def _run(name: str, order: str):
+    scheduler = with_control(FACTORIES[name](), order)
+    rng = np.random.default_rng(2024)
+    return [scheduler.plan(state, t, epoch, rng) for epoch, t, state in STATES]
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_controls_admit_exactly_the_arms_count_every_epoch(name):
+    arm, rand, anti = (_run(name, order) for order in ("curriculum", "random", "anti"))
+    counts = [[int((p.probabilities > 0).sum()) for p in plans] for plans in (arm, rand, anti)]
+    assert counts[0] == counts[1] == counts[2], name
+    for a, r, x in zip(arm, rand, anti):
+        # the same multiset of probabilities: same count, same active fraction, same sampling entropy
+        np.testing.assert_allclose(np.sort(r.probabilities), np.sort(a.probabilities), atol=1e-15)
+        np.testing.assert_allclose(np.sort(x.probabilities), np.sort(a.probabilities), atol=1e-15)
+        assert a.active_fraction == r.active_fraction == x.active_fraction
+        assert abs(a.probabilities.sum() - 1.0) < 1e-12
+    if name not in NOT_GROWING:
+        assert counts[0][-1] == N, f"{name} does not admit every case at t = 1"
+    assert len(set(counts[0])) > 1 or name in {"superloss", "teacher_student"}, "the schedule never changes"
+
+
+@pytest.mark.parametrize("name", ["predefined_root", "competence", "baby_steps", "hacohen"])
+def test_fixed_difficulty_anti_admits_the_hardest_random_other_cases(name):
+    arm, rand, anti = (_run(name, order)[0] for order in ("curriculum", "random", "anti"))
+    admitted = [np.flatnonzero(p.probabilities > 0) for p in (arm, rand, anti)]
+    n = admitted[0].size
+    assert 2 <= n < N
+    order = np.argsort(DIFFICULTY, kind="stable")
+    assert set(admitted[0]) == set(order[:n]) and set(admitted[2]) == set(order[-n:])
+    assert set(admitted[1]) != set(admitted[0])
+
+
+def test_competence_with_ties_admits_floor_c_n_not_the_tie_block():
+    """Platanios' empirical CDF gives the 40 tied cases the same (larger) CDF value: the arm would jump from the
+    easiest block straight past the tie; the rank CDF admits floor(c N) cases, as its controls do."""
+    c = CompetenceScheduler(IDS, DIFFICULTY, c0=0.1, p=2.0, competence_T=0.8, min_cases=2)
+    state = STATES[0][2]
+    # c(t) = sqrt(t (1 - 0.01) / 0.8 + 0.01): t = 0.2 -> sqrt(0.2575) = 0.50744 -> 50 cases
+    assert int((c.plan(state, 0.2, 0, None).probabilities > 0).sum()) == 50
+    assert int((c.plan(state, 0.0, 0, None).probabilities > 0).sum()) == 10  # c0 N
+
+
+@pytest.mark.parametrize("name", ["self_paced_linear", "self_paced_log", "self_paced_mixture", "superloss"])
+def test_weighting_controls_give_the_same_batch_weights_to_other_cases(name):
+    arm, rand, anti = (with_control(FACTORIES[name](), order) for order in ("curriculum", "random", "anti"))
+    epoch, t, state = STATES[20]
+    for s in (arm, rand, anti):
+        s.plan(state, t, epoch, np.random.default_rng(0))
+    keys = IDS[:6]
+    losses = np.array([0.1, 0.6, np.nan, 0.3, 0.9, 0.2])
+    w = [s.loss_weights(losses, keys) for s in (arm, rand, anti)]
+    for ctrl in w[1:]:
+        assert ctrl[2] == 0.0  # the non-finite loss keeps weight 0
+        np.testing.assert_allclose(np.sort(ctrl), np.sort(w[0]))
+    # anti: the arm's largest weight goes to the largest loss (0.9, position 4), its smallest to the smallest (0.1)
+    finite = [0, 1, 3, 4, 5]
+    assert w[2][4] == pytest.approx(max(w[0][finite])) and w[2][0] == pytest.approx(min(w[0][finite]))
