@@ -295,7 +295,8 @@ class nnUNetTrainerCLTeacherStudentAnti(nnUNetTrainerCLTeacherStudent):
 # ------------------------------------------------------------------------------------ curriculum by smoothing
 
 class nnUNetTrainerCLSmoothing(nnUNetTrainerCurriculum):
-    """Curriculum by smoothing (Sinha et al. 2020): encoder feature maps blurred with a Gaussian whose ``sigma``
+    """Curriculum by smoothing (Sinha et al. 2020): the output of every spatial convolution (encoder and decoder;
+    ``smoothing_where = "stages"``: only each encoder stage's output) blurred with a Gaussian whose ``sigma``
     (feature-map voxels) decays ``sigma0 decay^floor(epoch / every)`` and is 0 below ``sigma_min`` or from progress
     ``zero_after`` on; sampling stays uniform. No Random/Anti controls: there is no order; compare with
     ``nnUNetTrainerClipsBase``. ``torch.compile`` is off (forward hooks)."""
@@ -307,6 +308,8 @@ class nnUNetTrainerCLSmoothing(nnUNetTrainerCurriculum):
     smoothing_every: int = 5
     smoothing_sigma_min: float = 0.1
     smoothing_zero_after: float = 0.5
+    #: "conv": after every spatial convolution (the paper); "stages": after each encoder stage only
+    smoothing_where: str = "conv"
 
     _blur = None
 
@@ -322,7 +325,7 @@ class nnUNetTrainerCLSmoothing(nnUNetTrainerCurriculum):
         super().on_train_start()
         from clips_nnunet.trainers.smoothing import FeatureBlur
 
-        self._blur = FeatureBlur(self.network)
+        self._blur = FeatureBlur(self.network, where=self.smoothing_where)
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()

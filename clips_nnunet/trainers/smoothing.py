@@ -1,10 +1,12 @@
-"""Gaussian blur of encoder feature maps for curriculum by smoothing (Sinha, Garg & Larochelle 2020, NeurIPS).
+"""Gaussian blur of feature maps for curriculum by smoothing (Sinha, Garg & Larochelle 2020, NeurIPS).
 
-:class:`FeatureBlur` registers forward hooks on the encoder stages of a dynamic-network-architectures U-Net
-(``network.encoder.stages``, PlainConvUNet and ResidualEncoderUNet alike) that replace each stage's output by a
-Gaussian-blurred copy (separable depthwise convolution, replicate padding, kernel from
-:func:`clips_nnunet.curriculum.smoothing.gaussian_kernel_1d`), only while the network is in training mode and
-``sigma > 0``. Hooks hold no parameters, so checkpoints contain the plain architecture and the network that
+:class:`FeatureBlur` registers forward hooks that replace a module's output by a Gaussian-blurred copy (separable
+depthwise convolution, replicate padding, kernel from :func:`clips_nnunet.curriculum.smoothing.gaussian_kernel_1d`),
+only while the network is in training mode and ``sigma > 0``. ``where="conv"`` (the paper, section 3: the output of
+every convolution is smoothed before its normalisation and non-linearity) hooks every spatial convolution (kernel
+larger than 1) of the encoder and decoder of a dynamic-network-architectures U-Net (PlainConvUNet and
+ResidualEncoderUNet alike; 1x1 convolutions such as the segmentation heads and residual projections are left
+alone); ``where="stages"`` hooks only the output of each encoder stage (cheaper). Hooks hold no parameters, so checkpoints contain the plain architecture and the network that
 ``nnUNetv2_predict`` rebuilds has no blur; the schedule anneals ``sigma`` to 0 before training ends, so the final
 weights are trained for that plain network.
 """
@@ -42,10 +44,14 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return out
 
 
+def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    net = network.module if hasattr(network, "module") else network
+    return getattr(net, "_orig_mod", net)
+
+
 def encoder_stages(network: torch.nn.Module) -> List[torch.nn.Module]:
     """The encoder stages of a (possibly DDP-wrapped or compiled) dynamic-network-architectures U-Net."""
-    net = network.module if hasattr(network, "module") else network
-    net = getattr(net, "_orig_mod", net)
+    net = _unwrap(network)
     stages = getattr(getattr(net, "encoder", None), "stages", None)
     if stages is None:
         raise CurriculumConfigError(f"curriculum by smoothing needs a network with encoder.stages "
@@ -53,13 +59,27 @@ def encoder_stages(network: torch.nn.Module) -> List[torch.nn.Module]:
     return list(stages)
 
 
-class FeatureBlur:
-    """Forward hooks blurring each encoder stage's output with the current ``sigma`` (training mode only)."""
+def spatial_convolutions(network: torch.nn.Module) -> List[torch.nn.Module]:
+    """Every 2-D/3-D convolution with a kernel larger than 1 in the encoder and decoder (Sinha et al. 2020 blur the
+    output of each convolutional layer); transposed convolutions and 1x1 convolutions are excluded."""
+    encoder_stages(network)  # validates the architecture
+    net = _unwrap(network)
+    return [m for m in net.modules()
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) and max(m.kernel_size) > 1]
 
-    def __init__(self, network: torch.nn.Module, sigma: float = 0.0):
+
+class FeatureBlur:
+    """Forward hooks blurring outputs with the current ``sigma`` (training mode only): after every spatial
+    convolution (``where="conv"``, the paper) or after each encoder stage (``where="stages"``)."""
+
+    def __init__(self, network: torch.nn.Module, sigma: float = 0.0, where: str = "stages"):
+        if where not in ("conv", "stages"):
+            raise CurriculumConfigError(f"smoothing blur location must be 'conv' or 'stages', got {where!r}")
         self.sigma = float(sigma)
+        self.where = where
         self.calls = 0
-        self._handles = [stage.register_forward_hook(self._hook) for stage in encoder_stages(network)]
+        modules = spatial_convolutions(network) if where == "conv" else encoder_stages(network)
+        self._handles = [m.register_forward_hook(self._hook) for m in modules]
 
     def _hook(self, module: torch.nn.Module, inputs, output):
         if self.sigma > 0 and module.training:
