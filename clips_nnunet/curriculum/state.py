@@ -2,9 +2,10 @@
 
 Self-paced learning (Kumar et al. 2010) ranks cases by their current loss. In nnU-Net a case is seen only a few
 times per epoch, as random patches, so one patch's loss is noisy; we keep an EMA per case,
-``d_i <- alpha * l + (1 - alpha) * d_i`` (first visit: ``d_i = l``), the latest raw loss, the number of visits and
-the last epoch the case was seen. Cases never seen count as the median of the seen ones (neither favoured nor excluded), and when no
-case has been seen all estimates are 0 (the curriculum then falls back to uniform sampling).
+``d_i <- alpha * l + (1 - alpha) * d_i`` (first visit: ``d_i = l``), the latest raw loss (for DIH), the number of
+visits and the last epoch the case was seen. Cases never seen count as the median of the seen ones (neither favoured
+nor excluded), and when no case has been seen all estimates are 0 (the curriculum then falls back to uniform
+sampling).
 """
 from __future__ import annotations
 

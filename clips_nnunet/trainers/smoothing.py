@@ -6,8 +6,8 @@ only while the network is in training mode and ``sigma > 0``. ``where="conv"`` (
 every convolution is smoothed before its normalisation and non-linearity) hooks every spatial convolution (kernel
 larger than 1) of the encoder and decoder of a dynamic-network-architectures U-Net (PlainConvUNet and
 ResidualEncoderUNet alike; 1x1 convolutions such as the segmentation heads and residual projections are left
-alone); ``where="stages"`` hooks only the output of each encoder stage (cheaper). Hooks hold no parameters, so checkpoints contain the plain architecture and the network that
-``nnUNetv2_predict`` rebuilds has no blur; the schedule anneals ``sigma`` to 0 before training ends, so the final
+alone); ``where="stages"`` hooks only the output of each encoder stage (cheaper). Hooks hold no parameters, so
+checkpoints contain the plain architecture and the network that ``nnUNetv2_predict`` rebuilds has no blur; the schedule anneals ``sigma`` to 0 before training ends, so the final
 weights are trained for that plain network.
 """
 from __future__ import annotations
