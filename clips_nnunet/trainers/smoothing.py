@@ -7,8 +7,8 @@ every convolution is smoothed before its normalisation and non-linearity) hooks 
 larger than 1) of the encoder and decoder of a dynamic-network-architectures U-Net (PlainConvUNet and
 ResidualEncoderUNet alike; 1x1 convolutions such as the segmentation heads and residual projections are left
 alone); ``where="stages"`` hooks only the output of each encoder stage (cheaper). Hooks hold no parameters, so
-checkpoints contain the plain architecture and the network that ``nnUNetv2_predict`` rebuilds has no blur; the schedule anneals ``sigma`` to 0 before training ends, so the final
-weights are trained for that plain network.
+checkpoints contain the plain architecture and the network that ``nnUNetv2_predict`` rebuilds has no blur; the
+schedule anneals ``sigma`` to 0 before training ends, so the final weights are trained for that plain network.
 """
 from __future__ import annotations
 
