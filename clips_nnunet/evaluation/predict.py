@@ -225,8 +225,8 @@ class CasePredictor:
             needs_previous = predictor.configuration_manager.previous_stage_name is not None
             with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints per case; keep the progress bar clean
                 segmentation = predictor.predict_single_npy_array(
-                    data, dict(properties), previous[None] if needs_previous and previous is not None else None)
-            previous = np.asarray(segmentation)
+                    data, dict(properties), previous if needs_previous else None)
+            previous = np.asarray(segmentation, dtype=np.float32)[None]  # as SimpleITKIO.read_seg reads it
         seg = np.asarray(segmentation)
         if seg.shape != tuple(images[0].GetSize()[::-1]):
             raise ClipsError(f"{case_id}: nnU-Net returned a {seg.shape} segmentation for a "
