@@ -32,8 +32,9 @@ def register(subparsers) -> None:
                     "nnU-Net's nnUNetPredictor (chosen folds ensembled; both stages of a cascade) and writes per "
                     "study OUT/PRED_NNNN/{mask.nii.gz, seg.dcm, rtstruct.dcm, report.json, report.md, "
                     "mip_coronal.png}. The pseudonym -> PatientID mapping goes to --private-dir (default "
-                    "OUT_private beside OUT). Complete studies are skipped on a re-run. Exit code 1 if any "
-                    "study failed (the others are still predicted).")
+                    "OUT_private beside OUT). Complete studies are skipped on a re-run. One run at a time per "
+                    "OUT: a second run into the same OUT (or --private-dir) stops at once, naming the running one "
+                    "(exit code 2). Exit code 1 if any study failed (the others are still predicted).")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM folder(s) of patients, or a cohort folder")
     p.add_argument("-o", required=True, metavar="OUT", help="output folder")
     p.add_argument("-d", required=True, metavar="ID", help="nnU-Net dataset id or name the model was trained on")
