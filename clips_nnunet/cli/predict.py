@@ -55,7 +55,9 @@ def register(subparsers) -> None:
                    help="folder for the private pseudonym -> patient mapping (must be outside OUT)")
     p.add_argument("--keep-patient-names", action="store_true",
                    help="name output folders by PatientID and keep the patient's identity in SEG/RTSTRUCT "
-                        "(for import into the hospital PACS; outputs then identify the patient)")
+                        "(for import into the hospital PACS; outputs then identify the patient). Characters other "
+                        "than A-Z a-z 0-9 _ . - become _; studies whose names would collide (Müller/Mäller, "
+                        "several studies of one patient) get _PRED_NNNN appended; names are kept across re-runs")
     p.add_argument("--overrides", default=None, metavar="CSV",
                    help="SUV header overrides (weight, dose, times) in the converter's CSV format")
     p.add_argument("--overwrite", action="store_true", help="predict again studies whose outputs are complete")
