@@ -17,7 +17,8 @@ from clips_nnunet.errors import CurriculumConfigError
 
 
 def difficulty_buckets(difficulty: Sequence[float], n_buckets: int) -> List[np.ndarray]:
-    """Indices of the cases in each bucket, easiest bucket first (stable sort, so ties keep case order)."""
+    """Indices of the cases in each of ``K`` equal-size buckets of the sorted difficulty, easiest bucket first
+    (Spitkovsky et al. 2010, baby steps; stable sort, so ties keep case order)."""
     d = np.asarray(difficulty, dtype=float)
     if d.ndim != 1 or d.size == 0:
         raise CurriculumConfigError("difficulty must be a non-empty 1-D array")
@@ -29,7 +30,8 @@ def difficulty_buckets(difficulty: Sequence[float], n_buckets: int) -> List[np.n
 
 
 def active_bucket_count(t: float, n_buckets: int, a: float = 0.8) -> int:
-    """``k(t) = min(K, 1 + floor(K t / a))``: number of buckets in use at progress ``t`` in [0, 1]."""
+    """``k(t) = min(K, 1 + floor(K t / a))``: number of buckets in use at progress ``t`` in [0, 1] (baby steps of
+    Bengio et al. 2009 / Spitkovsky et al. 2010, one bucket added at equal intervals until ``t = a (K-1)/K``)."""
     if not 0.0 <= t <= 1.0:
         raise CurriculumConfigError(f"t (training progress) must be in [0, 1], got {t}")
     if not 0.0 < a <= 1.0:
@@ -39,7 +41,7 @@ def active_bucket_count(t: float, n_buckets: int, a: float = 0.8) -> int:
 
 
 def baby_steps_probabilities(difficulty: Sequence[float], n_buckets: int, t: float, a: float = 0.8) -> np.ndarray:
-    """Uniform probabilities over the cases of the first ``k(t)`` buckets."""
+    """Uniform probabilities over the cases of the first ``k(t)`` buckets (baby steps, cumulative)."""
     buckets = difficulty_buckets(difficulty, n_buckets)
     k = active_bucket_count(t, len(buckets), a)
     p = np.zeros(len(difficulty))

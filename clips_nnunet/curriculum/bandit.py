@@ -64,7 +64,8 @@ def task_probabilities(slopes: Sequence[float], rule: str = "boltzmann", tau: fl
 
 
 def case_probabilities(task_p: Sequence[float], buckets: List[np.ndarray], n_cases: int) -> np.ndarray:
-    """Spread each task's probability uniformly over its cases."""
+    """Spread each task's probability uniformly over its cases (Matiisen et al. 2017: a task is trained on its own
+    examples, here the cases of a difficulty bucket): ``p_i = p_task(i) / |task(i)|``."""
     p = np.zeros(int(n_cases))
     for prob, members in zip(task_p, buckets):
         p[members] += prob / len(members)

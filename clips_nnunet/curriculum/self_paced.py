@@ -93,7 +93,8 @@ def spl_weights(losses, lam: float, scheme: str = "hard", lam_prime: Optional[fl
 
 
 def threshold_admitting(losses, n_admitted: int) -> float:
-    """The loss threshold ``lam`` for which ``1[l < lam]`` admits the ``n_admitted`` lowest losses.
+    """The loss threshold ``lam`` for which ``1[l < lam]`` admits the ``n_admitted`` lowest losses (the age
+    parameter of Kumar et al. 2010, chosen so that the pacing ``n(t)`` of Wu et al. 2021 is met).
 
     With sorted losses ``s``: ``n = 0`` gives ``s[0]`` (admits none); ``0 < n < N`` gives the midpoint
     ``(s[n-1] + s[n]) / 2`` (cases tied with ``s[n-1]`` are admitted together, so ties may admit more);

@@ -18,8 +18,9 @@ from clips_nnunet.errors import CurriculumConfigError
 
 def smoothing_sigma(epoch: int, num_epochs: int, sigma0: float = 1.0, decay: float = 0.9, every: int = 5,
                     sigma_min: float = 0.1, zero_after: float = 0.5) -> float:
-    """``sigma0 decay^floor(epoch / every)``, 0 when below ``sigma_min`` or when ``epoch / num_epochs >=
-    zero_after``."""
+    """``sigma0 decay^floor(epoch / every)`` (Sinha et al. 2020, section 3: the kernel width is annealed by
+    ``decay`` every ``every`` epochs), 0 when below ``sigma_min`` or when ``epoch / num_epochs >= zero_after``
+    (our cut-offs, so the final network is trained unblurred)."""
     if sigma0 < 0 or not 0 < decay <= 1 or int(every) != every or every < 1:
         raise CurriculumConfigError(f"smoothing needs sigma0 >= 0, decay in (0, 1], integer every >= 1; got "
                                     f"sigma0={sigma0}, decay={decay}, every={every}")
@@ -34,7 +35,8 @@ def smoothing_sigma(epoch: int, num_epochs: int, sigma0: float = 1.0, decay: flo
 
 
 def gaussian_kernel_1d(sigma: float, truncate: float = 2.0) -> np.ndarray:
-    """Normalised 1-D Gaussian of radius ``ceil(truncate sigma)`` (at least 1); ``[1.]`` for ``sigma = 0``."""
+    """Normalised 1-D Gaussian ``exp(-x^2 / (2 sigma^2))`` of radius ``ceil(truncate sigma)`` (at least 1), the
+    separable factor of the Gaussian kernel of Sinha et al. 2020; ``[1.]`` for ``sigma = 0``."""
     if sigma < 0:
         raise CurriculumConfigError(f"sigma must be >= 0, got {sigma}")
     if sigma == 0:

@@ -20,7 +20,8 @@ from clips_nnunet.errors import CurriculumConfigError
 
 
 def superloss_sigma(losses, tau: float, lam: float) -> np.ndarray:
-    """Optimal confidence ``sigma* = exp(-W0(0.5 max(-2/e, (l - tau)/lam)))`` for each loss ``l``."""
+    """Optimal confidence ``sigma* = exp(-W0(0.5 max(-2/e, (l - tau)/lam)))`` for each loss ``l`` (Castells et al.
+    2020, section 3: the closed-form minimiser over sigma of ``(l - tau) sigma + lam (log sigma)^2``)."""
     from scipy.special import lambertw
 
     if not lam > 0:
@@ -34,7 +35,8 @@ def superloss_sigma(losses, tau: float, lam: float) -> np.ndarray:
 
 
 def superloss_value(losses, tau: float, lam: float) -> np.ndarray:
-    """``SL = (l - tau) sigma* + lam (log sigma*)^2`` at the optimal confidence."""
+    """``SL = (l - tau) sigma* + lam (log sigma*)^2`` at the optimal confidence (Castells et al. 2020, the
+    SuperLoss of section 3)."""
     losses = np.asarray(losses, dtype=float)
     sigma = superloss_sigma(losses, tau, lam)
     return (losses - tau) * sigma + lam * np.log(sigma) ** 2
