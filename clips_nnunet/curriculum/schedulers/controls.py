@@ -130,7 +130,8 @@ class ControlScheduler(CurriculumScheduler):
                 "permutation": None if self.permutation is None else self.permutation.tolist()}
 
     def load_state_dict(self, d: dict) -> None:
-        self.arm.load_state_dict(d.get("arm", {}))
+        # a checkpoint written before controls wrapped their arm holds the arm's own state at the top level
+        self.arm.load_state_dict(d["arm"] if "arm" in d else d)
         perm = d.get("permutation")
         if perm is not None:
             perm = np.asarray(perm, dtype=np.int64)
