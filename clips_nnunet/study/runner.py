@@ -209,12 +209,14 @@ def run_index(config: StudyConfig, index: Optional[int] = None, echo: bool = Tru
     ``study_dir/status/<run>.json``. A student whose teacher is unfinished fails with a message (the SLURM
     script starts students only after every teacher task succeeded)."""
     index = index_from_environment(index)
-    plan = set_up_study(config, prepare=True, echo=echo)
+    plan = set_up_study(config, prepare=False, echo=echo)  # a wrong index fails before any data is touched
     if not 0 <= index < len(plan.runs):
         raise ClipsError(f"run index {index} is out of range: this study has {len(plan.runs)} runs "
                          f"(0..{len(plan.runs) - 1}); `clips-nnunet study CONFIG --dry-run` lists them")
     run = plan.runs[index]
     _check_submitted_plan(plan.config, index, run)
+    plan.config = prepare_dataset(plan.config, echo=echo)  # done by the prepare job: only checks then
+    plan.device = resolve_device(plan.config.device)
     state, difficulty_csv = start_state(plan.config, run, plan.n_splits, echo)
     if state == FINISHED:
         outcome = "skipped (finished)"
