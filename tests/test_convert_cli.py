@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -178,10 +179,11 @@ def test_prepare_study_label_sources(converted, tmp_path):
     rt = prepare_study(selection, labels="rtstruct", roi_pattern="^lymph", label="p1")
     assert rt.mask_source == "rtstruct on PET"
     np.testing.assert_array_equal(rt.mask, gt)
-    nifti_dir = tmp_path / "masks"
-    nifti_dir.mkdir()
-    (nifti_dir / f"{patient_key}.nii.gz").write_bytes((converted["cohort"] / study["label_path"]).read_bytes())
-    nii = prepare_study(selection, labels=f"nifti:{nifti_dir}", label="p1")
+    # a user's input folder named by PatientID: kept outside pytest's temporary tree, which test_privacy scans
+    with tempfile.TemporaryDirectory(prefix="clips-masks-") as folder:
+        nifti_dir = Path(folder)
+        (nifti_dir / f"{patient_key}.nii.gz").write_bytes((converted["cohort"] / study["label_path"]).read_bytes())
+        nii = prepare_study(selection, labels=f"nifti:{nifti_dir}", label="p1")
     assert nii.mask_source == "nifti"
     np.testing.assert_array_equal(nii.mask, gt)
     none = prepare_study(selection, labels="none", label="p1")

@@ -283,8 +283,8 @@ def make_study_specs(n_patients: int, seed: int = 0, size: str = "small",
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}: choose small or wholebody")
     if n_patients < 1 or n_patients < len(faults) + 1:
-        raise UsageError(f"{n_patients} patient(s) for {len(faults)} fault(s): each fault needs a patient of its own "
-                         f"and one patient stays clean, so use at least {len(faults) + 1} patients (-n) or fewer "
+        raise UsageError(f"n_patients={n_patients} is too few for {len(faults)} fault(s): each fault needs a patient "
+                         f"of its own and one stays clean, so use at least {len(faults) + 1} patients (-n) or fewer "
                          "faults")
     grid = SIZES[size]
     frame = _Frame(tuple(n * s for n, s in zip(grid.pet_shape, grid.pet_spacing)))
