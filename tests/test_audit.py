@@ -55,6 +55,7 @@ def test_boundary_shell_and_volume_ratio_of_a_dilated_reference():
     assert ev["boundary_volume_ratio"] == pytest.approx(125 / 27)
     assert ev["boundary_disagreement"] == pytest.approx(98 / 125)
     assert ev["boundary_shell"] == pytest.approx(98 / 98)  # the 5^3 cube's surface = 125 - 27 voxels
+    assert ev["boundary_symmetric"] == 0.0  # one-sided: the reference is larger everywhere
     # the outer layer of the 5^3 reference is more than one voxel from the prediction? no: all within one voxel
     assert ev["ref_deep_ml"] == 0.0
 

@@ -27,7 +27,9 @@ optional PET ``SUV``:
   liver-like level; 1 without PET): ``pred_extra_confident_ml``, evidence of a **missed_lesion** in the reference.
 * boundary, on matched lesions: ``boundary_volume_ratio`` = reference / predicted volume (1 = same size),
   ``boundary_disagreement`` = (R xor P) / (R or P) volume, and ``boundary_shell`` = (R xor P) voxels / surface
-  voxels of R (1 = a whole one-voxel shell differs; size-independent, so small lesions are not penalised).
+  voxels of R (1 = a whole one-voxel shell differs; size-independent, so small lesions are not penalised), and
+  ``boundary_symmetric`` = 2 min(R only, P only) / (R or P): the part that goes both ways, like boundary noise (a
+  reference dilated or eroded everywhere is one-sided).
 * PET plausibility of the reference: ``suv_background`` = median SUV of body voxels (SUV > 0.3 x 90th percentile)
   outside R and P; ``suv_liver_like`` = ``liver_factor`` (2.0) x background unless a measured liver SUV is given
   (no liver mask needed); ``ref_background_fraction`` = share of R voxels below the midpoint of background and
@@ -42,6 +44,9 @@ Cohort scoring (:func:`score_cohort`): with ``V = max(ref_ml, pred_ml)``,
 * ``missed_lesion_score`` = half the weighted share of the patient's predicted disease in question by volume and
   by lesion count: ``0.5 ((pred_extra_confident_ml + pred_deep_ml) / V + pred_extra_confident_n / n_pred_lesions)``
   (a small false lesion matters for lesion counts and Dmax even in a patient with a large TMTV);
+  plus ``hot_weight`` (0.5) x the excess over the cohort median of the unlabelled hot volume away from the reference
+  (``unlabelled_hot_ml - unlabelled_hot_adjacent_ml``) per ``max(V, cohort median V)``, capped at 1: a hot spot the
+  reference leaves out even where the model misses it too (physiological uptake is in every patient: the median);
 * ``extra_region_score`` = ``0.5 ((ref_missed_confident_ml + ref_deep_ml) / V + ref_missed_confident_n /
   n_ref_lesions)`` (``*_confident_n``: the weighted count of those lesions);
 * ``boundary_score`` = excess over the cohort median of ``boundary_shell`` (x 0.25), ``ref_background_fraction`` and
@@ -50,9 +55,11 @@ Cohort scoring (:func:`score_cohort`): with ``V = max(ref_ml, pred_ml)``,
 * ``loss_score`` = ``loss_weight`` (0.1) x ``max(0, 2 loss_late_rank - 1)`` (cases that stay hard late in training
   while others are learned, when a curriculum history is available; a small weight: it also rises for hard cases);
 * ``suspicion`` = the sum; ``hardness`` = ``0.5 (uncertain_ml / V + uncertain_n / max(n_ref, n_pred)) +
-  boundary_disagreement`` (disagreement the audit attributes to the model rather than to the reference);
-* ``error_kind``: the largest of missed_lesion / extra_region / boundary when ``suspicion >= suspicion_threshold``,
-  else ``hard_case`` when ``hardness >= hard_threshold``, else ``none``.
+  boundary_symmetric`` (disagreement the audit attributes to the model rather than to the reference);
+* ``error_kind``: the largest of missed_lesion / extra_region / boundary when ``suspicion >= suspicion_threshold``
+  and ``suspicion >= hardness_ratio (0.5) x hardness`` (the error evidence is not dwarfed by disagreement a weak
+  model explains), else ``hard_case`` when ``hardness >= hard_threshold``, else ``none``. The ranking uses
+  ``suspicion`` alone.
 """
 from __future__ import annotations
 
@@ -83,9 +90,11 @@ class AuditParams:
     adjacent_vox: int = 2
     bright_factor: float = 3.0
     boundary_weight: float = 0.25
+    hot_weight: float = 0.5
     pet_weight: float = 2.0
     loss_weight: float = 0.1
     suspicion_threshold: float = 0.1
+    hardness_ratio: float = 0.5
     hard_threshold: float = 0.1
     connectivity: int = 26
 
@@ -222,6 +231,8 @@ def case_evidence(reference: np.ndarray, prediction: np.ndarray, spacing_zyx: Se
     union = int((ref_m | pred_m).sum())
     ev["boundary_volume_ratio"] = float(ref_m.sum() / pred_m.sum()) if pred_m.any() else math.nan
     ev["boundary_disagreement"] = float(xor / union) if union else 0.0
+    ref_only, pred_only = int((ref_m & ~pred_m).sum()), int((pred_m & ~ref_m).sum())
+    ev["boundary_symmetric"] = float(2 * min(ref_only, pred_only) / union) if union else 0.0
     surface = _surface_voxels(ref_m)
     ev["boundary_shell"] = float(xor / surface) if surface else (1.0 if xor else 0.0)
 
@@ -299,12 +310,16 @@ def score_cohort(evidence: Mapping[str, Mapping[str, float]], params: AuditParam
     adjacent = _excess({c: (min(1.0, evidence[c].get("unlabelled_hot_adjacent_ml", math.nan)
                                 / evidence[c]["ref_ml"]) if evidence[c]["ref_ml"] > 0 else math.nan)
                         for c in cases})
+    median_volume = float(np.median(list(volume.values())))
+    remote = _excess({c: evidence[c].get("unlabelled_hot_ml", math.nan)
+                      - evidence[c].get("unlabelled_hot_adjacent_ml", math.nan) for c in cases})
     rows: List[Dict[str, Any]] = []
     for c in cases:
         ev = evidence[c]
+        hot_remote = min(1.0, remote[c] / max(volume[c], median_volume))
         n_ref, n_pred = max(ev["n_ref_lesions"], 1.0), max(ev["n_pred_lesions"], 1.0)
         comp = {"missed_lesion": 0.5 * ((ev["pred_extra_confident_ml"] + ev["pred_deep_ml"]) / volume[c]
-                                        + ev["pred_extra_confident_n"] / n_pred),
+                                        + ev["pred_extra_confident_n"] / n_pred) + params.hot_weight * hot_remote,
                 "extra_region": 0.5 * ((ev["ref_missed_confident_ml"] + ev["ref_deep_ml"]) / volume[c]
                                        + ev["ref_missed_confident_n"] / n_ref),
                 "boundary": params.boundary_weight * shell[c] + params.pet_weight * (cold[c] + adjacent[c])}
@@ -312,8 +327,8 @@ def score_cohort(evidence: Mapping[str, Mapping[str, float]], params: AuditParam
         loss = params.loss_weight * max(0.0, 2.0 * rank - 1.0) if np.isfinite(rank) else 0.0
         suspicion = float(sum(comp.values()) + loss)
         hardness = float(0.5 * (ev["uncertain_ml"] / volume[c] + ev["uncertain_n"] / max(n_ref, n_pred))
-                         + ev["boundary_disagreement"])
-        if suspicion >= params.suspicion_threshold:
+                         + ev["boundary_symmetric"])
+        if suspicion >= params.suspicion_threshold and suspicion >= params.hardness_ratio * hardness:
             kind = max(comp, key=lambda k: (comp[k], -list(comp).index(k)))
         elif hardness >= params.hard_threshold:
             kind = "hard_case"
