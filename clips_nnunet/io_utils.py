@@ -36,6 +36,18 @@ _CHUNK = 1 << 20
 _PNG_END = b"IEND\xaeB`\x82"
 
 
+def _process_umask() -> int:
+    """The process umask, read once at import (``os.umask`` can only be read by setting it, which is not safe
+    once threads run)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: published files get the permissions of an ordinary ``open()`` (``tempfile.mkstemp`` creates them 0600)
+_FILE_MODE = 0o666 & ~_process_umask()
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # verification of written files
 # ----------------------------------------------------------------------------------------------------------------------
@@ -204,6 +216,7 @@ def atomic_path(destination: PathLike, suffix: str = "", verify: Optional[Verifi
             raise write_error(destination, e) from e
         try:
             _fsync_file(tmp_path)
+            os.chmod(tmp_path, _FILE_MODE)
             os.replace(tmp_path, destination)
         except OSError as e:
             raise write_error(destination, e) from e

@@ -142,3 +142,52 @@ def test_write_case_geometry_and_clean_headers(tmp_path):
     with pytest.raises(ValueError, match="resample CT onto the PET"):
         W.write_case(tmp_path, "X_0002", bad, pet, None)
     assert W.remove_incomplete(tmp_path, []) == ["X_0001"] and not files[0].exists()
+
+
+def test_update_splits_always_matches_the_cases(tmp_path):
+    """written -> kept (same cases) -> rewritten (ours, cases changed) -> stale (someone else's) -> --force."""
+    pre, private = tmp_path / "pre", tmp_path / "private"
+    private.mkdir()
+    groups = {"c1": "g1", "c2": "g2", "c3": "g3"}
+    assert W.update_splits(pre, private, groups, n_folds=3).status == "written"
+    assert W.splits_cases(W.read_json(pre / "splits_final.json")) == {"c1", "c2", "c3"}
+    kept = W.update_splits(pre, private, groups, n_folds=3)
+    assert kept.status == "kept" and "lists the 3 training cases" in kept.message
+    more = W.update_splits(pre, private, {**groups, "c4": "g4"}, n_folds=3)
+    assert more.status == "rewritten" and "1 training case(s) added, 0 removed" in more.message
+    assert W.splits_cases(W.read_json(pre / "splits_final.json")) == {"c1", "c2", "c3", "c4"}
+    W.atomic_write_json(pre / "splits_final.json", [{"train": ["c1"], "val": ["c9"]}])  # hand-edited
+    stale = W.update_splits(pre, private, groups, n_folds=3)
+    assert stale.status == "stale"
+    assert "lists 1 case(s) not in the dataset and misses 2 training case(s)" in stale.message
+    assert "rerun with --force" in stale.message
+    assert W.read_json(pre / "splits_final.json") == [{"train": ["c1"], "val": ["c9"]}]  # untouched
+    assert W.update_splits(pre, private, groups, n_folds=3, force=True).status == "rewritten"
+    assert W.splits_cases(W.read_json(pre / "splits_final.json")) == {"c1", "c2", "c3"}
+    # fewer than 2 patients left: a file that no longer matches cannot be regenerated
+    assert W.update_splits(pre, private, {"c1": "g1"}).status == "stale"
+    assert W.update_splits(tmp_path / "other", private, {"c1": "g1"}).status == "none"
+
+
+def test_verify_nifti_and_verify_case(tmp_path):
+    from clips_nnunet.io_utils import verify_nifti
+
+    img = sitk.GetImageFromArray(np.arange(6 * 5 * 4, dtype=np.float32).reshape(6, 5, 4))
+    for name in ("a.nii.gz", "a.nii"):
+        sitk.WriteImage(img, str(tmp_path / name), useCompression=name.endswith(".gz"))
+        assert verify_nifti(tmp_path / name, (4, 5, 6)) == (4, 5, 6)
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / ("cut_" + name)).write_bytes(data[:-40])
+        with pytest.raises(ValueError):
+            verify_nifti(tmp_path / ("cut_" + name))
+    (tmp_path / "empty.nii.gz").write_bytes(b"")
+    with pytest.raises(ValueError, match="incomplete or damaged|less than a NIfTI header"):
+        verify_nifti(tmp_path / "empty.nii.gz")
+    # a case: CT and PET written, label missing -> the reason names the file
+    ct = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.float32))
+    W.write_case(tmp_path / "ds", "X_0001", ct, ct, np.zeros((4, 5, 6), np.uint8))
+    assert W.verify_case(tmp_path / "ds", "X_0001", True) is None
+    (tmp_path / "ds" / "labelsTr" / "X_0001.nii.gz").unlink()
+    assert W.verify_case(tmp_path / "ds", "X_0001", True) == "X_0001.nii.gz is missing"
+    assert [f.name for f in W.remove_case_files(tmp_path / "ds", "X_0001")] == ["X_0001_0000.nii.gz",
+                                                                                "X_0001_0001.nii.gz"]
