@@ -39,6 +39,12 @@ def env(tmp_path, monkeypatch):
     return e
 
 
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _convert(cohort, **kw):
     return convert_cohort(cohort, 501, "Lym", progress=False, **kw)
 
@@ -175,6 +181,11 @@ def test_second_cohort_needs_add_and_keeps_the_first(cohorts, env):
     assert len(_case_ids(env)) == 5
     assert _splits_cases(env) == set(_case_ids(env))
     assert read_json(Path(env["nnUNet_raw"]) / NAME / "dataset.json")["numTraining"] == 5
+    # published dataset files follow the umask (readable by the group); the private folder is the owner's only
+    mode = os.stat(next((Path(env["nnUNet_raw"]) / NAME / "imagesTr").iterdir())).st_mode & 0o777
+    assert mode == 0o666 & ~_umask()
+    private = Path(env["nnUNet_raw"]).parent / "clips_private" / NAME
+    assert os.stat(private).st_mode & 0o777 == 0o700
     assert set(read_json(Path(env["nnUNet_raw"]) / NAME / "case_metadata.json")) == set(_case_ids(env))
 
 

@@ -434,6 +434,10 @@ def finish_dataset(target: DatasetTarget, records: Dict[str, Record], warnings: 
 
 
 def open_dataset(target: DatasetTarget) -> None:
-    """Create the dataset and private folders (call while holding the lock, after the input was checked)."""
+    """Create the dataset and private folders (call while holding the lock, after the input was checked).
+
+    The private folder (patient mapping, unscrubbed report) is made accessible to its owner only (mode 0700).
+    """
     target.dataset_dir.mkdir(parents=True, exist_ok=True)
     (target.private_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    os.chmod(target.private_dir, 0o700)
