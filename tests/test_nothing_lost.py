@@ -15,9 +15,9 @@ import SimpleITK as sitk
 
 from clips_nnunet.dataset_conversion import write as W
 from clips_nnunet.dataset_conversion.convert import convert_cohort
-from clips_nnunet.errors import DatasetError, LockedError, WriteError
+from clips_nnunet.errors import DatasetError, WriteError
 from clips_nnunet.io_utils import DirectoryLock, atomic_write_json, read_json, verify_nifti
-from clips_nnunet.synthetic.dicom_cohort import load_manifest, make_synthetic_cohort
+from clips_nnunet.synthetic.dicom_cohort import make_synthetic_cohort
 from nnunet_helpers import BIN, nnunet_environment, run_cli
 
 NAME = "Dataset501_Lym"
