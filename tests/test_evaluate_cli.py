@@ -105,4 +105,4 @@ def test_evaluate_console_script_and_bad_folder(folders, tmp_path):
     assert "evaluated 2/3 cases" in proc.stdout
     assert (pred / "evaluation" / "per_case.csv").is_file()
     bad = run_cli(["clips-nnunet", "evaluate", str(tmp_path / "nope"), str(gt)], env, timeout=120, check=False)
-    assert bad.returncode == 1 and "does not exist" in bad.stderr
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
