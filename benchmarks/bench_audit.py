@@ -47,7 +47,8 @@ from clips_nnunet.synthetic.raw import add_bladder, make_synthetic_raw_dataset, 
 N_FOLDS = 5
 
 
-def simulate_prediction(clean: np.ndarray, pet: np.ndarray, difficulty: float, rng: np.random.Generator):
+def simulate_prediction(clean: np.ndarray, pet: np.ndarray, difficulty: float, rng: np.random.Generator,
+                        bladder: bool = True):
     """(predicted mask uint8, foreground probability float16) for one case: see the module docstring."""
     lab, n = ndimage.label(clean > 0, structure=np.ones((3, 3, 3)))
     prob = np.full(clean.shape, 0.01, dtype=np.float32)
@@ -75,42 +76,71 @@ def simulate_prediction(clean: np.ndarray, pet: np.ndarray, difficulty: float, r
         blob = ((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= 2.0 ** 2) & body
         pred |= blob
         prob[blob] = rng.uniform(0.5, 0.85)
-    hot = add_bladder(np.zeros_like(pet), clean) > 0
-    prob[hot & ~pred] = rng.uniform(0.0, 0.05)
+    if bladder:  # the raw phantom's physiological region (the DICOM phantom's organs keep 0.01)
+        hot = add_bladder(np.zeros_like(pet), clean) > 0
+        prob[hot & ~pred] = rng.uniform(0.0, 0.05)
     return pred.astype(np.uint8), prob.astype(np.float16)
 
 
-def _write(array: np.ndarray, spacing, path: Path) -> None:
+def _write(array: np.ndarray, like: sitk.Image, path: Path) -> None:
     img = sitk.GetImageFromArray(array)
-    img.SetSpacing(tuple(float(s) for s in spacing[::-1]))
+    img.CopyInformation(like)
     write_image(img, path)
 
 
-def build_results_folder(work: Path, n_cases: int, fraction: float, seed: int):
-    """Synthetic dataset + simulated cross-validation results; returns (results_dir, gt_dir, images_dir, truth)."""
+def _raw_cohort(work: Path, n_cases: int, fraction: float, seed: int):
+    """(dataset name, {case: (clean mask path, reference path, PET path)}, truth) of the raw synthetic dataset."""
     raw = work / "nnUNet_raw"
-    spacing = (4.0, 4.0, 4.0)
     dataset = make_synthetic_raw_dataset(raw, 997, "Audit", n_train=n_cases, n_test=0, seed=seed,
                                          label_error_fraction=fraction)
     truth = json.loads((truth_dir(raw, 997, "Audit") / "annotation_errors.json").read_text())["cases"]
     clean_dir = truth_dir(raw, 997, "Audit") / "labels_clean"
-    results = work / "nnUNet_results" / dataset.name / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-    gt_dir = work / "nnUNet_preprocessed" / dataset.name / "gt_segmentations"
-    shutil.copytree(dataset / "labelsTr", gt_dir, dirs_exist_ok=True)
-    results.mkdir(parents=True, exist_ok=True)
-    shutil.copy(dataset / "dataset.json", results / "dataset.json")
-    atomic_write_json(results / "plans.json", {"dataset_name": dataset.name, "plans_name": "nnUNetPlans"})
+    files = {c: (clean_dir / f"{c}.nii.gz", dataset / "labelsTr" / f"{c}.nii.gz",
+                 dataset / "imagesTr" / f"{c}_0001.nii.gz") for c in truth}
+    return dataset.name, files, truth
+
+
+def _dicom_cohort(work: Path, n_cases: int, fraction: float, seed: int):
+    """The same from the DICOM phantom's ground truth (blurred PET, physiological organs; case ids only)."""
+    from clips_nnunet.synthetic.dicom_cohort import make_synthetic_cohort
+
+    cohort = work / "dicom"
+    manifest = make_synthetic_cohort(cohort, n_patients=n_cases, seed=seed, label_error_fraction=fraction,
+                                     progress=False)
+    files, truth = {}, {}
+    for i, s in enumerate(manifest["studies"]):
+        case = f"case_{i:04d}"
+        files[case] = (cohort / s["label_path"], cohort / s.get("annotated_label_path", s["label_path"]),
+                       cohort / s["suv_path"])
+        truth[case] = {"kind": s["annotation_error"]["kind"], "planted_difficulty": s["difficulty"]}
+    return "Dataset998_AuditDicom", files, truth
+
+
+def build_results_folder(work: Path, n_cases: int, fraction: float, seed: int, cohort: str = "raw"):
+    """Synthetic cohort + simulated cross-validation results; returns (results_dir, gt_dir, images_dir, truth)."""
+    name, files, truth = (_raw_cohort if cohort == "raw" else _dicom_cohort)(work, n_cases, fraction, seed)
+    results = work / "nnUNet_results" / name / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    gt_dir = work / "nnUNet_preprocessed" / name / "gt_segmentations"
+    images = work / "images"
+    for d in (results, gt_dir, images):
+        d.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(results / "dataset.json", {"file_ending": ".nii.gz", "labels": {"background": 0, "lesion": 1}})
+    atomic_write_json(results / "plans.json", {"dataset_name": name, "plans_name": "nnUNetPlans"})
     rng = np.random.default_rng([seed, 99])
     cases = sorted(truth)
     folds = {c: i % N_FOLDS for i, c in enumerate(rng.permutation(cases))}
     for c in cases:
-        clean = sitk.GetArrayFromImage(sitk.ReadImage(str(clean_dir / f"{c}.nii.gz")))
-        pet = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / "imagesTr" / f"{c}_0001.nii.gz")))
-        pred, prob = simulate_prediction(clean, pet, truth[c]["planted_difficulty"], rng)
+        clean_path, ref_path, pet_path = files[c]
+        shutil.copy(ref_path, gt_dir / f"{c}.nii.gz")
+        shutil.copy(pet_path, images / f"{c}_0001.nii.gz")
+        like = sitk.ReadImage(str(clean_path))
+        clean = sitk.GetArrayFromImage(like)
+        pet = sitk.GetArrayFromImage(sitk.ReadImage(str(pet_path)))
+        pred, prob = simulate_prediction(clean, pet, truth[c]["planted_difficulty"], rng, bladder=cohort == "raw")
         val = results / f"fold_{folds[c]}" / "validation"
-        _write(pred, spacing, val / f"{c}.nii.gz")
+        _write(pred, like, val / f"{c}.nii.gz")
         np.savez_compressed(val / f"{c}.npz", probabilities=np.stack([1 - prob, prob]).astype(np.float16))
-    return results, gt_dir, dataset / "imagesTr", truth
+    return results, gt_dir, images, truth
 
 
 def evaluate(rows, truth, hard_cut: float = 2.0 / 3.0) -> Dict[str, float]:
@@ -140,6 +170,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", type=int, default=64)
     ap.add_argument("--error-fraction", type=float, default=0.25)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--cohort", choices=("raw", "dicom"), default="raw",
+                    help="raw: 2-channel phantom, 32^3 at 4 mm (default); dicom: the DICOM phantom's ground truth "
+                         "(PET 48x48x64, blurred, physiological organs)")
     ap.add_argument("--out", type=Path, default=None, help="keep the last run's folders and audit here")
     args = ap.parse_args(argv)
     variants = {"npz+pet": dict(use_npz=True, use_pet=True), "masks+pet": dict(use_npz=False, use_pet=True),
@@ -149,7 +182,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     for seed in args.seeds:
         work = Path(tempfile.mkdtemp(prefix="bench_audit_")) if args.out is None else args.out / f"seed{seed}"
-        res, gt, images, truth = build_results_folder(work, args.cases, args.error_fraction, seed)
+        res, gt, images, truth = build_results_folder(work, args.cases, args.error_fraction, seed, args.cohort)
         for name, v in variants.items():
             out = work / f"audit_{name.replace(' ', '_').replace('+', '_')}"
             rows = run_audit([res], out, gt_dir=gt, images_dir=images if v["use_pet"] else None,
@@ -163,11 +196,13 @@ def main(argv=None) -> int:
                     kinds[planted][r["error_kind"]] += 1
         if args.out is None:
             shutil.rmtree(work, ignore_errors=True)
-    summary = {"simulated_predictions": True, "cases": args.cases, "error_fraction": args.error_fraction,
+    summary = {"simulated_predictions": True, "cohort": args.cohort, "cases": args.cases,
+               "error_fraction": args.error_fraction,
                "seeds": args.seeds, "seconds": round(time.perf_counter() - t0, 1),
                "per_variant": {n: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} for n, rs in results.items()},
                "per_seed": results, "planted_kind_vs_audit_kind": kinds}
-    print(f"bench_audit: SIMULATED out-of-fold predictions (no nnU-Net training), {args.cases} cases, "
+    print(f"bench_audit: SIMULATED out-of-fold predictions (no nnU-Net training), {args.cohort} cohort, "
+          f"{args.cases} cases, "
           f"{args.error_fraction:.0%} planted errors, seeds {args.seeds}, {summary['seconds']} s")
     print(f"{'variant':<12} {'AUC bad/rest':>12} {'AUC bad/hard':>12} {'top-k prec':>10} {'kind sens':>9} "
           f"{'hard->hard':>10} {'kind bal.acc':>12}")

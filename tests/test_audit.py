@@ -70,9 +70,28 @@ def test_pet_plausibility_cold_labels_and_hot_spill():
     lv = pet_reference_levels(suv, (ref | pred) > 0)
     assert lv == {"suv_background": 1.0, "suv_liver_like": 2.0}
     ev = case_evidence(ref, pred, (1.0, 1.0, 1.0), suv=suv)
-    assert ev["ref_background_fraction"] == pytest.approx(9 / 27)  # labelled voxels below (1 + 2) / 2
-    assert ev["unlabelled_hot_adjacent_ml"] == pytest.approx(9 / 1000)  # the hot slice beside the mask
-    assert ev["unlabelled_hot_ml"] == pytest.approx(9 / 1000)
+    # labelled voxels below background + 0.2 x (lesion SUVmax 8 - background 1) = 2.4: slice 5
+    assert ev["ref_background_fraction"] == pytest.approx(9 / 27)
+    # unlabelled voxels beside the mask at >= half the lesion's maximum above background (4.5): slice 2
+    assert ev["unlabelled_hot_adjacent_ml"] == pytest.approx(9 / 1000)
+    assert ev["unlabelled_hot_ml"] == 0.0  # the spill is not counted again as a remote hot spot
+    assert math.isnan(ev["unlabelled_hot_supported_ml"])  # needs probabilities
+
+
+def test_remote_hot_spot_counts_only_where_the_model_half_sees_it():
+    suv = np.ones((10, 10, 10))
+    ref = np.zeros((10, 10, 10), np.uint8)
+    ref[1:3, 1:3, 1:3] = 1
+    suv[1:3, 1:3, 1:3] = 6.0
+    suv[6:8, 6:8, 6:8] = 5.0  # unlabelled, unpredicted hot spot of 8 voxels
+    prob = np.zeros(suv.shape)
+    prob[6:8, 6:8, 6:8] = 0.3
+    ev = case_evidence(ref, ref, (1.0, 1.0, 1.0), probability=prob, suv=suv)
+    assert ev["unlabelled_hot_ml"] == pytest.approx(8 / 1000)
+    assert ev["unlabelled_hot_supported_ml"] == pytest.approx(8 / 1000)
+    prob[6:8, 6:8, 6:8] = 0.02  # physiological uptake the model confidently rejects
+    ev = case_evidence(ref, ref, (1.0, 1.0, 1.0), probability=prob, suv=suv)
+    assert ev["unlabelled_hot_supported_ml"] == 0.0
 
 
 def test_bright_region_confidently_rejected_counts_faint_one_does_not():

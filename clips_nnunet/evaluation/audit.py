@@ -32,11 +32,14 @@ optional PET ``SUV``:
   reference dilated or eroded everywhere is one-sided).
 * PET plausibility of the reference: ``suv_background`` = median SUV of body voxels (SUV > 0.3 x 90th percentile)
   outside R and P; ``suv_liver_like`` = ``liver_factor`` (2.0) x background unless a measured liver SUV is given
-  (no liver mask needed); ``ref_background_fraction`` = share of R voxels below the midpoint of background and
-  liver-like SUV (labelled voxels at background SUV: shifted or dilated masks); ``unlabelled_hot_ml`` = unlabelled
-  voxels above the liver-like level in components of >= 3 voxels; ``unlabelled_hot_adjacent_ml`` = unlabelled voxels
-  above the liver-like level within two voxels of R and connected to R through such voxels (the lesion's own uptake
-  left outside the mask: drawn too tight or shifted).
+  (no liver mask needed); ``ref_background_fraction`` = share of R voxels below ``background + cold_fraction (0.2)
+  x (SUVmax of their lesion - background)`` (labelled voxels at background SUV, relative to the lesion's own uptake
+  so that faint, blurred lesions are not penalised: shifted or dilated masks); ``unlabelled_hot_adjacent_ml`` =
+  unlabelled voxels within two voxels of R at or above the half maximum (above background) of the nearest reference
+  lesion (its own uptake left outside the mask: drawn too tight or shifted); ``unlabelled_hot_ml`` = other
+  unlabelled voxels above the liver-like level in components of >= 3 voxels (physiological uptake included: not
+  scored); ``unlabelled_hot_supported_ml`` = the part of those components, outside P, whose mean ``p`` (outside P) is
+  >= ``hot_support`` (0.1): hot spots the model half sees but neither mask holds (NaN without probabilities).
 * ``uncertain_ml``: the rest of the unmatched volume (weight 1 - w): disagreement a weak model explains.
 
 Cohort scoring (:func:`score_cohort`): with ``V = max(ref_ml, pred_ml)``,
@@ -44,9 +47,8 @@ Cohort scoring (:func:`score_cohort`): with ``V = max(ref_ml, pred_ml)``,
 * ``missed_lesion_score`` = half the weighted share of the patient's predicted disease in question by volume and
   by lesion count: ``0.5 ((pred_extra_confident_ml + pred_deep_ml) / V + pred_extra_confident_n / n_pred_lesions)``
   (a small false lesion matters for lesion counts and Dmax even in a patient with a large TMTV);
-  plus ``hot_weight`` (0.5) x the excess over the cohort median of the unlabelled hot volume away from the reference
-  (``unlabelled_hot_ml - unlabelled_hot_adjacent_ml``) per ``max(V, cohort median V)``, capped at 1: a hot spot the
-  reference leaves out even where the model misses it too (physiological uptake is in every patient: the median);
+  plus ``hot_weight`` (0.5) x ``unlabelled_hot_supported_ml / max(V, cohort median V)``, capped at 1: a hot spot the
+  reference leaves out where the model half sees it (physiological uptake, confidently rejected, does not count);
 * ``extra_region_score`` = ``0.5 ((ref_missed_confident_ml + ref_deep_ml) / V + ref_missed_confident_n /
   n_ref_lesions)`` (``*_confident_n``: the weighted count of those lesions);
 * ``boundary_score`` = excess over the cohort median of ``boundary_shell`` (x 0.25), ``ref_background_fraction`` and
@@ -91,6 +93,8 @@ class AuditParams:
     bright_factor: float = 3.0
     boundary_weight: float = 0.25
     hot_weight: float = 0.5
+    hot_support: float = 0.1
+    cold_fraction: float = 0.2
     pet_weight: float = 2.0
     loss_weight: float = 0.1
     suspicion_threshold: float = 0.1
@@ -129,6 +133,23 @@ def _surface_voxels(mask: np.ndarray) -> int:
         return 0
     padded = np.pad(mask, 1)
     return int((mask & ~ndimage.binary_erosion(padded)[1:-1, 1:-1, 1:-1]).sum())
+
+
+def _spill(ref: np.ndarray, ref_lab: np.ndarray, suv: np.ndarray, background: float, ref_max: np.ndarray,
+           adjacent_vox: int) -> np.ndarray:
+    """Unlabelled voxels within ``adjacent_vox`` of the reference at or above the half maximum (above background)
+    of the nearest reference lesion: that lesion's own uptake left outside the mask (drawn too tight or shifted)."""
+    out = np.zeros(ref.shape, dtype=bool)
+    if not ref.any() or adjacent_vox <= 0:
+        return out
+    lo = np.maximum(np.argwhere(ref).min(axis=0) - adjacent_vox - 1, 0)
+    hi = np.argwhere(ref).max(axis=0) + adjacent_vox + 2
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    dist, idx = ndimage.distance_transform_edt(~ref[box], return_indices=True)
+    nearest = ref_lab[box][tuple(idx)]
+    half = np.concatenate([[np.inf], background + 0.5 * np.maximum(ref_max - background, 0.0)])
+    out[box] = ~ref[box] & (dist <= adjacent_vox) & (suv[box] >= half[nearest])
+    return out
 
 
 def pet_reference_levels(suv: np.ndarray, exclude: np.ndarray, liver_factor: float = 2.0,
@@ -178,11 +199,15 @@ def case_evidence(reference: np.ndarray, prediction: np.ndarray, spacing_zyx: Se
         suv = np.asarray(suv, dtype=np.float64)
         levels = pet_reference_levels(suv, ref | pred, params.liver_factor, params.liver_suv)
         bg, liver = levels["suv_background"], levels["suv_liver_like"]
-        cold = suv < 0.5 * (bg + liver)
-        cold_frac = _per_label(ref_lab, nr, cold & ref) / np.maximum(ref_size, 1)
+        cold = np.zeros(ref.shape, dtype=bool)
+        ref_max = np.zeros(0)
         if nr:
             ref_max = np.asarray(ndimage.maximum(suv, ref_lab, index=np.arange(1, nr + 1)), dtype=np.float64)
             bright = _ramp(ref_max, liver, params.bright_factor * liver)
+            # labelled voxels at background SUV, relative to their own lesion's uptake above background
+            cut = np.concatenate([[-np.inf], bg + params.cold_fraction * np.maximum(ref_max - bg, 0.0)])
+            cold = ref & (suv < cut[ref_lab])
+        cold_frac = _per_label(ref_lab, nr, cold) / np.maximum(ref_size, 1)
         if npr:
             pred_max = np.asarray(ndimage.maximum(suv, pred_lab, index=np.arange(1, npr + 1)), dtype=np.float64)
             hot_w = _ramp(pred_max, bg, liver)
@@ -239,23 +264,24 @@ def case_evidence(reference: np.ndarray, prediction: np.ndarray, spacing_zyx: Se
     if suv is not None:
         bg, liver = levels["suv_background"], levels["suv_liver_like"]
         ev.update(levels)
-        ev["ref_background_fraction"] = float((cold & ref).sum() / ref.sum()) if ref.any() else 0.0
-        above = suv >= liver
-        hot_lab, nh = label_components(above & ~ref, params.connectivity)
-        keep = np.flatnonzero(_per_label(hot_lab, nh) >= params.min_hot_voxels) + 1
-        hot = np.isin(hot_lab, keep) if nh else np.zeros_like(ref)
-        ev["unlabelled_hot_ml"] = float(hot.sum() * voxel_ml)
-        # the labelled lesions' own uptake left outside the mask: unlabelled voxels above the liver-like level,
-        # connected to the reference through such voxels, within adjacent_vox of it
-        joint_lab, _ = label_components(above | ref, params.connectivity)
-        touching = np.unique(joint_lab[ref])
-        near = (ndimage.binary_dilation(ref, _STRUCTURE_26, iterations=params.adjacent_vox)
-                if ref.any() and params.adjacent_vox > 0 else np.zeros_like(ref))
-        spill = above & ~ref & near & np.isin(joint_lab, touching[touching > 0])
+        ev["ref_background_fraction"] = float(cold.sum() / ref.sum()) if ref.any() else 0.0
+        spill = _spill(ref, ref_lab, suv, bg, ref_max, params.adjacent_vox)
         ev["unlabelled_hot_adjacent_ml"] = float(spill.sum() * voxel_ml)
+        hot_lab, nh = label_components((suv >= liver) & ~ref & ~spill, params.connectivity)
+        sizes = _per_label(hot_lab, nh)
+        keep = sizes >= params.min_hot_voxels
+        hot = np.isin(hot_lab, np.flatnonzero(keep) + 1) if nh else np.zeros_like(ref)
+        ev["unlabelled_hot_ml"] = float(hot.sum() * voxel_ml)
+        # hot spots outside both masks that the model half sees: lesions the reference and the model both miss
+        if prob is not None and nh:
+            support = _per_label(hot_lab, nh, np.where(pred, 0.0, prob)) / np.maximum(sizes, 1)
+            chosen = np.flatnonzero(keep & (support >= params.hot_support)) + 1
+            ev["unlabelled_hot_supported_ml"] = float((np.isin(hot_lab, chosen) & ~pred).sum() * voxel_ml)
+        else:
+            ev["unlabelled_hot_supported_ml"] = 0.0 if prob is not None else math.nan
     else:
         for k in ("suv_background", "suv_liver_like", "ref_background_fraction", "unlabelled_hot_ml",
-                  "unlabelled_hot_adjacent_ml"):
+                  "unlabelled_hot_adjacent_ml", "unlabelled_hot_supported_ml"):
             ev[k] = math.nan
     ev["has_probabilities"] = float(prob is not None)
     return ev
@@ -311,12 +337,11 @@ def score_cohort(evidence: Mapping[str, Mapping[str, float]], params: AuditParam
                                 / evidence[c]["ref_ml"]) if evidence[c]["ref_ml"] > 0 else math.nan)
                         for c in cases})
     median_volume = float(np.median(list(volume.values())))
-    remote = _excess({c: evidence[c].get("unlabelled_hot_ml", math.nan)
-                      - evidence[c].get("unlabelled_hot_adjacent_ml", math.nan) for c in cases})
     rows: List[Dict[str, Any]] = []
     for c in cases:
         ev = evidence[c]
-        hot_remote = min(1.0, remote[c] / max(volume[c], median_volume))
+        supported = ev.get("unlabelled_hot_supported_ml", math.nan)
+        hot_remote = min(1.0, supported / max(volume[c], median_volume)) if np.isfinite(supported) else 0.0
         n_ref, n_pred = max(ev["n_ref_lesions"], 1.0), max(ev["n_pred_lesions"], 1.0)
         comp = {"missed_lesion": 0.5 * ((ev["pred_extra_confident_ml"] + ev["pred_deep_ml"]) / volume[c]
                                         + ev["pred_extra_confident_n"] / n_pred) + params.hot_weight * hot_remote,

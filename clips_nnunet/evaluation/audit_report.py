@@ -121,7 +121,8 @@ def _foreground_probability(npz: Path, shape_zyx: Tuple[int, ...], image) -> np.
         with np.load(npz) as data:
             probs = np.asarray(data["probabilities"], dtype=np.float32)
     except (OSError, KeyError, ValueError) as e:
-        raise DatasetError(f"cannot read probabilities from {npz.name} ({e}); rerun the validation with --npz") from None
+        raise DatasetError(f"cannot read probabilities from {npz.name} ({e}); rerun the validation with --npz"
+                           ) from None
     if probs.ndim != 4 or probs.shape[0] < 2:
         raise DatasetError(f"{npz.name}: probabilities must be (classes, z, y, x), got shape {probs.shape}")
     fg = 1.0 - probs[0]

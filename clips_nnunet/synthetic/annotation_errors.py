@@ -15,8 +15,9 @@ the classic ones of lymphoma PET/CT cohorts:
 * ``slice_shift``: the whole mask is moved by one or two slices along z (axis 0), zero-filled at the edge.
 
 A ``threshold`` or ``slice_shift`` error that changes fewer than ``MIN_CHANGED_FRACTION`` of the clean lesion voxels
-(e.g. a 41 % threshold on a lesion with sharp edges) is not an annotation error worth planting: :func:`plant_annotation_error` then tries the
-other variants of the kind, then the other kinds in random order, and records what it actually planted.
+(e.g. a 41 % threshold on a lesion with sharp edges) is not an annotation error worth planting:
+:func:`plant_annotation_error` then tries the other variants of the kind, then the other kinds in random order,
+and records what it actually planted.
 """
 from __future__ import annotations
 
@@ -163,8 +164,9 @@ def plant_annotation_error(label: np.ndarray, kind: str, rng: np.random.Generato
     """Return ``(erroneous mask as uint8, record)`` for one case.
 
     ``record`` is JSON-safe: ``kind`` actually planted (``None`` when no kind applies: no second lesion to miss, no
-    hot region, no threshold or shift changing ``min_changed_fraction`` of the lesion voxels), ``requested_kind``, ``changed_voxels``
-    (voxels whose label differs from the clean one) and the kind's details (threshold method, slices shifted, ...).
+    hot region, no threshold or shift changing ``min_changed_fraction`` of the lesion voxels), ``requested_kind``,
+    ``changed_voxels`` (voxels whose label differs from the clean one) and the kind's details (threshold method,
+    slices shifted, ...).
     ``suv`` (same shape, SUV) is needed by ``threshold`` and, without ``hot_region``, by ``physiological``.
     """
     mask = _check(label, suv)
