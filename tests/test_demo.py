@@ -4,7 +4,6 @@ A full demo run takes ~15 min on 2 cores and is not part of the suite; its measu
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 

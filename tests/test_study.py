@@ -6,10 +6,8 @@ import copy
 import dataclasses
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from clips_nnunet.study import (RunSpec, StudyConfigError, build_train_command, fold_dir, load_study_config,

@@ -198,7 +198,7 @@ def test_slurm_array_runs_each_index_then_reports(tiny_preprocessed, tmp_path):
     assert all(state.startswith("finished in") for _, state in states.values()), states
     # the teacher scored every case out of fold; the student trained on its fold's training cases only
     teacher_csv = (study / "difficulty_nnUNetTrainer.csv").read_text().splitlines()
-    assert teacher_csv[0] == "case_id,difficulty" and len(teacher_csv) == 1 + 12
+    assert teacher_csv[0].startswith("case_id,difficulty,") and len(teacher_csv) == 1 + 12
     splits = json.loads((study / "nnUNet_preprocessed" / src.name / "splits_final.json").read_text())
     fold_csv = (study / "difficulty_nnUNetTrainer_fold0_train.csv").read_text().splitlines()[1:]
     assert sorted(r.split(",")[0] for r in fold_csv) == sorted(splits[0]["train"])

@@ -116,7 +116,7 @@ def _baseline_section(config: StudyConfig, res) -> List[str]:
              f"signed-rank over cases, r = matched-pairs rank-biserial (Kerby 2014), Holm over the metrics. "
              f"FP/FN volumes as autoPET defines them.", ""]
     return lines + render_markdown(res, REPORT_METRICS, len(shared), heading_level=2,
-                                   link_base=f"vs_{config.baseline}/", title=False).splitlines()
+                                   link_base=f"vs_{config.baseline}/", title=False).splitlines() + [""]
 
 
 def _control_section(ref: str, res) -> List[str]:
