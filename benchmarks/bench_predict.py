@@ -3,81 +3,135 @@
 Both run in this process, on the same studies, with the same loaded nnU-Net model and settings:
 
 * **baseline**: ``nnUNetPredictor.predict_from_files_sequential`` on the already converted NIfTI inputs
-  (``{case}_0000`` CT on the PET grid, ``{case}_0001`` PET in SUV): nnU-Net's own pre-processing, sliding-window
-  inference, resampling and NIfTI export, nothing else.
+  (``{case}_0000`` CT on the PET grid, ``{case}_0001`` PET in SUV): nnU-Net's own reading, pre-processing,
+  sliding-window inference, resampling and NIfTI export, nothing else.
 * **ours**: :func:`clips_nnunet.evaluation.predict.predict_dicom` from the DICOM folders: indexing and series choice,
-  SUV conversion and CT resampling, the same nnU-Net call, then mask NIfTI, DICOM SEG, RTSTRUCT, report and MIP.
+  SUV conversion and CT resampling, the same nnU-Net inference, then mask NIfTI, DICOM SEG, RTSTRUCT, report and
+  MIP (written in a background thread while the next study is predicted).
 
-It prints seconds per study for both, the ratio ours / baseline, and our time split into its stages. By default it
-makes a synthetic cohort (``clips-nnunet synth``, size ``small``) and an nnU-Net model with *untrained* weights
-(planned on the converted cohort; inference cost does not depend on the weights, but the number of predicted
-lesions drives the SEG/RTSTRUCT cost, so the breakdown shows it). Pass ``--cohort`` and ``-d/-c/-tr/-p/-f`` (with
-the ``nnUNet_*`` variables set) to measure a real trained model on your own data.
+It prints seconds per study for both, the ratio ours / baseline, our time split into its stages, and whether our
+masks equal nnU-Net's own. By default the model is **briefly trained** here: a synthetic ``small`` cohort is
+converted, planned by nnU-Net (default plans) and ``nnUNetTrainer`` runs ``--iterations`` training iterations on
+the CPU, enough for the network to segment the hot lesions as lesions (a realistic number of predicted lesions,
+which drives the SEG/RTSTRUCT cost; an untrained network predicts hundreds of fragments). The studies predicted
+are a second synthetic cohort of ``--size`` (``small``: PET 48x48x64 at 4 mm; ``wholebody``: PET 200x200x350 at
+2.5 mm with a 512x512x700 CT, several minutes to generate: generate it once with ``clips-nnunet synth DIR -n 1
+--size wholebody`` and pass ``--predict-cohort DIR``). ``--profile`` prints cProfile's top functions of one study's
+conversion, prediction and outputs, run one after the other in this thread. Pass ``-d/-c/-tr/-p/-f`` (with the
+``nnUNet_*`` variables set) to measure a model of your own.
 
-    python benchmarks/bench_predict.py [-n 4] [--disable-tta] [--cohort DIR -d ID -c CONFIG -tr TRAINER -p PLANS]
+    python benchmarks/bench_predict.py [-n 2] [--iterations 20] [--size small|wholebody] [--predict-cohort DIR]
+        [--disable-tta] [--profile] [--device cpu]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
+import io
 import json
 import os
+import pstats
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+DATASET_ID = 993
 
-def _setup_untrained_model(work: Path, cohort: Path, dataset_id: int) -> None:
-    """Convert ``cohort`` to an nnU-Net dataset, plan it (no preprocessing) and save an untrained checkpoint."""
-    import subprocess
 
-    from clips_nnunet.dataset_conversion.convert import convert_cohort
-
-    convert_cohort(cohort, dataset_id, "BenchPredict", labels="seg", private_dir=work / "conv_private",
-                   progress=False, n_folds=2)
-    bin_dir = Path(sys.executable).parent
-    subprocess.run([str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", "3d_fullres",
-                    "--no_pp", "-np", "1"], check=True, capture_output=True,
-                   env={**os.environ, "nnUNet_n_proc_DA": "1"})
+def _train_briefly(work: Path, cohort: Path, iterations: int, device: str) -> None:
+    """Convert ``cohort``, plan and preprocess it with nnU-Net's defaults, train ``nnUNetTrainer`` (fold 0) for
+    ``iterations`` iterations in this process and publish the weights as ``nnUNetTrainer__nnUNetPlans__3d_fullres``."""
+    import numpy as np
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.file_path_utilities import get_output_folder
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    name = maybe_convert_to_dataset_name(dataset_id)
+    from clips_nnunet.dataset_conversion.convert import convert_cohort
+
+    convert_cohort(cohort, DATASET_ID, "BenchPredict", labels="seg", private_dir=work / "conv_private",
+                   progress=False, n_folds=2)
+    proc = subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID),
+                    "-c", "3d_fullres", "-np", "1"], capture_output=True, text=True,
+                          env={**os.environ, "nnUNet_n_proc_DA": "1"})  # planning needs >= 1 thread
+    if proc.returncode:
+        raise RuntimeError(f"nnUNetv2_plan_and_preprocess failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+    class BriefTrainer(nnUNetTrainer):
+        """``iterations`` training iterations in one epoch, one validation iteration."""
+
+        def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cpu")):
+            super().__init__(plans, configuration, fold, dataset_json, device)
+            self.num_epochs = 1
+            self.num_iterations_per_epoch = iterations
+            self.num_val_iterations_per_epoch = 1
+
+    name = maybe_convert_to_dataset_name(DATASET_ID)
     pre = Path(os.environ["nnUNet_preprocessed"]) / name
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     dataset_json = json.loads((pre / "dataset.json").read_text())
-    pm = PlansManager(plans)
-    cm = pm.get_configuration("3d_fullres")
     torch.manual_seed(0)
-    network = nnUNetTrainer.build_network_architecture(
-        pm, cm, determine_num_input_channels(pm, cm, dataset_json),
-        pm.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
-    folder = Path(get_output_folder(dataset_id, "nnUNetTrainer", "nnUNetPlans", "3d_fullres"))
+    np.random.seed(0)
+    plans["continue_training"] = False  # what nnU-Net's run_training passes to a fresh trainer
+    trainer = BriefTrainer(plans, "3d_fullres", 0, dataset_json, device=torch.device(device))
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer.run_training()
+    checkpoint = torch.load(Path(trainer.output_folder) / "checkpoint_final.pth", map_location="cpu",
+                            weights_only=False)
+    checkpoint["trainer_name"] = "nnUNetTrainer"  # same network and inference settings; findable by nnU-Net
+    folder = Path(get_output_folder(DATASET_ID, "nnUNetTrainer", "nnUNetPlans", "3d_fullres"))
     (folder / "fold_0").mkdir(parents=True, exist_ok=True)
-    # the keys nnUNetPredictor.initialize_from_trained_model_folder reads from a checkpoint
-    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainer",
-                "init_args": {"configuration": "3d_fullres"}, "inference_allowed_mirroring_axes": (0, 1, 2)},
-               folder / "fold_0" / "checkpoint_final.pth")
+    torch.save(checkpoint, folder / "fold_0" / "checkpoint_final.pth")
     shutil.copy(pre / "nnUNetPlans.json", folder / "plans.json")
     shutil.copy(pre / "dataset.json", folder / "dataset.json")
 
 
+def _timed(table, key, fn):
+    def wrapper(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            table[key] = table.get(key, 0.0) + time.perf_counter() - t0
+    return wrapper
+
+
+def _profile_one(P, selection, predictor, work: Path, top: int) -> None:
+    """cProfile of one study's conversion, prediction and outputs, in this thread one after the other."""
+    from clips_nnunet.dataset_conversion.convert import prepare_study
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    t0 = time.perf_counter()
+    prepared = prepare_study(selection, None, labels="none", label="PRED_prof")
+    mask = predictor.predict_images([prepared.ct_on_pet, prepared.pet_suv], "PRED_prof")
+    result = P._write_outputs(work / "profile_out" / "PRED_prof", "PRED_prof", "PRED_prof", selection, mask,
+                              prepared, predictor.model_description(), False, [], t0)
+    profiler.disable()
+    print(f"\nprofile of one study ({result.status}, {time.perf_counter() - t0:.1f} s), top {top} by cumulative time:")
+    stats = pstats.Stats(profiler, stream=sys.stdout)
+    stats.sort_stats("cumulative").print_stats(top)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-n", type=int, default=4, help="synthetic patients (default 4)")
-    ap.add_argument("--cohort", type=Path, help="DICOM cohort to predict (default: a synthetic one)")
-    ap.add_argument("-d", help="dataset id of a trained model (default: build an untrained one)")
+    ap.add_argument("-n", type=int, default=2, help="synthetic studies to predict (default 2)")
+    ap.add_argument("--train-cases", type=int, default=4, help="synthetic training patients (default 4)")
+    ap.add_argument("--iterations", type=int, default=20, help="training iterations (default 20)")
+    ap.add_argument("--size", default="small", choices=("small", "wholebody"), help="size of the studies predicted")
+    ap.add_argument("--predict-cohort", type=Path, help="DICOM cohort to predict (default: a synthetic one)")
+    ap.add_argument("-d", help="dataset id of a trained model (default: train one briefly here)")
     ap.add_argument("-c", default="3d_fullres")
     ap.add_argument("-tr", default="nnUNetTrainer")
     ap.add_argument("-p", default="nnUNetPlans")
     ap.add_argument("-f", nargs="+", default=["0"])
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--disable-tta", action="store_true", help="no mirroring (both sides)")
+    ap.add_argument("--profile", action="store_true", help="cProfile one study's conversion, prediction, outputs")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_predict_"))
@@ -87,23 +141,29 @@ def main() -> int:
                 (work / n).mkdir()
                 os.environ[n] = str(work / n)
             os.environ.setdefault("nnUNet_compile", "false")
-        from clips_nnunet.synthetic.dicom_cohort import make_synthetic_cohort
-
-        cohort = args.cohort
-        if cohort is None:
-            cohort = work / "cohort"
-            make_synthetic_cohort(cohort, n_patients=args.n, seed=7, size="small", mask_formats=("seg",),
-                                  progress=False)
-        dataset = args.d
-        if dataset is None:
-            dataset = "993"
-            t = time.perf_counter()
-            _setup_untrained_model(work, cohort, int(dataset))
-            print(f"(set-up: converted and planned the cohort, untrained model: {time.perf_counter() - t:.1f} s)")
-
-
+            os.environ.setdefault("nnUNet_n_proc_DA", "0")
+            os.environ.setdefault("nnUNet_def_n_proc", "1")
         from clips_nnunet.dataset_conversion.convert import prepare_study
         from clips_nnunet.evaluation import predict as P
+        from clips_nnunet.synthetic.dicom_cohort import make_synthetic_cohort
+
+        dataset = args.d
+        if dataset is None:
+            dataset = str(DATASET_ID)
+            t = time.perf_counter()
+            train_cohort = work / "train_cohort"
+            make_synthetic_cohort(train_cohort, n_patients=args.train_cases, seed=7, size="small",
+                                  mask_formats=("seg",), progress=False)
+            _train_briefly(work, train_cohort, args.iterations, "cpu" if args.device == "auto" else args.device)
+            print(f"(set-up: {args.train_cases} small studies converted, planned and trained for {args.iterations} "
+                  f"iterations: {time.perf_counter() - t:.0f} s)")
+        cohort = args.predict_cohort
+        if cohort is None:
+            cohort = work / "predict_cohort"
+            t = time.perf_counter()
+            make_synthetic_cohort(cohort, n_patients=args.n, seed=11, size=args.size, mask_formats=("seg",),
+                                  progress=False)
+            print(f"(set-up: {args.n} {args.size} studies to predict generated: {time.perf_counter() - t:.0f} s)")
 
         spec = P.ModelSpec(dataset, args.c, args.tr, args.p, folds=args.f)
         predictor = P.CasePredictor(spec, device=args.device, use_mirroring=not args.disable_tta)
@@ -119,67 +179,61 @@ def main() -> int:
             lists.append([str(P.write_nifti(prep.ct_on_pet, inputs / f"c{i:03d}_0000.nii.gz")),
                           str(P.write_nifti(prep.pet_suv, inputs / f"c{i:03d}_0001.nii.gz"))])
         stage = predictor.stages[-1]
-        import contextlib
-        import io
-
         for sub in ("warmup", "baseline_out"):
             (work / sub).mkdir()
-        # warm-up (first call pays lazy initialisation on both sides)
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()):  # warm-up: lazy initialisation on both sides
             stage.predict_from_files_sequential(lists[:1], str(work / "warmup"), False, True, None)
-
         t = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
             stage.predict_from_files_sequential(lists, str(work / "baseline_out"), False, True, None)
         baseline = time.perf_counter() - t
 
-        # ours, with a stage breakdown from wrapped functions
-        timings = {"convert (index, SUV, CT resampling)": 0.0, "nnU-Net": 0.0,
-                   "outputs (NIfTI/SEG/RTSTRUCT/MIP/report)": 0.0}
-        sub = {"DICOM SEG (highdicom)": 0.0, "RTSTRUCT": 0.0, "MIP PNG": 0.0}
+        # ours, with a stage breakdown from wrapped functions (outputs overlap the next study's work)
         import clips_nnunet.dataset_conversion.convert as C
         import clips_nnunet.dataset_conversion.dicom_out as D
         import clips_nnunet.evaluation.mip as M
 
-        def timed(key, fn, table=timings):
-            def wrapper(*a, **k):
-                t0 = time.perf_counter()
-                try:
-                    return fn(*a, **k)
-                finally:
-                    table[key] += time.perf_counter() - t0
-            return wrapper
-
-        originals = (D.write_dicom_seg, D.write_rtstruct, M.save_coronal_mip)
-        D.write_dicom_seg = timed("DICOM SEG (highdicom)", originals[0], sub)
-        D.write_rtstruct = timed("RTSTRUCT", originals[1], sub)
-        M.save_coronal_mip = timed("MIP PNG", originals[2], sub)
-
-        orig_prepare, orig_predict, orig_outputs = C.prepare_study, predictor.predict, P.write_patient_outputs
-        C.prepare_study = timed("convert (index, SUV, CT resampling)", orig_prepare)
-        predictor.predict = timed("nnU-Net", orig_predict)
-        P.write_patient_outputs = timed("outputs (NIfTI/SEG/RTSTRUCT/MIP/report)", orig_outputs)
+        timings: dict = {}
+        originals = (C.prepare_study, predictor.predict_images, P.write_patient_outputs, D.write_dicom_seg,
+                     D.write_rtstruct, M.save_coronal_mip, P.find_studies)
+        C.prepare_study = _timed(timings, "convert (read DICOM, SUV, CT onto PET)", originals[0])
+        predictor.predict_images = _timed(timings, "nnU-Net (pre-processing, inference, resampling)", originals[1])
+        P.write_patient_outputs = _timed(timings, "outputs, in the background thread", originals[2])
+        D.write_dicom_seg = _timed(timings, "  DICOM SEG", originals[3])
+        D.write_rtstruct = _timed(timings, "  RTSTRUCT", originals[4])
+        M.save_coronal_mip = _timed(timings, "  MIP PNG", originals[5])
+        P.find_studies = _timed(timings, "index and series choice", originals[6])
         t = time.perf_counter()
         run = P.predict_dicom([cohort], work / "ours_out", spec, predictor=predictor, progress=False,
                               private_dir=work / "ours_private")
         ours = time.perf_counter() - t
-        C.prepare_study, predictor.predict, P.write_patient_outputs = orig_prepare, orig_predict, orig_outputs
-        D.write_dicom_seg, D.write_rtstruct, M.save_coronal_mip = originals
+        (C.prepare_study, predictor.predict_images, P.write_patient_outputs, D.write_dicom_seg, D.write_rtstruct,
+         M.save_coronal_mip, P.find_studies) = originals
+
+        import numpy as np
+        import SimpleITK as sitk
+
+        mapping = json.loads((work / "ours_private" / P.MAPPING_FILE).read_text())
+        by_study = {e["study_instance_uid"]: p for p, e in mapping.items()}
+        differing = []
+        for i, sel in enumerate(selections):
+            a = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "baseline_out" / f"c{i:03d}.nii.gz"))) > 0
+            b = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "ours_out" / by_study[sel.study_uid]
+                                                          / "mask.nii.gz"))) > 0
+            differing.append(int((a != b).sum()))
 
         n = len(selections)
-        lesions = [r.n_lesions for r in run.results]
-        print(f"studies: {n}, failed: {run.n_failed}, predicted lesions per study: {lesions}")
-        print(f"device: {predictor.device.type}, mirroring TTA: {not args.disable_tta}")
+        print(f"studies: {n} ({args.size if args.predict_cohort is None else cohort}), failed: {run.n_failed}, "
+              f"predicted lesions per study: {[r.n_lesions for r in run.results]}")
+        print(f"device: {predictor.device.type}, mirroring TTA: {not args.disable_tta}, "
+              f"voxels where our mask differs from nnU-Net's own: {differing}")
         print(f"nnU-Net predictor on converted NIfTI (baseline): {baseline / n:7.2f} s/study")
         print(f"clips-nnunet predict from DICOM (ours):          {ours / n:7.2f} s/study")
         print(f"ratio ours / baseline: {ours / baseline:.2f}")
         for k, v in timings.items():
-            print(f"  {k:<42} {v / n:7.2f} s/study")
-            if k.startswith("outputs"):
-                for k2, v2 in sub.items():
-                    print(f"      {k2:<38} {v2 / n:7.2f} s/study")
-        other = ours - sum(timings.values())
-        print(f"  {'other (indexing, pseudonyms, temp files)':<42} {other / n:7.2f} s/study")
+            print(f"  {k:<48} {v / n:7.2f} s/study")
+        if args.profile:
+            _profile_one(P, selections[0], predictor, work, 30)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
