@@ -415,7 +415,7 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
                   "skipped_background_patches": n_skipped, "nonfinite_losses": int((~finite).sum()),
                   "nonfinite_weighted_step_losses": int(self._cl_step_nonfinite),
                   "signal_means": self._cl_signal.means, **counts, "extra": plan.extra}
-        self.print_to_log_file(f"curriculum: mean centred loss of active cases {mean_active:.4f}; {len(keys)} patch "
+        self.print_to_log_file(f"curriculum: mean difficulty of active cases {mean_active:.4f}; {len(keys)} patch "
                                f"losses, {int(ok.sum())} recorded ({n_skipped} background patches of lesion cases "
                                f"skipped); {lag} of {len(self._cl_versions)} batches were drawn with the previous "
                                f"epoch's probabilities (lag)")
