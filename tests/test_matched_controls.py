@@ -124,3 +124,17 @@ def test_weighting_controls_give_the_same_batch_weights_to_other_cases(name):
     # anti: the arm's largest weight goes to the largest loss (0.9, position 4), its smallest to the smallest (0.1)
     finite = [0, 1, 3, 4, 5]
     assert w[2][4] == pytest.approx(max(w[0][finite])) and w[2][0] == pytest.approx(min(w[0][finite]))
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_all_cases_tied_before_any_loss_is_seen(name):
+    """No case measured yet: every estimate is 0 (all tied); arms and controls still admit the same counts."""
+    state = DifficultyState(IDS)
+    plans = {}
+    for order in ("curriculum", "random", "anti"):
+        scheduler, rng = with_control(FACTORIES[name](), order), np.random.default_rng(1)
+        plans[order] = [scheduler.plan(state, t, epoch, rng) for epoch, t in enumerate((0.0, 0.3, 1.0))]
+    counts = {o: [int((p.probabilities > 0).sum()) for p in ps] for o, ps in plans.items()}
+    assert counts["curriculum"] == counts["random"] == counts["anti"], counts
+    if name not in NOT_GROWING:
+        assert counts["curriculum"][-1] == N
