@@ -10,7 +10,8 @@ def run(args: argparse.Namespace) -> int:
 
     spec = ModelSpec(dataset=args.d, configuration=args.c, trainer=args.tr, plans=args.p, folds=args.f,
                      checkpoint=args.chk, prev_stage_configuration=args.prev_stage_config,
-                     prev_stage_trainer=args.prev_stage_trainer, prev_stage_plans=args.prev_stage_plans)
+                     prev_stage_trainer=args.prev_stage_trainer, prev_stage_plans=args.prev_stage_plans,
+                     stacking=args.stacking)
     result = predict_dicom(args.inputs, args.o, spec, device=args.device, private_dir=args.private_dir,
                            keep_patient_names=args.keep_patient_names, overrides=args.overrides,
                            overwrite=args.overwrite, use_mirroring=not args.disable_tta,
@@ -51,6 +52,9 @@ def register(subparsers) -> None:
                    help="cascade: configuration of stage 1 (default: the previous_stage named in the plans)")
     p.add_argument("--prev-stage-trainer", default=None, help="cascade: trainer of stage 1 (default: -tr)")
     p.add_argument("--prev-stage-plans", default=None, help="cascade: plans of stage 1 (default: -p)")
+    p.add_argument("--stacking", default=None, metavar="MODEL",
+                   help="combine the folds with TMTV-Net's learned stacking layer (a file from clips-nnunet stack, "
+                        "for -f/--chk of the stage it was trained on) instead of softmax averaging")
     p.add_argument("--private-dir", default=None,
                    help="folder for the private pseudonym -> patient mapping (must be outside OUT)")
     p.add_argument("--keep-patient-names", action="store_true",
