@@ -368,6 +368,13 @@ def _write_outputs(folder: Path, pseudonym: str, label: str, selection: StudySel
         return _failure(label, e, inputs, selection, started)
 
 
+def _import_output_modules() -> None:
+    """Import what the outputs need (highdicom, matplotlib, scipy.spatial: seconds on a busy machine) early."""
+    import highdicom  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+    import scipy.spatial  # noqa: F401
+
+
 def _failure(label: str, error: Exception, inputs: Sequence[PathLike], selection: StudySelection,
              started: float) -> PatientResult:
     message = error.reason if isinstance(error, PatientError) else f"{type(error).__name__}: {error}"
@@ -426,19 +433,36 @@ def _predict_locked(inputs: Sequence[PathLike], output_dir: Path, private_dir: P
     if todo and predictor is None:
         predictor = CasePredictor(spec, device=device, use_mirroring=use_mirroring)
     overrides_table = _load_overrides(overrides) or {}
-    # the outputs of one study are written in this thread while the next study is converted and predicted
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clips-predict-out") as writer:
+
+    def prepare(item: Tuple[int, str, str, str, StudySelection]) -> Tuple[float, Any]:
+        """(start time, PreparedStudy or the exception that stopped its conversion)."""
+        t0 = time.perf_counter()
+        try:
+            return t0, prepare_study(item[4], overrides_table.get(str(item[4].patient_key)), labels="none",
+                                     label=item[1])
+        except Exception as e:  # recorded for this study by the loop below
+            return t0, e
+
+    # three threads overlap: the next study is converted (reader) and the previous one's outputs are written
+    # (writer) while nnU-Net predicts this one; at most one study waits on each side (memory)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clips-predict-read") as reader, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="clips-predict-out") as writer:
+        if todo:
+            writer.submit(_import_output_modules)  # first study: imports overlap its conversion and prediction
+        ahead: Optional[Future] = reader.submit(prepare, todo[0]) if todo else None
         pending: Optional[Tuple[int, Future]] = None
-        for i, pseudonym, name, label, sel in tqdm(todo, desc="predict", unit="study", disable=not progress):
-            t0 = time.perf_counter()
+        for k, (i, pseudonym, name, label, sel) in enumerate(tqdm(todo, desc="predict", unit="study",
+                                                                  disable=not progress)):
+            t0, prepared = ahead.result()
+            ahead = reader.submit(prepare, todo[k + 1]) if k + 1 < len(todo) else None
             try:
-                prepared = prepare_study(sel, overrides_table.get(str(sel.patient_key)), labels="none",
-                                         label=pseudonym)
+                if isinstance(prepared, Exception):
+                    raise prepared
                 mask = predictor.predict_images([prepared.ct_on_pet, prepared.pet_suv], pseudonym)
             except Exception as e:  # one patient never stops the cohort
                 results[i] = _failure(label, e, inputs, sel, t0)
                 continue
-            if pending is not None:  # at most one study waits for its outputs (memory)
+            if pending is not None:
                 results[pending[0]] = pending[1].result()
             pending = (i, writer.submit(_write_outputs, output_dir / name, pseudonym, label, sel, mask, prepared,
                                         predictor.model_description(), keep_patient_names, inputs, t0))
