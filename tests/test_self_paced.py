@@ -110,3 +110,23 @@ def test_soft_spl_sample_weights_hook():
     np.testing.assert_allclose(soft_spl_sample_weights(trainer, ["a", "b"], np.array([0.1, 0.175])), [1.0, 0.5])
     np.testing.assert_array_equal(soft_spl_sample_weights(trainer, ["a", "b"], np.array([0.5, 0.9])), [0.0, 0.0])
     np.testing.assert_array_equal(soft_spl_sample_weights(trainer, ["a", "b"], np.array([np.nan, 0.1])), [0.0, 1.0])
+
+
+def test_every_self_paced_trainer_and_control_is_in_the_shim():
+    """nnU-Net finds trainers through the nnUNet_extTrainer shim: the soft variants' controls must be there too."""
+    import importlib.util
+    from pathlib import Path
+
+    import clips_nnunet
+    from clips_nnunet.trainers import self_paced
+
+    shim = Path(clips_nnunet.__file__).parent / "nnunet_ext" / "clips_trainers.py"
+    spec = importlib.util.spec_from_file_location("clips_trainers_self_paced_test", shim)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert len(self_paced.SELF_PACED_TRAINERS) == 4 * 3  # hard, linear, log, mixture x (curriculum, random, anti)
+    for name in self_paced.SELF_PACED_TRAINERS:
+        cls = getattr(module, name)
+        assert cls is getattr(self_paced, name) and cls.order in ("curriculum", "random", "anti")
+    assert self_paced.nnUNetTrainerCLSelfPacedLogAnti.order == "anti"
+    assert self_paced.nnUNetTrainerCLSelfPacedLogAnti.spl_scheme == "logarithmic"
