@@ -62,20 +62,26 @@ def test_boundary_shell_and_volume_ratio_of_a_dilated_reference():
 
 def test_pet_plausibility_cold_labels_and_hot_spill():
     suv = np.ones((10, 10, 10))
-    suv[2:5, 2:5, 2:5] = 8.0  # lesion uptake
+    suv[2:6, 2:6, 2:6] = 8.0  # lesion uptake, 4x4x4 = 64 voxels
     ref = np.zeros((10, 10, 10), np.uint8)
-    ref[3:6, 2:5, 2:5] = 1  # shifted one slice: slice 5 is background, slice 2 (hot) is left out
+    ref[3:7, 2:6, 2:6] = 1  # shifted one slice: slice 6 is background, slice 2 (hot) is left out
     pred = np.zeros_like(ref)
-    pred[2:5, 2:5, 2:5] = 1
+    pred[2:6, 2:6, 2:6] = 1
     lv = pet_reference_levels(suv, (ref | pred) > 0)
     assert lv == {"suv_background": 1.0, "suv_liver_like": 2.0}
     ev = case_evidence(ref, pred, (1.0, 1.0, 1.0), suv=suv)
-    # labelled voxels below background + 0.2 x (lesion SUVmax 8 - background 1) = 2.4: slice 5
-    assert ev["ref_background_fraction"] == pytest.approx(9 / 27)
+    # labelled voxels below background + 0.2 x (lesion SUVmax 8 - background 1) = 2.4: slice 6
+    assert ev["ref_background_fraction"] == pytest.approx(16 / 64)
     # unlabelled voxels beside the mask at >= half the lesion's maximum above background (4.5): slice 2
-    assert ev["unlabelled_hot_adjacent_ml"] == pytest.approx(9 / 1000)
+    assert ev["unlabelled_hot_adjacent_ml"] == pytest.approx(16 / 1000)
     assert ev["unlabelled_hot_ml"] == 0.0  # the spill is not counted again as a remote hot spot
     assert math.isnan(ev["unlabelled_hot_supported_ml"])  # needs probabilities
+    # a lesion below 34 voxels (radius 2) is left out of the spill: partial volume spreads any small lesion
+    small = np.zeros_like(ref)
+    small[3:6, 2:5, 2:5] = 1
+    suv_small = np.ones((10, 10, 10))
+    suv_small[2:5, 2:5, 2:5] = 8.0
+    assert case_evidence(small, small, (1.0, 1.0, 1.0), suv=suv_small)["unlabelled_hot_adjacent_ml"] == 0.0
 
 
 def test_remote_hot_spot_counts_only_where_the_model_half_sees_it():

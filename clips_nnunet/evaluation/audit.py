@@ -36,7 +36,8 @@ optional PET ``SUV``:
   x (SUVmax of their lesion - background)`` (labelled voxels at background SUV, relative to the lesion's own uptake
   so that faint, blurred lesions are not penalised: shifted or dilated masks); ``unlabelled_hot_adjacent_ml`` =
   unlabelled voxels within two voxels of R at or above the half maximum (above background) of the nearest reference
-  lesion (its own uptake left outside the mask: drawn too tight or shifted); ``unlabelled_hot_ml`` = other
+  lesion (its own uptake left outside the mask: drawn too tight or shifted), around lesions of radius >= 2 voxels
+  (>= 34 voxels; the resolution spreads smaller lesions' uptake beyond any correct mask); ``unlabelled_hot_ml`` = other
   unlabelled voxels above the liver-like level in components of >= 3 voxels (physiological uptake included: not
   scored); ``unlabelled_hot_supported_ml`` = the part of those components, outside P, whose mean ``p`` (outside P) is
   >= ``hot_support`` (0.1): hot spots the model half sees but neither mask holds (NaN without probabilities).
@@ -95,6 +96,7 @@ class AuditParams:
     hot_weight: float = 0.5
     hot_support: float = 0.1
     cold_fraction: float = 0.2
+    spill_min_voxels: float = 4.0 / 3.0 * math.pi * 2.0 ** 3  # lesions of radius >= 2 voxels
     pet_weight: float = 2.0
     loss_weight: float = 0.1
     suspicion_threshold: float = 0.1
@@ -136,9 +138,11 @@ def _surface_voxels(mask: np.ndarray) -> int:
 
 
 def _spill(ref: np.ndarray, ref_lab: np.ndarray, suv: np.ndarray, background: float, ref_max: np.ndarray,
-           adjacent_vox: int) -> np.ndarray:
+           adjacent_vox: int, min_voxels: float) -> np.ndarray:
     """Unlabelled voxels within ``adjacent_vox`` of the reference at or above the half maximum (above background)
-    of the nearest reference lesion: that lesion's own uptake left outside the mask (drawn too tight or shifted)."""
+    of the nearest reference lesion: that lesion's own uptake left outside the mask (drawn too tight or shifted).
+    Lesions of fewer than ``min_voxels`` voxels are skipped: the scanner's resolution spreads their uptake beyond
+    any correct mask (partial volume)."""
     out = np.zeros(ref.shape, dtype=bool)
     if not ref.any() or adjacent_vox <= 0:
         return out
@@ -148,6 +152,7 @@ def _spill(ref: np.ndarray, ref_lab: np.ndarray, suv: np.ndarray, background: fl
     dist, idx = ndimage.distance_transform_edt(~ref[box], return_indices=True)
     nearest = ref_lab[box][tuple(idx)]
     half = np.concatenate([[np.inf], background + 0.5 * np.maximum(ref_max - background, 0.0)])
+    half[1:][np.bincount(ref_lab.ravel(), minlength=len(half))[1:] < min_voxels] = np.inf
     out[box] = ~ref[box] & (dist <= adjacent_vox) & (suv[box] >= half[nearest])
     return out
 
@@ -265,7 +270,7 @@ def case_evidence(reference: np.ndarray, prediction: np.ndarray, spacing_zyx: Se
         bg, liver = levels["suv_background"], levels["suv_liver_like"]
         ev.update(levels)
         ev["ref_background_fraction"] = float(cold.sum() / ref.sum()) if ref.any() else 0.0
-        spill = _spill(ref, ref_lab, suv, bg, ref_max, params.adjacent_vox)
+        spill = _spill(ref, ref_lab, suv, bg, ref_max, params.adjacent_vox, params.spill_min_voxels)
         ev["unlabelled_hot_adjacent_ml"] = float(spill.sum() * voxel_ml)
         hot_lab, nh = label_components((suv >= liver) & ~ref & ~spill, params.connectivity)
         sizes = _per_label(hot_lab, nh)
