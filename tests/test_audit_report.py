@@ -93,7 +93,8 @@ def test_corrupted_references_are_the_top_k(cv_folder, tmp_path, monkeypatch, ca
     base, raw, results, gt, corrupted = cv_folder
     monkeypatch.setenv("nnUNet_preprocessed", str(base / "nnUNet_preprocessed"))  # default --gt
     out = tmp_path / "audit"
-    argv = ["audit", str(results), "-o", str(out)] + (["--images", str(raw / "imagesTr")] if with_pet else [])
+    argv = ["audit", str(results), "-o", str(out)] + (
+        ["--images", str(raw / "imagesTr"), "--metadata", str(raw / "case_metadata.json")] if with_pet else [])
     assert main(argv) == 0
     rows = _csv_rows(out)
     assert len(rows) == 12 and [r["rank"] for r in rows] == [str(i) for i in range(1, 13)]
@@ -105,6 +106,10 @@ def test_corrupted_references_are_the_top_k(cv_folder, tmp_path, monkeypatch, ca
     data = json.loads((out / "audit.json").read_text())
     assert [c["case_id"] for c in data["cases"]] == [r["case_id"] for r in rows] and data["failed"] == {}
     assert data["inputs"]["pet"] is with_pet
+    if with_pet:  # difficulty measures of case_metadata.json come along as meta_* columns
+        meta = json.loads((raw / "case_metadata.json").read_text())
+        assert all(float(r["meta_planted_difficulty"]) == pytest.approx(meta[r["case_id"]]["planted_difficulty"], abs=1e-3)
+                   for r in rows)
     # index.html: one card per case in audit.csv order, every picture an embedded PNG
     page = (out / "index.html").read_text()
     parser = _Images()
