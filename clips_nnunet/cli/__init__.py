@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "clips_nnunet.cli.env",
     "clips_nnunet.cli.convert",
     "clips_nnunet.cli.tmtv",
+    "clips_nnunet.cli.import_tmtv",
     "clips_nnunet.cli.curriculum",
     "clips_nnunet.cli.predict",
     "clips_nnunet.cli.evaluation",
