@@ -157,7 +157,7 @@ def step_trainers(args) -> None:
 
     n, warmup = (2, 1) if args.smoke else (args.iterations, 5)
     order = ["nnUNetTrainer", "nnUNetTrainerCLSelfPaced"]
-    order = order + order[::-1] if args.rounds > 1 else order
+    order = order + order[::-1] if args.rounds > 1 and not args.smoke else order
     speeds: Dict[str, List[float]] = {name: [] for name in order}
     for name in order:
         trainer = _trainer(name, "3d_fullres", device)
@@ -231,7 +231,8 @@ def main(argv=None) -> int:
     parser.add_argument("step", choices=[*STEPS, "all"], help="'all': prepare, trainers, augmentation (no tmtv)")
     parser.add_argument("--workdir", type=Path, required=True, help="folder for nnUNet_raw/preprocessed/results")
     parser.add_argument("--json", required=True, help="the JSON file the numbers go to (sections are added)")
-    parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, 2 iterations: check the script")
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, 2 iterations, one round: check the "
+                        "script")
     parser.add_argument("--cases", type=int, default=16, help="synthetic cases (default 16)")
     parser.add_argument("--iterations", type=int, default=30, help="timed training steps per trainer (default 30)")
     parser.add_argument("--rounds", type=int, default=2, help="1: stock, CL; 2: stock, CL, CL, stock (default)")
