@@ -84,7 +84,8 @@ def main() -> None:
     chunks = np.array_split(np.array(cases), args.folds)
     atomic_write_json(work / "nnUNet_preprocessed" / raw.name / "splits_final.json",
                       [{"train": [c for c in cases if c not in set(v)], "val": list(v)} for v in chunks])
-    run(["nnUNetv2_preprocess", "-d", d, "-c", "3d_tmtv", "-np", "1"], env)
+    # stage-1 validation exports predictions for the next stage, so the refiner's data must exist too
+    run(["nnUNetv2_preprocess", "-d", d, "-c", "3d_tmtv", "3d_tmtv_refine", "-np", "1", "1"], env)
     folds = [str(f) for f in range(args.folds)]
     for f in folds:
         run(["nnUNetv2_train", d, "3d_tmtv", f, "-tr", TRAINER, "-device", "cpu"], env)
