@@ -244,6 +244,8 @@ def _check_cascade(tmp_path: Path, env, patient_dir: Path) -> None:
         images = [[str(write_nifti(prepared.ct_on_pet, work / "c_0000.nii.gz")),
                    str(write_nifti(prepared.pet_suv, work / "c_0001.nii.gz"))]]
         stage1, stage2 = predictor.stages
+        (work / "s1").mkdir()
+        (work / "s2").mkdir()
         stage1.predict_from_files_sequential(images, str(work / "s1"), False, True, None)
         stage2.predict_from_files_sequential(images, str(work / "s2"), False, True, str(work / "s1"))
         expected = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "s2" / "c.nii.gz")))
