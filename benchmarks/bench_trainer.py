@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Benchmark (not a test): training-step throughput of nnUNetTrainerCLSelfPaced against stock nnUNetTrainer.
+"""Benchmark (not a test): training-step throughput of nnUNetTrainerCLSelfPaced (sampling) and
+nnUNetTrainerCLSuperLoss (loss weighting, through the weighted nnU-Net loss) against stock nnUNetTrainer.
 
 Both trainers are built on the same preprocessed data and run ``train_step`` on the SAME pre-fetched batches
 (data loading excluded, so the comparison isolates the curriculum's step cost), alternating stock / CL step by
@@ -41,7 +42,7 @@ def _prepare(workdir: Path, dataset_id: int, shape: int) -> None:
                    capture_output=True)
 
 
-def _trainer(cls, dataset_id: int, device):
+def _trainer(cls, dataset_id: int, device, weighting: bool = False):
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
@@ -55,6 +56,9 @@ def _trainer(cls, dataset_id: int, device):
         trainer.warmup_epochs = 0
     trainer.print_to_log_file = lambda *a, **k: None
     trainer.on_train_start()
+    if weighting:   # past warm-up with a measured state, so SuperLoss's threshold exists and every step is weighted
+        trainer._cl_state.update(trainer._cl_case_ids, [0.0] * len(trainer._cl_case_ids), 0)
+        trainer.current_epoch = 1
     trainer.on_train_epoch_start()
     return trainer
 
@@ -82,6 +86,7 @@ def main(argv=None) -> int:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from clips_nnunet.trainers.base import highest_resolution
+    from clips_nnunet.trainers.family import nnUNetTrainerCLSuperLoss
     from clips_nnunet.trainers.self_paced import nnUNetTrainerCLSelfPaced
 
     device = torch.device(args.device)
@@ -89,6 +94,9 @@ def main(argv=None) -> int:
     stock = _trainer(nnUNetTrainer, args.dataset_id, device)
     torch.manual_seed(0)
     cl = _trainer(nnUNetTrainerCLSelfPaced, args.dataset_id, device)
+    torch.manual_seed(0)
+    weighted = _trainer(nnUNetTrainerCLSuperLoss, args.dataset_id, device, weighting=True)
+    trainers = {"stock": stock, "cl": cl, "weighted": weighted}
     batches = [next(stock.dataloader_train) for _ in range(args.iterations)]
     for b in batches:
         b.setdefault("curriculum_version", 0)
@@ -103,15 +111,16 @@ def main(argv=None) -> int:
         return time.perf_counter() - start
 
     for b in batches[:2]:                          # warm-up steps (allocations, cudnn autotune)
-        step(stock, b)
-        step(cl, b)
-    times = {"stock": [], "cl": []}
-    for r in range(args.repeats):                  # alternate per step (order swapped each repeat): drift cancels
+        for trainer in trainers.values():
+            step(trainer, b)
+    times = {name: [] for name in trainers}
+    for r in range(args.repeats):                  # alternate per step (order rotated each repeat): drift cancels
         for b in batches:
-            pair = ("stock", "cl") if r % 2 == 0 else ("cl", "stock")
-            for name in pair:
-                times[name].append(step(stock if name == "stock" else cl, b))
-        cl._cl_key_buf, cl._cl_loss_buf, cl._cl_versions = [], [], []
+            names = list(trainers)[r % 3:] + list(trainers)[:r % 3]
+            for name in names:
+                times[name].append(step(trainers[name], b))
+        cl._cl_reset_buffers()
+        weighted._cl_reset_buffers()
 
     # per-case-loss overhead: per_sample_loss on the highest-resolution output of one forward pass
     b = batches[0]
@@ -131,7 +140,7 @@ def main(argv=None) -> int:
             torch.cuda.synchronize()
         t_loss = (time.perf_counter() - start) / args.iterations
 
-    t_stock, t_cl = statistics.median(times["stock"]), statistics.median(times["cl"])
+    t_stock, t_cl, t_w = (statistics.median(times[k]) for k in ("stock", "cl", "weighted"))
     patch = tuple(int(x) for x in stock.configuration_manager.patch_size)
     print(f"device={device.type} patch={patch} batch={stock.batch_size} iterations={args.iterations} "
           f"repeats={args.repeats} torch_threads={torch.get_num_threads()}")
@@ -140,8 +149,11 @@ def main(argv=None) -> int:
     print(f"nnUNetTrainerCLSelfPaced:  {1 / t_cl:8.3f} it/s  (median {t_cl * 1000:8.1f} ms/step over {n_steps})")
     print(f"ratio CL / stock (it/s):   {t_stock / t_cl:8.3f} (medians), "
           f"{sum(times['stock']) / sum(times['cl']):.3f} (totals)  (target >= 0.98)")
+    print(f"nnUNetTrainerCLSuperLoss:  {1 / t_w:8.3f} it/s  (median {t_w * 1000:8.1f} ms/step over {n_steps}), "
+          f"ratio weighted / stock {t_stock / t_w:.3f} (medians), {sum(times['stock']) / sum(times['weighted']):.3f} "
+          f"(totals)")
     print(f"per-case loss (full-res output): {t_loss * 1000:.2f} ms = {100 * t_loss / t_stock:.2f} % of a stock step")
-    for tr in (stock, cl):
+    for tr in trainers.values():
         for gen in (tr.dataloader_train, tr.dataloader_val):
             if hasattr(gen, "_finish"):
                 gen._finish()
