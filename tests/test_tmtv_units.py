@@ -275,7 +275,7 @@ def test_plan_tmtv_cli_writes_plans_atomically(tmp_path, monkeypatch):
     first = (folder / "nnUNetPlans.json").read_text()
     assert main(["plan-tmtv", "-d", "991", "--clamp-patch-to-median"]) == 0  # re-run: same plans
     assert (folder / "nnUNetPlans.json").read_text() == first
-    assert main(["plan-tmtv", "-d", "992"]) == 1  # missing dataset: clear error, exit 1
+    assert main(["plan-tmtv", "-d", "992"]) == 2  # missing dataset: clear error, exit 2 (the command could not run)
     monkeypatch.delenv("nnUNet_preprocessed")
     with pytest.raises(DatasetError, match="nnUNet_preprocessed is not set"):
         find_preprocessed_dataset_folder(991)
