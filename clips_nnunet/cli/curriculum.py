@@ -4,7 +4,8 @@
   predictions ``fold_X/validation/`` of an nnU-Net results folder and scores each case by its own fold model (the one
   that never trained on it), the labels coming from ``$nnUNet_preprocessed/DatasetXXX/gt_segmentations``.
 - ``clips-nnunet score MODEL_FOLDER --predict -i imagesTr -l labelsTr -o difficulty.csv``: runs a trained model on
-  the cases instead (a teacher trained elsewhere).
+  the cases instead (a teacher trained elsewhere, e.g. TMTV-Net's published model from ``import-tmtv``: a cascade's
+  second stage runs its first stage before, ``--stacking`` replaces a stage's fold average).
 
 The CSV (``case_id,difficulty,...``; higher = harder) is what ``nnUNetTrainerCLTransferTeacher`` and
 ``nnUNetTrainerCLPredefined`` read (``CLIPS_DIFFICULTY_CSV`` or ``difficulty.csv`` in the raw dataset folder).
@@ -24,7 +25,9 @@ def run_score(args: argparse.Namespace) -> int:
             raise CurriculumConfigError("--predict needs --images (e.g. imagesTr) and --labels (e.g. labelsTr)")
         table = score_with_model(args.folder, args.images, args.labels, metric=args.metric,
                                  folds=[int(f) if f != "all" else f for f in (args.folds or ["0"])],
-                                 checkpoint_name=args.checkpoint, device=args.device)
+                                 checkpoint_name=args.checkpoint, device=args.device,
+                                 prev_stage_folds=[int(f) if f != "all" else f for f in args.prev_stage_folds]
+                                 if args.prev_stage_folds else None, stacking=args.stacking)
         source = "model"
     else:
         table = score_cross_validation(args.folder, gt_folder=args.labels, metric=args.metric,
@@ -61,4 +64,10 @@ def register(subparsers) -> None:
     p.add_argument("-i", "--images", help="with --predict: nnU-Net images folder (imagesTr)")
     p.add_argument("--checkpoint", default="checkpoint_final.pth", help="with --predict: checkpoint file name")
     p.add_argument("--device", default="cpu", help="with --predict: torch device (cpu, cuda)")
+    p.add_argument("--prev-stage-folds", nargs="+", metavar="FOLD",
+                   help="with --predict and a cascade's second stage (e.g. 3d_tmtv_refine): folds of the first stage, "
+                        "predicted first from the sibling Trainer__Plans__<previous stage> folder (default: all)")
+    p.add_argument("--stacking", metavar="MODEL",
+                   help="with --predict: a stacking model (clips-nnunet stack / import-tmtv) used instead of the fold "
+                        "average of the stage it was trained for")
     p.set_defaults(func=run_score)

@@ -192,13 +192,19 @@ def score_cross_validation(results_folder: PathLike, gt_folder: Optional[PathLik
 def score_with_model(model_folder: PathLike, images_folder: PathLike, labels_folder: PathLike,
                      metric: str = "dice", folds: Sequence[Union[int, str]] = (0,),
                      checkpoint_name: str = "checkpoint_final.pth", device: str = "cpu",
-                     case_ids: Optional[Sequence[str]] = None, output_folder: Optional[PathLike] = None
-                     ) -> Dict[str, Dict[str, object]]:
+                     case_ids: Optional[Sequence[str]] = None, output_folder: Optional[PathLike] = None,
+                     prev_stage_folds: Optional[Sequence[Union[int, str]]] = None,
+                     stacking: Optional[PathLike] = None) -> Dict[str, Dict[str, object]]:
     """Score training cases by running a trained model (``nnUNetPredictor``) on them: a teacher trained on other
-    data (or the full model: then the scores are in-sample and optimistic; prefer :func:`score_cross_validation`).
+    data (or the full model: then the scores are in-sample and optimistic; prefer :func:`score_cross_validation`),
+    e.g. TMTV-Net's published model imported with ``clips-nnunet import-tmtv``.
 
     ``model_folder``: ``Trainer__Plans__Config`` folder; ``images_folder``: nnU-Net raw images (``imagesTr``);
     ``labels_folder``: labels (``labelsTr``). Predictions go to ``output_folder`` (default: a temporary folder).
+    A cascade's second stage (plans with ``previous_stage``) first predicts the cases with the sibling folder
+    ``Trainer__Plans__<previous stage>`` (``prev_stage_folds``, default: every fold holding the checkpoint), as
+    ``nnUNetv2_predict -prev_stage_predictions`` does. ``stacking``: a stacking model (``clips-nnunet stack`` or
+    ``import-tmtv``) that replaces the fold average of the stage it was trained for.
     The trainer class named in the checkpoint must be findable: for clips-nnunet trainers set ``nnUNet_extTrainer``
     (``eval "$(clips-nnunet env)"``).
     """
@@ -234,13 +240,30 @@ def score_with_model(model_folder: PathLike, images_folder: PathLike, labels_fol
     output_folder = Path(output_folder)
     output_folder.mkdir(parents=True, exist_ok=True)
     try:
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                    device=torch.device(device), verbose=False, allow_tqdm=True)
-        from clips_nnunet.evaluation.checkpoints import load_trained_model  # errors name the checkpoint file
-        load_trained_model(predictor, model_folder, folds, checkpoint_name)
-        # no worker processes: works from any caller (notebooks, stdin scripts, spawn start method)
-        predictor.predict_from_files_sequential(inputs, [str(output_folder / n) for n in names],
-                                                save_probabilities=metric == "loss", overwrite=True)
+        stages = _stages(model_folder, folds, prev_stage_folds, checkpoint_name)
+        stacked = _stacked_folder_name(stacking) if stacking is not None else None
+        if stacked is not None and stacked not in [f.name for f, _ in stages]:
+            raise DatasetError(f"stacking model {Path(stacking).name} stacks {stacked}, which is not a stage of "
+                               f"{model_folder.name}; give the stacking file of this model")
+        previous = None
+        for i, (folder, stage_folds) in enumerate(stages):
+            predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                        device=torch.device(device), verbose=False, allow_tqdm=True)
+            from clips_nnunet.evaluation.checkpoints import load_trained_model  # errors name the checkpoint file
+            load_trained_model(predictor, folder, stage_folds, checkpoint_name)
+            if folder.name == stacked:  # checks dataset, folds and checkpoint, then stacks instead of averaging
+                from clips_nnunet.evaluation.stacking import apply_stacking
+                holders = [predictor if j == i else None for j in range(len(stages))]
+                apply_stacking(stacking, holders, [{"model": f.name, "folds": list(sf)} for f, sf in stages],
+                               checkpoint_name)
+            last = i == len(stages) - 1
+            target = output_folder if last else output_folder / f"stage_{i + 1}"
+            target.mkdir(parents=True, exist_ok=True)
+            # no worker processes: works from any caller (notebooks, stdin scripts, spawn start method)
+            predictor.predict_from_files_sequential(inputs, [str(target / n) for n in names],
+                                                    save_probabilities=last and metric == "loss", overwrite=True,
+                                                    folder_with_segs_from_prev_stage=previous)
+            previous = str(target)
         table = {}
         for case_id in names:
             table[case_id] = score_case(metric, output_folder / f"{case_id}{ending}", labels[case_id])
@@ -248,3 +271,27 @@ def score_with_model(model_folder: PathLike, images_folder: PathLike, labels_fol
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+def _stacked_folder_name(stacking: PathLike) -> str:
+    from clips_nnunet.evaluation.stacking import load_stacking_model
+    return load_stacking_model(stacking)[1].folder_name
+
+
+def _stages(model_folder: Path, folds: Sequence[Union[int, str]], prev_stage_folds: Optional[Sequence],
+            checkpoint_name: str) -> list:
+    """``[(folder, folds)]`` to predict in order: the previous stage's folder first for a cascade's second stage."""
+    plans = read_json(model_folder / "plans.json")
+    configuration = model_folder.name.split("__")[-1]
+    previous = plans.get("configurations", {}).get(configuration, {}).get("previous_stage")
+    if not previous:
+        return [(model_folder, list(folds))]
+    prev_folder = model_folder.with_name("__".join(model_folder.name.split("__")[:-1] + [previous]))
+    if prev_stage_folds is None:
+        prev_stage_folds = sorted(int(p.name[5:]) for p in prev_folder.glob("fold_*")
+                                  if p.name[5:].isdigit() and (p / checkpoint_name).is_file()) or (
+            ["all"] if (prev_folder / "fold_all" / checkpoint_name).is_file() else [])
+    if not prev_folder.is_dir() or not prev_stage_folds:
+        raise DatasetError(f"{model_folder.name} is the second stage of a cascade but {prev_folder} holds no "
+                           f"{checkpoint_name}; train or import its first stage ({previous}) first")
+    return [(prev_folder, list(prev_stage_folds)), (model_folder, list(folds))]
