@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from clips_nnunet.trainers.family import FAMILY_TRAINERS
+from clips_nnunet.trainers.curriculum import read_history
 from nnunet_helpers import nnunet_environment, run_cli
 
 pytestmark = pytest.mark.integration
@@ -152,9 +153,12 @@ def _fold_dir(base: Path, dataset_id: int, trainer: str, fold: int = 0) -> Path:
 
 
 def _check_run(fold: Path, trainer: str, resumed: bool = True) -> dict:
-    """Checks common to every trainer; returns curriculum.json."""
-    data = json.loads((fold / "curriculum.json").read_text())
-    epochs = data["epochs"]
+    """Checks common to every trainer; returns the history as ``{case_ids, epochs: [record + probabilities], state}``
+    read through the public reader :func:`read_history`."""
+    history = read_history(fold)
+    epochs = [{**record, "epoch": int(e), "probabilities": history.probabilities[i].tolist()}
+              for i, (e, record) in enumerate(zip(history.epochs, history.records))]
+    data = {"case_ids": history.case_ids, "epochs": epochs, "state": history.state}
     assert [r["epoch"] for r in epochs] == [0, 1, 2], trainer
     # the resumed run continued the state: visits count all 3 epochs (a restart would count only epoch 2)
     assert sum(data["state"]["visits"]) == sum(r["n_losses"] for r in epochs) == 3 * 2 * 2, trainer

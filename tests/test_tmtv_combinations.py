@@ -92,7 +92,7 @@ def test_tmtv_self_paced_on_stock_3d_fullres(tiny_preprocessed, tmp_path):
              "-device", "cpu"], env)
     fold = next(Path(env["nnUNet_results"]).glob(
         "Dataset990_*/nnUNetTrainerTMTVCLSelfPaced_Tiny__nnUNetPlans__3d_fullres/fold_0"))
-    assert (fold / "curriculum.json").is_file() and (fold / "validation" / "summary.json").is_file()
+    assert (fold / "curriculum_history.json").is_file() and (fold / "validation" / "summary.json").is_file()
     ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert ckpt["network_weights"]["stem.0.weight"].shape == (32, 5, 3, 3, 3)  # TMTV network with windowing
     assert ckpt["inference_allowed_mirroring_axes"] is None
