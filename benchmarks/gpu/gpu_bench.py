@@ -16,7 +16,14 @@ Steps (``python benchmarks/gpu/gpu_bench.py STEP --workdir W --json OUT.json``):
   and iterations per second with its data loading.
 - ``study-summary``: what the short study run finished (runs per state, report path).
 
-``--smoke`` (CPU, tiny shapes, 2 iterations, no augmentation workers) checks the script where there is no GPU.
+``--smoke`` (CPU, tiny shapes, 2 iterations, no augmentation workers) checks the script where there is no GPU::
+
+    python benchmarks/gpu/gpu_bench.py all --smoke --workdir /tmp/gs --json /tmp/gs/out.json
+    # tmtv on CPU: TMTV-Net's 128x96x96 stage-1 patch takes minutes per step; clamp it to the tiny images first
+    clips-nnunet plan-tmtv -d 996 --clamp-patch-to-median && nnUNetv2_preprocess -d 996 -c 3d_tmtv -np 1
+    python benchmarks/gpu/gpu_bench.py tmtv --smoke --workdir /tmp/gs --json /tmp/gs/out.json
+
+(with ``nnUNet_raw/preprocessed/results`` exported to ``/tmp/gs/...``).
 """
 from __future__ import annotations
 
