@@ -192,4 +192,4 @@ def test_tmtv_stack_and_predict_with_stacking(stage1, tmp_path):
     mask = sorted(out.glob("PRED_*/mask.nii.gz"))
     assert len(mask) == 1 and set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(mask[0]))))) <= {0, 1}
     wrong = run_cli(common[:3] + ["-o", str(tmp_path / "out2")] + common[3:] + ["-f", "0"], env, check=False)
-    assert wrong.returncode != 0 and "pass -f 0 1" in wrong.stderr
+    assert wrong.returncode == 2 and "pass -f 0 1" in wrong.stderr  # could not run as asked (cli policy)
