@@ -11,7 +11,8 @@ from clips_nnunet.trainers.self_paced import (nnUNetTrainerCLSelfPaced, nnUNetTr
                                               nnUNetTrainerCLSelfPacedLogAnti, nnUNetTrainerCLSelfPacedLogRandom,
                                               nnUNetTrainerCLSelfPacedMixture, nnUNetTrainerCLSelfPacedMixtureAnti,
                                               nnUNetTrainerCLSelfPacedMixtureRandom, nnUNetTrainerCLSelfPacedRandom)
-from clips_nnunet.trainers.tmtv.recipe import nnUNetTrainerTMTV, nnUNetTrainerTMTVRefiner  # noqa: F401
+from clips_nnunet.trainers.tmtv.recipe import (nnUNetTrainerTMTV, nnUNetTrainerTMTVFinetune,  # noqa: F401
+                                              nnUNetTrainerTMTVRefiner)
 from clips_nnunet.trainers.tmtv.combinations import *  # noqa: F401,F403  (nnUNetTrainerTMTVCL<Method>)
 from clips_nnunet.trainers.family import (  # noqa: F401  (curriculum family and controls)
     nnUNetTrainerCLBabySteps, nnUNetTrainerCLBabyStepsAnti, nnUNetTrainerCLBabyStepsRandom,
