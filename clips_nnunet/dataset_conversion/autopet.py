@@ -73,23 +73,14 @@ def convert_autopet(root: PathLike, dataset_id: int, name: str, workers: int = 1
                     progress: bool = True, n_folds: int = 5, add: bool = False,
                     prune: bool = False) -> C.ConversionReport:
     """Convert an autoPET NIfTI tree to ``<nnUNet_raw>/Dataset{id}_{name}`` (arguments as ``convert_cohort``)."""
-    from .write import CaseRegistry
-
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ClipsError(f"-j/--workers must be a positive integer, got {workers!r}")
     studies = find_autopet_studies(root)
     target = C.resolve_target(dataset_id, name, private_dir, raw_root, preprocessed_root)
     keys = [(p, s) for p, s, _ in studies]
     with target.lock():
-        registry = CaseRegistry.load(target.private_dir, prefix or name.replace("-", ""))
-        earlier = C.check_membership(target, registry, keys, add, prune)
-        C.open_dataset(target)
-        case_of = registry.assign(keys)
-        registry.save()
-        pruned: List[str] = []
-        if prune:
-            pruned = C.prune_cases(target, [c for c in earlier if c not in set(case_of.values())])
-            earlier = {c: r for c, r in earlier.items() if c not in pruned}
+        members = C.admit_cases(target, prefix or name.replace("-", ""), keys, add, prune)
+        registry, case_of, earlier, pruned = members.registry, members.case_of, members.earlier, members.pruned
         records: Dict[str, C.Record] = {}
         jobs: List[C.CaseJob] = []
         for patient, study, files in studies:

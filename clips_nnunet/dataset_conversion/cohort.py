@@ -206,6 +206,34 @@ def prune_cases(target: DatasetTarget, case_ids: Sequence[str]) -> List[str]:
     return sorted(case_ids)
 
 
+@dataclass
+class Membership:
+    """Which case each (patient, study) of this run gets, what the dataset held before, what ``--prune`` removed."""
+
+    registry: W.CaseRegistry
+    case_of: Dict[Tuple[str, str], str]
+    earlier: Dict[str, Record]
+    pruned: List[str]
+
+
+def admit_cases(target: DatasetTarget, prefix: str, keys: Sequence[Tuple[str, str]], add: bool,
+                prune: bool) -> Membership:
+    """Under the dataset lock: check membership (:func:`check_membership`), create the dataset folders, give each
+    (patient, study) key its pseudonymous case id (saved in the private registry) and, with ``prune``, remove the
+    earlier cases this cohort does not hold."""
+    registry = W.CaseRegistry.load(target.private_dir, prefix)
+    earlier = check_membership(target, registry, keys, add, prune)
+    open_dataset(target)
+    case_of = registry.assign(keys)
+    registry.save()
+    pruned: List[str] = []
+    if prune:
+        kept = set(case_of.values())
+        pruned = prune_cases(target, [c for c in earlier if c not in kept])
+        earlier = {c: r for c, r in earlier.items() if c not in pruned}
+    return Membership(registry, case_of, earlier, pruned)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # running the jobs
 # ----------------------------------------------------------------------------------------------------------------------

@@ -304,16 +304,8 @@ def convert_cohort(cohort_dir: PathLike, dataset_id: int, name: str, labels: str
     unreadable = [str(p) for idx, _ in indexes for p, _ in idx.unreadable]
 
     with target.lock():
-        from .write import CaseRegistry
-        registry = CaseRegistry.load(target.private_dir, prefix or name.replace("-", ""))
-        earlier = C.check_membership(target, registry, keys, add, prune)
-        C.open_dataset(target)
-        case_of = registry.assign(keys)
-        registry.save()
-        pruned: List[str] = []
-        if prune:
-            pruned = C.prune_cases(target, [c for c in earlier if c not in set(case_of.values())])
-            earlier = {c: r for c, r in earlier.items() if c not in pruned}
+        members = C.admit_cases(target, prefix or name.replace("-", ""), keys, add, prune)
+        registry, case_of, earlier, pruned = members.registry, members.case_of, members.earlier, members.pruned
         jobs, records = _jobs_and_records(indexes, registry, case_of, overrides)
         options = C.ConversionOptions(target.dataset_dir, target.private_dir, option, roi,
                                       None if target_spacing is None else tuple(float(v) for v in target_spacing))
