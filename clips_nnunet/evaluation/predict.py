@@ -395,6 +395,10 @@ def predict_dicom(inputs: Sequence[PathLike], output_dir: PathLike, spec: ModelS
     """
     if not inputs:
         raise ClipsError("no input given: name DICOM folders of patients or a cohort folder")
+    missing = [str(n + 1) for n, folder in enumerate(inputs) if not Path(folder).is_dir()]
+    if missing:  # before anything is created; by position, since folder names may name patients
+        raise ClipsError(f"input #{', #'.join(missing)} does not exist or is not a folder: name DICOM folders of "
+                         "patients or a cohort folder")
     output_dir = Path(output_dir)
     private_dir = Path(private_dir) if private_dir else default_private_dir(output_dir)
     if private_dir.resolve() == output_dir.resolve() or output_dir.resolve() in private_dir.resolve().parents:
