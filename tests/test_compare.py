@@ -231,3 +231,26 @@ def test_compare_on_real_nnunet_accumulated_crossval(tiny_preprocessed, tmp_path
     a = res2.per_case.set_index("case_id").dice.sort_index()
     b = pc[pc.group == "nnUNetTrainer"].set_index("case_id").dice.sort_index()
     np.testing.assert_allclose(a.to_numpy(), b.to_numpy())
+
+
+def test_subset_stratum_is_tabulated_and_tested(tree):
+    """A named subset (e.g. the mislabelled patients) gets its own rows and tests over exactly its cases."""
+    tmp, base, better = tree
+    subset = ["case_000", "case_003", "case_004", "case_009", "case_010"]
+    res = compare_results([better, base], out_dir=tmp / "cmp_sub", progress=False, subsets={"mislabelled": subset})
+    assert res.subsets == {"mislabelled": sorted(subset)}
+    tab = res.table.set_index(["group", "stratum", "metric"])
+    pc = res.per_case.set_index(["group", "case_id"])
+    expected = np.mean([pc.loc[("nnUNetTrainerBetter", c), "dice"] for c in subset])
+    assert tab.loc[("nnUNetTrainerBetter", "mislabelled", "dice"), "mean"] == pytest.approx(expected)
+    assert tab.loc[("nnUNetTrainerBetter", "mislabelled", "dice"), "n"] == 5
+    test = res.tests.set_index(["stratum", "metric"]).loc[("mislabelled", "dice")]
+    # Better keeps more slices in every case: all 5 differences positive; the test is the one over those 5 pairs
+    assert test["n_pairs"] == 5 and test["rank_biserial"] == pytest.approx(1.0)
+    pairs = paired_test([pc.loc[("nnUNetTrainerBetter", c), "dice"] for c in subset],
+                        [pc.loc[("nnUNetTrainer", c), "dice"] for c in subset])
+    assert test["p_value"] == pytest.approx(pairs["p_value"]) and test["median_diff"] == pytest.approx(
+        pairs["median_diff"])
+    assert "Subset: mislabelled (n = 5)" in (tmp / "cmp_sub" / "report.md").read_text()
+    with pytest.raises(Exception, match="clash"):
+        compare_results([better, base], progress=False, subsets={"hard": subset})

@@ -318,3 +318,65 @@ def test_publish_report_rewrites_study_dir(tmp_path):
     assert (tmp_path / "pub" / "vs_nnUNetTrainer" / "tests.csv").read_text() == "a,<study_dir>\n"
     assert (tmp_path / "pub" / "report.png").read_bytes() == b"\x89PNG"
     assert not (tmp_path / "pub" / "vs_nnUNetTrainer" / "cache").exists()
+
+
+def test_extends_merges_mappings_and_replaces_lists(tmp_path):
+    import yaml
+
+    base = copy.deepcopy(BASE)
+    base["dataset"]["options"] = {"n_train": 30, "label_error_fraction": 0.25}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({
+        "extends": "base.yaml", "name": "child", "dataset": {"options": {"label_error_fraction": 0.0}},
+        "budget": {"epochs": 5, "iterations_per_epoch": 1}, "seeds": [3]}))
+    child = load_study_config(tmp_path / "child.yaml", study_dir=tmp_path / "s")
+    assert child.name == "child" and child.seeds == (3,)
+    assert dict(child.dataset_options) == {"n_train": 30, "label_error_fraction": 0.0}
+    assert child.dataset_id == 994 and child.epochs == 5 and child.iterations_per_epoch == 1
+    assert [t.name for t in child.trainers] == [t["name"] for t in BASE["trainers"]]
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(StudyConfigError, match="loops back"):
+        load_study_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(StudyConfigError, match="missing.yaml.*extended by"):
+        load_study_config(tmp_path / "orphan.yaml")
+
+
+def test_per_arm_controls_pair_each_arm_with_its_own_control(tmp_path):
+    trainers = [{"name": "nnUNetTrainer", "trainer": "nnUNetTrainerClipsBase"},
+                {"name": "nnUNetTrainerCLSelfPaced", "control": "nnUNetTrainerCLSelfPacedRandom"},
+                {"name": "nnUNetTrainerCLSelfPacedRandom"},
+                {"name": "nnUNetTrainerCLDIH", "control": "nnUNetTrainerCLDIHRandom"},
+                {"name": "nnUNetTrainerCLDIHRandom"}]
+    config = cfg(tmp_path, trainers=trainers)
+    assert config.controls == ("nnUNetTrainerCLSelfPacedRandom", "nnUNetTrainerCLDIHRandom")
+    assert config.control_pairs() == (("nnUNetTrainerCLSelfPacedRandom", ("nnUNetTrainerCLSelfPaced",)),
+                                      ("nnUNetTrainerCLDIHRandom", ("nnUNetTrainerCLDIH",)))
+    # a control only listed in 'controls' is tested against every other arm but the baseline
+    listed = cfg(tmp_path, controls=["nnUNetTrainerCLSelfPaced"])
+    assert listed.control_pairs() == (("nnUNetTrainerCLSelfPaced", ("nnUNetTrainerCLTransferTeacher",)),)
+    with pytest.raises(StudyConfigError, match="control 'nnUNetTrainerX'"):
+        cfg(tmp_path, trainers=[{"name": "nnUNetTrainer", "control": "nnUNetTrainerX"}])
+
+
+def test_converging_study_conditions_differ_only_where_stated():
+    """The three conditions of the converging CPU study: same arms, seeds, folds and images; clean has no errors,
+    short has 12 % of the iterations over the same number of epochs."""
+    noisy, clean, short = (load_study_config(REPO / "benchmarks" / "learning" / f"converging_cpu_{c}.yaml")
+                           for c in ("noisy", "clean", "noisy_short"))
+    for other in (clean, short):
+        assert other.trainers == noisy.trainers and other.seeds == noisy.seeds == (0, 1, 2)
+        assert other.folds == noisy.folds and other.dataset_id == noisy.dataset_id
+        assert other.study_dir != noisy.study_dir
+    assert noisy.dataset_options["label_error_fraction"] == 0.25 and clean.dataset_options["label_error_fraction"] == 0
+    assert clean.dataset_options["seed"] == noisy.dataset_options["seed"] and clean.dataset_options[
+        "physiological_uptake"] is True
+    assert short.dataset_options == noisy.dataset_options and short.epochs == noisy.epochs
+    assert short.budget_iterations / noisy.budget_iterations == pytest.approx(0.12)
+    ordered = {"nnUNetTrainerCLSelfPaced", "nnUNetTrainerCLSelfPacedLinear", "nnUNetTrainerCLTransferTeacher",
+               "nnUNetTrainerCLDIH"}
+    assert {arms[0] for _, arms in noisy.control_pairs()} == ordered
+    for control, (arm,) in noisy.control_pairs():
+        assert control == arm + "Random"
+        assert noisy.trainer(control).overrides == noisy.trainer(arm).overrides
+        assert noisy.trainer(control).teacher == noisy.trainer(arm).teacher

@@ -44,6 +44,10 @@ def run_study(args: argparse.Namespace) -> int:
     failed = [k for k, v in status["runs"].items() if str(v).startswith(("failed", "not run"))]
     if status.get("report"):
         print(f"report: {status['report']}")
+        if args.publish:
+            from clips_nnunet.study import publish_report
+
+            print(f"published: {publish_report(config, Path(args.publish))}")
     for label, state in status["runs"].items() if args.run_index is not None else ():
         print(f"{label}: {state}")
     if failed:
@@ -103,7 +107,7 @@ def register(subparsers) -> None:
     s.add_argument("--dry-run", action="store_true", help="print the nnUNetv2_train commands, run nothing")
     s.add_argument("--max-runs", type=int, default=None, help="stop after starting this many runs (resume later)")
     s.add_argument("--report-only", action="store_true", help="only (re)write the report from finished runs")
-    s.add_argument("--publish", metavar="DIR", help="with --report-only: copy the report to DIR (e.g. "
+    s.add_argument("--publish", metavar="DIR", help="once the report is written, copy it to DIR (e.g. "
                    "docs/results/NAME) with the study folder written as <study_dir>")
     s.add_argument("--prepare-only", action="store_true", help="only prepare the dataset (generate, plan and "
                    "preprocess, splits) and the budget subclasses; what a SLURM study runs first")

@@ -107,6 +107,7 @@ class ComparisonResult:
     out_dir: Optional[Path] = None
     files: Dict[str, Path] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
+    subsets: Dict[str, List[str]] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------ result folders
@@ -311,7 +312,8 @@ def compare_results(groups: Union[Mapping[str, Sequence[PathLike]], Sequence[Pat
                     out_dir: Optional[PathLike] = None, labels: Optional[Sequence[int]] = None,
                     connectivity: int = AUTOPET_CONNECTIVITY, lesion_connectivity: int = 26,
                     metrics: Optional[Mapping[str, bool]] = None, plots: bool = True,
-                    progress: bool = True, cache_dir: Optional[PathLike] = None) -> ComparisonResult:
+                    progress: bool = True, cache_dir: Optional[PathLike] = None,
+                    subsets: Optional[Mapping[str, Sequence[str]]] = None) -> ComparisonResult:
     """Evaluate and compare groups of nnU-Net results folders (see module docstring).
 
     Args:
@@ -327,6 +329,8 @@ def compare_results(groups: Union[Mapping[str, Sequence[PathLike]], Sequence[Pat
         metrics: ``{metric: higher_is_better}`` to compare (default :data:`COMPARE_METRICS`).
         cache_dir: per-case evaluation cache (default ``out_dir/cache``; none when both are ``None``). Several
             comparisons of the same folders (e.g. against different baselines) can share one cache.
+        subsets: further strata ``{name: case ids}`` tabulated and tested like the tertiles (e.g. the patients with
+            a known annotation error); names must differ from ``all`` and the tertiles.
     """
     import pandas as pd
 
@@ -415,7 +419,12 @@ def compare_results(groups: Union[Mapping[str, Sequence[PathLike]], Sequence[Pat
     per_case["tertile"] = per_case.case_id.map(lambda c: tertile.get(c, ""))
 
     # table
+    subsets = {str(k): set(v) for k, v in (subsets or {}).items()}
+    clash = sorted(set(subsets) & {"all", *TERTILES})
+    if clash:
+        raise CurriculumConfigError(f"subset name(s) {clash} clash with the built-in strata; rename them")
     strata = [("all", per_case)] + [(t, per_case[per_case.tertile == t]) for t in TERTILES]
+    strata += [(name, per_case[per_case.case_id.isin(ids)]) for name, ids in subsets.items()]
     trows = []
     for g in group_dirs:
         for sname, sdf in strata:
@@ -470,7 +479,8 @@ def compare_results(groups: Union[Mapping[str, Sequence[PathLike]], Sequence[Pat
     result = ComparisonResult(per_case=per_case, table=table, tests=tests, baseline=baseline,
                               groups={g: [str(p) for p in v] for g, v in group_dirs.items()},
                               difficulty={c: float(v) for c, v in difficulty.items() if c in all_cases},
-                              difficulty_source=dsrc, out_dir=out, warnings=warnings)
+                              difficulty_source=dsrc, out_dir=out, warnings=warnings,
+                              subsets={k: sorted(v) for k, v in subsets.items()})
     if out is not None:
         _write_outputs(result, metrics, plots, n_common=len(common))
     return result
@@ -545,13 +555,15 @@ def render_markdown(res: ComparisonResult, metrics: Mapping[str, bool], n_common
         L.append(f"| {g} | {'<br>'.join(dirs)} |")
     L.append("")
     mets = [m for m in metrics if m in set(res.table.metric)] if len(res.table) else []
-    for stratum in ("all",) + TERTILES:
+    strata = list(dict.fromkeys(res.table.stratum)) if len(res.table) else []
+    for stratum in strata:
         sub = res.table[res.table.stratum == stratum]
-        if sub.empty:
-            continue
-        n_cases = int(res.per_case[(res.per_case.group == res.baseline)
-                                   & ((res.per_case.tertile == stratum) if stratum != "all" else True)].shape[0])
-        L.append(f"{section} {'All cases' if stratum == 'all' else 'Tertile: ' + stratum} (n = {n_cases})")
+        base = res.per_case[res.per_case.group == res.baseline]
+        n_cases = int(len(base) if stratum == "all" else (base.tertile == stratum).sum() if stratum in TERTILES
+                      else base.case_id.isin(res.subsets.get(stratum, ())).sum())
+        heading = ("All cases" if stratum == "all" else "Tertile: " + stratum if stratum in TERTILES
+                   else "Subset: " + stratum)
+        L.append(f"{section} {heading} (n = {n_cases})")
         L.append("")
         L.append("mean +- sd (median)" + ("; sd between seeds in brackets" if stratum == "all" and
                                           (sub.n_seeds > 1).any() else ""))

@@ -42,13 +42,15 @@ class TrainerSpec:
     ``trainer`` is the nnU-Net trainer class it derives from (found with nnU-Net's own lookup, ext folders
     included); ``overrides`` are class attributes set on the subclass (the nnU-Net way of changing a
     hyper-parameter); ``teacher`` names the arm whose out-of-fold predictions give the difficulty
-    (transfer teacher / bootstrapping).
+    (transfer teacher / bootstrapping); ``control`` names the arm's matched control (e.g. its Random order), which
+    the report tests it against.
     """
 
     name: str
     trainer: str
     overrides: Tuple[Tuple[str, Any], ...] = ()
     teacher: Optional[str] = None
+    control: Optional[str] = None
 
     @property
     def class_name(self) -> str:
@@ -104,6 +106,15 @@ class StudyConfig:
     @property
     def budget_iterations(self) -> int:
         return self.epochs * self.iterations_per_epoch
+
+    def control_pairs(self) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
+        """``((control, (arm, ...)), ...)``: each control with the arms tested against it: the arms naming it as
+        their ``control``, else (a control only listed in ``controls``) every other arm but the baseline."""
+        pairs = []
+        for ref in self.controls:
+            arms = tuple(t.name for t in self.trainers if t.control == ref)
+            pairs.append((ref, arms or tuple(t.name for t in self.trainers if t.name not in (ref, self.baseline))))
+        return tuple(pairs)
 
     @property
     def teachers(self) -> Tuple[str, ...]:
@@ -163,10 +174,10 @@ def _parse_trainer(i: int, t: Any) -> TrainerSpec:
         t = {"name": t}
     if not isinstance(t, Mapping):
         raise StudyConfigError(f"study config: trainers[{i}] must be a name or a mapping, got {t!r}")
-    bad = sorted(set(t) - {"name", "trainer", "overrides", "teacher"})
+    bad = sorted(set(t) - {"name", "trainer", "overrides", "teacher", "control"})
     if bad:
         raise StudyConfigError(f"study config: trainers[{i}] has unknown key(s) {bad}; "
-                               "use name, trainer, overrides, teacher")
+                               "use name, trainer, overrides, teacher, control")
     name = str(_req(t, "name", f"trainers[{i}]."))
     trainer = str(t.get("trainer") or name)
     for label, value in (("name", name), ("trainer", trainer)):
@@ -180,7 +191,7 @@ def _parse_trainer(i: int, t: Any) -> TrainerSpec:
         if not isinstance(v, OVERRIDE_TYPES):
             raise StudyConfigError(f"study config: trainers[{i}].overrides.{k} must be a number, string, bool, "
                                    f"list or null, got {type(v).__name__}")
-    return TrainerSpec(name, trainer, tuple(sorted(overrides.items())), t.get("teacher"))
+    return TrainerSpec(name, trainer, tuple(sorted(overrides.items())), t.get("teacher"), t.get("control"))
 
 
 def _parse_arms(raw: Mapping[str, Any]) -> Dict[str, Any]:
@@ -199,10 +210,14 @@ def _parse_arms(raw: Mapping[str, Any]) -> Dict[str, Any]:
                                    f"the trainers {names}")
         if t.teacher == t.name:
             raise StudyConfigError(f"study config: trainer {t.name!r} cannot be its own teacher")
+        if t.control is not None and (t.control not in names or t.control == t.name):
+            raise StudyConfigError(f"study config: trainer {t.name!r} has control {t.control!r}, which must be another "
+                                   f"of the trainers {names}")
     baseline = str(_req(raw, "baseline", ""))
     if baseline not in names:
         raise StudyConfigError(f"study config: baseline {baseline!r} is not one of the trainers {names}")
     controls = tuple(str(c) for c in (raw.get("controls") or []))
+    controls += tuple(dict.fromkeys(t.control for t in trainers if t.control and t.control not in controls))
     for c in controls:
         if c not in names:
             raise StudyConfigError(f"study config: control {c!r} is not one of the trainers {names}")
@@ -291,15 +306,42 @@ def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
         parallel_runs=_positive_int(raw.get("parallel_runs", 1), "parallel_runs"))
 
 
-def load_study_config(path: Path, study_dir: Optional[Path] = None) -> StudyConfig:
-    """Read and validate a study YAML file (relative ``study_dir`` is resolved against the file's folder)."""
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
+    """``base`` updated by ``override``: mappings are merged key by key, everything else (lists too) replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) \
+            else value
+    return out
+
+
+def _read_yaml(path: Path, chain: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+    """The YAML mapping of ``path`` with its ``extends: other.yaml`` chain merged in (the extending file wins)."""
     import yaml
 
-    path = Path(path)
     if not path.is_file():
-        raise StudyConfigError(f"study config file {path} does not exist; see benchmarks/learning/*.yaml for examples")
+        where = f" (extended by {chain[-1]})" if chain else ""
+        raise StudyConfigError(f"study config file {path}{where} does not exist; see benchmarks/learning/*.yaml for "
+                               f"examples")
+    if path.resolve() in chain:
+        raise StudyConfigError(f"study config file {path}: 'extends' loops back to itself")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise StudyConfigError(f"study config file {path} is not valid YAML: {e}") from e
-    return parse_study_config(raw, base_dir=path.resolve().parent, study_dir=study_dir)
+    if not isinstance(raw, Mapping) or "extends" not in raw:
+        return raw
+    parent = Path(str(raw["extends"]))
+    parent = parent if parent.is_absolute() else path.resolve().parent / parent
+    merged = _merge(_read_yaml(parent, chain + (path.resolve(),)), raw)
+    merged.pop("extends")
+    return merged
+
+
+def load_study_config(path: Path, study_dir: Optional[Path] = None) -> StudyConfig:
+    """Read and validate a study YAML file (relative ``study_dir`` is resolved against the file's folder).
+
+    ``extends: other.yaml`` (relative to the file) starts from that file's configuration: mappings are merged key
+    by key, other values (lists such as ``trainers``) replaced; a study's conditions share one base this way."""
+    path = Path(path)
+    return parse_study_config(_read_yaml(path), base_dir=path.resolve().parent, study_dir=study_dir)

@@ -7,12 +7,12 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from clips_nnunet.errors import DatasetError
-from clips_nnunet.io_utils import atomic_write_json, atomic_write_text
+from clips_nnunet.io_utils import atomic_write_json, atomic_write_text, read_json
 from clips_nnunet.study.config import StudyConfig
 from clips_nnunet.study.layout import (RunSpec, fold_dir, run_is_finished, seed_results_root, teacher_csv_path,
                                        trainer_output_dir)
@@ -21,7 +21,9 @@ __all__ = ["REPORT_METRICS", "study_groups", "write_report", "publish_report"]
 
 #: metrics shown in the study report (higher is better?): Dice, TMTV error, autoPET false-positive/-negative volumes
 REPORT_METRICS: Dict[str, bool] = {"dice": True, "tmtv_abs_error_ml": False, "fp_volume_ml": False,
-                                   "fn_volume_ml": False}
+                                   "fn_volume_ml": False, "lesion_f1": True}
+#: the stratum of the patients whose training annotation carries a planted error
+MISLABELLED = "mislabelled"
 #: nnU-Net's default training budget (epochs x iterations per epoch), for the scale statement
 NNUNET_DEFAULT_ITERATIONS = 1000 * 250
 
@@ -47,12 +49,30 @@ def _difficulty_arguments(config: StudyConfig) -> Dict[str, Any]:
     return {"difficulty_csv": csvs[0]} if csvs else {}
 
 
+def reference_masks(config: StudyConfig) -> Tuple[Path, Dict[str, List[str]], str]:
+    """``(reference folder, {stratum: case ids}, description)``: the synthetic generator's **clean** masks and the
+    cases with a planted annotation error when the study's dataset has them (``clips_truth/``, never part of the
+    nnU-Net dataset), else the dataset's own references (nnU-Net's ``gt_segmentations``)."""
+    from clips_nnunet.synthetic.raw import ERRORS_JSON, truth_dir
+
+    truth = truth_dir(config.study_dir / "nnUNet_raw", config.dataset_id, config.dataset_name)
+    if (truth / "labels_clean").is_dir() and (truth / ERRORS_JSON).is_file():
+        cases = read_json(truth / ERRORS_JSON).get("cases", {})
+        bad = sorted(c for c, rec in cases.items() if rec.get("kind"))
+        return (truth / "labels_clean", {MISLABELLED: bad} if bad else {},
+                f"the generator's clean masks (`clips_truth/`; {len(bad)} training case(s) carry a planted "
+                f"annotation error in the dataset the arms trained on)")
+    return (config.study_dir / "nnUNet_preprocessed" / config.dataset_folder_name / "gt_segmentations", {},
+            "the dataset's own reference masks (nnU-Net's gt_segmentations)")
+
+
 def _compare(config: StudyConfig, groups: Mapping[str, Sequence[Path]], baseline: str, out_dir: Path):
     from clips_nnunet.evaluation.compare import compare_results
 
-    gt_dir = config.study_dir / "nnUNet_preprocessed" / config.dataset_folder_name / "gt_segmentations"
+    gt_dir, subsets, _ = reference_masks(config)
     return compare_results({k: list(v) for k, v in groups.items()}, baseline=baseline, gt_dir=gt_dir,
-                           out_dir=out_dir, metrics=REPORT_METRICS, progress=False, **_difficulty_arguments(config))
+                           out_dir=out_dir, metrics=REPORT_METRICS, progress=False, subsets=subsets,
+                           cache_dir=out_dir.parent / "cache", **_difficulty_arguments(config))
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -110,8 +130,8 @@ def _baseline_section(config: StudyConfig, res) -> List[str]:
 
     shared = set.intersection(*(set(res.per_case.case_id[res.per_case.group == g]) for g in res.groups))
     lines = ["## Results against the baseline", "",
-             f"Out-of-fold validation cases: {res.per_case.case_id.nunique()}; difficulty for the tertiles: "
-             f"{res.difficulty_source}. Per case, metrics are averaged over seeds; tables give mean +- sd "
+             f"Out-of-fold validation cases: {res.per_case.case_id.nunique()}, evaluated against "
+             f"{reference_masks(config)[2]}; difficulty for the tertiles: {res.difficulty_source}. Per case, metrics are averaged over seeds; tables give mean +- sd "
              f"(median) over cases, [sd of the per-seed cohort means]. Tests: paired two-sided Wilcoxon "
              f"signed-rank over cases, r = matched-pairs rank-biserial (Kerby 2014), Holm over the metrics. "
              f"FP/FN volumes as autoPET defines them.", ""]
@@ -121,13 +141,41 @@ def _baseline_section(config: StudyConfig, res) -> List[str]:
 
 def _control_section(ref: str, res) -> List[str]:
     lines = [f"## Paired tests against the control `{ref}`", "",
-             f"diff = arm - {ref}; all cases and the hardest tertile; full tables in `vs_{ref}/`.", "",
+             f"diff = arm - {ref}; all cases, the hardest tertile and the mislabelled patients (if any); full "
+             f"tables in `vs_{ref}/`.", "",
              "| arm | stratum | metric | n | median diff | r | p | p_holm | favours |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for _, r in res.tests[res.tests.stratum.isin(["all", "hard"])].iterrows():
+    for _, r in res.tests[res.tests.stratum.isin(["all", "hard", MISLABELLED])].iterrows():
         lines.append(f"| {r['group']} | {r['stratum']} | {r['metric']} | {r['n_pairs']} | "
                      f"{_fmt(r['median_diff'])} | {_fmt(r['rank_biserial'], 2)} | {_fmt_p(r['p_value'])} | "
                      f"{_fmt_p(r['p_holm'])} | {r['better']} |")
+    return lines + [""]
+
+
+def _plateau_section(config: StudyConfig, out_dir: Path) -> List[str]:
+    """The baseline's per-epoch pseudo Dice of every seed and fold, the plateau criterion of
+    :mod:`clips_nnunet.study.curves` for each, and ``baseline_curve.png``."""
+    from clips_nnunet.study.curves import curves_of, plateau, plot_curves
+
+    spec = config.trainer(config.baseline)
+    runs = {f"seed {s}, fold {f}": fold_dir(config, RunSpec(spec, f, s, seed_results_root(config, s)))
+            for s in config.seeds for f in config.folds}
+    curves = curves_of(runs)
+    if not curves:
+        return []
+    plot_curves(curves, out_dir / "baseline_curve.png",
+                f"{config.baseline}: pseudo Dice per epoch ({config.iterations_per_epoch} iterations each)")
+    results = {k: plateau(v) for k, v in curves.items()}
+    w = next(iter(results.values()))
+    lines = ["## Does the baseline converge?", "",
+             f"Plateau criterion: the mean pseudo Dice (nnU-Net's per-epoch Dice of the validation patches, against "
+             f"the dataset's own masks) of the last {w.window_epochs} epochs gained less than {w.tolerance} over the "
+             f"{w.window_epochs} epochs before them.", "",
+             "![baseline pseudo Dice per epoch](baseline_curve.png)", "",
+             "| run | epochs | mean of the window before | mean of the last window | gain | plateau |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {r.epochs} | {_fmt(r.before)} | {_fmt(r.last)} | {_fmt(r.gain)} | "
+              f"{'yes' if r.reached else 'no'} |" for k, r in results.items()]
     return lines + [""]
 
 
@@ -156,15 +204,17 @@ def write_report(config: StudyConfig, status: Optional[Mapping[str, Any]] = None
     if config.baseline in groups:
         main = _compare(config, groups, config.baseline, out_dir / f"vs_{config.baseline}")
         summary["comparisons"][config.baseline] = str(out_dir / f"vs_{config.baseline}" / "comparison.json")
-        lines += _baseline_section(config, main)
-        for ref in config.controls:
-            if ref not in groups or ref == config.baseline:
+        lines += _plateau_section(config, out_dir) + _baseline_section(config, main)
+        for ref, arms in config.control_pairs():
+            arms = [a for a in arms if a in groups]
+            if ref not in groups or ref == config.baseline or not arms:
                 continue
-            res = _compare(config, groups, ref, out_dir / f"vs_{ref}")
+            res = _compare(config, {k: groups[k] for k in [ref, *arms]}, ref, out_dir / f"vs_{ref}")
             summary["comparisons"][ref] = str(out_dir / f"vs_{ref}" / "comparison.json")
             lines += _control_section(ref, res)
         _plot_summary(main, config, out_dir / "report.png")
-        lines.insert(2, "![Dice and TMTV error per arm, all cases and hardest tertile](report.png)\n")
+        lines.insert(2, "![Dice and TMTV error per arm: all cases, hardest tertile, mislabelled patients]"
+                        "(report.png)\n")
     else:
         lines += [f"The baseline `{config.baseline}` has no finished run yet: nothing to compare.", ""]
     lines += _runs_section(status)
@@ -175,16 +225,19 @@ def write_report(config: StudyConfig, status: Optional[Mapping[str, Any]] = None
 
 
 def _plot_summary(res, config: StudyConfig, path: Path) -> None:
-    """Box plots of seed-averaged per-case Dice and |TMTV error| per arm, all cases and the hardest tertile."""
+    """Box plots of seed-averaged per-case Dice and |TMTV error| per arm: all cases, the hardest tertile and the
+    mislabelled patients (when the dataset has planted annotation errors)."""
     import matplotlib.pyplot as plt
 
     arms = [config.baseline] + [g for g in res.groups if g != config.baseline]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), squeeze=False)
     pc = res.per_case
+    strata = [("all cases", pc), ("hardest tertile", pc[pc.tertile == "hard"])]
+    if res.subsets.get(MISLABELLED):
+        strata.append(("mislabelled patients", pc[pc.case_id.isin(res.subsets[MISLABELLED])]))
+    fig, axes = plt.subplots(2, len(strata), figsize=(5.5 * len(strata), 7), squeeze=False)
     for row, (metric, label) in enumerate((("dice", "Dice"), ("tmtv_abs_error_ml", "|TMTV error| (ml)"))):
-        for col, stratum in enumerate(("all", "hard")):
+        for col, (title, sub) in enumerate(strata):
             ax = axes[row][col]
-            sub = pc if stratum == "all" else pc[pc.tertile == "hard"]
             data = []
             for a in arms:
                 v = sub.loc[sub.group == a, metric].astype(float).to_numpy()
@@ -194,8 +247,7 @@ def _plot_summary(res, config: StudyConfig, path: Path) -> None:
             ax.set_xticks(range(1, len(arms) + 1))
             ax.set_xticklabels([a.replace("nnUNetTrainer", "") or "nnUNetTrainer" for a in arms], rotation=30,
                                ha="right", fontsize=8)
-            n = sub.case_id.nunique()
-            ax.set_title(f"{label}, {'all cases' if stratum == 'all' else 'hardest tertile'} (n={n})", fontsize=9)
+            ax.set_title(f"{label}, {title} (n={sub.case_id.nunique()})", fontsize=9)
     fig.suptitle(f"study {config.name}: {config.budget_iterations} iterations per run, seeds {list(config.seeds)}, "
                  f"folds {list(config.folds)}", fontsize=10)
     fig.tight_layout()

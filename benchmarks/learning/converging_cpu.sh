@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The converging CPU study: three conditions (25 % badly annotated patients at full budget, clean masks at full
+# budget, 25 % badly annotated at 12 % of the budget), each a resumable `clips-nnunet study`, then their reports
+# copied to docs/results/converging_cpu/<condition>/. About 1.5-2 hours on 2 CPU cores.
+#   bash benchmarks/learning/converging_cpu.sh            # run (finished runs are skipped on a re-run)
+#   bash benchmarks/learning/converging_cpu.sh --report-only
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+for condition in noisy clean noisy_short; do
+    config="benchmarks/learning/converging_cpu_${condition}.yaml"
+    clips-nnunet study "$config" "$@" --publish "docs/results/converging_cpu/${condition}"
+done
+python benchmarks/learning/summarise_conditions.py docs/results/converging_cpu --conditions noisy clean noisy_short

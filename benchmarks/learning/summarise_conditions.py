@@ -1,0 +1,96 @@
+"""One table across the conditions of a multi-condition study (e.g. the converging CPU study).
+
+Reads each ``<results>/<condition>/report.json`` (written by ``clips-nnunet study ... --publish``) and the
+``comparison.json`` files it names, and writes ``<results>/summary.md``: per condition and arm, the mean of Dice
+(all cases, hardest tertile, mislabelled patients), |TMTV error| and lesion F1, and the paired Wilcoxon result
+(median difference in Dice, rank-biserial r, Holm-adjusted p) against the stock baseline and against the arm's own
+control.
+
+    python benchmarks/learning/summarise_conditions.py docs/results/converging_cpu [--conditions noisy clean ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+STRATA = ("all", "hard", "mislabelled")
+
+
+def _load(path: Path) -> Dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def _fmt(x: Optional[float], digits: int = 3) -> str:
+    return "n/a" if x is None or not math.isfinite(float(x)) else f"{float(x):.{digits}f}"
+
+
+def _fmt_p(p: Optional[float]) -> str:
+    if p is None or not math.isfinite(float(p)):
+        return "n/a"
+    return "<0.001" if p < 1e-3 else f"{p:.3f}"
+
+
+def _mean(summary: List[Dict[str, Any]], group: str, stratum: str, metric: str) -> Optional[float]:
+    for row in summary:
+        if (row["group"], row["stratum"], row["metric"]) == (group, stratum, metric):
+            return row["mean"]
+    return None
+
+
+def _test(tests: List[Dict[str, Any]], group: str, stratum: str, metric: str) -> str:
+    for row in tests:
+        if (row["group"], row["stratum"], row["metric"]) == (group, stratum, metric):
+            return f"{_fmt(row['median_diff'])} (r={_fmt(row['rank_biserial'], 2)}, p={_fmt_p(row['p_holm'])})"
+    return ""
+
+
+def condition_table(folder: Path) -> List[str]:
+    """Markdown table of one condition's report folder."""
+    report = _load(folder / "report.json")
+    comparisons = {ref: _load(folder / f"vs_{ref}" / "comparison.json") for ref in report["comparisons"]}
+    main_ref = next(iter(comparisons))  # the baseline comes first
+    main = comparisons[main_ref]
+    control_of = {g: ref for ref, c in comparisons.items() if ref != main_ref for g in c["groups"] if g != ref}
+    lines = ["| arm | Dice all | Dice hardest third | Dice mislabelled | abs TMTV err (ml) | lesion F1 | "
+             "Dice vs stock: median diff (r, p_holm) | Dice vs own control | Dice mislabelled vs stock |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for group in main["groups"]:
+        cells = [_fmt(_mean(main["summary"], group, s, "dice")) for s in STRATA]
+        cells += [_fmt(_mean(main["summary"], group, "all", "tmtv_abs_error_ml"), 1),
+                  _fmt(_mean(main["summary"], group, "all", "lesion_f1"))]
+        cells.append(_test(main["tests"], group, "all", "dice") or "baseline")
+        ref = control_of.get(group)
+        cells.append(f"{_test(comparisons[ref]['tests'], group, 'all', 'dice')} vs {ref.replace('nnUNetTrainer', '')}"
+                     if ref else "")
+        cells.append(_test(main["tests"], group, "mislabelled", "dice"))
+        lines.append(f"| {group.replace('nnUNetTrainer', '') or 'nnUNetTrainer (stock)'} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="folder holding one published report folder per condition")
+    parser.add_argument("--conditions", nargs="*", help="condition folders in display order (default: all)")
+    args = parser.parse_args(argv)
+    names = args.conditions or sorted(p.name for p in args.results.iterdir() if (p / "report.json").is_file())
+    lines = ["# Summary across conditions", "",
+             "Means over the out-of-fold patients (per patient averaged over seeds), evaluated against the clean "
+             "masks. Tests: paired two-sided Wilcoxon over patients, median difference arm - reference, "
+             "matched-pairs rank-biserial r, Holm-adjusted over the report's metrics. Full tables: "
+             "`<condition>/report.md`.", ""]
+    for name in names:
+        if not (args.results / name / "report.json").is_file():
+            lines += [f"## {name}", "", "not run (no report.json)", ""]
+            continue
+        lines += [f"## {name}", "", *condition_table(args.results / name), ""]
+    out = args.results / "summary.md"
+    out.write_text("\n".join(lines))
+    print(f"summary: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
