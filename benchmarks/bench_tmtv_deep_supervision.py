@@ -20,22 +20,14 @@ Usage::
 """
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-
 import numpy as np
 import torch
 
+from _tmtv_common import parse_step_args, synthetic_batch, time_steps, train_step
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--patch", type=int, nargs=3, default=[48, 32, 32])
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--iterations", type=int, default=3, help="timed steps per repeat")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    args = parse_step_args(__doc__, iterations=3)
 
     from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
@@ -44,11 +36,9 @@ def main() -> None:
     from clips_nnunet.trainers.tmtv.network import TMTVUNet
 
     device = torch.device(args.device)
-    rng = np.random.default_rng(0)
-    shape = (args.batch, 1, *args.patch)
-    data = torch.from_numpy(np.concatenate([rng.normal(40, 200, shape), np.abs(rng.normal(1, 2, shape))], 1)
-                            .astype(np.float32)).to(device)
-    labels = torch.from_numpy((rng.random(shape) > 0.95).astype(np.int16))
+    batch, mask = synthetic_batch(args.batch, args.patch, foreground=0.05, rng=np.random.default_rng(0))
+    data = torch.from_numpy(batch).to(device)
+    labels = torch.from_numpy(mask.astype(np.int16))
     weights = deep_supervision_weights(4)
     downsample = DownsampleSegForDSTransform([[1.0 / 2 ** i] * 3 for i in range(4)])
 
@@ -69,33 +59,9 @@ def main() -> None:
     optims = {k: torch.optim.AdamW(v.parameters(), 1e-3) for k, v in nets.items()}
 
     def step(name):
-        optims[name].zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
-            loss = losses[name](nets[name](data), make_targets[name]())
-        loss.backward()
-        optims[name].step()
+        train_step(nets[name], losses[name], optims[name], data, make_targets[name], device)
 
-    peaks = {}
-    for name in nets:  # warm-up, and peak memory of one step
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        step(name)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            peaks[name] = torch.cuda.max_memory_allocated() / 2 ** 30
-    times = {k: [] for k in nets}
-    for _ in range(args.repeats):
-        for name in nets:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(args.iterations):
-                step(name)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append((time.perf_counter() - t0) / args.iterations * 1000)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med, peaks = time_steps(step, nets, args.iterations, args.repeats, device)
     for name in nets:
         extra = f"  peak {peaks[name]:.2f} GiB" if name in peaks else ""
         print(f"{name:8s} deep supervision {med[name]:9.1f} ms/step{extra}")

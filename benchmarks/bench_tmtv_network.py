@@ -4,9 +4,9 @@
 Both networks get the same random 2-channel batches (raw HU / SUV-like values) and targets; one step = forward,
 loss (TMTV: Dice + focal + sensitivity with 4 deep-supervision outputs; nnU-Net: Dice + CE with its deep-supervision
 weights), backward. Runs are interleaved (nnU-Net, TMTV, nnU-Net, ...) to cancel drift, and the script prints
-milliseconds per step of each, the ratio TMTV / nnU-Net, and the parameter counts. The nnU-Net network is
-``PlainConvUNet`` as nnU-Net plans it for a 3D patch (features 32 doubling to at most 320, stride-2 stages while
-every axis stays >= 4 voxels, two 3^3 convs per stage).
+milliseconds per step of each, the ratio TMTV / nnU-Net, the parameter counts and, on CUDA, the peak memory of a
+step. The nnU-Net network is ``PlainConvUNet`` as nnU-Net plans it for a 3D patch (features 32 doubling to at most
+320, stride-2 stages while every axis stays >= 4 voxels, two 3^3 convs per stage).
 
 Usage::
 
@@ -17,12 +17,10 @@ On a loaded 2-core CPU the absolute numbers are noise; the ratio is measured in 
 """
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-
 import numpy as np
 import torch
+
+from _tmtv_common import parse_step_args, synthetic_batch, time_steps, train_step
 
 
 def nnunet_default_unet(patch, in_channels, num_classes):
@@ -39,13 +37,7 @@ def nnunet_default_unet(patch, in_channels, num_classes):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--patch", type=int, nargs=3, default=[48, 32, 32])
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--iterations", type=int, default=5, help="timed steps per repeat")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    args = parse_step_args(__doc__, iterations=5)
 
     from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
@@ -55,12 +47,9 @@ def main() -> None:
     from clips_nnunet.trainers.tmtv.network import TMTVUNet
 
     device = torch.device(args.device)
-    rng = np.random.default_rng(0)
-    shape = (args.batch, 1, *args.patch)
-    ct = rng.normal(40, 200, shape)
-    pet = np.abs(rng.normal(1, 2, shape))
-    data = torch.from_numpy(np.concatenate([ct, pet], 1).astype(np.float32)).to(device)
-    labels = torch.from_numpy((rng.random(shape) > 0.9).astype(np.int64)).to(device)
+    batch, mask = synthetic_batch(args.batch, args.patch, foreground=0.1, rng=np.random.default_rng(0))
+    data = torch.from_numpy(batch).to(device)
+    labels = torch.from_numpy(mask.astype(np.int64)).to(device)
 
     def targets(n):
         return [torch.nn.functional.interpolate(labels.float(), scale_factor=1 / 2 ** i, mode="nearest").long()
@@ -77,30 +66,15 @@ def main() -> None:
     runs = {"nnU-Net": (stock, stock_loss, targets(len(strides) - 1)), "TMTV": (tmtv, tmtv_loss, targets(4))}
     optims = {k: torch.optim.AdamW(v[0].parameters(), 1e-3) for k, v in runs.items()}
 
-    def step(name):
+    def step(name):  # targets prepared once, outside the timed step
         net, loss_fn, tgt = runs[name]
-        optims[name].zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
-            loss = loss_fn(net(data), tgt)
-        loss.backward()
-        optims[name].step()
+        train_step(net, loss_fn, optims[name], data, lambda: tgt, device)
 
-    for name in runs:  # warm-up
-        step(name)
-    times = {k: [] for k in runs}
-    for _ in range(args.repeats):
-        for name in runs:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(args.iterations):
-                step(name)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append((time.perf_counter() - t0) / args.iterations * 1000)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med, peaks = time_steps(step, runs, args.iterations, args.repeats, device)
     for name, (net, _, _) in runs.items():
-        print(f"{name:8s} {med[name]:9.1f} ms/step  params {sum(p.numel() for p in net.parameters()) / 1e6:6.2f} M")
+        extra = f"  peak {peaks[name]:.2f} GiB" if name in peaks else ""
+        print(f"{name:8s} {med[name]:9.1f} ms/step  params {sum(p.numel() for p in net.parameters()) / 1e6:6.2f} M"
+              f"{extra}")
     print(f"ratio TMTV / nnU-Net step time: {med['TMTV'] / med['nnU-Net']:.2f} "
           f"(patch {args.patch}, batch {args.batch}, {device})")
 
