@@ -148,7 +148,7 @@ def measure_lesions(mask: np.ndarray, spacing_zyx: Tuple[float, float, float], s
         if suv.shape != binary.shape:
             raise ValueError(f"suv shape {suv.shape} differs from mask shape {binary.shape}; resample the PET onto "
                              f"the mask grid (or the mask onto the PET grid) first")
-        suv = suv.astype(np.float64, copy=False)
+        fg_suv = suv[binary].astype(np.float64)  # the lesion voxels only (whole-body volumes: ~10^7 voxels)
     voxel_ml = sp[0] * sp[1] * sp[2] / 1000.0
 
     labels, n = label_components(binary, connectivity)
@@ -162,7 +162,6 @@ def measure_lesions(mask: np.ndarray, spacing_zyx: Tuple[float, float, float], s
         boxes = stats["bounding_boxes"]
         if suv is not None:  # per-label sums and maxima over foreground voxels only
             fg_lab = labels[binary].astype(np.int64)
-            fg_suv = suv[binary]
             sums = np.bincount(fg_lab, weights=fg_suv, minlength=n + 1)
             order = np.lexsort((fg_suv, fg_lab))  # last entry of each label run is its maximum
             last = np.r_[fg_lab[order][1:] != fg_lab[order][:-1], True]
@@ -185,8 +184,7 @@ def measure_lesions(mask: np.ndarray, spacing_zyx: Tuple[float, float, float], s
     total_vox = int(sum(les.n_voxels for les in lesions))
     tmtv = total_vox * voxel_ml
     if suv is not None and lesions:
-        sel = suv[binary]
-        suv_max, suv_mean = float(sel.max()), float(sel.mean())
+        suv_max, suv_mean = float(fg_suv.max()), float(fg_suv.mean())
         tlg = float(tmtv * suv_mean)
     else:
         suv_max = suv_mean = tlg = None

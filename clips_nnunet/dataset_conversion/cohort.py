@@ -69,6 +69,8 @@ class PreparedStudy:
     vendor: Optional[str] = None
     warnings: List[str] = field(default_factory=list)
     decisions: List[str] = field(default_factory=list)
+    #: the PET series' headers (pydicom datasets without pixels) in slice order, as the reader parsed them
+    pet_headers: List[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

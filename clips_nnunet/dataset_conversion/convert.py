@@ -200,7 +200,8 @@ def prepare_study(selection, overrides=None, labels: LabelOption | str = "auto",
         ct_on_pet = resample_to_reference(ct_on_pet, ref, "linear", -1024.0)
         pet = sitk.Resample(pet, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     vendor = vendor_name(selection.pet.attributes.get("Manufacturer"))
-    return PreparedStudy(ct_on_pet, pet, mask, source, vendor, warnings, list(selection.decisions))
+    return PreparedStudy(ct_on_pet, pet, mask, source, vendor, warnings, list(selection.decisions),
+                         pet_headers=list(pet_headers))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -355,17 +355,23 @@ def _output_names(selections: Sequence[StudySelection], mapping: PseudonymMap, o
 def _write_outputs(folder: Path, pseudonym: str, label: str, selection: StudySelection, mask: sitk.Image,
                    prepared: Any, model: Dict[str, Any], keep_identity: bool, inputs: Sequence[PathLike],
                    started: float) -> PatientResult:
-    """Read the PET headers and write one study's outputs (runs in the output thread); never raises."""
-    import pydicom
+    """Write one study's outputs (runs in the output thread); never raises.
 
+    The SEG and RTSTRUCT reference the PET headers the conversion parsed (``prepared.pet_headers``); they are
+    parsed here only for a ``prepared`` that does not carry them."""
     try:
-        pet_datasets = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in selection.pet.files]
+        pet_datasets = list(prepared.pet_headers) or _read_pet_headers(selection)
         report = write_patient_outputs(folder, pseudonym, mask, prepared.pet_suv, pet_datasets, model,
                                        list(prepared.warnings), keep_identity=keep_identity)
         return PatientResult(label, "done", time.perf_counter() - started, tmtv_ml=_get(report, "tmtv_ml"),
                              n_lesions=_get(report, "n_lesions"), warnings=list(prepared.warnings))
     except Exception as e:  # one patient never stops the cohort
         return _failure(label, e, inputs, selection, started)
+
+
+def _read_pet_headers(selection: StudySelection) -> List[Any]:
+    import pydicom
+    return [pydicom.dcmread(str(f), stop_before_pixels=True) for f in selection.pet.files]
 
 
 def _import_output_modules() -> None:
