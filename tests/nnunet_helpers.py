@@ -1,11 +1,14 @@
 """Helpers for integration tests that run nnU-Net's real command line on tiny data."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
+
+import pytest
 
 from clips_nnunet.cli.env import ext_trainer_value
 
@@ -37,3 +40,18 @@ def run_cli(args: List[str], env: Dict[str, str], timeout: int = 600, check: boo
         raise AssertionError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n--- stdout ---\n"
                              f"{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
     return proc
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount_point: Path, options: str, skip_reason: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``mount_point`` (created) with mount ``options`` (e.g. ``"ro,size=64k"``), unmounted
+    afterwards; the test is skipped with ``skip_reason`` and mount's message where this machine does not allow it."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"{skip_reason} ({proc.stderr.strip() or proc.returncode})")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

@@ -15,7 +15,7 @@ from typing import Dict, List
 import pytest
 
 from clips_nnunet.cli import build_parser
-from nnunet_helpers import BIN, nnunet_environment, run_cli
+from nnunet_helpers import BIN, mounted_tmpfs, nnunet_environment, run_cli
 
 MISSING = "/nonexistent/clips-input"
 
@@ -139,14 +139,8 @@ def test_every_registered_command_is_covered():
 
 @pytest.fixture
 def read_only_raw(tmp_path):
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here ({proc.stderr.strip() or proc.returncode})")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=64k", "cannot mount a read-only tmpfs here") as mnt:
+        yield mnt
 
 
 def test_convert_into_a_read_only_nnunet_raw(read_only_raw, tmp_path):

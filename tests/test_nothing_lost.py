@@ -18,7 +18,7 @@ from clips_nnunet.dataset_conversion.convert import convert_cohort
 from clips_nnunet.errors import DatasetError, WriteError
 from clips_nnunet.io_utils import DirectoryLock, atomic_write_json, read_json, verify_nifti
 from clips_nnunet.synthetic.dicom_cohort import make_synthetic_cohort
-from nnunet_helpers import BIN, nnunet_environment, run_cli
+from nnunet_helpers import BIN, mounted_tmpfs, nnunet_environment, run_cli
 
 NAME = "Dataset501_Lym"
 
@@ -112,15 +112,9 @@ def test_json_short_write_raises(tmp_path, monkeypatch):
 
 @pytest.fixture
 def small_fs(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a 1.5 MB tmpfs here ({proc.stderr.strip() or proc.returncode}); the injected "
-                    "short-write tests above cover the check")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with mounted_tmpfs(tmp_path / "small", "size=1500k", "cannot mount a 1.5 MB tmpfs here; the injected "
+                       "short-write tests above cover the check") as mnt:
+        yield mnt
 
 
 def test_disk_full_during_conversion(cohorts, env, small_fs, tmp_path):
