@@ -132,6 +132,9 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--disable-tta", action="store_true", help="no mirroring (both sides)")
     ap.add_argument("--profile", action="store_true", help="cProfile one study's conversion, prediction, outputs")
+    ap.add_argument("--repeats", type=int, default=2, help="alternating baseline/ours measurements (default 2)")
+    ap.add_argument("--warmup-slices", type=int, default=48,
+                    help="the warm-up predicts this many PET slices of study 0 (default 48)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_predict_"))
@@ -171,67 +174,94 @@ def main() -> int:
         if problems:
             print("problems:", problems)
 
-        # baseline inputs: the same conversion, written once (not timed)
+        # baseline inputs: the same conversion, written once (not timed); the warm-up input is a slab of study 0
         inputs = work / "nnunet_inputs"
         lists = []
         for i, sel in enumerate(selections):
             prep = prepare_study(sel, None, labels="none", label=f"study {i}")
             lists.append([str(P.write_nifti(prep.ct_on_pet, inputs / f"c{i:03d}_0000.nii.gz")),
                           str(P.write_nifti(prep.pet_suv, inputs / f"c{i:03d}_0001.nii.gz"))])
+            if i == 0:
+                slab = slice(0, min(prep.pet_suv.GetSize()[2], args.warmup_slices))
+                warm = [str(P.write_nifti(im[:, :, slab], work / "warmup_in" / f"w000_{c:04d}.nii.gz"))
+                        for c, im in enumerate((prep.ct_on_pet, prep.pet_suv))]
         stage = predictor.stages[-1]
-        for sub in ("warmup", "baseline_out"):
-            (work / sub).mkdir()
-        with contextlib.redirect_stdout(io.StringIO()):  # warm-up: lazy initialisation on both sides
-            stage.predict_from_files_sequential(lists[:1], str(work / "warmup"), False, True, None)
-        t = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):
-            stage.predict_from_files_sequential(lists, str(work / "baseline_out"), False, True, None)
-        baseline = time.perf_counter() - t
+        (work / "warmup_out").mkdir()
+        with contextlib.redirect_stdout(io.StringIO()):  # warm-up: lazy initialisation (PyTorch, nnU-Net)
+            stage.predict_from_files_sequential([warm], str(work / "warmup_out"), False, True, None)
 
-        # ours, with a stage breakdown from wrapped functions (outputs overlap the next study's work)
         import clips_nnunet.dataset_conversion.convert as C
         import clips_nnunet.dataset_conversion.dicom_out as D
         import clips_nnunet.evaluation.mip as M
 
-        timings: dict = {}
-        originals = (C.prepare_study, predictor.predict_images, P.write_patient_outputs, D.write_dicom_seg,
-                     D.write_rtstruct, M.save_coronal_mip, P.find_studies)
-        C.prepare_study = _timed(timings, "convert (read DICOM, SUV, CT onto PET)", originals[0])
-        predictor.predict_images = _timed(timings, "nnU-Net (pre-processing, inference, resampling)", originals[1])
-        P.write_patient_outputs = _timed(timings, "outputs, in the background thread", originals[2])
-        D.write_dicom_seg = _timed(timings, "  DICOM SEG", originals[3])
-        D.write_rtstruct = _timed(timings, "  RTSTRUCT", originals[4])
-        M.save_coronal_mip = _timed(timings, "  MIP PNG", originals[5])
-        P.find_studies = _timed(timings, "index and series choice", originals[6])
-        t = time.perf_counter()
-        run = P.predict_dicom([cohort], work / "ours_out", spec, predictor=predictor, progress=False,
-                              private_dir=work / "ours_private")
-        ours = time.perf_counter() - t
-        (C.prepare_study, predictor.predict_images, P.write_patient_outputs, D.write_dicom_seg, D.write_rtstruct,
-         M.save_coronal_mip, P.find_studies) = originals
+        def run_baseline(r: int) -> float:
+            (work / f"baseline_out_{r}").mkdir()
+            t = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                stage.predict_from_files_sequential(lists, str(work / f"baseline_out_{r}"), False, True, None)
+            return time.perf_counter() - t
 
+        def run_ours(r: int, timings: dict):
+            """predict_dicom with a stage breakdown from wrapped functions (outputs overlap the next study)."""
+            originals = (C.prepare_study, predictor.predict_images, P.write_patient_outputs, D.write_dicom_seg,
+                         D.write_rtstruct, M.save_coronal_mip, P.find_studies)
+            C.prepare_study = _timed(timings, "convert (read DICOM, SUV, CT onto PET)", originals[0])
+            predictor.predict_images = _timed(timings, "nnU-Net (pre-processing, inference, resampling)",
+                                              originals[1])
+            P.write_patient_outputs = _timed(timings, "outputs, in the background thread", originals[2])
+            D.write_dicom_seg = _timed(timings, "  DICOM SEG", originals[3])
+            D.write_rtstruct = _timed(timings, "  RTSTRUCT", originals[4])
+            M.save_coronal_mip = _timed(timings, "  MIP PNG", originals[5])
+            P.find_studies = _timed(timings, "index and series choice", originals[6])
+            try:
+                t = time.perf_counter()
+                run = P.predict_dicom([cohort], work / f"ours_out_{r}", spec, predictor=predictor, progress=False,
+                                      private_dir=work / f"ours_private_{r}")
+                return time.perf_counter() - t, run
+            finally:
+                (C.prepare_study, predictor.predict_images, P.write_patient_outputs, D.write_dicom_seg,
+                 D.write_rtstruct, M.save_coronal_mip, P.find_studies) = originals
+                del predictor.predict_images  # the instance attribute shadowed the method
+
+        # repeats alternate the two sides (baseline, ours, baseline, ours, ...), so that a change of the machine's
+        # load during the run affects both
         import numpy as np
         import SimpleITK as sitk
 
-        mapping = json.loads((work / "ours_private" / P.MAPPING_FILE).read_text())
+        n = len(selections)
+        rows = []
+        for r in range(args.repeats):
+            load_b = os.getloadavg()[0]
+            baseline = run_baseline(r)
+            load_o = os.getloadavg()[0]
+            timings: dict = {}
+            ours, run = run_ours(r, timings)
+            rows.append((baseline, ours, load_b, load_o, timings, run))
+            print(f"repeat {r + 1}: baseline {baseline / n:7.2f} s/study (load {load_b:4.1f}), ours {ours / n:7.2f} "
+                  f"s/study (load {load_o:4.1f}), ratio {ours / baseline:.3f}", flush=True)
+
+        run = rows[0][5]
+        mapping = json.loads((work / "ours_private_0" / P.MAPPING_FILE).read_text())
         by_study = {e["study_instance_uid"]: p for p, e in mapping.items()}
         differing = []
         for i, sel in enumerate(selections):
-            a = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "baseline_out" / f"c{i:03d}.nii.gz"))) > 0
-            b = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "ours_out" / by_study[sel.study_uid]
+            a = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "baseline_out_0" / f"c{i:03d}.nii.gz"))) > 0
+            b = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "ours_out_0" / by_study[sel.study_uid]
                                                           / "mask.nii.gz"))) > 0
             differing.append(int((a != b).sum()))
 
-        n = len(selections)
         print(f"studies: {n} ({args.size if args.predict_cohort is None else cohort}), failed: {run.n_failed}, "
               f"predicted lesions per study: {[r.n_lesions for r in run.results]}")
         print(f"device: {predictor.device.type}, mirroring TTA: {not args.disable_tta}, "
               f"voxels where our mask differs from nnU-Net's own: {differing}")
-        print(f"nnU-Net predictor on converted NIfTI (baseline): {baseline / n:7.2f} s/study")
-        print(f"clips-nnunet predict from DICOM (ours):          {ours / n:7.2f} s/study")
-        print(f"ratio ours / baseline: {ours / baseline:.2f}")
-        for k, v in timings.items():
-            print(f"  {k:<48} {v / n:7.2f} s/study")
+        med_b = float(np.median([row[0] for row in rows]))
+        med_o = float(np.median([row[1] for row in rows]))
+        print(f"nnU-Net predictor on converted NIfTI (baseline), median of {len(rows)}: {med_b / n:7.2f} s/study")
+        print(f"clips-nnunet predict from DICOM (ours), median of {len(rows)}:          {med_o / n:7.2f} s/study")
+        print(f"ratio ours / baseline: per repeat {[round(row[1] / row[0], 3) for row in rows]}, "
+              f"median {float(np.median([row[1] / row[0] for row in rows])):.3f}, of the medians {med_o / med_b:.3f}")
+        for k in rows[0][4]:
+            print(f"  {k:<48} " + " ".join(f"{row[4].get(k, 0.0) / n:7.2f}" for row in rows) + " s/study")
         if args.profile:
             _profile_one(P, selections[0], predictor, work, 30)
     finally:
