@@ -282,6 +282,20 @@ def _alive(pid):
     return state != "Z"
 
 
+def _kill_and_list_survivors(proc, workers, grace_s):
+    """SIGKILL ``proc``, give its ``workers`` ``grace_s`` seconds to end, and return (and then kill) those still
+    alive, so that a failing test leaves no process behind."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + grace_s
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.05)
+    left = [p for p in workers if _alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    return left
+
+
 def test_workers_end_when_the_main_process_is_killed(cohorts, env):
     first, _ = cohorts
     proc = subprocess.Popen([str(BIN / "clips-nnunet"), "convert", str(first), "-d", "501", "-n", "Lym", "--quiet",
@@ -293,14 +307,7 @@ def test_workers_end_when_the_main_process_is_killed(cohorts, env):
             break
         time.sleep(0.02)
     assert len(workers) >= 2, "no worker processes seen"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.time() + 5
-    while time.time() < deadline and any(_alive(p) for p in workers):
-        time.sleep(0.1)
-    left = [p for p in workers if _alive(p)]
-    for p in left:
-        os.kill(p, signal.SIGKILL)
+    left = _kill_and_list_survivors(proc, workers, grace_s=5)
     assert not left, f"worker processes {left} outlived the killed main process"
 
 
@@ -324,12 +331,5 @@ def test_busy_pool_workers_die_with_their_parent():
     proc = subprocess.Popen([sys.executable, "-c", POOL], stdout=subprocess.PIPE, text=True)
     workers = [int(p) for p in proc.stdout.readline().split()]
     assert len(workers) == 2 and all(_alive(p) for p in workers)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.time() + 3
-    while time.time() < deadline and any(_alive(p) for p in workers):
-        time.sleep(0.05)
-    left = [p for p in workers if _alive(p)]
-    for p in left:
-        os.kill(p, signal.SIGKILL)
+    left = _kill_and_list_survivors(proc, workers, grace_s=3)
     assert not left, f"worker processes {left} outlived their parent"
