@@ -25,6 +25,7 @@ class FakeTrainer:
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1000, 250, 50
+        self.device = device
         self.output_folder = plans["out"]
         self.local_rank = 0
         self.steps = 0
@@ -81,6 +82,28 @@ def test_budget_mixin_sets_only_what_it_is_given(tmp_path):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     assert list(inspect.signature(Budget.__init__).parameters) == list(inspect.signature(nnUNetTrainer.__init__).parameters)
+
+
+def test_budget_mixin_keeps_the_cpu_thread_limit_nnunet_overrides(tmp_path, monkeypatch):
+    """nnUNetv2_train -device cpu sets torch.set_num_threads(cpu_count()); OMP_NUM_THREADS (which the study sets
+    for parallel CPU runs) wins again in the budget subclass; unset or on another device nothing changes."""
+    class Budget(BudgetMixin, FakeTrainer):
+        budget_epochs = 3
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        make(Budget, tmp_path)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        Budget({"out": str(tmp_path)}, "3d_fullres", 0, {}, torch.device("meta"))
+        assert torch.get_num_threads() == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        make(Budget, tmp_path)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_time_budget_calibrates_stores_and_resumes(tmp_path, monkeypatch):

@@ -61,7 +61,12 @@ def epochs_for_time_budget(seconds: float, seconds_per_iteration: float, iterati
 class BudgetMixin:
     """A fixed budget: ``num_epochs``, ``num_iterations_per_epoch`` and ``num_val_iterations_per_epoch`` from the
     class attributes below (``None`` keeps the trainer's own value). Set after the trainer's ``__init__``, so a
-    trainer that sets its own iterations (the TMTV recipe) is overridden too."""
+    trainer that sets its own iterations (the TMTV recipe) is overridden too.
+
+    On the CPU, ``OMP_NUM_THREADS`` (when set) is the number of PyTorch threads: ``nnUNetv2_train -device cpu``
+    gives every run all cores (``torch.set_num_threads(cpu_count())``), and runs sharing a machine then spin
+    against each other (seen here: two 2-thread runs on 2 shared cores had not finished their first 25-iteration
+    epoch after 3 minutes; one alone needs 5 s)."""
 
     budget_epochs: Optional[int] = None
     budget_iterations_per_epoch: Optional[int] = None
@@ -76,6 +81,9 @@ class BudgetMixin:
                                  ("num_val_iterations_per_epoch", self.budget_val_iterations_per_epoch)):
             if value is not None:
                 setattr(self, attribute, int(value))
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        if self.device.type == "cpu" and threads.isdigit() and int(threads) > 0:
+            torch.set_num_threads(int(threads))
 
 
 class TimeBudgetMixin(BudgetMixin):
