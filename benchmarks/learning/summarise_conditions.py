@@ -70,6 +70,17 @@ def condition_table(folder: Path) -> List[str]:
     return lines
 
 
+def plateau_line(folder: Path) -> str:
+    """One sentence: how many baseline runs met the plateau criterion, with their last-window pseudo Dice."""
+    runs = _load(folder / "report.json").get("plateau") or {}
+    if not runs:
+        return "Baseline plateau: no training curve found."
+    reached = sum(bool(r["reached"]) for r in runs.values())
+    gains = ", ".join(f"{_fmt(r['last'])} (gain {_fmt(r['gain'])})" for r in runs.values())
+    return (f"Baseline plateau criterion met in {reached} of {len(runs)} runs; mean pseudo Dice of the last window "
+            f"per run: {gains}.")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="folder holding one published report folder per condition")
@@ -85,7 +96,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not (args.results / name / "report.json").is_file():
             lines += [f"## {name}", "", "not run (no report.json)", ""]
             continue
-        lines += [f"## {name}", "", *condition_table(args.results / name), ""]
+        lines += [f"## {name}", "", plateau_line(args.results / name), "", *condition_table(args.results / name), ""]
     out = args.results / "summary.md"
     out.write_text("\n".join(lines))
     print(f"summary: {out}")

@@ -152,9 +152,9 @@ def _control_section(ref: str, res) -> List[str]:
     return lines + [""]
 
 
-def _plateau_section(config: StudyConfig, out_dir: Path) -> List[str]:
+def _plateau_section(config: StudyConfig, out_dir: Path) -> Tuple[List[str], Dict[str, Any]]:
     """The baseline's per-epoch pseudo Dice of every seed and fold, the plateau criterion of
-    :mod:`clips_nnunet.study.curves` for each, and ``baseline_curve.png``."""
+    :mod:`clips_nnunet.study.curves` for each, and ``baseline_curve.png``; also ``{run: criterion values}``."""
     from clips_nnunet.study.curves import curves_of, plateau, plot_curves
 
     spec = config.trainer(config.baseline)
@@ -162,7 +162,7 @@ def _plateau_section(config: StudyConfig, out_dir: Path) -> List[str]:
             for s in config.seeds for f in config.folds}
     curves = curves_of(runs)
     if not curves:
-        return []
+        return [], {}
     plot_curves(curves, out_dir / "baseline_curve.png",
                 f"{config.baseline}: pseudo Dice per epoch ({config.iterations_per_epoch} iterations each)")
     results = {k: plateau(v) for k, v in curves.items()}
@@ -176,7 +176,9 @@ def _plateau_section(config: StudyConfig, out_dir: Path) -> List[str]:
              "|---|---|---|---|---|---|"]
     lines += [f"| {k} | {r.epochs} | {_fmt(r.before)} | {_fmt(r.last)} | {_fmt(r.gain)} | "
               f"{'yes' if r.reached else 'no'} |" for k, r in results.items()]
-    return lines + [""]
+    values = {k: {"epochs": r.epochs, "before": r.before, "last": r.last, "gain": r.gain, "reached": r.reached,
+                  "pseudo_dice": curves[k]} for k, r in results.items()}
+    return lines + [""], values
 
 
 def _runs_section(status: Optional[Mapping[str, Any]]) -> List[str]:
@@ -204,7 +206,8 @@ def write_report(config: StudyConfig, status: Optional[Mapping[str, Any]] = None
     if config.baseline in groups:
         main = _compare(config, groups, config.baseline, out_dir / f"vs_{config.baseline}")
         summary["comparisons"][config.baseline] = str(out_dir / f"vs_{config.baseline}" / "comparison.json")
-        lines += _plateau_section(config, out_dir) + _baseline_section(config, main)
+        plateau_lines, summary["plateau"] = _plateau_section(config, out_dir)
+        lines += plateau_lines + _baseline_section(config, main)
         for ref, arms in config.control_pairs():
             arms = [a for a in arms if a in groups]
             if ref not in groups or ref == config.baseline or not arms:
