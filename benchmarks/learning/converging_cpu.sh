@@ -6,8 +6,8 @@
 #   bash benchmarks/learning/converging_cpu.sh --report-only
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-for condition in noisy clean noisy_short; do
+for condition in noisy noisy_short clean; do
     config="benchmarks/learning/converging_cpu_${condition}.yaml"
     clips-nnunet study "$config" "$@" --publish "docs/results/converging_cpu/${condition}"
 done
-python benchmarks/learning/summarise_conditions.py docs/results/converging_cpu --conditions noisy clean noisy_short
+python benchmarks/learning/summarise_conditions.py docs/results/converging_cpu --conditions noisy noisy_short clean
