@@ -107,8 +107,10 @@ def _header(config: StudyConfig) -> List[str]:
     share = 100 * config.budget_iterations / NNUNET_DEFAULT_ITERATIONS
     lines += [f"Scale: nnU-Net's default budget is 1000 epochs x 250 iterations = {NNUNET_DEFAULT_ITERATIONS:,} "
               f"iterations per run; this study used {config.budget_iterations:,} ({share:.3g} %), on folds "
-              f"{list(config.folds)} only. Differences at this budget say how the arms behave early in training on "
-              f"this data, not whether a curriculum helps a fully trained model.", ""]
+              f"{list(config.folds)} only. Whether a budget trains a model fully depends on the data: the section "
+              f"*Does the baseline converge?* shows whether the baseline's validation Dice reached a plateau here; "
+              f"where it did not, differences say how the arms behave early in training, not whether a "
+              f"curriculum helps a fully trained model.", ""]
     return lines
 
 
