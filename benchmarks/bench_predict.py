@@ -20,8 +20,11 @@ are a second synthetic cohort of ``--size`` (``small``: PET 48x48x64 at 4 mm; ``
 conversion, prediction and outputs, run one after the other in this thread. Pass ``-d/-c/-tr/-p/-f`` (with the
 ``nnUNet_*`` variables set) to measure a model of your own.
 
-    python benchmarks/bench_predict.py [-n 2] [--iterations 20] [--size small|wholebody] [--predict-cohort DIR]
-        [--disable-tta] [--profile] [--device cpu]
+``--repeats R`` measures baseline and ours R times in alternation (baseline, ours, baseline, ...) and prints each
+repeat's ratio (with the load average), the median ratio and the ratio of the medians.
+
+    python benchmarks/bench_predict.py [-n 2] [--repeats 2] [--iterations 20] [--size small|wholebody]
+        [--predict-cohort DIR] [--disable-tta] [--profile] [--device cpu]
 """
 from __future__ import annotations
 
