@@ -12,8 +12,8 @@ import SimpleITK as sitk
 
 from clips_nnunet.cli import main
 from clips_nnunet.errors import DatasetError
-from clips_nnunet.evaluation.compare import (assign_tertiles, compare_results, paired_test, rank_biserial,
-                                             resolve_results_dir)
+from clips_nnunet.evaluation.compare import assign_tertiles, compare_results, resolve_results_dir
+from clips_nnunet.evaluation.statistics import holm, paired_test, rank_biserial
 
 DS = "Dataset991_Fake"
 N = 12
@@ -176,6 +176,9 @@ def test_statistics_helpers():
     assert r["p_value"] == 1.0 and r["n_pairs"] == 3
     r = paired_test([1, 2, float("nan")], [0, 0, 0])
     assert r["n_pairs"] == 2
+    # Holm by hand: sorted 0.01, 0.03, 0.04 -> 3 x 0.01, 2 x 0.03, max(0.06, 1 x 0.04); NaN stays NaN
+    adjusted = holm([0.01, 0.04, 0.03, float("nan")])
+    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(adjusted[3])
     t = assign_tertiles({"a": 3, "b": 1, "c": 2, "d": float("nan"), "e": 0, "f": 5})
     assert t == {"e": "easy", "b": "easy", "c": "medium", "a": "medium", "f": "hard"}
 
