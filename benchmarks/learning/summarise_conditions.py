@@ -71,14 +71,20 @@ def condition_table(folder: Path) -> List[str]:
 
 
 def plateau_line(folder: Path) -> str:
-    """One sentence: how many baseline runs met the plateau criterion, with their last-window pseudo Dice."""
+    """One sentence: the plateau verdict on the mean curve of the baseline's runs, and per run."""
     runs = _load(folder / "report.json").get("plateau") or {}
     if not runs:
         return "Baseline plateau: no training curve found."
-    reached = sum(bool(r["reached"]) for r in runs.values())
-    gains = ", ".join(f"{_fmt(r['last'])} (gain {_fmt(r['gain'])})" for r in runs.values())
-    return (f"Baseline plateau criterion met in {reached} of {len(runs)} runs; mean pseudo Dice of the last window "
-            f"per run: {gains}.")
+    mean = {k: r for k, r in runs.items() if k.startswith("mean of")}
+    single = {k: r for k, r in runs.items() if k not in mean}
+    text = ""
+    for key, r in mean.items():
+        text += (f"Baseline plateau criterion on the {key.replace('mean of the', 'mean curve of its')}: "
+                 f"{'met' if r['reached'] else 'not met'} (last-window mean pseudo Dice {_fmt(r['last'])}, gain "
+                 f"{_fmt(r['gain'])}). ")
+    reached = sum(bool(r["reached"]) for r in single.values())
+    per_run = ", ".join(f"{k}: {_fmt(r['last'])} (gain {_fmt(r['gain'])})" for k, r in sorted(single.items()))
+    return text + f"Per run, met in {reached} of {len(single)}: {per_run}."
 
 
 def main(argv: Optional[List[str]] = None) -> int:
