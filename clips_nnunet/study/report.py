@@ -133,8 +133,8 @@ def _baseline_section(config: StudyConfig, res) -> List[str]:
     shared = set.intersection(*(set(res.per_case.case_id[res.per_case.group == g]) for g in res.groups))
     lines = ["## Results against the baseline", "",
              f"Out-of-fold validation cases: {res.per_case.case_id.nunique()}, evaluated against "
-             f"{reference_masks(config)[2]}; difficulty for the tertiles: {res.difficulty_source}. Per case, metrics are averaged over seeds; tables give mean +- sd "
-             f"(median) over cases, [sd of the per-seed cohort means]. Tests: paired two-sided Wilcoxon "
+             f"{reference_masks(config)[2]}; difficulty for the tertiles: {res.difficulty_source}. Per case, "
+             f"metrics are averaged over seeds; tables give mean +- sd (median) over cases, [sd of the per-seed cohort means]. Tests: paired two-sided Wilcoxon "
              f"signed-rank over cases, r = matched-pairs rank-biserial (Kerby 2014), Holm over the metrics. "
              f"FP/FN volumes as autoPET defines them.", ""]
     return lines + render_markdown(res, REPORT_METRICS, len(shared), heading_level=2,
