@@ -135,8 +135,8 @@ def _baseline_section(config: StudyConfig, res) -> List[str]:
              f"Out-of-fold validation cases: {res.per_case.case_id.nunique()}, evaluated against "
              f"{reference_masks(config)[2]}; difficulty for the tertiles: {res.difficulty_source}. Per case, "
              f"metrics are averaged over seeds; tables give mean +- sd (median) over cases, [sd of the per-seed "
-             f"cohort means]. Tests: paired two-sided Wilcoxon signed-rank over cases, r = matched-pairs rank-biserial (Kerby 2014), Holm over the metrics. "
-             f"FP/FN volumes as autoPET defines them.", ""]
+             f"cohort means]. Tests: paired two-sided Wilcoxon signed-rank over cases, r = matched-pairs "
+             f"rank-biserial (Kerby 2014), Holm over the metrics. FP/FN volumes as autoPET defines them.", ""]
     return lines + render_markdown(res, REPORT_METRICS, len(shared), heading_level=2,
                                    link_base=f"vs_{config.baseline}/", title=False).splitlines() + [""]
 
