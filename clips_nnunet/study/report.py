@@ -66,10 +66,11 @@ def reference_masks(config: StudyConfig) -> Tuple[Path, Dict[str, List[str]], st
             "the dataset's own reference masks (nnU-Net's gt_segmentations)")
 
 
-def _compare(config: StudyConfig, groups: Mapping[str, Sequence[Path]], baseline: str, out_dir: Path):
+def _compare(config: StudyConfig, groups: Mapping[str, Sequence[Path]], baseline: str, out_dir: Path,
+             reference: Tuple[Path, Dict[str, List[str]], str]):
     from clips_nnunet.evaluation.compare import compare_results
 
-    gt_dir, subsets, _ = reference_masks(config)
+    gt_dir, subsets, _ = reference
     return compare_results({k: list(v) for k, v in groups.items()}, baseline=baseline, gt_dir=gt_dir,
                            out_dir=out_dir, metrics=REPORT_METRICS, progress=False, subsets=subsets,
                            cache_dir=out_dir.parent / "cache", **_difficulty_arguments(config))
@@ -126,14 +127,14 @@ def _completeness(config: StudyConfig, groups: Mapping[str, Sequence[Path]]) -> 
     return lines
 
 
-def _baseline_section(config: StudyConfig, res) -> List[str]:
+def _baseline_section(config: StudyConfig, res, reference_text: str) -> List[str]:
     """The comparison against the baseline, rendered by compare's renderer one heading level down."""
     from clips_nnunet.evaluation.compare import render_markdown
 
     shared = set.intersection(*(set(res.per_case.case_id[res.per_case.group == g]) for g in res.groups))
     lines = ["## Results against the baseline", "",
              f"Out-of-fold validation cases: {res.per_case.case_id.nunique()}, evaluated against "
-             f"{reference_masks(config)[2]}; difficulty for the tertiles: {res.difficulty_source}. Per case, "
+             f"{reference_text}; difficulty for the tertiles: {res.difficulty_source}. Per case, "
              f"metrics are averaged over seeds; tables give mean +- sd (median) over cases, [sd of the per-seed "
              f"cohort means]. Tests: paired two-sided Wilcoxon signed-rank over cases, r = matched-pairs "
              f"rank-biserial (Kerby 2014), Holm over the metrics. FP/FN volumes as autoPET defines them.", ""]
@@ -210,15 +211,16 @@ def write_report(config: StudyConfig, status: Optional[Mapping[str, Any]] = None
     lines = _header(config) + _completeness(config, groups)
     summary: Dict[str, Any] = {"groups": {k: [str(p) for p in v] for k, v in groups.items()}, "comparisons": {}}
     if config.baseline in groups:
-        main = _compare(config, groups, config.baseline, out_dir / f"vs_{config.baseline}")
+        reference = reference_masks(config)
+        main = _compare(config, groups, config.baseline, out_dir / f"vs_{config.baseline}", reference)
         summary["comparisons"][config.baseline] = str(out_dir / f"vs_{config.baseline}" / "comparison.json")
         plateau_lines, summary["plateau"] = _plateau_section(config, out_dir)
-        lines += plateau_lines + _baseline_section(config, main)
+        lines += plateau_lines + _baseline_section(config, main, reference[2])
         for ref, arms in config.control_pairs():
             arms = [a for a in arms if a in groups]
             if ref not in groups or ref == config.baseline or not arms:
                 continue
-            res = _compare(config, {k: groups[k] for k in [ref, *arms]}, ref, out_dir / f"vs_{ref}")
+            res = _compare(config, {k: groups[k] for k in [ref, *arms]}, ref, out_dir / f"vs_{ref}", reference)
             summary["comparisons"][ref] = str(out_dir / f"vs_{ref}" / "comparison.json")
             lines += _control_section(ref, res)
         _plot_summary(main, config, out_dir / "report.png")
