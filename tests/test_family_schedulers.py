@@ -113,15 +113,17 @@ def test_superloss_weights_use_running_mean_tau():
     np.testing.assert_allclose(s.loss_weights([np.nan, 1.5]), [0.0, 1.0])  # a non-finite loss: weight 0
     anti = with_control(SuperLossScheduler(IDS[:4], lam=1.0), "anti")
     anti.plan(state, 0.1, 1, rng())
-    # the arm gives -0.5 -> e (clipped branch) and 1.5 -> 1; anti gives the larger weight to the larger loss
-    np.testing.assert_allclose(anti.loss_weights([-0.5, 1.5]), [1.0, math.e])
+    # anti pairs case 0 with case 3 and case 3 with case 0 (EMA losses 0 and 3): -0.5 -> -0.5 + 3 = 2.5 -> beta = 1
+    # -> sigma = exp(-W0(0.5)) = W0(0.5) / 0.5; 4.5 -> 4.5 - 3 = 1.5 = tau -> 1
+    w0_half = 0.35173371124919584
+    np.testing.assert_allclose(anti.loss_weights([-0.5, 4.5], [IDS[0], IDS[3]]), [w0_half / 0.5, 1.0])
     rand = with_control(SuperLossScheduler(IDS[:4], lam=1.0), "random")
-    rand.plan(state, 0.1, 1, rng())
-    w = rand.loss_weights([3.5, 1.5, -10.0], IDS[:3])
-    np.testing.assert_allclose(np.sort(w), np.sort([omega, 1.0, math.e]))
-    # the random rank of each case decides: the case ranked first in the fixed random order gets the largest weight
-    first = min(range(3), key=lambda i: list(rand.permutation).index(i))
-    assert w[first] == pytest.approx(math.e)
+    order = rand.plan(state, 0.1, 1, rng()).ranking
+    partner = np.empty(4, dtype=np.int64)
+    partner[order] = [0, 1, 2, 3]  # the arm ranks the cases by ascending EMA loss 0, 1, 2, 3
+    losses = np.array([3.5, 1.5, -10.0])
+    np.testing.assert_allclose(rand.loss_weights(losses, IDS[:3]),
+                               s.loss_weights(losses + partner[:3] - np.arange(3.0)))
     copy = roundtrip(s, SuperLossScheduler(IDS[:4], lam=1.0))
     assert copy.tau == pytest.approx(1.5)
 

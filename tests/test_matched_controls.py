@@ -13,6 +13,7 @@ from clips_nnunet.curriculum.schedulers import (BabyStepsScheduler, CompetenceSc
                                                 FixedOrderPacingScheduler, SelfPacedScheduler, SPLDScheduler,
                                                 SuperLossScheduler, TeacherStudentScheduler, with_control)
 from clips_nnunet.curriculum.state import DifficultyState
+from clips_nnunet.errors import CurriculumConfigError
 
 N = 100
 IDS = [f"case_{i:03d}" for i in range(N)]
@@ -110,20 +111,48 @@ def test_competence_with_ties_admits_floor_c_n_not_the_tie_block():
 
 
 @pytest.mark.parametrize("name", ["self_paced_linear", "self_paced_log", "self_paced_mixture", "superloss"])
-def test_weighting_controls_give_the_same_batch_weights_to_other_cases(name):
+def test_weighting_controls_give_each_case_its_partners_weight(name):
+    """With every current loss at its EMA loss, a control gives each case exactly the arm's weight of its partner
+    (the case the arm ranks where the control puts it): the same per-case weights and the same expected weight of a
+    sampled case as the arm, only other cases."""
     arm, rand, anti = (with_control(FACTORIES[name](), order) for order in ("curriculum", "random", "anti"))
     epoch, t, state = STATES[20]
-    for s in (arm, rand, anti):
-        s.plan(state, t, epoch, np.random.default_rng(0))
-    keys = IDS[:6]
-    losses = np.array([0.1, 0.6, np.nan, 0.3, 0.9, 0.2])
-    w = [s.loss_weights(losses, keys) for s in (arm, rand, anti)]
-    for ctrl in w[1:]:
-        assert ctrl[2] == 0.0  # the non-finite loss keeps weight 0
-        np.testing.assert_allclose(np.sort(ctrl), np.sort(w[0]))
-    # anti: the arm's largest weight goes to the largest loss (0.9, position 4), its smallest to the smallest (0.1)
-    finite = [0, 1, 3, 4, 5]
-    assert w[2][4] == pytest.approx(max(w[0][finite])) and w[2][0] == pytest.approx(min(w[0][finite]))
+    plans = [s.plan(state, t, epoch, np.random.default_rng(0)) for s in (arm, rand, anti)]
+    d = state.estimates()
+    w_arm = arm.loss_weights(d, IDS)
+    assert w_arm is not None and (w_arm > 0).any() and (w_arm < w_arm.max()).any()  # a real weighting
+    for ctrl, plan in zip((rand, anti), plans[1:]):
+        partner = np.empty(N, dtype=np.int64)
+        partner[plan.ranking] = plans[0].ranking
+        w = ctrl.loss_weights(d, IDS)
+        np.testing.assert_allclose(w, w_arm[partner], atol=1e-12)
+        assert np.dot(plan.probabilities, w) == pytest.approx(np.dot(plans[0].probabilities, w_arm))
+    losses = d[:6].copy()
+    losses[2] = np.nan
+    assert rand.loss_weights(losses, IDS[:6])[2] == 0.0  # a non-finite loss keeps weight 0
+
+
+def test_anti_control_of_soft_spl_weights_by_hand():
+    """EMA losses 0.1, 0.2, 0.3, 0.5; linear soft SPL admitting 2 cases: lam = (0.2 + 0.3) / 2 = 0.25, shift = 0.1,
+    v(l) = max(0, 1 - (l - 0.1) / 0.15). Anti pairs case 3 with case 0 and case 2 with case 1."""
+    ids = ["a", "b", "c", "d"]
+    state = DifficultyState(ids)
+    state.update(ids, [0.1, 0.2, 0.3, 0.5], epoch=0)
+    arm = SelfPacedScheduler(ids, "linear", 1.0, 0.5, 2, "linear")
+    anti = with_control(SelfPacedScheduler(ids, "linear", 1.0, 0.5, 2, "linear"), "anti")
+    for s in (arm, anti):
+        assert s.plan(state, 0.0, 1, np.random.default_rng(0)).threshold == pytest.approx(0.25)
+    # case d (loss 0.52) is weighted as the arm weights case a: 0.52 - 0.5 + 0.1 = 0.12 -> 1 - 0.02 / 0.15
+    np.testing.assert_allclose(anti.loss_weights([0.52, 0.12], ["d", "a"]), [1 - 0.02 / 0.15, 0.0])
+    np.testing.assert_allclose(arm.loss_weights([0.52, 0.12], ["d", "a"]), [0.0, 1 - 0.02 / 0.15])
+    # a batch of the two cases the arm does not admit still trains: 0.3 -> 0.2 (v = 1/3) and 0.5 -> 0.1 (v = 1);
+    # the arm's own weights of these losses are both 0
+    np.testing.assert_allclose(anti.loss_weights([0.3, 0.5], ["c", "d"]), [1 / 3, 1.0])
+    np.testing.assert_allclose(arm.loss_weights([0.3, 0.5], ["c", "d"]), [0.0, 0.0])
+    with pytest.raises(CurriculumConfigError, match="one case key per loss"):
+        anti.loss_weights([0.3, 0.5], ["c"])
+    with pytest.raises(CurriculumConfigError, match="unknown case ids"):
+        anti.loss_weights([0.3], ["zz"])
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))

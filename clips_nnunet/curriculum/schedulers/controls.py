@@ -17,9 +17,18 @@ So a control has exactly the arm's multiset of probabilities every epoch: the sa
 included), the same active fraction and sampling entropy, only other cases. Within strata (SPLD groups,
 :meth:`CurriculumScheduler.control_strata`) the move stays inside each stratum, so the per-group counts match too.
 
-For weighting curricula the same rule applies to one batch's loss weights: the arm's weights ordered by the arm's
-preference (ascending loss) are given to the batch's cases in the control's order (descending loss for Anti; the
-fixed random rank of the case for Random). Non-finite losses keep weight 0; "no weighting" (None) stays None.
+For weighting curricula (soft SPL, SuperLoss) the loss weights move the same way. Case ``c_k`` takes the place of
+its *partner* ``r_k`` (the case the arm puts at rank ``k``): it is sampled with the partner's probability and its loss
+is weighted as the arm would weight the partner's, estimated from the case's own current loss and the two EMA
+losses ``d`` of the plan's state:
+
+    ``w(c) = v*(l_c - d_c + d_{partner(c)})``   (``v*`` the arm's weight function at its last plan).
+
+When every case's current loss equals its EMA loss, every case gets exactly its partner's arm weight, so the control
+has the arm's multiset of (probability, weight) pairs. (Giving a batch the arm's weights of *that batch's* losses in
+another order, an earlier rule, starves a control of a soft curriculum: its batches hold the cases the arm would
+not admit, whose losses are above ``lam``, so most of its weights are 0.) Non-finite losses keep weight 0; "no
+weighting" (None) stays None.
 """
 from __future__ import annotations
 
@@ -71,6 +80,9 @@ class ControlScheduler(CurriculumScheduler):
         super().__init__(arm.case_ids)
         self.arm, self.control = arm, control
         self.permutation: Optional[np.ndarray] = None
+        #: per case: the partner's EMA loss minus its own, at the last plan (None before it)
+        self._loss_shift: Optional[np.ndarray] = None
+        self._index = {c: i for i, c in enumerate(self.case_ids)}
 
     def config(self) -> dict:
         return {"class": type(self).__name__, "control": self.control, "arm": self.arm.config()}
@@ -92,38 +104,28 @@ class ControlScheduler(CurriculumScheduler):
                                         f"{self.control} control (compare it with the uncurriculated baseline)")
         ranking = np.asarray(arm.ranking, dtype=np.int64)
         order = self._control_order(ranking, rng)
-        q = move_to_order(arm.probabilities, ranking, order, self.arm.control_strata())
+        strata = self.arm.control_strata()
+        q = move_to_order(arm.probabilities, ranking, order, strata)
+        d = state.estimates()
+        self._loss_shift = move_to_order(d, ranking, order, strata) - d
         return SamplingPlan(q, arm.active_fraction, arm.threshold, {**arm.extra, "control": self.control},
                             order.copy())
 
     def loss_weights(self, losses, keys: Optional[Sequence[str]] = None) -> Optional[np.ndarray]:
-        w = self.arm.loss_weights(losses, keys)
-        if w is None:
-            return None
+        """The arm's weights of the batch's losses moved to the partners (module docstring); the arm's own weights
+        (None: no weighting) before the first plan."""
         losses = np.asarray(losses, dtype=np.float64).reshape(-1)
-        w = np.asarray(w, dtype=np.float64).reshape(-1)
-        finite = np.flatnonzero(np.isfinite(losses))
-        out = np.zeros(losses.size)
-        arm_order = finite[np.argsort(losses[finite], kind="stable")]
-        if self.control == "anti":
-            ctrl_order = finite[np.argsort(-losses[finite], kind="stable")]
-        else:
-            if keys is None or self.permutation is None:
-                raise CurriculumConfigError("the Random control weights a batch by the random rank of its cases: "
-                                            "pass the batch's case keys, after the first plan")
-            keys = [str(k) for k in keys]
-            if len(keys) != losses.size:
-                raise CurriculumConfigError(f"{len(keys)} keys for {losses.size} losses")
-            rank = np.empty(len(self.case_ids), dtype=np.int64)
-            rank[self.permutation] = np.arange(len(self.case_ids))
-            index = {c: i for i, c in enumerate(self.case_ids)}
-            unknown = [k for k in keys if k not in index]
-            if unknown:
-                raise CurriculumConfigError(f"unknown case ids in the batch: {unknown[:5]}")
-            key_rank = np.asarray([rank[index[k]] for k in keys])
-            ctrl_order = finite[np.argsort(key_rank[finite], kind="stable")]
-        out[ctrl_order] = w[arm_order]
-        return out
+        if self._loss_shift is None:
+            return self.arm.loss_weights(losses, keys)
+        if keys is None or len(keys) != losses.size:
+            raise CurriculumConfigError(f"a {self.control} control weights a batch by its cases: pass one case key "
+                                        f"per loss ({losses.size} losses, "
+                                        f"{'no' if keys is None else len(keys)} keys)")
+        unknown = [str(k) for k in keys if str(k) not in self._index]
+        if unknown:
+            raise CurriculumConfigError(f"unknown case ids in the batch: {unknown[:5]}")
+        rows = np.asarray([self._index[str(k)] for k in keys], dtype=np.int64)
+        return self.arm.loss_weights(losses + self._loss_shift[rows], keys)
 
     def state_dict(self) -> dict:
         return {"arm": self.arm.state_dict(),
