@@ -12,25 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+from clips_nnunet.evaluation.formatting import fmt_fixed, fmt_p
 
 STRATA = ("all", "hard", "mislabelled")
 
 
 def _load(path: Path) -> Dict[str, Any]:
     return json.loads(path.read_text())
-
-
-def _fmt(x: Optional[float], digits: int = 3) -> str:
-    return "n/a" if x is None or not math.isfinite(float(x)) else f"{float(x):.{digits}f}"
-
-
-def _fmt_p(p: Optional[float]) -> str:
-    if p is None or not math.isfinite(float(p)):
-        return "n/a"
-    return "<0.001" if p < 1e-3 else f"{p:.3f}"
 
 
 def _mean(summary: List[Dict[str, Any]], group: str, stratum: str, metric: str) -> Optional[float]:
@@ -43,7 +34,7 @@ def _mean(summary: List[Dict[str, Any]], group: str, stratum: str, metric: str) 
 def _test(tests: List[Dict[str, Any]], group: str, stratum: str, metric: str) -> str:
     for row in tests:
         if (row["group"], row["stratum"], row["metric"]) == (group, stratum, metric):
-            return f"{_fmt(row['median_diff'])} (r={_fmt(row['rank_biserial'], 2)}, p={_fmt_p(row['p_holm'])})"
+            return f"{fmt_fixed(row['median_diff'])} (r={fmt_fixed(row['rank_biserial'], 2)}, p={fmt_p(row['p_holm'])})"
     return ""
 
 
@@ -58,9 +49,9 @@ def condition_table(folder: Path) -> List[str]:
              "Dice vs stock: median diff (r, p_holm) | Dice vs own control | Dice mislabelled vs stock |",
              "|---|---|---|---|---|---|---|---|---|"]
     for group in main["groups"]:
-        cells = [_fmt(_mean(main["summary"], group, s, "dice")) for s in STRATA]
-        cells += [_fmt(_mean(main["summary"], group, "all", "tmtv_abs_error_ml"), 1),
-                  _fmt(_mean(main["summary"], group, "all", "lesion_f1"))]
+        cells = [fmt_fixed(_mean(main["summary"], group, s, "dice")) for s in STRATA]
+        cells += [fmt_fixed(_mean(main["summary"], group, "all", "tmtv_abs_error_ml"), 1),
+                  fmt_fixed(_mean(main["summary"], group, "all", "lesion_f1"))]
         cells.append(_test(main["tests"], group, "all", "dice") or "baseline")
         ref = control_of.get(group)
         cells.append(f"{_test(comparisons[ref]['tests'], group, 'all', 'dice')} vs {ref.replace('nnUNetTrainer', '')}"
@@ -80,10 +71,10 @@ def plateau_line(folder: Path) -> str:
     text = ""
     for key, r in mean.items():
         text += (f"Baseline plateau criterion on the {key.replace('mean of the', 'mean curve of its')}: "
-                 f"{'met' if r['reached'] else 'not met'} (last-window mean pseudo Dice {_fmt(r['last'])}, gain "
-                 f"{_fmt(r['gain'])}). ")
+                 f"{'met' if r['reached'] else 'not met'} (last-window mean pseudo Dice {fmt_fixed(r['last'])}, gain "
+                 f"{fmt_fixed(r['gain'])}). ")
     reached = sum(bool(r["reached"]) for r in single.values())
-    per_run = ", ".join(f"{k}: {_fmt(r['last'])} (gain {_fmt(r['gain'])})" for k, r in sorted(single.items()))
+    per_run = ", ".join(f"{k}: {fmt_fixed(r['last'])} (gain {fmt_fixed(r['gain'])})" for k, r in sorted(single.items()))
     return text + f"Per run, met in {reached} of {len(single)}: {per_run}."
 
 

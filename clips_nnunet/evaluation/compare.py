@@ -60,6 +60,7 @@ from clips_nnunet.curriculum.difficulty import difficulty_of_cases
 from clips_nnunet.errors import CurriculumConfigError, DatasetError
 from clips_nnunet.evaluation.evaluate import (CaseFiles, detect_file_ending, evaluate_cases, list_cases,
                                               write_rows_csv)
+from clips_nnunet.evaluation.formatting import fmt_p, fmt_significant
 from clips_nnunet.evaluation.metrics import AUTOPET_CONNECTIVITY
 from clips_nnunet.evaluation.statistics import holm, paired_test
 from clips_nnunet.io_utils import PathLike, atomic_write_json, atomic_write_text, read_json
@@ -436,22 +437,6 @@ def compare_results(groups: Union[Mapping[str, Sequence[PathLike]], Sequence[Pat
 
 
 # -------------------------------------------------------------------------------------------------------- writing
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    if isinstance(x, float):
-        if abs(x) < 1e-9:  # float noise (e.g. sd of identical values)
-            return "0"
-        return f"{x:.{digits}g}" if abs(x) < 1e4 else f"{x:.3e}"
-    return str(x)
-
-
-def _fmt_p(p: float) -> str:
-    if not math.isfinite(p):
-        return "n/a"
-    return "<0.001" if p < 1e-3 else f"{p:.3f}"
-
-
 def _write_outputs(res: ComparisonResult, metrics: Mapping[str, bool], plots: bool, n_common: int) -> None:
     from clips_nnunet.evaluation.evaluate import _to_json
 
@@ -527,9 +512,9 @@ def render_markdown(res: ComparisonResult, metrics: Mapping[str, bool], n_common
                     cells.append("n/a")
                     continue
                 r = r.iloc[0]
-                c = f"{_fmt(r['mean'])} +- {_fmt(r['sd'])} ({_fmt(r['median'])})"
+                c = f"{fmt_significant(r['mean'])} +- {fmt_significant(r['sd'])} ({fmt_significant(r['median'])})"
                 if math.isfinite(r["sd_between_seeds"]):
-                    c += f" [{_fmt(r['sd_between_seeds'])}]"
+                    c += f" [{fmt_significant(r['sd_between_seeds'])}]"
                 cells.append(c)
             L.append(f"| {g} | " + " | ".join(cells) + " |")
         L.append("")
@@ -541,8 +526,8 @@ def render_markdown(res: ComparisonResult, metrics: Mapping[str, bool], n_common
             L.append("| group | metric | n | median diff | r | p | p_holm | favours |")
             L.append("|---|---|---|---|---|---|---|---|")
             for _, r in t.iterrows():
-                L.append(f"| {r['group']} | {r['metric']} | {r['n_pairs']} | {_fmt(r['median_diff'])} | "
-                         f"{_fmt(r['rank_biserial'], 2)} | {_fmt_p(r['p_value'])} | {_fmt_p(r['p_holm'])} | "
+                L.append(f"| {r['group']} | {r['metric']} | {r['n_pairs']} | {fmt_significant(r['median_diff'])} | "
+                         f"{fmt_significant(r['rank_biserial'], 2)} | {fmt_p(r['p_value'])} | {fmt_p(r['p_holm'])} | "
                          f"{r['better']} |")
             L.append("")
     if "boxplots" in res.files:
