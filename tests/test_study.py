@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from clips_nnunet.errors import DatasetError
 from clips_nnunet.study import (RunSpec, StudyConfigError, build_train_command, fold_dir, load_study_config,
                                 parse_study_config, plan_runs, run_is_finished, run_study, seed_results_root,
                                 study_environment, teacher_results_root, training_cases_difficulty_csv,
                                 write_stratified_splits, write_study_trainers)
+from clips_nnunet.study.memorisation import planted_training_cases
+from clips_nnunet.synthetic.raw import ERRORS_JSON, truth_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -226,6 +229,26 @@ def test_stratified_splits_and_teacher_csv_per_fold(tmp_path):
     assert not any(r.startswith(("case_0000,", "case_0003,", "case_0006,")) for r in rows)
 
 
+def test_planted_training_cases_of_a_fold(tmp_path):
+    """Only the fold's training cases with a planted error (kind not None) are predicted for the memorisation check."""
+    config = cfg(tmp_path)
+    assert planted_training_cases(config, 0) == {}  # no clips_truth: no planted errors
+    truth = truth_dir(config.study_dir / "nnUNet_raw", config.dataset_id, config.dataset_name)
+    (truth / "labels_clean").mkdir(parents=True)
+    (truth / ERRORS_JSON).write_text(json.dumps({"cases": {"case_0000": {"kind": "threshold"},
+                                                           "case_0001": {"kind": None},
+                                                           "case_0002": {"kind": "slice_shift"},
+                                                           "case_0003": {"kind": "physiological"}}}))
+    with pytest.raises(DatasetError, match="splits_final.json is missing"):
+        planted_training_cases(config, 0)
+    splits = config.study_dir / "nnUNet_preprocessed" / config.dataset_folder_name / "splits_final.json"
+    splits.parent.mkdir(parents=True)
+    splits.write_text(json.dumps([{"train": ["case_0000", "case_0001", "case_0002"], "val": ["case_0003"]},
+                                  {"train": ["case_0003"], "val": ["case_0000", "case_0001", "case_0002"]}]))
+    assert planted_training_cases(config, 0) == {"case_0000": "threshold", "case_0002": "slice_shift"}
+    assert planted_training_cases(config, 1) == {"case_0003": "physiological"}
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_tiny_real_study(tiny_preprocessed, tmp_path):
@@ -247,6 +270,13 @@ def test_tiny_real_study(tiny_preprocessed, tmp_path):
                                                                      "val_iterations_per_epoch": 1},
            "device": "cpu", "difficulty_key": "planted_difficulty", "parallel_runs": 2}
     config = parse_study_config(raw, study_dir=study)
+    # every case "badly annotated", with a clean mask equal to the planted one: the memorisation section must
+    # predict fold 0's training cases once per seed and score them the same against both masks
+    labels = study / "nnUNet_raw" / f"Dataset{dataset_id:03d}_ClipsTiny" / "labelsTr"
+    truth = truth_dir(study / "nnUNet_raw", dataset_id, "ClipsTiny")
+    shutil.copytree(labels, truth / "labels_clean")
+    cases = sorted(p.name[: -len(".nii.gz")] for p in labels.glob("*.nii.gz"))
+    (truth / ERRORS_JSON).write_text(json.dumps({"cases": {c: {"kind": "missed_lesion"} for c in cases}}))
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "PYTHONPATH")}
     os.environ.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": env["PYTHONPATH"]})
     try:
@@ -264,6 +294,15 @@ def test_tiny_real_study(tiny_preprocessed, tmp_path):
     assert keys[0] != keys[1]  # another seed draws other cases
     report = Path(status["report"]).read_text()
     assert "| nnUNetTrainer | " in report and "dice" in report
+    train = json.loads((study / "nnUNet_preprocessed" / f"Dataset{dataset_id:03d}_ClipsTiny"
+                        / "splits_final.json").read_text())[0]["train"]
+    for seed in (0, 1):
+        predicted = sorted(p.name for p in (study / "memorisation" / f"seed_{seed}" / "nnUNetTrainer").glob("*.nii.gz"))
+        assert predicted == sorted(f"{c}.nii.gz" for c in train)
+    numbers = json.loads((Path(status["report"]).parent / "report.json").read_text())["memorisation"]
+    assert sorted(numbers["cases"]) == sorted(train)
+    assert numbers["dice_vs_clean"]["nnUNetTrainer"] == pytest.approx(numbers["dice_vs_planted"]["nnUNetTrainer"])
+    assert f"The {len(train)} training patients of fold 0" in report
     again = run_study(config, echo=False, report=False)
     assert set(again["runs"].values()) == {"skipped (finished)"}
     # the same seed in a fresh results root draws the same cases in the same order
@@ -361,7 +400,7 @@ def test_per_arm_controls_pair_each_arm_with_its_own_control(tmp_path):
 
 def test_converging_study_conditions_differ_only_where_stated():
     """The three conditions of the converging CPU study: same arms, seeds, folds and images; clean has no errors,
-    short has 12 % of the iterations over the same number of epochs."""
+    short has 7.5 % of the iterations (3 of 40 per epoch) over the same number of epochs."""
     noisy, clean, short = (load_study_config(REPO / "benchmarks" / "learning" / f"converging_cpu_{c}.yaml")
                            for c in ("noisy", "clean", "noisy_short"))
     for other in (clean, short):
@@ -372,7 +411,7 @@ def test_converging_study_conditions_differ_only_where_stated():
     assert clean.dataset_options["seed"] == noisy.dataset_options["seed"] and clean.dataset_options[
         "physiological_uptake"] is True
     assert short.dataset_options == noisy.dataset_options and short.epochs == noisy.epochs
-    assert short.budget_iterations / noisy.budget_iterations == pytest.approx(0.12)
+    assert short.budget_iterations / noisy.budget_iterations == pytest.approx(0.075)
     ordered = {"nnUNetTrainerCLSelfPaced", "nnUNetTrainerCLSelfPacedLinear", "nnUNetTrainerCLTransferTeacher",
                "nnUNetTrainerCLDIH"}
     assert {arms[0] for _, arms in noisy.control_pairs()} == ordered

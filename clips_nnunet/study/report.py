@@ -4,7 +4,6 @@ is rendered by the comparison's own renderer (:func:`~clips_nnunet.evaluation.co
 section of the study report."""
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -12,10 +11,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from clips_nnunet.errors import DatasetError
+from clips_nnunet.evaluation.formatting import fmt_fixed, fmt_p
 from clips_nnunet.io_utils import atomic_write_json, atomic_write_text, read_json
 from clips_nnunet.study.config import StudyConfig
+from clips_nnunet.study.dataset import resolve_device
 from clips_nnunet.study.layout import (RunSpec, fold_dir, run_is_finished, seed_results_root, teacher_csv_path,
                                        trainer_output_dir)
+from clips_nnunet.study.memorisation import memorisation_section
 
 __all__ = ["REPORT_METRICS", "study_groups", "write_report", "publish_report"]
 
@@ -74,18 +76,6 @@ def _compare(config: StudyConfig, groups: Mapping[str, Sequence[Path]], baseline
     return compare_results({k: list(v) for k, v in groups.items()}, baseline=baseline, gt_dir=gt_dir,
                            out_dir=out_dir, metrics=REPORT_METRICS, progress=False, subsets=subsets,
                            cache_dir=out_dir.parent / "cache", **_difficulty_arguments(config))
-
-
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
-
-
-def _fmt_p(p: Any) -> str:
-    if p is None or not isinstance(p, float) or not math.isfinite(p):
-        return "n/a"
-    return "<0.001" if p < 1e-3 else f"{p:.3f}"
 
 
 def _header(config: StudyConfig) -> List[str]:
@@ -150,8 +140,8 @@ def _control_section(ref: str, res) -> List[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     for _, r in res.tests[res.tests.stratum.isin(["all", "hard", MISLABELLED])].iterrows():
         lines.append(f"| {r['group']} | {r['stratum']} | {r['metric']} | {r['n_pairs']} | "
-                     f"{_fmt(r['median_diff'])} | {_fmt(r['rank_biserial'], 2)} | {_fmt_p(r['p_value'])} | "
-                     f"{_fmt_p(r['p_holm'])} | {r['better']} |")
+                     f"{fmt_fixed(r['median_diff'])} | {fmt_fixed(r['rank_biserial'], 2)} | {fmt_p(r['p_value'])} | "
+                     f"{fmt_p(r['p_holm'])} | {r['better']} |")
     return lines + [""]
 
 
@@ -181,7 +171,7 @@ def _plateau_section(config: StudyConfig, out_dir: Path) -> Tuple[List[str], Dic
              "![baseline pseudo Dice per epoch](baseline_curve.png)", "",
              "| run | epochs | mean of the window before | mean of the last window | gain | plateau |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {k} | {r.epochs} | {_fmt(r.before)} | {_fmt(r.last)} | {_fmt(r.gain)} | "
+    lines += [f"| {k} | {r.epochs} | {fmt_fixed(r.before)} | {fmt_fixed(r.last)} | {fmt_fixed(r.gain)} | "
               f"{'yes' if r.reached else 'no'} |" for k, r in results.items()]
     values = {k: {"epochs": r.epochs, "before": r.before, "last": r.last, "gain": r.gain, "reached": r.reached,
                   "pseudo_dice": curves[k]} for k, r in results.items()}
@@ -198,10 +188,12 @@ def _runs_section(status: Optional[Mapping[str, Any]]) -> List[str]:
 
 
 def write_report(config: StudyConfig, status: Optional[Mapping[str, Any]] = None,
-                 out_dir: Optional[Path] = None) -> Path:
+                 out_dir: Optional[Path] = None, echo: bool = True) -> Path:
     """Compare the finished runs with the evaluator's :func:`clips_nnunet.evaluation.compare.compare_results`
     (against the baseline and against each control) and write one ``report.md`` with ``report.png`` into
-    ``out_dir`` (default ``study_dir/report``); the full comparisons (CSV, JSON, box plots) go to ``vs_<arm>/``."""
+    ``out_dir`` (default ``study_dir/report``); the full comparisons (CSV, JSON, box plots) go to ``vs_<arm>/``.
+    With planted annotation errors, the badly annotated training patients are predicted by every run (once;
+    :mod:`clips_nnunet.study.memorisation`) and scored in ``memorisation/``."""
     import matplotlib
 
     matplotlib.use("Agg")  # before compare plots: reports are written on machines without a display
@@ -223,6 +215,9 @@ def write_report(config: StudyConfig, status: Optional[Mapping[str, Any]] = None
             res = _compare(config, {k: groups[k] for k in [ref, *arms]}, ref, out_dir / f"vs_{ref}", reference)
             summary["comparisons"][ref] = str(out_dir / f"vs_{ref}" / "comparison.json")
             lines += _control_section(ref, res)
+        memorisation_lines, summary["memorisation"] = memorisation_section(
+            config, groups, resolve_device(config.device), out_dir / "memorisation", echo)
+        lines += memorisation_lines
         _plot_summary(main, config, out_dir / "report.png")
         lines.insert(2, "![Dice and TMTV error per arm: all cases, hardest tertile, mislabelled patients]"
                         "(report.png)\n")

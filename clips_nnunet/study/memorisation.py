@@ -1,0 +1,180 @@
+"""Did an arm learn its badly annotated training patients' wrong masks? Predictions of those patients by each run.
+
+The out-of-fold strata of the report score patients whose own masks never reached the model that predicts them.
+Whether a curriculum keeps a model from *memorising* wrong annotations shows on the patients it trained on: for the
+first study fold, the training patients whose mask carries a planted annotation error (``clips_truth/``) are
+predicted by every finished run's ``checkpoint_final.pth`` with nnU-Net's ``nnUNetPredictor`` (in this process, no
+mirroring: :func:`clips_nnunet.evaluation.scoring.score_with_model`) and scored twice: against the clean mask (high: the model resisted the error) and against the
+planted mask it trained on (high: it learned the error).
+
+Layout: ``study_dir/memorisation/seed_<S>/<arm>/`` (the predictions; written to ``<arm>.partial`` and renamed once
+every case is there, so an interrupted prediction is redone, never read).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+
+from clips_nnunet.errors import DatasetError
+from clips_nnunet.evaluation.formatting import fmt_fixed, fmt_p
+from clips_nnunet.io_utils import read_json
+from clips_nnunet.study.config import StudyConfig
+from clips_nnunet.study.layout import RunSpec, fold_dir, run_is_finished, seed_results_root, study_environment
+
+__all__ = ["planted_training_cases", "predict_planted_training_cases", "memorisation_section"]
+
+
+def _errors(config: StudyConfig) -> Tuple[Path, Dict[str, str]]:
+    """``(clean mask folder, {case: planted error kind})``; no cases when the dataset has no planted errors."""
+    from clips_nnunet.synthetic.raw import ERRORS_JSON, truth_dir
+
+    truth = truth_dir(config.study_dir / "nnUNet_raw", config.dataset_id, config.dataset_name)
+    if not (truth / ERRORS_JSON).is_file() or not (truth / "labels_clean").is_dir():
+        return truth / "labels_clean", {}
+    cases = read_json(truth / ERRORS_JSON).get("cases", {})
+    return truth / "labels_clean", {c: str(rec["kind"]) for c, rec in cases.items() if rec.get("kind")}
+
+
+def planted_training_cases(config: StudyConfig, fold: int) -> Dict[str, str]:
+    """``{case: error kind}`` of the training patients of ``fold`` whose mask carries a planted error."""
+    _, kinds = _errors(config)
+    if not kinds:
+        return {}
+    splits = config.study_dir / "nnUNet_preprocessed" / config.dataset_folder_name / "splits_final.json"
+    if not splits.is_file():
+        raise DatasetError(f"{splits} is missing: the study's dataset was not prepared (run the study first)")
+    train = set(read_json(splits)[fold]["train"])
+    return {c: k for c, k in sorted(kinds.items()) if c in train}
+
+
+def _complete(folder: Path, cases: List[str]) -> bool:
+    return folder.is_dir() and all(any(folder.glob(f"{c}.*")) for c in cases)
+
+
+@contextlib.contextmanager
+def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` updated with ``env`` inside (nnU-Net finds the study's trainer classes through it)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def predict_planted_training_cases(config: StudyConfig, groups: Mapping[str, List[Path]], device: str,
+                                   echo: bool = True) -> Dict[str, List[Path]]:
+    """``{arm: [prediction folder per seed]}`` for the runs of the first study fold (predicted when missing, with
+    nnU-Net's ``nnUNetPredictor`` through :func:`clips_nnunet.evaluation.scoring.score_with_model`); ``{}`` when
+    that fold has no badly annotated training patient. A failed prediction leaves that seed out and says so."""
+    from clips_nnunet.evaluation.scoring import score_with_model
+
+    fold = config.folds[0]
+    cases = list(planted_training_cases(config, fold))
+    if not cases:
+        return {}
+    raw = config.study_dir / "nnUNet_raw" / config.dataset_folder_name
+    out: Dict[str, List[Path]] = {}
+    for spec in config.trainers:
+        if spec.name not in groups:
+            continue
+        for seed in config.seeds:
+            run = RunSpec(spec, fold, seed, seed_results_root(config, seed))
+            if not run_is_finished(fold_dir(config, run)):
+                continue
+            dest = config.study_dir / "memorisation" / f"seed_{seed}" / spec.name
+            if not _complete(dest, cases):
+                partial = dest.with_name(dest.name + ".partial")
+                shutil.rmtree(partial, ignore_errors=True)
+                if echo:
+                    print(f"[study] memorisation: {run.label} predicts {len(cases)} training cases", flush=True)
+                log = config.study_dir / "logs" / f"memorisation_{spec.name}_seed{seed}.log"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                try:  # nnU-Net's own output (progress bars, notes) goes to the log
+                    with _environment(study_environment(config, run)), warnings.catch_warnings(), \
+                            open(log, "a") as stream, contextlib.redirect_stdout(stream), \
+                            contextlib.redirect_stderr(stream):
+                        warnings.simplefilter("ignore")
+                        score_with_model(fold_dir(config, run).parent, raw / "imagesTr", raw / "labelsTr",
+                                         folds=(fold,), device=device, case_ids=cases, output_folder=partial)
+                except (OSError, RuntimeError, ValueError, DatasetError) as e:
+                    print(f"[study] memorisation: {run.label}: prediction failed ({e}); left out (log {log})",
+                          flush=True)
+                    continue
+                if not _complete(partial, cases):
+                    print(f"[study] memorisation: {run.label}: cases missing in {partial}; left out", flush=True)
+                    continue
+                shutil.rmtree(dest, ignore_errors=True)
+                partial.rename(dest)
+            out.setdefault(spec.name, []).append(dest)
+    return out
+
+
+def _compare(groups: Mapping[str, List[Path]], baseline: str, gt_dir: Path, out_dir: Path):
+    from clips_nnunet.evaluation.compare import compare_results
+
+    return compare_results(dict(groups), baseline=baseline, gt_dir=gt_dir, out_dir=out_dir,
+                           metrics={"dice": True}, plots=False, progress=False)
+
+
+def _means(res) -> Dict[str, float]:
+    rows = res.table[(res.table.stratum == "all") & (res.table.metric == "dice")]
+    return {r["group"]: float(r["mean"]) for _, r in rows.iterrows()}
+
+
+def _test(res, arm: str) -> str:
+    rows = res.tests[(res.tests.group == arm) & (res.tests.stratum == "all") & (res.tests.metric == "dice")]
+    if rows.empty:
+        return "-"
+    r = rows.iloc[0]
+    return f"{fmt_fixed(r['median_diff'])} (p={fmt_p(r['p_value'])})"
+
+
+def memorisation_section(config: StudyConfig, groups: Mapping[str, List[Path]], device: str, out_dir: Path,
+                         echo: bool = True) -> Tuple[List[str], Dict[str, Any]]:
+    """The report section (markdown lines) and its numbers; nothing when the study has no planted errors."""
+    predicted = predict_planted_training_cases(config, groups, device, echo)
+    if config.baseline not in predicted:
+        return [], {}
+    fold = config.folds[0]
+    kinds = planted_training_cases(config, fold)
+    clean_dir, _ = _errors(config)
+    planted_dir = config.study_dir / "nnUNet_raw" / config.dataset_folder_name / "labelsTr"
+    clean = _compare(predicted, config.baseline, clean_dir, out_dir / "vs_clean")
+    planted = _compare(predicted, config.baseline, planted_dir, out_dir / "vs_planted")
+    controls: Dict[str, Optional[Any]] = {}
+    for ref, arms in config.control_pairs():
+        if ref in predicted and ref != config.baseline:
+            present = {k: predicted[k] for k in [ref, *arms] if k in predicted}
+            res = _compare(present, ref, clean_dir, out_dir / f"vs_clean_{ref}")
+            controls.update({a: (ref, res) for a in arms if a in present})
+    by_kind = clean.per_case.assign(kind=clean.per_case.case_id.map(kinds)).groupby(["group", "kind"]).dice.mean()
+    kind_names = sorted(set(kinds.values()))
+    mean_clean, mean_planted = _means(clean), _means(planted)
+    lines = ["## Badly annotated training patients: did an arm learn the wrong masks?", "",
+             f"The {len(kinds)} training patients of fold {fold} whose mask carries a planted error "
+             f"({', '.join(f'{k}: {sum(v == k for v in kinds.values())}' for k in kind_names)}), predicted by "
+             f"each run's final model (nnU-Net's `nnUNetPredictor`, no mirroring), seed-averaged. Dice against the clean "
+             f"mask (high: the model resisted the error) and against the planted mask it trained on (high: it "
+             f"learned the error). diff = median paired difference in Dice against the clean mask, Wilcoxon p "
+             f"(n = {len(kinds)}: read as a trend).", "",
+             "| arm | Dice vs clean | Dice vs planted | " + " | ".join(f"vs clean: {k}" for k in kind_names)
+             + f" | diff vs `{config.baseline}` | diff vs control |",
+             "|---|---|---|" + "---|" * len(kind_names) + "---|---|"]
+    for arm in predicted:
+        ref, res = controls.get(arm, (None, None))
+        cells = [fmt_fixed(mean_clean.get(arm)), fmt_fixed(mean_planted.get(arm))]
+        cells += [fmt_fixed(float(by_kind.get((arm, k), float("nan")))) for k in kind_names]
+        cells += ["-" if arm == config.baseline else _test(clean, arm),
+                  "-" if res is None else f"{_test(res, arm)} vs `{ref}`"]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    numbers = {"fold": fold, "cases": kinds, "dice_vs_clean": mean_clean, "dice_vs_planted": mean_planted}
+    return lines + [""], numbers
