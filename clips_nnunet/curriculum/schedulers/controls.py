@@ -118,7 +118,7 @@ class ControlScheduler(CurriculumScheduler):
         if self._loss_shift is None:
             return self.arm.loss_weights(losses, keys)
         if keys is None or len(keys) != losses.size:
-            raise CurriculumConfigError(f"a {self.control} control weights a batch by its cases: pass one case key "
+            raise CurriculumConfigError(f"the {self.control} control weights a batch by its cases: pass one case key "
                                         f"per loss ({losses.size} losses, "
                                         f"{'no' if keys is None else len(keys)} keys)")
         unknown = [str(k) for k in keys if str(k) not in self._index]
