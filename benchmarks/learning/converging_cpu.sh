@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The converging CPU study: three conditions (25 % badly annotated patients at full budget, clean masks at full
-# budget, 25 % badly annotated at 12 % of the budget), each a resumable `clips-nnunet study`, then their reports
-# copied to docs/results/converging_cpu/<condition>/. About 1.5-2 hours on 2 CPU cores.
+# budget, 25 % badly annotated at 7.5 % of the budget), each a resumable `clips-nnunet study`, then their reports
+# copied to docs/results/converging_cpu/<condition>/. About 2.5-3 hours on 2 CPU cores (each full condition ~1 h).
 #   bash benchmarks/learning/converging_cpu.sh            # run (finished runs are skipped on a re-run)
 #   bash benchmarks/learning/converging_cpu.sh --report-only
 set -euo pipefail
