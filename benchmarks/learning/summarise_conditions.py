@@ -45,9 +45,11 @@ def condition_table(folder: Path) -> List[str]:
     main_ref = next(iter(comparisons))  # the baseline comes first
     main = comparisons[main_ref]
     control_of = {g: ref for ref, c in comparisons.items() if ref != main_ref for g in c["groups"] if g != ref}
+    memorised = report.get("memorisation") or {}
     lines = ["| arm | Dice all | Dice hardest third | Dice mislabelled | abs TMTV err (ml) | lesion F1 | "
-             "Dice vs stock: median diff (r, p_holm) | Dice vs own control | Dice mislabelled vs stock |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Dice vs stock: median diff (r, p_holm) | Dice vs own control | Dice mislabelled vs stock | "
+             "badly annotated training patients: Dice vs clean / vs planted mask |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for group in main["groups"]:
         cells = [fmt_fixed(_mean(main["summary"], group, s, "dice")) for s in STRATA]
         cells += [fmt_fixed(_mean(main["summary"], group, "all", "tmtv_abs_error_ml"), 1),
@@ -57,6 +59,8 @@ def condition_table(folder: Path) -> List[str]:
         cells.append(f"{_test(comparisons[ref]['tests'], group, 'all', 'dice')} vs {ref.replace('nnUNetTrainer', '')}"
                      if ref else "")
         cells.append(_test(main["tests"], group, "mislabelled", "dice"))
+        cells.append(f"{fmt_fixed(memorised['dice_vs_clean'].get(group))} / "
+                     f"{fmt_fixed(memorised['dice_vs_planted'].get(group))}" if memorised else "")
         lines.append(f"| {group.replace('nnUNetTrainer', '') or 'nnUNetTrainer (stock)'} | " + " | ".join(cells) + " |")
     return lines
 
