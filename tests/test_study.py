@@ -249,6 +249,25 @@ def test_planted_training_cases_of_a_fold(tmp_path):
     assert planted_training_cases(config, 1) == {"case_0003": "physiological"}
 
 
+def test_memorisation_predictions_are_redone_for_a_retrained_run(tmp_path):
+    """A prediction folder counts only with every case and the stamp of the checkpoint it came from."""
+    from clips_nnunet.study.memorisation import _complete, _stamp
+
+    checkpoint = tmp_path / "checkpoint_final.pth"
+    checkpoint.write_bytes(b"model 1")
+    folder = tmp_path / "pred"
+    folder.mkdir()
+    (folder / "case_0000.nii.gz").write_bytes(b"")
+    stamp = _stamp(checkpoint)
+    assert not _complete(folder, ["case_0000", "case_0001"], stamp)  # a case missing
+    (folder / "case_0001.nii.gz").write_bytes(b"")
+    assert not _complete(folder, ["case_0000", "case_0001"], stamp)  # no stamp yet
+    (folder / "checkpoint.json").write_text(json.dumps(stamp))
+    assert _complete(folder, ["case_0000", "case_0001"], stamp)
+    checkpoint.write_bytes(b"model 2, retrained")
+    assert not _complete(folder, ["case_0000", "case_0001"], _stamp(checkpoint))
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_tiny_real_study(tiny_preprocessed, tmp_path):

@@ -3,12 +3,13 @@
 The out-of-fold strata of the report score patients whose own masks never reached the model that predicts them.
 Whether a curriculum keeps a model from *memorising* wrong annotations shows on the patients it trained on: for the
 first study fold, the training patients whose mask carries a planted annotation error (``clips_truth/``) are
-predicted by every finished run's ``checkpoint_final.pth`` with nnU-Net's ``nnUNetPredictor`` (in this process, no
-mirroring: :func:`clips_nnunet.evaluation.scoring.score_with_model`) and scored twice: against the clean mask (high: the model resisted the error) and against the
-planted mask it trained on (high: it learned the error).
+predicted by every finished run's ``checkpoint_final.pth`` with nnU-Net's ``nnUNetPredictor`` (in this process,
+no mirroring: :func:`clips_nnunet.evaluation.scoring.score_with_model`) and scored twice: against the clean mask
+(high: the model resisted the error) and against the planted mask it trained on (high: it learned the error).
 
-Layout: ``study_dir/memorisation/seed_<S>/<arm>/`` (the predictions; written to ``<arm>.partial`` and renamed once
-every case is there, so an interrupted prediction is redone, never read).
+Layout: ``study_dir/memorisation/seed_<S>/<arm>/``: the predictions and ``checkpoint.json`` (size and time of the
+checkpoint they came from: a retrained run is predicted again). Written to ``<arm>.partial`` and renamed once every
+case is there, so an interrupted prediction is redone, never read.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from clips_nnunet.errors import DatasetError
 from clips_nnunet.evaluation.formatting import fmt_fixed, fmt_p
-from clips_nnunet.io_utils import read_json
+from clips_nnunet.io_utils import atomic_write_json, read_json
 from clips_nnunet.study.config import StudyConfig
 from clips_nnunet.study.layout import RunSpec, fold_dir, run_is_finished, seed_results_root, study_environment
 
@@ -51,8 +52,17 @@ def planted_training_cases(config: StudyConfig, fold: int) -> Dict[str, str]:
     return {c: k for c, k in sorted(kinds.items()) if c in train}
 
 
-def _complete(folder: Path, cases: List[str]) -> bool:
-    return folder.is_dir() and all(any(folder.glob(f"{c}.*")) for c in cases)
+def _stamp(checkpoint: Path) -> Dict[str, int]:
+    stat = checkpoint.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _complete(folder: Path, cases: List[str], stamp: Optional[Dict[str, int]] = None) -> bool:
+    """Every case predicted (and, with ``stamp``, from that checkpoint)."""
+    if not folder.is_dir() or not all(any(folder.glob(f"{c}.*")) for c in cases):
+        return False
+    marker = folder / "checkpoint.json"
+    return stamp is None or (marker.is_file() and read_json(marker) == stamp)
 
 
 @contextlib.contextmanager
@@ -91,7 +101,8 @@ def predict_planted_training_cases(config: StudyConfig, groups: Mapping[str, Lis
             if not run_is_finished(fold_dir(config, run)):
                 continue
             dest = config.study_dir / "memorisation" / f"seed_{seed}" / spec.name
-            if not _complete(dest, cases):
+            stamp = _stamp(fold_dir(config, run) / "checkpoint_final.pth")
+            if not _complete(dest, cases, stamp):
                 partial = dest.with_name(dest.name + ".partial")
                 shutil.rmtree(partial, ignore_errors=True)
                 if echo:
@@ -112,6 +123,7 @@ def predict_planted_training_cases(config: StudyConfig, groups: Mapping[str, Lis
                 if not _complete(partial, cases):
                     print(f"[study] memorisation: {run.label}: cases missing in {partial}; left out", flush=True)
                     continue
+                atomic_write_json(partial / "checkpoint.json", stamp)
                 shutil.rmtree(dest, ignore_errors=True)
                 partial.rename(dest)
             out.setdefault(spec.name, []).append(dest)
@@ -162,7 +174,8 @@ def memorisation_section(config: StudyConfig, groups: Mapping[str, List[Path]], 
     lines = ["## Badly annotated training patients: did an arm learn the wrong masks?", "",
              f"The {len(kinds)} training patients of fold {fold} whose mask carries a planted error "
              f"({', '.join(f'{k}: {sum(v == k for v in kinds.values())}' for k in kind_names)}), predicted by "
-             f"each run's final model (nnU-Net's `nnUNetPredictor`, no mirroring), seed-averaged. Dice against the clean "
+             f"each run's final model (nnU-Net's `nnUNetPredictor`, no mirroring), seed-averaged. Dice against "
+             f"the clean "
              f"mask (high: the model resisted the error) and against the planted mask it trained on (high: it "
              f"learned the error). diff = median paired difference in Dice against the clean mask, Wilcoxon p "
              f"(n = {len(kinds)}: read as a trend).", "",
