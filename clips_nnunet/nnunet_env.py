@@ -12,16 +12,17 @@ Layer 1: standard library only (no torch, nnunetv2 or other clips_nnunet package
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, TextIO, Union
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, TextIO, Union
 
 __all__ = ["EXT_TRAINER_DIR", "NNUNET_FOLDERS", "TIMEOUT_EXIT_CODE", "ext_trainer_value", "nnunet_folders",
-           "nnunet_environment", "bin_path", "shell_line", "run_logged", "split_folders"]
+           "nnunet_environment", "environment_applied", "bin_path", "shell_line", "run_logged", "split_folders"]
 
 #: The discovery shim listed first in ``nnUNet_extTrainer`` (re-exports the clips trainers for nnU-Net's lookup).
 EXT_TRAINER_DIR = Path(__file__).resolve().parent / "nnunet_ext"
@@ -71,6 +72,22 @@ def nnunet_environment(workdir: PathLike, ext_folders: Iterable[PathLike] = (),
     env["nnUNet_extTrainer"] = ext_trainer_value(os.pathsep.join([*(str(p) for p in ext_folders), *user]))
     env.setdefault("nnUNet_compile", "false")
     return env
+
+
+@contextlib.contextmanager
+def environment_applied(env: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` updated with ``env`` inside the block and restored after it (variables it added removed):
+    for nnU-Net code run in this process, which reads its folders and ``nnUNet_extTrainer`` from the environment."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def bin_path(name: str) -> str:

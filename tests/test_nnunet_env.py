@@ -6,8 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from clips_nnunet.nnunet_env import (EXT_TRAINER_DIR, TIMEOUT_EXIT_CODE, bin_path, ext_trainer_value,
-                                     nnunet_environment, nnunet_folders, run_logged, shell_line, split_folders)
+import pytest
+
+from clips_nnunet.nnunet_env import (EXT_TRAINER_DIR, TIMEOUT_EXIT_CODE, bin_path, environment_applied,
+                                     ext_trainer_value, nnunet_environment, nnunet_folders, run_logged, shell_line,
+                                     split_folders)
 
 
 def test_ext_trainer_value_puts_the_shim_first_and_keeps_user_folders(tmp_path):
@@ -71,3 +74,13 @@ def test_layer_one_imports_no_heavy_package():
             "print(sorted(m for m in ('torch', 'nnunetv2', 'SimpleITK', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_environment_applied_restores_what_it_changed(monkeypatch):
+    monkeypatch.setenv("CLIPS_TEST_KEPT", "before")
+    monkeypatch.delenv("CLIPS_TEST_ADDED", raising=False)
+    with pytest.raises(RuntimeError):
+        with environment_applied({"CLIPS_TEST_KEPT": "inside", "CLIPS_TEST_ADDED": "new"}):
+            assert os.environ["CLIPS_TEST_KEPT"] == "inside" and os.environ["CLIPS_TEST_ADDED"] == "new"
+            raise RuntimeError("restored on errors too")
+    assert os.environ["CLIPS_TEST_KEPT"] == "before" and "CLIPS_TEST_ADDED" not in os.environ

@@ -21,6 +21,7 @@ from clips_nnunet.dataset_conversion.convert import convert_cohort
 from clips_nnunet.dataset_conversion.masks import rasterise_rtstruct, read_seg_mask
 from clips_nnunet.synthetic.dicom_cohort import make_synthetic_cohort
 from clips_nnunet.lesions import measure_lesions
+from clips_nnunet.nnunet_env import environment_applied
 from clips_nnunet.evaluation.predict import OUTPUT_FILES, ModelSpec, is_complete, predict_dicom
 from clips_nnunet.io_utils import atomic_write_json, read_json
 from nnunet_helpers import nnunet_environment, run_cli
@@ -199,8 +200,6 @@ def test_predict_from_dicom_end_to_end(tmp_path):
 
 
 def _check_cascade(tmp_path: Path, env, patient_dir: Path) -> None:
-    import os
-
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
@@ -229,9 +228,7 @@ def _check_cascade(tmp_path: Path, env, patient_dir: Path) -> None:
                stage2 / "fold_0" / "checkpoint_final.pth")
 
     keys = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: env[k] for k in keys})
-    try:
+    with environment_applied({k: env[k] for k in keys}):
         predictor = CasePredictor(ModelSpec(DATASET_ID, "3d_stage2", TRAINER, PLANS, folds=[0]), device="cpu",
                                   use_mirroring=False)
         assert [s["model"] for s in predictor.model_description()["stages"]] == [stage1.name, stage2.name]
@@ -249,11 +246,5 @@ def _check_cascade(tmp_path: Path, env, patient_dir: Path) -> None:
         stage1.predict_from_files_sequential(images, str(work / "s1"), False, True, None)
         stage2.predict_from_files_sequential(images, str(work / "s2"), False, True, str(work / "s1"))
         expected = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "s2" / "c.nii.gz")))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     assert mask.GetSize() == prepared.pet_suv.GetSize()
     np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), expected)

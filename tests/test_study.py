@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from clips_nnunet.errors import DatasetError
+from clips_nnunet.nnunet_env import environment_applied
 from clips_nnunet.study import (RunSpec, StudyConfigError, build_train_command, fold_dir, load_study_config,
                                 parse_study_config, plan_runs, run_is_finished, run_study, seed_results_root,
                                 study_environment, teacher_results_root, training_cases_difficulty_csv,
@@ -274,7 +275,6 @@ def test_tiny_real_study(tiny_preprocessed, tmp_path):
     """Two seeds of the seeded stock baseline, 1 epoch x 2 iterations each, run in parallel through nnUNetv2_train:
     both finish, the drawn case keys differ between seeds, the report has the Dice table, a re-run skips, and the
     same seed run again in a fresh results root draws exactly the same keys."""
-    import os
     import shutil
 
     base, env, dataset_id = tiny_preprocessed
@@ -296,13 +296,9 @@ def test_tiny_real_study(tiny_preprocessed, tmp_path):
     shutil.copytree(labels, truth / "labels_clean")
     cases = sorted(p.name[: -len(".nii.gz")] for p in labels.glob("*.nii.gz"))
     (truth / ERRORS_JSON).write_text(json.dumps({"cases": {c: {"kind": "missed_lesion"} for c in cases}}))
-    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "PYTHONPATH")}
-    os.environ.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": env["PYTHONPATH"]})
-    try:
+    threads_and_path = {"OMP_NUM_THREADS": "1", "PYTHONPATH": env["PYTHONPATH"]}
+    with environment_applied(threads_and_path):
         status = run_study(config, echo=False)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     assert all(str(v).startswith("finished") for v in status["runs"].values()), status
     keys = []
     for seed in (0, 1):
@@ -328,12 +324,8 @@ def test_tiny_real_study(tiny_preprocessed, tmp_path):
     repro = dataclasses.replace(config, seeds=(0,), study_dir=tmp_path / "repro")
     for name in ("nnUNet_raw", "nnUNet_preprocessed"):
         shutil.copytree(study / name, repro.study_dir / name)
-    os.environ.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": env["PYTHONPATH"]})
-    try:
+    with environment_applied(threads_and_path):
         status = run_study(repro, echo=False, report=False)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     folder = fold_dir(repro, RunSpec(repro.trainer("nnUNetTrainer"), 0, 0, seed_results_root(repro, 0)))
     assert json.loads((folder / "study_drawn_keys.json").read_text())["keys"] == keys[0]
 

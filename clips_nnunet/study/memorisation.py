@@ -14,37 +14,40 @@ case is there, so an interrupted prediction is redone, never read.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from clips_nnunet.errors import DatasetError
 from clips_nnunet.evaluation.formatting import fmt_fixed, fmt_p
 from clips_nnunet.io_utils import atomic_write_json, read_json
+from clips_nnunet.nnunet_env import environment_applied
 from clips_nnunet.study.config import StudyConfig
 from clips_nnunet.study.layout import RunSpec, fold_dir, run_is_finished, seed_results_root, study_environment
 
-__all__ = ["planted_training_cases", "predict_planted_training_cases", "memorisation_section"]
+__all__ = ["planted_errors", "planted_training_cases", "predict_planted_training_cases", "memorisation_section"]
 
 
-def _errors(config: StudyConfig) -> Tuple[Path, Dict[str, str]]:
-    """``(clean mask folder, {case: planted error kind})``; no cases when the dataset has no planted errors."""
+def planted_errors(config: StudyConfig) -> Optional[Tuple[Path, Dict[str, str]]]:
+    """``(clean mask folder, {case: planted error kind})`` when the study's dataset comes from the synthetic
+    generator's ground truth (``clips_truth/``, never part of the nnU-Net dataset; no cases when no error was
+    planted), else None."""
     from clips_nnunet.synthetic.raw import ERRORS_JSON, truth_dir
 
     truth = truth_dir(config.study_dir / "nnUNet_raw", config.dataset_id, config.dataset_name)
     if not (truth / ERRORS_JSON).is_file() or not (truth / "labels_clean").is_dir():
-        return truth / "labels_clean", {}
+        return None
     cases = read_json(truth / ERRORS_JSON).get("cases", {})
     return truth / "labels_clean", {c: str(rec["kind"]) for c, rec in cases.items() if rec.get("kind")}
 
 
 def planted_training_cases(config: StudyConfig, fold: int) -> Dict[str, str]:
     """``{case: error kind}`` of the training patients of ``fold`` whose mask carries a planted error."""
-    _, kinds = _errors(config)
-    if not kinds:
+    truth = planted_errors(config)
+    if truth is None or not truth[1]:
         return {}
+    kinds = truth[1]
     splits = config.study_dir / "nnUNet_preprocessed" / config.dataset_folder_name / "splits_final.json"
     if not splits.is_file():
         raise DatasetError(f"{splits} is missing: the study's dataset was not prepared (run the study first)")
@@ -65,32 +68,16 @@ def _complete(folder: Path, cases: List[str], stamp: Optional[Dict[str, int]] = 
     return stamp is None or (marker.is_file() and read_json(marker) == stamp)
 
 
-@contextlib.contextmanager
-def _environment(env: Mapping[str, str]) -> Iterator[None]:
-    """``os.environ`` updated with ``env`` inside (nnU-Net finds the study's trainer classes through it)."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def predict_planted_training_cases(config: StudyConfig, groups: Mapping[str, List[Path]], device: str,
-                                   echo: bool = True) -> Dict[str, List[Path]]:
-    """``{arm: [prediction folder per seed]}`` for the runs of the first study fold (predicted when missing, with
-    nnU-Net's ``nnUNetPredictor`` through :func:`clips_nnunet.evaluation.scoring.score_with_model`); ``{}`` when
-    that fold has no badly annotated training patient. A failed prediction leaves that seed out and says so."""
+                                   cases: Sequence[str], echo: bool = True) -> Dict[str, List[Path]]:
+    """``{arm: [prediction folder per seed]}``: ``cases`` (training cases of the first study fold) predicted by
+    that fold's runs when missing, with nnU-Net's ``nnUNetPredictor`` through
+    :func:`clips_nnunet.evaluation.scoring.score_with_model`. A failed prediction leaves that seed out and says
+    so."""
     from clips_nnunet.evaluation.scoring import score_with_model
 
     fold = config.folds[0]
-    cases = list(planted_training_cases(config, fold))
-    if not cases:
-        return {}
+    cases = list(cases)
     raw = config.study_dir / "nnUNet_raw" / config.dataset_folder_name
     out: Dict[str, List[Path]] = {}
     for spec in config.trainers:
@@ -110,7 +97,7 @@ def predict_planted_training_cases(config: StudyConfig, groups: Mapping[str, Lis
                 log = config.study_dir / "logs" / f"memorisation_{spec.name}_seed{seed}.log"
                 log.parent.mkdir(parents=True, exist_ok=True)
                 try:  # nnU-Net's own output (progress bars, notes) goes to the log
-                    with _environment(study_environment(config, run)), warnings.catch_warnings(), \
+                    with environment_applied(study_environment(config, run)), warnings.catch_warnings(), \
                             open(log, "a") as stream, contextlib.redirect_stdout(stream), \
                             contextlib.redirect_stderr(stream):
                         warnings.simplefilter("ignore")
@@ -153,12 +140,14 @@ def _test(res, arm: str) -> str:
 def memorisation_section(config: StudyConfig, groups: Mapping[str, List[Path]], device: str, out_dir: Path,
                          echo: bool = True) -> Tuple[List[str], Dict[str, Any]]:
     """The report section (markdown lines) and its numbers; nothing when the study has no planted errors."""
-    predicted = predict_planted_training_cases(config, groups, device, echo)
-    if config.baseline not in predicted:
-        return [], {}
     fold = config.folds[0]
     kinds = planted_training_cases(config, fold)
-    clean_dir, _ = _errors(config)
+    if not kinds:
+        return [], {}
+    predicted = predict_planted_training_cases(config, groups, device, list(kinds), echo)
+    if config.baseline not in predicted:
+        return [], {}
+    clean_dir = planted_errors(config)[0]
     planted_dir = config.study_dir / "nnUNet_raw" / config.dataset_folder_name / "labelsTr"
     clean = _compare(predicted, config.baseline, clean_dir, out_dir / "vs_clean")
     planted = _compare(predicted, config.baseline, planted_dir, out_dir / "vs_planted")

@@ -12,12 +12,12 @@ import numpy as np
 
 from clips_nnunet.errors import DatasetError
 from clips_nnunet.evaluation.formatting import fmt_fixed, fmt_p
-from clips_nnunet.io_utils import atomic_write_json, atomic_write_text, read_json
+from clips_nnunet.io_utils import atomic_write_json, atomic_write_text
 from clips_nnunet.study.config import StudyConfig
 from clips_nnunet.study.dataset import resolve_device
 from clips_nnunet.study.layout import (RunSpec, fold_dir, run_is_finished, seed_results_root, teacher_csv_path,
                                        trainer_output_dir)
-from clips_nnunet.study.memorisation import memorisation_section
+from clips_nnunet.study.memorisation import memorisation_section, planted_errors
 
 __all__ = ["REPORT_METRICS", "study_groups", "write_report", "publish_report"]
 
@@ -55,13 +55,11 @@ def reference_masks(config: StudyConfig) -> Tuple[Path, Dict[str, List[str]], st
     """``(reference folder, {stratum: case ids}, description)``: the synthetic generator's **clean** masks and the
     cases with a planted annotation error when the study's dataset has them (``clips_truth/``, never part of the
     nnU-Net dataset), else the dataset's own references (nnU-Net's ``gt_segmentations``)."""
-    from clips_nnunet.synthetic.raw import ERRORS_JSON, truth_dir
-
-    truth = truth_dir(config.study_dir / "nnUNet_raw", config.dataset_id, config.dataset_name)
-    if (truth / "labels_clean").is_dir() and (truth / ERRORS_JSON).is_file():
-        cases = read_json(truth / ERRORS_JSON).get("cases", {})
-        bad = sorted(c for c, rec in cases.items() if rec.get("kind"))
-        return (truth / "labels_clean", {MISLABELLED: bad} if bad else {},
+    truth = planted_errors(config)
+    if truth is not None:
+        clean, kinds = truth
+        bad = sorted(kinds)
+        return (clean, {MISLABELLED: bad} if bad else {},
                 f"the generator's clean masks (`clips_truth/`; {len(bad)} training case(s) carry a planted "
                 f"annotation error in the dataset the arms trained on)")
     return (config.study_dir / "nnUNet_preprocessed" / config.dataset_folder_name / "gt_segmentations", {},
