@@ -40,7 +40,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clips_nnunet.dataset_conversion.write import write_image  # noqa: E402
-from clips_nnunet.evaluation.audit import roc_auc  # noqa: E402
+from clips_nnunet.audit.evidence import roc_auc  # noqa: E402
 from clips_nnunet.io_utils import atomic_write_json  # noqa: E402
 from clips_nnunet.synthetic.raw import add_bladder, make_synthetic_raw_dataset, truth_dir  # noqa: E402
 
@@ -164,7 +164,7 @@ def evaluate(rows, truth, hard_cut: float = 2.0 / 3.0) -> Dict[str, float]:
 
 
 def main(argv=None) -> int:
-    from clips_nnunet.evaluation.audit_report import run_audit
+    from clips_nnunet.audit.page import run_audit
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=64)

@@ -49,7 +49,7 @@ def imports_clips() -> None:
     import tqdm.auto  # noqa: F401
 
     from clips_nnunet.dataset_conversion import convert, index, masks, metadata, read, select, suv  # noqa: F401
-    from clips_nnunet import lesions  # noqa: F401
+    from clips_nnunet.metrics import lesions  # noqa: F401
 
 
 def imports_dicom2nifti() -> None:

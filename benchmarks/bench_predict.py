@@ -5,7 +5,7 @@ Both run in this process, on the same studies, with the same loaded nnU-Net mode
 * **baseline**: ``nnUNetPredictor.predict_from_files_sequential`` on the already converted NIfTI inputs
   (``{case}_0000`` CT on the PET grid, ``{case}_0001`` PET in SUV): nnU-Net's own reading, pre-processing,
   sliding-window inference, resampling and NIfTI export, nothing else.
-* **ours**: :func:`clips_nnunet.evaluation.predict.predict_dicom` from the DICOM folders: indexing and series choice,
+* **ours**: :func:`clips_nnunet.prediction.predict.predict_dicom` from the DICOM folders: indexing and series choice,
   SUV conversion and CT resampling, the same nnU-Net inference, then mask NIfTI, DICOM SEG, RTSTRUCT, report and
   MIP (written in a background thread while the next study is predicted).
 
@@ -150,7 +150,7 @@ def main() -> int:
             os.environ.setdefault("nnUNet_n_proc_DA", "0")
             os.environ.setdefault("nnUNet_def_n_proc", "1")
         from clips_nnunet.dataset_conversion.convert import prepare_study
-        from clips_nnunet.evaluation import predict as P
+        from clips_nnunet.prediction import predict as P
         from clips_nnunet.synthetic.dicom_cohort import make_synthetic_cohort
 
         dataset = args.d
@@ -195,7 +195,7 @@ def main() -> int:
 
         import clips_nnunet.dataset_conversion.convert as C
         import clips_nnunet.dataset_conversion.dicom_out as D
-        import clips_nnunet.evaluation.mip as M
+        import clips_nnunet.prediction.mip as M
 
         def run_baseline(r: int) -> float:
             (work / f"baseline_out_{r}").mkdir()

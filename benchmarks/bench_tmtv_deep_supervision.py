@@ -32,8 +32,8 @@ def main() -> None:
     from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
-    from clips_nnunet.trainers.tmtv.loss import FullResolutionDeepSupervision, TMTVLoss, deep_supervision_weights
-    from clips_nnunet.trainers.tmtv.network import TMTVUNet
+    from clips_nnunet.tmtv.loss import FullResolutionDeepSupervision, TMTVLoss, deep_supervision_weights
+    from clips_nnunet.tmtv.network import TMTVUNet
 
     device = torch.device(args.device)
     batch, mask = synthetic_batch(args.batch, args.patch, foreground=0.05, rng=np.random.default_rng(0))

@@ -43,8 +43,8 @@ def main() -> None:
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-    from clips_nnunet.trainers.tmtv.loss import TMTVLoss, deep_supervision_weights
-    from clips_nnunet.trainers.tmtv.network import TMTVUNet
+    from clips_nnunet.tmtv.loss import TMTVLoss, deep_supervision_weights
+    from clips_nnunet.tmtv.network import TMTVUNet
 
     device = torch.device(args.device)
     batch, mask = synthetic_batch(args.batch, args.patch, foreground=0.1, rng=np.random.default_rng(0))

@@ -59,7 +59,7 @@ def main() -> None:
     ext.mkdir(parents=True, exist_ok=True)
     (ext / "bench_stacking_trainer.py").write_text(textwrap.dedent(f'''
         import torch
-        from clips_nnunet.trainers.tmtv.recipe import nnUNetTrainerTMTV
+        from clips_nnunet.tmtv.recipe import nnUNetTrainerTMTV
 
 
         class {TRAINER}(nnUNetTrainerTMTV):
@@ -97,7 +97,7 @@ def main() -> None:
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from clips_nnunet.evaluation.stacking import dice, enable_stacking, load_stacking_model
+    from clips_nnunet.tmtv.stacking import dice, enable_stacking, load_stacking_model
 
     folder = work / "nnUNet_results" / raw.name / f"{TRAINER}__nnUNetPlans__3d_tmtv"
     images = sorted((raw / "imagesTs").glob("*_0000.nii.gz"))

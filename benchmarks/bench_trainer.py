@@ -87,7 +87,7 @@ def main(argv=None) -> int:
 
     from clips_nnunet.trainers.base import highest_resolution
     from clips_nnunet.trainers.family import nnUNetTrainerCLSuperLoss
-    from clips_nnunet.trainers.self_paced import nnUNetTrainerCLSelfPaced
+    from clips_nnunet.trainers.self_paced_trainers import nnUNetTrainerCLSelfPaced
 
     device = torch.device(args.device)
     torch.manual_seed(0)

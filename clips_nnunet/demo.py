@@ -114,12 +114,12 @@ def demo_trainer_classes(budget: Mapping[str, Any], tmtv: bool) -> List[TrainerC
         "budget_calibration_iterations": int(budget["calibration_iterations"])})
     mixins = "clips_nnunet.trainers.mixins"
     classes = [TrainerClass(DEMO_TRAINER, ((mixins, "TimeBudgetMixin"), (mixins, "FeaturesDivisorMixin"),
-                                           ("clips_nnunet.trainers.self_paced", "nnUNetTrainerCLSelfPaced")),
+                                           ("clips_nnunet.trainers.self_paced_trainers", "nnUNetTrainerCLSelfPaced")),
                             time_budget + (("features_divisor", int(budget.get("features_divisor", 1))),
                                            ("warmup_epochs", int(budget["warmup_epochs"]))))]
     if tmtv:
         classes.append(TrainerClass(DEMO_TMTV_TRAINER, ((mixins, "TimeBudgetMixin"),
-                                                        ("clips_nnunet.trainers.tmtv.recipe", "nnUNetTrainerTMTV")),
+                                                        ("clips_nnunet.tmtv.recipe", "nnUNetTrainerTMTV")),
                                     time_budget))
     return classes
 
@@ -203,7 +203,7 @@ def pair_with_ground_truth(workdir: Path, trainer: str, heldout_dicom: Path) -> 
     ``evaluation/<trainer>/inputs/{pred,gt,pet}/<pseudonym>...`` (joined on the StudyInstanceUID through the private
     pseudonym map of ``clips-nnunet predict`` and the generator's manifest); names stay pseudonymous."""
     from clips_nnunet.synthetic.dicom_cohort import load_manifest
-    from clips_nnunet.evaluation.predict import MAPPING_FILE
+    from clips_nnunet.prediction.predict import MAPPING_FILE
 
     mapping_path = workdir / "private" / "predict" / MAPPING_FILE
     if not mapping_path.is_file():

@@ -36,7 +36,7 @@ FLOW = [
      "difficulty.csv (out-of-fold 1 - Dice)"),
     ("train", "nnUNetv2_train -tr nnUNetTrainerCL...", "trainers + curriculum (via nnunet_ext)",
      "nnUNet_results/.../fold_X: checkpoints,\nvalidation, curriculum history"),
-    ("predict", "clips-nnunet predict", "evaluation.predict", "masks, DICOM SEG / RTSTRUCT, MIP"),
+    ("predict", "clips-nnunet predict", "prediction.predict", "masks, DICOM SEG / RTSTRUCT, MIP"),
     ("evaluate, compare,\naudit", "clips-nnunet evaluate / compare / audit", "evaluation",
      "per_case.csv, tests.csv, report.md"),
 ]

@@ -24,11 +24,12 @@ PACKAGE = ROOT / "clips_nnunet"
 LAYERS: Dict[str, int] = {
     "clips_nnunet": 0,  # the package __init__ (version only)
     "clips_nnunet.errors": 0, "clips_nnunet.io_utils": 0,
-    "clips_nnunet.curriculum": 1, "clips_nnunet.lesions": 1, "clips_nnunet.nnunet_env": 1,
+    "clips_nnunet.curriculum": 1, "clips_nnunet.metrics": 1, "clips_nnunet.nnunet_env": 1,
     "clips_nnunet.trainers": 2, "clips_nnunet.dataset_conversion": 2,
-    "clips_nnunet.evaluation": 3, "clips_nnunet.synthetic": 3,
-    "clips_nnunet.study": 4, "clips_nnunet.demo": 4,
-    "clips_nnunet.cli": 5, "clips_nnunet.nnunet_ext": 5, "clips_nnunet.__main__": 5,
+    "clips_nnunet.tmtv": 3, "clips_nnunet.synthetic": 3,
+    "clips_nnunet.prediction": 4, "clips_nnunet.evaluation": 4,
+    "clips_nnunet.audit": 5, "clips_nnunet.study": 5, "clips_nnunet.demo": 5,
+    "clips_nnunet.cli": 6, "clips_nnunet.nnunet_ext": 6, "clips_nnunet.__main__": 6,
 }
 #: Who may import clips_nnunet.cli: the CLI itself and ``python -m clips_nnunet``.
 CLI_IMPORTERS = ("clips_nnunet.cli", "clips_nnunet.__main__")

@@ -1,10 +1,10 @@
-"""Audit maths (clips_nnunet.evaluation.audit) on small hand-checkable arrays."""
+"""Audit maths (clips_nnunet.audit.evidence) on small hand-checkable arrays."""
 import math
 
 import numpy as np
 import pytest
 
-from clips_nnunet.evaluation.audit import (AuditParams, case_evidence, loss_evidence, pet_reference_levels, roc_auc,
+from clips_nnunet.audit.evidence import (AuditParams, case_evidence, loss_evidence, pet_reference_levels, roc_auc,
                                            score_cohort)
 
 SP = (2.0, 1.0, 1.0)  # voxel = 2 mm^3 = 0.002 ml

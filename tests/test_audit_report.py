@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from clips_nnunet.cli import main
-from clips_nnunet.lesions import label_components
+from clips_nnunet.metrics.lesions import label_components
 from clips_nnunet.synthetic.raw import make_synthetic_raw_dataset
 
 DATASET = "Dataset995_AuditT"

@@ -1,5 +1,5 @@
 """Checkpoint load errors name the file and what to do (predict and scoring load models through
-:func:`clips_nnunet.evaluation.checkpoints.load_trained_model`)."""
+:func:`clips_nnunet.trainers.checkpoints.load_trained_model`)."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from clips_nnunet.errors import DatasetError
-from clips_nnunet.evaluation.checkpoints import checkpoint_problem, load_trained_model
+from clips_nnunet.trainers.checkpoints import checkpoint_problem, load_trained_model
 
 
 def _predictor():

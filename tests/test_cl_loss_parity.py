@@ -24,7 +24,7 @@ DRIVER = textwrap.dedent('''
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from clips_nnunet.trainers.family import nnUNetTrainerCLSuperLoss
-    from clips_nnunet.trainers.self_paced import nnUNetTrainerCLSelfPacedMixture
+    from clips_nnunet.trainers.self_paced_trainers import nnUNetTrainerCLSelfPacedMixture
 
     pre = os.path.join(os.environ["nnUNet_preprocessed"], sys.argv[1])
     plans = load_json(os.path.join(pre, "nnUNetPlans.json"))

@@ -23,7 +23,7 @@ TRAINER = "nnUNetTrainerCLSelfPacedTiny"
 EXT_MODULE = textwrap.dedent('''
     import os
     import torch
-    from clips_nnunet.trainers.self_paced import nnUNetTrainerCLSelfPaced
+    from clips_nnunet.trainers.self_paced_trainers import nnUNetTrainerCLSelfPaced
 
 
     class nnUNetTrainerCLSelfPacedTiny(nnUNetTrainerCLSelfPaced):
@@ -55,7 +55,7 @@ EXT_MODULE = textwrap.dedent('''
 
     class nnUNetTrainerCLSelfPacedMixtureTiny(nnUNetTrainerCLSelfPacedTiny):
         spl_scheme = "mixture"
-        from clips_nnunet.trainers.self_paced import soft_spl_sample_weights as sample_weights
+        from clips_nnunet.trainers.self_paced_trainers import soft_spl_sample_weights as sample_weights
 ''')
 
 

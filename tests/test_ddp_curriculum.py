@@ -90,11 +90,11 @@ def test_weighted_loss_equals_nnunet_batch_dice_loss_under_ddp(tmp_path):
 
 TRAINERS = [
     # one of each family, the soft self-paced variants, and the controls whose order needs the shared generator
-    ("clips_nnunet.trainers.self_paced", "nnUNetTrainerCLSelfPaced"),
-    ("clips_nnunet.trainers.self_paced", "nnUNetTrainerCLSelfPacedRandom"),
-    ("clips_nnunet.trainers.self_paced", "nnUNetTrainerCLSelfPacedAnti"),
-    ("clips_nnunet.trainers.self_paced", "nnUNetTrainerCLSelfPacedLinear"),
-    ("clips_nnunet.trainers.self_paced", "nnUNetTrainerCLSelfPacedMixture"),
+    ("clips_nnunet.trainers.self_paced_trainers", "nnUNetTrainerCLSelfPaced"),
+    ("clips_nnunet.trainers.self_paced_trainers", "nnUNetTrainerCLSelfPacedRandom"),
+    ("clips_nnunet.trainers.self_paced_trainers", "nnUNetTrainerCLSelfPacedAnti"),
+    ("clips_nnunet.trainers.self_paced_trainers", "nnUNetTrainerCLSelfPacedLinear"),
+    ("clips_nnunet.trainers.self_paced_trainers", "nnUNetTrainerCLSelfPacedMixture"),
     ("clips_nnunet.trainers.family", "nnUNetTrainerCLPredefined"),
     ("clips_nnunet.trainers.family", "nnUNetTrainerCLPredefinedRandom"),
     ("clips_nnunet.trainers.family", "nnUNetTrainerCLTransferTeacher"),

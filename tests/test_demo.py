@@ -64,8 +64,8 @@ def test_generated_trainers_are_budget_subclasses(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     from clips_nnunet.trainers.mixins import FeaturesDivisorMixin, TimeBudgetMixin
-    from clips_nnunet.trainers.self_paced import nnUNetTrainerCLSelfPaced
-    from clips_nnunet.trainers.tmtv.recipe import nnUNetTrainerTMTV
+    from clips_nnunet.trainers.self_paced_trainers import nnUNetTrainerCLSelfPaced
+    from clips_nnunet.tmtv.recipe import nnUNetTrainerTMTV
 
     demo, tmtv = module.nnUNetTrainerCLSelfPacedDemo, module.nnUNetTrainerTMTVDemo
     assert demo.__bases__ == (TimeBudgetMixin, FeaturesDivisorMixin, nnUNetTrainerCLSelfPaced)

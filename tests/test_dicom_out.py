@@ -222,7 +222,7 @@ STS_PET = SHARED_TESTDATA / "tcia_sts_001" / "STS_001_PT_raw_BQML"
 def test_rtstruct_and_seg_conform_to_their_iods(tmp_path, pseudonym):
     """Type 2 attributes dciodvfy reported missing (OperatorsName, PositionReferenceIndicator) are present; with
     dicom3tools installed, ``dciodvfy`` finds no error in either object written on a real GE PET series."""
-    from clips_nnunet.evaluation.predict_outputs import pseudonymise_sources
+    from clips_nnunet.prediction.outputs import pseudonymise_sources
 
     datasets = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in sorted(STS_PET.glob("*.dcm"))]
     pseudonymise_sources(datasets, pseudonym)  # what predict does (pseudonym None: --keep-patient-names)

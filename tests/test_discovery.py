@@ -17,7 +17,7 @@ CLIPS_TRAINERS = ["nnUNetTrainerClipsBase", "nnUNetTrainerCLSelfPaced", "nnUNetT
                   "nnUNetTrainerCLSelfPacedAnti"]
 
 USER_MODULE = textwrap.dedent('''
-    from clips_nnunet.trainers.self_paced import nnUNetTrainerCLSelfPaced
+    from clips_nnunet.trainers.self_paced_trainers import nnUNetTrainerCLSelfPaced
 
     class nnUNetTrainerMySelfPaced(nnUNetTrainerCLSelfPaced):
         pacing = "quadratic"
@@ -37,7 +37,7 @@ def ext_env(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", CLIPS_TRAINERS)
 def test_lookup_finds_clips_trainers_with_real_module(ext_env, name):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    import clips_nnunet.trainers.self_paced as sp
+    import clips_nnunet.trainers.self_paced_trainers as sp
     import clips_nnunet.trainers.base as base
 
     cls = recursive_find_trainer_class_by_name(name)
@@ -49,7 +49,7 @@ def test_lookup_finds_clips_trainers_with_real_module(ext_env, name):
 
 def test_lookup_finds_user_subclass_in_own_ext_folder(ext_env):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    from clips_nnunet.trainers.self_paced import nnUNetTrainerCLSelfPaced
+    from clips_nnunet.trainers.self_paced_trainers import nnUNetTrainerCLSelfPaced
 
     cls = recursive_find_trainer_class_by_name("nnUNetTrainerMySelfPaced")
     assert issubclass(cls, nnUNetTrainerCLSelfPaced) and cls.pacing == "quadratic"
@@ -71,7 +71,7 @@ def test_lookup_in_spawned_process(ext_env):
     module, name, mro = queue.get(timeout=300)
     proc.join(timeout=60)
     assert proc.exitcode == 0
-    assert (module, name) == ("clips_nnunet.trainers.self_paced", "nnUNetTrainerCLSelfPacedAnti")
+    assert (module, name) == ("clips_nnunet.trainers.self_paced_trainers", "nnUNetTrainerCLSelfPacedAnti")
     assert mro[1] == "nnUNetTrainerCLSelfPaced"
 
 
@@ -82,21 +82,23 @@ def test_shim_folder_holds_only_the_shim():
 
 
 def test_shim_exports_every_trainer_class_of_the_package():
-    """Every ``nnUNetTrainer*`` class defined in ``clips_nnunet.trainers`` is reachable through the shim that
+    """Every ``nnUNetTrainer*`` class defined in ``clips_nnunet.trainers`` or ``clips_nnunet.tmtv`` is reachable through the shim that
     nnU-Net's lookup imports (a class left out cannot be named with ``-tr``)."""
     import importlib
     import inspect
     import pkgutil
 
     import clips_nnunet.nnunet_ext.clips_trainers as shim
+    import clips_nnunet.tmtv as tmtv
     import clips_nnunet.trainers as trainers
 
     defined = set()
-    for info in pkgutil.walk_packages(trainers.__path__, trainers.__name__ + "."):
-        module = importlib.import_module(info.name)
-        defined |= {name for name, obj in vars(module).items()
-                    if inspect.isclass(obj) and name.startswith("nnUNetTrainer") and obj.__module__ == module.__name__}
-    assert "nnUNetTrainerTMTVFinetune" in defined
+    for package in (trainers, tmtv):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            module = importlib.import_module(info.name)
+            defined |= {name for name, obj in vars(module).items() if inspect.isclass(obj)
+                        and name.startswith("nnUNetTrainer") and obj.__module__ == module.__name__}
+    assert {"nnUNetTrainerTMTVFinetune", "nnUNetTrainerTMTVCLDIHAnti", "nnUNetTrainerCLSelfPaced"} <= defined
     abstract = {"nnUNetTrainerCurriculum", "nnUNetTrainerCurriculumArm"}  # bases without a schedule of their own
     missing = sorted(name for name in defined - abstract if not hasattr(shim, name))
     assert not missing, f"add these to clips_nnunet/nnunet_ext/clips_trainers.py: {missing}"

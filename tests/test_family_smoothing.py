@@ -10,7 +10,7 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
 from clips_nnunet.errors import CurriculumConfigError
-from clips_nnunet.trainers.smoothing import FeatureBlur, gaussian_blur, spatial_convolutions
+from clips_nnunet.trainers.smoothing_trainer import FeatureBlur, gaussian_blur, spatial_convolutions
 
 
 def test_gaussian_blur_values():

@@ -1,4 +1,4 @@
-"""TMTV-Net's released-weight format -> our networks (clips_nnunet.trainers.tmtv.import_weights), no nnU-Net run.
+"""TMTV-Net's released-weight format -> our networks (clips_nnunet.tmtv.weights), no nnU-Net run.
 
 The state dicts are built here with TMTV-Net's key names and shapes (qurit-frizi/TMTV-Net: ``UNetBase`` +
 ``DeepSupervision`` of ``SimpleMulticlassUNet_dice_ce_fov_v9_ds_lung_soft_hot_boundary``, ``Refiner`` of
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from clips_nnunet.errors import DatasetError
-from clips_nnunet.trainers.tmtv import import_weights as iw
-from clips_nnunet.trainers.tmtv.network import TMTVRefiner, TMTVUNet
+from clips_nnunet.tmtv import weights as iw
+from clips_nnunet.tmtv.network import TMTVRefiner, TMTVUNet
 
 B = "model.backbone."
 #: TMTV-Net's windows in its input order (main/src/preprocess.py PreprocessDataV4_lung_soft_tissues_hot)

@@ -18,8 +18,8 @@ import torch
 
 from clips_nnunet.io_utils import read_json
 from clips_nnunet.synthetic.raw import make_synthetic_raw_dataset
-from clips_nnunet.trainers.tmtv import import_weights as iw
-from clips_nnunet.trainers.tmtv.network import TMTVRefiner, TMTVUNet
+from clips_nnunet.tmtv import weights as iw
+from clips_nnunet.tmtv.network import TMTVRefiner, TMTVUNet
 from nnunet_helpers import nnunet_environment, run_cli
 from test_import_tmtv import random_state_dict, refiner_spec, stage1_spec
 
@@ -112,7 +112,7 @@ def test_import_writes_nnunet_folders(imported):
     assert len(ckpt0) == 64  # 66 TMTV-Net tensors less UNetBase's unused output conv
     assert torch.equal(ckpt0["bottleneck.0.weight"],
                        imported["members"][0]["model.backbone.middle_block.ops.ops.0.ops.0.weight"])
-    from clips_nnunet.evaluation.stacking import load_stacking_model
+    from clips_nnunet.tmtv.stacking import load_stacking_model
     layer, model, _ = load_stacking_model(s1 / "stacking_checkpoint_final.pth")
     assert (model.folder_name, model.folds, model.checkpoint) == (s1.name, [0, 1], "checkpoint_final.pth")
     assert layer.conv.weight.flatten().tolist() == pytest.approx([0.3, -0.2, 0.7, 1.1])
@@ -148,7 +148,7 @@ def test_imported_checkpoint_starts_a_finetuning(imported):
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from clips_nnunet.trainers.tmtv.recipe import nnUNetTrainerTMTVFinetune
+    from clips_nnunet.tmtv.recipe import nnUNetTrainerTMTVFinetune
 
     plans = PlansManager(read_json(imported["pre"] / "nnUNetPlans.json"))
     net = nnUNetTrainerTMTVFinetune.build_network_architecture(plans, plans.get_configuration("3d_tmtv"), 2, 2,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from clips_nnunet.lesions import dmax_from_centroids, measure_lesions
+from clips_nnunet.metrics.lesions import dmax_from_centroids, measure_lesions
 
 
 def test_empty_mask_gives_zeros_and_no_suv():

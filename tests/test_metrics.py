@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from clips_nnunet.evaluation.metrics import compute_case_metrics, detection_metrics, dice_coefficient
+from clips_nnunet.metrics.case_metrics import compute_case_metrics, detection_metrics, dice_coefficient
 
 
 def _blank(shape=(10, 10, 10)):

@@ -15,8 +15,8 @@ import SimpleITK as sitk
 
 from clips_nnunet.dataset_conversion.dicom_out import sort_source_datasets
 from clips_nnunet.errors import PatientError
-from clips_nnunet.lesions import measure_lesions
-from clips_nnunet.evaluation.predict import (OUTPUT_FILES, PseudonymMap, is_complete, safe_folder_name,
+from clips_nnunet.metrics.lesions import measure_lesions
+from clips_nnunet.prediction.predict import (OUTPUT_FILES, PseudonymMap, is_complete, safe_folder_name,
                                              write_patient_outputs)
 from clips_nnunet.io_utils import read_json
 from nnunet_helpers import SHARED_TESTDATA
@@ -164,7 +164,7 @@ def test_pseudonyms_stable_and_private(tmp_path):
 def test_failure_messages_are_scrubbed():
     from types import SimpleNamespace
 
-    from clips_nnunet.evaluation.predict import scrub
+    from clips_nnunet.prediction.predict import scrub
 
     sel = SimpleNamespace(patient_key="DOE^JANE-123", ct=None,
                           pet=SimpleNamespace(files=[Path("/data/Doe_Jane/PET/001.dcm")]))
@@ -224,7 +224,7 @@ def test_second_prediction_into_the_same_folder_fails_fast_naming_the_holder(tmp
     import sys
 
     from clips_nnunet.errors import LockedError
-    from clips_nnunet.evaluation.predict import ModelSpec, predict_dicom
+    from clips_nnunet.prediction.predict import ModelSpec, predict_dicom
     from clips_nnunet.io_utils import DirectoryLock
 
     out = tmp_path / "out"
@@ -245,7 +245,7 @@ def test_second_prediction_into_the_same_folder_fails_fast_naming_the_holder(tmp
 
 def test_private_folder_is_locked_too(tmp_path):
     from clips_nnunet.errors import LockedError
-    from clips_nnunet.evaluation.predict import ModelSpec, predict_dicom
+    from clips_nnunet.prediction.predict import ModelSpec, predict_dicom
     from clips_nnunet.io_utils import DirectoryLock
 
     spec = ModelSpec(dataset=999, configuration="3d_fullres")

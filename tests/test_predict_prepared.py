@@ -11,7 +11,7 @@ import pydicom
 import SimpleITK as sitk
 
 from clips_nnunet.dataset_conversion.convert import prepare_study
-from clips_nnunet.evaluation.predict import PatientResult, _write_outputs, find_studies
+from clips_nnunet.prediction.predict import PatientResult, _write_outputs, find_studies
 from clips_nnunet.io_utils import read_json
 from clips_nnunet.synthetic.dicom_cohort import make_synthetic_cohort
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from clips_nnunet.lesions import measure_lesions
-from clips_nnunet.evaluation.mip import coronal_mip, save_coronal_mip
-from clips_nnunet.evaluation.report import build_report, render_markdown, write_report
+from clips_nnunet.metrics.lesions import measure_lesions
+from clips_nnunet.prediction.mip import coronal_mip, save_coronal_mip
+from clips_nnunet.prediction.patient_report import build_report, render_markdown, write_report
 from clips_nnunet.io_utils import read_json
 
 SPACING_ZYX = (4.0, 2.0, 2.0)  # voxel = 16 mm^3 = 0.016 ml

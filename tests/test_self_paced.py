@@ -97,7 +97,7 @@ def test_soft_spl_sample_weights_hook():
 
     from clips_nnunet.curriculum.schedulers import SelfPacedScheduler
     from clips_nnunet.curriculum.state import DifficultyState
-    from clips_nnunet.trainers.self_paced import soft_spl_sample_weights
+    from clips_nnunet.trainers.self_paced_trainers import soft_spl_sample_weights
 
     ids = ["a", "b", "c", "d"]
     state = DifficultyState(ids, ema_alpha=1.0)

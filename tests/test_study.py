@@ -119,13 +119,13 @@ def test_environment_carries_seed_results_root_ext_and_difficulty(tmp_path):
 def test_generated_budget_trainers(tmp_path):
     config = cfg(tmp_path)
     modules = {"nnUNetTrainer": "clips_nnunet.trainers.base",
-               "nnUNetTrainerCLSelfPaced": "clips_nnunet.trainers.self_paced"}
+               "nnUNetTrainerCLSelfPaced": "clips_nnunet.trainers.self_paced_trainers"}
     path = write_study_trainers(config, modules, tmp_path)
     spec = importlib.util.spec_from_file_location("clips_study_trainers_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     from clips_nnunet.trainers.base import nnUNetTrainerClipsBase
-    from clips_nnunet.trainers.self_paced import nnUNetTrainerCLSelfPaced
+    from clips_nnunet.trainers.self_paced_trainers import nnUNetTrainerCLSelfPaced
 
     assert issubclass(module.nnUNetTrainerStudy, nnUNetTrainerClipsBase)
     assert issubclass(module.nnUNetTrainerCLSelfPacedStudy, nnUNetTrainerCLSelfPaced)
@@ -145,7 +145,7 @@ def test_generated_file_holds_only_imports_and_class_attributes(tmp_path):
 
     config = cfg(tmp_path)
     path = write_study_trainers(config, {"nnUNetTrainer": "clips_nnunet.trainers.base",
-                                         "nnUNetTrainerCLSelfPaced": "clips_nnunet.trainers.self_paced"}, tmp_path)
+                                         "nnUNetTrainerCLSelfPaced": "clips_nnunet.trainers.self_paced_trainers"}, tmp_path)
     tree = ast.parse(path.read_text())
     kinds = [type(node).__name__ for node in tree.body]
     assert kinds == ["Expr", "ImportFrom", "ImportFrom", "ImportFrom", "ImportFrom", "ClassDef", "ClassDef"]

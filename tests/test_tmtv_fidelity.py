@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 from torch import nn
 
-from clips_nnunet.trainers.tmtv import augmentation as aug
-from clips_nnunet.trainers.tmtv.loss import FullResolutionDeepSupervision, TMTVLoss, upsample_logits
-from clips_nnunet.trainers.tmtv.network import TMTVRefiner, TMTVUNet, WindowingLayer
-from clips_nnunet.trainers.tmtv.plans import add_tmtv_configurations
-from clips_nnunet.trainers.tmtv.schedule import StepDecayLR
+from clips_nnunet.tmtv import augmentation as aug
+from clips_nnunet.tmtv.loss import FullResolutionDeepSupervision, TMTVLoss, upsample_logits
+from clips_nnunet.tmtv.network import TMTVRefiner, TMTVUNet, WindowingLayer
+from clips_nnunet.tmtv.plans import add_tmtv_configurations
+from clips_nnunet.tmtv.schedule import StepDecayLR
 from test_tmtv_units import DATASET_JSON, fake_plans
 
 SMOOTH = 1e-3
@@ -136,7 +136,7 @@ def _trainer(cls, configuration):
 
 
 def test_refiner_recipe_defaults(trainer_paths):
-    from clips_nnunet.trainers.tmtv.recipe import nnUNetTrainerTMTVRefiner
+    from clips_nnunet.tmtv.recipe import nnUNetTrainerTMTVRefiner
     ref = _trainer(nnUNetTrainerTMTVRefiner, "3d_tmtv_refine")
     assert ref.configuration_manager.batch_size == 8
     assert ref.num_epochs == 576 and ref.grad_accumulation_steps == 2  # 144,000 iterations of 250 per epoch
@@ -154,7 +154,7 @@ def test_refiner_recipe_defaults(trainer_paths):
 
 
 def test_finetune_trainer_and_nnunet_switches(trainer_paths):
-    from clips_nnunet.trainers.tmtv.recipe import nnUNetTrainerTMTV, nnUNetTrainerTMTVFinetune
+    from clips_nnunet.tmtv.recipe import nnUNetTrainerTMTV, nnUNetTrainerTMTVFinetune
     ft = _trainer(nnUNetTrainerTMTVFinetune, "3d_tmtv")
     ft.network = ft.build_network_architecture(ft.plans_manager, ft.configuration_manager, 2, 2, True)
     assert ft.initial_lr == 5e-5 and ft.configure_optimizers()[1].base_lr == 5e-5
@@ -173,7 +173,7 @@ def test_finetune_trainer_and_nnunet_switches(trainer_paths):
 
 
 def test_gradient_accumulation_equals_one_step_on_the_joint_batch(trainer_paths):
-    from clips_nnunet.trainers.tmtv.recipe import nnUNetTrainerTMTVRefiner
+    from clips_nnunet.tmtv.recipe import nnUNetTrainerTMTVRefiner
 
     def ready(steps):
         torch.manual_seed(0)

@@ -33,7 +33,7 @@ DATASET_ID = 991
 STAGE1, REFINER, FINETUNE = "nnUNetTrainerTMTV_Tiny", "nnUNetTrainerTMTVRefiner_Tiny", "nnUNetTrainerTMTVFinetune_Tiny"
 TINY_TRAINERS = textwrap.dedent('''
     import torch
-    from clips_nnunet.trainers.tmtv.recipe import (nnUNetTrainerTMTV, nnUNetTrainerTMTVFinetune,
+    from clips_nnunet.tmtv.recipe import (nnUNetTrainerTMTV, nnUNetTrainerTMTVFinetune,
                                                    nnUNetTrainerTMTVRefiner)
 
 

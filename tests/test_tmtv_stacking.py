@@ -1,4 +1,4 @@
-"""TMTV-Net's stacking ensemble (clips_nnunet.evaluation.stacking): the layer, its training, the model file, and the
+"""TMTV-Net's stacking ensemble (clips_nnunet.tmtv.stacking): the layer, its training, the model file, and the
 predictor hook; the end-to-end run (fold models -> clips-nnunet stack -> clips-nnunet predict --stacking) is in
 tests/test_tmtv_integration.py."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from clips_nnunet.errors import DatasetError
-from clips_nnunet.evaluation.stacking import (StackedModel, StackingLayer, StackingTrainingConfig, apply_stacking,
+from clips_nnunet.tmtv.stacking import (StackedModel, StackingLayer, StackingTrainingConfig, apply_stacking,
                                               compare_on_cases, dice, enable_stacking, foreground_channels,
                                               load_stacking_model, save_stacking_model, train_stacking_model)
 

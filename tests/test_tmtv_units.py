@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from clips_nnunet.errors import DatasetError
-from clips_nnunet.trainers.tmtv import augmentation as aug
-from clips_nnunet.trainers.tmtv.loss import (TMTVLoss, deep_supervision_weights, tmtv_loss_per_sample,
+from clips_nnunet.tmtv import augmentation as aug
+from clips_nnunet.tmtv.loss import (TMTVLoss, deep_supervision_weights, tmtv_loss_per_sample,
                                              tmtv_loss_terms)
-from clips_nnunet.trainers.tmtv.network import TMTVRefiner, TMTVUNet, WindowingLayer
-from clips_nnunet.trainers.tmtv.plans import (add_tmtv_configurations, clamp_patch, detect_channels,
+from clips_nnunet.tmtv.network import TMTVRefiner, TMTVUNet, WindowingLayer
+from clips_nnunet.tmtv.plans import (add_tmtv_configurations, clamp_patch, detect_channels,
                                                find_preprocessed_dataset_folder)
-from clips_nnunet.trainers.tmtv.schedule import (CosineWarmRestartsDecayLR, StepDecayLR, cosine_warm_restarts_lr,
+from clips_nnunet.tmtv.schedule import (CosineWarmRestartsDecayLR, StepDecayLR, cosine_warm_restarts_lr,
                                                  restart_period_epochs)
 
 
@@ -296,8 +296,8 @@ def _trainer(cls, configuration, plans=None):
 
 
 def test_stage1_trainer_settings(trainer_paths):
-    from clips_nnunet.trainers.tmtv.recipe import nnUNetTrainerTMTV
-    from clips_nnunet.trainers.tmtv.loss import FullResolutionDeepSupervision
+    from clips_nnunet.tmtv.recipe import nnUNetTrainerTMTV
+    from clips_nnunet.tmtv.loss import FullResolutionDeepSupervision
     tr = _trainer(nnUNetTrainerTMTV, "3d_tmtv")
     assert (tr.initial_lr, tr.weight_decay, tr.oversample_foreground_percent, tr.grad_clip_norm) == \
         (1e-3, 1e-6, 0.0, 1.0)
@@ -321,7 +321,7 @@ def test_stage1_trainer_settings(trainer_paths):
 
 
 def test_refiner_and_stock_fullres(trainer_paths):
-    from clips_nnunet.trainers.tmtv.recipe import nnUNetTrainerTMTV, nnUNetTrainerTMTVRefiner
+    from clips_nnunet.tmtv.recipe import nnUNetTrainerTMTV, nnUNetTrainerTMTVRefiner
     ref = _trainer(nnUNetTrainerTMTVRefiner, "3d_tmtv_refine")
     assert (ref.initial_lr, ref.weight_decay, ref.enable_deep_supervision) == (5e-4, 1e-4, False)
     assert "nnUNetTrainerTMTV__nnUNetPlans__3d_tmtv" in ref.folder_with_segs_from_previous_stage

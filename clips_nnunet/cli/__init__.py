@@ -1,6 +1,7 @@
 """The ``clips-nnunet`` command: argparse sub-commands, like nnU-Net's own tools.
 
-Each module in this package owns a group of sub-commands and exposes ``register(subparsers)``, which adds its
+Each module in this package is named after the sub-command it adds (``convert`` also adds
+``convert-autopet``; ``lesion_options`` holds options shared by ``evaluate`` and ``compare``) and exposes ``register(subparsers)``, which adds its
 parsers and sets ``func`` (called with the parsed namespace, returning an exit code). The modules only parse
 arguments and call library functions; heavy imports (torch, nnunetv2) happen inside ``func``.
 """
@@ -17,14 +18,18 @@ from clips_nnunet.errors import ClipsError
 # Order = order in ``clips-nnunet --help``.
 COMMAND_MODULES = (
     "clips_nnunet.cli.env",
+    "clips_nnunet.cli.synth",
     "clips_nnunet.cli.convert",
-    "clips_nnunet.cli.tmtv",
+    "clips_nnunet.cli.plan_tmtv",
+    "clips_nnunet.cli.stack",
     "clips_nnunet.cli.import_tmtv",
-    "clips_nnunet.cli.curriculum",
+    "clips_nnunet.cli.score",
     "clips_nnunet.cli.predict",
-    "clips_nnunet.cli.evaluation",
+    "clips_nnunet.cli.evaluate",
+    "clips_nnunet.cli.compare",
     "clips_nnunet.cli.audit",
     "clips_nnunet.cli.demo",
+    "clips_nnunet.cli.study",
 )
 
 

@@ -1,6 +1,6 @@
 """``clips-nnunet audit``: rank suspect annotations and hard patients from finished cross-validations.
 
-It parses arguments and calls :func:`clips_nnunet.evaluation.audit_report.run_audit`; see docs/audit.md.
+It parses arguments and calls :func:`clips_nnunet.audit.page.run_audit`; see docs/audit.md.
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 
 def run_audit_command(args: argparse.Namespace) -> int:
     from clips_nnunet.errors import ClipsError
-    from clips_nnunet.evaluation.audit import AuditParams
-    from clips_nnunet.evaluation.audit_report import run_audit
+    from clips_nnunet.audit.evidence import AuditParams
+    from clips_nnunet.audit.page import run_audit
 
     try:
         params = AuditParams(liver_suv=args.liver_suv, suspicion_threshold=args.suspicion_threshold)

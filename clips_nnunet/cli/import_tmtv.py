@@ -5,7 +5,7 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
-    from clips_nnunet.evaluation.tmtv_import import import_tmtv
+    from clips_nnunet.tmtv.release import import_tmtv
 
     result = import_tmtv(args.models_dir, args.d, plans_identifier=args.p, trainer=args.tr, overwrite=args.overwrite)
     d, tr, p = args.d, args.tr, args.p

@@ -1,7 +1,7 @@
 """``case_metadata.json``: per-case lesion descriptors that curricula use as difficulty measures.
 
 For each case (no identifiers; keyed by the pseudonymous case id) the converter records, from the label and the
-SUV volume on the PET grid, via :func:`clips_nnunet.lesions.measure_lesions` (26-connected lesions):
+SUV volume on the PET grid, via :func:`clips_nnunet.metrics.lesions.measure_lesions` (26-connected lesions):
 TMTV (ml), number of lesions, SUVmax, SUVmean and total lesion glycolysis (TLG = SUVmean x TMTV) in lesions,
 smallest and largest lesion volume (ml), Dmax (largest distance between lesion centroids, mm); plus the
 lesion-to-background ratio (see :func:`lesion_to_background`), PET voxel spacing, vendor, split and the patient
@@ -61,7 +61,7 @@ def case_metadata(mask: Optional[np.ndarray], suv: np.ndarray, spacing_zyx: Sequ
                   vendor: Optional[str] = None, split: str = "train", group: Optional[str] = None,
                   extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Metadata of one case; ``mask`` None (test case without a label) gives only spacing, vendor, split, group."""
-    from clips_nnunet.lesions import measure_lesions
+    from clips_nnunet.metrics.lesions import measure_lesions
 
     spacing = [float(s) for s in spacing_zyx]
     record: Dict[str, Any] = {"pet_spacing_zyx_mm": spacing, "vendor": vendor, "split": split,

@@ -61,7 +61,7 @@ from clips_nnunet.errors import CurriculumConfigError, DatasetError
 from clips_nnunet.evaluation.evaluate import (CaseFiles, detect_file_ending, evaluate_cases, list_cases,
                                               write_rows_csv)
 from clips_nnunet.evaluation.formatting import fmt_p, fmt_significant
-from clips_nnunet.evaluation.metrics import AUTOPET_CONNECTIVITY
+from clips_nnunet.metrics.case_metrics import AUTOPET_CONNECTIVITY
 from clips_nnunet.evaluation.statistics import holm, paired_test
 from clips_nnunet.io_utils import PathLike, atomic_write_json, atomic_write_text, read_json
 
@@ -275,7 +275,7 @@ def compare_results(groups: Union[Mapping[str, Sequence[PathLike]], Sequence[Pat
         out_dir: where to write ``report.md``, CSVs, ``comparison.json`` and plots (and a per-case cache);
             ``None`` writes nothing.
         labels: label values counted as lesion (default all > 0).
-        connectivity, lesion_connectivity: as in :func:`clips_nnunet.evaluation.metrics.compute_case_metrics`.
+        connectivity, lesion_connectivity: as in :func:`clips_nnunet.metrics.case_metrics.compute_case_metrics`.
         metrics: ``{metric: higher_is_better}`` to compare (default :data:`COMPARE_METRICS`).
         cache_dir: per-case evaluation cache (default ``out_dir/cache``; none when both are ``None``). Several
             comparisons of the same folders (e.g. against different baselines) can share one cache.

@@ -11,7 +11,7 @@ This is the library behind ``clips-nnunet evaluate PRED_DIR GT_DIR [--pet-dir DI
   (linear).
 * Prediction and reference must share the voxel grid (size, spacing, origin, direction) like nnU-Net's outputs do;
   otherwise that case fails with a message and the others go on.
-* Per case the metrics of :mod:`clips_nnunet.evaluation.metrics` are computed; results are cached in
+* Per case the metrics of :mod:`clips_nnunet.metrics.case_metrics` are computed; results are cached in
   ``OUT/cases/{case}.json`` with the input files' size and modification time and the parameters, so a re-run only
   recomputes cases whose inputs changed.
 * Outputs: ``OUT/per_case.csv`` (one row per case, empty cell = undefined), ``OUT/summary.json`` (sorted keys,
@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from clips_nnunet.errors import DatasetError, PatientError
-from clips_nnunet.evaluation.metrics import AUTOPET_CONNECTIVITY, CaseMetrics, compute_case_metrics
+from clips_nnunet.metrics.case_metrics import AUTOPET_CONNECTIVITY, CaseMetrics, compute_case_metrics
 from clips_nnunet.io_utils import PathLike, atomic_path, atomic_write_json, read_json
 
 KNOWN_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd", ".nhdr")

@@ -23,14 +23,14 @@ from typing import Dict, Iterable, Optional, Sequence, Union
 import numpy as np
 
 from clips_nnunet.errors import CurriculumConfigError, DatasetError
-from clips_nnunet.evaluation.metrics import dice_coefficient
+from clips_nnunet.metrics.case_metrics import dice_coefficient
 from clips_nnunet.io_utils import PathLike, read_json
 
 SCORE_METRICS = ("dice", "tmtv", "loss")
 
 
 def dice_score(prediction: np.ndarray, reference: np.ndarray) -> float:
-    """Dice of the foreground (label > 0), from :func:`clips_nnunet.evaluation.metrics.dice_coefficient`; for a
+    """Dice of the foreground (label > 0), from :func:`clips_nnunet.metrics.case_metrics.dice_coefficient`; for a
     difficulty, a lesion-free case predicted lesion-free counts as solved (1.0) instead of undefined (NaN)."""
     dice = dice_coefficient(np.asarray(prediction), np.asarray(reference))
     return 1.0 if math.isnan(dice) else float(dice)
@@ -249,10 +249,10 @@ def score_with_model(model_folder: PathLike, images_folder: PathLike, labels_fol
         for i, (folder, stage_folds) in enumerate(stages):
             predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                         device=torch.device(device), verbose=False, allow_tqdm=True)
-            from clips_nnunet.evaluation.checkpoints import load_trained_model  # errors name the checkpoint file
+            from clips_nnunet.trainers.checkpoints import load_trained_model  # errors name the checkpoint file
             load_trained_model(predictor, folder, stage_folds, checkpoint_name)
             if folder.name == stacked:  # checks dataset, folds and checkpoint, then stacks instead of averaging
-                from clips_nnunet.evaluation.stacking import apply_stacking
+                from clips_nnunet.tmtv.stacking import apply_stacking
                 holders = [predictor if j == i else None for j in range(len(stages))]
                 apply_stacking(stacking, holders, [{"model": f.name, "folds": list(sf)} for f, sf in stages],
                                checkpoint_name)
@@ -274,7 +274,7 @@ def score_with_model(model_folder: PathLike, images_folder: PathLike, labels_fol
 
 
 def _stacked_folder_name(stacking: PathLike) -> str:
-    from clips_nnunet.evaluation.stacking import load_stacking_model
+    from clips_nnunet.tmtv.stacking import load_stacking_model
     return load_stacking_model(stacking)[1].folder_name
 
 

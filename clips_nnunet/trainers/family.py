@@ -323,7 +323,7 @@ class nnUNetTrainerCLSmoothing(nnUNetTrainerCurriculum):
 
     def on_train_start(self):
         super().on_train_start()
-        from clips_nnunet.trainers.smoothing import FeatureBlur
+        from clips_nnunet.trainers.smoothing_trainer import FeatureBlur
 
         self._blur = FeatureBlur(self.network, where=self.smoothing_where)
 

@@ -6,7 +6,7 @@ and the study write such subclasses into an extension folder, one line per class
 by :func:`trainer_module_source`::
 
     from clips_nnunet.trainers.mixins import BudgetMixin
-    from clips_nnunet.trainers.self_paced import nnUNetTrainerCLSelfPaced
+    from clips_nnunet.trainers.self_paced_trainers import nnUNetTrainerCLSelfPaced
 
     class nnUNetTrainerCLSelfPacedStudy(BudgetMixin, nnUNetTrainerCLSelfPaced):
         budget_epochs = 3

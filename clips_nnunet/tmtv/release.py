@@ -1,13 +1,13 @@
 """``clips-nnunet import-tmtv``: TMTV-Net's released models as nnU-Net results folders.
 
-Reads the released files (:mod:`clips_nnunet.trainers.tmtv.import_weights`: format, key mapping and checks), builds
+Reads the released files (:mod:`clips_nnunet.tmtv.weights`: format, key mapping and checks), builds
 our networks from the dataset's plans exactly as ``nnUNetv2_predict`` will (the trainer's
 ``build_network_architecture``), maps every tensor, and only when everything fits writes::
 
     $nnUNet_results/DatasetXXX_Name/<trainer>__<plans>__3d_tmtv/
         plans.json, dataset.json              (the dataset's own, from $nnUNet_preprocessed)
         fold_0 .. fold_<n-1>/checkpoint_final.pth   (the ensemble's base models, in its order)
-        stacking_checkpoint_final.pth         (the linear stacking layer; clips_nnunet.evaluation.stacking format)
+        stacking_checkpoint_final.pth         (the linear stacking layer; clips_nnunet.tmtv.stacking format)
         tmtv_import.json                      (source files, SHA-256, what was mapped)
     $nnUNet_results/DatasetXXX_Name/<trainer>__<plans>__3d_tmtv_refine/
         plans.json, dataset.json, fold_all/checkpoint_final.pth (the refiner), tmtv_import.json
@@ -29,10 +29,10 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from clips_nnunet.errors import DatasetError
-from clips_nnunet.evaluation.stacking import StackedModel, StackingLayer, save_stacking_model
+from clips_nnunet.tmtv.stacking import StackedModel, StackingLayer, save_stacking_model
 from clips_nnunet.io_utils import PathLike, atomic_path, atomic_write_json, read_json
-from clips_nnunet.trainers.tmtv import import_weights as iw
-from clips_nnunet.trainers.tmtv.plans import REFINE, STAGE1
+from clips_nnunet.tmtv import weights as iw
+from clips_nnunet.tmtv.plans import REFINE, STAGE1
 
 CHECKPOINT = "checkpoint_final.pth"
 REFINER_FOLD = "all"
@@ -60,9 +60,9 @@ def _sha256(path: Path) -> str:
 
 def find_trainer_class(name: str) -> type:
     """The TMTV trainer class ``name``: clips-nnunet's TMTV trainers, else nnU-Net's lookup (``nnUNet_extTrainer``)."""
-    from clips_nnunet.trainers.tmtv import combinations, recipe
+    from clips_nnunet.tmtv import cl_trainers, recipe
 
-    cls = getattr(recipe, name, None) or getattr(combinations, name, None)
+    cls = getattr(recipe, name, None) or getattr(cl_trainers, name, None)
     if cls is None:
         from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
         try:
@@ -198,7 +198,7 @@ def import_tmtv(models_dir: PathLike, dataset: str, plans_identifier: str = "nnU
         origin = stage1_sources if configuration == STAGE1 else [(refiners[0].name, refiners[0].name)]
         for fold, state, (label, file_name) in zip(folds, weights, origin):
             provenance = {"source": label, "sha256": sources[file_name], "format": "TMTV-Net state dict "
-                          "(qurit-frizi/TMTV-Net)", "mapping": "clips_nnunet.trainers.tmtv.import_weights"}
+                          "(qurit-frizi/TMTV-Net)", "mapping": "clips_nnunet.tmtv.weights"}
             _save_checkpoint(folder / f"fold_{fold}" / CHECKPOINT,
                              nnunet_checkpoint(state, trainer, plans, configuration, fold, dataset_json, provenance))
             result.n_tensors += len(state)

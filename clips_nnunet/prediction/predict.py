@@ -18,7 +18,7 @@ Pipeline (one call, many patients, one failure never stops the others):
    stage 1 is predicted first and its segmentation goes to stage 2 as ``segmentation_previous_stage``, what
    ``nnUNetv2_predict -prev_stage_predictions`` does with files. :meth:`CasePredictor.predict_images` is the one
    place that calls nnU-Net.
-4. **Write** into ``OUT/{pseudonym}/`` (:mod:`clips_nnunet.evaluation.predict_outputs`): ``mask.nii.gz``,
+4. **Write** into ``OUT/{pseudonym}/`` (:mod:`clips_nnunet.prediction.outputs`): ``mask.nii.gz``,
    ``seg.dcm``, ``rtstruct.dcm``, ``report.md``, ``mip_coronal.png`` and last ``report.json``, which marks the
    patient as complete, so a re-run skips complete patients. The outputs of one study are written in a background
    thread while the next study is converted and predicted.
@@ -29,7 +29,7 @@ once naming the running one (:class:`clips_nnunet.io_utils.DirectoryLock`).
 Privacy: output folders are pseudonyms ``PRED_0001``... (stable across re-runs); the mapping pseudonym -> patient
 and study lives only in ``prediction_pseudonyms.json`` in the private folder (default: ``OUT_private`` beside
 ``OUT``). No identifier goes into a file name, report, NIfTI header or log line. ``--keep-patient-names`` names
-folders by PatientID instead, unique and stable (see :mod:`clips_nnunet.evaluation.predict_outputs`).
+folders by PatientID instead, unique and stable (see :mod:`clips_nnunet.prediction.outputs`).
 """
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ from clips_nnunet.dataset_conversion.index import SeriesInfo
 from clips_nnunet.dataset_conversion.select import StudySelection
 from clips_nnunet.dataset_conversion.write import scrub as scrub_secrets
 from clips_nnunet.errors import ClipsError, DatasetError, PatientError
-from clips_nnunet.evaluation.checkpoints import load_trained_model
-from clips_nnunet.evaluation.predict_outputs import (MAPPING_FILE, OUTPUT_FILES, PSEUDONYM_PREFIX, PseudonymMap,
+from clips_nnunet.trainers.checkpoints import load_trained_model
+from clips_nnunet.prediction.outputs import (MAPPING_FILE, OUTPUT_FILES, PSEUDONYM_PREFIX, PseudonymMap,
                                                      is_complete, safe_folder_name, write_nifti,
                                                      write_patient_outputs)
 from clips_nnunet.io_utils import DirectoryLock, PathLike, atomic_write_json, read_json
@@ -203,8 +203,8 @@ class CasePredictor:
             raise DatasetError(f"{folder.name} is stage 2 of a cascade: name stage 1 with --prev-stage-config")
         self.stages.append(main)
         self.stage_info.append({"model": folder.name, "folds": folds, "stage": len(self.stages)})
-        if spec.stacking:  # clips_nnunet.evaluation.stacking: checks the model, marks stage_info["stacking"]
-            from clips_nnunet.evaluation.stacking import apply_stacking
+        if spec.stacking:  # clips_nnunet.tmtv.stacking: checks the model, marks stage_info["stacking"]
+            from clips_nnunet.tmtv.stacking import apply_stacking
             apply_stacking(spec.stacking, self.stages, self.stage_info, spec.checkpoint)
 
     def model_description(self) -> Dict[str, Any]:

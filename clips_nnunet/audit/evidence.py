@@ -1,13 +1,13 @@
 """Annotation audit maths: evidence that a reference mask is wrong, from out-of-fold predictions and the PET.
 
 Arrays and spacing in, numbers out; no I/O (the command, reading and the HTML report are in
-:mod:`clips_nnunet.evaluation.audit_report`). All arrays are (z, y, x) on one grid; volumes in ml.
+:mod:`clips_nnunet.audit.page`). All arrays are (z, y, x) on one grid; volumes in ml.
 
 Evidence of one case (:func:`case_evidence`), from the reference ``R``, the out-of-fold prediction ``P``, the
 optional foreground probability ``p`` (nnU-Net ``--npz``, or the vote fraction of several cross-validations) and the
 optional PET ``SUV``:
 
-* lesions are connected components (:func:`clips_nnunet.lesions.label_components`, 26-connectivity). A reference
+* lesions are connected components (:func:`clips_nnunet.metrics.lesions.label_components`, 26-connectivity). A reference
   lesion is **missed** when less than ``match_fraction`` of its voxels are predicted; a predicted lesion is
   **extra** when less than ``match_fraction`` of its voxels are in the reference. The rest are *matched*.
 * ``ref_missed_*``: reference lesions the model misses. Each counts with the weight
@@ -73,7 +73,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from clips_nnunet.lesions import as_binary_mask, label_components, validate_connectivity, validate_spacing
+from clips_nnunet.metrics.lesions import as_binary_mask, label_components, validate_connectivity, validate_spacing
 
 ERROR_KINDS = ("missed_lesion", "extra_region", "boundary", "hard_case", "none")
 _STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)

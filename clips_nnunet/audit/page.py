@@ -1,4 +1,4 @@
-"""``clips-nnunet audit``: read finished cross-validations, score every case (:mod:`clips_nnunet.evaluation.audit`)
+"""``clips-nnunet audit``: read finished cross-validations, score every case (:mod:`clips_nnunet.audit.evidence`)
 and write ``audit.csv``, ``audit.json`` and a self-contained ``index.html``.
 
 Inputs, as nnU-Net lays them out:
@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from clips_nnunet.errors import DatasetError
-from clips_nnunet.evaluation.audit import AuditParams, case_evidence, loss_evidence, score_cohort
+from clips_nnunet.audit.evidence import AuditParams, case_evidence, loss_evidence, score_cohort
 from clips_nnunet.io_utils import PathLike, atomic_write_json, atomic_write_text, read_json
 
 KNOWN_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".tif")
@@ -208,7 +208,7 @@ def _png_data_uri(suv: Optional[np.ndarray], ref: np.ndarray, pred: np.ndarray, 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from clips_nnunet.evaluation.mip import coronal_mip
+    from clips_nnunet.prediction.mip import coronal_mip
 
     background = suv if suv is not None else np.zeros(ref.shape, dtype=np.float32)
     mip, ref_proj = coronal_mip(background, ref)

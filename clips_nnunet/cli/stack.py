@@ -1,25 +1,13 @@
-"""TMTV-Net commands: ``plan-tmtv`` (TMTV-Net's configurations in nnU-Net plans) and ``stack`` (TMTV-Net's learned
-stacking ensemble over the fold models)."""
+"""``clips-nnunet stack``: TMTV-Net's learned stacking ensemble over a model's fold models."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 
-def run_plan_tmtv(args: argparse.Namespace) -> int:
-    from clips_nnunet.trainers.tmtv.plans import REFINE, STAGE1, find_preprocessed_dataset_folder, plan_tmtv
-
-    folder = find_preprocessed_dataset_folder(args.dataset)
-    plans_file = plan_tmtv(folder, args.plans, clamp_patch_to_median=args.clamp_patch_to_median)
-    print(f"added {STAGE1} and {REFINE} to {plans_file}")
-    print(f"next: nnUNetv2_preprocess -d {args.dataset} -plans_name {args.plans} -c {STAGE1} {REFINE}")
-    print(f"then: nnUNetv2_train {args.dataset} {STAGE1} FOLD -tr nnUNetTrainerTMTV -p {args.plans}")
-    return 0
-
-
 def run_stack(args: argparse.Namespace) -> int:
-    from clips_nnunet.evaluation.predict import model_folder, resolve_device
-    from clips_nnunet.evaluation.stacking import (StackingTrainingConfig, collect_stacking_cases, compare_on_cases,
+    from clips_nnunet.prediction.predict import model_folder, resolve_device
+    from clips_nnunet.tmtv.stacking import (StackingTrainingConfig, collect_stacking_cases, compare_on_cases,
                                                   save_stacking_model, train_stacking_model)
     from clips_nnunet.io_utils import atomic_write_json
 
@@ -47,22 +35,7 @@ def run_stack(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    """Add ``plan-tmtv`` and ``stack``."""
-    p = subparsers.add_parser(
-        "plan-tmtv", help="add TMTV-Net's 3d_tmtv (6 mm) and 3d_tmtv_refine (3d_fullres spacing, cascade) configurations",
-        description="Adds two configurations to $nnUNet_preprocessed/DatasetXXX/<plans>.json (atomic, other "
-                    "configurations kept): 3d_tmtv (6 mm isotropic, patch 128x96x96, NoNormalization: the "
-                    "windowing is the network's first layer; next_stage 3d_tmtv_refine) and 3d_tmtv_refine (the "
-                    "spacing of 3d_fullres, patch 96^3, batch 8, previous_stage 3d_tmtv). Run nnUNetv2_plan_experiment "
-                    "first, then nnUNetv2_preprocess -c 3d_tmtv 3d_tmtv_refine.")
-    p.add_argument("-d", "--dataset", type=int, required=True, help="nnU-Net dataset id, e.g. 501")
-    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
-    p.add_argument("--clamp-patch-to-median", action="store_true",
-                   help="shrink each patch axis to the median image size (stage 1: a multiple of 8, at least 24; "
-                        "refiner: the median size); for small images such as test data, where a 128x96x96 patch "
-                        "would be mostly padding")
-    p.set_defaults(func=run_plan_tmtv)
-
+    """Add ``stack``."""
     s = subparsers.add_parser(
         "stack", help="train TMTV-Net's stacking ensemble (learned 1x1x1 conv) over a model's fold models",
         description="Every validation case of the chosen folds is predicted by every fold model (nnU-Net's sliding "

@@ -44,13 +44,13 @@ from torch import nn
 
 from clips_nnunet.errors import DatasetError
 from clips_nnunet.trainers.base import nnUNetTrainerClipsBase
-from clips_nnunet.trainers.tmtv import augmentation as aug
-from clips_nnunet.trainers.tmtv.loss import (REFINER_WEIGHTS, STAGE1_WEIGHTS, FullResolutionDeepSupervision,
+from clips_nnunet.tmtv import augmentation as aug
+from clips_nnunet.tmtv.loss import (REFINER_WEIGHTS, STAGE1_WEIGHTS, FullResolutionDeepSupervision,
                                              TMTVLoss, deep_supervision_weights, tmtv_loss_per_sample,
                                              upsample_logits)
-from clips_nnunet.trainers.tmtv.network import TMTV_UNET_FEATURES, TMTVRefiner, TMTVUNet
-from clips_nnunet.trainers.tmtv.plans import REFINER_CLASS, UNET_CLASS, detect_channels
-from clips_nnunet.trainers.tmtv.schedule import CosineWarmRestartsDecayLR, StepDecayLR, restart_period_epochs
+from clips_nnunet.tmtv.network import TMTV_UNET_FEATURES, TMTVRefiner, TMTVUNet
+from clips_nnunet.tmtv.plans import REFINER_CLASS, UNET_CLASS, detect_channels
+from clips_nnunet.tmtv.schedule import CosineWarmRestartsDecayLR, StepDecayLR, restart_period_epochs
 
 _OUR_NETWORKS = (UNET_CLASS, REFINER_CLASS)
 _ARCH_KEYS_USED_ELSEWHERE = ("strides",)

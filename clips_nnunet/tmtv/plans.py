@@ -34,8 +34,8 @@ REFINE_PATCH = (96, 96, 96)
 REFINE_BATCH = 8  # TMTV-Net's refiner batch (with 2-step gradient accumulation in the trainer)
 STAGE1_MULTIPLE = 8   # deep-supervision targets at strides 1..8 must match the outputs exactly
 STAGE1_MIN_PATCH = 24  # 24 -> 12 -> 6 -> 3 -> 2: InstanceNorm needs > 1 voxel at the 1/16 bottleneck
-UNET_CLASS = "clips_nnunet.trainers.tmtv.network.TMTVUNet"
-REFINER_CLASS = "clips_nnunet.trainers.tmtv.network.TMTVRefiner"
+UNET_CLASS = "clips_nnunet.tmtv.network.TMTVUNet"
+REFINER_CLASS = "clips_nnunet.tmtv.network.TMTVRefiner"
 
 _PET_WORDS = ("pet", "suv", "pt")
 

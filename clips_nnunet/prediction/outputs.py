@@ -178,9 +178,9 @@ def write_patient_outputs(out_dir: Path, pseudonym: str, mask: sitk.Image, pet_s
     ``report.json`` is removed first, so a folder is never complete with outputs of two predictions.
     """
     from clips_nnunet.dataset_conversion.dicom_out import write_dicom_seg, write_rtstruct
-    from clips_nnunet.evaluation.mip import save_coronal_mip
-    from clips_nnunet.evaluation.report import build_report, write_report
-    from clips_nnunet.lesions import measure_lesions
+    from clips_nnunet.prediction.mip import save_coronal_mip
+    from clips_nnunet.prediction.patient_report import build_report, write_report
+    from clips_nnunet.metrics.lesions import measure_lesions
 
     if mask.GetSize() != pet_suv.GetSize():
         raise PatientError(pseudonym, f"predicted mask size {mask.GetSize()} differs from the PET size "

@@ -1,6 +1,6 @@
 """The per-patient TMTV report of ``clips-nnunet predict``: ``report.json`` (machine) and ``report.md`` (people).
 
-The numbers come from :func:`clips_nnunet.lesions.measure_lesions` on the predicted mask and the PET in
+The numbers come from :func:`clips_nnunet.metrics.lesions.measure_lesions` on the predicted mask and the PET in
 SUV (body weight) on the same grid:
 
 * TMTV (ml) = number of lesion voxels x voxel volume;
@@ -28,7 +28,7 @@ SUMMARY_KEYS = ("tmtv_ml", "n_lesions", "suv_max", "suv_mean", "tlg", "dmax_mm",
 
 def build_report(summary: Any, case_id: str, model: Optional[Dict[str, Any]] = None,
                  warnings: Sequence[str] = (), spacing_zyx: Optional[Sequence[float]] = None) -> Dict[str, Any]:
-    """The report dict of one patient from a :class:`~clips_nnunet.lesions.LesionSummary`.
+    """The report dict of one patient from a :class:`~clips_nnunet.metrics.lesions.LesionSummary`.
 
     Top-level keys: ``case``, the totals in :data:`SUMMARY_KEYS`, ``lesions`` (list of per-lesion dicts, largest
     first, each with ``index`` from 1), ``connectivity``, ``spacing_zyx_mm``, ``model`` (nnU-Net model folders,

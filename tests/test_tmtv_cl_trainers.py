@@ -1,9 +1,8 @@
-"""TMTV x curriculum: generated ``nnUNetTrainerTMTVCL<Method>`` classes, their lookup, and one run on stock plans."""
+"""TMTV x curriculum: the written-out ``nnUNetTrainerTMTVCL<Method>`` classes, their lookup, and one run on stock plans."""
 from __future__ import annotations
 
 import os
 import pickle
-import sys
 import textwrap
 from pathlib import Path
 
@@ -12,63 +11,59 @@ import torch
 
 from clips_nnunet.cli.env import EXT_TRAINER_DIR
 from clips_nnunet.trainers.curriculum import nnUNetTrainerCurriculum
-from clips_nnunet.trainers.tmtv import combinations
-from clips_nnunet.trainers.tmtv.recipe import TMTVRecipe
+from clips_nnunet.tmtv import cl_trainers
+from clips_nnunet.tmtv.recipe import TMTVRecipe
 from nnunet_helpers import run_cli
 
+TRAINERS = Path(__file__).resolve().parents[1] / "clips_nnunet" / "trainers"
 
-def test_every_curriculum_trainer_has_a_tmtv_combination():
-    curricula = combinations.discover_curriculum_trainers()
-    assert "nnUNetTrainerCLSelfPaced" in curricula
-    assert set(combinations.COMBINED) == {combinations.tmtv_name(n) for n in curricula}
-    for name, cls in combinations.COMBINED.items():
-        base = curricula["nnUNetTrainerCL" + name[len("nnUNetTrainerTMTVCL"):]]
+
+def curriculum_trainer_names() -> set:
+    """Every ``class nnUNetTrainerCL...`` written in clips_nnunet/trainers (read from the source, not imported)."""
+    import ast
+    names = set()
+    for path in TRAINERS.rglob("*.py"):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ClassDef) and node.name.startswith(cl_trainers.CURRICULUM_PREFIX):
+                names.add(node.name)
+    return names
+
+
+def test_every_curriculum_trainer_has_one_explicit_tmtv_combination():
+    curricula = curriculum_trainer_names()
+    assert "nnUNetTrainerCLSelfPaced" in curricula and len(curricula) >= 37
+    combined = {c.__name__: c for c in cl_trainers.TMTV_CL_TRAINERS}
+    assert set(combined) == {cl_trainers.tmtv_name(n) for n in curricula}
+    source = (Path(cl_trainers.__file__)).read_text(encoding="utf-8")
+    for name, cls in combined.items():
+        assert f"class {name}(TMTVRecipe, " in source  # written out: grep finds it
+        base = getattr(cl_trainers, "nnUNetTrainerCL" + name[len("nnUNetTrainerTMTVCL"):])
         assert cls.__mro__[1:3] == (TMTVRecipe, base)  # recipe overrides first, then the curriculum
         assert issubclass(cls, nnUNetTrainerCurriculum)
-        assert getattr(combinations, name) is cls and name in combinations.__all__
-        assert cls.__module__ == combinations.__name__ and cls.__qualname__ == name
-        own = set(vars(cls)) - {"__module__", "__qualname__", "__doc__", "__abstractmethods__", "_abc_impl"}
+        assert cls.__module__ == cl_trainers.__name__ and cls.__qualname__ == name
+        own = set(vars(cls)) - {"__module__", "__qualname__", "__doc__", "__abstractmethods__", "_abc_impl",
+                                "__firstlineno__", "__static_attributes__"}
         assert not own, f"{name} must hold no code of its own, found {own}"  # one definition: no drift
         assert pickle.loads(pickle.dumps(cls)) is cls
         assert cls.grad_clip_norm == 1.0
 
 
+def test_tmtv_name():
+    assert cl_trainers.tmtv_name("nnUNetTrainerCLSelfPaced") == "nnUNetTrainerTMTVCLSelfPaced"
+    with pytest.raises(ValueError, match="does not start with"):
+        cl_trainers.tmtv_name("nnUNetTrainer")
+
+
 def test_nnunet_finds_combinations_through_the_shim():
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
-    found = recursive_find_python_class(str(EXT_TRAINER_DIR), "nnUNetTrainerTMTVCLSelfPaced", None,
+    found = recursive_find_python_class(str(EXT_TRAINER_DIR), "nnUNetTrainerTMTVCLDIH", None,
                                         base_folder=str(EXT_TRAINER_DIR), cleanup_imports_from_base_folder=True)
-    assert found is combinations.nnUNetTrainerTMTVCLSelfPaced
-
-
-def test_curricula_added_later_are_combined(tmp_path, monkeypatch):
-    pkg = tmp_path / "later_curricula"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "fancy.py").write_text(textwrap.dedent("""
-        from clips_nnunet.trainers.self_paced import nnUNetTrainerCLSelfPaced
-
-        class nnUNetTrainerCLFancy(nnUNetTrainerCLSelfPaced):
-            exploration_epsilon = 0.2
-
-        class nnUNetTrainerNotACurriculum(nnUNetTrainerCLSelfPaced):
-            pass
-    """))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    found = combinations.discover_curriculum_trainers("later_curricula")
-    assert list(found) == ["nnUNetTrainerCLFancy"]
-    try:
-        cls = combinations.combine(found["nnUNetTrainerCLFancy"])
-        assert combinations.nnUNetTrainerTMTVCLFancy is cls and cls.exploration_epsilon == 0.2
-    finally:
-        delattr(combinations, "nnUNetTrainerTMTVCLFancy")
-        combinations.__all__.remove("nnUNetTrainerTMTVCLFancy")
-        for name in [m for m in sys.modules if m.startswith("later_curricula")]:
-            del sys.modules[name]
+    assert found is cl_trainers.nnUNetTrainerTMTVCLDIH
 
 
 TINY = textwrap.dedent('''
     import torch
-    from clips_nnunet.trainers.tmtv.combinations import nnUNetTrainerTMTVCLSelfPaced
+    from clips_nnunet.tmtv.cl_trainers import nnUNetTrainerTMTVCLSelfPaced
 
 
     class nnUNetTrainerTMTVCLSelfPaced_Tiny(nnUNetTrainerTMTVCLSelfPaced):

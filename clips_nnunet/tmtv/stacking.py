@@ -39,8 +39,8 @@ from torch import nn
 
 from clips_nnunet.errors import DatasetError
 from clips_nnunet.io_utils import PathLike, atomic_path, read_json
-from clips_nnunet.trainers.tmtv.loss import tmtv_loss_per_sample
-from clips_nnunet.trainers.tmtv.schedule import cosine_warm_restarts_lr
+from clips_nnunet.tmtv.loss import tmtv_loss_per_sample
+from clips_nnunet.tmtv.schedule import cosine_warm_restarts_lr
 
 FORMAT = "clips-nnunet-stacking/1"
 #: TMTV-Net's stacking loss: LossDiceCrossEntropyFocal2(ce_factor=0.5, gamma=1.0), no sensitivity term
@@ -200,7 +200,7 @@ def collect_stacking_cases(folder: PathLike, folds: Sequence[int], checkpoint: s
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
-    from clips_nnunet.evaluation.checkpoints import load_trained_model
+    from clips_nnunet.trainers.checkpoints import load_trained_model
 
     folder, work_dir = Path(folder), Path(work_dir)
     folds = [int(f) for f in folds]

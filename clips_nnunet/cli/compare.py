@@ -1,45 +1,12 @@
-"""``clips-nnunet evaluate`` and ``clips-nnunet compare``: PET lesion metrics and curriculum comparison."""
+"""``clips-nnunet compare``: trainers' out-of-fold results side by side (curriculum comparison)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 from typing import Dict, List
 
+from clips_nnunet.cli.lesion_options import add_lesion_options
 from clips_nnunet.errors import CurriculumConfigError
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--label", type=int, action="append", dest="labels", metavar="VALUE",
-                   help="label value counted as lesion (repeatable); default: every value > 0")
-    p.add_argument("--connectivity", type=int, default=18, choices=(6, 18, 26),
-                   help="3D connectivity of components for false-positive/negative volumes and lesion detection "
-                        "(default 18, as the autoPET evaluation)")
-    p.add_argument("--lesion-connectivity", type=int, default=26, choices=(6, 18, 26),
-                   help="connectivity for lesion counts and Dmax (default 26, as clips-nnunet predict reports)")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    from clips_nnunet.evaluation.evaluate import evaluate_folder
-
-    res = evaluate_folder(args.pred_dir, args.gt_dir, pet_dir=args.pet_dir, out_dir=args.output,
-                          labels=args.labels, connectivity=args.connectivity,
-                          lesion_connectivity=args.lesion_connectivity, file_ending=args.file_ending,
-                          pet_channel=args.pet_channel, plots=not args.no_plots, progress=not args.quiet)
-    s = res.summary
-    dice = s["metrics"].get("dice", {})
-    print(f"evaluated {s['n_evaluated']}/{s['n_cases']} cases ({s['n_with_true_lesion']} with lesion, "
-          f"{s['n_without_true_lesion']} without); Dice mean {_f(dice.get('mean'))} median {_f(dice.get('median'))}; "
-          f"TMTV bias {_f(s['tmtv_agreement'].get('bias_ml'))} ml")
-    for case, err in s["failed"].items():
-        print(f"  failed: {err}")
-    print(f"results in {res.out_dir} (per_case.csv, summary.json, plots/)")
-    return 1 if s["n_evaluated"] == 0 else 0
-
-
-def _f(x) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
 
 
 def parse_groups(results_dirs: List[str], group_specs: List[str]) -> Dict[str, List[str]] | List[str]:
@@ -90,24 +57,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    """Add ``evaluate`` and ``compare``."""
-    p = subparsers.add_parser(
-        "evaluate", help="lesion metrics of predicted masks vs references (CSV, JSON, plots)",
-        description="Compares PRED_DIR/{case}.nii.gz with GT_DIR/{case}.nii.gz: Dice, TMTV (predicted, true, "
-                    "absolute and relative error), Dmax error, autoPET false-positive/negative volumes, lesion-wise "
-                    "detection (sensitivity, precision, F1) and, with --pet-dir, SUVmax/SUVmean/TLG. Writes "
-                    "per_case.csv, summary.json and plots/ (Bland-Altman and scatter of TMTV, Dice histogram). "
-                    "Re-runs reuse unchanged cases.")
-    p.add_argument("pred_dir", help="folder of predicted masks (e.g. nnUNetv2_predict output or fold_0/validation)")
-    p.add_argument("gt_dir", help="folder of reference masks with the same file names (e.g. labelsTs)")
-    p.add_argument("--pet-dir", help="folder with PET (SUV) images {case}_0001.nii.gz (nnU-Net imagesTs) or "
-                                     "{case}.nii.gz, for SUV statistics")
-    p.add_argument("--pet-channel", type=int, default=1, help="channel index of the PET in --pet-dir (default 1)")
-    p.add_argument("--file-ending", help="file ending of the masks (default: from dataset.json or guessed)")
-    p.add_argument("-o", "--output", help="output folder (default PRED_DIR/evaluation)")
-    _common(p)
-    p.set_defaults(func=run_evaluate)
-
+    """Add ``compare``."""
     c = subparsers.add_parser(
         "compare", help="compare trainers' out-of-fold validation results (Markdown + PNG report, Wilcoxon tests)",
         description="Pools each nnU-Net results folder's fold_X/validation predictions (or a crossval_results_folds_*"
@@ -131,5 +81,5 @@ def register(subparsers) -> None:
                         "difficulty table of docs/curricula.md (the table gives the direction of every converter measure)")
     c.add_argument("--difficulty", help="CSV case_id,difficulty (higher = harder), e.g. from clips-nnunet score")
     c.add_argument("-o", "--output", default="clips_comparison", help="output folder (default ./clips_comparison)")
-    _common(c)
+    add_lesion_options(c)
     c.set_defaults(func=run_compare)

@@ -12,7 +12,7 @@ voxels are right):
 * **TMTV** errors: ``tmtv_error_ml = pred - true`` (signed), ``tmtv_abs_error_ml = |pred - true|``,
   ``tmtv_rel_error = (pred - true) / true`` and ``tmtv_abs_rel_error`` (``NaN`` when the true TMTV is 0).
 * **Dmax** (largest distance between lesion centroids, mm; 0 for 0 or 1 lesion, see
-  :mod:`clips_nnunet.lesions`): ``dmax_error_mm = pred - true`` and its absolute value. Lesions for
+  :mod:`clips_nnunet.metrics.lesions`): ``dmax_error_mm = pred - true`` and its absolute value. Lesions for
   TMTV, counts and Dmax use ``lesion_connectivity`` (26 by default, like the prediction reports).
 * **False-positive volume** (autoPET, Gatidis et al. 2022, ``val_script.py`` of lab-midas/autoPET): total volume
   of *predicted* connected components that share no voxel with the true mask. **False-negative volume**: total
@@ -33,7 +33,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from clips_nnunet.lesions import (LesionSummary, as_binary_mask, label_components, measure_lesions,
+from clips_nnunet.metrics.lesions import (LesionSummary, as_binary_mask, label_components, measure_lesions,
                                              validate_connectivity, validate_spacing)
 
 AUTOPET_CONNECTIVITY = 18

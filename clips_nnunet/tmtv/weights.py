@@ -13,7 +13,7 @@ A single stage-1 model (keys ``model.backbone.*``, ``model.outputs.*``) is read 
 ``ModelUNetMulticlassDeepSupervision(DeepSupervision(UNetBase))`` (``layers/unet_base.py``, ``layers/blocks.py``,
 ``layers/deep_supervision.py``), the refiner ``Refiner`` (``model_refiner_multiclass_deepsupervision_configured_v1.py``).
 
-Key mapping onto :class:`~clips_nnunet.trainers.tmtv.network.TMTVUNet` / ``TMTVRefiner`` (``{w,b}``: weight, bias):
+Key mapping onto :class:`~clips_nnunet.tmtv.network.TMTVUNet` / ``TMTVRefiner`` (``{w,b}``: weight, bias):
 
 ========================================================  ==========================================
 TMTV-Net                                                  ours
@@ -35,13 +35,13 @@ TMTV-Net                                                  ours
 ``model.ops.<b+1>.block_2.ops.{0.ops.0,1}.*``             ``blocks.<b>.body.{1,2}.*``
 ``model.ops.<n+1>.ops.{0.ops.0,1}.*``                     ``head.{0,1}.*``
 ``staking_blocks.{w,b}``                                  ``StackingLayer.conv.{w,b}``
-                                                          (:mod:`clips_nnunet.evaluation.stacking`)
+                                                          (:mod:`clips_nnunet.tmtv.stacking`)
 ========================================================  ==========================================
 
 Two tensors are reordered, not only renamed: (1) the first convolution's input channels: TMTV-Net concatenates
 its inputs as ``ct, suv, ct_lung, ct_soft, suv_hot`` (+ ``cascade.inference.output_found`` for the refiner;
 ``ModelUNetMulticlassDeepSupervision.features``), our windowing layer emits the windows in the order of
-:data:`~clips_nnunet.trainers.tmtv.network.TMTV_WINDOWS`, then the cascade channel; (2) the decoder's fuse
+:data:`~clips_nnunet.tmtv.network.TMTV_WINDOWS`, then the cascade channel; (2) the decoder's fuse
 convolution: TMTV-Net concatenates ``[skip, upsampled]`` (``BlockUpDeconvSkipConv``), ours ``[upsampled, skip]``.
 
 Every check names the file and the tensor: a TMTV-Net tensor without a place in our network (extra), a tensor of
@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from clips_nnunet.errors import DatasetError
-from clips_nnunet.trainers.tmtv.network import TMTV_WINDOWS, TMTVRefiner, TMTVUNet
+from clips_nnunet.tmtv.network import TMTV_WINDOWS, TMTVRefiner, TMTVUNet
 
 #: TMTV-Net's input order (``ModelUNetMulticlassDeepSupervision.features`` with lung, soft and hot windows)
 TMTV_NET_INPUT_ORDER: Tuple[str, ...] = ("ct", "suv", "ct_lung", "ct_soft", "suv_hot")
@@ -131,7 +131,7 @@ def input_permutation(windows: Sequence[Sequence], n_extra: int) -> List[int]:
     """For each input channel of our first convolution, the index of TMTV-Net's channel that feeds it.
 
     ``windows``: our windowing layer's ``(name, source, low, high)`` in order; they must be TMTV-Net's five windows
-    (:data:`~clips_nnunet.trainers.tmtv.network.TMTV_WINDOWS`, any order). ``n_extra`` channels follow (the
+    (:data:`~clips_nnunet.tmtv.network.TMTV_WINDOWS`, any order). ``n_extra`` channels follow (the
     cascade's previous-stage channel), in the same place in both networks.
     """
     ours = {tuple(w) for w in windows}

@@ -1,0 +1,56 @@
+"""``clips-nnunet synth``: a synthetic lymphoma PET/CT DICOM cohort with known ground truth (docs/conversion.md)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from clips_nnunet.synthetic.dicom_cohort import FAULTS, make_synthetic_cohort
+
+    faults = [f.strip() for f in (args.faults or "").split(",") if f.strip()]
+    bad = [f for f in faults if f not in FAULTS]
+    if bad:
+        print(f"clips-nnunet synth: error: unknown fault(s) {bad}; choose from {','.join(FAULTS)}", file=sys.stderr)
+        return 2
+    from clips_nnunet.synthetic.annotation_errors import ERROR_KINDS
+
+    kinds = [k.strip() for k in args.label_error_kinds.split(",") if k.strip()]
+    if not 0.0 <= args.label_errors <= 1.0 or not kinds or any(k not in ERROR_KINDS for k in kinds):
+        print(f"clips-nnunet synth: error: --label-errors must be in [0, 1] and --label-error-kinds among "
+              f"{','.join(ERROR_KINDS)}", file=sys.stderr)
+        return 2
+    manifest = make_synthetic_cohort(args.cohort_dir, n_patients=args.n, seed=args.seed, size=args.size,
+                                     faults=faults, progress=not args.quiet, label_error_fraction=args.label_errors,
+                                     label_error_kinds=kinds)
+    studies = manifest["studies"]
+    print(f"wrote {len(studies)} studies of {args.n} patients to {args.cohort_dir} "
+          f"(ground truth: {args.cohort_dir}/ground_truth/manifest.json)")
+    for s in studies:
+        print(f"  {s['key']}: {s['vendor']:<8} difficulty {s['difficulty']:.2f}, {len(s['lesions'])} lesion(s), "
+              f"TMTV {s['tmtv_ml']:.1f} ml" + (f", faults: {','.join(s['faults'])}" if s["faults"] else "")
+              + (f", annotation error: {s['annotation_error']['kind']}" if s["annotation_error"]["kind"] else ""))
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``synth``."""
+    s = subparsers.add_parser(
+        "synth", help="write a synthetic lymphoma PET/CT DICOM cohort with known ground truth",
+        description="Analytic body phantoms with physiological FDG uptake and lymphoma lesions of spread difficulty; "
+                    "CT + PET DICOM (Siemens BQML, GE with private decay time, Philips CNTS), masks as DICOM SEG "
+                    "and RTSTRUCT, ground truth (SUV, labels, manifest) in COHORT_DIR/ground_truth.")
+    s.add_argument("cohort_dir", help="output folder")
+    s.add_argument("-n", type=int, default=16, help="number of patients (default 16)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--size", choices=("small", "wholebody"), default="small",
+                   help="small: PET 48x48x64 at 4 mm (tests/demo); wholebody: CT 512x512x700, PET 200x200x350")
+    s.add_argument("--faults", default="",
+                   help="comma-separated faults to plant: nac,localizer,missing-weight,second-study,corrupted")
+    s.add_argument("--label-errors", type=float, default=0.0, metavar="FRACTION",
+                   help="fraction of studies whose SEG/RTSTRUCT get a planted annotation error (default 0); the clean "
+                        "masks stay in ground_truth/")
+    s.add_argument("--label-error-kinds", default="missed_lesion,threshold,physiological,slice_shift",
+                   help="comma-separated kinds to plant (default: all four)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=run_synth)
