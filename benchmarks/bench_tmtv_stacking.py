@@ -97,7 +97,8 @@ def main() -> None:
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from clips_nnunet.tmtv.stacking import dice, enable_stacking, load_stacking_model
+    from clips_nnunet.metrics.overlap import dice
+    from clips_nnunet.tmtv.stacking import enable_stacking, load_stacking_model
 
     folder = work / "nnUNet_results" / raw.name / f"{TRAINER}__nnUNetPlans__3d_tmtv"
     images = sorted((raw / "imagesTs").glob("*_0000.nii.gz"))

@@ -12,7 +12,7 @@ import torch
 
 from clips_nnunet.curriculum.state import DifficultyState
 from clips_nnunet.trainers.difficulty_signal import PatchDifficulty
-from clips_nnunet.trainers.per_sample_loss import dice_ce_per_sample, foreground_patches
+from clips_nnunet.trainers.per_sample_loss import per_sample_dice_ce, foreground_patches
 
 S = 16
 
@@ -37,7 +37,7 @@ QUALITY = {"good": 0.95, "poor": 0.5}
 @functools.lru_cache(maxsize=None)
 def patch_loss(case: str, foreground: bool) -> tuple:
     logits, target = patch(foreground, QUALITY.get(case, 0.0))
-    return float(dice_ce_per_sample(logits, target)[0]), bool(foreground_patches(target, 2)[0])
+    return float(per_sample_dice_ce(logits, target)[0]), bool(foreground_patches(target, 2)[0])
 
 
 def test_hand_values_of_the_patch_losses():

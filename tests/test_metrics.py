@@ -6,20 +6,26 @@ import math
 import numpy as np
 import pytest
 
-from clips_nnunet.metrics.case_metrics import compute_case_metrics, detection_metrics, dice_coefficient
+from clips_nnunet.metrics.case_metrics import compute_case_metrics, detection_metrics
+from clips_nnunet.metrics.overlap import dice
 
 
 def _blank(shape=(10, 10, 10)):
     return np.zeros(shape, bool)
 
 
-def test_dice_values_and_both_empty_nan():
+def test_dice_rule_for_empty_masks_and_values():
+    """The one Dice (metrics/overlap.py): empty/empty 1.0, empty/non-empty and non-empty/empty 0.0."""
     a, b = _blank(), _blank()
-    assert math.isnan(dice_coefficient(a, b))
+    assert dice(a, b) == 1.0
     a[0:2, 0:2, 0:2] = True  # 8 voxels
-    assert dice_coefficient(a, b) == 0.0
+    assert dice(a, b) == 0.0 and dice(b, a) == 0.0
     b[0:2, 0:2, 0:1] = True  # 4 voxels, all inside a
-    assert dice_coefficient(a, b) == pytest.approx(2 * 4 / 12)
+    assert dice(a, b) == pytest.approx(2 * 4 / 12) and dice(b, a) == pytest.approx(2 * 4 / 12)
+    labels = a.astype(np.uint8) * 3  # any label > 0 is foreground
+    assert dice(labels, b) == pytest.approx(2 * 4 / 12)
+    with pytest.raises(ValueError, match="different shapes"):
+        dice(a, _blank((10, 10, 9)))
 
 
 def test_empty_prediction_everything_missed():
@@ -49,9 +55,9 @@ def test_empty_truth_negative_case():
     assert math.isnan(m.lesion_sensitivity) and m.lesion_precision == 0 and m.lesion_f1 == 0
 
 
-def test_both_empty_all_undefined_but_volumes_zero():
+def test_both_empty_dice_one_f1_undefined_volumes_zero():
     m = compute_case_metrics(_blank(), _blank(), (1, 1, 1))
-    assert math.isnan(m.dice) and math.isnan(m.lesion_f1)
+    assert m.dice == 1.0 and math.isnan(m.lesion_f1)
     assert m.fp_volume_ml == 0 and m.fn_volume_ml == 0 and m.tmtv_abs_error_ml == 0
 
 

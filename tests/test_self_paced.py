@@ -69,7 +69,7 @@ def test_weighted_per_sample_loss_matches_nnunet_deep_supervision_and_weights_sa
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
     from clips_nnunet.trainers.curriculum import weighted_per_sample_loss
-    from clips_nnunet.trainers.per_sample_loss import dice_ce_per_sample
+    from clips_nnunet.trainers.per_sample_loss import per_sample_dice_ce
 
     g = torch.Generator().manual_seed(0)
     outputs = [torch.randn(2, 2, 8, 8, 8, generator=g), torch.randn(2, 2, 4, 4, 4, generator=g)]
@@ -81,11 +81,11 @@ def test_weighted_per_sample_loss_matches_nnunet_deep_supervision_and_weights_sa
                                                    ignore_label=None,
                                                    dice_class=MemoryEfficientSoftDiceLoss), factors)
     ones = torch.ones(2)
-    ours = weighted_per_sample_loss(dice_ce_per_sample, outputs, targets, ones, factors)
+    ours = weighted_per_sample_loss(per_sample_dice_ce, outputs, targets, ones, factors)
     assert float(ours) == pytest.approx(float(nnunet(outputs, targets)), abs=1e-5)
     # weight 0 on sample 1: only sample 0 counts, halved by the batch mean
-    only0 = weighted_per_sample_loss(dice_ce_per_sample, outputs, targets, torch.tensor([1.0, 0.0]), factors)
-    expected = sum(f * dice_ce_per_sample(o, t)[0] / 2 for f, o, t in zip(factors, outputs, targets))
+    only0 = weighted_per_sample_loss(per_sample_dice_ce, outputs, targets, torch.tensor([1.0, 0.0]), factors)
+    expected = sum(f * per_sample_dice_ce(o, t)[0] / 2 for f, o, t in zip(factors, outputs, targets))
     assert float(only0) == pytest.approx(float(expected), abs=1e-6)
 
 

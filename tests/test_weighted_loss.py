@@ -12,7 +12,7 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
 from clips_nnunet.errors import CurriculumConfigError
-from clips_nnunet.trainers.per_sample_loss import (dice_ce_per_sample, foreground_patches, nnunet_loss_spec,
+from clips_nnunet.trainers.per_sample_loss import (per_sample_dice_ce, foreground_patches, nnunet_loss_spec,
                                                    weighted_nnunet_loss)
 
 IGNORE = 3            # 3 classes (0, 1, 2) + ignore label 3, as nnU-Net requires (ignore = highest label)
@@ -98,7 +98,7 @@ def test_non_finite_sample_is_removed_not_multiplied(batch_dice):
     out, tgt = tensors(False, False, seed=2, batch=2)
     bad = out.detach().clone()
     bad[1, 0, 0, 0, 0] = float("inf")                      # one inf logit: sample 1's loss is NaN
-    per_sample = dice_ce_per_sample(bad, tgt)
+    per_sample = per_sample_dice_ce(bad, tgt)
     assert torch.isfinite(per_sample).tolist() == [True, False]
     keep = torch.isfinite(per_sample)
     ours = weighted_nnunet_loss(spec, bad, tgt, torch.ones(2), keep=keep)

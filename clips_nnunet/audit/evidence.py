@@ -73,6 +73,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
+from clips_nnunet.metrics.overlap import dice
 from clips_nnunet.metrics.lesions import as_binary_mask, label_components, validate_connectivity, validate_spacing
 
 ERROR_KINDS = ("missed_lesion", "extra_region", "boundary", "hard_case", "none")
@@ -193,8 +194,7 @@ def case_evidence(reference: np.ndarray, prediction: np.ndarray, spacing_zyx: Se
 
     ev: Dict[str, float] = {"ref_ml": float(ref.sum() * voxel_ml), "pred_ml": float(pred.sum() * voxel_ml),
                             "n_ref_lesions": float(nr), "n_pred_lesions": float(npr)}
-    denom = ref.sum() + pred.sum()
-    ev["dice"] = float(2.0 * (ref & pred).sum() / denom) if denom else 1.0
+    ev["dice"] = dice(pred, ref)
 
     levels: Dict[str, float] = {}
     cold_frac = np.zeros(nr)

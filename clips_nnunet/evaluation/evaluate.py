@@ -366,7 +366,7 @@ def write_plots(rows: Sequence[Dict[str, Any]], plot_dir: PathLike, title_prefix
                                                      title=f"{title_prefix}Bland-Altman: TMTV (n={len(ok)})"),
         "tmtv_scatter": plots.tmtv_scatter(t, p, plot_dir / "tmtv_scatter.png",
                                            title=f"{title_prefix}Predicted vs true TMTV"),
-        "dice_distribution": plots.dice_distribution([r["dice"] for r in ok if r["has_true_lesion"]],
+        "dice_distribution": plots.plot_dice_histogram([r["dice"] for r in ok if r["has_true_lesion"]],
                                                      plot_dir / "dice_distribution.png",
                                                      title=f"{title_prefix}Dice (cases with lesion)"),
     }

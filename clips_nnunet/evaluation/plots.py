@@ -78,7 +78,7 @@ def tmtv_scatter(true_ml: Sequence[float], pred_ml: Sequence[float], path: PathL
     return _save(fig, path)
 
 
-def dice_distribution(dice: Sequence[float], path: PathLike, title: str = "Dice per case") -> Path:
+def plot_dice_histogram(dice: Sequence[float], path: PathLike, title: str = "Dice per case") -> Path:
     """Histogram of per-case Dice (cases where Dice is undefined are left out and counted in the title)."""
     plt = _plt()
     d = np.asarray(dice, float)

@@ -12,7 +12,6 @@ scoring needs SimpleITK (and nnU-Net/torch for :func:`score_with_model`), which 
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 import tempfile
@@ -23,17 +22,10 @@ from typing import Dict, Iterable, Optional, Sequence, Union
 import numpy as np
 
 from clips_nnunet.errors import CurriculumConfigError, DatasetError
-from clips_nnunet.metrics.case_metrics import dice_coefficient
+from clips_nnunet.metrics.overlap import dice
 from clips_nnunet.io_utils import PathLike, read_json
 
 SCORE_METRICS = ("dice", "tmtv", "loss")
-
-
-def dice_score(prediction: np.ndarray, reference: np.ndarray) -> float:
-    """Dice of the foreground (label > 0), from :func:`clips_nnunet.metrics.case_metrics.dice_coefficient`; for a
-    difficulty, a lesion-free case predicted lesion-free counts as solved (1.0) instead of undefined (NaN)."""
-    dice = dice_coefficient(np.asarray(prediction), np.asarray(reference))
-    return 1.0 if math.isnan(dice) else float(dice)
 
 
 def tmtv_error(prediction: np.ndarray, reference: np.ndarray, voxel_ml: float, floor_ml: float = 1.0) -> float:
@@ -84,12 +76,12 @@ def score_case(metric: str, prediction_file: Path, reference_file: Path) -> Dict
     if prediction.shape != reference.shape:
         raise DatasetError(f"{prediction_file.name}: prediction shape {prediction.shape} differs from its label "
                            f"{reference_file} {reference.shape}; were the labels re-sampled?")
-    dice = dice_score(prediction, reference)
-    row = {"dice": dice,
+    dice_value = dice(prediction, reference)
+    row = {"dice": dice_value,
            "tmtv_pred_ml": float((prediction > 0).sum()) * voxel_ml,
            "tmtv_ref_ml": float((reference > 0).sum()) * voxel_ml}
     if metric == "dice":
-        row["difficulty"] = 1.0 - dice
+        row["difficulty"] = 1.0 - dice_value
     elif metric == "tmtv":
         row["difficulty"] = tmtv_error(prediction, reference, voxel_ml)
     else:

@@ -33,6 +33,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from clips_nnunet.metrics.overlap import dice
 from clips_nnunet.metrics.lesions import (LesionSummary, as_binary_mask, label_components, measure_lesions,
                                              validate_connectivity, validate_spacing)
 
@@ -95,16 +96,6 @@ class CaseMetrics:
     def to_dict(self) -> Dict[str, Any]:
         """Plain dict (floats may be NaN; :func:`clips_nnunet.io_utils.dumps_json` writes NaN as ``NaN``)."""
         return asdict(self)
-
-
-def dice_coefficient(pred: np.ndarray, true: np.ndarray) -> float:
-    """Dice of ``pred > 0`` and ``true > 0``; ``NaN`` when both are empty (undefined), 0 when only one is."""
-    p, t = as_binary_mask(pred, "pred"), as_binary_mask(true, "true")
-    _check_same_shape(p, t)
-    denom = int(p.sum()) + int(t.sum())
-    if denom == 0:
-        return NAN
-    return 2.0 * int(np.logical_and(p, t).sum()) / denom
 
 
 def _check_same_shape(p: np.ndarray, t: np.ndarray) -> None:
@@ -185,7 +176,7 @@ def compute_case_metrics(pred: np.ndarray, true: np.ndarray, spacing_zyx: Tuple[
                      suv_mean_true=_none_to_nan(sp_summary_t.suv_mean),
                      tlg_pred=tlg_p, tlg_true=tlg_t, tlg_abs_error=abs(tlg_p - tlg_t))
     return CaseMetrics(
-        has_true_lesion=bool(t.any()), dice=dice_coefficient(p, t),
+        has_true_lesion=bool(t.any()), dice=dice(p, t),
         tmtv_pred_ml=tp_ml, tmtv_true_ml=tt_ml, tmtv_error_ml=err, tmtv_abs_error_ml=abs(err),
         tmtv_rel_error=rel, tmtv_abs_rel_error=abs(rel),
         dmax_pred_mm=sp_summary_p.dmax_mm, dmax_true_mm=sp_summary_t.dmax_mm, dmax_error_mm=derr,

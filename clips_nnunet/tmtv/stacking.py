@@ -39,6 +39,7 @@ from torch import nn
 
 from clips_nnunet.errors import DatasetError
 from clips_nnunet.io_utils import PathLike, atomic_path, read_json
+from clips_nnunet.metrics.overlap import dice
 from clips_nnunet.tmtv.loss import tmtv_loss_per_sample
 from clips_nnunet.tmtv.schedule import cosine_warm_restarts_lr
 
@@ -325,13 +326,6 @@ def train_stacking_model(case_files: Sequence[PathLike], n_models: int, n_classe
             optimiser.step()
             losses.append(running)
     return layer.cpu().eval(), losses
-
-
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """Foreground Dice of two label maps (1.0 when both are empty)."""
-    p, t = prediction > 0, truth > 0
-    denominator = p.sum() + t.sum()
-    return 1.0 if denominator == 0 else float(2 * (p & t).sum() / denominator)
 
 
 def compare_on_cases(layer: StackingLayer, case_files: Sequence[PathLike]) -> Dict[str, Any]:

@@ -48,7 +48,7 @@ from torch._dynamo import OptimizedModule
 from clips_nnunet.errors import ClipsError
 from clips_nnunet.io_utils import atomic_path
 
-from clips_nnunet.trainers.per_sample_loss import dice_ce_per_sample
+from clips_nnunet.trainers.per_sample_loss import per_sample_dice_ce
 
 Output = Union[torch.Tensor, List[torch.Tensor]]
 
@@ -214,7 +214,7 @@ class nnUNetTrainerClipsBase(nnUNetTrainer):
 
     def per_sample_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss of each sample, shape (B,), from one output scale: nnU-Net's Dice + CE per sample."""
-        return dice_ce_per_sample(logits, target)
+        return per_sample_dice_ce(logits, target)
 
     def after_train_forward(self, keys: Sequence[str], output: Output, target: Output) -> None:
         """Called after each training forward pass with detached outputs; default does nothing."""

@@ -1,6 +1,6 @@
 """The per-case difficulty signal: what one training patch says about its patient (plain numpy).
 
-nnU-Net trains on patches, not patients. With nnU-Net's per-sample Dice + CE (:func:`dice_ce_per_sample`) a
+nnU-Net trains on patches, not patients. With nnU-Net's per-sample Dice + CE (:func:`per_sample_dice_ce`) a
 near-perfect background-only patch scores about +0.0025 (CE ~ 0, and the soft Dice of an empty target is ~0, not 1)
 while a mediocre lesion patch scores about -0.485; with batch size 2 the last slot is always foreground-forced by
 nnU-Net's oversampling and the first is random. Averaging raw patch losses per case therefore ranks a case by the

@@ -2,7 +2,7 @@
 
 Two concepts live here:
 
-- :func:`dice_ce_per_sample`: one value per sample of nnU-Net's default ``DC_and_CE_loss`` (soft Dice without
+- :func:`per_sample_dice_ce`: one value per sample of nnU-Net's default ``DC_and_CE_loss`` (soft Dice without
   background, smooth 1e-5, per-sample Dice, plus cross-entropy); the curriculum's difficulty signal (detached,
   highest-resolution output only) and the input of per-sample weights (SuperLoss, soft self-paced learning).
 - :func:`weighted_nnunet_loss`: **nnU-Net's own loss object** (``self.loss``: ``DC_and_CE_loss``, optionally inside
@@ -44,7 +44,7 @@ from clips_nnunet.errors import CurriculumConfigError
 Output = Union[torch.Tensor, List[torch.Tensor]]
 
 
-def dice_ce_per_sample(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+def per_sample_dice_ce(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
     """Per-sample ``CE - softDice`` (nnU-Net's sign convention: the Dice term is negative), shape ``(B,)``.
 
     ``logits``: (B, C, *spatial) raw network output; ``target``: (B, 1, *spatial) integer labels. The Dice term
