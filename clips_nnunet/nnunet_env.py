@@ -1,5 +1,9 @@
 """nnU-Net's environment, owned in one place: its three folders, ``nnUNet_extTrainer``, and one logged runner.
 
+Every other module asks this one for nnU-Net's folders (:func:`nnunet_folder`, :func:`dataset_folder`,
+:func:`dataset_name_above`, :func:`reference_masks_dir`) and for the torch device (:func:`resolve_device`), so a
+missing variable fails the same way everywhere: one line that names the variable and what to do.
+
 nnU-Net v2 is configured by environment variables: ``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results``
 (where datasets, preprocessed data and trained models live) and ``nnUNet_extTrainer`` (extra folders searched for
 trainer classes; clips-nnunet lists its discovery shim ``clips_nnunet/nnunet_ext`` there). This module builds
@@ -8,21 +12,32 @@ clips-nnunet's console scripts as subprocesses with one runner: the command is e
 (with the ``nnUNet_*`` variables it depends on), appended to a log file, optionally streamed to the terminal and
 bounded by a timeout.
 
-Layer 1: standard library only (no torch, nnunetv2 or other clips_nnunet package).
+Layer 1: standard library only at import time (torch is imported inside :func:`resolve_device`), and
+:mod:`clips_nnunet.errors` / :mod:`clips_nnunet.io_utils` (layer 0).
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, TextIO, Union
+from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, TextIO, Union
+
+from clips_nnunet.errors import ClipsError, DatasetError
+
+if TYPE_CHECKING:  # the one path type; io_utils itself imports numpy, which layer 1 does not load here
+    from clips_nnunet.io_utils import PathLike
 
 __all__ = ["EXT_TRAINER_DIR", "NNUNET_FOLDERS", "TIMEOUT_EXIT_CODE", "ext_trainer_value", "nnunet_folders",
-           "nnunet_environment", "environment_applied", "bin_path", "shell_line", "run_logged", "split_folders"]
+           "nnunet_environment", "environment_applied", "bin_path", "shell_line", "run_logged", "split_folders",
+           "nnunet_folder", "dataset_folder", "dataset_name_above", "results_dataset_name", "reference_masks_for_results",
+           "reference_masks_dir", "resolve_device",
+           "DATASET_NAME_RE"]
 
 #: The discovery shim listed first in ``nnUNet_extTrainer`` (re-exports the clips trainers for nnU-Net's lookup).
 EXT_TRAINER_DIR = Path(__file__).resolve().parent / "nnunet_ext"
@@ -33,7 +48,8 @@ TIMEOUT_EXIT_CODE = 124
 ECHO_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "CLIPS_SEED",
                   "CLIPS_DIFFICULTY_CSV")
 
-PathLike = Union[str, Path]
+#: nnU-Net's dataset folder name, ``DatasetXXX_Name``.
+DATASET_NAME_RE = re.compile(r"^Dataset(\d{3})_.+")
 
 
 def ext_trainer_value(existing: Optional[str] = None) -> str:
@@ -159,3 +175,98 @@ def _copy_lines(source: Optional[TextIO], log: TextIO, indent: str) -> None:
 def split_folders(value: Optional[str]) -> List[str]:
     """The non-empty folders of an ``os.pathsep``-separated value (``nnUNet_extTrainer``)."""
     return [p for p in (value or "").split(os.pathsep) if p.strip()]
+
+
+def nnunet_folder(variable: str, env: Optional[Mapping[str, str]] = None) -> Path:
+    """The existing folder that nnU-Net's ``variable`` (one of :data:`NNUNET_FOLDERS`) names in ``env``
+    (default ``os.environ``); :class:`DatasetError` in one line when it is unset or not a folder."""
+    if variable not in NNUNET_FOLDERS:
+        raise ValueError(f"{variable!r} is not one of nnU-Net's folders {NNUNET_FOLDERS}")
+    value = (os.environ if env is None else env).get(variable, "")
+    if not value.strip():
+        raise DatasetError(f"{variable} is not set; export {variable}=/path/to/{variable} (nnU-Net's folders: "
+                           f"{', '.join(NNUNET_FOLDERS)})")
+    folder = Path(value)
+    if not folder.is_dir():
+        raise DatasetError(f"{variable}={value} is not a folder; create it or point {variable} to nnU-Net's folder")
+    return folder
+
+
+def dataset_folder(variable: str, dataset: Union[int, str], env: Optional[Mapping[str, str]] = None) -> Path:
+    """``$variable/DatasetXXX_Name`` for a dataset id (``501``) or name (``Dataset501_Lymphoma``, ``501``);
+    :class:`DatasetError` when there is none or more than one."""
+    root = nnunet_folder(variable, env)
+    text = str(dataset).strip()
+    if DATASET_NAME_RE.match(text):
+        matches = [root / text] if (root / text).is_dir() else []
+    elif text.isdigit():
+        matches = sorted(p for p in root.glob(f"Dataset{int(text):03d}_*") if p.is_dir())
+    else:
+        raise DatasetError(f"dataset {text!r}: give an nnU-Net dataset id (e.g. 501) or name (Dataset501_Name)")
+    if len(matches) != 1:
+        found = ", ".join(m.name for m in matches) if matches else "none"
+        raise DatasetError(f"expected one dataset folder for {text} in {variable}={root}, found {found}")
+    return matches[0]
+
+
+def dataset_name_above(folder: PathLike) -> Optional[str]:
+    """The ``DatasetXXX_Name`` folder that ``folder`` is (or lies below), e.g. of a results folder; None if none."""
+    folder = Path(folder)
+    for p in [folder, *folder.resolve().parents]:
+        if DATASET_NAME_RE.match(p.name):
+            return p.name
+    return None
+
+
+def results_dataset_name(results_dir: PathLike) -> Optional[str]:
+    """``DatasetXXX_Name`` of an nnU-Net results folder (``Trainer__Plans__Config``): ``dataset_name`` of its
+    ``plans.json``, else the ``DatasetXXX_Name`` folder it lies below; None when neither tells."""
+    plans = Path(results_dir) / "plans.json"
+    if plans.is_file():
+        try:
+            name = json.loads(plans.read_text(encoding="utf-8")).get("dataset_name")
+        except (ValueError, OSError, AttributeError):
+            name = None
+        if name:
+            return str(name)
+    return dataset_name_above(results_dir)
+
+
+def reference_masks_for_results(results_dir: PathLike, env: Optional[Mapping[str, str]] = None) -> Path:
+    """:func:`reference_masks_dir` of the dataset of a results folder (:func:`results_dataset_name`)."""
+    name = results_dataset_name(results_dir)
+    if name is None:
+        raise DatasetError(f"{results_dir}: cannot tell the dataset (no plans.json with dataset_name, no "
+                           f"DatasetXXX_Name folder above it); pass the reference masks with --gt DIR")
+    return reference_masks_dir(name, env)
+
+
+def reference_masks_dir(dataset_name: str, env: Optional[Mapping[str, str]] = None) -> Path:
+    """The reference masks of a dataset, as nnU-Net evaluates against them: ``$nnUNet_preprocessed/<name>/
+    gt_segmentations``, else ``$nnUNet_raw/<name>/labelsTr``. :class:`DatasetError` naming what was tried and
+    ``--gt DIR`` as the way out."""
+    env = os.environ if env is None else env
+    tried = []
+    for variable, sub in (("nnUNet_preprocessed", "gt_segmentations"), ("nnUNet_raw", "labelsTr")):
+        if env.get(variable, "").strip():
+            candidate = Path(env[variable]) / dataset_name / sub
+            tried.append(str(candidate))
+            if candidate.is_dir():
+                return candidate
+    tried_text = ", ".join(tried) if tried else "nothing: nnUNet_preprocessed and nnUNet_raw are not set"
+    raise DatasetError(f"no reference masks found for {dataset_name} (tried {tried_text}); pass the reference "
+                       f"masks with --gt DIR")
+
+
+def resolve_device(device: str = "auto"):
+    """``torch.device`` for ``cuda``, ``cpu`` or ``auto`` (CUDA when available, else CPU); :class:`ClipsError`
+    for another value or for ``cuda`` without a GPU."""
+    if device not in ("auto", "cuda", "cpu"):
+        raise ClipsError(f"--device must be auto, cuda or cpu, got {device!r}")
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ClipsError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto")
+    return torch.device(device)

@@ -84,3 +84,32 @@ def test_environment_applied_restores_what_it_changed(monkeypatch):
             assert os.environ["CLIPS_TEST_KEPT"] == "inside" and os.environ["CLIPS_TEST_ADDED"] == "new"
             raise RuntimeError("restored on errors too")
     assert os.environ["CLIPS_TEST_KEPT"] == "before" and "CLIPS_TEST_ADDED" not in os.environ
+
+
+def test_one_owner_of_nnunet_folders(tmp_path):
+    """nnUNet_* folders, the dataset of a results folder and its reference masks, one rule everywhere."""
+    from clips_nnunet.errors import DatasetError
+    from clips_nnunet.nnunet_env import (dataset_folder, nnunet_folder, reference_masks_for_results,
+                                         results_dataset_name)
+
+    env = {}
+    with pytest.raises(DatasetError, match="nnUNet_raw is not set; export nnUNet_raw="):
+        nnunet_folder("nnUNet_raw", env)
+    raw, pre = tmp_path / "raw", tmp_path / "pre"
+    (raw / "Dataset501_Lymph" / "labelsTr").mkdir(parents=True)
+    env = {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre)}
+    with pytest.raises(DatasetError, match="is not a folder"):
+        nnunet_folder("nnUNet_preprocessed", env)
+    assert dataset_folder("nnUNet_raw", 501, env) == raw / "Dataset501_Lymph"
+    assert dataset_folder("nnUNet_raw", "Dataset501_Lymph", env) == raw / "Dataset501_Lymph"
+    with pytest.raises(DatasetError, match="found none"):
+        dataset_folder("nnUNet_raw", 502, env)
+    results = tmp_path / "res" / "Dataset501_Lymph" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    results.mkdir(parents=True)
+    assert results_dataset_name(results) == "Dataset501_Lymph"
+    # no gt_segmentations: falls back to labelsTr (the audit did not, compare did: now one rule)
+    assert reference_masks_for_results(results, env) == raw / "Dataset501_Lymph" / "labelsTr"
+    (pre / "Dataset501_Lymph" / "gt_segmentations").mkdir(parents=True)
+    assert reference_masks_for_results(results, env) == pre / "Dataset501_Lymph" / "gt_segmentations"
+    with pytest.raises(DatasetError, match="pass the reference masks with --gt DIR"):
+        reference_masks_for_results(tmp_path / "elsewhere", env)

@@ -24,7 +24,6 @@ import csv
 import html
 import io
 import math
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -32,6 +31,7 @@ import numpy as np
 
 from clips_nnunet.errors import DatasetError
 from clips_nnunet.audit.evidence import AuditParams, case_evidence, loss_evidence, score_cohort
+from clips_nnunet.nnunet_env import reference_masks_for_results
 from clips_nnunet.io_utils import PathLike, atomic_write_json, atomic_write_text, read_json
 
 KNOWN_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".tif")
@@ -51,20 +51,6 @@ def _file_ending(results_dir: Path) -> str:
         if ending:
             return str(ending)
     return ".nii.gz"
-
-
-def dataset_name(results_dir: Path) -> Optional[str]:
-    """``DatasetXXX_NAME`` of a results folder, from ``plans.json`` or the parent folder's name."""
-    plans = results_dir / "plans.json"
-    if plans.is_file():
-        try:
-            name = read_json(plans).get("dataset_name")
-            if name:
-                return str(name)
-        except (ValueError, OSError):
-            pass
-    parent = results_dir.resolve().parent.name
-    return parent if parent.startswith("Dataset") else None
 
 
 def find_validation(results_dir: PathLike) -> Tuple[Dict[str, List[Tuple[Path, Optional[Path]]]], List[Path], str]:
@@ -88,20 +74,6 @@ def find_validation(results_dir: PathLike) -> Tuple[Dict[str, List[Tuple[Path, O
     if not cases:
         raise DatasetError(f"{results_dir}: the fold_X/validation folders hold no {ending} predictions")
     return cases, folds, ending
-
-
-def default_gt_dir(results_dir: Path) -> Path:
-    """``$nnUNet_preprocessed/DatasetXXX_NAME/gt_segmentations``; DatasetError naming what to pass otherwise."""
-    name = dataset_name(results_dir)
-    pre = os.environ.get("nnUNet_preprocessed")
-    if not name or not pre:
-        raise DatasetError(f"cannot locate the reference masks of {results_dir} ("
-                           f"{'nnUNet_preprocessed is not set' if not pre else 'no dataset name in plans.json'}); "
-                           f"pass --gt DIR (e.g. $nnUNet_preprocessed/DatasetXXX_NAME/gt_segmentations)")
-    gt = Path(pre) / name / "gt_segmentations"
-    if not gt.is_dir():
-        raise DatasetError(f"{gt} does not exist; pass --gt DIR with the reference masks ({{case}} + file ending)")
-    return gt
 
 
 def _read(path: Path):
@@ -329,7 +301,7 @@ def run_audit(results_dirs: Sequence[PathLike], out_dir: PathLike, gt_dir: Optio
     if len(endings) > 1:
         raise DatasetError(f"the results folders use different file endings {sorted(endings)}; audit one dataset")
     ending = endings.pop()
-    gt = Path(gt_dir) if gt_dir is not None else default_gt_dir(dirs[0])
+    gt = Path(gt_dir) if gt_dir is not None else reference_masks_for_results(dirs[0])
     if not gt.is_dir():
         raise DatasetError(f"reference folder {gt} does not exist")
     if images_dir is not None and not Path(images_dir).is_dir():

@@ -23,18 +23,15 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from clips_nnunet.errors import CurriculumConfigError, DatasetError
-from clips_nnunet.io_utils import atomic_write_text, read_json
-
-PathLike = Union[str, os.PathLike]
+from clips_nnunet.io_utils import PathLike, atomic_write_text, read_json
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,13 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from clips_nnunet.io_utils import die_with_parent
+from clips_nnunet.io_utils import PathLike, die_with_parent
 
 from .read import GEOMETRY_TAGS
 
@@ -39,7 +39,6 @@ SELECTION_ATTRIBUTES: Tuple[str, ...] = (
 #: SOP classes of DICOMDIR media directories (not images).
 _MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
 
-PathLike = Union[str, os.PathLike]
 
 
 @dataclass

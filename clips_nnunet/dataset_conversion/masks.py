@@ -15,14 +15,15 @@
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+
+from clips_nnunet.io_utils import PathLike
 
 from ..errors import PatientError
 from .read import describe_exception
@@ -30,7 +31,6 @@ from .read import describe_exception
 __all__ = ["rtstruct_roi_names", "rasterise_rtstruct", "read_seg_mask", "seg_segment_labels", "read_mask_file",
            "mask_to_grid", "same_grid", "POSITION_TOLERANCE_MM"]
 
-PathLike = Union[str, os.PathLike]
 
 #: A contour whose points spread over more than twice this (in slices of the reference) is not parallel to them.
 SLICE_TOLERANCE = 0.3

@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Optional
+
+from clips_nnunet.io_utils import PathLike
 
 from ..errors import ClipsError
 
 __all__ = ["SuvOverrides", "load_overrides", "parse_datetime"]
 
-PathLike = Union[str, os.PathLike]
 _COLUMNS = ("PatientID", "weight_kg", "dose_bq", "dose_mbq", "injection_datetime", "height_m", "sex")
 
 

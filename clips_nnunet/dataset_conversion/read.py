@@ -16,15 +16,16 @@ slope per slice); it also assumes the file order is the slice order and that sli
 """
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+
+from clips_nnunet.io_utils import PathLike
 
 from ..errors import PatientError
 
@@ -32,7 +33,6 @@ __all__ = ["describe_exception", "SeriesGeometry", "load_series_headers", "read_
            "read_ct_with_headers", "GEOMETRY_TAGS", "HeaderValues",
            "resample_to_reference", "check_coverage"]
 
-PathLike = Union[str, os.PathLike]
 
 #: Relative tolerance of each gap between neighbouring slices against the median gap. Real whole-body PET has
 #: small steps at bed-position boundaries (GE Discovery ST: 3.19 / 3.29 mm in a 3.27 mm series), so 1 % is too tight.

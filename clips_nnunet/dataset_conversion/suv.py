@@ -41,14 +41,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import os
 import struct
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+
+from clips_nnunet.io_utils import PathLike
 
 from ..errors import PatientError
 from .overrides import SuvOverrides
@@ -57,7 +58,6 @@ __all__ = ["suv_factor", "read_pet_suv", "read_pet_suv_with_headers", "series_ea
            "acquisition_start", "series_acquisition_start", "lean_body_mass", "lean_body_mass_james",
            "body_surface_area_dubois", "ideal_body_weight", "MBQ_THRESHOLD", "GRAMS_THRESHOLD"]
 
-PathLike = Union[str, os.PathLike]
 
 #: Doses below this value (in the Bq field) are read as MBq.
 MBQ_THRESHOLD = 1e5

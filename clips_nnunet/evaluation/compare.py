@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +62,7 @@ from clips_nnunet.evaluation.evaluate import (CaseFiles, detect_file_ending, eva
 from clips_nnunet.evaluation.formatting import fmt_p, fmt_significant
 from clips_nnunet.metrics.case_metrics import AUTOPET_CONNECTIVITY
 from clips_nnunet.evaluation.statistics import holm, paired_test
+from clips_nnunet.nnunet_env import reference_masks_for_results
 from clips_nnunet.io_utils import PathLike, atomic_write_json, atomic_write_text, read_json
 
 #: metric -> True when higher is better.
@@ -72,7 +72,6 @@ COMPARE_METRICS: Dict[str, bool] = {
     "lesion_f1": True,
 }
 TERTILES = ("easy", "medium", "hard")
-_DATASET_RE = re.compile(r"^Dataset\d{3}_.+")
 _FOLD_RE = re.compile(r"^fold_\d+$")  # fold_all is trained on every case: not out-of-fold, ignored
 
 
@@ -113,34 +112,6 @@ class ComparisonResult:
 
 
 # ------------------------------------------------------------------------------------------------ result folders
-def _dataset_folder_name(folder: Path) -> Optional[str]:
-    for p in [folder, *folder.resolve().parents]:
-        if _DATASET_RE.match(p.name):
-            return p.name
-    return None
-
-
-def default_gt_dir(folder: PathLike) -> Path:
-    """``$nnUNet_preprocessed/DatasetXXX/gt_segmentations`` (else ``$nnUNet_raw/DatasetXXX/labelsTr``) for a
-    results folder below ``.../DatasetXXX_Name/``; raises :class:`DatasetError` saying what to pass instead."""
-    folder = Path(folder)
-    name = _dataset_folder_name(folder)
-    if name is None:
-        raise DatasetError(f"{folder}: cannot tell the dataset (no DatasetXXX_Name folder above it); pass the "
-                           f"reference masks with --gt DIR")
-    tried = []
-    for var, sub in (("nnUNet_preprocessed", "gt_segmentations"), ("nnUNet_raw", "labelsTr")):
-        root = os.environ.get(var)
-        if root:
-            cand = Path(root) / name / sub
-            tried.append(str(cand))
-            if cand.is_dir():
-                return cand
-    tried_txt = ", ".join(tried) if tried else "nothing: nnUNet_preprocessed and nnUNet_raw are not set"
-    raise DatasetError(f"{folder}: no reference masks found for {name} (tried {tried_txt}); set "
-                       f"nnUNet_preprocessed or pass --gt DIR")
-
-
 def _read_nnunet_summary(path: Path, ending: str) -> Dict[str, float]:
     """Per-case foreground-mean Dice from an nnU-Net ``summary.json`` (empty dict if absent/unreadable)."""
     if not path.is_file():
@@ -194,7 +165,7 @@ def resolve_results_dir(folder: PathLike, gt_dir: Optional[PathLike] = None,
         kind, folds = "folder", []
     if not preds:
         raise DatasetError(f"{folder}: no predictions ending in {ending}")
-    gt = Path(gt_dir) if gt_dir is not None else default_gt_dir(folder)
+    gt = Path(gt_dir) if gt_dir is not None else reference_masks_for_results(folder)
     if not gt.is_dir():
         raise DatasetError(f"reference folder {gt} does not exist")
     return PredictionSource(folder=folder, kind=kind, predictions=preds, gt_dir=gt, file_ending=ending,

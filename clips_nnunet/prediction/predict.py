@@ -53,10 +53,11 @@ from clips_nnunet.trainers.checkpoints import load_trained_model
 from clips_nnunet.prediction.outputs import (MAPPING_FILE, OUTPUT_FILES, PSEUDONYM_PREFIX, PseudonymMap,
                                                      is_complete, safe_folder_name, write_nifti,
                                                      write_patient_outputs)
+from clips_nnunet.nnunet_env import resolve_device
 from clips_nnunet.io_utils import DirectoryLock, PathLike, atomic_write_json, read_json
 
 __all__ = ["ModelSpec", "CasePredictor", "PatientResult", "PredictionRun", "predict_dicom", "find_studies",
-           "model_folder", "available_folds", "resolve_device", "default_private_dir", "scrub", "OUTPUT_FILES",
+           "model_folder", "available_folds", "default_private_dir", "scrub", "OUTPUT_FILES",
            "MAPPING_FILE", "PSEUDONYM_PREFIX", "PseudonymMap", "is_complete", "safe_folder_name", "write_nifti",
            "write_patient_outputs", "FILE_ENDING"]
 
@@ -122,18 +123,6 @@ def available_folds(folder: Path, checkpoint: str) -> List[Union[int, str]]:
     if numbered:
         return list(numbered)
     return ["all"] if (folder / "fold_all" / checkpoint).is_file() else []
-
-
-def resolve_device(device: str = "auto"):
-    """``torch.device`` for ``cuda``, ``cpu`` or ``auto`` (CUDA when available, else CPU)."""
-    import torch
-    if device not in ("auto", "cuda", "cpu"):
-        raise ValueError(f"--device must be auto, cuda or cpu, got {device!r}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ClipsError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto")
-    return torch.device(device)
 
 
 def _make_predictor(folder: Path, folds: Optional[Sequence], checkpoint: str, device, use_mirroring: bool):

@@ -186,9 +186,8 @@ def write_stratified_splits(config: StudyConfig) -> Path:
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other values unchanged."""
-    if device != "auto":
-        return device
-    import torch
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu`` (:func:`clips_nnunet.nnunet_env.resolve_device`,
+    which also refuses other values and ``cuda`` without a GPU), as the string nnU-Net's ``-device`` takes."""
+    from clips_nnunet.nnunet_env import resolve_device as torch_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch_device(device).type
