@@ -17,27 +17,28 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 #: (layer, [(package, one-line role)]) bottom to top; mirrors LAYERS in tests/test_architecture.py.
 LAYERS = [
     (0, [("errors", "exceptions, exit codes"), ("io_utils", "verified atomic writes, JSON, locks")]),
-    (1, [("curriculum", "difficulty, pacing, schedulers (numpy)"), ("lesions", "TMTV, lesions, SUV, Dmax"),
-         ("nnunet_env", "nnUNet_* folders, runner")]),
-    (2, [("trainers (+tmtv)", "nnUNetTrainer subclasses"), ("dataset_conversion", "DICOM -> nnU-Net raw")]),
-    (3, [("evaluation", "metrics, evaluate, compare,\npredict, scoring, audit"), ("synthetic", "synthetic cohorts")]),
-    (4, [("study", "arms x seeds, report"), ("demo", "small end-to-end run")]),
-    (5, [("cli", "clips-nnunet commands"), ("nnunet_ext", "trainer discovery shim"), ("__main__", "python -m")]),
+    (1, [("curriculum", "difficulty, pacing, schedulers (numpy)"), ("metrics", "one Dice, lesions, TMTV"),
+         ("nnunet_env", "nnUNet_* folders, device, runner")]),
+    (2, [("trainers", "nnUNetTrainer subclasses,\ncurriculum engine"), ("dataset_conversion", "DICOM -> nnU-Net raw")]),
+    (3, [("tmtv", "TMTV-Net: recipe, weights,\nrelease import, stacking"), ("synthetic", "synthetic cohorts")]),
+    (4, [("prediction", "DICOM in: masks, SEG,\nRTSTRUCT, report, MIP"), ("evaluation", "evaluate, compare,\nstatistics, scoring")]),
+    (5, [("audit", "suspect reference masks"), ("study", "arms x seeds, report"), ("demo", "small end-to-end run")]),
+    (6, [("cli", "clips-nnunet commands"), ("nnunet_ext", "trainer discovery shim"), ("__main__", "python -m")]),
 ]
-LAYER_COLOURS = ["#e8e8e8", "#d8ecd5", "#d5e3f0", "#f4e4c9", "#ead6ee", "#f2d4d4"]
+LAYER_COLOURS = ["#e8e8e8", "#d8ecd5", "#d5e3f0", "#e3ddf3", "#f4e4c9", "#ead6ee", "#f2d4d4"]
 
 #: Main job, top to bottom: (step, command, package(s), product).
 FLOW = [
     ("synthesise", "clips-nnunet synth", "synthetic", "DICOM PET/CT cohort (or your own DICOM)"),
-    ("convert", "clips-nnunet convert", "dataset_conversion, lesions",
+    ("convert", "clips-nnunet convert", "dataset_conversion, metrics",
      "nnUNet_raw/DatasetXXX: images, labels,\ndataset.json, case_metadata.json"),
-    ("plan", "nnUNetv2_plan_and_preprocess\n(+ clips-nnunet plan-tmtv)", "nnU-Net, trainers.tmtv", "nnUNet_preprocessed"),
+    ("plan", "nnUNetv2_plan_and_preprocess\n(+ clips-nnunet plan-tmtv)", "nnU-Net, tmtv.plans", "nnUNet_preprocessed"),
     ("score teacher", "clips-nnunet score", "evaluation.scoring, curriculum.difficulty",
      "difficulty.csv (out-of-fold 1 - Dice)"),
     ("train", "nnUNetv2_train -tr nnUNetTrainerCL...", "trainers + curriculum (via nnunet_ext)",
      "nnUNet_results/.../fold_X: checkpoints,\nvalidation, curriculum history"),
     ("predict", "clips-nnunet predict", "prediction.predict", "masks, DICOM SEG / RTSTRUCT, MIP"),
-    ("evaluate, compare,\naudit", "clips-nnunet evaluate / compare / audit", "evaluation",
+    ("evaluate, compare,\naudit", "clips-nnunet evaluate / compare / audit", "evaluation, audit",
      "per_case.csv, tests.csv, report.md"),
 ]
 
@@ -49,10 +50,10 @@ def draw(path: Path) -> Path:
     ax.set_ylim(0, 8.2)
     ax.axis("off")
 
-    # ---- left: layers, bottom (0) to top (5)
+    # ---- left: layers, bottom (0) to top (6)
     ax.text(0.2, 7.85, "Layers: a package imports only its own layer or lower ones; only cli imports cli",
             fontsize=10.5, weight="bold", va="center")
-    band_h, gap, x0, width = 1.1, 0.12, 0.2, 7.2
+    band_h, gap, x0, width = 0.95, 0.1, 0.2, 7.2
     for layer, packages in LAYERS:
         y = 0.2 + layer * (band_h + gap)
         ax.add_patch(FancyBboxPatch((x0, y), width, band_h, boxstyle="round,pad=0.0,rounding_size=0.08",
