@@ -154,3 +154,56 @@ def test_bad_inputs_raise_clear_errors():
         case_evidence(np.zeros((3, 3, 3)), np.zeros((3, 3, 3)), (1.0, 0.0, 1.0))
     with pytest.raises(ValueError, match="match_fraction"):
         AuditParams(match_fraction=0.0)
+
+
+def _soft_cohort(n=6, blur=1.0):
+    """Cases whose prediction equals the reference, with the PET blurred as a scanner blurs it and soft
+    probabilities (a softmax-like rim) around every lesion: nothing here is an annotation error."""
+    from scipy import ndimage
+
+    cases = {}
+    zz, yy, xx = np.indices((32, 32, 32))
+    for s in range(n):
+        r = np.random.default_rng(s)
+        mask = np.zeros((32, 32, 32), bool)
+        activity = np.ones((32, 32, 32))
+        for _ in range(1 + s % 3):
+            c = r.integers(7, 25, 3)
+            lesion = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= r.uniform(1.5, 4.0) ** 2
+            mask |= lesion
+            activity[lesion] = r.uniform(5.0, 15.0)
+        suv = ndimage.gaussian_filter(activity, blur)
+        prob = ndimage.gaussian_filter(mask.astype(float), blur)
+        prob = np.where(mask, np.maximum(prob, 0.6), prob)  # >= 0.5 inside: the prediction is the mask
+        cases[f"c{s}"] = (mask, prob, suv)
+    return cases
+
+
+@pytest.mark.parametrize("blur", [1.0, 1.5])
+def test_probability_rim_around_matching_masks_is_no_missed_lesion(blur):
+    """The blurred uptake and the soft probabilities just outside a correctly outlined lesion are hot and half seen;
+    they must not make a perfectly matching case a suspect `missed_lesion` (they did: every case was flagged)."""
+    cases = _soft_cohort(blur=blur)
+    evidence = {c: case_evidence(m, m, (2.0, 2.0, 2.0), probability=p, suv=s) for c, (m, p, s) in cases.items()}
+    rows = score_cohort(evidence)
+    assert [r["error_kind"] for r in rows] == ["none"] * len(rows)
+    assert all(r["unlabelled_hot_supported_ml"] == 0.0 for r in rows)
+    # a hot spot well away from both masks that the model half sees (mean probability 0.3) still counts
+    mask, prob, suv = cases["c0"]
+    far = np.argwhere(ndimage_distance(mask) > 6)[0]
+    z, y, x = far
+    suv, prob = suv.copy(), prob.copy()
+    suv[z:z + 5, y:y + 5, x:x + 5] = 8.0
+    prob[z:z + 5, y:y + 5, x:x + 5] = 0.3
+    evidence["c0"] = case_evidence(mask, mask, (2.0, 2.0, 2.0), probability=prob, suv=suv)
+    top = score_cohort(evidence)[0]
+    assert top["case_id"] == "c0" and top["error_kind"] == "missed_lesion"
+    assert top["unlabelled_hot_supported_ml"] == pytest.approx(125 * 8 / 1000)
+
+
+def ndimage_distance(mask):
+    from scipy import ndimage
+
+    d = ndimage.distance_transform_edt(~mask)
+    d[:, :, -5:] = d[:, -5:] = d[-5:] = 0  # room for a 5^3 cube
+    return d

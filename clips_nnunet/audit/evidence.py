@@ -39,8 +39,10 @@ optional PET ``SUV``:
   lesion (its own uptake left outside the mask: drawn too tight or shifted), around lesions of radius >= 2 voxels
   (>= 34 voxels; the resolution spreads smaller lesions' uptake beyond any correct mask); ``unlabelled_hot_ml`` = other
   unlabelled voxels above the liver-like level in components of >= 3 voxels (physiological uptake included: not
-  scored); ``unlabelled_hot_supported_ml`` = the part of those components, outside P, whose mean ``p`` (outside P) is
-  >= ``hot_support`` (0.1): hot spots the model half sees but neither mask holds (NaN without probabilities).
+  scored); ``unlabelled_hot_supported_ml`` = hot voxels outside both masks *and more than* ``rim_vox`` (2) voxels
+  from them, in components of >= 3 voxels whose mean ``p`` is >= ``hot_support`` (0.1): hot spots the model half
+  sees but neither mask holds (NaN without probabilities). The rim is left out because the blurred uptake and the
+  soft probabilities just outside a correctly outlined lesion are hot and half seen too (:func:`remote_supported`).
 * ``uncertain_ml``: the rest of the unmatched volume (weight 1 - w): disagreement a weak model explains.
 
 Cohort scoring (:func:`score_cohort`): with ``V = max(ref_ml, pred_ml)``,
@@ -92,6 +94,7 @@ class AuditParams:
     liver_suv: Optional[float] = None
     min_hot_voxels: int = 3
     adjacent_vox: int = 2
+    rim_vox: int = 2
     bright_factor: float = 3.0
     boundary_weight: float = 0.25
     hot_weight: float = 0.5
@@ -156,6 +159,25 @@ def _spill(ref: np.ndarray, ref_lab: np.ndarray, suv: np.ndarray, background: fl
     half[1:][np.bincount(ref_lab.ravel(), minlength=len(half))[1:] < min_voxels] = np.inf
     out[box] = ~ref[box] & (dist <= adjacent_vox) & (suv[box] >= half[nearest])
     return out
+
+
+def remote_supported(hot: np.ndarray, masks: np.ndarray, prob: np.ndarray, params: AuditParams) -> np.ndarray:
+    """Hot voxels the model half sees although neither mask holds them, away from the masks' rim.
+
+    The blurred uptake and the soft probabilities around a correctly outlined lesion are hot and half seen just
+    outside it (the *probability rim*); they say nothing about a lesion both masks missed. So voxels within
+    ``rim_vox`` voxels of ``masks`` (reference or prediction) are left out first; of what remains, components of
+    >= ``min_hot_voxels`` voxels whose mean probability is >= ``hot_support`` are kept."""
+    remote = hot & ~masks
+    if params.rim_vox > 0 and masks.any():
+        remote &= ndimage.distance_transform_edt(~masks) > params.rim_vox
+    lab, n = label_components(remote, params.connectivity)
+    if not n:
+        return np.zeros(hot.shape, dtype=bool)
+    sizes = _per_label(lab, n)
+    support = _per_label(lab, n, prob) / np.maximum(sizes, 1)
+    chosen = np.flatnonzero((sizes >= params.min_hot_voxels) & (support >= params.hot_support)) + 1
+    return np.isin(lab, chosen)
 
 
 def pet_reference_levels(suv: np.ndarray, exclude: np.ndarray, liver_factor: float = 2.0,
@@ -278,12 +300,8 @@ def case_evidence(reference: np.ndarray, prediction: np.ndarray, spacing_zyx: Se
         hot = np.isin(hot_lab, np.flatnonzero(keep) + 1) if nh else np.zeros_like(ref)
         ev["unlabelled_hot_ml"] = float(hot.sum() * voxel_ml)
         # hot spots outside both masks that the model half sees: lesions the reference and the model both miss
-        if prob is not None and nh:
-            support = _per_label(hot_lab, nh, np.where(pred, 0.0, prob)) / np.maximum(sizes, 1)
-            chosen = np.flatnonzero(keep & (support >= params.hot_support)) + 1
-            ev["unlabelled_hot_supported_ml"] = float((np.isin(hot_lab, chosen) & ~pred).sum() * voxel_ml)
-        else:
-            ev["unlabelled_hot_supported_ml"] = 0.0 if prob is not None else math.nan
+        ev["unlabelled_hot_supported_ml"] = (float(remote_supported(hot, ref | pred, prob, params).sum() * voxel_ml)
+                                             if prob is not None else math.nan)
     else:
         for k in ("suv_background", "suv_liver_like", "ref_background_fraction", "unlabelled_hot_ml",
                   "unlabelled_hot_adjacent_ml", "unlabelled_hot_supported_ml"):
