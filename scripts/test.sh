@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
+bash scripts/install_system_packages.sh
 export MPLBACKEND=Agg
 # Two pytest workers (pytest-xdist): the integration tests are mostly single-threaded nnU-Net processes.
 exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --durations=15 "$@"
