@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from clips_nnunet.metrics.lesions import measure_lesions
-from clips_nnunet.prediction.mip import coronal_mip, save_coronal_mip
+from clips_nnunet.prediction.mip import coronal_mip, lesion_positions_lps, save_coronal_mip
 from clips_nnunet.prediction.patient_report import build_report, render_markdown, write_report
 from clips_nnunet.io_utils import read_json
 
@@ -64,7 +64,7 @@ def test_report_single_and_no_lesion():
                         case_id="PRED_0003")
     assert none["tmtv_ml"] == 0 and none["n_lesions"] == 0 and none["dmax_mm"] == 0.0 and none["suv_max"] is None
     md = render_markdown(none)
-    assert "No lesion was segmented." in md and "| SUVmax (g/ml) | n/a |" in md
+    assert "No lesion found" in md and "| SUVmax (g/ml) | n/a |" in md
 
 
 def test_report_rejects_path_like_case_id():
@@ -95,9 +95,62 @@ def test_mip_png_head_at_top(tmp_path):
     mask.CopyInformation(img)
     out = save_coronal_mip(img, mask, tmp_path / "mip.png", title="test")
     pixels = mpimg.imread(str(out))[..., :3]
+    pixels = pixels[:, : int(pixels.shape[1] * 0.75)]  # the image, not the SUV colour scale at its right
     height = pixels.shape[0]
     dark = np.argwhere(pixels.mean(axis=2) < 0.2)
     red = np.argwhere((pixels[..., 0] > 0.7) & (pixels[..., 1] < 0.3) & (pixels[..., 2] < 0.3))
     assert len(dark) and dark[:, 0].mean() < height / 2, "the superior hot spot must be drawn in the upper half"
     assert len(red), "the segmentation outline must be drawn in red"
     assert abs(red[:, 0].mean() - dark[:, 0].mean()) < height / 8
+
+
+def _pet_image(array, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)):
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing((2.0, 2.0, 4.0))  # x, y, z = SPACING_ZYX reversed
+    img.SetOrigin((-100.0, 50.0, 200.0))
+    img.SetDirection(direction)
+    return img
+
+
+@pytest.mark.parametrize("flip_z", [False, True])
+def test_report_locates_lesions_in_patient_coordinates_and_pet_slices(flip_z):
+    mask, suv = _two_lesions()
+    img = _pet_image(suv, (1, 0, 0, 0, 1, 0, 0, 0, -1) if flip_z else (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    report = build_report(measure_lesions(mask, SPACING_ZYX, suv=suv), case_id="PRED_0001", image=img)
+    small = report["lesions"][1]  # the one-voxel lesion at index (z, y, x) = (7, 7, 7)
+    z_mm = 200.0 - 7 * 4.0 if flip_z else 200.0 + 7 * 4.0
+    assert small["centroid_lps_mm"] == [-100.0 + 14.0, 50.0 + 14.0, z_mm]
+    assert small["slice"] == 8 and small["n_slices"] == 10 and small["slice_z_mm"] == z_mm
+    md = render_markdown(report)
+    assert "patient LPS" in md and f"| -86.0, 64.0, {z_mm:.1f} | 8 of 10 ({z_mm:.1f}) |" in md
+
+
+def test_mip_lesion_numbers_follow_the_report_in_any_orientation():
+    mask, suv = _two_lesions()
+    # stored with x and y flipped (RAS-like index order): the MIP reorients to LPS, the numbers must follow
+    img = _pet_image(suv, (-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    mask_img = sitk.GetImageFromArray(mask)
+    mask_img.CopyInformation(img)
+    lps = sitk.DICOMOrient(mask_img, "LPS")
+    positions = dict(lesion_positions_lps(mask_img, lps, SPACING_ZYX))
+    assert sorted(positions) == [1, 2]  # report numbering: largest (8 voxels) first
+    arr = sitk.GetArrayFromImage(lps)
+    for number, (z, y, x) in positions.items():
+        assert arr[int(round(z)), int(round(y)), int(round(x))] == 1
+    assert positions[2] == pytest.approx((7.0, 2.0, 2.0))  # index 7 of 10 flipped in x and y
+
+
+def test_mip_of_an_empty_prediction_says_no_lesion_found(tmp_path):
+    import matplotlib.image as mpimg
+
+    suv = np.ones((40, 20, 20), np.float32)
+    suv[30:33, 8:12, 8:12] = 6.0
+    img = sitk.GetImageFromArray(suv)
+    img.SetSpacing((2.0, 2.0, 4.0))
+    empty = sitk.GetImageFromArray(np.zeros(suv.shape, np.uint8))
+    empty.CopyInformation(img)
+    green = []
+    for name, mask in (("empty", empty), ("lesion", sitk.Cast(img > 4, sitk.sitkUInt8))):
+        pixels = mpimg.imread(str(save_coronal_mip(img, mask, tmp_path / f"{name}.png")))[..., :3]
+        green.append(int(((pixels[..., 1] > 0.3) & (pixels[..., 0] < 0.2) & (pixels[..., 2] < 0.2)).sum()))
+    assert green[0] > 50 and green[1] == 0  # the dark-green caption only on the empty result
