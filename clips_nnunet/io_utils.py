@@ -106,6 +106,105 @@ def verify_nifti(path: PathLike, expected_shape_xyz: Optional[Tuple[int, ...]] =
     return shape
 
 
+def _gzip_trailer_size(path: Path) -> Optional[int]:
+    """ISIZE of a gzip file (its last 4 bytes: the uncompressed length modulo 2**32), None for a too-short file."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() < 18:  # 10-byte header + 8-byte trailer
+            return None
+        f.seek(-4, os.SEEK_END)
+        return struct.unpack("<I", f.read(4))[0]
+
+
+def check_nifti_complete(path: PathLike) -> Tuple[int, ...]:
+    """Fast check that a ``.nii`` / ``.nii.gz`` file holds all the image data its header promises, before a reader
+    (SimpleITK zero-fills a short file without an error) gets it. Returns the dimensions; raises ``ValueError``.
+
+    ``.nii``: the file size must reach ``vox_offset + voxels x bytes``. ``.nii.gz``: only the header is
+    decompressed, and the gzip trailer (the last 4 bytes: uncompressed length modulo 2**32) must equal that size;
+    a truncated file ends inside the compressed data, whose last 4 bytes match by chance with probability 2**-32.
+    A file whose trailer differs (several gzip members, padding) gets the full check of :func:`verify_nifti`
+    (the whole stream decompressed, CRC and length), so no complete file is ever refused.
+    """
+    path = Path(path)
+    compressed = path.name.lower().endswith(".gz")
+    try:
+        if compressed:
+            with gzip.open(path, "rb") as f:
+                head = f.read(544)
+        else:
+            with open(path, "rb") as f:
+                head = f.read(544)
+    except (EOFError, zlib.error) as e:
+        raise ValueError(f"incomplete or damaged compressed stream ({e})") from e
+    except OSError as e:
+        if isinstance(e, gzip.BadGzipFile):
+            raise ValueError(f"not a gzip file or damaged ({e})") from e
+        raise
+    shape, bitpix, vox_offset = nifti_header_shape(head)
+    expected = vox_offset + int(np.prod(shape, dtype=np.int64)) * bitpix // 8
+    if not compressed:
+        size = path.stat().st_size
+        if size < expected:
+            raise ValueError(f"{size} bytes, the header needs {expected}: the file is truncated")
+        return shape
+    if _gzip_trailer_size(path) == expected % (1 << 32):
+        return shape
+    return verify_nifti(path)
+
+
+def read_image(path: PathLike, pixel_type: Optional[int] = None, what: str = "image"):
+    """Read an image file with SimpleITK after checking that it is complete: the one reader of NIfTI (and other
+    single-file) images for conversion, predictions and references.
+
+    ``.nii`` / ``.nii.gz`` files are checked by :func:`check_nifti_complete` first (SimpleITK reads a truncated
+    NIfTI as zeros, without an error). ``pixel_type``: a SimpleITK pixel type to cast to on reading. ``what``
+    names the file's role in the message. Raises :class:`~clips_nnunet.errors.DatasetError` ("cannot read <what>
+    <path>: <reason>"), one line; callers that report to a pseudonymous record replace the path themselves.
+    """
+    import SimpleITK as sitk
+
+    from clips_nnunet.errors import DatasetError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"cannot read {what} {path}: the file does not exist")
+    try:
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            check_nifti_complete(path)
+    except (ValueError, OSError) as e:
+        raise DatasetError(f"cannot read {what} {path}: incomplete or damaged file ({e}); copy or write it again"
+                           ) from e
+    try:
+        if pixel_type is None:
+            return sitk.ReadImage(str(path))
+        return sitk.ReadImage(str(path), pixel_type)
+    except RuntimeError as e:
+        text = str(e).strip().splitlines()
+        raise DatasetError(f"cannot read {what} {path}: {text[-1][:200] if text else e}") from e
+
+
+#: Largest difference (mm) of origins, and of voxel spacings, for two images to be on the same grid; direction
+#: cosines within GRID_DIRECTION_TOL. The one definition, used by conversion (masks), autoPET and evaluation.
+GRID_ORIGIN_TOL_MM = 1e-2
+GRID_SPACING_TOL_MM = 1e-4
+GRID_DIRECTION_TOL = 1e-4
+
+
+def grid_difference(a: Any, b: Any) -> Optional[str]:
+    """None when two SimpleITK images share size, origin, spacing and direction (within the tolerances above),
+    else what differs, in words."""
+    if tuple(a.GetSize()) != tuple(b.GetSize()):
+        return f"size {a.GetSize()} vs {b.GetSize()}"
+    if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=0.0, atol=GRID_SPACING_TOL_MM):
+        return f"spacing {a.GetSpacing()} vs {b.GetSpacing()}"
+    if not np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0.0, atol=GRID_ORIGIN_TOL_MM):
+        return f"origin {a.GetOrigin()} vs {b.GetOrigin()}"
+    if not np.allclose(a.GetDirection(), b.GetDirection(), rtol=0.0, atol=GRID_DIRECTION_TOL):
+        return "direction cosines differ"
+    return None
+
+
 def verify_file(path: PathLike, name: Optional[str] = None) -> None:
     """Cheap completeness check of a written file, chosen by its name (``name`` defaults to the path's name).
 
@@ -184,12 +283,14 @@ def write_error(destination: PathLike, reason: Any) -> WriteError:
 
 
 @contextlib.contextmanager
-def atomic_path(destination: PathLike, suffix: str = "", verify: Optional[Verifier] = None) -> Iterator[Path]:
+def atomic_path(destination: PathLike, suffix: str = "", verify: Optional[Verifier] = None,
+                by_name: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``destination``; on success verify, fsync and move it onto ``destination``.
 
     ``suffix`` keeps the extension that writers such as SimpleITK use to pick a format (e.g. ``.nii.gz``).
     After the ``with`` body the file is checked by :func:`verify_file` (by ``destination``'s name) and then by
-    ``verify`` (called with the temporary path; raise ``ValueError`` for an incomplete file). On any failure the
+    ``verify`` (called with the temporary path; raise ``ValueError`` for an incomplete file); ``by_name=False``
+    skips the check by name when ``verify`` does it already (a NIfTI is decompressed once). On any failure the
     temporary file is removed, ``destination`` is untouched and :class:`WriteError` is raised for write problems.
     """
     destination = Path(destination)
@@ -209,7 +310,8 @@ def atomic_path(destination: PathLike, suffix: str = "", verify: Optional[Verifi
         except OSError as e:
             raise write_error(destination, e) from e
         try:
-            verify_file(tmp_path, destination.name)
+            if by_name or verify is None:
+                verify_file(tmp_path, destination.name)
             if verify is not None:
                 verify(tmp_path)
         except ValueError as e:

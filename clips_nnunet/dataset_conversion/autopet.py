@@ -12,11 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
 import SimpleITK as sitk
 
 from clips_nnunet.errors import ClipsError, PatientError
-from clips_nnunet.io_utils import PathLike
+from clips_nnunet.io_utils import PathLike, grid_difference, read_image
 
 from . import cohort as C
 
@@ -46,24 +45,37 @@ def find_autopet_studies(root: PathLike) -> List[Tuple[str, str, C.AutopetFiles]
     return studies
 
 
+def _reason(error: BaseException, path: PathLike) -> str:
+    """The error's text with the study's path removed (the release's folder names carry scan dates)."""
+    text = " ".join(str(error).split())
+    for form in (str(path), str(Path(path).resolve()), str(Path(path).parent)):
+        text = text.replace(form, "<study folder>")
+    return text
+
+
+def _read(path: str, name: str, label: str) -> sitk.Image:
+    """A float32 image of the study, verified complete (a truncated NIfTI fails the study, naming the file)."""
+    try:
+        return read_image(path, sitk.sitkFloat32, what=name)
+    except ClipsError as e:
+        raise PatientError(label, f"{name}: {_reason(e, path)}; re-download the study") from e
+
+
 def prepare_autopet(files: C.AutopetFiles, label: str) -> C.PreparedStudy:
     """Read one autoPET study (SUV grid; CTres resampled onto it when it is not on it already)."""
     from .masks import read_mask_file
     from .read import resample_to_reference
 
-    try:
-        pet = sitk.ReadImage(files.pet, sitk.sitkFloat32)
-        ct = sitk.ReadImage(files.ct, sitk.sitkFloat32)
-    except RuntimeError as e:
-        raise PatientError(label, f"cannot read the NIfTI files ({str(e).splitlines()[0][:200]}); re-download "
-                                  "the study") from e
+    pet = _read(files.pet, SUV_NAME, label)
+    ct = _read(files.ct, CT_NAME, label)
     warnings = []
-    same_grid = (ct.GetSize() == pet.GetSize() and np.allclose(ct.GetSpacing(), pet.GetSpacing(), atol=1e-4)
-                 and np.allclose(ct.GetOrigin(), pet.GetOrigin(), atol=1e-3))
-    if not same_grid:
+    if grid_difference(ct, pet) is not None:
         warnings.append("CTres is not on the SUV grid: resampled (linear, -1024 HU fill)")
         ct = resample_to_reference(ct, pet, "linear", -1024.0)
-    mask = read_mask_file(files.seg, pet) if files.seg else None
+    try:
+        mask = read_mask_file(files.seg, pet) if files.seg else None
+    except (ClipsError, ValueError, OSError) as e:
+        raise PatientError(label, f"{SEG_NAME}: {_reason(e, files.seg)}") from e
     return C.PreparedStudy(ct, pet, mask, "nifti" if mask is not None else None, None, warnings, [])
 
 

@@ -136,7 +136,7 @@ def prepare_study(selection, overrides=None, labels: LabelOption | str = "auto",
 
     Returns a :class:`PreparedStudy`; raises :class:`PatientError` with the reason when the study cannot be used.
     """
-    from .read import check_coverage, read_ct_with_headers, resample_to_reference
+    from .read import check_coverage, describe_exception, read_ct_with_headers, resample_to_reference
     from .suv import read_pet_suv_with_headers
 
     option = labels if isinstance(labels, LabelOption) else LabelOption.parse(labels)
@@ -167,7 +167,11 @@ def prepare_study(selection, overrides=None, labels: LabelOption | str = "auto",
         from .masks import read_mask_file
         f = _find_nifti_mask(option.folder, selection.patient_key, selection.study_uid)
         if f is not None:
-            mask, source = read_mask_file(f, pet), "nifti"
+            try:
+                mask, source = read_mask_file(f, pet), "nifti"
+            except (ClipsError, ValueError, OSError) as e:  # the file name is the PatientID: not in the report
+                raise PatientError(label, "the --labels nifti mask file of this study cannot be used ("
+                                          f"{describe_exception(e, f)}); write or copy it again") from e
         else:
             warnings.append("no mask file for this study in the --labels nifti folder: written to imagesTs")
     elif option.mode != "none":

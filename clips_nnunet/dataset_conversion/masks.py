@@ -23,7 +23,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from clips_nnunet.io_utils import PathLike
+from clips_nnunet.io_utils import PathLike, grid_difference, read_image
 
 from ..errors import PatientError
 from .read import describe_exception
@@ -39,12 +39,9 @@ SLICE_TOLERANCE = 0.3
 POSITION_TOLERANCE_MM = 0.1
 
 
-def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-3) -> bool:
-    """True when two images share size, and (within ``tol`` mm / ``tol``) origin, spacing and direction."""
-    return (a.GetSize() == b.GetSize()
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
-            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """True when two images are on one grid (:func:`clips_nnunet.io_utils.grid_difference`)."""
+    return grid_difference(a, b) is None
 
 
 def _read_dicom(path: PathLike, label: str, what: str) -> pydicom.Dataset:
@@ -335,12 +332,13 @@ def read_mask_file(path: PathLike, reference: sitk.Image) -> np.ndarray:
     """NIfTI / NRRD (anything SimpleITK reads) mask -> uint8 (z, y, x) on ``reference``'s grid; any label > 0 is 1.
 
     A mask on another grid is brought over with :func:`mask_to_grid`. Raises :class:`FileNotFoundError` /
-    :class:`ValueError` for a missing or non-3-D file.
+    :class:`ValueError` for a missing or non-3-D file, :class:`~clips_nnunet.errors.DatasetError` for an
+    incomplete or unreadable one.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mask file {path} does not exist")
-    img = sitk.ReadImage(str(path))
+    img = read_image(path, what="mask file")  # complete (a truncated NIfTI is not read as zeros)
     if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"mask file {path.name} must be a 3-D single-channel image, got {img.GetDimension()}-D with "
                          f"{img.GetNumberOfComponentsPerPixel()} components")

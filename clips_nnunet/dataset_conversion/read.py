@@ -212,6 +212,10 @@ def read_series_with_headers(files: Sequence[PathLike], label: str = "",
     try:
         image = reader.Execute()
     except RuntimeError as exc:
+        bad = _first_incomplete_slice(sorted_files, headers)
+        if bad is not None:
+            raise PatientError(label, f"{bad}: the file is incomplete (truncated copy or export); re-export or copy "
+                                      "the series again") from exc
         raise PatientError(label, f"pixel data cannot be decoded ({str(exc).strip().splitlines()[-1][:200]}); the "
                                   f"files may be truncated or use an unsupported compression. Re-export uncompressed"
                                   ) from exc
@@ -224,6 +228,28 @@ def read_series_with_headers(files: Sequence[PathLike], label: str = "",
     image.SetSpacing(geo.spacing)
     image.SetDirection(geo.direction)
     return image, sorted_files, headers
+
+
+def _first_incomplete_slice(files: Sequence[Path], headers: Sequence[Any]) -> Optional[str]:
+    """Which slice of a series that SimpleITK could not read is incomplete ("slice 7 of 350 (InstanceNumber 7)"),
+    found by reading each file's pixel data with pydicom (only on this error path); None when none is."""
+    for k, f in enumerate(files):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(str(f))
+            data = ds.PixelData
+            if "TransferSyntaxUID" in ds.file_meta and ds.file_meta.TransferSyntaxUID.is_compressed:
+                continue
+            needed = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) \
+                * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.BitsAllocated) // 8
+            if len(data) >= needed:
+                continue
+        except Exception:  # noqa: BLE001 - any failure to read this file's pixels marks it
+            pass
+        number = headers[k].get("InstanceNumber") if k < len(headers) and hasattr(headers[k], "get") else None
+        return f"slice {k + 1} of {len(files)}" + (f" (InstanceNumber {number})" if number is not None else "")
+    return None
 
 
 def read_series_volume(files: Sequence[PathLike], label: str = "") -> sitk.Image:

@@ -110,7 +110,8 @@ def write_image(image: sitk.Image, path: Path, compress: bool = True) -> None:
         if is_nifti:
             verify_nifti(tmp, tuple(image.GetSize()))
 
-    with atomic_path(path, suffix=suffix, verify=same_size) as tmp:
+    # the NIfTI check (whole gzip stream: CRC and length, header size) runs once, not again by name
+    with atomic_path(path, suffix=suffix, verify=same_size if is_nifti else None, by_name=not is_nifti) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=compress)
         except RuntimeError as e:  # SimpleITK reports a failed open/write as RuntimeError

@@ -28,7 +28,7 @@ import numpy as np
 
 from clips_nnunet.errors import DatasetError, PatientError
 from clips_nnunet.metrics.case_metrics import AUTOPET_CONNECTIVITY, CaseMetrics, compute_case_metrics
-from clips_nnunet.io_utils import PathLike, atomic_path, atomic_write_json, read_json
+from clips_nnunet.io_utils import PathLike, atomic_path, atomic_write_json, grid_difference, read_image, read_json
 
 KNOWN_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd", ".nhdr")
 CACHE_VERSION = 1
@@ -130,24 +130,13 @@ def match_case_files(pred_dir: PathLike, gt_dir: PathLike, pet_dir: Optional[Pat
 
 # -------------------------------------------------------------------------------------------------------- per case
 def _read(path: Path):
-    import SimpleITK as sitk
-
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise OSError(f"cannot read {path.name}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}") from e
+    """The image, verified complete (:func:`clips_nnunet.io_utils.read_image`: a truncated NIfTI is an error, not
+    zeros); :class:`DatasetError` naming the file."""
+    return read_image(path, what="file")
 
 
-def _same_grid(a, b, tol_mm: float = 1e-2) -> Optional[str]:
-    if a.GetSize() != b.GetSize():
-        return f"size {a.GetSize()} vs {b.GetSize()}"
-    if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-3, atol=1e-4):
-        return f"spacing {a.GetSpacing()} vs {b.GetSpacing()}"
-    if not np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol_mm):
-        return f"origin {a.GetOrigin()} vs {b.GetOrigin()}"
-    if not np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4):
-        return "direction cosines differ"
-    return None
+def _same_grid(a, b) -> Optional[str]:
+    return grid_difference(a, b)
 
 
 def _to_mask(arr: np.ndarray, labels: Optional[Sequence[int]]) -> np.ndarray:
@@ -166,7 +155,7 @@ def evaluate_case(files: CaseFiles, labels: Optional[Sequence[int]] = None,
 
     try:
         gt_img, pred_img = _read(files.gt), _read(files.pred)
-    except OSError as e:
+    except (OSError, DatasetError) as e:
         raise PatientError(files.case_id, f"{e}; check the file is a complete image") from e
     why = _same_grid(pred_img, gt_img)
     if why:
@@ -181,7 +170,7 @@ def evaluate_case(files: CaseFiles, labels: Optional[Sequence[int]] = None,
     if files.pet is not None:
         try:
             pet_img = _read(files.pet)
-        except OSError as e:
+        except (OSError, DatasetError) as e:
             raise PatientError(files.case_id, f"PET {e}") from e
         if pet_img.GetNumberOfComponentsPerPixel() != 1:
             raise PatientError(files.case_id, f"PET {files.pet.name} has several components; give a scalar SUV image")

@@ -12,10 +12,10 @@ scoring needs SimpleITK (and nnU-Net/torch for :func:`score_with_model`), which 
 """
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Sequence, Union
 
@@ -23,7 +23,8 @@ import numpy as np
 
 from clips_nnunet.errors import CurriculumConfigError, DatasetError
 from clips_nnunet.metrics.overlap import dice
-from clips_nnunet.io_utils import PathLike, read_json
+from clips_nnunet.io_utils import PathLike, read_image, read_json
+from clips_nnunet.nnunet_env import reference_masks_for_results
 
 SCORE_METRICS = ("dice", "tmtv", "loss")
 
@@ -62,7 +63,7 @@ def probability_loss(probabilities: np.ndarray, reference: np.ndarray, eps: floa
 def _read_image(path: Path):
     import SimpleITK as sitk
 
-    image = sitk.ReadImage(str(path))
+    image = read_image(path, what="file")  # verified complete: a truncated NIfTI is an error, not zeros
     return sitk.GetArrayFromImage(image), float(np.prod(image.GetSpacing())) / 1000.0
 
 
@@ -89,8 +90,13 @@ def score_case(metric: str, prediction_file: Path, reference_file: Path) -> Dict
         if not npz.is_file():
             raise DatasetError(f"{npz} does not exist: --metric loss needs the softmax of each validation case; "
                                f"re-run the validation with `nnUNetv2_train ... --val --npz`, or use --metric dice")
-        with np.load(npz) as data:
-            row["difficulty"] = probability_loss(data["probabilities"], reference)
+        try:
+            with np.load(npz) as data:
+                probabilities = data["probabilities"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise DatasetError(f"cannot read {npz}: incomplete or damaged ({type(e).__name__}: {e}); re-run the "
+                               "validation with --npz") from e
+        row["difficulty"] = probability_loss(probabilities, reference)
     return row
 
 
@@ -126,7 +132,7 @@ def score_cross_validation(results_folder: PathLike, gt_folder: Optional[PathLik
     """Score every case by the out-of-fold prediction of the fold model that never trained on it.
 
     ``results_folder``: ``$nnUNet_results/DatasetXXX/Trainer__Plans__Config`` holding ``fold_X/validation/`` (written
-    by ``nnUNetv2_train``). ``gt_folder``: labels; default ``$nnUNet_preprocessed/DatasetXXX/gt_segmentations``
+    by ``nnUNetv2_train``). ``gt_folder``: labels; default ``$nnUNet_preprocessed/DatasetXXX/gt_segmentations``, else ``labelsTr``
     (the dataset name is the results folder's parent). Returns case_id -> {"difficulty": raw score (higher =
     harder), "fold", "dice", "tmtv_pred_ml", "tmtv_ref_ml"}. A case predicted by two folds (overlapping custom
     splits) is an error, because then it is unclear which model never saw it. A case that cannot be scored is
@@ -144,11 +150,8 @@ def score_cross_validation(results_folder: PathLike, gt_folder: Optional[PathLik
     if not fold_dirs:
         raise DatasetError(f"{results_folder} has no fold_X/validation folder: finish the cross-validation "
                            f"(nnUNetv2_train DATASET CONFIG FOLD for every fold) first")
-    if gt_folder is None:
-        preprocessed = os.environ.get("nnUNet_preprocessed")
-        if not preprocessed:
-            raise DatasetError("nnUNet_preprocessed is not set: export it or pass the labels folder (--labels)")
-        gt_folder = Path(preprocessed) / results_folder.parent.name / "gt_segmentations"
+    if gt_folder is None:  # nnU-Net's gt_segmentations, else labelsTr (one rule: nnunet_env)
+        gt_folder = reference_masks_for_results(results_folder)
     gt_folder = Path(gt_folder)
     if not gt_folder.is_dir():
         raise DatasetError(f"labels folder {gt_folder} does not exist: pass --labels (e.g. labelsTr)")
