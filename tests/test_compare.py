@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from clips_nnunet.cli import main
 from clips_nnunet.errors import DatasetError
 from clips_nnunet.evaluation.compare import assign_tertiles, compare_results, resolve_results_dir
-from clips_nnunet.evaluation.statistics import holm, paired_test, rank_biserial
+from clips_nnunet.evaluation.statistics import RunMean, run_level_difference
 
 DS = "Dataset991_Fake"
 N = 12
@@ -90,13 +90,20 @@ def test_planted_difference_detected_with_right_sign(tree):
     res = compare_results([better, base], out_dir=tmp / "cmp", metadata=tmp / "case_metadata.json",
                           progress=False)
     assert res.baseline == "nnUNetTrainer"  # default baseline when present, even when not first
-    t = res.tests.set_index(["stratum", "metric"])
-    dice = t.loc[("all", "dice")]
-    assert dice["n_pairs"] == N and dice["p_value"] < 0.01
-    assert dice["rank_biserial"] == pytest.approx(1.0) and dice["median_diff"] > 0
-    assert dice["better"] == "nnUNetTrainerBetter"
-    fpv = t.loc[("all", "fp_volume_ml")]
-    assert fpv["rank_biserial"] == pytest.approx(-1.0) and fpv["better"] == "nnUNetTrainerBetter"
+    dice = res.comparison("nnUNetTrainerBetter", "dice")
+    # two runs per trainer (fold_0 and fold_1), one fold effect: 1 residual degree of freedom
+    assert dice.difference.n_runs_arm == 2 and dice.difference.df_resid == 1 and dice.difference.estimate > 0.15
+    assert dice.favours == "nnUNetTrainerBetter" and dice.difference.ci_low > 0
+    fpv = res.comparison("nnUNetTrainerBetter", "fp_volume_ml")
+    assert fpv.difference.estimate == pytest.approx(-0.024) and fpv.favours == "undefined"  # 2 FP voxels in every run
+    # the estimate is the difference of the run means (each run = one fold's mean over its patients)
+    fold_means = res.runs.groupby(["group", "fold"]).dice.mean()
+    expected = (fold_means["nnUNetTrainerBetter"] - fold_means["nnUNetTrainer"]).mean()
+    assert dice.difference.estimate == pytest.approx(expected)
+    # Holm over every comparison printed (groups x strata x metrics): the family is all defined p-values
+    assert dice.family == sum(math.isfinite(c.difference.p_value) for c in res.comparisons)
+    assert dice.p_holm >= dice.difference.p_value
+    assert res.take_off["nnUNetTrainer"].n_took_off == 2 and not res.take_off["nnUNetTrainerBetter"].failed
     # exact Dice of the planted predictions (k of 8 slices of A voxels kept, plus 2 FP voxels in the baseline)
     pc = res.per_case.set_index(["group", "case_id"])
     assert pc.loc[("nnUNetTrainer", "case_000"), "dice"] == pytest.approx(2 * 3 * 32 / (3 * 32 + 8 * 32 + 2))
@@ -109,12 +116,12 @@ def test_planted_difference_detected_with_right_sign(tree):
     # tertiles from metadata: smallest TMTV = hard
     hard = set(res.per_case[(res.per_case.tertile == "hard") & (res.per_case.group == "nnUNetTrainer")].case_id)
     assert hard == {"case_000", "case_006", "case_001", "case_007"}
-    tab = res.table.set_index(["group", "stratum", "metric"])
-    assert tab.loc[("nnUNetTrainer", "hard", "dice"), "n"] == 4
+    assert res.summary("nnUNetTrainer", "dice", "hard").n_cases == 4
     report = (tmp / "cmp" / "report.md").read_text()
     assert "Tertile: hard" in report and "nnUNetTrainerBetter" in report and "tmtv_ml (lower = harder)" in report
-    for f in ("per_case.csv", "summary.csv", "tests.csv", "comparison.json", "plots/boxplots.png",
-              "plots/dice_by_tertile.png"):
+    assert "nan" not in report.replace("nnUNet", "")
+    for f in ("per_run_case.csv", "per_case.csv", "summary.csv", "comparisons.csv", "take_off.csv",
+              "comparison.json", "plots/boxplots.png", "plots/dice_by_tertile.png"):
         assert (tmp / "cmp" / f).stat().st_size > 100
     assert json.loads((tmp / "cmp" / "comparison.json").read_text())["baseline"] == "nnUNetTrainer"
 
@@ -135,8 +142,8 @@ def test_seed_groups_average_per_case_and_ensemble_folder(tree, tmp_path):
     assert pc.loc[("better", "case_000"), "dice"] == pytest.approx(expected)
     assert pc.loc[("better", "case_000"), "n_seeds"] == 2
     assert pc.loc[("ens", "case_005"), "dice"] == pytest.approx(1.0)
-    tab = res.table.set_index(["group", "stratum", "metric"])
-    assert tab.loc[("better", "all", "dice"), "sd_between_seeds"] > 0
+    assert res.summary("better", "dice").n_runs == 4 and res.summary("better", "dice").sd_runs > 0  # 2 seeds x 2 folds
+    assert res.summary("ens", "dice").n_runs == 1  # a folder of predictions is one run ("pooled" fold)
     # default difficulty = baseline's 1 - Dice: the baseline's worst cases are "hard"
     hard = set(res.per_case[(res.per_case.tertile == "hard") & (res.per_case.group == "base")].case_id)
     assert hard == {f"case_{i:03d}" for i in range(0, N, 3)}
@@ -150,10 +157,25 @@ def test_cli_compare_with_groups_and_difficulty_csv(tree, capsys):
                str(tmp / "cli"), "--quiet", "--no-plots"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "cl vs nnUNetTrainer: Dice median diff +" in out
-    tests = pd.read_csv(tmp / "cli" / "tests.csv")
-    hard = tests[(tests.stratum == "hard") & (tests.metric == "dice")].iloc[0]
-    assert hard.n_pairs == 4 and hard.rank_biserial == pytest.approx(1.0)
+    assert "cl vs nnUNetTrainer: Dice mean diff +" in out and "p_holm=" in out and "nan" not in out
+    comps = pd.read_csv(tmp / "cli" / "comparisons.csv")
+    hard = comps[(comps.stratum == "hard") & (comps.metric == "dice")].iloc[0]
+    assert hard.n_runs_arm == 2 and hard.estimate > 0
+
+
+def test_identical_trainers_say_undefined_not_nan(tree, capsys):
+    """compare of a trainer with a copy of itself: the difference is 0, its interval and p undefined, in words."""
+    import shutil
+
+    tmp, base, _ = tree
+    twin = tmp / "results" / DS / "nnUNetTrainerTwin__nnUNetPlans__3d_fullres"
+    shutil.copytree(base, twin)
+    assert main(["compare", str(base), str(twin), "-o", str(tmp / "twin"), "--quiet", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out.replace("nnUNet", "")
+    assert "interval undefined: no between-run variance" in out
+    report = (tmp / "twin" / "report.md").read_text()
+    assert "nan" not in report.replace("nnUNet", "") and "undefined" in report
 
 
 def test_errors_name_the_problem(tree, tmp_path):
@@ -169,16 +191,7 @@ def test_errors_name_the_problem(tree, tmp_path):
     assert main(["compare", str(tmp), "-o", str(tmp / "x")]) == 2  # no dataset folder above: input error (exit 2), no crash
 
 
-def test_statistics_helpers():
-    assert rank_biserial([1, 2, 3]) == 1.0 and rank_biserial([-1, -2, 3]) == pytest.approx((3 - 3) / 6)
-    assert math.isnan(rank_biserial([0, 0]))
-    r = paired_test([1, 1, 1], [1, 1, 1])
-    assert r["p_value"] == 1.0 and r["n_pairs"] == 3
-    r = paired_test([1, 2, float("nan")], [0, 0, 0])
-    assert r["n_pairs"] == 2
-    # Holm by hand: sorted 0.01, 0.03, 0.04 -> 3 x 0.01, 2 x 0.03, max(0.06, 1 x 0.04); NaN stays NaN
-    adjusted = holm([0.01, 0.04, 0.03, float("nan")])
-    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(adjusted[3])
+def test_tertiles():
     t = assign_tertiles({"a": 3, "b": 1, "c": 2, "d": float("nan"), "e": 0, "f": 5})
     assert t == {"e": "easy", "b": "easy", "c": "medium", "a": "medium", "f": "hard"}
 
@@ -227,8 +240,9 @@ def test_compare_on_real_nnunet_accumulated_crossval(tiny_preprocessed, tmp_path
     pc = res.per_case
     assert len(pc) == 2 * len(cases) and (pc[pc.group == "nnUNetTrainerGood"].dice == 1.0).all()
     np.testing.assert_allclose(pc.nnunet_dice, pc.dice, atol=1e-6)  # nnU-Net's own Dice agrees with ours
-    dice = res.tests[(res.tests.stratum == "all") & (res.tests.metric == "dice")].iloc[0]
-    assert dice.better == "nnUNetTrainerGood" and dice.rank_biserial == pytest.approx(1.0) and dice.p_value < 0.01
+    dice = res.comparison("nnUNetTrainerGood", "dice")
+    assert dice.difference.estimate > 0 and dice.difference.n_runs_arm == 1
+    assert "one run per arm" in dice.difference.undefined  # one pooled folder per trainer: no run-level test
     # the model folders themselves (fold_X/validation) give the same per-case values
     res2 = compare_results([folders["nnUNetTrainer"].parent], progress=False)
     a = res2.per_case.set_index("case_id").dice.sort_index()
@@ -242,18 +256,17 @@ def test_subset_stratum_is_tabulated_and_tested(tree):
     subset = ["case_000", "case_003", "case_004", "case_009", "case_010"]
     res = compare_results([better, base], out_dir=tmp / "cmp_sub", progress=False, subsets={"mislabelled": subset})
     assert res.subsets == {"mislabelled": sorted(subset)}
-    tab = res.table.set_index(["group", "stratum", "metric"])
     pc = res.per_case.set_index(["group", "case_id"])
-    expected = np.mean([pc.loc[("nnUNetTrainerBetter", c), "dice"] for c in subset])
-    assert tab.loc[("nnUNetTrainerBetter", "mislabelled", "dice"), "mean"] == pytest.approx(expected)
-    assert tab.loc[("nnUNetTrainerBetter", "mislabelled", "dice"), "n"] == 5
-    test = res.tests.set_index(["stratum", "metric"]).loc[("mislabelled", "dice")]
-    # Better keeps more slices in every case: all 5 differences positive; the test is the one over those 5 pairs
-    assert test["n_pairs"] == 5 and test["rank_biserial"] == pytest.approx(1.0)
-    pairs = paired_test([pc.loc[("nnUNetTrainerBetter", c), "dice"] for c in subset],
-                        [pc.loc[("nnUNetTrainer", c), "dice"] for c in subset])
-    assert test["p_value"] == pytest.approx(pairs["p_value"]) and test["median_diff"] == pytest.approx(
-        pairs["median_diff"])
+    summary = res.summary("nnUNetTrainerBetter", "dice", "mislabelled")
+    assert summary.n_cases == 5 and summary.median_cases == pytest.approx(
+        np.median([pc.loc[("nnUNetTrainerBetter", c), "dice"] for c in subset]))
+    # the run-level comparison over exactly those 5 patients: each run's mean over its subset patients
+    runs = res.runs[res.runs.case_id.isin(subset)]
+    means = {g: [RunMean(r, str(df.fold.iloc[0]), df.dice.mean(), len(df)) for r, df in runs[runs.group == g].groupby("run")]
+             for g in ("nnUNetTrainerBetter", "nnUNetTrainer")}
+    expected = run_level_difference(means["nnUNetTrainerBetter"], means["nnUNetTrainer"])
+    got = res.comparison("nnUNetTrainerBetter", "dice", "mislabelled").difference
+    assert got.estimate == pytest.approx(expected.estimate) and got.p_value == pytest.approx(expected.p_value)
     assert "Subset: mislabelled (n = 5)" in (tmp / "cmp_sub" / "report.md").read_text()
     with pytest.raises(Exception, match="clash"):
         compare_results([better, base], progress=False, subsets={"hard": subset})

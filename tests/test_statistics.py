@@ -80,8 +80,8 @@ def test_undefined_results_are_said_in_words():
     one = run_level_difference(_runs("a", [0.6]), _runs("r", [0.5]))
     assert one.estimate == pytest.approx(0.1) and not one.defined and "one run per arm" in one.undefined
     same = run_level_difference(_runs("a", [0.5, 0.5]), _runs("r", [0.5, 0.5]))
-    assert "identical runs" in same.undefined and math.isnan(same.p_value)
-    assert describe(same) == "+0.000 (interval undefined: identical runs: no between-run variance)"
+    assert "runs of each arm agree exactly" in same.undefined and math.isnan(same.p_value)
+    assert describe(same) == "+0.000 (interval undefined: no between-run variance: the runs of each arm agree exactly)"
     none = run_level_difference([], _runs("r", [0.5]))
     assert "nan" not in describe(none) and describe(none).startswith("undefined (")
     assert "nan" not in describe(RunLevelDifference(0.1, 0.0, 0.2, 0.04, 3, 3, 4))

@@ -30,6 +30,35 @@ def parse_groups(results_dirs: List[str], group_specs: List[str]) -> Dict[str, L
     return groups
 
 
+def console_lines(res) -> List[str]:
+    """Dice per group (mean over runs with its interval, median over patients), each group against the baseline
+    (mean difference with its interval, run-level p, Holm), and the runs that did not take off."""
+    from clips_nnunet.evaluation.compare_report import p_text
+    from clips_nnunet.evaluation.formatting import fmt_fixed
+    from clips_nnunet.evaluation.statistics import describe
+
+    lines = []
+    for g in res.groups:
+        s = res.summary(g, "dice")
+        if s is None or s.n_runs == 0:
+            lines.append(f"{g}: Dice undefined (no case with a true lesion)")
+            continue
+        ci = (f"[{fmt_fixed(s.ci_low)}, {fmt_fixed(s.ci_high)}]" if s.n_runs > 1
+              else "(1 run: no interval)")
+        lines.append(f"{g}: Dice mean over {s.n_runs} runs {fmt_fixed(s.mean)} {ci}, median over "
+                     f"{s.n_cases} patients {fmt_fixed(s.median_cases)}")
+    for g in res.groups:
+        c = res.comparison(g, "dice")
+        if c is not None:
+            lines.append(f"{g} vs {c.reference}: Dice mean diff {describe(c.difference)}, "
+                         f"p={p_text(c.difference.p_value)}, p_holm={p_text(c.p_holm)}, favours {c.favours}")
+    for t in res.take_off.values():
+        if t.failed:
+            lines.append(f"{t.group}: {len(t.failed)} of {t.n_runs} runs did not take off (no lesion predicted): "
+                         f"{', '.join(t.failed)}")
+    return lines
+
+
 def run_compare(args: argparse.Namespace) -> int:
     from clips_nnunet.evaluation.compare import compare_results
 
@@ -43,13 +72,8 @@ def run_compare(args: argparse.Namespace) -> int:
                           labels=args.labels, connectivity=args.connectivity,
                           lesion_connectivity=args.lesion_connectivity, plots=not args.no_plots,
                           progress=not args.quiet)
-    allt = res.table[(res.table.stratum == "all") & (res.table.metric == "dice")]
-    for _, r in allt.iterrows():
-        print(f"{r['group']}: Dice mean {r['mean']:.3f} median {r['median']:.3f} (n={r['n']})")
-    t = res.tests[(res.tests.stratum == "all") & (res.tests.metric == "dice")] if len(res.tests) else res.tests
-    for _, r in t.iterrows():
-        print(f"{r['group']} vs {r['baseline']}: Dice median diff {r['median_diff']:+.3f}, p={r['p_value']:.4g}, "
-              f"r={r['rank_biserial']:+.2f}")
+    for line in console_lines(res):
+        print(line)
     for w in res.warnings:
         print(f"warning: {w}")
     print(f"report: {Path(res.out_dir) / 'report.md'}")
@@ -59,13 +83,15 @@ def run_compare(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     """Add ``compare``."""
     c = subparsers.add_parser(
-        "compare", help="compare trainers' out-of-fold validation results (Markdown + PNG report, Wilcoxon tests)",
+        "compare", help="compare trainers' out-of-fold validation results (Markdown + PNG report, run-level tests)",
         description="Pools each nnU-Net results folder's fold_X/validation predictions (or a crossval_results_folds_*"
                     " / ensembles/ensemble___* folder), evaluates them like `evaluate` and writes report.md, "
-                    "per_case.csv, summary.csv, tests.csv, comparison.json and box plots: per trainer mean +- sd "
-                    "and median of each metric, also by difficulty tertile, paired Wilcoxon signed-rank tests "
-                    "against the baseline with matched-pairs rank-biserial effect sizes. Seeds of one trainer: "
-                    "--group NAME=DIR1,DIR2 (metrics averaged per case over the seeds).")
+                    "per_run_case.csv, per_case.csv, summary.csv, comparisons.csv, take_off.csv, comparison.json "
+                    "and box plots. The run (one seed of one fold) is the unit: per trainer the mean over runs "
+                    "with its 95 % interval, also by difficulty tertile; against the baseline the mean "
+                    "difference with its 95 % interval and run-level p-value, Holm over every comparison; runs "
+                    "that never predicted a lesion are reported (take-off). Seeds of one trainer: "
+                    "--group NAME=DIR1,DIR2.")
     c.add_argument("results_dirs", nargs="*", metavar="RESULTS_DIR",
                    help="$nnUNet_results/DatasetXXX/Trainer__Plans__Config folders (one group each)")
     c.add_argument("--group", action="append", dest="groups", metavar="NAME=DIR1,DIR2",

@@ -19,11 +19,10 @@ References are ``--gt DIR`` or, by default, ``$nnUNet_preprocessed/DatasetXXX_Na
 taken from the folder path), falling back to ``$nnUNet_raw/DatasetXXX_Name/labelsTr``. Where nnU-Net wrote
 ``summary.json`` files its per-case Dice is carried along as ``nnunet_dice`` (a cross-check of our Dice).
 
-Seeds: per case, every metric is averaged over the group's folders that predicted that case (``n_seeds``
-column); tests then compare the seed-averaged per-case values. ``sd_between_seeds`` in the table is the standard
-deviation of the cohort means of the individual folders (how much a trainer's result moves between seeds).
+Runs: every results folder contributes one *run* per fold it validated (a seed of a fold; the unit of
+replication). ``ComparisonResult.runs`` keeps every run's value of every case (``per_run_case.csv``);
+``per_case`` averages a group's runs per case (``n_seeds``), for medians, plots and tertiles.
 
-Difficulty tertiles
 -------------------
 Each case gets a difficulty (higher = harder) from, in order of precedence:
 ``difficulty_csv`` (``case_id,difficulty``, e.g. from ``clips-nnunet score``); ``metadata``
@@ -33,16 +32,16 @@ lesion-free cases at the median rank); by default the baseline's own ``1 - Dice`
 Dice and stay unassigned). Cases with a difficulty are sorted by (difficulty, case id) and split into three
 near-equal tertiles *easy*, *medium*, *hard*.
 
-Statistics
-----------
-Per group and stratum: n, mean, sd, median of each metric (Dice over cases with a true lesion only). Against the
-baseline, per metric: the paired two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, zero differences
-dropped; exact p for n <= 50 without ties or zero differences, else the normal approximation with tie
-correction) on cases both groups have finite values for, the median paired
-difference (group - baseline), and the matched-pairs rank-biserial correlation (Kerby 2014)
-``r = (R+ - R-) / (R+ + R-)`` of the non-zero differences (``+1``: the group is higher in every pair). ``better``
-says which side the difference favours given the metric's direction. ``p_holm`` is Holm-adjusted over the metrics
-of one group and stratum. No correction across groups or strata.
+Statistics (:mod:`clips_nnunet.evaluation.compare_analysis`, :mod:`clips_nnunet.evaluation.statistics`)
+-----------------------------------------------------------------------------------------------------
+Per group and stratum: the mean over runs of each run's mean over its cases (Dice over cases with a true lesion
+only) with its 95 % t-interval over runs, and the median over cases of the run-averaged values. Against the
+baseline, per stratum and metric: the mean difference of run means (group - baseline) from ``run_mean ~ arm +
+C(fold)`` (statsmodels OLS; equal to the mixed model with patient and run intercepts for balanced data), its 95 %
+interval and run-level p-value; Holm over every comparison x metric x stratum of the comparison. Take-off: a run
+whose final model predicts no lesion in any of its validation patients failed to take off; rate per group with
+Fisher's exact test against the baseline, and Dice among the runs that took off as a further comparison.
+Undefined numbers (one run, identical runs) are said in words.
 """
 from __future__ import annotations
 
@@ -51,19 +50,20 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from clips_nnunet.curriculum.difficulty import difficulty_of_cases
 from clips_nnunet.errors import CurriculumConfigError, DatasetError
-from clips_nnunet.evaluation.evaluate import (CaseFiles, detect_file_ending, evaluate_cases, list_cases,
-                                              write_rows_csv)
-from clips_nnunet.evaluation.formatting import fmt_p, fmt_significant
+from clips_nnunet.evaluation.compare_analysis import (ALL, TERTILES, TOOK_OFF, Comparison, GroupSummary,
+                                                      adjust_holm, compare_against, compare_took_off, summarise,
+                                                      take_off)
+from clips_nnunet.evaluation.evaluate import CaseFiles, detect_file_ending, evaluate_cases, list_cases
+from clips_nnunet.evaluation.statistics import TakeOff
 from clips_nnunet.metrics.case_metrics import AUTOPET_CONNECTIVITY
-from clips_nnunet.evaluation.statistics import holm, paired_test
 from clips_nnunet.nnunet_env import reference_masks_for_results
-from clips_nnunet.io_utils import PathLike, atomic_write_json, atomic_write_text, read_json
+from clips_nnunet.io_utils import PathLike, read_json
 
 #: metric -> True when higher is better.
 COMPARE_METRICS: Dict[str, bool] = {
@@ -71,7 +71,6 @@ COMPARE_METRICS: Dict[str, bool] = {
     "fp_volume_ml": False, "fn_volume_ml": False, "lesion_sensitivity": True, "lesion_precision": True,
     "lesion_f1": True,
 }
-TERTILES = ("easy", "medium", "hard")
 _FOLD_RE = re.compile(r"^fold_\d+$")  # fold_all is trained on every case: not out-of-fold, ignored
 
 
@@ -87,28 +86,56 @@ class PredictionSource:
     nnunet_dice: Dict[str, float] = field(default_factory=dict)
     folds: List[str] = field(default_factory=list)
 
+    def fold_of(self, case_id: str) -> str:
+        """The fold whose validation predicted ``case_id`` (``pooled`` for a folder of predictions)."""
+        return self.predictions[case_id].parent.parent.name if self.kind == "crossval" else "pooled"
+
 
 @dataclass
 class ComparisonResult:
-    """Everything :func:`compare_results` computed.
+    """Everything :func:`compare_results` computed (typed; the DataFrames are the data behind the CSV files).
 
-    ``per_case``: one row per (group, case) with seed-averaged metrics, ``difficulty`` and ``tertile``;
-    ``table``: one row per (group, stratum, metric) with n, mean, sd, median, sd_between_seeds;
-    ``tests``: one row per (group, stratum, metric) against the baseline (n_pairs, p_value, p_holm,
-    rank_biserial, median_diff, better). All three are pandas DataFrames.
+    ``runs``: one row per (group, run, case) (:mod:`~clips_nnunet.evaluation.compare_analysis`);
+    ``per_case``: one row per (group, case), metrics averaged over the group's runs, ``n_seeds``, ``difficulty``,
+    ``tertile``; ``summaries``: one :class:`GroupSummary` per (group, stratum, metric); ``comparisons``: one
+    :class:`Comparison` per (group, stratum, metric) against the baseline (plus :data:`TOOK_OFF` for Dice when
+    some run failed to take off), Holm-adjusted over all of them; ``take_off``: per group; ``strata``: stratum ->
+    case ids (``all``, the tertiles, ``subsets``).
     """
 
-    per_case: Any
-    table: Any
-    tests: Any
     baseline: str
     groups: Dict[str, List[str]]
+    metrics: Dict[str, bool]
+    runs: Any
+    per_case: Any
+    summaries: List[GroupSummary]
+    comparisons: List[Comparison]
+    take_off: Dict[str, TakeOff]
+    strata: Dict[str, List[str]]
     difficulty: Dict[str, float]
     difficulty_source: str
     out_dir: Optional[Path] = None
     files: Dict[str, Path] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
-    subsets: Dict[str, List[str]] = field(default_factory=dict)
+
+    def summary(self, group: str, metric: str, stratum: str = ALL) -> Optional[GroupSummary]:
+        """The summary of ``group``'s ``metric`` in ``stratum`` (None if not computed)."""
+        return next((s for s in self.summaries if (s.group, s.metric, s.stratum) == (group, metric, stratum)), None)
+
+    def comparison(self, group: str, metric: str, stratum: str = ALL) -> Optional[Comparison]:
+        """``group`` against the baseline on ``metric`` in ``stratum`` (None if not compared)."""
+        return next((c for c in self.comparisons if (c.group, c.metric, c.stratum) == (group, metric, stratum)),
+                    None)
+
+    @property
+    def tertiles(self) -> Dict[str, str]:
+        """``{case: easy|medium|hard}`` (cases without a difficulty are in no tertile)."""
+        return {c: t for t in TERTILES for c in self.strata.get(t, [])}
+
+    @property
+    def subsets(self) -> Dict[str, List[str]]:
+        """The strata beyond ``all`` and the tertiles."""
+        return {k: v for k, v in self.strata.items() if k not in (ALL, *TERTILES)}
 
 
 # ------------------------------------------------------------------------------------------------ result folders
@@ -217,15 +244,101 @@ def assign_tertiles(difficulty: Mapping[str, float]) -> Dict[str, str]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ the pieces
+def group_folders(groups: Union[Mapping[str, Sequence[PathLike]], Sequence[PathLike]],
+                  baseline: Optional[str]) -> Tuple[Dict[str, List[Path]], str]:
+    """``({group: [folder, ...]}, baseline)`` from a mapping or a list of folders (named by
+    :func:`default_group_names`); the baseline defaults to ``nnUNetTrainer``, else the first group."""
+    if isinstance(groups, Mapping):
+        group_dirs = {str(k): [Path(p) for p in v] for k, v in groups.items()}
+    else:
+        folders = [Path(p) for p in groups]
+        group_dirs = {n: [f] for n, f in zip(default_group_names(folders), folders)}
+    if not group_dirs or any(not v for v in group_dirs.values()):
+        raise CurriculumConfigError("compare needs at least one group with at least one results folder")
+    if baseline is None:
+        baseline = "nnUNetTrainer" if "nnUNetTrainer" in group_dirs else next(iter(group_dirs))
+    if baseline not in group_dirs:
+        raise CurriculumConfigError(f"baseline {baseline!r} is not one of the groups {list(group_dirs)}; pass "
+                                    f"--baseline with one of those names")
+    return group_dirs, baseline
+
+
+def evaluate_groups(group_dirs: Mapping[str, Sequence[Path]], gt_dir: Optional[PathLike],
+                    cache_root: Optional[Path], warnings: List[str], **evaluate_options):
+    """The per-run, per-case table: every case of every folder evaluated (cached per folder under
+    ``cache_root``), with ``group, folder, seed_index, fold, run`` (``group|seed_index|fold``) and nnU-Net's own
+    per-case Dice (``nnunet_dice``). ``evaluate_options``: labels, connectivity, lesion_connectivity, progress."""
+    import pandas as pd
+
+    frames = []
+    for gname, dirs in group_dirs.items():
+        n_before = len(frames)
+        for si, d in enumerate(dirs):
+            src = resolve_results_dir(d, gt_dir=gt_dir)
+            gts = list_cases(src.gt_dir, src.file_ending)
+            lost = sorted(set(src.predictions) - set(gts))
+            if lost:
+                warnings.append(f"{gname} ({d}): {len(lost)} prediction(s) without reference in {src.gt_dir}: "
+                                f"{lost[:5]}")
+            cache = cache_root / hashlib.sha1(str(d.resolve()).encode()).hexdigest()[:12] if cache_root else None
+            rows = evaluate_cases([CaseFiles(c, p, gts[c]) for c, p in src.predictions.items() if c in gts],
+                                  cache_dir=cache, desc=f"{gname}[{si}]", **evaluate_options)
+            warnings.extend(f"{gname} ({d}): {r['error']}" for r in rows if r["status"] != "ok")
+            df = pd.DataFrame([r for r in rows if r["status"] == "ok"])
+            if df.empty:
+                warnings.append(f"{gname} ({d}): no case could be evaluated")
+                continue
+            df["nnunet_dice"] = df["case_id"].map(lambda c: src.nnunet_dice.get(c, float("nan")))
+            df["fold"] = df["case_id"].map(src.fold_of)
+            df.insert(0, "group", gname)
+            df.insert(1, "folder", str(d))
+            df.insert(2, "seed_index", si)
+            df.insert(3, "run", [f"{gname}|{si}|{f}" for f in df["fold"]])
+            frames.append(df)
+        if len(frames) == n_before:
+            raise DatasetError(f"group {gname}: none of its folders gave an evaluable case ({warnings[-3:]})")
+    return pd.concat(frames, ignore_index=True).drop(columns=["status", "error"], errors="ignore")
+
+
+def average_runs(runs):
+    """One row per (group, case): every numeric metric averaged over the group's runs, ``n_seeds``."""
+    skip = {"group", "folder", "seed_index", "fold", "run", "case_id", "has_true_lesion"}
+    num = [c for c in runs.columns if c not in skip and str(runs[c].dtype) != "bool"
+           and runs[c].dtype.kind in "fiu"]
+    by = runs.groupby(["group", "case_id"], sort=False)
+    out = by[num].mean()
+    out["has_true_lesion"] = by["has_true_lesion"].first().astype(bool)
+    out["n_seeds"] = by["seed_index"].nunique()
+    return out.reset_index()
+
+
+def case_difficulty(per_case, baseline: str, metadata: Optional[PathLike], metadata_key: str,
+                    harder_when: Optional[str], difficulty_csv: Optional[PathLike]) -> Tuple[Dict[str, float], str]:
+    """``({case: difficulty}, source)``: the CSV or metadata measure (the curricula's definition), else the
+    baseline's own 1 - Dice (cases without a true lesion get none)."""
+    if difficulty_csv is not None or metadata is not None:
+        return difficulty_of_cases(sorted(set(per_case.case_id)), metadata, metadata_key, harder_when,
+                                   difficulty_csv)
+    b = per_case[per_case.group == baseline]
+    return ({c: 1.0 - d for c, d, pos in zip(b.case_id, b.dice.astype(float), b.has_true_lesion)
+             if pos and math.isfinite(d)}, f"baseline {baseline}: 1 - Dice")
+
+
+def build_strata(cases: Sequence[str], tertile: Mapping[str, str],
+                 subsets: Optional[Mapping[str, Sequence[str]]]) -> Dict[str, List[str]]:
+    """``{all, easy, medium, hard, <subset>...: [case ids]}``; subset names must not clash."""
+    subsets = {str(k): sorted(set(v)) for k, v in (subsets or {}).items()}
+    clash = sorted(set(subsets) & {ALL, *TERTILES})
+    if clash:
+        raise CurriculumConfigError(f"subset name(s) {clash} clash with the built-in strata; rename them")
+    strata = {ALL: sorted(cases)}
+    strata.update({t: sorted(c for c in cases if tertile.get(c) == t) for t in TERTILES})
+    strata.update(subsets)
+    return strata
+
+
 # ------------------------------------------------------------------------------------------------------ main entry
-def _metric_values(df, metric: str):
-    """Dice only counts on cases with a true lesion."""
-    v = df[metric].astype(float)
-    if metric == "dice":
-        v = v.where(df["has_true_lesion"].astype(bool))
-    return v
-
-
 def compare_results(groups: Union[Mapping[str, Sequence[PathLike]], Sequence[PathLike]],
                     baseline: Optional[str] = None, gt_dir: Optional[PathLike] = None,
                     metadata: Optional[PathLike] = None, metadata_key: str = "tmtv_ml",
@@ -237,9 +350,15 @@ def compare_results(groups: Union[Mapping[str, Sequence[PathLike]], Sequence[Pat
                     subsets: Optional[Mapping[str, Sequence[str]]] = None) -> ComparisonResult:
     """Evaluate and compare groups of nnU-Net results folders (see module docstring).
 
+    The steps, each a function of this module or :mod:`~clips_nnunet.evaluation.compare_analysis`:
+    :func:`group_folders` -> :func:`evaluate_groups` (per run and case) -> :func:`average_runs` ->
+    :func:`case_difficulty` and :func:`assign_tertiles` -> :func:`build_strata` -> ``summarise``,
+    ``compare_against``, ``take_off``, ``compare_took_off``, ``adjust_holm`` -> (with ``out_dir``)
+    :func:`clips_nnunet.evaluation.compare_report.write_outputs`.
+
     Args:
-        groups: ``{name: [folder, ...]}`` (several folders = seeds of one trainer, averaged per case) or a list of
-            folders (one group each, named by :func:`default_group_names`).
+        groups: ``{name: [folder, ...]}`` (several folders = seeds of one trainer) or a list of folders (one group
+            each, named by :func:`default_group_names`).
         baseline: group the others are tested against; default ``nnUNetTrainer`` if present, else the first group.
         gt_dir: reference masks; default from each folder's dataset (module docstring).
         metadata, metadata_key, harder_when, difficulty_csv: difficulty source for the tertiles.
@@ -253,260 +372,42 @@ def compare_results(groups: Union[Mapping[str, Sequence[PathLike]], Sequence[Pat
         subsets: further strata ``{name: case ids}`` tabulated and tested like the tertiles (e.g. the patients with
             a known annotation error); names must differ from ``all`` and the tertiles.
     """
-    import pandas as pd
-
     metrics = dict(metrics or COMPARE_METRICS)
-    if isinstance(groups, Mapping):
-        group_dirs = {str(k): [Path(p) for p in v] for k, v in groups.items()}
-    else:
-        folders = [Path(p) for p in groups]
-        group_dirs = {n: [f] for n, f in zip(default_group_names(folders), folders)}
-    if not group_dirs or any(not v for v in group_dirs.values()):
-        raise CurriculumConfigError("compare needs at least one group with at least one results folder")
-    if baseline is None:
-        baseline = "nnUNetTrainer" if "nnUNetTrainer" in group_dirs else next(iter(group_dirs))
-    if baseline not in group_dirs:
-        raise CurriculumConfigError(f"baseline {baseline!r} is not one of the groups {list(group_dirs)}; pass "
-                                    f"--baseline with one of those names")
+    group_dirs, baseline = group_folders(groups, baseline)
     out = Path(out_dir) if out_dir is not None else None
     warnings: List[str] = []
-
-    # evaluate every folder
-    frames = []
-    seed_frames = []
-    for gname, dirs in group_dirs.items():
-        per_seed = []
-        for si, d in enumerate(dirs):
-            src = resolve_results_dir(d, gt_dir=gt_dir)
-            gts = list_cases(src.gt_dir, src.file_ending)
-            cases = [CaseFiles(c, p, gts[c]) for c, p in src.predictions.items() if c in gts]
-            lost = sorted(set(src.predictions) - set(gts))
-            if lost:
-                warnings.append(f"{gname} ({d}): {len(lost)} prediction(s) without reference in {src.gt_dir}: "
-                                f"{lost[:5]}")
-            cache_root = Path(cache_dir) if cache_dir is not None else (out / "cache" if out else None)
-            cache = cache_root / hashlib.sha1(str(d.resolve()).encode()).hexdigest()[:12] if cache_root else None
-            rows = evaluate_cases(cases, labels=labels, connectivity=connectivity,
-                                  lesion_connectivity=lesion_connectivity, cache_dir=cache, progress=progress,
-                                  desc=f"{gname}[{si}]")
-            for r in rows:
-                if r["status"] != "ok":
-                    warnings.append(f"{gname} ({d}): {r['error']}")
-            df = pd.DataFrame([r for r in rows if r["status"] == "ok"])
-            if df.empty:
-                warnings.append(f"{gname} ({d}): no case could be evaluated")
-                continue
-            df["nnunet_dice"] = df["case_id"].map(lambda c: src.nnunet_dice.get(c, float("nan")))
-            df["seed"] = si
-            per_seed.append(df)
-        if not per_seed:
-            raise DatasetError(f"group {gname}: none of its folders gave an evaluable case ({warnings[-3:]})")
-        allseeds = pd.concat(per_seed, ignore_index=True)
-        allseeds["group"] = gname
-        seed_frames.append(allseeds)
-        num_cols = [c for c in allseeds.columns if c not in ("case_id", "status", "error", "group", "seed")
-                    and pd.api.types.is_numeric_dtype(allseeds[c]) and allseeds[c].dtype != bool]
-        agg = allseeds.groupby("case_id", sort=True)[num_cols].mean()
-        agg["has_true_lesion"] = allseeds.groupby("case_id", sort=True)["has_true_lesion"].first().astype(bool)
-        agg["n_seeds"] = allseeds.groupby("case_id", sort=True)["seed"].nunique()
-        agg = agg.reset_index()
-        agg.insert(0, "group", gname)
-        frames.append(agg)
-    per_case = pd.concat(frames, ignore_index=True)
-    seeds_df = pd.concat(seed_frames, ignore_index=True)
-
-    case_sets = {g: set(per_case.loc[per_case.group == g, "case_id"]) for g in group_dirs}
-    common = set.intersection(*case_sets.values())
+    cache_root = Path(cache_dir) if cache_dir is not None else (out / "cache" if out else None)
+    runs = evaluate_groups(group_dirs, gt_dir, cache_root, warnings, labels=labels, connectivity=connectivity,
+                           lesion_connectivity=lesion_connectivity, progress=progress)
+    per_case = average_runs(runs)
+    case_sets = {g: set(per_case.case_id[per_case.group == g]) for g in group_dirs}
     for g, s in case_sets.items():
         if s != case_sets[baseline]:
-            warnings.append(f"{g} has {len(s)} cases, baseline {baseline} {len(case_sets[baseline])}; tests use the "
-                            f"{len(s & case_sets[baseline])} shared cases")
-
-    # difficulty
-    if difficulty_csv is not None or metadata is not None:
-        difficulty, dsrc = difficulty_of_cases(sorted(set(per_case.case_id)), metadata, metadata_key, harder_when,
-                                               difficulty_csv)
-    else:
-        b = per_case[per_case.group == baseline]
-        difficulty = {c: 1.0 - d for c, d, pos in zip(b.case_id, b.dice.astype(float), b.has_true_lesion)
-                      if pos and math.isfinite(d)}
-        dsrc = f"baseline {baseline}: 1 - Dice"
-    all_cases = set(per_case.case_id)
-    unknown = sorted(all_cases - set(difficulty))
+            warnings.append(f"{g} has {len(s)} cases, baseline {baseline} {len(case_sets[baseline])}; run means "
+                            f"of each group use its own cases")
+    difficulty, dsrc = case_difficulty(per_case, baseline, metadata, metadata_key, harder_when, difficulty_csv)
+    all_cases = sorted(set(per_case.case_id))
+    unknown = [c for c in all_cases if c not in difficulty]
     if unknown:
         warnings.append(f"{len(unknown)} case(s) have no difficulty and are in no tertile: {unknown[:5]}")
-    tertile = assign_tertiles({c: v for c, v in difficulty.items() if c in all_cases})
+    tertile = assign_tertiles({c: v for c, v in difficulty.items() if c in set(all_cases)})
     per_case["difficulty"] = per_case.case_id.map(lambda c: difficulty.get(c, float("nan")))
     per_case["tertile"] = per_case.case_id.map(lambda c: tertile.get(c, ""))
+    strata = build_strata(all_cases, tertile, subsets)
 
-    # table
-    subsets = {str(k): set(v) for k, v in (subsets or {}).items()}
-    clash = sorted(set(subsets) & {"all", *TERTILES})
-    if clash:
-        raise CurriculumConfigError(f"subset name(s) {clash} clash with the built-in strata; rename them")
-    strata = [("all", per_case)] + [(t, per_case[per_case.tertile == t]) for t in TERTILES]
-    strata += [(name, per_case[per_case.case_id.isin(ids)]) for name, ids in subsets.items()]
-    trows = []
-    for g in group_dirs:
-        for sname, sdf in strata:
-            gdf = sdf[sdf.group == g]
-            for m in metrics:
-                if m not in gdf.columns:
-                    continue
-                v = _metric_values(gdf, m).dropna()
-                row = {"group": g, "stratum": sname, "metric": m, "n": int(len(v)),
-                       "mean": float(v.mean()) if len(v) else float("nan"),
-                       "sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
-                       "median": float(v.median()) if len(v) else float("nan"),
-                       "n_seeds": len(group_dirs[g]), "sd_between_seeds": float("nan")}
-                if sname == "all" and len(group_dirs[g]) > 1:
-                    sd_ = seeds_df[seeds_df.group == g]
-                    seed_means = [_metric_values(x, m).mean() for _, x in sd_.groupby("seed")]
-                    row["sd_between_seeds"] = float(np.std(seed_means, ddof=1))
-                trows.append(row)
-    table = pd.DataFrame(trows)
-
-    # tests against the baseline
-    test_rows = []
-    for g in group_dirs:
-        if g == baseline:
-            continue
-        for sname, sdf in strata:
-            block = []
-            bdf = sdf[sdf.group == baseline].set_index("case_id")
-            gdf = sdf[sdf.group == g].set_index("case_id")
-            shared = sorted(set(bdf.index) & set(gdf.index))
-            for m, higher_better in metrics.items():
-                if m not in bdf.columns or m not in gdf.columns:
-                    continue
-                gv = _metric_values(gdf.loc[shared].reset_index(), m).to_numpy()
-                bv = _metric_values(bdf.loc[shared].reset_index(), m).to_numpy()
-                res = paired_test(gv, bv)
-                md = res["median_diff"] if math.isfinite(res["median_diff"]) and res["median_diff"] != 0 \
-                    else res["rank_biserial"]
-                if not (isinstance(md, float) and math.isfinite(md)) or md == 0:
-                    better = "tie"
-                else:
-                    better = g if (md > 0) == higher_better else baseline
-                block.append({"group": g, "baseline": baseline, "stratum": sname, "metric": m,
-                              "higher_is_better": higher_better, "better": better, **res})
-            for row, ph in zip(block, holm([r["p_value"] for r in block])):
-                row["p_holm"] = ph
-            test_rows.extend(block)
-    tests = pd.DataFrame(test_rows, columns=["group", "baseline", "stratum", "metric", "n_pairs", "mean_diff",
-                                             "median_diff", "rank_biserial", "statistic", "p_value", "p_holm",
-                                             "method", "better", "higher_is_better"])
-
-    result = ComparisonResult(per_case=per_case, table=table, tests=tests, baseline=baseline,
-                              groups={g: [str(p) for p in v] for g, v in group_dirs.items()},
-                              difficulty={c: float(v) for c, v in difficulty.items() if c in all_cases},
-                              difficulty_source=dsrc, out_dir=out, warnings=warnings,
-                              subsets={k: sorted(v) for k, v in subsets.items()})
+    names = list(group_dirs)
+    take = take_off(runs, names, baseline)
+    comparisons = compare_against(runs, baseline, names, strata, metrics)
+    comparisons += compare_took_off(runs, baseline, names, take)
+    adjust_holm(comparisons)
+    result = ComparisonResult(baseline=baseline, groups={g: [str(p) for p in v] for g, v in group_dirs.items()},
+                              metrics=metrics, runs=runs, per_case=per_case,
+                              summaries=summarise(runs, per_case, names, strata, metrics), comparisons=comparisons,
+                              take_off=take, strata=strata,
+                              difficulty={c: float(v) for c, v in difficulty.items() if c in set(all_cases)},
+                              difficulty_source=dsrc, out_dir=out, warnings=warnings)
     if out is not None:
-        _write_outputs(result, metrics, plots, n_common=len(common))
+        from clips_nnunet.evaluation.compare_report import write_outputs
+
+        write_outputs(result, plots)
     return result
-
-
-# -------------------------------------------------------------------------------------------------------- writing
-def _write_outputs(res: ComparisonResult, metrics: Mapping[str, bool], plots: bool, n_common: int) -> None:
-    from clips_nnunet.evaluation.evaluate import _to_json
-
-    out = res.out_dir
-    assert out is not None
-    files = {"per_case_csv": write_rows_csv(res.per_case.to_dict("records"), out / "per_case.csv"),
-             "summary_csv": write_rows_csv(res.table.to_dict("records"), out / "summary.csv"),
-             "tests_csv": write_rows_csv(res.tests.to_dict("records"), out / "tests.csv")}
-    atomic_write_json(out / "comparison.json", _to_json({
-        "baseline": res.baseline, "groups": res.groups, "difficulty_source": res.difficulty_source,
-        "warnings": res.warnings, "summary": res.table.to_dict("records"), "tests": res.tests.to_dict("records")}))
-    files["comparison_json"] = out / "comparison.json"
-    if plots:
-        from clips_nnunet.evaluation import plots as P
-
-        order = [res.baseline] + [g for g in res.groups if g != res.baseline]
-        vals = {m: {g: _metric_values(res.per_case[res.per_case.group == g], m).tolist() for g in order}
-                for m in metrics if m in res.per_case.columns}
-        files["boxplots"] = P.grouped_boxplots(vals, out / "plots" / "boxplots.png",
-                                               title="Per-case metrics (out-of-fold)")
-        if "dice" in res.per_case.columns:
-            tvals = {f"Dice, {t}": {g: _metric_values(res.per_case[(res.per_case.group == g)
-                                                                   & (res.per_case.tertile == t)], "dice").tolist()
-                                    for g in order} for t in TERTILES}
-            files["boxplots_tertiles"] = P.grouped_boxplots(tvals, out / "plots" / "dice_by_tertile.png",
-                                                            title=f"Dice by difficulty tertile ({res.difficulty_source})")
-    res.files = files
-    atomic_write_text(out / "report.md", render_markdown(res, metrics, n_common))
-    res.files["report_md"] = out / "report.md"
-
-
-def render_markdown(res: ComparisonResult, metrics: Mapping[str, bool], n_common: int, heading_level: int = 1,
-                    link_base: str = "", title: bool = True) -> str:
-    """The Markdown report (tables of mean +- sd (median) per stratum, tests, plots, warnings).
-
-    To include it in a larger document (the study report): ``heading_level`` is the level of the title (its
-    sections one below), ``link_base`` is prepended to the plot links and names the folder of the files (e.g.
-    ``"vs_nnUNetTrainer/"``), ``title=False`` leaves the title out (the including document has its own heading).
-    """
-    if heading_level < 1:
-        raise ValueError(f"heading_level must be >= 1, got {heading_level}")
-    section = "#" * (heading_level + 1)
-    L = [f"{'#' * heading_level} Curriculum comparison (out-of-fold validation)", ""] if title else []
-    L.append(f"Baseline: **{res.baseline}**. Difficulty: {res.difficulty_source}. Cases shared by all groups: "
-             f"{n_common}. Dice is averaged over cases with a true lesion only.")
-    L.append("")
-    L.append("| group | results folders |")
-    L.append("|---|---|")
-    for g, dirs in res.groups.items():
-        L.append(f"| {g} | {'<br>'.join(dirs)} |")
-    L.append("")
-    mets = [m for m in metrics if m in set(res.table.metric)] if len(res.table) else []
-    strata = list(dict.fromkeys(res.table.stratum)) if len(res.table) else []
-    for stratum in strata:
-        sub = res.table[res.table.stratum == stratum]
-        base = res.per_case[res.per_case.group == res.baseline]
-        n_cases = int(len(base) if stratum == "all" else (base.tertile == stratum).sum() if stratum in TERTILES
-                      else base.case_id.isin(res.subsets.get(stratum, ())).sum())
-        heading = ("All cases" if stratum == "all" else "Tertile: " + stratum if stratum in TERTILES
-                   else "Subset: " + stratum)
-        L.append(f"{section} {heading} (n = {n_cases})")
-        L.append("")
-        L.append("mean +- sd (median)" + ("; sd between seeds in brackets" if stratum == "all" and
-                                          (sub.n_seeds > 1).any() else ""))
-        L.append("")
-        L.append("| group | " + " | ".join(f"{m} {'↑' if metrics[m] else '↓'}" for m in mets) + " |")
-        L.append("|---|" + "---|" * len(mets))
-        for g in [res.baseline] + [x for x in res.groups if x != res.baseline]:
-            cells = []
-            for m in mets:
-                r = sub[(sub.group == g) & (sub.metric == m)]
-                if r.empty:
-                    cells.append("n/a")
-                    continue
-                r = r.iloc[0]
-                c = f"{fmt_significant(r['mean'])} +- {fmt_significant(r['sd'])} ({fmt_significant(r['median'])})"
-                if math.isfinite(r["sd_between_seeds"]):
-                    c += f" [{fmt_significant(r['sd_between_seeds'])}]"
-                cells.append(c)
-            L.append(f"| {g} | " + " | ".join(cells) + " |")
-        L.append("")
-        t = res.tests[res.tests.stratum == stratum] if len(res.tests) else res.tests
-        if len(t):
-            L.append(f"Paired Wilcoxon signed-rank vs {res.baseline} (diff = group - baseline; r = matched-pairs "
-                     f"rank-biserial; p_holm over metrics):")
-            L.append("")
-            L.append("| group | metric | n | median diff | r | p | p_holm | favours |")
-            L.append("|---|---|---|---|---|---|---|---|")
-            for _, r in t.iterrows():
-                L.append(f"| {r['group']} | {r['metric']} | {r['n_pairs']} | {fmt_significant(r['median_diff'])} | "
-                         f"{fmt_significant(r['rank_biserial'], 2)} | {fmt_p(r['p_value'])} | {fmt_p(r['p_holm'])} | "
-                         f"{r['better']} |")
-            L.append("")
-    if "boxplots" in res.files:
-        L += [f"{section} Plots", "", f"![per-case metrics]({link_base}plots/boxplots.png)", ""]
-    if "boxplots_tertiles" in res.files:
-        L += [f"![Dice by tertile]({link_base}plots/dice_by_tertile.png)", ""]
-    if res.warnings:
-        L += [f"{section} Warnings", ""] + [f"- {w}" for w in res.warnings] + [""]
-    L += [f"Files{f' in `{link_base}`' if link_base else ''}: `per_case.csv` (seed-averaged per case), `summary.csv`, "
-          "`tests.csv`, `comparison.json`.", ""]
-    return "\n".join(L)

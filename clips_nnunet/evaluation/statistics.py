@@ -103,7 +103,7 @@ def run_level_difference(arm: Sequence[RunMean], reference: Sequence[RunMean],
     if df < 1:
         return _undefined(estimate, n_a, n_r, df, "one run per arm and fold: no between-run variance")
     if not fit.ssr > 1e-24 * max(1.0, float(np.sum(y ** 2))):
-        return _undefined(estimate, n_a, n_r, df, "identical runs: no between-run variance")
+        return _undefined(estimate, n_a, n_r, df, "no between-run variance: the runs of each arm agree exactly")
     low, high = fit.conf_int(alpha)[1]
     return RunLevelDifference(estimate, float(low), float(high), float(fit.pvalues[1]), n_a, n_r, df)
 
@@ -216,46 +216,5 @@ def describe(d: RunLevelDifference, digits: int = 3) -> str:
     if d.undefined:
         return f"{est} (interval undefined: {d.undefined})"
     return f"{est} [{d.ci_low:+.{digits}f}, {d.ci_high:+.{digits}f}]"
-
-
-
-# ---- patient-level Wilcoxon, kept until compare moves to the run-level analysis (removed in the next commit)
-def rank_biserial(diff: Sequence[float]) -> float:
-    """Matched-pairs rank-biserial correlation (Kerby 2014) of paired differences; zeros dropped; NaN if none."""
-    from scipy.stats import rankdata
-
-    d = np.asarray(diff, float)
-    d = d[np.isfinite(d) & (d != 0)]
-    if len(d) == 0:
-        return float("nan")
-    r = rankdata(np.abs(d))
-    pos, neg = r[d > 0].sum(), r[d < 0].sum()
-    return float((pos - neg) / (pos + neg))
-
-
-def paired_test(group_values: Sequence[float], baseline_values: Sequence[float]) -> Dict[str, Any]:
-    """Two-sided Wilcoxon signed-rank test of ``group - baseline`` on pairs where both are finite."""
-    from scipy.stats import wilcoxon
-
-    g, b = np.asarray(group_values, float), np.asarray(baseline_values, float)
-    ok = np.isfinite(g) & np.isfinite(b)
-    g, b = g[ok], b[ok]
-    d = g - b
-    res: Dict[str, Any] = {"n_pairs": int(len(d)), "median_diff": float(np.median(d)) if len(d) else float("nan"),
-                           "mean_diff": float(d.mean()) if len(d) else float("nan"),
-                           "rank_biserial": rank_biserial(d), "statistic": float("nan"), "p_value": float("nan"),
-                           "method": ""}
-    if len(d) and np.all(d == 0):
-        res["p_value"] = 1.0
-    elif np.count_nonzero(d) >= 1:
-        nz = np.abs(d[d != 0])
-        # exact null distribution without ties/zeros (n <= 50); otherwise the normal approximation with tie
-        # correction (scipy's permutation fallback costs ~1 s per test for n ~ 13 and adds nothing for reports)
-        exact = len(nz) == len(d) and len(np.unique(nz)) == len(nz) and len(d) <= 50
-        st = wilcoxon(g, b, zero_method="wilcox", alternative="two-sided", method="exact" if exact else "approx")
-        res["statistic"], res["p_value"] = float(st.statistic), float(st.pvalue)
-        res["method"] = "exact" if exact else "approx"
-
-    return res
 
 
