@@ -1,36 +1,43 @@
 """The demo pipeline: step order, command construction, budget, generated trainers, step skipping on re-run.
 
-A full demo run takes ~15 min on 2 cores and is not part of the suite; its measured run is in docs/demo.md."""
+A full demo run takes ~20 min on 2 cores and is not part of the suite; its measured runs are in docs/demo.md.
+The self-check and the progress lines: tests/test_demo_check.py."""
 from __future__ import annotations
 
 import importlib.util
 
 import pytest
 
-from clips_nnunet.demo import (DEMO_TMTV_TRAINER, DEMO_TRAINER, DemoOptions, demo_budget, demo_environment,
-                               demo_steps, run_demo, write_demo_trainers)
+from clips_nnunet.demo import (DEFAULT_EPOCHS, DEMO_TMTV_TRAINER, DEMO_TRAINER, DemoOptions, demo_budget,
+                               demo_environment, demo_steps, run_demo, write_demo_trainers)
+from clips_nnunet.demo.pipeline import add_demo_configuration
 from clips_nnunet.errors import ClipsError
 
 
 def test_steps_and_commands_cpu(tmp_path):
-    options = DemoOptions(workdir=tmp_path / "w", patients=10, minutes=5)
+    options = DemoOptions(workdir=tmp_path / "w", patients=10, epochs=7, seed=3)
     steps = demo_steps(options, "cpu")
     names = [s.name for s in steps]
-    assert names == ["synth", "convert", "plan_and_preprocess", "trainers", f"train_{DEMO_TRAINER}",
+    assert names == ["synth", "convert", "plan_and_preprocess", "trainers", "configuration", f"train_{DEMO_TRAINER}",
                      f"predict_{DEMO_TRAINER}", f"evalinputs_{DEMO_TRAINER}", f"evaluate_{DEMO_TRAINER}"]
     w = (tmp_path / "w").resolve()
     by = {s.name: s for s in steps}
-    assert by["synth"].commands[0][:5] == ["clips-nnunet", "synth", str(w / "dicom" / "train"), "-n", "10"]
-    assert by["synth"].commands[1][:5] == ["clips-nnunet", "synth", str(w / "dicom" / "heldout"), "-n", "2"]
+    # the cohort is always the same; --seed seeds the training only
+    assert by["synth"].commands[0] == ["clips-nnunet", "synth", str(w / "dicom" / "train"), "-n", "10", "--seed", "0",
+                                       "--quiet"]
+    assert by["synth"].commands[1][:7] == ["clips-nnunet", "synth", str(w / "dicom" / "heldout"), "-n", "2",
+                                           "--seed", "1000"]
     assert by["convert"].commands[0][:7] == ["clips-nnunet", "convert", str(w / "dicom" / "train"), "-d", "981",
                                              "-n", "ClipsDemo"]
     assert "--resume" in by["convert"].commands[0]
     train = by[f"train_{DEMO_TRAINER}"]
-    assert train.commands[0] == ["nnUNetv2_train", "981", "3d_fullres", "0", "-tr", DEMO_TRAINER, "-device", "cpu"]
+    assert train.commands[0] == ["nnUNetv2_train", "981", "3d_demo", "0", "-tr", DEMO_TRAINER, "-device", "cpu"]
+    assert train.epochs == 7 and "7 epochs x 25 iterations, CLIPS_SEED=3" in train.title
     assert train.resume_command[-1] == "--c" and train.resume_if.name == "checkpoint_latest.pth"
     predict = by[f"predict_{DEMO_TRAINER}"].commands[0]
     assert predict[:3] == ["clips-nnunet", "predict", str(w / "dicom" / "heldout")]
     assert predict[predict.index("-tr") + 1] == DEMO_TRAINER and predict[predict.index("--device") + 1] == "cpu"
+    assert predict[predict.index("-c") + 1] == "3d_demo"
     evaluate = by[f"evaluate_{DEMO_TRAINER}"].commands[0]
     assert evaluate[:2] == ["clips-nnunet", "evaluate"] and evaluate[-2] == str(w / "evaluation" / DEMO_TRAINER)
 
@@ -38,6 +45,8 @@ def test_steps_and_commands_cpu(tmp_path):
 def test_tmtv_adds_recipe_steps_and_gpu_device(tmp_path):
     steps = demo_steps(DemoOptions(workdir=tmp_path, tmtv=True), "cuda")
     names = [s.name for s in steps]
+    assert "configuration" not in names  # on GPU the planned 3d_fullres patch
+    assert next(s for s in steps if s.name == f"train_{DEMO_TRAINER}").commands[0][2] == "3d_fullres"
     assert "plan_tmtv" in names and f"train_{DEMO_TMTV_TRAINER}" in names and f"evaluate_{DEMO_TMTV_TRAINER}" in names
     tmtv = next(s for s in steps if s.name == f"train_{DEMO_TMTV_TRAINER}")
     assert tmtv.commands[0][:6] == ["nnUNetv2_train", "981", "3d_tmtv", "0", "-tr", DEMO_TMTV_TRAINER]
@@ -47,41 +56,71 @@ def test_tmtv_adds_recipe_steps_and_gpu_device(tmp_path):
                              ["nnUNetv2_preprocess", "-d", "981", "-c", "3d_tmtv", "-np", "1"]]
 
 
-def test_budget_scales_with_minutes_device_and_trainings():
-    cpu = demo_budget(14, "cpu")
-    assert cpu["seconds"] == (14 - 4.0) * 60 and cpu["iterations_per_epoch"] == 25
-    assert cpu["features_divisor"] == 4 and demo_budget(14, "cuda")["features_divisor"] == 1
-    assert demo_budget(14, "cpu", 2)["seconds"] == cpu["seconds"] / 2  # two trainings share the time
-    assert demo_budget(1, "cpu")["seconds"] == 60.0  # never below one minute
-    assert demo_budget(14, "cuda")["seconds"] > cpu["seconds"] and demo_budget(14, "cuda")["iterations_per_epoch"] == 50
+def test_budget_is_a_fixed_amount_of_learning():
+    """Epochs x iterations, not seconds: the same on any machine; 25 iterations per epoch on CPU, 50 on GPU."""
+    cpu = demo_budget("cpu")
+    assert (cpu["epochs"], cpu["iterations_per_epoch"], cpu["val_iterations_per_epoch"]) == (DEFAULT_EPOCHS, 25, 2)
+    assert cpu["features_divisor"] == 4 and demo_budget("cuda")["features_divisor"] == 1
+    assert demo_budget("cuda")["iterations_per_epoch"] == 50 and demo_budget("cpu", 80)["epochs"] == 80
+    assert "seconds" not in cpu
+
+
+def test_cli_default_epochs_and_options(tmp_path):
+    from clips_nnunet.cli import build_parser
+    from clips_nnunet.cli import demo as cli_demo
+
+    assert cli_demo.DEFAULT_EPOCHS == DEFAULT_EPOCHS  # the help's default is the demo's
+    args = build_parser().parse_args(["demo", "--workdir", str(tmp_path), "--seed", "7", "--epochs", "60"])
+    assert (args.seed, args.epochs) == (7, 60)
+    with pytest.raises(SystemExit):  # the wall-clock budget is gone
+        build_parser().parse_args(["demo", "--minutes", "14"])
+    for bad in (DemoOptions(epochs=2), DemoOptions(seed=-1), DemoOptions(patients=5)):
+        with pytest.raises(ClipsError):
+            bad.validate()
+
+
+def test_demo_configuration_is_fullres_with_a_smaller_patch(tmp_path):
+    """3d_demo inherits 3d_fullres (same preprocessed data and network) with a 32^3 patch; an axis is a multiple of
+    the network's downsampling and never above the planned patch."""
+    import json
+
+    plans = tmp_path / "nnUNetPlans.json"
+    strides = [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
+    plans.write_text(json.dumps({"configurations": {"3d_fullres": {
+        "patch_size": [64, 48, 20], "architecture": {"arch_kwargs": {"strides": strides}}}}}))
+    conf = add_demo_configuration(plans)
+    assert conf == {"inherits_from": "3d_fullres", "patch_size": [32, 32, 16]}  # 20 -> 16 (multiple of 8)
+    assert json.loads(plans.read_text())["configurations"]["3d_demo"] == conf
+    assert json.loads(plans.read_text())["configurations"]["3d_fullres"]["patch_size"] == [64, 48, 20]
+    with pytest.raises(ClipsError):
+        add_demo_configuration(tmp_path / "missing.json")
 
 
 def test_generated_trainers_are_budget_subclasses(tmp_path):
-    budget = {"seconds": 90.0, "iterations_per_epoch": 4, "val_iterations_per_epoch": 2, "warmup_epochs": 1,
-              "calibration_iterations": 2, "max_epochs": 50}
+    budget = {"epochs": 9, "iterations_per_epoch": 4, "val_iterations_per_epoch": 2, "warmup_epochs": 1}
     path = write_demo_trainers(tmp_path, budget, tmtv=True)
     spec = importlib.util.spec_from_file_location("clips_demo_trainers_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    from clips_nnunet.trainers.mixins import FeaturesDivisorMixin, TimeBudgetMixin
+    from clips_nnunet.trainers.mixins import BudgetMixin, FeaturesDivisorMixin, TimeBudgetMixin
     from clips_nnunet.trainers.self_paced_trainers import nnUNetTrainerCLSelfPaced
     from clips_nnunet.tmtv.recipe import nnUNetTrainerTMTV
 
     demo, tmtv = module.nnUNetTrainerCLSelfPacedDemo, module.nnUNetTrainerTMTVDemo
-    assert demo.__bases__ == (TimeBudgetMixin, FeaturesDivisorMixin, nnUNetTrainerCLSelfPaced)
-    assert issubclass(tmtv, TimeBudgetMixin) and issubclass(tmtv, nnUNetTrainerTMTV)
+    assert demo.__bases__ == (BudgetMixin, FeaturesDivisorMixin, nnUNetTrainerCLSelfPaced)
+    assert issubclass(tmtv, BudgetMixin) and issubclass(tmtv, nnUNetTrainerTMTV)
+    assert not issubclass(demo, TimeBudgetMixin) and not issubclass(tmtv, TimeBudgetMixin)  # no wall clock
     assert not issubclass(tmtv, FeaturesDivisorMixin)
     assert demo.warmup_epochs == 1 and demo.features_divisor == 1  # no divisor in this budget
     for cls in (demo, tmtv):
-        assert (cls.budget_seconds, cls.budget_iterations_per_epoch, cls.budget_val_iterations_per_epoch,
-                cls.budget_calibration_iterations, cls.budget_max_epochs) == (90.0, 4, 2, 2, 50)
+        assert (cls.budget_epochs, cls.budget_iterations_per_epoch, cls.budget_val_iterations_per_epoch) == (9, 4, 2)
     assert "def " not in path.read_text()  # imports and class attributes only
 
 
 def test_generated_cpu_trainer_builds_a_narrower_network(tmp_path):
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
-    budget = dict(demo_budget(14, "cpu"), seconds=90.0)
+    budget = demo_budget("cpu")
     path = write_demo_trainers(tmp_path, budget, tmtv=False)
     spec = importlib.util.spec_from_file_location("clips_demo_trainers_narrow", path)
     module = importlib.util.module_from_spec(spec)
@@ -102,7 +141,8 @@ def test_generated_cpu_trainer_builds_a_narrower_network(tmp_path):
 
 
 def test_environment_points_into_workdir(tmp_path):
-    env = demo_environment(tmp_path, "cpu", base_env={})
+    env = demo_environment(tmp_path, "cpu", base_env={}, seed=5)
+    assert env["CLIPS_SEED"] == "5"
     assert env["nnUNet_raw"] == str(tmp_path / "nnUNet_raw")
     assert env["nnUNet_results"] == str(tmp_path / "nnUNet_results")
     assert env["nnUNet_extTrainer"].split(":")[-1] == str(tmp_path / "ext")
@@ -112,41 +152,49 @@ def test_environment_points_into_workdir(tmp_path):
 def test_finished_steps_are_skipped_and_failures_stop(tmp_path, capsys, monkeypatch):
     """With a fake runner: a failing step stops the demo and leaves no marker; the re-run skips the finished steps
     and resumes the interrupted training with --c."""
-    import clips_nnunet.demo as demo
+    import clips_nnunet.demo.pipeline as demo
 
     monkeypatch.setattr(demo, "pair_with_ground_truth", lambda *a, **k: None)
+    monkeypatch.setattr(demo, "add_demo_configuration", lambda *a, **k: None)
     calls = []
     fail_on = {"nnUNetv2_train"}
 
     def runner(cmd, env, log):
         calls.append(list(cmd))
-        assert env["nnUNet_raw"].startswith(str(tmp_path.resolve()))
+        assert env["nnUNet_raw"].startswith(str(tmp_path.resolve())) and env["CLIPS_SEED"] == "0"
+        if cmd[1] == "evaluate":  # a useful model, so that the self-check passes
+            (tmp_path / "w" / "evaluation" / DEMO_TRAINER).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "w" / "evaluation" / DEMO_TRAINER / "summary.json").write_text(
+                '{"metrics": {"dice": {"mean": 0.8}}}')
         return 1 if cmd[0] in fail_on else 0
 
-    options = DemoOptions(workdir=tmp_path / "w", patients=8, minutes=1, device="cpu")
+    options = DemoOptions(workdir=tmp_path / "w", patients=8, epochs=5, device="cpu")
     assert run_demo(options, runner=runner) == 1
     assert [c[0:2] for c in calls] == [["clips-nnunet", "synth"], ["clips-nnunet", "synth"],
                                        ["clips-nnunet", "convert"], ["nnUNetv2_plan_and_preprocess", "-d"],
                                        ["nnUNetv2_train", "981"]]
     assert (tmp_path / "w" / "ext" / "clips_demo_trainers.py").is_file()
     out = capsys.readouterr()
-    assert "$ nnUNet_raw=" in out.out and "nnUNetv2_train 981 3d_fullres 0 -tr nnUNetTrainerCLSelfPacedDemo" in out.out
+    assert "$ nnUNet_raw=" in out.out and "nnUNetv2_train 981 3d_demo 0 -tr nnUNetTrainerCLSelfPacedDemo" in out.out
     assert "failed" in out.err
 
     # the training was interrupted after writing a checkpoint: the re-run continues it with --c
     fold = (tmp_path / "w").resolve() / "nnUNet_results" / "Dataset981_ClipsDemo" / \
-        f"{DEMO_TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
+        f"{DEMO_TRAINER}__nnUNetPlans__3d_demo" / "fold_0"
     fold.mkdir(parents=True)
     (fold / "checkpoint_latest.pth").write_bytes(b"x")
     calls.clear()
     fail_on.clear()
     assert run_demo(options, runner=runner) == 0
-    assert calls[0] == ["nnUNetv2_train", "981", "3d_fullres", "0", "-tr", DEMO_TRAINER, "-device", "cpu", "--c"]
+    assert calls[0] == ["nnUNetv2_train", "981", "3d_demo", "0", "-tr", DEMO_TRAINER, "-device", "cpu", "--c"]
     assert [c[1] for c in calls[1:]] == ["predict", "evaluate"]
     out = capsys.readouterr().out
     assert out.count("done before, skipped") == 3  # synth, convert, plan_and_preprocess (trainers is redone)
+    assert "clips-nnunet demo finished." in out and "held-out mean Dice 0.800 >= 0.5" in out
     calls.clear()
     assert run_demo(options, runner=runner) == 0 and calls == []  # everything finished: nothing runs
+    with pytest.raises(ClipsError, match="seed 0"):  # the work folder holds the run of another seed
+        run_demo(DemoOptions(workdir=tmp_path / "w", patients=8, epochs=5, device="cpu", seed=1), runner=runner)
 
 
 def test_dry_run_prints_and_runs_nothing(tmp_path, capsys):
@@ -158,7 +206,7 @@ def test_dry_run_prints_and_runs_nothing(tmp_path, capsys):
     assert out.count("  $ ") == 7 and not (tmp_path / ".steps").exists()
 
 
-@pytest.mark.parametrize("kwargs, message", [({"patients": 3}, "--patients"), ({"minutes": 0}, "--minutes"),
+@pytest.mark.parametrize("kwargs, message", [({"patients": 3}, "--patients"), ({"epochs": 0}, "--epochs"),
                                              ({"device": "tpu"}, "--device"), ({"dataset_id": 0}, "--dataset-id")])
 def test_bad_options(tmp_path, kwargs, message):
     with pytest.raises(ClipsError, match=message):

@@ -9,12 +9,15 @@ point into the work folder, so it can be copied):
 3. ``nnUNetv2_plan_and_preprocess``;
 4. ``nnUNetv2_train ... -tr nnUNetTrainerCLSelfPacedDemo``: a generated *budget subclass* of
    ``nnUNetTrainerCLSelfPaced`` (``workdir/ext/clips_demo_trainers.py``, found through ``nnUNet_extTrainer``;
-   class attributes of :class:`~clips_nnunet.trainers.mixins.TimeBudgetMixin` and
-   :class:`~clips_nnunet.trainers.mixins.FeaturesDivisorMixin`) whose ``num_epochs`` is fitted, from timed
-   iterations on this machine, to the training share of ``--minutes``; with ``--tmtv`` also TMTV-Net's recipe
-   (``clips-nnunet plan-tmtv``, ``nnUNetv2_preprocess -c 3d_tmtv``, ``nnUNetTrainerTMTVDemo``);
+   class attributes of :class:`~clips_nnunet.trainers.mixins.BudgetMixin` and
+   :class:`~clips_nnunet.trainers.mixins.FeaturesDivisorMixin`) with a fixed amount of learning: ``--epochs`` x
+   :data:`ITERATIONS_PER_EPOCH` iterations, seeded by ``--seed`` (``CLIPS_SEED``); a slow machine trains as much,
+   only longer. One progress line per epoch (:mod:`clips_nnunet.demo.progress`). With ``--tmtv`` also TMTV-Net's
+   recipe (``clips-nnunet plan-tmtv``, ``nnUNetv2_preprocess -c 3d_tmtv``, ``nnUNetTrainerTMTVDemo``);
 5. ``clips-nnunet predict`` the two held-out DICOM patients (mask, DICOM SEG, RTSTRUCT, report, MIP);
-6. ``clips-nnunet evaluate`` the predicted masks against the generator's ground truth.
+6. ``clips-nnunet evaluate`` the predicted masks against the generator's ground truth;
+7. the self-check (:mod:`clips_nnunet.demo.check`): a held-out mean Dice below 0.5 is reported with its likely
+   cause and exit code 1; "clips-nnunet demo finished" is printed only for a useful model.
 
 Resumable: a finished step leaves ``workdir/.steps/<step>.json`` (command, seconds) and is skipped on re-run;
 an interrupted training continues with ``--c``.
@@ -22,13 +25,14 @@ an interrupted training continues with ``--c``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+from clips_nnunet.demo.check import DICE_THRESHOLD, ModelCheck, check_model
+from clips_nnunet.demo.progress import format_minutes, read_training_log, run_training
 from clips_nnunet.errors import ClipsError, DatasetError
 from clips_nnunet.io_utils import atomic_write_json, atomic_write_text, read_json
 from clips_nnunet.nnunet_env import nnunet_environment, run_logged
@@ -36,39 +40,58 @@ from clips_nnunet.nnunet_env import shell_line as nnunet_shell_line
 from clips_nnunet.trainers.mixins import TrainerClass, class_attributes, trainer_module_source
 
 __all__ = ["DemoOptions", "DemoStep", "demo_budget", "demo_environment", "demo_steps", "run_demo",
-           "demo_trainer_classes", "write_demo_trainers", "DEMO_TRAINER", "DEMO_TMTV_TRAINER"]
+           "demo_trainer_classes", "write_demo_trainers", "DEMO_TRAINER", "DEMO_TMTV_TRAINER", "DEFAULT_EPOCHS",
+           "ITERATIONS_PER_EPOCH"]
 
 DEMO_TRAINER = "nnUNetTrainerCLSelfPacedDemo"
 DEMO_TMTV_TRAINER = "nnUNetTrainerTMTVDemo"
 DATASET_NAME = "ClipsDemo"
-#: Minutes of the demo spent outside training (synth, convert, preprocess, predict, evaluate, start-ups), by device.
-NON_TRAINING_MINUTES = {"cpu": 4.0, "cuda": 3.0}
+#: Seeds of the synthetic cohort: the training patients and the held-out patients are always the same cohort;
+#: ``--seed`` seeds the training (``CLIPS_SEED``).
+COHORT_SEED, HELDOUT_SEED = 0, 1000
+#: The demo's amount of learning: epochs x iterations per epoch (batch 2). Measured on the default cohort
+#: (docs/demo.md): every seed tried reached held-out mean Dice >= 0.5 on 2 CPU cores.
+DEFAULT_EPOCHS = 50
 ITERATIONS_PER_EPOCH = {"cpu": 25, "cuda": 50}
+VAL_ITERATIONS_PER_EPOCH = 2
+#: Epochs of uniform sampling before the self-paced curriculum starts.
+WARMUP_EPOCHS = 2
 #: On CPU the demo's self-paced trainer divides the planned U-Net's features per stage by this (32..256 -> 8..64):
-#: about 8x faster iterations, so the demo's minutes buy hundreds of iterations instead of a few dozen.
+#: about 8x faster iterations on CPU.
 FEATURES_DIVISOR = {"cpu": 4, "cuda": 1}
+#: On CPU the demo trains nnU-Net configuration ``3d_demo``: ``3d_fullres`` (same preprocessed data, network and
+#: spacing) with this smaller patch, about 4x fewer voxels per iteration than the planned 64x48x48 (docs/demo.md).
+DEMO_PATCH_SIZE = (32, 32, 32)
+DEMO_CONFIGURATION = {"cpu": "3d_demo", "cuda": "3d_fullres"}
+#: Measured on 2 idle CPU cores (docs/demo.md): seconds per training epoch of the demo network, and the minutes of
+#: every other step together (synth, convert, plan, predict, evaluate, nnU-Net's start-up and final validation).
+#: Only used for the estimate printed at the start; the time left is then measured epoch by epoch.
+REFERENCE_SECONDS_PER_EPOCH = {"cpu": 16.0, "cuda": 5.0}
+REFERENCE_OTHER_MINUTES = {"cpu": 3.0, "cuda": 3.0}
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoOptions:
-    """Options of :func:`run_demo` (the ``clips-nnunet demo`` flags)."""
+    """Options of :func:`run_demo` (the ``clips-nnunet demo`` flags). ``epochs`` None: :data:`DEFAULT_EPOCHS`."""
 
     workdir: Path = Path("clips_demo")
     patients: int = 14
-    minutes: float = 14.0
+    epochs: Optional[int] = None
+    seed: int = 0
     tmtv: bool = False
     device: str = "auto"
     dataset_id: int = 981
     dry_run: bool = False
     heldout: int = 2
-    seed: int = 0
 
     def validate(self) -> None:
         if self.patients < 6:
             raise ClipsError(f"--patients must be >= 6 (nnU-Net needs enough cases for its 5-fold split), got "
                              f"{self.patients}")
-        if not (0 < self.minutes <= 24 * 60):
-            raise ClipsError(f"--minutes must be in (0, 1440], got {self.minutes}")
+        if self.epochs is not None and not (WARMUP_EPOCHS < self.epochs <= 10000):
+            raise ClipsError(f"--epochs must be in {WARMUP_EPOCHS + 1}..10000, got {self.epochs}")
+        if not 0 <= self.seed < 2 ** 31:
+            raise ClipsError(f"--seed must be in 0..2147483647, got {self.seed}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ClipsError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if not 1 <= self.dataset_id <= 999:
@@ -88,56 +111,59 @@ class DemoStep:
     resume_command: Optional[List[str]] = None  # used instead of commands[0] when ``resume_if`` exists
     resume_if: Optional[Path] = None
     output: Optional[Path] = None
+    epochs: int = 0  # a training step: its number of epochs (one progress line each)
 
 
-def demo_budget(minutes: float, device: str, n_trainings: int = 1) -> Dict[str, Any]:
-    """Training budget per training: ``seconds`` of the ``minutes`` left for training (the rest of the demo takes
-    about :data:`NON_TRAINING_MINUTES`), shared by ``n_trainings``; iterations per epoch by device. The generated
-    trainer fits the number of epochs to ``seconds`` from timed iterations on this machine (at most ``max_epochs``)."""
-    seconds = max(60.0, (minutes - NON_TRAINING_MINUTES[device]) * 60.0) / max(1, n_trainings)
-    iters = ITERATIONS_PER_EPOCH[device]
-    return {"seconds": seconds, "iterations_per_epoch": iters, "val_iterations_per_epoch": 2,
-            "calibration_iterations": 3, "max_epochs": 1000, "warmup_epochs": 2,
+def demo_budget(device: str, epochs: Optional[int] = None) -> Dict[str, Any]:
+    """The training budget of each demo training: a fixed amount of learning, ``epochs`` (default
+    :data:`DEFAULT_EPOCHS`) x iterations per epoch by device, whatever the machine's speed."""
+    return {"epochs": int(epochs or DEFAULT_EPOCHS), "iterations_per_epoch": ITERATIONS_PER_EPOCH[device],
+            "val_iterations_per_epoch": VAL_ITERATIONS_PER_EPOCH, "warmup_epochs": WARMUP_EPOCHS,
             "features_divisor": FEATURES_DIVISOR[device]}
+
+
+def estimated_minutes(budget: Mapping[str, Any], device: str, n_trainings: int = 1) -> float:
+    """The demo's time on 2 idle CPU cores (or a GPU) from the measured reference speed: an estimate only."""
+    per_epoch = REFERENCE_SECONDS_PER_EPOCH[device] * budget["iterations_per_epoch"] / ITERATIONS_PER_EPOCH[device]
+    return REFERENCE_OTHER_MINUTES[device] + n_trainings * budget["epochs"] * per_epoch / 60.0
 
 
 def demo_trainer_classes(budget: Mapping[str, Any], tmtv: bool) -> List[TrainerClass]:
     """The demo's budget subclasses (data for :func:`clips_nnunet.trainers.mixins.trainer_module_source`):
-    ``nnUNetTrainerCLSelfPacedDemo`` (time budget, narrower U-Net by ``features_divisor``, warm-up epochs) and,
-    with ``tmtv``, ``nnUNetTrainerTMTVDemo`` (time budget)."""
-    time_budget = class_attributes({
-        "budget_seconds": float(budget["seconds"]),
-        "budget_epochs": int(budget["max_epochs"]),  # until the calibration at the end of on_train_start
-        "budget_max_epochs": int(budget["max_epochs"]),
+    ``nnUNetTrainerCLSelfPacedDemo`` (fixed budget, narrower U-Net by ``features_divisor``, warm-up epochs) and,
+    with ``tmtv``, ``nnUNetTrainerTMTVDemo`` (fixed budget)."""
+    fixed = class_attributes({
+        "budget_epochs": int(budget["epochs"]),
         "budget_iterations_per_epoch": int(budget["iterations_per_epoch"]),
-        "budget_val_iterations_per_epoch": int(budget["val_iterations_per_epoch"]),
-        "budget_calibration_iterations": int(budget["calibration_iterations"])})
+        "budget_val_iterations_per_epoch": int(budget["val_iterations_per_epoch"])})
     mixins = "clips_nnunet.trainers.mixins"
-    classes = [TrainerClass(DEMO_TRAINER, ((mixins, "TimeBudgetMixin"), (mixins, "FeaturesDivisorMixin"),
+    classes = [TrainerClass(DEMO_TRAINER, ((mixins, "BudgetMixin"), (mixins, "FeaturesDivisorMixin"),
                                            ("clips_nnunet.trainers.self_paced_trainers", "nnUNetTrainerCLSelfPaced")),
-                            time_budget + (("features_divisor", int(budget.get("features_divisor", 1))),
-                                           ("warmup_epochs", int(budget["warmup_epochs"]))))]
+                            fixed + (("features_divisor", int(budget.get("features_divisor", 1))),
+                                     ("warmup_epochs", int(budget["warmup_epochs"]))))]
     if tmtv:
-        classes.append(TrainerClass(DEMO_TMTV_TRAINER, ((mixins, "TimeBudgetMixin"),
-                                                        ("clips_nnunet.tmtv.recipe", "nnUNetTrainerTMTV")),
-                                    time_budget))
+        classes.append(TrainerClass(DEMO_TMTV_TRAINER, ((mixins, "BudgetMixin"),
+                                                        ("clips_nnunet.tmtv.recipe", "nnUNetTrainerTMTV")), fixed))
     return classes
 
 
 def write_demo_trainers(ext_dir: Path, budget: Mapping[str, Any], tmtv: bool) -> Path:
     """Write ``ext_dir/clips_demo_trainers.py`` with the demo's budget subclasses (imports and class attributes
     only; the behaviour is in :mod:`clips_nnunet.trainers.mixins`); returns its path."""
-    doc = (f"Generated by clips-nnunet demo: budget subclasses ({float(budget['seconds']):.0f} s of training each, "
-           f"epochs fitted from timed iterations by TimeBudgetMixin). Do not edit.")
+    doc = (f"Generated by clips-nnunet demo: budget subclasses ({int(budget['epochs'])} epochs x "
+           f"{int(budget['iterations_per_epoch'])} iterations each, BudgetMixin). Do not edit.")
     path = Path(ext_dir) / "clips_demo_trainers.py"
     atomic_write_text(path, trainer_module_source(demo_trainer_classes(budget, tmtv), doc))
     return path
 
 
-def demo_environment(workdir: Path, device: str, base_env: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+def demo_environment(workdir: Path, device: str, base_env: Optional[Mapping[str, str]] = None,
+                     seed: Optional[int] = None) -> Dict[str, str]:
     """``nnUNet_raw/preprocessed/results`` inside ``workdir``, ``nnUNet_extTrainer`` = our shim + ``workdir/ext``
-    (+ the user's folders), from :func:`clips_nnunet.nnunet_env.nnunet_environment`."""
+    (+ the user's folders), from :func:`clips_nnunet.nnunet_env.nnunet_environment`; ``CLIPS_SEED`` = ``seed``."""
     env = nnunet_environment(workdir, ext_folders=[Path(workdir) / "ext"], base_env=base_env, keep_user_ext=False)
+    if seed is not None:
+        env["CLIPS_SEED"] = str(int(seed))
     if device == "cpu":  # one augmentation worker beside the main process (2 cores); 0 would break the planner,
         env.setdefault("nnUNet_n_proc_DA", "1")  # which calls torch.set_num_threads(nnUNet_n_proc_DA)
     return env
@@ -148,13 +174,14 @@ def demo_steps(options: DemoOptions, device: str) -> List[DemoStep]:
     w = Path(options.workdir).resolve()
     did = str(options.dataset_id)
     train_dicom, heldout_dicom = w / "dicom" / "train", w / "dicom" / "heldout"
-    budget = demo_budget(options.minutes, device, 2 if options.tmtv else 1)
+    budget = demo_budget(device, options.epochs)
+    plans_path = w / "nnUNet_preprocessed" / f"Dataset{options.dataset_id:03d}_{DATASET_NAME}" / "nnUNetPlans.json"
     steps = [
         DemoStep("synth", f"synthetic DICOM cohort: {options.patients} training + {options.heldout} held-out patients",
                  [["clips-nnunet", "synth", str(train_dicom), "-n", str(options.patients), "--seed",
-                   str(options.seed), "--quiet"],
+                   str(COHORT_SEED), "--quiet"],
                   ["clips-nnunet", "synth", str(heldout_dicom), "-n", str(options.heldout), "--seed",
-                   str(options.seed + 1000), "--quiet"]], output=w / "dicom"),
+                   str(HELDOUT_SEED), "--quiet"]], output=w / "dicom"),
         DemoStep("convert", "DICOM -> nnU-Net raw dataset (SUVbw, CT on the PET grid, SEG/RTSTRUCT masks)",
                  [["clips-nnunet", "convert", str(train_dicom), "-d", did, "-n", DATASET_NAME, "--private-dir",
                    str(w / "private" / "convert"), "--resume", "--quiet"]],
@@ -162,11 +189,15 @@ def demo_steps(options: DemoOptions, device: str) -> List[DemoStep]:
         DemoStep("plan_and_preprocess", "nnU-Net fingerprint, plans and preprocessing",
                  [["nnUNetv2_plan_and_preprocess", "-d", did, "-c", "3d_fullres", "-np", "1",
                    "--verify_dataset_integrity"]], output=w / "nnUNet_preprocessed"),
-        DemoStep("trainers", f"budget subclasses in {w / 'ext'}: {budget['seconds']:.0f} s of training each, "
-                             f"{budget['iterations_per_epoch']} iterations per epoch",
+        DemoStep("trainers", f"budget subclasses in {w / 'ext'}: {budget['epochs']} epochs x "
+                             f"{budget['iterations_per_epoch']} iterations each (seed {options.seed})",
                  action=lambda: write_demo_trainers(w / "ext", budget, options.tmtv), output=w / "ext"),
     ]
-    trainings = [(DEMO_TRAINER, "3d_fullres")]
+    if DEMO_CONFIGURATION[device] != "3d_fullres":
+        steps.append(DemoStep("configuration", f"nnU-Net configuration {DEMO_CONFIGURATION[device]}: 3d_fullres with "
+                                               f"a {'x'.join(map(str, DEMO_PATCH_SIZE))} patch (faster on CPU)",
+                              action=lambda: add_demo_configuration(plans_path), output=plans_path))
+    trainings = [(DEMO_TRAINER, DEMO_CONFIGURATION[device])]
     if options.tmtv:
         steps.append(DemoStep("plan_tmtv", "TMTV-Net recipe plans (3d_tmtv at 6 mm) and preprocessing",
                               [["clips-nnunet", "plan-tmtv", "-d", did],
@@ -176,9 +207,10 @@ def demo_steps(options: DemoOptions, device: str) -> List[DemoStep]:
         fold_dir = (w / "nnUNet_results" / f"Dataset{options.dataset_id:03d}_{DATASET_NAME}"
                     / f"{trainer}__nnUNetPlans__{config}" / "fold_0")
         cmd = ["nnUNetv2_train", did, config, "0", "-tr", trainer, "-device", device]
-        steps.append(DemoStep(f"train_{trainer}", f"train {trainer} ({config}, fold 0)", [cmd],
-                              resume_command=[*cmd, "--c"], resume_if=fold_dir / "checkpoint_latest.pth",
-                              output=fold_dir))
+        steps.append(DemoStep(f"train_{trainer}", f"train {trainer} ({config}, fold 0): {budget['epochs']} epochs x "
+                                                  f"{budget['iterations_per_epoch']} iterations, CLIPS_SEED={options.seed}",
+                              [cmd], resume_command=[*cmd, "--c"], resume_if=fold_dir / "checkpoint_latest.pth",
+                              output=fold_dir, epochs=int(budget["epochs"])))
     for trainer, config in trainings:
         out = w / "predictions" / trainer
         steps.append(DemoStep(
@@ -196,6 +228,33 @@ def demo_steps(options: DemoOptions, device: str) -> List[DemoStep]:
               str(w / "evaluation" / trainer / "inputs" / "pet"), "-o", str(w / "evaluation" / trainer),
               "--quiet"]], output=w / "evaluation" / trainer))
     return steps
+
+
+def add_demo_configuration(plans_path: Path, name: str = DEMO_CONFIGURATION["cpu"],
+                           patch_size: Sequence[int] = DEMO_PATCH_SIZE) -> Dict[str, Any]:
+    """Add configuration ``name`` to nnU-Net's plans: ``3d_fullres`` (``inherits_from``: same preprocessed data,
+    spacing and network) with ``patch_size``, each axis at most the planned one and a multiple of the network's
+    total downsampling on that axis. Returns the new configuration."""
+    if not Path(plans_path).is_file():
+        raise DatasetError(f"{plans_path} is missing: run nnUNetv2_plan_and_preprocess first")
+    plans = read_json(plans_path)
+    try:
+        full = plans["configurations"]["3d_fullres"]
+        planned = [int(v) for v in full["patch_size"]]
+        strides = full["architecture"]["arch_kwargs"]["strides"]
+    except (KeyError, TypeError) as exc:
+        raise DatasetError(f"{plans_path}: no 3d_fullres configuration with patch_size and strides ({exc})") from None
+    patch = []
+    for axis, (want, have) in enumerate(zip(patch_size, planned)):
+        step = 1
+        for stride in strides:
+            step *= int(stride[axis] if isinstance(stride, (list, tuple)) else stride)
+        patch.append(max(step, (min(int(want), have) // step) * step))
+    configuration = {"inherits_from": "3d_fullres", "patch_size": patch}
+    if plans["configurations"].get(name) != configuration:
+        plans["configurations"][name] = configuration
+        atomic_write_json(plans_path, plans)
+    return configuration
 
 
 def pair_with_ground_truth(workdir: Path, trainer: str, heldout_dicom: Path) -> None:
@@ -242,6 +301,9 @@ def shell_line(cmd: Sequence[str], env: Mapping[str, str]) -> str:
     return nnunet_shell_line(cmd, env, _echo_variables(cmd))
 
 
+Runner = Callable[[Sequence[str], Mapping[str, str], Path], int]
+
+
 def _run_streamed(cmd: Sequence[str], env: Mapping[str, str], log_path: Path) -> int:
     """Run ``cmd``; its output goes to the terminal and to ``log_path``."""
     return run_logged(cmd, env, log_path, stream=True, variables=_echo_variables(cmd))
@@ -251,10 +313,34 @@ def _marker(workdir: Path, step: DemoStep) -> Path:
     return Path(workdir).resolve() / ".steps" / f"{step.name}.json"
 
 
-def run_demo(options: DemoOptions, runner: Optional[Callable[[Sequence[str], Mapping[str, str], Path], int]] = None
-             ) -> int:
-    """Run (or with ``dry_run`` print) the demo; returns 0 on success. ``runner`` replaces the subprocess runner
-    (tests)."""
+def _check_workdir_options(workdir: Path, options: DemoOptions, device: str, budget: Mapping[str, Any]) -> None:
+    """A work folder holds one demo: re-running it with another seed, budget, cohort or device would mix runs."""
+    record = {"seed": options.seed, "epochs": int(budget["epochs"]), "patients": options.patients,
+              "heldout": options.heldout, "device": device, "dataset_id": options.dataset_id}
+    path = workdir / "demo_options.json"
+    if path.is_file():
+        before = read_json(path)
+        changed = [k for k, v in record.items() if k in before and before[k] != v]
+        if changed:
+            raise ClipsError(f"{workdir} holds a demo run with " + ", ".join(f"{k} {before[k]}" for k in changed)
+                             + f" (now {', '.join(f'{k} {record[k]}' for k in changed)}): resume it with the same "
+                             f"options or give another --workdir")
+    if not options.dry_run:
+        atomic_write_json(path, record)
+
+
+def _step_runner(step: DemoStep, runner: Optional[Runner]) -> Runner:
+    if runner is not None:
+        return runner
+    if step.epochs:
+        return lambda cmd, env, log: run_training(cmd, env, log, step.epochs, _echo_variables(cmd))
+    return _run_streamed
+
+
+def run_demo(options: DemoOptions, runner: Optional[Runner] = None) -> int:
+    """Run (or with ``dry_run`` print) the demo; returns 0 for a useful model, 1 when a model fails the
+    self-check (:func:`clips_nnunet.demo.check.check_model`) and the exit code of a failing step. ``runner``
+    replaces the subprocess runner of every command (tests)."""
     options.validate()
     device = options.device
     if device == "auto":
@@ -262,15 +348,22 @@ def run_demo(options: DemoOptions, runner: Optional[Callable[[Sequence[str], Map
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     workdir = Path(options.workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    env = demo_environment(workdir, device)
-    runner = runner or _run_streamed
+    budget = demo_budget(device, options.epochs)
+    if not options.dry_run:
+        workdir.mkdir(parents=True, exist_ok=True)
+    _check_workdir_options(workdir, options, device, budget)
+    env = demo_environment(workdir, device, seed=options.seed)
     steps = demo_steps(options, device)
+    trainings = [s for s in steps if s.epochs]
     t_start = time.time()
+    estimate = estimated_minutes(budget, device, len(trainings))
     print(f"clips-nnunet demo: {len(steps)} steps in {workdir} on {device} (re-run to resume; finished steps are "
-          f"skipped)\n  export " + " ".join(f"{k}={env[k]}" for k in ("nnUNet_raw", "nnUNet_preprocessed",
-                                                                      "nnUNet_results", "nnUNet_extTrainer")),
-          flush=True)
+          f"skipped)\n  training: {budget['epochs']} epochs x {budget['iterations_per_epoch']} iterations per model, "
+          f"seed {options.seed}; estimated {format_minutes(estimate * 60)} in all at the speed measured on 2 idle "
+          f"CPU cores" + (" " if device == "cpu" else " (GPU: much less) ") + "- a slower or busy machine trains "
+          f"just as much, only longer; the time left is printed after every epoch\n  export "
+          + " ".join(f"{k}={env[k]}" for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results",
+                                                "nnUNet_extTrainer", "CLIPS_SEED")), flush=True)
     timings: Dict[str, float] = {}
     for i, step in enumerate(steps, 1):
         marker = _marker(workdir, step)
@@ -288,7 +381,7 @@ def run_demo(options: DemoOptions, runner: Optional[Callable[[Sequence[str], Map
             print(f"  $ {shell_line(cmd, env)}", flush=True)
             if options.dry_run:
                 continue
-            rc = runner(cmd, env, workdir / "logs" / f"{step.name}.log")
+            rc = _step_runner(step, runner)(cmd, env, workdir / "logs" / f"{step.name}.log")
             if rc != 0:
                 print(f"clips-nnunet demo: step '{step.name}' failed (exit {rc}); log: "
                       f"{workdir / 'logs' / (step.name + '.log')}. Fix the cause and run the demo again: finished "
@@ -302,44 +395,43 @@ def run_demo(options: DemoOptions, runner: Optional[Callable[[Sequence[str], Map
                                        "seconds": timings[step.name]})
     if options.dry_run:
         return 0
-    summary = _summarise(workdir, options, timings, time.time() - t_start)
-    print(summary, flush=True)
+    checks = self_check(workdir, options, trainings)
+    summary = _summarise(workdir, checks, timings, time.time() - t_start)
     atomic_write_text(workdir / "demo_summary.md", summary)
-    return 0
+    if all(c.useful for c in checks):
+        print(summary, flush=True)
+        return 0
+    print(summary, file=sys.stderr, flush=True)
+    return 1
 
 
-def _summarise(workdir: Path, options: DemoOptions, timings: Mapping[str, float], wall: float) -> str:
-    lines = ["", "clips-nnunet demo finished.", f"  wall time this run: {wall / 60:.1f} min; step times (s): "
+def self_check(workdir: Path, options: DemoOptions, trainings: Sequence[DemoStep]) -> List[ModelCheck]:
+    """:func:`clips_nnunet.demo.check.check_model` for each trained model, from its evaluation summary and the
+    pseudo Dice of its training log."""
+    checks = []
+    for step in trainings:
+        trainer = step.name[len("train_"):]
+        path = workdir / "evaluation" / trainer / "summary.json"
+        summary = read_json(path) if path.is_file() else None
+        epochs = read_training_log(workdir / "logs" / f"{step.name}.log", step.epochs).history()
+        checks.append(check_model(trainer, summary, epochs, options.heldout))
+    return checks
+
+
+def _summarise(workdir: Path, checks: Sequence[ModelCheck], timings: Mapping[str, float], wall: float) -> str:
+    useful = all(c.useful for c in checks)
+    head = ("clips-nnunet demo finished." if useful else
+            f"clips-nnunet demo: FAILED its self-check: the model is not useful (held-out mean Dice below "
+            f"{DICE_THRESHOLD}). Its outputs are kept for inspection; do not take them as a working result.")
+    lines = ["", head] + [f"  {c.message}" for c in checks] + [
+             f"  wall time this run: {wall / 60:.1f} min; step times (s): "
              + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "  where everything is:",
              f"    DICOM cohorts:        {workdir / 'dicom'}",
              f"    nnU-Net raw dataset:  {workdir / 'nnUNet_raw'}",
-             f"    trained models:       {workdir / 'nnUNet_results'}",
+             f"    trained models:       {workdir / 'nnUNet_results'}  (progress.png per fold)",
              f"    predictions:          {workdir / 'predictions'}  (per patient: mask.nii.gz, seg.dcm, rtstruct.dcm, "
              f"report.md/json, mip_coronal.png)",
-             f"    evaluation:           {workdir / 'evaluation'}",
+             f"    evaluation:           {workdir / 'evaluation'}  (summary.json, per_case.csv)",
              f"    private mappings:     {workdir / 'private'}  (never share)",
              f"    logs:                 {workdir / 'logs'}"]
-    for trainer in [DEMO_TRAINER] + ([DEMO_TMTV_TRAINER] if options.tmtv else []):
-        summary = workdir / "evaluation" / trainer / "summary.json"
-        if summary.is_file():
-            dice = _mean_dice(read_json(summary))
-            lines.append(f"  {trainer}: mean Dice on the {options.heldout} held-out patients = "
-                         f"{'n/a' if dice is None else f'{dice:.3f}'} ({summary})")
     return "\n".join(lines) + "\n"
-
-
-def _mean_dice(summary: Mapping) -> Optional[float]:
-    """Mean Dice from an evaluation summary (looks for a ``dice`` entry holding a ``mean``)."""
-    stack = [summary]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, Mapping):
-            d = item.get("dice")
-            if isinstance(d, Mapping) and isinstance(d.get("mean"), (int, float)) and math.isfinite(d["mean"]):
-                return float(d["mean"])
-            if isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d):
-                return float(d)
-            stack.extend(v for v in item.values() if isinstance(v, (Mapping, list)))
-        elif isinstance(item, list):
-            stack.extend(v for v in item if isinstance(v, (Mapping, list)))
-    return None
