@@ -56,18 +56,25 @@ def cv_folder(tmp_path_factory):
     arr[lab == smallest] = 0  # the annotator missed a lesion
     _write_like(arr, img, gt / f"{multi}.nii.gz")
     corrupted[multi] = "missed_lesion"
+    where = {multi: _physical_centre(img, lab == smallest)}
     others = [c for c in cases if c != multi]
     img, arr = _read(gt / f"{others[0]}.nii.gz")
     free = ~ndimage.binary_dilation(arr > 0, iterations=4)
     z, y, x = np.argwhere(free[2:-5, 8:-8, 8:-8])[0] + (2, 8, 8)
     arr[z:z + 3, y:y + 3, x:x + 3] = 1  # an extra (non-lesion) region
+    where[others[0]] = img.TransformContinuousIndexToPhysicalPoint([float(x + 1), float(y + 1), float(z + 1)])
     _write_like(arr, img, gt / f"{others[0]}.nii.gz")
     corrupted[others[0]] = "extra_region"
     img, arr = _read(gt / f"{others[1]}.nii.gz")
     arr = ndimage.binary_dilation(arr > 0, structure=ndimage.generate_binary_structure(3, 1))  # dilated boundary
     _write_like(arr, img, gt / f"{others[1]}.nii.gz")
     corrupted[others[1]] = "boundary"
-    return base, raw, results, gt, corrupted
+    return base, raw, results, gt, corrupted, where
+
+
+def _physical_centre(img, region):
+    z, y, x = np.argwhere(region).mean(axis=0)
+    return img.TransformContinuousIndexToPhysicalPoint([float(x), float(y), float(z)])
 
 
 def _csv_rows(out):
@@ -78,19 +85,34 @@ def _csv_rows(out):
 class _Images(HTMLParser):
     def __init__(self):
         super().__init__()
-        self.srcs, self.cards = [], []
+        self.srcs, self.cards, self.warnings, self.radios = [], [], [], []
+        self._in_warning = False
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
-        if tag == "img":
-            self.srcs.append(a.get("src", ""))
-        if tag == "div" and a.get("class") == "card":
+        classes = (a.get("class") or "").split()
+        if tag == "img" and a.get("src"):
+            self.srcs.append((self.cards[-1] if self.cards else None, classes, a["src"]))
+        if tag == "div" and "card" in classes:
             self.cards.append(a["id"][len("case-"):])
+        if tag == "div" and "warning" in classes:
+            self._in_warning = True
+            self.warnings.append("")
+        if tag == "input" and a.get("type") == "radio":
+            self.radios.append((self.cards[-1], a["value"]))
+
+    def handle_endtag(self, tag):
+        if tag == "div":
+            self._in_warning = False
+
+    def handle_data(self, data):
+        if self._in_warning:
+            self.warnings[-1] += data
 
 
 @pytest.mark.parametrize("with_pet", [False, True])
 def test_corrupted_references_are_the_top_k(cv_folder, tmp_path, monkeypatch, capsys, with_pet):
-    base, raw, results, gt, corrupted = cv_folder
+    base, raw, results, gt, corrupted, where = cv_folder
     monkeypatch.setenv("nnUNet_preprocessed", str(base / "nnUNet_preprocessed"))  # default --gt
     out = tmp_path / "audit"
     argv = ["audit", str(results), "-o", str(out)] + (
@@ -115,17 +137,31 @@ def test_corrupted_references_are_the_top_k(cv_folder, tmp_path, monkeypatch, ca
     parser = _Images()
     parser.feed(page)
     assert parser.cards == [r["case_id"] for r in rows]
-    assert len(parser.srcs) == 12
-    for src in parser.srcs:
-        assert src.startswith("data:image/png;base64,")
+    # a MIP per case; planes through the finding for each suspect case
+    assert sorted(c for c, classes, _ in parser.srcs if "mip" in classes) == sorted(r["case_id"] for r in rows)
+    assert sorted(c for c, classes, _ in parser.srcs if "planes" in classes) == sorted(corrupted)
+    for _, classes, src in parser.srcs:
+        assert "zoom" in classes and src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert parser.warnings == []  # good models: no warning
+    assert {v for c, v in parser.radios if c == rows[0]["case_id"]} == {"confirmed_error", "false_alarm", "unsure"}
+    assert "The reference has no contour on a lesion the models found" in page
+    # the finding of the missed lesion and of the added region is where they were planted (patient coordinates)
+    spacing = max(sitk.ReadImage(str(gt / f"{rows[0]['case_id']}.nii.gz")).GetSpacing())
+    for case, point in where.items():
+        row = next(r for r in rows if r["case_id"] == case)
+        found = [float(row[f"finding_{a}_mm"]) for a in "xyz"]
+        assert np.linalg.norm(np.subtract(found, point)) <= spacing, (case, found, point)
+        img = sitk.ReadImage(str(gt / f"{case}.nii.gz"))
+        assert int(row["finding_slice"]) == int(round(img.TransformPhysicalPointToContinuousIndex(point)[2])) + 1
+    assert all(r["finding_slice"] == "" for r in rows[k:])
     for name in ("index.html", "audit.csv", "audit.json"):  # case ids only: no paths
         assert str(base) not in (out / name).read_text()
     assert "audited 12 cases" in capsys.readouterr().out
 
 
 def test_one_unreadable_prediction_is_reported_and_the_rest_audited(cv_folder, tmp_path):
-    base, raw, results, gt, corrupted = cv_folder
+    base, raw, results, gt, corrupted, where = cv_folder
     copy = tmp_path / TRAINER
     shutil.copytree(results, copy)
     victim = sorted(copy.glob("fold_0/validation/*.nii.gz"))[0]
@@ -140,7 +176,7 @@ def test_one_unreadable_prediction_is_reported_and_the_rest_audited(cv_folder, t
 
 def test_probabilities_from_npz_and_the_loss_history_are_used(cv_folder, tmp_path):
     history = pytest.importorskip("clips_nnunet.trainers.curriculum_history")
-    base, raw, results, gt, corrupted = cv_folder
+    base, raw, results, gt, corrupted, where = cv_folder
     copy = tmp_path / TRAINER
     shutil.copytree(results, copy)
     cases = []
@@ -171,9 +207,49 @@ def test_probabilities_from_npz_and_the_loss_history_are_used(cv_folder, tmp_pat
     (["audit", "{results}", "--gt", "{gt}", "--images", "{tmp}/noimg", "-o", "{tmp}/o"], "--images"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(cv_folder, tmp_path, capsys, argv, message):
-    base, raw, results, gt, corrupted = cv_folder
+    base, raw, results, gt, corrupted, where = cv_folder
     argv = [a.format(tmp=tmp_path, results=results, gt=gt) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("clips-nnunet audit: error:") and message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_poor_models_are_warned_about(cv_folder, tmp_path, capsys):
+    """Out-of-fold predictions that find nothing (a useless model): every case is hard_case or worse; the page,
+    audit.json and the console say the ranking means little."""
+    base, raw, results, gt, corrupted, where = cv_folder
+    copy = tmp_path / TRAINER
+    shutil.copytree(results, copy)
+    for pred in copy.glob("fold_*/validation/*.nii.gz"):
+        img, arr = _read(pred)
+        _write_like(np.zeros_like(arr), img, pred)
+    out = tmp_path / "out"
+    assert main(["audit", str(copy), "--gt", str(gt), "-o", str(out)]) == 0
+    data = json.loads((out / "audit.json").read_text())
+    assert len(data["warnings"]) == 1 and "The models are poor" in data["warnings"][0]
+    assert "mean Dice against the references is 0.00" in data["warnings"][0]
+    parser = _Images()
+    parser.feed((out / "index.html").read_text())
+    assert len(parser.warnings) == 1 and "The models are poor" in parser.warnings[0]
+    assert "warning: The models are poor" in capsys.readouterr().out
+
+
+def test_decisions_csv_reader(tmp_path):
+    from clips_nnunet.audit.decisions import COLUMNS, confirmed_errors, read_decisions
+    from clips_nnunet.errors import DatasetError
+
+    path = tmp_path / "audit_decisions.csv"
+    path.write_text(",".join(COLUMNS) + "\r\n"
+                    'case_0003,confirmed_error,missed_lesion,"node left axilla, ""missed""",1,0.5,1,2,3,4\r\n'
+                    "case_0000,false_alarm,extra_region,,2,0.26,,,,\r\n"
+                    "case_0001,unsure,boundary,,3,0.25,,,,\r\n"
+                    "case_0002,not_reviewed,none,,4,0,,,,\r\n")
+    assert confirmed_errors(path) == {"case_0003": "missed_lesion"}
+    assert read_decisions(path)[0]["note"] == 'node left axilla, "missed"'
+    path.write_text("case_id,decision\r\ncase_1,maybe\r\n")
+    with pytest.raises(DatasetError, match="line 2: decision 'maybe'"):
+        read_decisions(path)
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(DatasetError, match="not UTF-8"):
+        read_decisions(path)

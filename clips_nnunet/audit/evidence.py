@@ -194,8 +194,13 @@ def pet_reference_levels(suv: np.ndarray, exclude: np.ndarray, liver_factor: flo
 
 def case_evidence(reference: np.ndarray, prediction: np.ndarray, spacing_zyx: Sequence[float],
                   probability: Optional[np.ndarray] = None, suv: Optional[np.ndarray] = None,
-                  params: AuditParams = AuditParams()) -> Dict[str, float]:
-    """Evidence of one case (see the module docstring); a flat dict of floats (NaN where undefined)."""
+                  params: AuditParams = AuditParams(), regions: Optional[Dict[str, np.ndarray]] = None
+                  ) -> Dict[str, float]:
+    """Evidence of one case (see the module docstring); a flat dict of floats (NaN where undefined).
+
+    ``regions``: a dict to fill with one float voxel-weight map per annotation error kind (``missed_lesion``,
+    ``extra_region``, ``boundary``): the voxels behind that kind's score, weighted as the score weights them (the
+    page shows where the strongest of them lies, :func:`strongest_finding`)."""
     ref = as_binary_mask(reference, "reference")
     pred = as_binary_mask(prediction, "prediction")
     if ref.shape != pred.shape:
@@ -300,14 +305,71 @@ def case_evidence(reference: np.ndarray, prediction: np.ndarray, spacing_zyx: Se
         hot = np.isin(hot_lab, np.flatnonzero(keep) + 1) if nh else np.zeros_like(ref)
         ev["unlabelled_hot_ml"] = float(hot.sum() * voxel_ml)
         # hot spots outside both masks that the model half sees: lesions the reference and the model both miss
-        ev["unlabelled_hot_supported_ml"] = (float(remote_supported(hot, ref | pred, prob, params).sum() * voxel_ml)
-                                             if prob is not None else math.nan)
+        remote = remote_supported(hot, ref | pred, prob, params) if prob is not None else None
+        ev["unlabelled_hot_supported_ml"] = float(remote.sum() * voxel_ml) if remote is not None else math.nan
     else:
         for k in ("suv_background", "suv_liver_like", "ref_background_fraction", "unlabelled_hot_ml",
                   "unlabelled_hot_adjacent_ml", "unlabelled_hot_supported_ml"):
             ev[k] = math.nan
     ev["has_probabilities"] = float(prob is not None)
+    if regions is not None:
+        extra_vox = pred & np.isin(pred_lab, np.flatnonzero(pred_extra) + 1)
+        missed_vox = ref & np.isin(ref_lab, np.flatnonzero(ref_missed) + 1)
+        lesion_w_pred = np.concatenate([[0.0], w_pred])[pred_lab]
+        lesion_w_ref = np.concatenate([[0.0], w_ref])[ref_lab]
+        missed_map = np.where(extra_vox, lesion_w_pred, 0.0) + np.where(pred_deep, v_pred, 0.0)
+        if suv is not None and remote is not None:
+            missed_map = missed_map + params.hot_weight * remote
+        boundary = (ref_m ^ pred_m)
+        if suv is not None:
+            boundary = boundary | cold | spill
+        regions.update({"missed_lesion": missed_map,
+                        "extra_region": np.where(missed_vox, lesion_w_ref, 0.0) + np.where(ref_deep, v_ref, 0.0),
+                        "boundary": boundary.astype(np.float64)})
     return ev
+
+
+def strongest_finding(weights: np.ndarray, spacing_zyx: Sequence[float], connectivity: int = 26
+                      ) -> Optional[Dict[str, Any]]:
+    """The connected region of ``weights > 0`` with the largest weight sum (a map of :func:`case_evidence`'s
+    ``regions``): ``{"centre_zyx"`` (voxel index of its centroid, floats), ``"voxel_zyx"`` (the region's voxel
+    nearest that centroid, ints: a voxel inside it even for a ring), ``"n_voxels"``, ``"volume_ml"``,
+    ``"bbox"`` ((z0, y0, x0, z1, y1, x1), half-open)``}``; None when no voxel carries weight."""
+    w = np.asarray(weights, dtype=np.float64)
+    lab, n = label_components(w > 0, connectivity)
+    if not n:
+        return None
+    best = int(np.argmax(_per_label(lab, n, w))) + 1
+    voxels = np.argwhere(lab == best)
+    centre = voxels.mean(axis=0)
+    nearest = voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))]
+    sp = validate_spacing(spacing_zyx)
+    return {"centre_zyx": [float(c) for c in centre], "voxel_zyx": [int(v) for v in nearest],
+            "n_voxels": int(len(voxels)), "volume_ml": float(len(voxels) * sp[0] * sp[1] * sp[2] / 1000.0),
+            "bbox": [int(v) for v in voxels.min(axis=0)] + [int(v) + 1 for v in voxels.max(axis=0)]}
+
+
+def model_quality_warning(rows: Sequence[Mapping[str, Any]], min_dice: float = 0.5, max_hard_share: float = 0.5
+                          ) -> Optional[str]:
+    """A warning in words when the out-of-fold models themselves are poor, so that their disagreement with a
+    reference says little about the reference: mean Dice over the cases with a reference lesion below
+    ``min_dice``, or at least ``max_hard_share`` of the cases called ``hard_case``. None when neither holds."""
+    if not rows:
+        return None
+    with_lesion = [float(r["dice"]) for r in rows if float(r.get("ref_ml", 0.0)) > 0 and np.isfinite(r["dice"])]
+    hard = sum(1 for r in rows if r.get("error_kind") == "hard_case")
+    reasons = []
+    if with_lesion and float(np.mean(with_lesion)) < min_dice:
+        reasons.append(f"their mean Dice against the references is {float(np.mean(with_lesion)):.2f} over the "
+                       f"{len(with_lesion)} cases with a reference lesion (below {min_dice:g})")
+    if hard >= max_hard_share * len(rows):
+        reasons.append(f"{hard} of {len(rows)} cases are called hard_case (the models miss or add lesions in most "
+                       f"patients)")
+    if not reasons:
+        return None
+    return ("The models are poor: " + "; ".join(reasons) + ". Where the models miss much of the disease, their "
+            "disagreement with a reference says little about the reference: treat this ranking as weak evidence "
+            "and train a better model (longer, more data) before relying on it.")
 
 
 def loss_evidence(losses: Mapping[str, Sequence[float]], late_fraction: float = 1.0 / 3.0

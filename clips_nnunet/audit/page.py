@@ -19,9 +19,8 @@ ids only (no file paths, no header values).
 """
 from __future__ import annotations
 
-import base64
 import csv
-import html
+import hashlib
 import io
 import math
 from pathlib import Path
@@ -30,15 +29,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from clips_nnunet.errors import DatasetError
-from clips_nnunet.audit.evidence import AuditParams, case_evidence, loss_evidence, score_cohort
+from clips_nnunet.audit.evidence import (AuditParams, case_evidence, loss_evidence, model_quality_warning,
+                                         score_cohort, strongest_finding)
+from clips_nnunet.audit.html_page import ANNOTATION_KINDS, render_html
+from clips_nnunet.audit.views import mip_picture, planes_picture
 from clips_nnunet.nnunet_env import reference_masks_for_results
 from clips_nnunet.io_utils import PathLike, atomic_write_json, atomic_write_text, read_json
 
 KNOWN_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".tif")
-REFERENCE_COLOUR = "#1f77b4"  # blue
-PREDICTION_COLOUR = "#d62728"  # red
 CSV_FIRST = ("rank", "case_id", "suspicion", "error_kind", "missed_lesion_score", "extra_region_score",
-             "boundary_score", "loss_score", "hardness")
+             "boundary_score", "loss_score", "hardness", "finding_x_mm", "finding_y_mm", "finding_z_mm",
+             "finding_slice", "finding_ml")
 
 
 def _file_ending(results_dir: Path) -> str:
@@ -108,8 +109,10 @@ def _foreground_probability(npz: Path, shape_zyx: Tuple[int, ...], image) -> np.
 
 
 def read_case(case: str, entries: Sequence[Tuple[Path, Optional[Path]]], gt: Path, pet: Optional[Path],
-              use_npz: bool) -> Dict[str, Any]:
-    """Arrays of one case, all in LPS (z, y, x): reference, consensus prediction, probability, SUV, spacing."""
+              use_npz: bool, ct: Optional[Path] = None) -> Dict[str, Any]:
+    """Arrays of one case, all in LPS (z, y, x): reference, consensus prediction, probability, SUV, CT (when ``ct``
+    exists), spacing; ``lps_image`` and ``source_image`` (the PET, else the reference, as stored: its slices are
+    the ones a viewer numbers) carry the geometry, without voxels."""
     import SimpleITK as sitk
 
     ref_img = _read(gt)
@@ -138,9 +141,52 @@ def read_case(case: str, entries: Sequence[Tuple[Path, Optional[Path]]], gt: Pat
             raise DatasetError(f"{case}: PET size {pet_img.GetSize()} differs from the mask size {ref_img.GetSize()}; "
                                f"--images must hold the PET on the mask grid (nnU-Net imagesTr)")
         suv = sitk.GetArrayFromImage(pet_img).astype(np.float32)
+    ct_arr = None
+    if ct is not None and ct.is_file():
+        ct_img = _read(ct)
+        if ct_img.GetSize() == ref_img.GetSize():  # a CT on another grid is left out (PET alone is shown)
+            ct_arr = sitk.GetArrayFromImage(ct_img).astype(np.float32)
     spacing = tuple(float(s) for s in ref_img.GetSpacing()[::-1])
+    source = _geometry(sitk.ReadImage(str(pet if pet is not None else gt)))
     return {"reference": ref, "prediction": prediction, "probability": probability, "suv": suv, "spacing": spacing,
-            "n_votes": len(votes)}
+            "n_votes": len(votes), "ct": ct_arr, "lps_image": _geometry(ref_img), "source_image": source}
+
+
+def _geometry(image):
+    """A one-voxel-per-slice-free copy: same size, origin, spacing and direction, no voxels kept in memory."""
+    import SimpleITK as sitk
+
+    out = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+    out.SetOrigin(image.GetOrigin())
+    out.SetSpacing(image.GetSpacing())
+    out.SetDirection(image.GetDirection())
+    return _Geometry(out, tuple(image.GetSize()))
+
+
+class _Geometry:
+    """Index <-> patient coordinates of an image (SimpleITK's transforms do not depend on its size)."""
+
+    def __init__(self, image, size):
+        self.image, self.size = image, size
+
+    def GetSize(self):
+        return self.size
+
+    def TransformContinuousIndexToPhysicalPoint(self, index):
+        return self.image.TransformContinuousIndexToPhysicalPoint([float(v) for v in index])
+
+    def TransformPhysicalPointToContinuousIndex(self, point):
+        return self.image.TransformPhysicalPointToContinuousIndex([float(v) for v in point])
+
+
+def locate(finding: Dict[str, Any], lps_image, source_image) -> Dict[str, Any]:
+    """``finding`` (from :func:`strongest_finding`, in LPS array indices) with its place added: ``lps_mm``
+    (DICOM patient coordinates), ``slice``/``n_slices``/``slice_z_mm`` in the source PET's own slice order."""
+    from clips_nnunet.prediction.patient_report import location_of
+
+    point = lps_image.TransformContinuousIndexToPhysicalPoint(finding["centre_zyx"][::-1])
+    xyz = source_image.TransformPhysicalPointToContinuousIndex(point)
+    return {**finding, **location_of(source_image, [xyz[2], xyz[1], xyz[0]])}
 
 
 def _history_reader():
@@ -173,92 +219,19 @@ def gather_losses(fold_dirs: Sequence[Path]) -> Dict[str, Dict[str, float]]:
                 for k in evs[0]} for c, evs in per_case.items()}
 
 
-def _png_data_uri(suv: Optional[np.ndarray], ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float]) -> str:
-    """Coronal MIP (max over y, head up) of the PET with the reference (blue) and prediction (red) outlined."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from clips_nnunet.prediction.mip import coronal_mip
-
-    background = suv if suv is not None else np.zeros(ref.shape, dtype=np.float32)
-    mip, ref_proj = coronal_mip(background, ref)
-    _, pred_proj = coronal_mip(background, pred)
-    mip, ref_proj, pred_proj = mip[::-1], ref_proj[::-1], pred_proj[::-1]
-    vmax = float(min(10.0, max(float(mip.max()), 1e-6)))
-    aspect = spacing[0] / spacing[2]
-    h_mm, w_mm = mip.shape[0] * spacing[0], mip.shape[1] * spacing[2]
-    fig_h = float(np.clip(2.6 * h_mm / max(w_mm, 1e-6), 1.5, 6.0))
-    fig = Figure(figsize=(2.6, fig_h))
-    FigureCanvasAgg(fig)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(mip, cmap="gray_r", vmin=0.0, vmax=vmax, interpolation="nearest", aspect=aspect)
-    for proj, colour, style in ((ref_proj, REFERENCE_COLOUR, "solid"), (pred_proj, PREDICTION_COLOUR, "dashed")):
-        if proj.any():
-            padded = np.pad(proj.astype(np.float32), 1)
-            ax.contour(np.arange(-1, proj.shape[1] + 1), np.arange(-1, proj.shape[0] + 1), padded, levels=[0.5],
-                       colors=[colour], linewidths=1.2, linestyles=style)
-    ax.set_axis_off()
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=80, format="png")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return "" if not math.isfinite(v) else f"{v:.4g}"
     return str(v)
 
 
-CARD_FIELDS = (("suspicion", "suspicion"), ("error_kind", "likely error kind"),
-               ("missed_lesion_score", "missed-lesion score"), ("extra_region_score", "extra-region score"),
-               ("boundary_score", "boundary score"), ("hardness", "hardness"), ("dice", "Dice (ref vs OOF)"),
-               ("ref_ml", "reference ml"), ("pred_ml", "prediction ml"),
-               ("pred_extra_confident_ml", "predicted lesions absent from reference, ml (weighted)"),
-               ("ref_missed_confident_ml", "reference lesions missed with confidence, ml (weighted)"),
-               ("boundary_volume_ratio", "boundary volume ratio ref/pred"),
-               ("boundary_disagreement", "boundary disagreement (xor/union)"),
-               ("ref_background_fraction", "reference voxels at background SUV"),
-               ("unlabelled_hot_adjacent_ml", "unlabelled hot ml beside the reference"),
-               ("unlabelled_hot_ml", "unlabelled hot ml"), ("loss_late_rank", "late-training loss rank"))
-
-
-def render_html(rows: Sequence[Dict[str, Any]], images: Dict[str, str], title: str, notes: Sequence[str]) -> str:
-    """The report page: one card per case in ``rows`` order; ``images`` maps case -> data URI."""
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;margin:1em}.cards{display:flex;flex-wrap:wrap;gap:12px}"
-             ".card{border:1px solid #ccc;border-radius:6px;padding:8px;width:520px;display:flex;gap:8px}"
-             ".card img{width:200px;height:auto}table{font-size:12px;border-collapse:collapse}"
-             "td{padding:1px 4px}.kind{font-weight:bold}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>",
-             f'<p>Coronal SUV MIP (black = high uptake); reference outlined in <span style="color:{REFERENCE_COLOUR}">'
-             f'solid blue</span>, out-of-fold prediction in <span style="color:{PREDICTION_COLOUR}">dashed red'
-             f"</span>. Cases sorted by suspicion (most suspect first). See docs/audit.md for every number.</p>"]
-    parts += [f"<p>{html.escape(n)}</p>" for n in notes]
-    parts.append('<div class="cards">')
-    for i, row in enumerate(rows, 1):
-        case = html.escape(str(row["case_id"]))
-        parts.append(f'<div class="card" id="case-{case}">')
-        if row["case_id"] in images:
-            parts.append(f'<img alt="coronal MIP of {case}" src="{images[row["case_id"]]}">')
-        parts.append(f"<div><h3>{i}. {case}</h3><table>")
-        for key, label in CARD_FIELDS:
-            if key in row:
-                cls = ' class="kind"' if key == "error_kind" else ""
-                parts.append(f"<tr><td>{html.escape(label)}</td><td{cls}>{html.escape(_fmt(row[key]))}</td></tr>")
-        parts.append("</table></div></div>")
-    parts.append("</div></body></html>")
-    return "\n".join(parts)
-
-
 def _write_csv(rows: Sequence[Dict[str, Any]], path: Path) -> None:
-    keys = list(CSV_FIRST) + sorted({k for r in rows for k in r} - set(CSV_FIRST))
+    keys = list(CSV_FIRST) + sorted({k for r in rows for k in r} - set(CSV_FIRST) - {"finding"})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
     writer.writeheader()
     for i, r in enumerate(rows, 1):
-        writer.writerow({k: _fmt(v) for k, v in {**r, "rank": i}.items()})
+        writer.writerow({k: _fmt(v) for k, v in {**r, "rank": i}.items() if k != "finding"})
     atomic_write_text(path, buf.getvalue())
 
 
@@ -283,9 +256,14 @@ def _metadata_numbers(path: Optional[PathLike]) -> Dict[str, Dict[str, float]]:
 def run_audit(results_dirs: Sequence[PathLike], out_dir: PathLike, gt_dir: Optional[PathLike] = None,
               images_dir: Optional[PathLike] = None, metadata: Optional[PathLike] = None, use_npz: bool = True,
               write_html: bool = True, pet_channel: int = 1, params: AuditParams = AuditParams(),
-              progress: bool = False) -> List[Dict[str, Any]]:
+              progress: bool = False, ct_channel: Optional[int] = 0) -> List[Dict[str, Any]]:
     """Audit the cross-validation(s) in ``results_dirs``; write OUT/audit.csv, audit.json, index.html; return the
-    rows (sorted by suspicion). Raises :class:`DatasetError` for unusable input (no case could be read)."""
+    rows (sorted by suspicion). Raises :class:`DatasetError` for unusable input (no case could be read).
+
+    Each suspect case (an annotation error kind) gets ``finding``: its strongest region (:func:`strongest_finding`
+    of that kind's evidence) with its place (:func:`locate`); the page shows planes through it, PET over the CT
+    ``{case}_{ct_channel:04d}`` of ``images_dir`` where that exists (None: PET alone). A warning is added
+    (``audit.json`` ``warnings``, the page's top) when the models are poor (:func:`model_quality_warning`)."""
     if not results_dirs:
         raise DatasetError("give at least one nnU-Net results folder")
     dirs = [Path(d) for d in results_dirs]
@@ -309,19 +287,23 @@ def run_audit(results_dirs: Sequence[PathLike], out_dir: PathLike, gt_dir: Optio
     meta = _metadata_numbers(metadata)
     losses = gather_losses(fold_dirs)
     evidence: Dict[str, Dict[str, float]] = {}
-    pictures: Dict[str, Tuple] = {}
+    pictures: Dict[str, Dict[str, Optional[str]]] = {}
+    inputs: Dict[str, Tuple[Path, Optional[Path], Optional[Path]]] = {}
     failed: Dict[str, str] = {}
+    n_ct = 0
     for case in sorted(predictions):
         ref_path = gt / f"{case}{ending}"
         if not ref_path.is_file():
             failed[case] = f"{case}: no reference {ref_path.name} in {gt.name}"
             continue
-        pet = None
+        pet = ct = None
         if images_dir is not None:
             pet = Path(images_dir) / f"{case}_{pet_channel:04d}{ending}"
             if not pet.is_file():
                 failed[case] = f"{case}: no PET {pet.name} in the --images folder"
                 continue
+            if ct_channel is not None and ct_channel != pet_channel:
+                ct = Path(images_dir) / f"{case}_{ct_channel:04d}{ending}"
         try:
             arrays = read_case(case, predictions[case], ref_path, pet, use_npz)
             ev = case_evidence(arrays["reference"], arrays["prediction"], arrays["spacing"],
@@ -333,25 +315,69 @@ def run_audit(results_dirs: Sequence[PathLike], out_dir: PathLike, gt_dir: Optio
         ev.update(losses.get(case, {}))
         ev.update(meta.get(case, {}))
         evidence[case] = ev
+        inputs[case] = (ref_path, pet, ct)
         if write_html:
-            pictures[case] = _png_data_uri(arrays["suv"], arrays["reference"], arrays["prediction"],
-                                           arrays["spacing"])
+            pictures[case] = {"mip": mip_picture(arrays["suv"], arrays["reference"], arrays["prediction"],
+                                                 arrays["spacing"]), "planes": None}
     if not evidence:
         first = next(iter(failed.values()), "no case")
         raise DatasetError(f"no case could be audited ({len(failed)} failed; first: {first})")
     rows = score_cohort(evidence, params)
+    for row in rows:
+        if row["error_kind"] in ANNOTATION_KINDS:
+            ref_path, pet, ct = inputs[row["case_id"]]
+            try:
+                n_ct += _describe_finding(row, predictions[row["case_id"]], ref_path, pet, ct, use_npz, params,
+                                          pictures if write_html else None)
+            except (DatasetError, ValueError, OSError) as e:  # the case was read once: say so, keep the row
+                row["finding_error"] = str(e)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     notes = [f"{len(rows)} cases audited from {len(dirs)} results folder(s), {len(fold_dirs)} fold(s); "
              f"probabilities: {'yes' if any(r['has_probabilities'] for r in rows) else 'no'}; "
-             f"PET: {'yes' if images_dir is not None else 'no'}; loss history: {'yes' if losses else 'no'}."]
+             f"PET: {'yes' if images_dir is not None else 'no'}; "
+             f"CT under the planes: {n_ct} of {sum(r['error_kind'] in ANNOTATION_KINDS for r in rows)} suspect "
+             f"case(s); loss history: {'yes' if losses else 'no'}."]
     if failed:
         notes.append(f"{len(failed)} case(s) could not be audited: {', '.join(sorted(failed))} (see audit.json).")
+    warning = model_quality_warning(rows)
+    warnings = [warning] if warning else []
     _write_csv(rows, out / "audit.csv")
     atomic_write_json(out / "audit.json", {
-        "results_folders": [d.name for d in dirs], "n_cases": len(rows), "failed": failed,
+        "results_folders": [d.name for d in dirs], "n_cases": len(rows), "failed": failed, "warnings": warnings,
         "inputs": {"probabilities": bool(use_npz), "pet": images_dir is not None, "loss_history": bool(losses)},
         "params": params.to_dict(), "cases": rows})
     if write_html:
-        atomic_write_text(out / "index.html", render_html(rows, pictures, "clips-nnunet audit", notes))
+        page_id = "|".join([d.name for d in dirs] + [str(len(rows))] + sorted(evidence))
+        page_id = hashlib.sha256(page_id.encode("utf-8")).hexdigest()[:16]
+        atomic_write_text(out / "index.html", render_html(rows, pictures, "clips-nnunet audit", notes, warnings,
+                                                          page_id=page_id))
     return rows
+
+
+def _describe_finding(row: Dict[str, Any], entries, ref_path: Path, pet: Optional[Path], ct: Optional[Path],
+                      use_npz: bool, params: AuditParams, pictures: Optional[Dict[str, Dict[str, Optional[str]]]]
+                      ) -> int:
+    """Read a suspect case again, locate its finding into ``row`` (``finding`` and the ``finding_*`` columns) and,
+    with ``pictures``, draw the MIP with the finding ringed and the planes through it. Returns 1 when a CT was
+    drawn under the planes."""
+    case = row["case_id"]
+    arrays = read_case(case, entries, ref_path, pet, use_npz, ct=ct)
+    regions: Dict[str, np.ndarray] = {}
+    case_evidence(arrays["reference"], arrays["prediction"], arrays["spacing"], probability=arrays["probability"],
+                  suv=arrays["suv"], params=params, regions=regions)
+    finding = strongest_finding(regions[row["error_kind"]], arrays["spacing"], params.connectivity)
+    if finding is None:
+        return 0
+    finding = locate(finding, arrays["lps_image"], arrays["source_image"])
+    row["finding"] = finding
+    row.update({"finding_x_mm": finding["lps_mm"][0], "finding_y_mm": finding["lps_mm"][1],
+                "finding_z_mm": finding["lps_mm"][2], "finding_slice": finding["slice"],
+                "finding_ml": finding["volume_ml"]})
+    if pictures is not None:
+        pictures[case] = {
+            "mip": mip_picture(arrays["suv"], arrays["reference"], arrays["prediction"], arrays["spacing"],
+                               finding_zyx=finding["centre_zyx"]),
+            "planes": planes_picture(arrays["suv"], arrays["ct"], arrays["reference"], arrays["prediction"],
+                                     arrays["spacing"], finding["voxel_zyx"])}
+    return int(arrays["ct"] is not None and pictures is not None)

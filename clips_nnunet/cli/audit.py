@@ -17,10 +17,16 @@ def run_audit_command(args: argparse.Namespace) -> int:
         params = AuditParams(liver_suv=args.liver_suv, suspicion_threshold=args.suspicion_threshold)
         rows = run_audit(args.results_dirs, args.output, gt_dir=args.gt, images_dir=args.images,
                          metadata=args.metadata, use_npz=not args.no_npz, write_html=not args.no_html,
-                         pet_channel=args.pet_channel, params=params)
+                         pet_channel=args.pet_channel, params=params,
+                         ct_channel=None if args.ct_channel < 0 else args.ct_channel)
     except (ClipsError, ValueError, OSError) as e:
         print(f"clips-nnunet audit: error: {e}", file=sys.stderr)
         return 2
+    from clips_nnunet.audit.evidence import model_quality_warning
+
+    warning = model_quality_warning(rows)
+    if warning:
+        print(f"warning: {warning}")
     kinds = {}
     for r in rows:
         kinds[r["error_kind"]] = kinds.get(r["error_kind"], 0) + 1
@@ -40,7 +46,8 @@ def register(subparsers) -> None:
                     "optional --npz probabilities), the reference masks and optionally the PET, and rank every "
                     "case by a suspicion score with its most likely error kind (missed_lesion, extra_region, "
                     "boundary, hard_case, none). Writes OUT/audit.csv, OUT/audit.json and OUT/index.html (one "
-                    "card per case: coronal PET MIP, reference blue, prediction red). Exit code 2 on bad input.")
+                    "card per case: coronal PET MIP, and for each suspect case the finding's place and PET/CT planes through it, "
+                    "a plain-language reason and decision buttons exported as CSV). Exit code 2 on bad input.")
     p.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR",
                    help="nnUNet_results/DatasetXXX_NAME/TRAINER__PLANS__CONFIG of a finished cross-validation "
                         "(several: their predictions are combined)")
@@ -51,6 +58,9 @@ def register(subparsers) -> None:
                    help="folder with the PET as {case}_0001 (e.g. $nnUNet_raw/DatasetXXX_NAME/imagesTr); enables "
                         "the PET plausibility evidence and the MIP pictures")
     p.add_argument("--pet-channel", type=int, default=1, help="channel index of the PET in --images (default 1)")
+    p.add_argument("--ct-channel", type=int, default=0,
+                   help="channel index of the CT in --images, drawn under the PET in the planes through each "
+                        "finding (default 0; -1: PET alone)")
     p.add_argument("--metadata", default=None,
                    help="case_metadata.json: its difficulty measures are added as meta_* columns")
     p.add_argument("--liver-suv", type=float, default=None,
