@@ -78,7 +78,9 @@ def test_lookup_in_spawned_process(ext_env):
 def test_shim_folder_holds_only_the_shim():
     from clips_nnunet.cli.env import EXT_TRAINER_DIR
     files = sorted(p.name for p in EXT_TRAINER_DIR.iterdir() if p.suffix == ".py")
-    assert files == ["clips_trainers.py"]
+    assert files == ["__init__.py", "clips_trainers.py"]   # nnU-Net's walk imports modules, never __init__
+    import pkgutil
+    assert [m.name for m in pkgutil.iter_modules([str(EXT_TRAINER_DIR)])] == ["clips_trainers"]
 
 
 def test_shim_exports_every_trainer_class_of_the_package():
