@@ -21,6 +21,6 @@ if [ "$(id -u)" -ne 0 ]; then
     fi
 fi
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update
-$SUDO apt-get install -y chromium
+$SUDO apt-get -o DPkg::Lock::Timeout=300 update
+$SUDO apt-get -o DPkg::Lock::Timeout=300 install -y chromium
 echo "install_browser: $(chromium --version 2>/dev/null || echo 'chromium installed')"
