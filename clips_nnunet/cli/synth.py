@@ -14,15 +14,17 @@ def run_synth(args: argparse.Namespace) -> int:
         print(f"clips-nnunet synth: error: unknown fault(s) {bad}; choose from {','.join(FAULTS)}", file=sys.stderr)
         return 2
     from clips_nnunet.synthetic.annotation_errors import ERROR_KINDS
+    from clips_nnunet.synthetic.twin_annotators import TWIN_ERROR_KINDS
 
-    kinds = [k.strip() for k in args.label_error_kinds.split(",") if k.strip()]
-    if not 0.0 <= args.label_errors <= 1.0 or not kinds or any(k not in ERROR_KINDS for k in kinds):
+    known = TWIN_ERROR_KINDS if args.phantom == "twin" else ERROR_KINDS
+    kinds = [k.strip() for k in (args.label_error_kinds or ",".join(known)).split(",") if k.strip()]
+    if not 0.0 <= args.label_errors <= 1.0 or not kinds or any(k not in known for k in kinds):
         print(f"clips-nnunet synth: error: --label-errors must be in [0, 1] and --label-error-kinds among "
-              f"{','.join(ERROR_KINDS)}", file=sys.stderr)
+              f"{','.join(known)} for --phantom {args.phantom}", file=sys.stderr)
         return 2
     manifest = make_synthetic_cohort(args.cohort_dir, n_patients=args.n, seed=args.seed, size=args.size,
                                      faults=faults, progress=not args.quiet, label_error_fraction=args.label_errors,
-                                     label_error_kinds=kinds)
+                                     label_error_kinds=kinds, phantom=args.phantom)
     studies = manifest["studies"]
     print(f"wrote {len(studies)} studies of {args.n} patients to {args.cohort_dir} "
           f"(ground truth: {args.cohort_dir}/ground_truth/manifest.json)")
@@ -37,20 +39,28 @@ def register(subparsers) -> None:
     """Add ``synth``."""
     s = subparsers.add_parser(
         "synth", help="write a synthetic lymphoma PET/CT DICOM cohort with known ground truth",
-        description="Analytic body phantoms with physiological FDG uptake and lymphoma lesions of spread difficulty; "
-                    "CT + PET DICOM (Siemens BQML, GE with private decay time, Philips CNTS), masks as DICOM SEG "
-                    "and RTSTRUCT, ground truth (SUV, labels, manifest) in COHORT_DIR/ground_truth.")
+        description="Box phantoms (default) or whole-body lymphoma twins (--phantom twin, docs/synthetic.md) with "
+                    "physiological FDG uptake and lymphoma lesions; CT + PET DICOM (Siemens BQML, GE with private "
+                    "decay time, Philips CNTS), masks as DICOM SEG and RTSTRUCT, ground truth (SUV, labels, "
+                    "manifest) in COHORT_DIR/ground_truth.")
     s.add_argument("cohort_dir", help="output folder")
     s.add_argument("-n", type=int, default=16, help="number of patients (default 16)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--phantom", choices=("box", "twin"), default="box",
+                   help="box: analytic box phantom (default, used by the demo); twin: whole-body DLBCL twin with "
+                        "anatomy, physiological uptake, PSF and correlated noise (docs/synthetic.md)")
     s.add_argument("--size", choices=("small", "wholebody"), default="small",
-                   help="small: PET 48x48x64 at 4 mm (tests/demo); wholebody: CT 512x512x700, PET 200x200x350")
+                   help="box: small = PET 48x48x64 at 4 mm, wholebody = CT 512x512x700, PET 200x200x350; twin: "
+                        "small = PET 8 mm / CT 4 mm whole body, wholebody = the vendor's clinical grids (PET "
+                        "~4 mm, CT 512x512 at 0.98 mm)")
     s.add_argument("--faults", default="",
                    help="comma-separated faults to plant: nac,localizer,missing-weight,second-study,corrupted")
     s.add_argument("--label-errors", type=float, default=0.0, metavar="FRACTION",
                    help="fraction of studies whose SEG/RTSTRUCT get a planted annotation error (default 0); the clean "
                         "masks stay in ground_truth/")
-    s.add_argument("--label-error-kinds", default="missed_lesion,threshold,physiological,slice_shift",
-                   help="comma-separated kinds to plant (default: all four)")
+    s.add_argument("--label-error-kinds", default=None,
+                   help="comma-separated kinds to plant (default: all of the phantom's): box "
+                        "missed_lesion,threshold,physiological,slice_shift; twin "
+                        "convention,missed_lesion,physiological,boundary,leak")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=run_synth)

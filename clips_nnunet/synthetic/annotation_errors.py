@@ -34,13 +34,14 @@ REGION_KINDS = ("missed_lesion", "physiological")  # whole regions: any size cou
 _STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 
 
-def validate_kinds(kinds: Sequence[str]) -> Tuple[str, ...]:
-    """``kinds`` as a tuple of known error kinds, or ``ValueError`` naming the unknown ones."""
+def validate_kinds(kinds: Sequence[str], known: Sequence[str] = ERROR_KINDS) -> Tuple[str, ...]:
+    """``kinds`` as a tuple of ``known`` error kinds (default: this module's), or ``ValueError`` naming the unknown
+    ones."""
     kinds = tuple(str(k).strip() for k in kinds)
-    bad = [k for k in kinds if k not in ERROR_KINDS]
+    bad = [k for k in kinds if k not in known]
     if bad or not kinds:
         raise ValueError(f"unknown or no annotation error kind(s) {bad or list(kinds)}: choose from "
-                         f"{', '.join(ERROR_KINDS)}")
+                         f"{', '.join(known)}")
     return kinds
 
 
@@ -186,12 +187,13 @@ def plant_annotation_error(label: np.ndarray, kind: str, rng: np.random.Generato
 
 
 def choose_error_cases(case_ids: Sequence[str], fraction: float, kinds: Sequence[str],
-                       rng: np.random.Generator) -> Dict[str, str]:
+                       rng: np.random.Generator, known: Sequence[str] = ERROR_KINDS) -> Dict[str, str]:
     """``{case_id: kind}`` for ``round(fraction * len(case_ids))`` cases drawn without replacement; kinds are dealt
-    in turn from a shuffled ``kinds`` so that each kind is planted about equally often."""
+    in turn from a shuffled ``kinds`` so that each kind is planted about equally often. ``known``: the valid kinds
+    (this module's, or the twin annotators' :data:`~clips_nnunet.synthetic.twin_annotators.TWIN_ERROR_KINDS`)."""
     if not 0.0 <= float(fraction) <= 1.0:
         raise ValueError(f"label error fraction must be in [0, 1], got {fraction!r}")
-    kinds = validate_kinds(kinds)
+    kinds = validate_kinds(kinds, known)
     ids = list(case_ids)
     n = int(round(float(fraction) * len(ids)))
     if n == 0:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -123,8 +123,11 @@ def _tm(t: dt.datetime) -> str:
     return t.strftime("%H%M%S.%f")[:13]
 
 
-def _ct_series(spec: StudySpec, grid: GridSize, frame: _Frame, out_dir: Path, study_uid: str, frame_uid: str,
-               rng: np.random.Generator, localizer: bool = False) -> str:
+def _ct_series(spec: StudySpec, grid: GridSize, frame: Optional[_Frame], out_dir: Path, study_uid: str,
+               frame_uid: str, rng: np.random.Generator, localizer: bool = False,
+               hu_volume: Optional[np.ndarray] = None) -> str:
+    """Write the CT series: slices of the box phantom (``frame``) or of ``hu_volume`` (int16 HU, on ``grid``'s CT
+    grid) plus Gaussian noise of 12 HU (eight noise slices drawn once, rolled by a random shift per slice)."""
     series_uid = generate_uid()
     nz, ny, nx = grid.ct_shape
     sz, sy, sx = grid.ct_spacing
@@ -132,9 +135,14 @@ def _ct_series(spec: StudySpec, grid: GridSize, frame: _Frame, out_dir: Path, st
     y2, x2 = np.broadcast_arrays(y_axis[0], x_axis[0])
     acq = spec.study_datetime + dt.timedelta(seconds=spec.uptake_s - 300)
     names = rng.permutation(nz)
+    bank = None if hu_volume is None else rng.normal(0.0, 12.0, (8, ny, nx)).astype(np.float32)
     for k in range(nz):
         z = float(z_axis[k, 0, 0])
-        hu = _ct_slice(x2, y2, z, spec, frame, rng)
+        if bank is None:
+            hu = _ct_slice(x2, y2, z, spec, frame, rng)
+        else:
+            shift = (int(rng.integers(0, ny)), int(rng.integers(0, nx)))
+            hu = hu_volume[k].astype(np.float32) + np.roll(bank[k % 8], shift, axis=(0, 1))
         stored = np.clip(np.round(hu + 1024.0), -32768, 32767).astype(np.int16)
         ds = Dataset()
         _common(ds, spec, study_uid, frame_uid, "CT")
@@ -305,20 +313,37 @@ def _write_nifti(array: np.ndarray, grid: GridSize, path: Path) -> None:
     write_image(img, path)
 
 
+PHANTOMS = ("box", "twin")
+
+
 def write_study(spec: StudySpec, cohort_dir: PathLike, size: str = "small",
-                mask_formats: Sequence[str] = ("seg", "rtstruct")) -> Dict[str, Any]:
-    """Write one study's DICOM (CT, PET, masks, planted faults) and ground truth; return its manifest entry."""
+                mask_formats: Sequence[str] = ("seg", "rtstruct"), phantom: str = "box") -> Dict[str, Any]:
+    """Write one study's DICOM (CT, PET, masks, planted faults) and ground truth; return its manifest entry.
+
+    ``phantom``: ``box`` (the analytic phantom of :mod:`~clips_nnunet.synthetic.phantom`, grids :data:`SIZES`) or
+    ``twin`` (the whole-body twin of :mod:`~clips_nnunet.synthetic.twin_cohort`: ``size`` ``wholebody`` gives the
+    vendor's clinical grids, ``small`` an 8 mm PET; annotation errors are the realistic annotators' kinds).
+    """
     from clips_nnunet.dataset_conversion.dicom_out import write_dicom_seg, write_rtstruct
 
     cohort_dir = Path(cohort_dir)
-    grid = SIZES[size]
-    frame = _Frame(tuple(n * s for n, s in zip(grid.pet_shape, grid.pet_spacing)))
     rng = np.random.default_rng(spec.seed)
     study_dir = cohort_dir / f"patient_{spec.patient_index:03d}" / f"study_{spec.study_number}"
     study_uid, frame_uid = generate_uid(), generate_uid()
-    suv_true, label = _pet_suv_volume(grid, spec, frame, rng)
+    twin = None
+    if phantom == "twin":
+        from clips_nnunet.synthetic.twin_cohort import render_twin_study
+
+        twin = render_twin_study(spec, size)
+        grid, frame, suv_true, label = twin.grid, None, twin.suv, twin.label
+    elif phantom == "box":
+        grid = SIZES[size]
+        frame = _Frame(tuple(n * s for n, s in zip(grid.pet_shape, grid.pet_spacing)))
+        suv_true, label = _pet_suv_volume(grid, spec, frame, rng)
+    else:
+        raise ValueError(f"unknown phantom {phantom!r}: choose from {', '.join(PHANTOMS)}")
     ct_uid = _ct_series(spec, grid, frame, study_dir / "CT", study_uid, frame_uid, rng,
-                        localizer="localizer" in spec.faults)
+                        localizer="localizer" in spec.faults, hu_volume=None if twin is None else twin.hu)
     pet_uid, pet_ds, gt_suv, info = _pet_series(spec, grid, suv_true, study_dir / "PET", study_uid, frame_uid, rng)
     if "nac" in spec.faults:
         _pet_series(spec, grid, suv_true, study_dir / "PET_NAC", study_uid, frame_uid, rng, nac=True)
@@ -332,8 +357,14 @@ def write_study(spec: StudySpec, cohort_dir: PathLike, size: str = "small",
                              "has_hole": bool(any(l.core_fraction > 0 for l in spec.lesions)),
                              "n_label_voxels": int(label.sum()),
                              "tmtv_ml": float(label.sum() * np.prod(grid.pet_spacing) / 1000.0)}
+    if twin is not None:
+        entry.update(twin.manifest_fields(), phantom="twin", grid=dataclasses.asdict(grid))
     annotated, entry["annotation_error"] = label, {"kind": None}
-    if spec.annotation_error:
+    if spec.annotation_error and twin is not None:
+        from clips_nnunet.synthetic.twin_cohort import annotate_study
+
+        annotated, entry["annotation_error"] = annotate_study(twin, gt_suv, spec.annotation_error, spec.seed)
+    elif spec.annotation_error:
         annotated, entry["annotation_error"] = plant_annotation_error(
             label, spec.annotation_error, np.random.default_rng([spec.seed, 1]), suv=gt_suv)
     if annotated.any():
@@ -352,6 +383,9 @@ def write_study(spec: StudySpec, cohort_dir: PathLike, size: str = "small",
     _write_nifti(label, grid, gt_dir / f"{spec.key}_label.nii.gz")
     entry["suv_path"] = f"{GROUND_TRUTH_DIR}/{spec.key}_suv.nii.gz"
     entry["label_path"] = f"{GROUND_TRUTH_DIR}/{spec.key}_label.nii.gz"
+    if twin is not None:
+        _write_nifti(twin.case.tissue, grid, gt_dir / f"{spec.key}_tissue.nii.gz")
+        entry["tissue_path"] = f"{GROUND_TRUTH_DIR}/{spec.key}_tissue.nii.gz"
     if spec.annotation_error:
         _write_nifti(annotated, grid, gt_dir / f"{spec.key}_label_annotated.nii.gz")
         entry["annotated_label_path"] = f"{GROUND_TRUTH_DIR}/{spec.key}_label_annotated.nii.gz"
@@ -371,12 +405,16 @@ def _expected_outcome(spec: StudySpec) -> Dict[str, Any]:
 def make_synthetic_cohort(cohort_dir: PathLike, n_patients: int = 16, seed: int = 0, size: str = "small",
                           faults: Iterable[str] = (), mask_formats: Sequence[str] = ("seg", "rtstruct"),
                           progress: bool = True, label_error_fraction: float = 0.0,
-                          label_error_kinds: Sequence[str] = ERROR_KINDS) -> Dict[str, Any]:
+                          label_error_kinds: Optional[Sequence[str]] = None, phantom: str = "box"
+                          ) -> Dict[str, Any]:
     """Write a synthetic PET/CT DICOM cohort to ``cohort_dir`` and return its manifest.
 
     Layout: ``patient_NNN/study_K/{CT,PET,SEG,RTSTRUCT[,PET_NAC,CT_TOPOGRAM]}/*.dcm`` and the private
     ``ground_truth/`` folder (manifest.json, per-study SUV and label NIfTI on the PET grid). Deterministic for a
     given ``seed`` (pixel data and lesions; UIDs are new on each run). ``faults``: any of :data:`FAULTS`.
+    ``phantom``: ``box`` or ``twin`` (see :func:`write_study`); ``label_error_kinds`` default to all kinds of that
+    phantom (:data:`~clips_nnunet.synthetic.annotation_errors.ERROR_KINDS` for the box,
+    :data:`~clips_nnunet.synthetic.twin_annotators.TWIN_ERROR_KINDS` for the twin).
     """
     from tqdm import tqdm
 
@@ -384,18 +422,26 @@ def make_synthetic_cohort(cohort_dir: PathLike, n_patients: int = 16, seed: int 
     for m in mask_formats:
         if m not in ("seg", "rtstruct"):
             raise ValueError(f"unknown mask format {m!r}: use 'seg' and/or 'rtstruct'")
+    if phantom not in PHANTOMS:
+        raise ValueError(f"unknown phantom {phantom!r}: choose from {', '.join(PHANTOMS)}")
+    known = ERROR_KINDS
+    if phantom == "twin":
+        from clips_nnunet.synthetic.twin_annotators import TWIN_ERROR_KINDS as known
+    label_error_kinds = tuple(label_error_kinds or known)
     specs = make_study_specs(n_patients, seed=seed, size=size, faults=faults)
     planned = choose_error_cases([s.key for s in specs], label_error_fraction, label_error_kinds,
-                                 np.random.default_rng([seed, 1]))  # studies with an annotation error
+                                 np.random.default_rng([seed, 1]), known=known)  # studies with an annotation error
     for s in specs:
         s.annotation_error = planned.get(s.key, "")
     cohort_dir = Path(cohort_dir)
     cohort_dir.mkdir(parents=True, exist_ok=True)
-    studies = [write_study(s, cohort_dir, size=size, mask_formats=mask_formats)
+    studies = [write_study(s, cohort_dir, size=size, mask_formats=mask_formats, phantom=phantom)
                for s in tqdm(specs, desc="synth", unit="study", disable=not progress)]
+    grid = dataclasses.asdict(SIZES[size]) if phantom == "box" else None  # twin: per study (vendor grids)
     manifest = {"generator": {"n_patients": n_patients, "seed": seed, "size": size, "faults": list(faults),
                               "label_error_fraction": float(label_error_fraction),
-                              "mask_formats": list(mask_formats), "grid": dataclasses.asdict(SIZES[size])},
+                              "label_error_kinds": list(label_error_kinds), "phantom": phantom,
+                              "mask_formats": list(mask_formats), "grid": grid},
                 "studies": studies}
     atomic_write_json(cohort_dir / GROUND_TRUTH_DIR / MANIFEST_NAME, manifest)
     return load_manifest(cohort_dir)  # JSON types (lists, not tuples), as later readers see it

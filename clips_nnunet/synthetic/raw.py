@@ -68,6 +68,23 @@ def add_bladder(pet: np.ndarray, label: np.ndarray) -> np.ndarray:
     return region
 
 
+def _twin_case(seed: int, index: int, shape: Sequence[int], spacing: Sequence[float], kind: Optional[str]
+               ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray, Dict[str, Any]]:
+    """(CT, PET, clean label, difficulty, annotated label, error record) of twin case ``index``."""
+    from clips_nnunet.synthetic.twin import Grid, study_case, twin_difficulty
+    from clips_nnunet.synthetic.twin_annotators import annotate
+
+    case = study_case(seed, index, Grid(tuple(int(n) for n in shape), tuple(float(s) for s in spacing)))
+    noise = np.random.default_rng([seed, index, 3]).normal(0.0, 12.0, case.ct.shape)
+    ct = (case.ct.astype(np.float32) + noise).astype(np.float32)
+    annotated, record = case.label, {"kind": None}
+    if kind:
+        sites = {les.lesion_id: les.site for les in case.lesions}
+        annotated, record = annotate(case.lesion_ids, case.pet, case.tissue, spacing, kind,
+                                     np.random.default_rng([seed, 1, index]), sites=sites)
+    return ct, case.pet, case.label, twin_difficulty(case), annotated, record
+
+
 def truth_dir(raw_root: Path, dataset_id: int, name: str) -> Path:
     """Where :func:`make_synthetic_raw_dataset` keeps the clean masks and planted errors (outside nnUNet_raw)."""
     return Path(raw_root).resolve().parent / TRUTH_DIR / f"Dataset{dataset_id:03d}_{name}"
@@ -80,10 +97,10 @@ def _write(array: np.ndarray, spacing: Sequence[float], path: Path) -> None:
 
 
 def make_synthetic_raw_dataset(raw_root: Path, dataset_id: int = 990, name: str = "ClipsTiny",
-                               n_train: int = 12, n_test: int = 2, shape: Tuple[int, int, int] = (32, 32, 32),
-                               spacing: Tuple[float, float, float] = (4.0, 4.0, 4.0), seed: int = 0,
-                               label_error_fraction: float = 0.0, label_error_kinds: Sequence[str] = ERROR_KINDS,
-                               physiological_uptake: Optional[bool] = None) -> Path:
+                               n_train: int = 12, n_test: int = 2, shape: Optional[Tuple[int, int, int]] = None,
+                               spacing: Optional[Tuple[float, float, float]] = None, seed: int = 0,
+                               label_error_fraction: float = 0.0, label_error_kinds: Optional[Sequence[str]] = None,
+                               physiological_uptake: Optional[bool] = None, phantom: str = "box") -> Path:
     """Write ``Dataset{id}_{name}`` under ``raw_root`` and return its folder.
 
     Difficulty rises linearly over the training cases (``case_0000`` easiest). Test cases go to imagesTs with their
@@ -94,26 +111,48 @@ def make_synthetic_raw_dataset(raw_root: Path, dataset_id: int = 990, name: str 
     ``label_error_kinds`` (dealt in turn), drawn from ``numpy.random.default_rng([seed, 1])`` so the images and
     clean masks do not depend on it. ``physiological_uptake`` (default: on when errors are planted) adds the
     bladder-like region to every PET. Clean masks and errors go to :func:`truth_dir`.
+
+    ``phantom="twin"``: every case is a whole-body twin (:func:`clips_nnunet.synthetic.twin.study_case`) cropped to
+    the trunk on the study grid (default :data:`~clips_nnunet.synthetic.twin.STUDY_GRID`, 8 mm; ``shape`` and
+    ``spacing`` change it), with its physiological uptake always on; errors are the realistic annotators' kinds
+    (:data:`~clips_nnunet.synthetic.twin_annotators.TWIN_ERROR_KINDS`), and ``planted_difficulty`` is the share of
+    small or faint lesions (:func:`~clips_nnunet.synthetic.twin.twin_difficulty`).
     """
+    if phantom not in ("box", "twin"):
+        raise ValueError(f"unknown phantom {phantom!r}: choose box or twin")
+    if phantom == "twin":
+        from clips_nnunet.synthetic.twin import STUDY_GRID
+
+        shape, spacing = tuple(shape or STUDY_GRID.shape), tuple(spacing or STUDY_GRID.spacing)
+        physiological_uptake = True
+    shape, spacing = tuple(shape or (32, 32, 32)), tuple(spacing or (4.0, 4.0, 4.0))
+    known = ERROR_KINDS
+    if phantom == "twin":
+        from clips_nnunet.synthetic.twin_annotators import TWIN_ERROR_KINDS as known
+    label_error_kinds = tuple(label_error_kinds or known)
     rng = np.random.default_rng(seed)
     error_rng = np.random.default_rng([seed, 1])
     if physiological_uptake is None:
         physiological_uptake = label_error_fraction > 0
     planned = choose_error_cases([f"case_{i:04d}" for i in range(n_train)], label_error_fraction,
-                                 label_error_kinds, error_rng)
+                                 label_error_kinds, error_rng, known=known)
     truth = truth_dir(raw_root, dataset_id, name)
     errors: Dict[str, Any] = {}
     folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{name}"
     metadata: Dict[str, dict] = {}
     cases = [(f"case_{i:04d}", "Tr", i / max(1, n_train - 1)) for i in range(n_train)]
     cases += [(f"case_{n_train + i:04d}", "Ts", rng.uniform(0, 1)) for i in range(n_test)]
-    for case_id, split, difficulty in cases:
-        ct, pet, label = make_case(rng, shape, difficulty)
-        hot = add_bladder(pet, label) if physiological_uptake else None
-        annotated, record = label, {"kind": None}
-        if case_id in planned:
-            annotated, record = plant_annotation_error(label, planned[case_id], error_rng, suv=pet, hot_region=hot,
-                                                       fallback_kinds=label_error_kinds)
+    for index, (case_id, split, difficulty) in enumerate(cases):
+        if phantom == "twin":
+            ct, pet, label, difficulty, annotated, record = _twin_case(seed, index, shape, spacing,
+                                                                       planned.get(case_id))
+        else:
+            ct, pet, label = make_case(rng, shape, difficulty)
+            hot = add_bladder(pet, label) if physiological_uptake else None
+            annotated, record = label, {"kind": None}
+            if case_id in planned:
+                annotated, record = plant_annotation_error(label, planned[case_id], error_rng, suv=pet,
+                                                           hot_region=hot, fallback_kinds=label_error_kinds)
         _write(ct, spacing, folder / f"images{split}" / f"{case_id}_0000.nii.gz")
         _write(pet, spacing, folder / f"images{split}" / f"{case_id}_0001.nii.gz")
         _write(annotated, spacing, folder / f"labels{split}" / f"{case_id}.nii.gz")
@@ -127,11 +166,13 @@ def make_synthetic_raw_dataset(raw_root: Path, dataset_id: int = 990, name: str 
         "numTraining": n_train,
         "file_ending": ".nii.gz",
         "name": name,
-        "description": "clips-nnunet tiny synthetic PET/CT dataset (channel 1 is PET in SUV; CT normalisation)",
+        "description": f"clips-nnunet synthetic PET/CT dataset, {phantom} phantom (channel 1 is PET in SUV; CT "
+                       "normalisation)",
     })
     atomic_write_json(folder / "case_metadata.json", metadata)
     atomic_write_json(truth / ERRORS_JSON, {
         "dataset": folder.name, "seed": seed, "label_error_fraction": float(label_error_fraction),
         "label_error_kinds": list(label_error_kinds), "physiological_uptake": bool(physiological_uptake),
+        "phantom": phantom,
         "cases": errors})
     return folder
