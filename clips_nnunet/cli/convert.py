@@ -33,7 +33,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _finish(report, command: str) -> int:
-    """Print the summary; exit code 1 when a case failed or splits_final.json is stale, else 0."""
+    """Print the summary; exit code 1 when a case failed (or failed again and kept its earlier conversion) or
+    splits_final.json is stale, else 0."""
     for case in report.pruned:
         print(f"--prune: removed case {case} (not in this run's cohort)")
     print(report.summary_table())
@@ -42,6 +43,11 @@ def _finish(report, command: str) -> int:
     code = 0
     if report.failed:
         print(f"clips-nnunet {command}: {len(report.failed)} case(s) failed: see "
+              f"{report.dataset_dir / 'conversion_report.json'}", file=sys.stderr)
+        code = 1
+    if getattr(report, "not_reconverted", None):
+        print(f"clips-nnunet {command}: {len(report.not_reconverted)} case(s) could not be converted again and keep "
+              f"their earlier conversion ({', '.join(report.not_reconverted)}): see "
               f"{report.dataset_dir / 'conversion_report.json'}", file=sys.stderr)
         code = 1
     if report.splits_error:

@@ -149,17 +149,26 @@ def resolve_target(dataset_id: int, name: str, private_dir: Optional[PathLike] =
     folder = W.dataset_folder_name(dataset_id, name)
     raw = Path(raw_root) if raw_root else W.nnunet_folder("nnUNet_raw")
     pre = Path(preprocessed_root) if preprocessed_root else _env_folder("nnUNet_preprocessed")
-    prefix = f"Dataset{int(dataset_id):03d}_"
-    for root in (raw, pre, _env_folder("nnUNet_results")):
+    private = W.check_private_dir(Path(private_dir) if private_dir else W.default_private_dir(raw, folder), raw)
+    target = DatasetTarget(int(dataset_id), name, raw, pre, private)
+    check_name_free(target)  # early, so that nothing is created; again under the lock (admit_cases)
+    return target
+
+
+def check_name_free(target: DatasetTarget) -> None:
+    """:class:`DatasetError` when the dataset id already belongs to a dataset of another name in nnUNet_raw,
+    nnUNet_preprocessed or nnUNet_results (nnU-Net would then refuse the id). Checked before anything is created
+    and again under the dataset lock: two runs with one id and different names cannot both pass."""
+    prefix = f"Dataset{target.dataset_id:03d}_"
+    for root in (target.raw_root, target.preprocessed_root, _env_folder("nnUNet_results")):
         if root is None or not root.is_dir():
             continue
-        others = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix) and p.name != folder)
+        others = sorted(p.name for p in root.iterdir()
+                        if p.is_dir() and p.name.startswith(prefix) and p.name != target.folder)
         if others:
-            raise DatasetError(f"dataset id {int(dataset_id)} already belongs to {others[0]} in {root}: nnU-Net "
+            raise DatasetError(f"dataset id {target.dataset_id} already belongs to {others[0]} in {root}: nnU-Net "
                                f"accepts one name per id; use -n {others[0][len(prefix):]} to update that dataset, or "
                                "choose an unused id")
-    private = W.check_private_dir(Path(private_dir) if private_dir else W.default_private_dir(raw, folder), raw)
-    return DatasetTarget(int(dataset_id), name, raw, pre, private)
 
 
 def _state_path(private_dir: Path, case_id: str) -> Path:
@@ -223,6 +232,7 @@ def admit_cases(target: DatasetTarget, prefix: str, keys: Sequence[Tuple[str, st
     """Under the dataset lock: check membership (:func:`check_membership`), create the dataset folders, give each
     (patient, study) key its pseudonymous case id (saved in the private registry) and, with ``prune``, remove the
     earlier cases this cohort does not hold."""
+    check_name_free(target)  # under the lock: another run may have created another name since resolve_target
     registry = W.CaseRegistry.load(target.private_dir, prefix)
     earlier = check_membership(target, registry, keys, add, prune)
     open_dataset(target)
@@ -260,12 +270,16 @@ def run_case(job: CaseJob, options: ConversionOptions) -> Record:
     """
     t0 = time.perf_counter()
     record: Record = {"case_id": job.case_id, "patient_group": job.group}
+    writing = False
     try:
         prepared = _prepare(job, options)
         mask = None if job.test_only else prepared.mask
         split = "train" if mask is not None else "test"
         spacing_zyx = tuple(reversed(prepared.pet_suv.GetSpacing()))
         suv = sitk.GetArrayViewFromImage(prepared.pet_suv)
+        # from here on the earlier files are replaced: the case is incomplete until its new record is written
+        _state_path(options.private_dir, job.case_id).unlink(missing_ok=True)
+        writing = True
         # the (gzip-bound) NIfTI writes run in a second thread while the lesion metadata is computed: SimpleITK
         # releases the GIL while writing. The completion record below is written only after both have finished.
         from concurrent.futures import ThreadPoolExecutor
@@ -289,7 +303,7 @@ def run_case(job: CaseJob, options: ConversionOptions) -> Record:
         record = {**record, "status": "failed", "reason": str(e)}
     except Exception as e:  # one study never stops the cohort: record and go on
         record = {**record, "status": "failed", "reason": f"unexpected {type(e).__name__}: {e}"}
-    if record["status"] == "failed":
+    if record["status"] == "failed" and writing:  # before writing, an earlier conversion's files are untouched
         try:
             W.remove_case_files(options.dataset_dir, job.case_id)
         except OSError:
@@ -337,8 +351,7 @@ def execute(jobs: List[CaseJob], records: Dict[str, Record], options: Conversion
         if done is not None:
             done["resumed"] = True
             records[job.case_id] = done
-        else:
-            _state_path(options.private_dir, job.case_id).unlink(missing_ok=True)
+        else:  # its completion record goes when its files are first replaced (run_case), not before
             todo.append(job)
     for r in _run_jobs(todo, options, workers, progress):
         r.pop("secrets", None)
@@ -382,6 +395,11 @@ class ConversionReport:
         return sorted(c for c, r in self.cases.items() if r["status"] == "failed")
 
     @property
+    def not_reconverted(self) -> List[str]:
+        """Cases this run could not convert again whose earlier conversion was kept (the run counts as failed)."""
+        return sorted(c for c, r in self.cases.items() if r.get("reconversion_failed"))
+
+    @property
     def converted(self) -> List[str]:
         return sorted(c for c, r in self.cases.items() if r["status"] == "converted")
 
@@ -391,7 +409,8 @@ class ConversionReport:
         for case, r in sorted(self.cases.items()):
             md = r.get("metadata") or {}
             tmtv = md.get("tmtv_ml")
-            notes = r.get("reason") or "; ".join(r.get("warnings", []))
+            notes = r.get("reason") or ("not converted again, earlier conversion kept: " + r["reconversion_failed"]
+                                        if r.get("reconversion_failed") else "; ".join(r.get("warnings", [])))
             rows.append((case, r["status"] + (" (resumed)" if r.get("resumed") else ""), r.get("split", "-"),
                          "-" if tmtv is None else f"{tmtv:.1f}", str(md.get("n_lesions", "-")),
                          (notes[:110] + "...") if len(notes) > 113 else notes))
@@ -402,6 +421,27 @@ class ConversionReport:
                      f"{sum(r['status'] == 'skipped' for r in self.cases.values())}"
                      + (f", kept from earlier runs {n_kept}" if n_kept else "") + f" -> {self.dataset_dir}")
         return "\n".join(lines)
+
+
+def _keep_earlier_on_failure(target: DatasetTarget, records: Dict[str, Record], earlier: Dict[str, Record]
+                             ) -> Dict[str, Record]:
+    """A case that fails or is skipped in this run (its study cannot be read or chosen now) but was converted by an earlier run
+    whose completion record and files are untouched and verify keeps that conversion: its record becomes
+    ``kept`` with ``reconversion_failed`` (the reason), so the dataset, metadata and splits stay as they were.
+    Changes ``records`` in place; returns the kept records."""
+    kept: Dict[str, Record] = {}
+    for c, r in list(records.items()):
+        if r["status"] not in ("failed", "skipped") or c not in earlier or not _state_path(target.private_dir, c).is_file():
+            continue
+        if W.verify_case(target.dataset_dir, c, earlier[c].get("split") == "train") is not None:
+            continue
+        reason = r.get("reason", "")
+        kept[c] = records[c] = {**{k: v for k, v in earlier[c].items() if k != "resumed"}, "status": "kept",
+                                "reconversion_failed": reason,
+                                "warnings": list(earlier[c].get("warnings", [])) + [
+                                    f"this run could not convert it again ({reason}); the conversion of an "
+                                    "earlier run is kept"]}
+    return kept
 
 
 def finish_dataset(target: DatasetTarget, records: Dict[str, Record], warnings: List[str], force: bool,
@@ -416,7 +456,10 @@ def finish_dataset(target: DatasetTarget, records: Dict[str, Record], warnings: 
     """
     dataset_dir, private_dir = target.dataset_dir, target.private_dir
     converted = {c: r for c, r in records.items() if r["status"] == "converted"}
-    kept: Dict[str, Record] = {}
+    kept = _keep_earlier_on_failure(target, records, earlier or {})
+    if kept:
+        warnings.append(f"{len(kept)} case(s) could not be converted again and keep their earlier conversion: "
+                        + ", ".join(sorted(kept)))
     for c, r in (earlier or {}).items():
         if c in records:
             continue
@@ -433,8 +476,9 @@ def finish_dataset(target: DatasetTarget, records: Dict[str, Record], warnings: 
     if strangers:
         warnings.append(f"{len(strangers)} case(s) in the dataset folder were not written by clips-nnunet and were "
                         f"left alone (e.g. {strangers[0]}): they are not counted in dataset.json")
-    if kept:
-        warnings.append(f"{len(kept)} case(s) converted by earlier runs are not in this run and were kept "
+    n_absent = sum(1 for r in kept.values() if "reconversion_failed" not in r)
+    if n_absent:
+        warnings.append(f"{n_absent} case(s) converted by earlier runs are not in this run and were kept "
                         "(--prune removes them)")
     train = {c: r for c, r in present.items() if r["split"] == "train"}
     W.write_dataset_json(dataset_dir, target.name, len(train))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -322,7 +321,9 @@ class CaseRegistry:
 
     Stored as ``case_mapping.json`` in the private folder: ``{"salt", "prefix", "cases": {case_id: {"patient",
     "study"}}, "groups": {patient: group}}``. New studies get the next free numbers in the order of
-    ``sha256(salt + patient + study)``, so ids never encode the PatientID and re-runs give the same ids.
+    ``sha256(salt + patient + study)``, so ids never encode the PatientID and re-runs give the same ids. The salt
+    of a new registry is a hash of every (patient, study) of its first cohort: secret as they are, and the same
+    for the same cohort, so converting one cohort into a fresh folder always gives the same ids.
     """
     path: Path
     prefix: str
@@ -341,7 +342,7 @@ class CaseRegistry:
                 raise DatasetError(f"{path} was written for prefix {data.get('prefix')!r}, not {prefix!r}: use the "
                                    "same dataset name/prefix or another --private-dir")
             return cls(path, prefix, data["salt"], dict(data["cases"]), dict(data["groups"]))
-        return cls(path, prefix, secrets.token_hex(16), {}, {})
+        return cls(path, prefix, "", {}, {})  # the salt is derived from the first cohort (assign)
 
     def _hash(self, *parts: str) -> str:
         return hashlib.sha256("\x00".join((self.salt,) + parts).encode("utf-8")).hexdigest()
@@ -349,6 +350,12 @@ class CaseRegistry:
     def assign(self, keys: Iterable[Tuple[str, str]]) -> Dict[Tuple[str, str], str]:
         """Case ids for (patient, study) keys; unseen keys get new numbers. Call :meth:`save` afterwards."""
         keys = list(dict.fromkeys(keys))
+        if not self.salt:
+            # a new registry: the salt is a hash of the whole cohort's identities (secret like them, never
+            # derivable without all of them), so one cohort gets the same ids in any fresh folder, whatever -j,
+            # index or completion order; once saved, the salt is reused for patients added later
+            text = "\x00".join(sorted(f"{p}\x01{s}" for p, s in keys))
+            self.salt = hashlib.sha256(("clips-nnunet case ids\x00" + text).encode("utf-8")).hexdigest()[:32]
         known = {(v["patient"], v["study"]): k for k, v in self.cases.items()}
         used = [int(k.rsplit("_", 1)[1]) for k in self.cases]
         next_number = max(used, default=0) + 1

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from clips_nnunet.dataset_conversion.write import write_image
 from clips_nnunet.errors import PatientError
-from clips_nnunet.io_utils import PathLike, atomic_write_json, read_json
+from clips_nnunet.io_utils import PathLike, atomic_write_json, check_nifti_complete, read_json
 
 #: Files written per patient; ``report.json`` is written last and marks completion.
 OUTPUT_FILES = ("mask.nii.gz", "seg.dcm", "rtstruct.dcm", "mip_coronal.png", "report.md", "report.json")
@@ -92,9 +92,32 @@ class PseudonymMap:
         atomic_write_json(self.path, self.entries)
 
 
-def is_complete(folder: Path) -> bool:
-    """True when every output of one patient exists (``report.json``, written last, included)."""
-    return all((folder / name).is_file() for name in OUTPUT_FILES)
+def report_case(folder: Path) -> Optional[str]:
+    """The pseudonym (``case``) in ``folder/report.json``: whose outputs the folder holds; None when there is no
+    readable report."""
+    try:
+        report = read_json(Path(folder) / "report.json")
+    except (OSError, ValueError):
+        return None
+    case = report.get("case") if isinstance(report, dict) else None
+    return str(case) if case else None
+
+
+def is_complete(folder: Path, case: Optional[str] = None) -> bool:
+    """True when every output of one patient exists (``report.json``, written last, included), the report parses
+    and, with ``case`` (the study's pseudonym, i.e. its identity through the private mapping), is that study's:
+    completion is keyed by the study, never by the folder name alone. The mask must be complete too."""
+    folder = Path(folder)
+    if not all((folder / name).is_file() for name in OUTPUT_FILES):
+        return False
+    found = report_case(folder)
+    if found is None or (case is not None and found != case):
+        return False
+    try:
+        check_nifti_complete(folder / "mask.nii.gz")
+    except (ValueError, OSError):
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------------------------------

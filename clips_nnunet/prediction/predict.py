@@ -51,7 +51,7 @@ from clips_nnunet.dataset_conversion.write import scrub as scrub_secrets
 from clips_nnunet.errors import ClipsError, DatasetError, PatientError
 from clips_nnunet.trainers.checkpoints import load_trained_model
 from clips_nnunet.prediction.outputs import (MAPPING_FILE, OUTPUT_FILES, PSEUDONYM_PREFIX, PseudonymMap,
-                                                     is_complete, safe_folder_name, write_nifti,
+                                                     is_complete, report_case, safe_folder_name, write_nifti,
                                                      write_patient_outputs)
 from clips_nnunet.nnunet_env import resolve_device
 from clips_nnunet.io_utils import DirectoryLock, PathLike, atomic_write_json, read_json
@@ -420,9 +420,16 @@ def _predict_locked(inputs: Sequence[PathLike], output_dir: Path, private_dir: P
 
     results: Dict[int, PatientResult] = {}
     todo = []
+    owners = {e["folder"].casefold(): p for p, e in mapping.entries.items() if e.get("folder")}
     for i, (pseudonym, name, sel) in enumerate(cases):
         label = name if keep_patient_names else pseudonym
-        if not overwrite and is_complete(output_dir / name):
+        other = _other_study(output_dir / name, pseudonym, owners.get(name.casefold()))
+        if other is not None:  # never skip on, or write over, another study's outputs
+            results[i] = PatientResult(label, "failed", message=f"output folder {name} holds the outputs of "
+                                       f"another study ({other}); predict into another output folder, or do not "
+                                       "mix --keep-patient-names and pseudonymised runs in one folder")
+            continue
+        if not overwrite and is_complete(output_dir / name, pseudonym):
             report = read_json(output_dir / name / "report.json")
             results[i] = PatientResult(label, "skipped", message="outputs already complete",
                                        tmtv_ml=_get(report, "tmtv_ml"), n_lesions=_get(report, "n_lesions"))
@@ -471,6 +478,15 @@ def _predict_locked(inputs: Sequence[PathLike], output_dir: Path, private_dir: P
     atomic_write_json(output_dir / "prediction_summary.json",
                       {"model": predictor.model_description() if predictor else None, **run.to_dict()})
     return run
+
+
+def _other_study(folder: Path, pseudonym: str, recorded_owner: Optional[str]) -> Optional[str]:
+    """The pseudonym of another study whose outputs ``folder`` holds or whose folder it is by the private
+    mapping (a ``--keep-patient-names`` folder named like a pseudonym); None when it is free or this study's."""
+    if recorded_owner is not None and recorded_owner != pseudonym:
+        return recorded_owner
+    found = report_case(folder)
+    return found if found is not None and found != pseudonym else None
 
 
 def _get(report: Dict[str, Any], key: str) -> Any:
