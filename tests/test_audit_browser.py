@@ -70,7 +70,7 @@ def test_page_loads_shows_images_enlarges_and_exports_decisions(audit_page, tmp_
         # decisions with real clicks and typing
         browser.click(f"#case-{first} input[value=confirmed_error]")
         browser.click(f"#case-{first} textarea")
-        browser.type_text('left axillary node, "missed", redraw')
+        browser.type_text('outline too wide, "dilated" on every slice; redraw')
         browser.click(f"#case-{second} input[value=false_alarm]")
         browser.click(f"#case-{third} input[value=unsure]")
         assert browser.js("document.getElementById('reviewed').textContent") == "3 of 12 cases decided"
@@ -91,7 +91,7 @@ def test_page_loads_shows_images_enlarges_and_exports_decisions(audit_page, tmp_
     assert tuple(rows[0]) == COLUMNS and [r["case_id"] for r in rows] == cards
     by_case = {r["case_id"]: r for r in rows}
     assert by_case[first]["decision"] == "confirmed_error"
-    assert by_case[first]["note"] == 'left axillary node, "missed", redraw'
+    assert by_case[first]["note"] == 'outline too wide, "dilated" on every slice; redraw'
     assert by_case[second]["decision"] == "false_alarm" and by_case[third]["decision"] == "unsure"
     assert all(r["decision"] == "not_reviewed" for r in rows[3:])
     assert by_case[first]["error_kind"] == corrupted[first] and by_case[first]["finding_slice"].isdigit()

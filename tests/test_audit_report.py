@@ -157,7 +157,9 @@ def test_corrupted_references_are_the_top_k(cv_folder, tmp_path, monkeypatch, ca
     assert all(r["finding_slice"] == "" for r in rows[k:])
     for name in ("index.html", "audit.csv", "audit.json"):  # case ids only: no paths
         assert str(base) not in (out / name).read_text()
-    assert "audited 12 cases" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "audited 12 cases" in printed and "warning" not in printed
+    assert "(missed_lesion: the reference missed a lesion)" in printed and "at PET slice" in printed
 
 
 def test_one_unreadable_prediction_is_reported_and_the_rest_audited(cv_folder, tmp_path):

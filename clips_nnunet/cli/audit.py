@@ -31,9 +31,17 @@ def run_audit_command(args: argparse.Namespace) -> int:
     for r in rows:
         kinds[r["error_kind"]] = kinds.get(r["error_kind"], 0) + 1
     print(f"audited {len(rows)} cases: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
+    who = {"missed_lesion": "the reference missed a lesion", "extra_region": "the reference holds a non-lesion region",
+           "boundary": "the reference's outline looks wrong"}
     for i, r in enumerate(rows[: args.show], 1):
-        print(f"  {i:>3}. {r['case_id']}: suspicion {r['suspicion']:.3f} ({r['error_kind']}), "
-              f"Dice {r['dice']:.3f}")
+        line = f"  {i:>3}. {r['case_id']}: suspicion {r['suspicion']:.3f} ({r['error_kind']}"
+        line += f": {who[r['error_kind']]})" if r["error_kind"] in who else ")"
+        line += f", Dice {r['dice']:.3f}"
+        if r.get("finding"):
+            f = r["finding"]
+            line += (f"; finding {f['volume_ml']:.2f} ml at PET slice {f['slice']} of {f['n_slices']}, "
+                     f"x/y/z {f['lps_mm'][0]:.1f}/{f['lps_mm'][1]:.1f}/{f['lps_mm'][2]:.1f} mm (LPS)")
+        print(line)
     print(f"results in {args.output} (audit.csv, audit.json" + ("" if args.no_html else ", index.html") + ")")
     return 0
 
