@@ -1,28 +1,43 @@
-"""The plateau criterion of the study's training curves and the clean references of a study with planted errors."""
+"""The study's convergence ladder and budget accounting, and the clean references of a study with planted errors."""
 from __future__ import annotations
 
 import pytest
 
-from clips_nnunet.study.curves import plateau
+from clips_nnunet.evaluation.statistics import RunLevelDifference
+from clips_nnunet.study.report_sections import budget_lines, budgets, ladder_verdict
 
 
-def test_plateau_compares_the_last_two_windows_by_hand():
-    # 10 epochs, window 20 % = 2 epochs: last (0.80, 0.82) mean 0.81, before (0.78, 0.80) mean 0.79: gain 0.02
-    curve = [0.0, 0.1, 0.3, 0.5, 0.6, 0.7, 0.78, 0.80, 0.80, 0.82]
-    r = plateau(curve, window=0.2, tolerance=0.02)
-    assert r.window_epochs == 2 and r.last == pytest.approx(0.81) and r.before == pytest.approx(0.79)
-    assert r.gain == pytest.approx(0.02) and not r.reached  # gain must be strictly below the tolerance
-    assert plateau(curve, window=0.2, tolerance=0.03).reached
-    # still rising: gain over the last 3 of 15 epochs is large
-    rising = [i / 15 for i in range(15)]
-    assert plateau(rising).window_epochs == 3 and plateau(rising).gain == pytest.approx(3 / 15)
-    assert not plateau(rising).reached
-    # a curve that fell counts as a plateau (no gain)
-    assert plateau([0.9, 0.9, 0.9, 0.8, 0.8]).reached
-    # too short for two windows: undecided
-    assert not plateau([0.5]).reached
-    with pytest.raises(ValueError, match="window"):
-        plateau(curve, window=0.6)
+def test_ladder_verdict_reads_the_interval_against_the_margin():
+    def d(low, high):
+        return RunLevelDifference((low + high) / 2, low, high, 0.5, 3, 3, 4)
+
+    assert ladder_verdict(d(-0.01, 0.015), 0.02) == "converged"
+    assert ladder_verdict(d(0.03, 0.09), 0.02) == "not converged"
+    assert ladder_verdict(d(-0.01, 0.05), 0.02).startswith("undetermined (the interval crosses")
+    # a run stuck at zero at 1x and 2x has a zero difference but no interval: never "converged"
+    stuck = RunLevelDifference(0.0, float("nan"), float("nan"), float("nan"), 1, 1, 0, "one run per arm and fold")
+    assert ladder_verdict(stuck, 0.02) == "undetermined (one run per arm and fold)"
+
+
+def test_budget_counts_the_teachers_cross_validation_and_the_ladder(tmp_path):
+    from clips_nnunet.study import parse_study_config
+
+    raw = {"name": "b", "dataset": {"id": 995, "name": "B", "source": "synthetic_raw", "n_splits": 3},
+           "trainers": ["nnUNetTrainerClipsBase",
+                        {"name": "stock2x", "trainer": "nnUNetTrainerClipsBase", "budget_factor": 2},
+                        {"name": "teach", "trainer": "nnUNetTrainerCLTransferTeacher",
+                         "teacher": "nnUNetTrainerClipsBase"}],
+           "baseline": "nnUNetTrainerClipsBase", "seeds": [0], "budget": {"epochs": 4, "iterations_per_epoch": 5}}
+    config = parse_study_config(raw, study_dir=tmp_path / "s")
+    assert config.ladder_arms == ("stock2x",) and config.run_iterations("stock2x") == 40
+    by_arm = {b.arm: b for b in budgets(config)}
+    assert by_arm["nnUNetTrainerClipsBase"].total == 20 and by_arm["nnUNetTrainerClipsBase"].ratio == 1.0
+    assert by_arm["teach"].teacher == 3 * 20 and by_arm["teach"].ratio == pytest.approx(4.0)  # 3-fold teacher CV
+    text = "\n".join(budget_lines(config))
+    assert "Equal budget: **false**" in text and "**4.00x**" in text and "**2.00x** (convergence ladder)" in text
+    with pytest.raises(Exception, match="budget_factor"):
+        parse_study_config(dict(raw, trainers=[{"name": "x", "budget_factor": 0}], baseline="x"),
+                           study_dir=tmp_path / "t")
 
 
 def test_reference_masks_are_the_clean_ones_when_errors_were_planted(tmp_path):

@@ -20,7 +20,7 @@ _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 DATASET_SOURCES = ("existing", "synthetic_raw", "synth_dicom")
 KNOWN_KEYS = ("name", "study_dir", "dataset", "configuration", "plans", "trainers", "baseline", "controls", "folds",
               "seeds", "budget", "device", "teacher_seed", "difficulty_key", "skip_missing_trainers", "run_timeout_s",
-              "n_proc_da", "parallel_runs", "derive_configuration", "description")
+              "n_proc_da", "parallel_runs", "derive_configuration", "description", "convergence_margin")
 #: Literal types an arm's class-attribute override may have (written as ``attribute = value`` lines).
 OVERRIDE_TYPES = (int, float, str, bool, list, type(None))
 
@@ -43,7 +43,9 @@ class TrainerSpec:
     included); ``overrides`` are class attributes set on the subclass (the nnU-Net way of changing a
     hyper-parameter); ``teacher`` names the arm whose out-of-fold predictions give the difficulty
     (transfer teacher / bootstrapping); ``control`` names the arm's matched control (e.g. its Random order), which
-    the report tests it against.
+    the report tests it against; ``budget_factor`` multiplies the study's epochs for this arm (the baseline's
+    trainer at 2 is the convergence ladder's 2x rung; any other arm with a factor has an unequal budget, and the
+    report prints the ratio).
     """
 
     name: str
@@ -51,6 +53,7 @@ class TrainerSpec:
     overrides: Tuple[Tuple[str, Any], ...] = ()
     teacher: Optional[str] = None
     control: Optional[str] = None
+    budget_factor: int = 1
 
     @property
     def class_name(self) -> str:
@@ -87,6 +90,7 @@ class StudyConfig:
     parallel_runs: int = 1
     derive_from: Optional[str] = None
     features_divisor: int = 1
+    convergence_margin: float = 0.02
 
     @property
     def preprocess_configuration(self) -> str:
@@ -106,6 +110,18 @@ class StudyConfig:
     @property
     def budget_iterations(self) -> int:
         return self.epochs * self.iterations_per_epoch
+
+    def run_iterations(self, name: str) -> int:
+        """Training iterations of one run of arm ``name`` (its ``budget_factor`` included)."""
+        return self.budget_iterations * self.trainer(name).budget_factor
+
+    @property
+    def ladder_arms(self) -> Tuple[str, ...]:
+        """The convergence ladder's rungs above 1x: arms with the baseline's trainer and overrides and a
+        ``budget_factor`` above 1."""
+        base = self.trainer(self.baseline)
+        return tuple(t.name for t in self.trainers if t.budget_factor > 1 and (t.trainer, t.overrides, t.teacher)
+                     == (base.trainer, base.overrides, base.teacher))
 
     def control_pairs(self) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
         """``((control, (arm, ...)), ...)``: each control with the arms tested against it: the arms naming it as
@@ -174,10 +190,10 @@ def _parse_trainer(i: int, t: Any) -> TrainerSpec:
         t = {"name": t}
     if not isinstance(t, Mapping):
         raise StudyConfigError(f"study config: trainers[{i}] must be a name or a mapping, got {t!r}")
-    bad = sorted(set(t) - {"name", "trainer", "overrides", "teacher", "control"})
+    bad = sorted(set(t) - {"name", "trainer", "overrides", "teacher", "control", "budget_factor"})
     if bad:
         raise StudyConfigError(f"study config: trainers[{i}] has unknown key(s) {bad}; "
-                               "use name, trainer, overrides, teacher, control")
+                               "use name, trainer, overrides, teacher, control, budget_factor")
     name = str(_req(t, "name", f"trainers[{i}]."))
     trainer = str(t.get("trainer") or name)
     for label, value in (("name", name), ("trainer", trainer)):
@@ -191,7 +207,8 @@ def _parse_trainer(i: int, t: Any) -> TrainerSpec:
         if not isinstance(v, OVERRIDE_TYPES):
             raise StudyConfigError(f"study config: trainers[{i}].overrides.{k} must be a number, string, bool, "
                                    f"list or null, got {type(v).__name__}")
-    return TrainerSpec(name, trainer, tuple(sorted(overrides.items())), t.get("teacher"), t.get("control"))
+    return TrainerSpec(name, trainer, tuple(sorted(overrides.items())), t.get("teacher"), t.get("control"),
+                       _positive_int(t.get("budget_factor", 1), f"trainers[{i}].budget_factor"))
 
 
 def _parse_arms(raw: Mapping[str, Any]) -> Dict[str, Any]:
@@ -266,13 +283,14 @@ def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
     folder; the ``study_dir`` argument wins); ``dataset*`` {``id*``, ``name``, ``source``: existing | synthetic_raw |
     synth_dicom, ``options``: generator keyword arguments, ``n_splits``}; ``configuration`` (3d_fullres);
     ``plans`` (nnUNetPlans); ``trainers*``: list of {``name*``, ``trainer`` (default = name), ``overrides``,
-    ``teacher``}; ``baseline*``; ``controls``; ``folds`` ([0]); ``seeds*``; ``budget*`` {``epochs*``,
+    ``teacher``, ``control``, ``budget_factor`` (1)}; ``baseline*``; ``controls``; ``folds`` ([0]); ``seeds*``; ``budget*`` {``epochs*``,
     ``iterations_per_epoch*``, ``val_iterations_per_epoch`` (2)}; ``device`` (auto | cpu | cuda); ``teacher_seed``
     (first seed); ``difficulty_key`` (case_metadata.json key for the hardest third; default: teacher difficulty);
     ``skip_missing_trainers`` (true); ``run_timeout_s``; ``n_proc_da`` (0); ``parallel_runs`` (1: runs at once);
     ``derive_configuration`` {``from``: 3d_fullres, ``features_divisor``: 4}: ``configuration`` is then added to the
     plans as a smaller network inheriting ``from`` (same preprocessed data, features per stage divided), for
-    studies on CPUs.
+    studies on CPUs; ``convergence_margin`` (0.02): the convergence ladder's margin (Dice, clean masks) within
+    which the 2x baseline must stay of the 1x baseline, interval included.
     """
     if not isinstance(raw, Mapping):
         raise StudyConfigError(f"study config must be a mapping (YAML dictionary), got {type(raw).__name__}")
@@ -295,6 +313,10 @@ def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise StudyConfigError(f"study config: 'run_timeout_s' must be a positive number of seconds, got {timeout!r}")
     configuration = str(raw.get("configuration", "3d_fullres"))
+    margin = raw.get("convergence_margin", 0.02)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < 1:
+        raise StudyConfigError(f"study config: 'convergence_margin' must be a Dice difference in (0, 1), got "
+                               f"{margin!r}")
     return StudyConfig(
         name=name, study_dir=_resolve_study_dir(raw, name, base_dir, study_dir), **dataset, **arms, **budget,
         **_parse_derived(raw, configuration), configuration=configuration, plans=str(raw.get("plans", "nnUNetPlans")),
@@ -303,7 +325,7 @@ def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
         difficulty_key=raw.get("difficulty_key"), skip_missing_trainers=bool(raw.get("skip_missing_trainers", True)),
         run_timeout_s=float(timeout) if timeout is not None else None,
         n_proc_da=_positive_int(raw.get("n_proc_da", 0), "n_proc_da", 0),
-        parallel_runs=_positive_int(raw.get("parallel_runs", 1), "parallel_runs"))
+        parallel_runs=_positive_int(raw.get("parallel_runs", 1), "parallel_runs"), convergence_margin=float(margin))
 
 
 def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:

@@ -14,19 +14,25 @@ case is there, so an interrupted prediction is redone, never read.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
+
 from clips_nnunet.errors import DatasetError
-from clips_nnunet.evaluation.formatting import fmt_fixed, fmt_p
+from clips_nnunet.evaluation.compare_report import p_text
+from clips_nnunet.evaluation.formatting import fmt_fixed
+from clips_nnunet.evaluation.statistics import describe
 from clips_nnunet.io_utils import atomic_write_json, read_json
 from clips_nnunet.nnunet_env import environment_applied
 from clips_nnunet.study.config import StudyConfig
 from clips_nnunet.study.layout import RunSpec, fold_dir, run_is_finished, seed_results_root, study_environment
 
-__all__ = ["planted_errors", "planted_training_cases", "predict_planted_training_cases", "memorisation_section"]
+__all__ = ["planted_errors", "planted_training_cases", "predict_planted_training_cases", "ceiling_dice",
+           "Memorisation", "memorisation_results", "memorisation_lines"]
 
 
 def planted_errors(config: StudyConfig) -> Optional[Tuple[Path, Dict[str, str]]]:
@@ -124,59 +130,114 @@ def _compare(groups: Mapping[str, List[Path]], baseline: str, gt_dir: Path, out_
                            metrics={"dice": True}, plots=False, progress=False)
 
 
-def _means(res) -> Dict[str, float]:
-    rows = res.table[(res.table.stratum == "all") & (res.table.metric == "dice")]
-    return {r["group"]: float(r["mean"]) for _, r in rows.iterrows()}
+def ceiling_dice(config: StudyConfig, cases: Sequence[str]) -> Dict[str, float]:
+    """``{case: Dice(clean mask, planted mask)}``: how far a perfect model of the clean anatomy scores against the
+    planted masks (and a model that learned every planted error against the clean ones)."""
+    import SimpleITK as sitk
+
+    from clips_nnunet.io_utils import read_image
+    from clips_nnunet.metrics.overlap import dice
+
+    truth = planted_errors(config)
+    if truth is None:
+        return {}
+    labels = config.study_dir / "nnUNet_raw" / config.dataset_folder_name / "labelsTr"
+    out = {}
+    for case in cases:
+        clean, planted = sorted(truth[0].glob(f"{case}.*")), sorted(labels.glob(f"{case}.*"))
+        if clean and planted:
+            out[case] = dice(sitk.GetArrayFromImage(read_image(planted[0], what="planted mask")),
+                             sitk.GetArrayFromImage(read_image(clean[0], what="clean mask")))
+    return out
 
 
-def _test(res, arm: str) -> str:
-    rows = res.tests[(res.tests.group == arm) & (res.tests.stratum == "all") & (res.tests.metric == "dice")]
-    if rows.empty:
-        return "-"
-    r = rows.iloc[0]
-    return f"{fmt_fixed(r['median_diff'])} (p={fmt_p(r['p_value'])})"
+@dataclasses.dataclass
+class Memorisation:
+    """The badly annotated training patients of ``fold`` predicted by every run, scored against the clean
+    (``clean``) and the planted masks (``planted``); ``controls``: arm -> (its control, comparison against it on
+    the clean masks); ``ceiling``: Dice(clean, planted) per case."""
+
+    fold: int
+    kinds: Dict[str, str]
+    clean: Any
+    planted: Any
+    controls: Dict[str, Tuple[str, Any]]
+    ceiling: Dict[str, float]
+
+    def printed_comparisons(self) -> List[Any]:
+        """The comparisons the report prints (Dice vs the clean mask, all these patients): against the baseline
+        and each arm's control (for the report's Holm family)."""
+        out = [c for c in self.clean.comparisons if c.stratum == "all" and c.metric == "dice"]
+        return out + [c for arm, (_, res) in self.controls.items() for c in res.comparisons
+                      if c.group == arm and c.stratum == "all" and c.metric == "dice"]
 
 
-def memorisation_section(config: StudyConfig, groups: Mapping[str, List[Path]], device: str, out_dir: Path,
-                         echo: bool = True) -> Tuple[List[str], Dict[str, Any]]:
-    """The report section (markdown lines) and its numbers; nothing when the study has no planted errors."""
+def memorisation_results(config: StudyConfig, groups: Mapping[str, List[Path]], device: str, out_dir: Path,
+                         echo: bool = True) -> Optional[Memorisation]:
+    """Predict (once) and score the badly annotated training patients; None without planted errors."""
     fold = config.folds[0]
     kinds = planted_training_cases(config, fold)
     if not kinds:
-        return [], {}
+        return None
     predicted = predict_planted_training_cases(config, groups, device, list(kinds), echo)
     if config.baseline not in predicted:
-        return [], {}
+        return None
     clean_dir = planted_errors(config)[0]
     planted_dir = config.study_dir / "nnUNet_raw" / config.dataset_folder_name / "labelsTr"
     clean = _compare(predicted, config.baseline, clean_dir, out_dir / "vs_clean")
     planted = _compare(predicted, config.baseline, planted_dir, out_dir / "vs_planted")
-    controls: Dict[str, Optional[Any]] = {}
+    controls: Dict[str, Tuple[str, Any]] = {}
     for ref, arms in config.control_pairs():
         if ref in predicted and ref != config.baseline:
             present = {k: predicted[k] for k in [ref, *arms] if k in predicted}
             res = _compare(present, ref, clean_dir, out_dir / f"vs_clean_{ref}")
             controls.update({a: (ref, res) for a in arms if a in present})
-    by_kind = clean.per_case.assign(kind=clean.per_case.case_id.map(kinds)).groupby(["group", "kind"]).dice.mean()
-    kind_names = sorted(set(kinds.values()))
-    mean_clean, mean_planted = _means(clean), _means(planted)
+    return Memorisation(fold, kinds, clean, planted, controls, ceiling_dice(config, list(kinds)))
+
+
+def _mean(res, arm: str) -> str:
+    s = res.summary(arm, "dice")
+    if s is None or not s.n_runs:
+        return "no value"
+    return f"{fmt_fixed(s.mean)}" + (f" [{fmt_fixed(s.ci_low)}, {fmt_fixed(s.ci_high)}]" if s.n_runs > 1 else "")
+
+
+def _diff(c) -> str:
+    if c is None:
+        return "-"
+    return f"{describe(c.difference)} (p_holm={p_text(c.p_holm)})"
+
+
+def memorisation_lines(config: StudyConfig, m: Memorisation) -> Tuple[List[str], Dict[str, Any]]:
+    """The report section (markdown lines) and its numbers."""
+    kind_names = sorted(set(m.kinds.values()))
+    pc = m.clean.per_case
+    by_kind = pc.assign(kind=pc.case_id.map(m.kinds)).groupby(["group", "kind"]).dice.mean()
+    ceiling = float(np.mean(list(m.ceiling.values()))) if m.ceiling else float("nan")
     lines = ["## Badly annotated training patients: did an arm learn the wrong masks?", "",
-             f"The {len(kinds)} training patients of fold {fold} whose mask carries a planted error "
-             f"({', '.join(f'{k}: {sum(v == k for v in kinds.values())}' for k in kind_names)}), predicted by "
-             f"each run's final model (nnU-Net's `nnUNetPredictor`, no mirroring), seed-averaged. Dice against "
-             f"the clean "
-             f"mask (high: the model resisted the error) and against the planted mask it trained on (high: it "
-             f"learned the error). diff = median paired difference in Dice against the clean mask, Wilcoxon p "
-             f"(n = {len(kinds)}: read as a trend).", "",
-             "| arm | Dice vs clean | Dice vs planted | " + " | ".join(f"vs clean: {k}" for k in kind_names)
-             + f" | diff vs `{config.baseline}` | diff vs control |",
-             "|---|---|---|" + "---|" * len(kind_names) + "---|---|"]
-    for arm in predicted:
-        ref, res = controls.get(arm, (None, None))
-        cells = [fmt_fixed(mean_clean.get(arm)), fmt_fixed(mean_planted.get(arm))]
+             f"The {len(m.kinds)} training patients of fold {m.fold} whose mask carries a planted error "
+             f"({', '.join(f'{k}: {sum(v == k for v in m.kinds.values())}' for k in kind_names)}), predicted by "
+             f"each run's final model (nnU-Net's `nnUNetPredictor`, no mirroring). Dice against the clean mask "
+             f"(high: the model resisted the error) and against the planted mask it trained on (high: it learned "
+             f"the error): means over runs [95 % interval]. Differences: run-level, Dice against the clean mask, "
+             f"Holm-adjusted within the report's family.", ""]
+    if m.ceiling:
+        lines += [f"Ceiling: Dice(clean mask, planted mask) averages {fmt_fixed(ceiling)} over these patients "
+                  f"(range {fmt_fixed(min(m.ceiling.values()))} to {fmt_fixed(max(m.ceiling.values()))}): a model "
+                  f"that predicts the clean anatomy perfectly scores this against the planted masks, and a model "
+                  f"that reproduced every planted error scores it against the clean ones.", ""]
+    lines += ["| arm | Dice vs clean | Dice vs planted | " + " | ".join(f"vs clean: {k} (mean over patients)"
+                                                                      for k in kind_names)
+              + f" | diff vs `{config.baseline}` | diff vs control |",
+              "|---|---|---|" + "---|" * len(kind_names) + "---|---|"]
+    for arm in m.clean.groups:
+        ref, res = m.controls.get(arm, (None, None))
+        cells = [_mean(m.clean, arm), _mean(m.planted, arm)]
         cells += [fmt_fixed(float(by_kind.get((arm, k), float("nan")))) for k in kind_names]
-        cells += ["-" if arm == config.baseline else _test(clean, arm),
-                  "-" if res is None else f"{_test(res, arm)} vs `{ref}`"]
+        cells += ["-" if arm == config.baseline else _diff(m.clean.comparison(arm, "dice")),
+                  "-" if res is None else f"{_diff(res.comparison(arm, 'dice'))} vs `{ref}`"]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    numbers = {"fold": fold, "cases": kinds, "dice_vs_clean": mean_clean, "dice_vs_planted": mean_planted}
+    numbers = {"fold": m.fold, "cases": m.kinds, "ceiling_dice_clean_vs_planted": m.ceiling,
+               "dice_vs_clean": {g: m.clean.summary(g, "dice").mean for g in m.clean.groups},
+               "dice_vs_planted": {g: m.planted.summary(g, "dice").mean for g in m.planted.groups}}
     return lines + [""], numbers

@@ -1,7 +1,9 @@
 """The study report: the finished runs compared with :func:`clips_nnunet.evaluation.compare.compare_results`
-(against the baseline and each control), one ``report.md`` + ``report.png``; the comparison against the baseline
-is rendered by the comparison's own renderer (:func:`~clips_nnunet.evaluation.compare.render_markdown`) as a
-section of the study report."""
+(against the baseline and each control, run-level), one ``report.md`` + ``report.png`` + ``per_run_case.csv``
+(every run's value of every case: anyone can recompute the numbers) + ``comparisons.csv`` (every comparison the
+report prints, with the report's Holm adjustment). Sections: budgets (:mod:`.report_sections`), convergence
+ladder, take-off, A/A check, results against the baseline and the controls, memorisation (:mod:`.memorisation`),
+runs."""
 from __future__ import annotations
 
 import shutil
@@ -11,13 +13,18 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from clips_nnunet.errors import DatasetError
-from clips_nnunet.evaluation.formatting import fmt_fixed, fmt_p
+from clips_nnunet.evaluation.compare_analysis import ALL, TOOK_OFF, adjust_holm
+from clips_nnunet.evaluation.compare_report import (METHOD_TEXT, comparison_rows, comparison_table, summary_table,
+                                                    take_off_table)
+from clips_nnunet.evaluation.evaluate import write_rows_csv
 from clips_nnunet.io_utils import atomic_write_json, atomic_write_text
 from clips_nnunet.study.config import StudyConfig
 from clips_nnunet.study.dataset import resolve_device
 from clips_nnunet.study.layout import (RunSpec, fold_dir, run_is_finished, seed_results_root, teacher_csv_path,
                                        trainer_output_dir)
-from clips_nnunet.study.memorisation import memorisation_section, planted_errors
+from clips_nnunet.study.memorisation import memorisation_lines, memorisation_results, planted_errors
+from clips_nnunet.study.report_sections import (aa_lines, attach_seeds, budget_lines, convergence_lines,
+                                                per_run_case_table)
 
 __all__ = ["REPORT_METRICS", "study_groups", "write_report", "publish_report"]
 
@@ -32,13 +39,18 @@ NNUNET_DEFAULT_ITERATIONS = 1000 * 250
 
 def study_groups(config: StudyConfig) -> Dict[str, List[Path]]:
     """``{arm: [trainer results folder of each seed whose study folds all finished]}`` (arms with none left out)."""
-    groups: Dict[str, List[Path]] = {}
+    return {arm: [folder for _, folder in runs] for arm, runs in _finished_seeds(config).items()}
+
+
+def _finished_seeds(config: StudyConfig) -> Dict[str, List[Tuple[int, Path]]]:
+    """``{arm: [(seed, results folder), ...]}`` of the seeds whose study folds all finished."""
+    out: Dict[str, List[Tuple[int, Path]]] = {}
     for spec in config.trainers:
         for seed in config.seeds:
             root = seed_results_root(config, seed)
             if all(run_is_finished(fold_dir(config, RunSpec(spec, f, seed, root))) for f in config.folds):
-                groups.setdefault(spec.name, []).append(trainer_output_dir(config, root, spec))
-    return groups
+                out.setdefault(spec.name, []).append((seed, trainer_output_dir(config, root, spec)))
+    return out
 
 
 def _difficulty_arguments(config: StudyConfig) -> Dict[str, Any]:
@@ -67,13 +79,16 @@ def reference_masks(config: StudyConfig) -> Tuple[Path, Dict[str, List[str]], st
 
 
 def _compare(config: StudyConfig, groups: Mapping[str, Sequence[Path]], baseline: str, out_dir: Path,
-             reference: Tuple[Path, Dict[str, List[str]], str]):
+             reference: Tuple[Path, Dict[str, List[str]], str], seeds: Mapping[str, Sequence[int]],
+             metrics: Optional[Mapping[str, bool]] = None):
     from clips_nnunet.evaluation.compare import compare_results
 
     gt_dir, subsets, _ = reference
-    return compare_results({k: list(v) for k, v in groups.items()}, baseline=baseline, gt_dir=gt_dir,
-                           out_dir=out_dir, metrics=REPORT_METRICS, progress=False, subsets=subsets,
-                           cache_dir=out_dir.parent / "cache", **_difficulty_arguments(config))
+    res = compare_results({k: list(v) for k, v in groups.items()}, baseline=baseline, gt_dir=gt_dir,
+                          out_dir=out_dir, metrics=metrics or REPORT_METRICS, progress=False, subsets=subsets,
+                          cache_dir=out_dir.parent / "cache", **_difficulty_arguments(config))
+    attach_seeds(res, seeds)
+    return res
 
 
 def _header(config: StudyConfig) -> List[str]:
@@ -85,11 +100,12 @@ def _header(config: StudyConfig) -> List[str]:
     lines += [f"- Dataset: {config.dataset_folder_name} (source `{config.dataset_source}`"
               + (f", {dict(config.dataset_options)}" if config.dataset_options else "") + ")",
               f"- nnU-Net configuration `{config.configuration}`, plans `{config.plans}`, device `{config.device}`",
-              f"- Folds {list(config.folds)}" + (f" of a {config.n_splits}-fold split (stratified by "
-                                                 f"`{config.difficulty_key}`)" if config.n_splits else ""),
-              f"- Seeds {list(config.seeds)} (`CLIPS_SEED`; each seed in its own `nnUNet_results` root)",
-              f"- Budget per run, equal for every arm: {config.epochs} epochs x {config.iterations_per_epoch} "
-              f"iterations = {config.budget_iterations} training iterations",
+              f"- Folds {list(config.folds)}" + (f" of a {config.n_splits}-fold split" if config.n_splits else "")
+              + (f" (stratified by `{config.difficulty_key}`)" if config.n_splits and config.difficulty_key else ""),
+              f"- Seeds {list(config.seeds)} (`CLIPS_SEED`; each seed in its own `nnUNet_results` root); a run "
+              f"is one seed of one fold",
+              f"- Budget per run at 1x: {config.epochs} epochs x {config.iterations_per_epoch} iterations = "
+              f"{config.budget_iterations} training iterations (accounting per arm in *Budgets*)",
               f"- Arms: {arms}",
               f"- Baseline `{config.baseline}`; controls: {', '.join(f'`{c}`' for c in config.controls) or 'none'}",
               ""]
@@ -97,8 +113,8 @@ def _header(config: StudyConfig) -> List[str]:
     lines += [f"Scale: nnU-Net's default budget is 1000 epochs x 250 iterations = {NNUNET_DEFAULT_ITERATIONS:,} "
               f"iterations per run; this study used {config.budget_iterations:,} ({share:.3g} %), on folds "
               f"{list(config.folds)} only. Whether a budget trains a model fully depends on the data: the section "
-              f"*Does the baseline converge?* shows whether the baseline's validation Dice reached a plateau here; "
-              f"where it did not, differences say how the arms behave early in training, not whether a "
+              f"*Does the baseline converge?* compares the baseline at 1x and 2x the budget; where it has not "
+              f"converged, differences say how the arms behave early in training, not whether a "
               f"curriculum helps a fully trained model.", ""]
     return lines
 
@@ -115,65 +131,53 @@ def _completeness(config: StudyConfig, groups: Mapping[str, Sequence[Path]]) -> 
     return lines
 
 
-def _baseline_section(config: StudyConfig, res, reference_text: str) -> List[str]:
-    """The comparison against the baseline, rendered by compare's renderer one heading level down."""
-    from clips_nnunet.evaluation.compare import render_markdown
-
-    shared = set.intersection(*(set(res.per_case.case_id[res.per_case.group == g]) for g in res.groups))
+def _baseline_section(config: StudyConfig, res, reference_text: str, family: int) -> List[str]:
+    """The comparison against the baseline: per stratum the arms' means and the differences."""
     lines = ["## Results against the baseline", "",
-             f"Out-of-fold validation cases: {res.per_case.case_id.nunique()}, evaluated against "
-             f"{reference_text}; difficulty for the tertiles: {res.difficulty_source}. Per case, "
-             f"metrics are averaged over seeds; tables give mean +- sd (median) over cases, [sd of the per-seed "
-             f"cohort means]. Tests: paired two-sided Wilcoxon signed-rank over cases, r = matched-pairs "
-             f"rank-biserial (Kerby 2014), Holm over the metrics. FP/FN volumes as autoPET defines them.", ""]
-    return lines + render_markdown(res, REPORT_METRICS, len(shared), heading_level=2,
-                                   link_base=f"vs_{config.baseline}/", title=False).splitlines() + [""]
+             f"Out-of-fold validation cases: {len(res.strata[ALL])}, evaluated against {reference_text}; "
+             f"difficulty for the tertiles: {res.difficulty_source}. {METHOD_TEXT} p_holm: Holm over all {family} "
+             f"comparisons with a defined p-value that this report prints (every arm x stratum x metric against "
+             f"the baseline, the comparisons against the controls, Dice among the runs that took off, and the "
+             f"memorisation differences; the A/A check and the convergence ladder are not in the family). FP/FN "
+             f"volumes as autoPET defines them. Full tables, CSV and plots in `vs_{config.baseline}/` (its own "
+             f"p_holm there is within that comparison only).", ""]
+    for stratum, cases in res.strata.items():
+        heading = stratum if stratum != ALL else "all cases"
+        lines += [f"### {heading} (n = {len(cases)})", ""] + summary_table(res, stratum)
+        comps = [c for c in res.comparisons if c.stratum == stratum]
+        lines += comparison_table(comps) if comps else []
+    took = [c for c in res.comparisons if c.stratum == TOOK_OFF]
+    if took:
+        lines += ["### Dice among the runs that took off", "",
+                  "The same comparison (Dice, all cases) restricted to the runs of every arm that took off:", ""]
+        lines += comparison_table(took)
+    return lines
+
+
+def _printed_control_comparisons(res) -> List[Any]:
+    return [c for c in res.comparisons if c.stratum in (ALL, "hard", MISLABELLED, TOOK_OFF)]
 
 
 def _control_section(ref: str, res) -> List[str]:
-    lines = [f"## Paired tests against the control `{ref}`", "",
-             f"diff = arm - {ref}; all cases, the hardest tertile and the mislabelled patients (if any); full "
-             f"tables in `vs_{ref}/`.", "",
-             "| arm | stratum | metric | n | median diff | r | p | p_holm | favours |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for _, r in res.tests[res.tests.stratum.isin(["all", "hard", MISLABELLED])].iterrows():
-        lines.append(f"| {r['group']} | {r['stratum']} | {r['metric']} | {r['n_pairs']} | "
-                     f"{fmt_fixed(r['median_diff'])} | {fmt_fixed(r['rank_biserial'], 2)} | {fmt_p(r['p_value'])} | "
-                     f"{fmt_p(r['p_holm'])} | {r['better']} |")
-    return lines + [""]
+    lines = [f"## Against the control `{ref}`", "",
+             f"diff = arm - {ref}, run-level; all cases, the hardest tertile, the mislabelled patients (if any) and "
+             f"Dice among the runs that took off (if some did not); full tables in `vs_{ref}/`.", ""]
+    return lines + comparison_table(_printed_control_comparisons(res))
 
 
-def _plateau_section(config: StudyConfig, out_dir: Path) -> Tuple[List[str], Dict[str, Any]]:
-    """The baseline's per-epoch pseudo Dice of every seed and fold, the plateau criterion of
-    :mod:`clips_nnunet.study.curves` for each, and ``baseline_curve.png``; also ``{run: criterion values}``."""
-    from clips_nnunet.study.curves import curves_of, plateau, plot_curves
+def _curve_plot(config: StudyConfig, out_dir: Path) -> Optional[str]:
+    """``baseline_curve.png``: the baseline's per-epoch pseudo Dice of every seed and fold (description only)."""
+    from clips_nnunet.study.curves import curves_of, plot_curves
 
     spec = config.trainer(config.baseline)
     runs = {f"seed {s}, fold {f}": fold_dir(config, RunSpec(spec, f, s, seed_results_root(config, s)))
             for s in config.seeds for f in config.folds}
     curves = curves_of(runs)
     if not curves:
-        return [], {}
-    lengths = {len(v) for v in curves.values()}
-    if len(curves) > 1 and len(lengths) == 1:  # the verdict: the runs' mean curve (less patch-sampling noise)
-        curves[f"mean of the {len(curves)} runs"] = np.mean(list(curves.values()), axis=0).tolist()
+        return None
     plot_curves(curves, out_dir / "baseline_curve.png",
                 f"{config.baseline}: pseudo Dice per epoch ({config.iterations_per_epoch} iterations each)")
-    results = {k: plateau(v) for k, v in curves.items()}
-    w = next(iter(results.values()))
-    lines = ["## Does the baseline converge?", "",
-             f"Plateau criterion: the mean pseudo Dice (nnU-Net's per-epoch Dice of the validation patches, against "
-             f"the dataset's own masks) of the last {w.window_epochs} epochs gained less than {w.tolerance} over the "
-             f"{w.window_epochs} epochs before them. One epoch's pseudo Dice comes from a few patches, so the verdict "
-             f"is read on the mean curve of the runs (last row) when there are several.", "",
-             "![baseline pseudo Dice per epoch](baseline_curve.png)", "",
-             "| run | epochs | mean of the window before | mean of the last window | gain | plateau |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {k} | {r.epochs} | {fmt_fixed(r.before)} | {fmt_fixed(r.last)} | {fmt_fixed(r.gain)} | "
-              f"{'yes' if r.reached else 'no'} |" for k, r in results.items()]
-    values = {k: {"epochs": r.epochs, "before": r.before, "last": r.last, "gain": r.gain, "reached": r.reached,
-                  "pseudo_dice": curves[k]} for k, r in results.items()}
-    return lines + [""], values
+    return "baseline_curve.png"
 
 
 def _runs_section(status: Optional[Mapping[str, Any]]) -> List[str]:
@@ -188,8 +192,9 @@ def _runs_section(status: Optional[Mapping[str, Any]]) -> List[str]:
 def write_report(config: StudyConfig, status: Optional[Mapping[str, Any]] = None,
                  out_dir: Optional[Path] = None, echo: bool = True) -> Path:
     """Compare the finished runs with the evaluator's :func:`clips_nnunet.evaluation.compare.compare_results`
-    (against the baseline and against each control) and write one ``report.md`` with ``report.png`` into
-    ``out_dir`` (default ``study_dir/report``); the full comparisons (CSV, JSON, box plots) go to ``vs_<arm>/``.
+    (against the baseline, against each control, and the convergence ladder's rungs against the 1x baseline) and
+    write ``report.md``, ``report.png``, ``per_run_case.csv`` and ``comparisons.csv`` into ``out_dir`` (default
+    ``study_dir/report``); the full comparisons (CSV, JSON, box plots) go to ``vs_<arm>/`` and ``ladder_<arm>/``.
     With planted annotation errors, the badly annotated training patients are predicted by every run (once;
     :mod:`clips_nnunet.study.memorisation`) and scored in ``memorisation/``."""
     import matplotlib
@@ -197,39 +202,64 @@ def write_report(config: StudyConfig, status: Optional[Mapping[str, Any]] = None
     matplotlib.use("Agg")  # before compare plots: reports are written on machines without a display
     out_dir = Path(out_dir or config.study_dir / "report")
     out_dir.mkdir(parents=True, exist_ok=True)
-    groups = study_groups(config)
-    lines = _header(config) + _completeness(config, groups)
+    finished = _finished_seeds(config)
+    groups = {arm: [folder for _, folder in runs] for arm, runs in finished.items()}
+    seeds = {arm: [seed for seed, _ in runs] for arm, runs in finished.items()}
+    lines = _header(config) + budget_lines(config) + _completeness(config, groups)
     summary: Dict[str, Any] = {"groups": {k: [str(p) for p in v] for k, v in groups.items()}, "comparisons": {}}
     if config.baseline in groups:
         reference = reference_masks(config)
-        main = _compare(config, groups, config.baseline, out_dir / f"vs_{config.baseline}", reference)
+        arms = {k: v for k, v in groups.items() if k not in config.ladder_arms}
+        main = _compare(config, arms, config.baseline, out_dir / f"vs_{config.baseline}", reference, seeds)
         summary["comparisons"][config.baseline] = str(out_dir / f"vs_{config.baseline}" / "comparison.json")
-        plateau_lines, summary["plateau"] = _plateau_section(config, out_dir)
-        lines += plateau_lines + _baseline_section(config, main, reference[2])
-        for ref, arms in config.control_pairs():
-            arms = [a for a in arms if a in groups]
-            if ref not in groups or ref == config.baseline or not arms:
-                continue
-            res = _compare(config, {k: groups[k] for k in [ref, *arms]}, ref, out_dir / f"vs_{ref}", reference)
-            summary["comparisons"][ref] = str(out_dir / f"vs_{ref}" / "comparison.json")
+        controls = []
+        for ref, names in config.control_pairs():
+            names = [a for a in names if a in arms]
+            if ref in arms and ref != config.baseline and names:
+                res = _compare(config, {k: arms[k] for k in [ref, *names]}, ref, out_dir / f"vs_{ref}", reference,
+                               seeds)
+                summary["comparisons"][ref] = str(out_dir / f"vs_{ref}" / "comparison.json")
+                controls.append((ref, res))
+        ladder = {rung: _compare(config, {config.baseline: groups[config.baseline], rung: groups[rung]},
+                                 config.baseline, out_dir / f"ladder_{rung}", reference, seeds, {"dice": True})
+                  for rung in config.ladder_arms if rung in groups}
+        memo = memorisation_results(config, arms, resolve_device(config.device), out_dir / "memorisation", echo)
+        family = list(main.comparisons) + [c for _, r in controls for c in _printed_control_comparisons(r)]
+        family += memo.printed_comparisons() if memo is not None else []
+        adjust_holm(family)
+        lines += convergence_lines(config, ladder, _curve_plot(config, out_dir))
+        lines += ["## Take-off", "", "A run took off when its final model predicted a lesion in at least one of "
+                  "its validation patients; Fisher's exact test of each arm's rate against the baseline's.", ""]
+        lines += take_off_table(main.take_off)
+        aa, summary["aa_check"] = aa_lines(config, main)
+        n_family = max((c.family for c in family), default=0)
+        lines += aa + _baseline_section(config, main, reference[2], n_family)
+        for ref, res in controls:
             lines += _control_section(ref, res)
-        memorisation_lines, summary["memorisation"] = memorisation_section(
-            config, groups, resolve_device(config.device), out_dir / "memorisation", echo)
-        lines += memorisation_lines
+        if memo is not None:
+            memorisation_text, summary["memorisation"] = memorisation_lines(config, memo)
+            lines += memorisation_text
+        write_rows_csv(per_run_case_table([main, *ladder.values()]).to_dict("records"), out_dir / "per_run_case.csv")
+        write_rows_csv(comparison_rows(family), out_dir / "comparisons.csv")
+        lines += ["Files: `per_run_case.csv` (every run's value of every out-of-fold case, with arm, seed and fold: "
+                  "every number above can be recomputed from it), `comparisons.csv` (every comparison in the Holm "
+                  "family with the report's adjustment).", ""]
         _plot_summary(main, config, out_dir / "report.png")
         lines.insert(2, "![Dice and TMTV error per arm: all cases, hardest tertile, mislabelled patients]"
                         "(report.png)\n")
     else:
         lines += [f"The baseline `{config.baseline}` has no finished run yet: nothing to compare.", ""]
     lines += _runs_section(status)
-    atomic_write_json(out_dir / "report.json", summary)
+    from clips_nnunet.evaluation.evaluate import _to_json
+
+    atomic_write_json(out_dir / "report.json", _to_json(summary))
     path = out_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
 
 
 def _plot_summary(res, config: StudyConfig, path: Path) -> None:
-    """Box plots of seed-averaged per-case Dice and |TMTV error| per arm: all cases, the hardest tertile and the
+    """Box plots of run-averaged per-case Dice and |TMTV error| per arm: all cases, the hardest tertile and the
     mislabelled patients (when the dataset has planted annotation errors)."""
     import matplotlib.pyplot as plt
 
