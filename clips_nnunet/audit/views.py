@@ -90,23 +90,43 @@ def mip_picture(suv: Optional[np.ndarray], ref: np.ndarray, pred: np.ndarray, sp
     return _data_uri(fig, dpi)
 
 
+#: The three planes and their orientation letters (top, bottom, left, right) as :func:`plane_cut` displays them.
+PLANES = (("axial", ("A", "P", "R", "L")), ("coronal", ("H", "F", "R", "L")), ("sagittal", ("H", "F", "A", "P")))
+
+
+def plane_cut(volume: np.ndarray, plane: str, centre_zyx: Sequence[int]) -> np.ndarray:
+    """The 2-D image of ``plane`` through voxel ``centre_zyx`` of an LPS (z, y, x) volume, as displayed: row 0 at
+    the top, column 0 at the left (the letters of :data:`PLANES`)."""
+    z, y, x = (int(v) for v in centre_zyx)
+    if plane == "axial":
+        return volume[z]  # rows: y (anterior at the top), columns: x (patient's right at the left)
+    if plane == "coronal":
+        return volume[::-1, y, :]  # rows: z reversed (head at the top), columns: x
+    if plane == "sagittal":
+        return volume[::-1, :, x]  # rows: z reversed, columns: y (anterior at the left)
+    raise ValueError(f"unknown plane {plane!r}; one of {[p for p, _ in PLANES]}")
+
+
+def plane_position(plane: str, centre_zyx: Sequence[float], shape: Sequence[int]):
+    """(row, column) of ``centre_zyx`` in :func:`plane_cut`'s image of ``plane``."""
+    z, y, x = (float(v) for v in centre_zyx)
+    return {"axial": (y, x), "coronal": (shape[0] - 1 - z, x), "sagittal": (shape[0] - 1 - z, y)}[plane]
+
+
 def planes_picture(suv: Optional[np.ndarray], ct: Optional[np.ndarray], ref: np.ndarray, pred: np.ndarray,
                    spacing: Sequence[float], centre_zyx: Sequence[int], dpi: int = 110) -> str:
-    """Axial, coronal and sagittal planes through voxel ``centre_zyx``: CT in grey (window -160 to 240 HU) with
-    the PET in colour over it (transparent up to 12 % of the display maximum, e.g. SUV 1.2 of 10, so that the CT shows through
-    background uptake; opaque from 60 %), or the PET alone in
-    grey without CT; reference and prediction outlined, the finding ringed, orientation letters and an SUV scale."""
+    """Axial, coronal and sagittal planes (:func:`plane_cut`) through voxel ``centre_zyx``: CT in grey (window -160
+    to 240 HU) with the PET in colour over it (transparent up to 12 % of the display maximum, e.g. SUV 1.2 of 10,
+    so that the CT shows through background uptake; opaque from 60 %), or the PET alone in grey without CT;
+    reference and prediction outlined, the finding ringed, orientation letters and an SUV scale."""
     from matplotlib import colors
 
     from clips_nnunet.prediction.mip import orientation_labels, suv_colourbar
 
-    z, y, x = (int(v) for v in centre_zyx)
     sz, sy, sx = (float(v) for v in spacing)
     vmax = suv_display_max(suv)
-    # (title, slicer, row spacing, column spacing, letters (top, bottom, left, right), flip rows, ring row/col)
-    planes = (("axial", lambda a: a[z], sy, sx, ("A", "P", "R", "L"), False, (y, x)),
-              ("coronal", lambda a: a[:, y, :], sz, sx, ("H", "F", "R", "L"), True, (z, x)),
-              ("sagittal", lambda a: a[:, :, x], sz, sy, ("H", "F", "A", "P"), True, (z, y)))
+    # displayed (row, column) spacing and extent in mm of each plane
+    spacings = {"axial": (sy, sx), "coronal": (sz, sx), "sagittal": (sz, sy)}
     widths = [ref.shape[2] * sx, ref.shape[2] * sx, ref.shape[1] * sy]
     heights = [ref.shape[1] * sy, ref.shape[0] * sz, ref.shape[0] * sz]
     panel_h = 2.8
@@ -118,14 +138,14 @@ def planes_picture(suv: Optional[np.ndarray], ct: Optional[np.ndarray], ref: np.
         "pet_alpha", [(0.0, (0, 0, 0, 0)), (0.12, (0.3, 0, 0, 0)), (0.3, (0.8, 0, 0, 0.6)), (0.6, (1, 0.55, 0, 0.9)),
                       (1.0, (1, 1, 0.7, 1))])
     left = 0.05
-    for (title, cut, row_sp, col_sp, letters, flip, (r, c)), w in zip(planes, panel_w):
+    for (title, letters), w in zip(PLANES, panel_w):
         ax = fig.add_axes((left / total_w, 0.02, w / total_w, panel_h / (panel_h + 0.3)))
         left += w + 0.15
 
         def show(a):
-            img = cut(a)
-            return img[::-1] if flip else img
+            return plane_cut(a, title, centre_zyx)
 
+        row_sp, col_sp = spacings[title]
         aspect = row_sp / col_sp
         if ct is not None:
             ax.imshow(show(ct), cmap="gray", vmin=CT_WINDOW[0], vmax=CT_WINDOW[1], interpolation="bilinear",
@@ -138,8 +158,8 @@ def planes_picture(suv: Optional[np.ndarray], ct: Optional[np.ndarray], ref: np.
             ax.imshow(np.zeros(show(ref).shape), cmap="gray_r", vmin=0.0, vmax=1.0, aspect=aspect)
         _outline(ax, show(ref), REFERENCE_COLOUR, "solid")
         _outline(ax, show(pred), PREDICTION_COLOUR, "dashed")
-        rows = show(ref).shape[0]
-        _ring(ax, (rows - 1 - r) if flip else r, c, max(4.0, 0.06 * show(ref).shape[1]))
+        r, c = plane_position(title, centre_zyx, ref.shape)
+        _ring(ax, r, c, max(4.0, 0.06 * show(ref).shape[1]))
         dark = ct is not None
         orientation_labels(ax, *letters, colour="white" if dark else "black", halo="black" if dark else "white")
         ax.set_title(title, fontsize=8, pad=2)
