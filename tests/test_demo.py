@@ -62,6 +62,9 @@ def test_budget_is_a_fixed_amount_of_learning():
     assert (cpu["epochs"], cpu["iterations_per_epoch"], cpu["val_iterations_per_epoch"]) == (DEFAULT_EPOCHS, 25, 2)
     assert cpu["features_divisor"] == 4 and demo_budget("cuda")["features_divisor"] == 1
     assert demo_budget("cuda")["iterations_per_epoch"] == 50 and demo_budget("cpu", 80)["epochs"] == 80
+    # uniform sampling for 30 % of the epochs before the self-paced curriculum starts
+    assert cpu["warmup_epochs"] == 15 and demo_budget("cpu", 80)["warmup_epochs"] == 24
+    assert demo_budget("cpu", 2)["warmup_epochs"] == 1
     assert "seconds" not in cpu
 
 
@@ -74,7 +77,7 @@ def test_cli_default_epochs_and_options(tmp_path):
     assert (args.seed, args.epochs) == (7, 60)
     with pytest.raises(SystemExit):  # the wall-clock budget is gone
         build_parser().parse_args(["demo", "--minutes", "14"])
-    for bad in (DemoOptions(epochs=2), DemoOptions(seed=-1), DemoOptions(patients=5)):
+    for bad in (DemoOptions(epochs=1), DemoOptions(seed=-1), DemoOptions(patients=5)):
         with pytest.raises(ClipsError):
             bad.validate()
 
