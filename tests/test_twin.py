@@ -1,0 +1,141 @@
+"""The whole-body twin (clips_nnunet.synthetic.twin*): uptake and HU per tissue, PSF and noise against hand-computed
+bounds, disease distributions, determinism, and the threshold ceiling on a small study-grid cohort."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage, special
+
+from clips_nnunet.synthetic.twin import CLINICAL_GRIDS, SMALL_GRIDS, STUDY_GRID, make_twin, study_case
+from clips_nnunet.synthetic.twin_anatomy import HU, TISSUES, UPTAKE, BodyFrame, draw_patient
+from clips_nnunet.synthetic.twin_ceiling import CeilingCase, threshold_ceiling
+from clips_nnunet.synthetic.twin_disease import TwinLesion, draw_disease
+from clips_nnunet.synthetic.twin_physics import FWHM_TO_SIGMA, apply_psf
+from clips_nnunet.synthetic.twin_render import Grid, PetCanvas
+
+
+@pytest.fixture(scope="module")
+def clinical():
+    """One clinical-size PET twin (Philips grid, 144 x 144 x 262 at 4 mm), without CT."""
+    return make_twin(11, grids=(CLINICAL_GRIDS["PHILIPS"][0], None))
+
+
+def _median(case, tissue, array=None):
+    values = (case.pet_true if array is None else array)[case.tissue == TISSUES[tissue]]
+    assert values.size > 0, f"{tissue} missing from the twin"
+    return float(np.median(values))
+
+
+def test_physiological_uptake_in_expected_ranges(clinical):
+    p = clinical.patient.suv
+    assert UPTAKE["liver"][0] <= _median(clinical, "liver") <= UPTAKE["liver"][1]
+    assert 6.0 <= _median(clinical, "brain_gm") * 1.0001 and _median(clinical, "brain_gm") <= 10.5
+    assert _median(clinical, "brain_wm") < 0.5 * _median(clinical, "brain_gm")
+    assert _median(clinical, "bladder") == pytest.approx(p["urine"], rel=0.02) and p["urine"] >= 5.0
+    assert _median(clinical, "lung") < 0.7 and _median(clinical, "fat") < 0.45
+    assert UPTAKE["blood"][0] <= _median(clinical, "blood") <= UPTAKE["blood"][1]
+    assert UPTAKE["kidney"][0] <= _median(clinical, "kidney") <= UPTAKE["kidney"][1]
+    for organ in ("spleen", "myocardium", "bowel", "marrow", "tonsil", "salivary", "collecting"):
+        assert (clinical.tissue == TISSUES[organ]).sum() > 0, organ
+
+
+def test_uptake_varies_between_patients():
+    rng = np.random.default_rng(0)
+    patients = [draw_patient(rng, 75.0, 1.75, "M") for _ in range(300)]
+    myo = np.array([p.suv["myocardium"] for p in patients])
+    assert myo.min() < 2.6 and myo.max() > 10.0  # near background to very high
+    assert max(p.suv["urine"] for p in patients) > 50.0
+    brown = np.mean([bool(p.brown_fat_stations) for p in patients])
+    gcsf = np.mean([p.marrow_gcsf for p in patients])
+    assert 0.04 < brown < 0.25 and 0.04 < gcsf < 0.25  # a minority
+    assert all("supraclavicular" in p.brown_fat_stations for p in patients if p.brown_fat_stations)
+    assert np.std([p.suv["liver"] for p in patients]) > 0.15
+
+
+def test_ct_hu_per_tissue():
+    grid = SMALL_GRIDS[0]
+    case = make_twin(4, grids=(grid, grid))
+    for tissue in ("lung", "liver", "fat", "muscle", "bladder"):
+        assert _median(case, tissue, case.ct) == pytest.approx(HU[tissue], abs=1.0), tissue
+    assert _median(case, "bone", case.ct) > 300
+
+
+def test_liver_noise_cov_matches_the_drawn_value(clinical):
+    core = ndimage.binary_erosion(clinical.tissue == TISSUES["liver"], iterations=3)
+    values = clinical.pet[core]
+    cov = float(values.std() / values.mean())
+    drawn = clinical.physics["noise_cov"]
+    assert 0.10 <= drawn <= 0.15
+    assert 0.8 * drawn <= cov <= 1.2 * drawn
+    # spatially correlated: neighbouring voxels' noise is correlated (white noise would give ~0)
+    sub = np.where(core, clinical.pet - values.mean(), 0.0)
+    pairs = core[:, :, 1:] & core[:, :, :-1]
+    corr = float((sub[:, :, 1:] * sub[:, :, :-1])[pairs].mean() / values.var())
+    assert corr > 0.3
+
+
+def test_psf_broadens_a_generated_lesion_within_hand_computed_bounds():
+    """A lesion of one ball lobule, radius r = 5 mm, painted on a 0.5 mm grid and blurred by FWHM F = 6 mm.
+
+    Centre recovery of a ball under a 3-D Gaussian: erf(a) - 2a/sqrt(pi) exp(-a^2), a = r / (sigma sqrt 2)
+    = 0.7215 for sigma = 6 / 2.3548 = 2.548 mm. Off-centre, at distance d, the blurred ball is the probability that
+    a 3-D Gaussian point lies in the ball: a non-central chi-square CDF, ncx2.cdf(r^2/s^2, 3, d^2/s^2); half of the
+    centre value is reached at d = 4.46 mm, so FWHM = 8.92 mm, broader than the PSF (6 mm) and narrower than
+    F + 2r = 16 mm.
+    """
+    r, fwhm, suv = 5.0, 6.0, 10.0
+    grid = Grid((81, 81, 81), (0.5, 0.5, 0.5))
+    lesion = TwinLesion(1, "cervical_R", "nodal", 4.0 / 3.0 * np.pi * r ** 3 / 1000.0, suv, (0.0, 0.0, 0.0),
+                        [((0.0, 0.0, 0.0), (r, r, r), suv)])
+    canvas = PetCanvas(grid, TISSUES)
+    for shape in lesion.shapes():
+        canvas.paint(shape)
+    assert canvas.activity.max() == pytest.approx(suv)
+    blurred = apply_psf(canvas.activity, grid.spacing, fwhm)
+    sigma = fwhm * FWHM_TO_SIGMA
+    a = r / (sigma * np.sqrt(2.0))
+    recovery = special.erf(a) - 2.0 * a / np.sqrt(np.pi) * np.exp(-a * a)
+    assert recovery == pytest.approx(0.7215, abs=1e-3)
+    centre = float(blurred[40, 40, 40])
+    assert centre / suv == pytest.approx(recovery, abs=0.02)
+    profile = blurred[40, 40, :]
+    above = np.flatnonzero(profile >= 0.5 * profile.max())
+    width = (above[-1] - above[0] + 1) * grid.spacing[2]
+    assert fwhm <= width <= fwhm + 2 * r
+    assert width == pytest.approx(8.92, abs=1.0)  # half-voxel sampling of the profile: +-0.5 mm each side
+    # painted volume = the ball's volume (partial-volume painting conserves it to < 2 %)
+    assert canvas.activity.sum() * 0.125 / 1000.0 / suv == pytest.approx(lesion.volume_ml, rel=0.02)
+
+
+def test_disease_distributions_follow_the_calibration():
+    rng = np.random.default_rng(1)
+    tmtv, counts, suvmax, extranodal, bulky_cores = [], [], [], 0, 0
+    for i in range(300):
+        p = draw_patient(rng, 75.0, 1.75, "M")
+        lesions = draw_disease(BodyFrame(p, 500.0), np.random.default_rng([1, i]))
+        tmtv.append(sum(les.volume_ml for les in lesions))
+        counts.append(len(lesions))
+        suvmax.append(max(les.suv for les in lesions))
+        extranodal += any(les.kind == "extranodal" for les in lesions)
+        bulky_cores += any(les.core is not None for les in lesions)
+    assert 200 <= np.median(tmtv) <= 450 and min(tmtv) < 15 and max(tmtv) > 2000
+    assert min(counts) == 1 and max(counts) >= 20 and 3 <= np.median(counts) <= 15
+    assert 12 <= np.median(suvmax) <= 24 and max(suvmax) > 40 and min(suvmax) < 8
+    assert 0.3 < extranodal / 300 < 0.9 and bulky_cores > 30
+
+
+def test_determinism_by_seed():
+    a, b, c = (study_case(0, i) for i in (3, 3, 4))
+    assert np.array_equal(a.pet, b.pet) and np.array_equal(a.label, b.label) and np.array_equal(a.ct, b.ct)
+    assert a.summary == b.summary
+    assert not np.array_equal(a.pet, c.pet)
+    assert a.pet.shape == STUDY_GRID.shape and a.label.any()
+
+
+def test_threshold_ceiling_on_a_small_study_cohort():
+    cases = [study_case(7, i) for i in range(14)]
+    cc = [CeilingCase(c.pet, c.label, c.tissue, c.pet_grid.spacing) for c in cases]
+    for mask_out in (False, True):
+        result = threshold_ceiling(cc[:8], cc[8:], mask_out=mask_out)
+        assert result["test_dice"] <= 0.55, result
+        assert 0.0 < result["test_dice"] and 1.0 <= result["threshold"] <= 20.0
