@@ -262,8 +262,8 @@ def test_subset_stratum_is_tabulated_and_tested(tree):
         np.median([pc.loc[("nnUNetTrainerBetter", c), "dice"] for c in subset]))
     # the run-level comparison over exactly those 5 patients: each run's mean over its subset patients
     runs = res.runs[res.runs.case_id.isin(subset)]
-    means = {g: [RunMean(r, str(df.fold.iloc[0]), df.dice.mean(), len(df)) for r, df in runs[runs.group == g].groupby("run")]
-             for g in ("nnUNetTrainerBetter", "nnUNetTrainer")}
+    means = {g: [RunMean(r, str(df.fold.iloc[0]), df.dice.mean(), len(df))
+                 for r, df in runs[runs.group == g].groupby("run")] for g in ("nnUNetTrainerBetter", "nnUNetTrainer")}
     expected = run_level_difference(means["nnUNetTrainerBetter"], means["nnUNetTrainer"])
     got = res.comparison("nnUNetTrainerBetter", "dice", "mislabelled").difference
     assert got.estimate == pytest.approx(expected.estimate) and got.p_value == pytest.approx(expected.p_value)

@@ -1,19 +1,23 @@
 """One table across the conditions of a multi-condition study (e.g. the converging CPU study).
 
-Reads each ``<results>/<condition>/report.json`` (written by ``clips-nnunet study ... --publish``) and the
-``comparison.json`` files it names, and writes ``<results>/summary.md``: per condition and arm, the mean of Dice
-(all cases, hardest tertile, mislabelled patients), |TMTV error| and lesion F1, and the paired Wilcoxon result
-(median difference in Dice, rank-biserial r, Holm-adjusted p) against the stock baseline and against the arm's own
-control.
+Reads each ``<results>/<condition>/report.json``, ``comparisons.csv`` (every comparison the report prints, with
+the report's Holm adjustment) and ``vs_<baseline>/comparison.json`` (written by ``clips-nnunet study ...
+--publish``), and writes ``<results>/summary.md``: per condition the convergence ladder's verdict and the A/A
+check, and per arm the mean over runs of Dice (all cases, hardest tertile, mislabelled patients), |TMTV error| and
+lesion F1, the take-off rate, and the run-level mean difference in Dice with its 95 % interval and Holm-adjusted
+p against the stock baseline and against the arm's own control.
 
-    python benchmarks/learning/summarise_conditions.py docs/results/converging_cpu [--conditions noisy clean ...]
+    python benchmarks/learning/summarise_conditions.py docs/results/<study> [--conditions noisy clean ...]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+import pandas as pd
 
 from clips_nnunet.evaluation.formatting import fmt_fixed, fmt_p
 
@@ -31,55 +35,56 @@ def _mean(summary: List[Dict[str, Any]], group: str, stratum: str, metric: str) 
     return None
 
 
-def _test(tests: List[Dict[str, Any]], group: str, stratum: str, metric: str) -> str:
-    for row in tests:
-        if (row["group"], row["stratum"], row["metric"]) == (group, stratum, metric):
-            return f"{fmt_fixed(row['median_diff'])} (r={fmt_fixed(row['rank_biserial'], 2)}, p={fmt_p(row['p_holm'])})"
-    return ""
+def _diff(comps: pd.DataFrame, group: str, reference: str, stratum: str = "all") -> str:
+    rows = comps[(comps.group == group) & (comps.reference == reference) & (comps.stratum == stratum)
+                 & (comps.metric == "dice")]
+    if rows.empty:
+        return ""
+    r = rows.iloc[0]
+    if not isinstance(r.undefined, str) or not r.undefined:
+        return (f"{r.estimate:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}], p_holm {fmt_p(float(r.p_holm))}")
+    return f"{r.estimate:+.3f} (interval undefined: {r.undefined})" if math.isfinite(r.estimate) else \
+        f"undefined ({r.undefined})"
 
 
 def condition_table(folder: Path) -> List[str]:
     """Markdown table of one condition's report folder."""
     report = _load(folder / "report.json")
-    comparisons = {ref: _load(folder / f"vs_{ref}" / "comparison.json") for ref in report["comparisons"]}
-    main_ref = next(iter(comparisons))  # the baseline comes first
-    main = comparisons[main_ref]
-    control_of = {g: ref for ref, c in comparisons.items() if ref != main_ref for g in c["groups"] if g != ref}
+    baseline = report["baseline"]
+    main = _load(folder / f"vs_{baseline}" / "comparison.json")
+    comps = pd.read_csv(folder / "comparisons.csv")
+    control_of = {g: r for g, r in zip(comps.group, comps.reference) if r != baseline}
+    take = {t["group"]: t for t in main.get("take_off", [])}
     memorised = report.get("memorisation") or {}
-    lines = ["| arm | Dice all | Dice hardest third | Dice mislabelled | abs TMTV err (ml) | lesion F1 | "
-             "Dice vs stock: median diff (r, p_holm) | Dice vs own control | Dice mislabelled vs stock | "
-             "badly annotated training patients: Dice vs clean / vs planted mask |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | Dice all | Dice hardest third | Dice mislabelled | abs TMTV err (ml) | lesion F1 | took off | "
+             "Dice vs stock [95 %], p_holm | Dice vs own control | badly annotated training patients: Dice vs "
+             "clean / vs planted mask |", "|---|---|---|---|---|---|---|---|---|---|"]
     for group in main["groups"]:
         cells = [fmt_fixed(_mean(main["summary"], group, s, "dice")) for s in STRATA]
         cells += [fmt_fixed(_mean(main["summary"], group, "all", "tmtv_abs_error_ml"), 1),
                   fmt_fixed(_mean(main["summary"], group, "all", "lesion_f1"))]
-        cells.append(_test(main["tests"], group, "all", "dice") or "baseline")
+        t = take.get(group)
+        cells.append(f"{t['n_took_off']}/{t['n_runs']}" if t else "")
+        cells.append(_diff(comps, group, baseline) or "baseline")
         ref = control_of.get(group)
-        cells.append(f"{_test(comparisons[ref]['tests'], group, 'all', 'dice')} vs {ref.replace('nnUNetTrainer', '')}"
-                     if ref else "")
-        cells.append(_test(main["tests"], group, "mislabelled", "dice"))
+        cells.append(f"{_diff(comps, group, ref)} vs {ref.replace('nnUNetTrainer', '')}" if ref else "")
         cells.append(f"{fmt_fixed(memorised['dice_vs_clean'].get(group))} / "
                      f"{fmt_fixed(memorised['dice_vs_planted'].get(group))}" if memorised else "")
         lines.append(f"| {group.replace('nnUNetTrainer', '') or 'nnUNetTrainer (stock)'} | " + " | ".join(cells) + " |")
     return lines
 
 
-def plateau_line(folder: Path) -> str:
-    """One sentence: the plateau verdict on the mean curve of the baseline's runs, and per run."""
-    runs = _load(folder / "report.json").get("plateau") or {}
-    if not runs:
-        return "Baseline plateau: no training curve found."
-    mean = {k: r for k, r in runs.items() if k.startswith("mean of")}
-    single = {k: r for k, r in runs.items() if k not in mean}
-    text = ""
-    for key, r in mean.items():
-        text += (f"Baseline plateau criterion on the {key.replace('mean of the', 'mean curve of its')}: "
-                 f"{'met' if r['reached'] else 'not met'} (last-window mean pseudo Dice {fmt_fixed(r['last'])}, gain "
-                 f"{fmt_fixed(r['gain'])}). ")
-    reached = sum(bool(r["reached"]) for r in single.values())
-    per_run = ", ".join(f"{k}: {fmt_fixed(r['last'])} (gain {fmt_fixed(r['gain'])})" for k, r in sorted(single.items()))
-    return text + f"Per run, met in {reached} of {len(single)}: {per_run}."
+def design_line(folder: Path) -> str:
+    """One sentence: the convergence ladder's verdict and the A/A check."""
+    report = _load(folder / "report.json")
+    ladder = report.get("ladder") or {}
+    text = " ".join(f"Ladder rung {rung}: {r['verdict']} (margin {r['margin']})." for rung, r in ladder.items()) \
+        or "No convergence ladder."
+    aa = (report.get("aa_check") or {}).get("difference") or {}
+    if aa:
+        p = aa.get("p_value")
+        text += f" A/A check of the baseline's seeds: p = {fmt_p(p) if p is not None else 'undefined'}."
+    return text
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -89,15 +94,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     names = args.conditions or sorted(p.name for p in args.results.iterdir() if (p / "report.json").is_file())
     lines = ["# Summary across conditions", "",
-             "Means over the out-of-fold patients (per patient averaged over seeds), evaluated against the clean "
-             "masks. Tests: paired two-sided Wilcoxon over patients, median difference arm - reference, "
-             "matched-pairs rank-biserial r, Holm-adjusted over the report's metrics. Full tables: "
-             "`<condition>/report.md`.", ""]
+             "Means over runs (each run's mean over its out-of-fold patients), evaluated against the clean masks. "
+             "Differences: run-level mean difference arm - reference with its 95 % interval, Holm over every "
+             "comparison of the condition's report. Full tables: `<condition>/report.md`; every run's value of "
+             "every patient: `<condition>/per_run_case.csv`.", ""]
     for name in names:
         if not (args.results / name / "report.json").is_file():
             lines += [f"## {name}", "", "not run (no report.json)", ""]
             continue
-        lines += [f"## {name}", "", plateau_line(args.results / name), "", *condition_table(args.results / name), ""]
+        lines += [f"## {name}", "", design_line(args.results / name), "", *condition_table(args.results / name), ""]
     out = args.results / "summary.md"
     out.write_text("\n".join(lines))
     print(f"summary: {out}")

@@ -154,8 +154,9 @@ def write_outputs(res, plots: bool) -> None:
         if "dice" in pc.columns:
             tvals = {f"Dice, {t}": {g: metric_values(pc[(pc.group == g) & (pc.tertile == t)], "dice").tolist()
                                     for g in order} for t in TERTILES}
-            files["boxplots_tertiles"] = P.grouped_boxplots(tvals, out / "plots" / "dice_by_tertile.png",
-                                                            title=f"Dice by difficulty tertile ({res.difficulty_source})")
+            files["boxplots_tertiles"] = P.grouped_boxplots(
+                tvals, out / "plots" / "dice_by_tertile.png",
+                title=f"Dice by difficulty tertile ({res.difficulty_source})")
     res.files = files
     atomic_write_text(out / "report.md", render_markdown(res))
     res.files["report_md"] = out / "report.md"

@@ -37,7 +37,8 @@ from typing import List, Mapping, Sequence, Tuple
 import numpy as np
 
 __all__ = ["RunMean", "RunLevelDifference", "run_level_difference", "holm", "TakeOff", "fisher_take_off",
-           "aa_split", "describe", "SimulationDesign", "simulate_studies", "rejection_rate", "minimum_detectable_difference"]
+           "aa_split", "describe", "SimulationDesign", "simulate_studies", "rejection_rate",
+           "minimum_detectable_difference"]
 
 ALPHA = 0.05
 

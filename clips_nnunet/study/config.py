@@ -283,7 +283,8 @@ def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
     folder; the ``study_dir`` argument wins); ``dataset*`` {``id*``, ``name``, ``source``: existing | synthetic_raw |
     synth_dicom, ``options``: generator keyword arguments, ``n_splits``}; ``configuration`` (3d_fullres);
     ``plans`` (nnUNetPlans); ``trainers*``: list of {``name*``, ``trainer`` (default = name), ``overrides``,
-    ``teacher``, ``control``, ``budget_factor`` (1)}; ``baseline*``; ``controls``; ``folds`` ([0]); ``seeds*``; ``budget*`` {``epochs*``,
+    ``teacher``, ``control``, ``budget_factor`` (1)}; ``baseline*``; ``controls``; ``folds`` ([0]); ``seeds*``;
+    ``budget*`` {``epochs*``,
     ``iterations_per_epoch*``, ``val_iterations_per_epoch`` (2)}; ``device`` (auto | cpu | cuda); ``teacher_seed``
     (first seed); ``difficulty_key`` (case_metadata.json key for the hardest third; default: teacher difficulty);
     ``skip_missing_trainers`` (true); ``run_timeout_s``; ``n_proc_da`` (0); ``parallel_runs`` (1: runs at once);

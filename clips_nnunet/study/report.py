@@ -6,6 +6,7 @@ ladder, take-off, A/A check, results against the baseline and the controls, memo
 runs."""
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -24,7 +25,7 @@ from clips_nnunet.study.layout import (RunSpec, fold_dir, run_is_finished, seed_
                                        trainer_output_dir)
 from clips_nnunet.study.memorisation import memorisation_lines, memorisation_results, planted_errors
 from clips_nnunet.study.report_sections import (aa_lines, attach_seeds, budget_lines, convergence_lines,
-                                                per_run_case_table)
+                                                ladder_verdict, per_run_case_table)
 
 __all__ = ["REPORT_METRICS", "study_groups", "write_report", "publish_report"]
 
@@ -206,7 +207,8 @@ def write_report(config: StudyConfig, status: Optional[Mapping[str, Any]] = None
     groups = {arm: [folder for _, folder in runs] for arm, runs in finished.items()}
     seeds = {arm: [seed for seed, _ in runs] for arm, runs in finished.items()}
     lines = _header(config) + budget_lines(config) + _completeness(config, groups)
-    summary: Dict[str, Any] = {"groups": {k: [str(p) for p in v] for k, v in groups.items()}, "comparisons": {}}
+    summary: Dict[str, Any] = {"baseline": config.baseline, "comparisons": {},
+                               "groups": {k: [str(p) for p in v] for k, v in groups.items()}}
     if config.baseline in groups:
         reference = reference_masks(config)
         arms = {k: v for k, v in groups.items() if k not in config.ladder_arms}
@@ -228,6 +230,9 @@ def write_report(config: StudyConfig, status: Optional[Mapping[str, Any]] = None
         family += memo.printed_comparisons() if memo is not None else []
         adjust_holm(family)
         lines += convergence_lines(config, ladder, _curve_plot(config, out_dir))
+        summary["ladder"] = {rung: {"difference": dataclasses.asdict(c.difference), "margin": config.convergence_margin,
+                                    "verdict": ladder_verdict(c.difference, config.convergence_margin)}
+                             for rung, res in ladder.items() for c in [res.comparison(rung, "dice")] if c is not None}
         lines += ["## Take-off", "", "A run took off when its final model predicted a lesion in at least one of "
                   "its validation patients; Fisher's exact test of each arm's rate against the baseline's.", ""]
         lines += take_off_table(main.take_off)
