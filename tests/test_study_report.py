@@ -118,3 +118,84 @@ def test_numbers_recompute_from_the_per_run_case_csv(report):
     assert math.isfinite(numbers["aa_check"]["difference"]["estimate"])
     text = path.read_text()
     assert f"Holm over all {comps.holm_family.iloc[0]} comparisons" in text
+
+
+def _dataset(study: Path, cases, planted: dict, splits) -> None:
+    """Images, planted (dataset) masks, clean masks in clips_truth and the split of a tiny study dataset."""
+    from clips_nnunet.synthetic.raw import ERRORS_JSON, truth_dir
+
+    raw = study / "nnUNet_raw" / "Dataset993_Mem"
+    truth = truth_dir(study / "nnUNet_raw", 993, "Mem")
+    for i, c in enumerate(cases):
+        _write(_truth(i) * 2, raw / "imagesTr" / f"{c}_0000.nii.gz")
+        _write(planted.get(c, _truth(i)), raw / "labelsTr" / f"{c}.nii.gz")
+        _write(_truth(i), truth / "labels_clean" / f"{c}.nii.gz")
+    (truth / ERRORS_JSON).write_text(json.dumps({"cases": {c: {"kind": "missed_lesion"} for c in planted}}))
+    pre = study / "nnUNet_preprocessed" / "Dataset993_Mem"
+    pre.mkdir(parents=True, exist_ok=True)
+    (pre / "splits_final.json").write_text(json.dumps(splits))
+
+
+def test_memorisation_reference_from_the_clean_condition(tmp_path, monkeypatch):
+    """An arm that reproduces the planted masks scores above the clean-condition baseline against the planted
+    masks (positive excess); the ceiling Dice(clean, planted) is printed; predictions are faked (no training)."""
+    import yaml
+
+    import clips_nnunet.study.memorisation as M
+
+    cases = [f"case_{i:03d}" for i in range(6)]
+    planted = {c: _prediction(i, 3) for i, c in enumerate(cases[:3])}  # half of the lesion missing
+    splits = [{"train": cases, "val": []}]
+    base = {"dataset": {"id": 993, "name": "Mem", "source": "existing"}, "seeds": [0, 1],
+            "budget": {"epochs": 1, "iterations_per_epoch": 1}}
+    clean_yaml = tmp_path / "clean.yaml"
+    clean_yaml.write_text(yaml.safe_dump(dict(base, name="clean", study_dir="clean", trainers=["stock"],
+                                              baseline="stock")))
+    config = parse_study_config(dict(base, name="noisy", trainers=["stock", "memo"], baseline="stock",
+                                     memorisation_reference="clean.yaml"), base_dir=tmp_path,
+                                study_dir=tmp_path / "noisy")
+    _dataset(config.study_dir, cases, planted, splits)
+    _dataset(tmp_path / "clean", cases, {}, splits)
+    for seed in (0, 1):  # the clean condition's finished baseline runs
+        folder = tmp_path / "clean" / f"seed_{seed}" / "nnUNet_results" / "Dataset993_Mem" / \
+            "stockStudy__nnUNetPlans__3d_fullres" / "fold_0"
+        (folder / "validation").mkdir(parents=True)
+        (folder / "checkpoint_final.pth").write_bytes(b"x")
+        (folder / "validation" / "summary.json").write_text("{}")
+
+    def fake_predict(cfg, groups, device, wanted, echo=True):
+        out = {}
+        for arm in groups:
+            for seed in cfg.seeds:
+                dest = cfg.study_dir / "memorisation" / f"seed_{seed}" / arm
+                for c in wanted:
+                    i = cases.index(c)
+                    # memo reproduces the planted mask; stock and the clean baseline predict the clean anatomy;
+                    # seed 1 misses one more slice so that runs differ
+                    mask = planted[c] if arm == "memo" else _truth(i)
+                    if seed == 1:
+                        mask = mask.copy()
+                        mask[2] = 0
+                    _write(mask, dest / f"{c}.nii.gz")
+                out.setdefault(arm, []).append(dest)
+        return out
+
+    monkeypatch.setattr(M, "predict_planted_training_cases", fake_predict)
+    m = M.memorisation_results(config, {"stock": [], "memo": []}, "cpu", tmp_path / "out", echo=False)
+    assert m is not None and m.reference is not None and not m.reference_note
+    assert m.ceiling["case_000"] == pytest.approx(2 * 3 / 9)  # 3 of 6 slices kept: Dice 2*3/(3+6)
+    excess = m.reference.comparison("memo", "dice").difference
+    assert excess.estimate > 0.2 and excess.n_runs_arm == 2
+    stock = m.reference.comparison("stock", "dice").difference
+    assert stock.estimate == pytest.approx(0.0, abs=1e-9)  # same predictions as the clean-condition baseline
+    assert any(c.group == "memo" and c.reference.startswith("stock trained on clean masks")
+               for c in m.printed_comparisons())
+    lines, numbers = M.memorisation_lines(config, m)
+    text = "\n".join(lines)
+    assert "Ceiling: Dice(clean mask, planted mask) averages" in text and "excess over the reference" in text
+    assert "nan" not in text.lower().replace("mean", "")
+    # a reference trained on another split is refused with the reason
+    other = [{"train": cases[:4], "val": cases[4:]}]
+    (tmp_path / "clean" / "nnUNet_preprocessed" / "Dataset993_Mem" / "splits_final.json").write_text(json.dumps(other))
+    m = M.memorisation_results(config, {"stock": [], "memo": []}, "cpu", tmp_path / "out2", echo=False)
+    assert m.reference is None and "trains on other patients" in m.reference_note

@@ -20,7 +20,8 @@ _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 DATASET_SOURCES = ("existing", "synthetic_raw", "synth_dicom")
 KNOWN_KEYS = ("name", "study_dir", "dataset", "configuration", "plans", "trainers", "baseline", "controls", "folds",
               "seeds", "budget", "device", "teacher_seed", "difficulty_key", "skip_missing_trainers", "run_timeout_s",
-              "n_proc_da", "parallel_runs", "derive_configuration", "description", "convergence_margin")
+              "n_proc_da", "parallel_runs", "derive_configuration", "description", "convergence_margin",
+              "memorisation_reference")
 #: Literal types an arm's class-attribute override may have (written as ``attribute = value`` lines).
 OVERRIDE_TYPES = (int, float, str, bool, list, type(None))
 
@@ -91,6 +92,7 @@ class StudyConfig:
     derive_from: Optional[str] = None
     features_divisor: int = 1
     convergence_margin: float = 0.02
+    memorisation_reference: Optional[Path] = None
 
     @property
     def preprocess_configuration(self) -> str:
@@ -275,6 +277,16 @@ def _resolve_study_dir(raw: Mapping[str, Any], name: str, base_dir: Optional[Pat
     return Path(study_dir).resolve()
 
 
+def _relative_path(value: Any, base_dir: Optional[Path]) -> Optional[Path]:
+    """A path from the YAML, relative to the config file's folder (``base_dir``) unless absolute."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise StudyConfigError(f"study config: expected a file path, got {value!r}")
+    path = Path(value)
+    return (path if path.is_absolute() else (Path(base_dir) if base_dir is not None else Path.cwd()) / path).resolve()
+
+
 def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
                        study_dir: Optional[Path] = None) -> StudyConfig:
     """Validate a study configuration mapping (the parsed YAML) and return a :class:`StudyConfig`.
@@ -291,7 +303,9 @@ def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
     ``derive_configuration`` {``from``: 3d_fullres, ``features_divisor``: 4}: ``configuration`` is then added to the
     plans as a smaller network inheriting ``from`` (same preprocessed data, features per stage divided), for
     studies on CPUs; ``convergence_margin`` (0.02): the convergence ladder's margin (Dice, clean masks) within
-    which the 2x baseline must stay of the 1x baseline, interval included.
+    which the 2x baseline must stay of the 1x baseline, interval included; ``memorisation_reference``: the study
+    YAML of the same patients with clean masks (e.g. the clean condition), whose baseline runs predict this study's
+    badly annotated training patients as the reference of the memorisation section.
     """
     if not isinstance(raw, Mapping):
         raise StudyConfigError(f"study config must be a mapping (YAML dictionary), got {type(raw).__name__}")
@@ -326,7 +340,8 @@ def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
         difficulty_key=raw.get("difficulty_key"), skip_missing_trainers=bool(raw.get("skip_missing_trainers", True)),
         run_timeout_s=float(timeout) if timeout is not None else None,
         n_proc_da=_positive_int(raw.get("n_proc_da", 0), "n_proc_da", 0),
-        parallel_runs=_positive_int(raw.get("parallel_runs", 1), "parallel_runs"), convergence_margin=float(margin))
+        parallel_runs=_positive_int(raw.get("parallel_runs", 1), "parallel_runs"), convergence_margin=float(margin),
+        memorisation_reference=_relative_path(raw.get("memorisation_reference"), base_dir))
 
 
 def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:

@@ -163,13 +163,18 @@ class Memorisation:
     planted: Any
     controls: Dict[str, Tuple[str, Any]]
     ceiling: Dict[str, float]
+    reference: Optional[Any] = None
+    reference_note: str = ""
 
     def printed_comparisons(self) -> List[Any]:
         """The comparisons the report prints (Dice vs the clean mask, all these patients): against the baseline
         and each arm's control (for the report's Holm family)."""
         out = [c for c in self.clean.comparisons if c.stratum == "all" and c.metric == "dice"]
-        return out + [c for arm, (_, res) in self.controls.items() for c in res.comparisons
-                      if c.group == arm and c.stratum == "all" and c.metric == "dice"]
+        out += [c for arm, (_, res) in self.controls.items() for c in res.comparisons
+                if c.group == arm and c.stratum == "all" and c.metric == "dice"]
+        if self.reference is not None:
+            out += [c for c in self.reference.comparisons if c.stratum == "all" and c.metric == "dice"]
+        return out
 
 
 def memorisation_results(config: StudyConfig, groups: Mapping[str, List[Path]], device: str, out_dir: Path,
@@ -192,7 +197,58 @@ def memorisation_results(config: StudyConfig, groups: Mapping[str, List[Path]], 
             present = {k: predicted[k] for k in [ref, *arms] if k in predicted}
             res = _compare(present, ref, clean_dir, out_dir / f"vs_clean_{ref}")
             controls.update({a: (ref, res) for a in arms if a in present})
-    return Memorisation(fold, kinds, clean, planted, controls, ceiling_dice(config, list(kinds)))
+    reference, note = _clean_condition_reference(config, predicted, list(kinds), device, out_dir, echo)
+    return Memorisation(fold, kinds, clean, planted, controls, ceiling_dice(config, list(kinds)), reference, note)
+
+
+def _same_inputs(config: StudyConfig, other: StudyConfig, cases: Sequence[str], fold: int) -> str:
+    """Empty when ``other``'s dataset has the same images of ``cases`` and the same training split of ``fold``,
+    else what differs."""
+    import hashlib
+
+    def digest(cfg: StudyConfig, case: str) -> str:
+        folder = cfg.study_dir / "nnUNet_raw" / cfg.dataset_folder_name / "imagesTr"
+        files = sorted(folder.glob(f"{case}_*"))
+        return hashlib.sha1(b"".join(f.read_bytes() for f in files)).hexdigest() if files else ""
+
+    def train(cfg: StudyConfig) -> List[str]:
+        splits = cfg.study_dir / "nnUNet_preprocessed" / cfg.dataset_folder_name / "splits_final.json"
+        return sorted(read_json(splits)[fold]["train"]) if splits.is_file() else []
+
+    if train(config) != train(other):
+        return f"its fold {fold} trains on other patients"
+    differ = [c for c in cases if not digest(other, c) or digest(other, c) != digest(config, c)]
+    return f"its images of {len(differ)} of these patients differ or are missing" if differ else ""
+
+
+def _clean_condition_reference(config: StudyConfig, predicted: Mapping[str, List[Path]], cases: Sequence[str],
+                               device: str, out_dir: Path, echo: bool) -> Tuple[Optional[Any], str]:
+    """The baseline of ``config.memorisation_reference`` (same patients and split, clean masks) predicting the badly
+    annotated training patients, compared with every arm on Dice against the planted masks: how much more an
+    arm agrees with the planted errors than a model that never saw them. ``(None, why)`` when not available."""
+    from clips_nnunet.study.config import StudyConfigError, load_study_config
+    from clips_nnunet.study.report import study_groups
+
+    path = config.memorisation_reference
+    if path is None:
+        return None, ""
+    try:
+        ref = load_study_config(path)
+    except (OSError, StudyConfigError, ValueError) as e:
+        return None, f"the clean-condition reference {path.name} could not be read ({e})"
+    fold = config.folds[0]
+    differs = _same_inputs(config, ref, cases, fold)
+    if differs:
+        return None, f"the clean-condition reference `{ref.name}` is not comparable: {differs}"
+    runs = study_groups(ref).get(ref.baseline)
+    if not runs or fold not in ref.folds:
+        return None, f"the clean-condition reference `{ref.name}` has no finished run of its baseline on fold {fold}"
+    ref_pred = predict_planted_training_cases(ref, {ref.baseline: runs}, device, cases, echo).get(ref.baseline)
+    if not ref_pred:
+        return None, f"the clean-condition reference `{ref.name}`: prediction failed (see its logs)"
+    label = f"{ref.baseline} trained on clean masks ({ref.name})"
+    planted_dir = config.study_dir / "nnUNet_raw" / config.dataset_folder_name / "labelsTr"
+    return _compare({label: ref_pred, **predicted}, label, planted_dir, out_dir / "vs_planted_clean_reference"), ""
 
 
 def _mean(res, arm: str) -> str:
@@ -226,18 +282,34 @@ def memorisation_lines(config: StudyConfig, m: Memorisation) -> Tuple[List[str],
                   f"(range {fmt_fixed(min(m.ceiling.values()))} to {fmt_fixed(max(m.ceiling.values()))}): a model "
                   f"that predicts the clean anatomy perfectly scores this against the planted masks, and a model "
                   f"that reproduced every planted error scores it against the clean ones.", ""]
+    if m.reference is not None:
+        lines += [f"Reference: `{m.reference.baseline}` predicts the same patients; it never saw their planted "
+                  f"errors. Its Dice against the planted masks is "
+                  f"{_mean(m.reference, m.reference.baseline)}; the column *vs planted, excess over the reference* "
+                  f"is each arm's Dice against the planted masks minus the reference's (run-level; positive: the "
+                  f"arm reproduces the planted errors more than a model that never saw them).", ""]
+    elif m.reference_note:
+        lines += [f"No clean-condition reference: {m.reference_note}.", ""]
+    else:
+        lines += ["No clean-condition reference (`memorisation_reference` not set): without it, Dice against the "
+                  "planted masks cannot be told apart from ordinary segmentation quality.", ""]
+    ref_col = " | vs planted, excess over the reference" if m.reference is not None else ""
     lines += ["| arm | Dice vs clean | Dice vs planted | " + " | ".join(f"vs clean: {k} (mean over patients)"
                                                                       for k in kind_names)
-              + f" | diff vs `{config.baseline}` | diff vs control |",
-              "|---|---|---|" + "---|" * len(kind_names) + "---|---|"]
+              + f" | diff vs `{config.baseline}` | diff vs control{ref_col} |",
+              "|---|---|---|" + "---|" * len(kind_names) + "---|---|" + ("---|" if ref_col else "")]
     for arm in m.clean.groups:
         ref, res = m.controls.get(arm, (None, None))
         cells = [_mean(m.clean, arm), _mean(m.planted, arm)]
         cells += [fmt_fixed(float(by_kind.get((arm, k), float("nan")))) for k in kind_names]
         cells += ["-" if arm == config.baseline else _diff(m.clean.comparison(arm, "dice")),
                   "-" if res is None else f"{_diff(res.comparison(arm, 'dice'))} vs `{ref}`"]
+        if m.reference is not None:
+            cells.append(_diff(m.reference.comparison(arm, "dice")))
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     numbers = {"fold": m.fold, "cases": m.kinds, "ceiling_dice_clean_vs_planted": m.ceiling,
                "dice_vs_clean": {g: m.clean.summary(g, "dice").mean for g in m.clean.groups},
-               "dice_vs_planted": {g: m.planted.summary(g, "dice").mean for g in m.planted.groups}}
+               "dice_vs_planted": {g: m.planted.summary(g, "dice").mean for g in m.planted.groups},
+               "clean_condition_reference": ({g: m.reference.summary(g, "dice").mean for g in m.reference.groups}
+                                             if m.reference is not None else m.reference_note or None)}
     return lines + [""], numbers
