@@ -27,7 +27,7 @@ class FixedWeights(nnUNetTrainerCurriculum):
     def build_scheduler(self, case_ids):  # pragma: no cover - not used here
         raise NotImplementedError
 
-    def sample_weights(self, keys, losses):
+    def sample_weights(self, keys, losses, recorded=None):
         self.seen_losses = np.asarray(losses)
         return np.asarray(self.weights, dtype=float)
 

@@ -55,7 +55,7 @@ EXT_MODULE = textwrap.dedent('''
 
     class nnUNetTrainerCLSelfPacedMixtureTiny(nnUNetTrainerCLSelfPacedTiny):
         spl_scheme = "mixture"
-        from clips_nnunet.trainers.self_paced_trainers import soft_spl_sample_weights as sample_weights
+        spl_soft_mechanism = "loss"        # weight the loss (normalised), sample the admitted cases uniformly
 ''')
 
 
@@ -109,6 +109,7 @@ def test_train_crash_continue_predict_and_find_best(cl_env):
     np.testing.assert_allclose(p1[admitted], 0.9 / n_active + 0.1 / n_cases, rtol=1e-6)
     assert e1["active_fraction"] == pytest.approx(n_active / n_cases)
     assert e1["nonfinite_losses"] == 0 and e1["zero_weight_batches"] == 0 and e1["n_losses"] == 4 * 2
+    assert e0["cl_mean_loss_weight"] == e1["cl_mean_loss_weight"] == 1.0      # hard SPL only samples
 
     # 2) continue: state restored (visits keep counting), the history keeps epochs 0-1 unchanged
     proc = _train(env, dataset_id, 0, "--c")
@@ -158,7 +159,8 @@ def test_bad_pacing_fails_at_trainer_start(cl_env):
 
 
 def test_soft_mixture_trainer_with_two_da_workers(cl_env):
-    """Soft SPL (loss weighted via sample_weights) in a real nnU-Net run with 2 augmentation workers."""
+    """Soft SPL weighting the loss (spl_soft_mechanism "loss", normalised weights) in a real nnU-Net run with 2
+    augmentation workers."""
     base, env, dataset_id = cl_env
     env = dict(env, nnUNet_n_proc_DA="2", CLIPS_TEST_NUM_EPOCHS="2")
     trainer = "nnUNetTrainerCLSelfPacedMixtureTiny"
@@ -173,5 +175,8 @@ def test_soft_mixture_trainer_with_two_da_workers(cl_env):
     assert abs(p.sum() - 1) < 1e-6 and p.max() > p.min()          # not uniform after warm-up
     assert 0 <= e1["lag_batches"] <= 4                              # measured; at most the epoch's 4 batches
     assert e1["n_losses"] == 4 * 2
+    assert cur.records[0]["cl_mean_loss_weight"] == 1.0                  # warm-up: nnU-Net's unweighted loss
+    # weighted and normalised by the running mean: the first batch exactly 1, the epoch's 4 batches close to it
+    assert 0.75 < e1["cl_mean_loss_weight"] < 1.25
     ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert all(np.isfinite(ckpt["logging"]["train_losses"]))

@@ -1,5 +1,5 @@
 """DDP synchronisation of the curriculum: 2 processes with torch.distributed's gloo backend on CPU, each seeing
-different cases, gather (keys, losses) with sync_case_losses and must end with identical difficulty state and
+different cases, gather (keys, losses, patch types) with sync_patch_records (what the trainer calls each epoch) and must end with identical difficulty state and
 identical sampling probabilities (symmetric collectives, same rng seed)."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
     from clips_nnunet.curriculum.schedulers import SelfPacedScheduler, finalize_probabilities
     from clips_nnunet.curriculum.state import DifficultyState
-    from clips_nnunet.trainers.curriculum import sync_case_losses
+    from clips_nnunet.trainers.curriculum import sync_patch_records
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
@@ -27,7 +27,9 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
         for epoch in range(3):
             keys = [ids[i] for i in local_rng.integers(0, 8, size=4 + rank)]   # unequal counts per rank
             losses = [0.1 * ids.index(k) + 0.01 * rank + 0.001 * epoch for k in keys]
-            all_keys, all_losses = sync_case_losses(keys, losses)
+            fg = [i % 2 == 0 for i in range(len(keys))]
+            all_keys, all_losses, all_fg = sync_patch_records(keys, losses, fg)
+            assert len(all_fg) == len(all_keys)
             state.update(all_keys, all_losses, epoch)
             plan = scheduler.plan(state, epoch / 2, epoch, rng)
             p = finalize_probabilities(plan.probabilities, 0.05, warmup=False)
@@ -57,7 +59,7 @@ def test_two_gloo_ranks_compute_identical_curricula(tmp_path):
 
 
 def test_sync_without_process_group_is_identity():
-    from clips_nnunet.trainers.curriculum import sync_case_losses
+    from clips_nnunet.trainers.curriculum import sync_patch_records
 
-    keys, losses = sync_case_losses(["a", "b"], [0.5, 0.25])
-    assert keys == ["a", "b"] and losses.tolist() == [0.5, 0.25]
+    keys, losses, fg = sync_patch_records(["a", "b"], [0.5, 0.25], [True, False])
+    assert keys == ["a", "b"] and losses.tolist() == [0.5, 0.25] and fg.tolist() == [True, False]

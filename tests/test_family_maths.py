@@ -1,4 +1,5 @@
-"""Hand-computed values for every formula of the curriculum family (no nnU-Net, fast)."""
+"""Hand-computed values for every formula of the curriculum family (no nnU-Net, fast). Where a formula becomes
+probabilities, the expectation targets the scheduler that training runs (CompetenceScheduler, BabyStepsScheduler)."""
 from __future__ import annotations
 
 import math
@@ -7,13 +8,15 @@ import numpy as np
 import pytest
 
 from clips_nnunet.curriculum.bandit import case_probabilities, task_probabilities, window_slope
-from clips_nnunet.curriculum.baby_steps import active_bucket_count, baby_steps_probabilities, difficulty_buckets
-from clips_nnunet.curriculum.competence import competence_count, competence_probabilities
+from clips_nnunet.curriculum.baby_steps import active_bucket_count, difficulty_buckets
+from clips_nnunet.curriculum.competence import competence_count
 from clips_nnunet.curriculum.dih import (dih_weights, instantaneous_hardness, poly_learning_rate, sample_subset,
                                          subset_size, update_hardness)
 from clips_nnunet.curriculum.smoothing import gaussian_kernel_1d, smoothing_sigma
 from clips_nnunet.curriculum.spld import spld_select
-from clips_nnunet.curriculum.superloss import superloss_sigma, superloss_value
+from clips_nnunet.curriculum.schedulers import BabyStepsScheduler, CompetenceScheduler
+from clips_nnunet.curriculum.state import DifficultyState
+from clips_nnunet.curriculum.superloss import superloss_sigma
 from clips_nnunet.errors import CurriculumConfigError
 
 OMEGA = 0.5671432904097838  # W0(1): omega * exp(omega) = 1
@@ -29,8 +32,9 @@ def test_superloss_lambert_w_closed_form():
     assert superloss_sigma([3.0], tau=1.0, lam=1.0)[0] == pytest.approx(OMEGA)
     w_half = 0.35173371124919584  # W0(0.5)
     assert superloss_sigma([3.0], tau=1.0, lam=2.0)[0] == pytest.approx(math.exp(-w_half))
-    # SL at the optimum: (l - tau) sigma + lam log(sigma)^2 = 2 omega + omega^2
-    assert superloss_value([2.0], 0.0, 1.0)[0] == pytest.approx(2 * OMEGA + OMEGA ** 2)
+    # SL at the optimum: (l - tau) sigma + lam log(sigma)^2 = 2 omega + omega^2 (log omega = -omega)
+    s_opt = superloss_sigma([2.0], 0.0, 1.0)[0]
+    assert 2 * s_opt + math.log(s_opt) ** 2 == pytest.approx(2 * OMEGA + OMEGA ** 2)
     # sigma* minimises SL: any other sigma is worse
     for s in (0.4, 0.5, 0.6, 0.7):
         assert 2 * s + math.log(s) ** 2 >= 2 * OMEGA + OMEGA ** 2
@@ -55,14 +59,22 @@ def test_spld_rank_rule_prefers_diversity():
     assert spld_select(losses, groups, 0.25, 0.0).tolist() == [True, False, False, False, True]
 
 
+def _competence_plan(d, t, min_cases=1):
+    """The plan CompetenceScheduler gives at progress t with linear competence c(t) = 0.1 + 0.9 t (c0 0.1, p 1)."""
+    ids = [f"c{i}" for i in range(len(d))]
+    s = CompetenceScheduler(ids, d, c0=0.1, p=1.0, competence_T=1.0, min_cases=min_cases)
+    return s.plan(DifficultyState(ids), t, 0, None).probabilities
+
+
 def test_competence_rank_cdf_and_probabilities():
     d = [0.0, 0.2, 0.2, 0.9]
-    # rank CDF rank/N = [0.25, 0.5, 0.75, 1.0] (the tie at 0.2 by case order): c = 0.5 admits floor(2) = 2 cases
-    np.testing.assert_allclose(competence_probabilities(d, 0.5), [0.5, 0.5, 0, 0])
-    np.testing.assert_allclose(competence_probabilities(d, 0.75), [1 / 3, 1 / 3, 1 / 3, 0])
-    np.testing.assert_allclose(competence_probabilities(d, 1.0), [0.25] * 4)
-    # competence below the easiest case's CDF still keeps min_cases
-    np.testing.assert_allclose(competence_probabilities(d, 0.1, min_cases=2), [0.5, 0.5, 0, 0])
+    # rank CDF rank/N = [0.25, 0.5, 0.75, 1.0] (the tie at 0.2 by case order): c = 0.5 (t = 4/9) admits
+    # floor(2) = 2 cases; c = 0.75 (t = 0.65 / 0.9) three; c = 1 all
+    np.testing.assert_allclose(_competence_plan(d, 4 / 9), [0.5, 0.5, 0, 0])
+    np.testing.assert_allclose(_competence_plan(d, 0.65 / 0.9), [1 / 3, 1 / 3, 1 / 3, 0])
+    np.testing.assert_allclose(_competence_plan(d, 1.0), [0.25] * 4)
+    # competence c0 = 0.1 below the easiest case's CDF still keeps min_cases
+    np.testing.assert_allclose(_competence_plan(d, 0.0, min_cases=2), [0.5, 0.5, 0, 0])
     assert competence_count(0.29, 100) == 29  # 0.29 * 100 = 28.999999999999996 in floating point
     assert competence_count(0.999, 4) == 3 and competence_count(1.0, 4) == 4 and competence_count(0.0, 4, 1) == 1
     with pytest.raises(CurriculumConfigError, match="competence must be in"):
@@ -77,8 +89,11 @@ def test_baby_steps_buckets_are_cumulative():
     assert active_bucket_count(0.39, 2, 0.8) == 1  # 1 + floor(2 * 0.39 / 0.8) = 1 + floor(0.975)
     assert active_bucket_count(0.4, 2, 0.8) == 2
     assert active_bucket_count(1.0, 3, 0.8) == 3
-    np.testing.assert_allclose(baby_steps_probabilities(d, 2, 0.0), [1 / 3, 1 / 3, 0, 1 / 3, 0])
-    np.testing.assert_allclose(baby_steps_probabilities(d, 2, 0.5), [0.2] * 5)
+    ids = [f"c{i}" for i in range(5)]
+    scheduler = BabyStepsScheduler(ids, d, n_buckets=2, pacing_a=0.8)
+    state = DifficultyState(ids)
+    np.testing.assert_allclose(scheduler.plan(state, 0.0, 0, None).probabilities, [1 / 3, 1 / 3, 0, 1 / 3, 0])
+    np.testing.assert_allclose(scheduler.plan(state, 0.5, 0, None).probabilities, [0.2] * 5)
     with pytest.raises(CurriculumConfigError, match="n_buckets"):
         difficulty_buckets(d, 6)
 

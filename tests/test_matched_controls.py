@@ -47,6 +47,14 @@ FACTORIES = {
     "dih": lambda: DIHScheduler(IDS, gamma=0.5, beta=3.0, shrink=0.9, floor=0.3, initial_lr=0.01, num_epochs=EPOCHS),
     "superloss": lambda: SuperLossScheduler(IDS, lam=1.0),
 }
+#: soft self-paced learning weighting the loss instead of sampling (spl_soft_mechanism = "loss")
+LOSS_WEIGHTING = {
+    "self_paced_linear": lambda: SelfPacedScheduler(IDS, "linear", 1.0, 0.2, 2, "linear", soft_mechanism="loss"),
+    "self_paced_log": lambda: SelfPacedScheduler(IDS, "linear", 1.0, 0.2, 2, "logarithmic", soft_mechanism="loss"),
+    "self_paced_mixture": lambda: SelfPacedScheduler(IDS, "quadratic", 0.9, 0.2, 2, "mixture",
+                                                     soft_mechanism="loss"),
+    "superloss": FACTORIES["superloss"],
+}
 #: not admission schedules: DIH trains on a subset that SHRINKS from all cases to a floor (Zhou et al. 2020); a greedy
 #: teacher (epsilon 0) samples only the task with the largest learning progress (Matiisen et al. 2017)
 NOT_GROWING = {"dih", "teacher_student_greedy"}
@@ -115,7 +123,7 @@ def test_weighting_controls_give_each_case_its_partners_weight(name):
     """With every current loss at its EMA loss, a control gives each case exactly the arm's weight of its partner
     (the case the arm ranks where the control puts it): the same per-case weights and the same expected weight of a
     sampled case as the arm, only other cases."""
-    arm, rand, anti = (with_control(FACTORIES[name](), order) for order in ("curriculum", "random", "anti"))
+    arm, rand, anti = (with_control(LOSS_WEIGHTING[name](), order) for order in ("curriculum", "random", "anti"))
     epoch, t, state = STATES[20]
     plans = [s.plan(state, t, epoch, np.random.default_rng(0)) for s in (arm, rand, anti)]
     d = state.estimates()
@@ -138,8 +146,8 @@ def test_anti_control_of_soft_spl_weights_by_hand():
     ids = ["a", "b", "c", "d"]
     state = DifficultyState(ids)
     state.update(ids, [0.1, 0.2, 0.3, 0.5], epoch=0)
-    arm = SelfPacedScheduler(ids, "linear", 1.0, 0.5, 2, "linear")
-    anti = with_control(SelfPacedScheduler(ids, "linear", 1.0, 0.5, 2, "linear"), "anti")
+    arm = SelfPacedScheduler(ids, "linear", 1.0, 0.5, 2, "linear", soft_mechanism="loss")
+    anti = with_control(SelfPacedScheduler(ids, "linear", 1.0, 0.5, 2, "linear", soft_mechanism="loss"), "anti")
     for s in (arm, anti):
         assert s.plan(state, 0.0, 1, np.random.default_rng(0)).threshold == pytest.approx(0.25)
     # case d (loss 0.52) is weighted as the arm weights case a: 0.52 - 0.5 + 0.1 = 0.12 -> 1 - 0.02 / 0.15

@@ -123,12 +123,14 @@ def test_scheduler_validation():
 
 
 def test_loss_weights_for_soft_spl_use_last_plan():
-    sch = SelfPacedScheduler(IDS, pacing="linear", pacing_a=1.0, pacing_b=0.5, min_cases=1, scheme="linear")
+    sch = SelfPacedScheduler(IDS, pacing="linear", pacing_a=1.0, pacing_b=0.5, min_cases=1, scheme="linear",
+                             soft_mechanism="loss")
     assert sch.loss_weights([5.0, -1.0]) is None                                # no plan yet: no weighting
     sch.plan(_state(), 0.0, 0, np.random.default_rng(0))                        # shift 0.1, lam 0.25
     # batch losses 0.1 -> 1, 0.175 -> 1 - 0.075/0.15 = 0.5, 0.3 -> 0, 0.0 (below the shift) -> 1
     np.testing.assert_allclose(sch.loss_weights([0.1, 0.175, 0.3, 0.0]), [1.0, 0.5, 0.0, 1.0])
-    log = SelfPacedScheduler(IDS, pacing="linear", pacing_a=1.0, pacing_b=0.5, min_cases=1, scheme="logarithmic")
+    log = SelfPacedScheduler(IDS, pacing="linear", pacing_a=1.0, pacing_b=0.5, min_cases=1, scheme="logarithmic",
+                             soft_mechanism="loss")
     log.plan(_state(), 0.0, 0, np.random.default_rng(0))   # range [0.1, 0.4], lam 0.25 -> 0.5 scaled, zeta 0.5
     np.testing.assert_allclose(log.loss_weights([0.1, 0.175, 0.4]), [1.0, np.log(0.75) / np.log(0.5), 0.0])
 
@@ -145,7 +147,8 @@ def test_self_paced_admits_exactly_n_with_ties_broken_by_rng():
 
 
 def test_loss_weights_skip_non_finite_and_report_all_zero():
-    sch = SelfPacedScheduler(IDS, pacing="linear", pacing_a=1.0, pacing_b=0.5, min_cases=1, scheme="linear")
+    sch = SelfPacedScheduler(IDS, pacing="linear", pacing_a=1.0, pacing_b=0.5, min_cases=1, scheme="linear",
+                             soft_mechanism="loss")
     sch.plan(_state(), 0.0, 0, np.random.default_rng(0))                        # shift 0.1, lam 0.25
     # a NaN or inf loss gets weight 0 (never raises); 0.0 is below the shift -> clipped to 0 -> weight 1
     np.testing.assert_array_equal(sch.loss_weights([np.nan, 0.0]), [0.0, 1.0])
@@ -159,10 +162,50 @@ def test_logarithmic_spl_admits_every_case_at_t1():
     ids = [f"c{i}" for i in range(20)]
     s = DifficultyState(ids, ema_alpha=1.0)
     s.update(ids, np.arange(20.0), epoch=0)
-    sch = SelfPacedScheduler(ids, "linear", 1.0, 0.3, 1, "logarithmic")
+    sch = SelfPacedScheduler(ids, "linear", 1.0, 0.3, 1, "logarithmic", soft_mechanism="loss")
     plan = sch.plan(s, 1.0, 5, np.random.default_rng(0))
     assert int((plan.probabilities > 0).sum()) == 20
     # lam = 19 + mean gap 1 = 20 >= max loss, so the range is [0, lam + 1] = [0, 21]: lam_s = 20/21, zeta = 1/21;
     # the hardest loss 19 -> 19/21: v = log(19/21 + 1/21) / log(1/21)
     assert sch.loss_weights([19.0])[0] == pytest.approx(math.log(20 / 21) / math.log(1 / 21))
     assert sch.loss_weights([0.0])[0] == pytest.approx(1.0)
+    # at t = 1 every case is admitted: a noisy current loss above lam (25 > 20) is clipped to the largest estimate
+    # (19), so it keeps the hardest case's weight instead of 0
+    assert sch.loss_weights([25.0])[0] == pytest.approx(math.log(20 / 21) / math.log(1 / 21))
+
+
+@pytest.mark.parametrize("scheme", ["hard", "linear", "logarithmic", "mixture"])
+@pytest.mark.parametrize("level", [0.3, -0.4, 1e12])
+def test_tied_running_averages_admit_every_case_at_t1(scheme, level):
+    """Every EMA loss equal (gap 0): lam = max + 1e-6 (scaled for large losses, where + 1e-6 is lost to rounding);
+    at t = 1 every case is sampled, and with loss weighting a current loss at or above the tie keeps a positive
+    weight."""
+    ids = [f"c{i}" for i in range(8)]
+    s = DifficultyState(ids, ema_alpha=1.0)
+    s.update(ids, [level] * 8, epoch=0)
+    for mechanism in ("sampling", "loss"):
+        sch = SelfPacedScheduler(ids, "linear", 1.0, 0.3, 1, scheme, soft_mechanism=mechanism)
+        plan = sch.plan(s, 1.0, 5, np.random.default_rng(0))
+        np.testing.assert_allclose(plan.probabilities, [1 / 8] * 8)
+        assert plan.threshold > level
+        w = sch.loss_weights([level, level + 0.01 * max(1.0, abs(level)), level - 0.01])
+        if mechanism == "sampling" or scheme == "hard":
+            assert w is None                           # weighted once: by the sampling probability
+        else:
+            assert np.all(w > 0), (scheme, level, w)
+
+
+def test_soft_spl_weights_once():
+    """Soft SPL applies v* once: by default the plan samples proportionally to v*(d) and the loss is unweighted
+    (None); with soft_mechanism="loss" the admitted cases are sampled uniformly and the loss carries v*(l)."""
+    sampling = SelfPacedScheduler(IDS, "linear", 1.0, 0.5, 1, "linear")
+    loss = SelfPacedScheduler(IDS, "linear", 1.0, 0.5, 1, "linear", soft_mechanism="loss")
+    # EMA [0.4, 0.1, 0.3, 0.2], n = 2: lam 0.25, shift 0.1 -> v = [0, 1, 0, 1/3]
+    np.testing.assert_allclose(sampling.plan(_state(), 0.0, 0, np.random.default_rng(0)).probabilities,
+                               [0, 0.75, 0, 0.25])
+    assert sampling.loss_weights([0.1, 0.2], ["b", "d"]) is None and not sampling.weights_losses
+    np.testing.assert_allclose(loss.plan(_state(), 0.0, 0, np.random.default_rng(0)).probabilities, [0, 0.5, 0, 0.5])
+    np.testing.assert_allclose(loss.loss_weights([0.1, 0.2], ["b", "d"]), [1.0, 1 / 3])
+    assert loss.weights_losses
+    with pytest.raises(CurriculumConfigError, match="spl_soft_mechanism must be one of"):
+        SelfPacedScheduler(IDS, scheme="linear", soft_mechanism="both")

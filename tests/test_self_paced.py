@@ -90,26 +90,38 @@ def test_weighted_per_sample_loss_matches_nnunet_deep_supervision_and_weights_sa
 
 
 def test_soft_spl_sample_weights_hook():
-    """The soft-SPL trainers' sample_weights: None in warm-up (nnU-Net's loss), SPL weights of the batch losses
-    afterwards, 0 for a non-finite loss, and all zeros when every case is above the threshold: as in self-paced
-    learning such a batch contributes no gradient (the trainer skips the step), it does not fall back to weight 1."""
+    """The soft-SPL trainers' sample_weights hook (what training calls): with spl_soft_mechanism "loss", None in
+    warm-up (nnU-Net's loss), raw SPL weights of the batch losses afterwards, 0 for a non-finite loss, and all zeros
+    when every case is above the threshold: as in self-paced learning such a batch contributes no gradient (the
+    trainer skips the step), it does not fall back to weight 1. With the default mechanism ("sampling") the hook
+    never weights: the SPL weight is applied once, by the sampling probability."""
     from types import SimpleNamespace
 
-    from clips_nnunet.curriculum.schedulers import SelfPacedScheduler
     from clips_nnunet.curriculum.state import DifficultyState
-    from clips_nnunet.trainers.self_paced_trainers import soft_spl_sample_weights
+    from clips_nnunet.trainers.self_paced_trainers import nnUNetTrainerCLSelfPacedLinear
+
+    class LossWeighted(nnUNetTrainerCLSelfPacedLinear):
+        spl_soft_mechanism = "loss"
+        pacing, pacing_a, pacing_b, min_cases = "linear", 1.0, 0.5, 1
 
     ids = ["a", "b", "c", "d"]
     state = DifficultyState(ids, ema_alpha=1.0)
     state.update(ids, [0.4, 0.1, 0.3, 0.2], epoch=0)
-    sch = SelfPacedScheduler(ids, pacing="linear", pacing_a=1.0, pacing_b=0.5, min_cases=1, scheme="linear")
-    sch.plan(state, 0.0, 1, np.random.default_rng(0))               # shift 0.1, lam 0.25
-    trainer = SimpleNamespace(current_epoch=0, warmup_epochs=1, _cl_scheduler=sch)
-    assert soft_spl_sample_weights(trainer, ["a", "b"], np.array([0.1, 0.175])) is None   # warm-up
-    trainer.current_epoch = 1
-    np.testing.assert_allclose(soft_spl_sample_weights(trainer, ["a", "b"], np.array([0.1, 0.175])), [1.0, 0.5])
-    np.testing.assert_array_equal(soft_spl_sample_weights(trainer, ["a", "b"], np.array([0.5, 0.9])), [0.0, 0.0])
-    np.testing.assert_array_equal(soft_spl_sample_weights(trainer, ["a", "b"], np.array([np.nan, 0.1])), [0.0, 1.0])
+    for cls, expect_weights in ((LossWeighted, True), (nnUNetTrainerCLSelfPacedLinear, False)):
+        trainer = SimpleNamespace(current_epoch=0, warmup_epochs=1, pacing="linear", pacing_a=1.0, pacing_b=0.5,
+                                  min_cases=1, spl_scheme="linear", lam_prime_quantile=0.5,
+                                  spl_soft_mechanism=cls.spl_soft_mechanism)
+        trainer._cl_scheduler = cls.build_arm_scheduler(trainer, ids)
+        trainer._cl_scheduler.plan(state, 0.0, 1, np.random.default_rng(0))       # shift 0.1, lam 0.25
+        hook = cls.sample_weights
+        assert hook(trainer, ["a", "b"], np.array([0.1, 0.175])) is None            # warm-up
+        trainer.current_epoch = 1
+        if not expect_weights:
+            assert hook(trainer, ["a", "b"], np.array([0.1, 0.175])) is None
+            continue
+        np.testing.assert_allclose(hook(trainer, ["a", "b"], np.array([0.1, 0.175])), [1.0, 0.5])
+        np.testing.assert_array_equal(hook(trainer, ["a", "b"], np.array([0.5, 0.9])), [0.0, 0.0])
+        np.testing.assert_array_equal(hook(trainer, ["a", "b"], np.array([np.nan, 0.1])), [0.0, 1.0])
 
 
 def test_every_self_paced_trainer_and_control_is_in_the_shim():
@@ -118,7 +130,7 @@ def test_every_self_paced_trainer_and_control_is_in_the_shim():
     from pathlib import Path
 
     import clips_nnunet
-    from clips_nnunet.trainers import self_paced
+    from clips_nnunet.trainers import self_paced_trainers as self_paced
 
     shim = Path(clips_nnunet.__file__).parent / "nnunet_ext" / "clips_trainers.py"
     spec = importlib.util.spec_from_file_location("clips_trainers_self_paced_test", shim)

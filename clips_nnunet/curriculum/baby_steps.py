@@ -39,11 +39,3 @@ def active_bucket_count(t: float, n_buckets: int, a: float = 0.8) -> int:
                                     f"got {a}")
     return int(min(n_buckets, 1 + math.floor(n_buckets * t / a + 1e-9)))
 
-
-def baby_steps_probabilities(difficulty: Sequence[float], n_buckets: int, t: float, a: float = 0.8) -> np.ndarray:
-    """Uniform probabilities over the cases of the first ``k(t)`` buckets (baby steps, cumulative)."""
-    buckets = difficulty_buckets(difficulty, n_buckets)
-    k = active_bucket_count(t, len(buckets), a)
-    p = np.zeros(len(difficulty))
-    p[np.concatenate(buckets[:k])] = 1.0
-    return p / p.sum()

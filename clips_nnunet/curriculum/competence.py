@@ -14,9 +14,6 @@ tie and no control can admit the same number (a documented deviation, docs/curri
 from __future__ import annotations
 
 import math
-from typing import Sequence
-
-import numpy as np
 
 from clips_nnunet.errors import CurriculumConfigError
 
@@ -32,13 +29,3 @@ def competence_count(competence: float, n_cases: int, min_cases: int = 1) -> int
         raise CurriculumConfigError(f"min_cases must be an integer >= 0, got {min_cases!r}")
     return int(min(int(n_cases), max(math.floor(c * n_cases + 1e-9), int(min_cases))))
 
-
-def competence_probabilities(difficulty: Sequence[float], competence: float, min_cases: int = 1) -> np.ndarray:
-    """Uniform probabilities over the :func:`competence_count` easiest cases (ties by case order), zero elsewhere."""
-    d = np.asarray(difficulty, dtype=float)
-    if d.ndim != 1 or d.size == 0 or not np.all(np.isfinite(d)):
-        raise CurriculumConfigError("difficulty must be a non-empty 1-D array of finite numbers")
-    n = max(1, competence_count(competence, d.size, min_cases))
-    p = np.zeros(d.size)
-    p[np.argsort(d, kind="stable")[:n]] = 1.0 / n
-    return p

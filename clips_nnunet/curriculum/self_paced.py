@@ -98,7 +98,7 @@ def threshold_admitting(losses, n_admitted: int) -> float:
 
     With sorted losses ``s``: ``n = 0`` gives ``s[0]`` (admits none); ``0 < n < N`` gives the midpoint
     ``(s[n-1] + s[n]) / 2`` (cases tied with ``s[n-1]`` are admitted together, so ties may admit more);
-    ``n = N`` gives ``s[N-1] + max(gap, 1e-6)`` where gap is the mean spacing of the sorted losses, so even the
+    ``n = N`` gives ``s[N-1] + max(gap, 1e-6 max(1, |s[N-1]|))`` where gap is the mean spacing of the sorted losses, so even the
     hardest case gets a positive soft weight. Being a quantile of the losses, the threshold is independent of the
     loss scale (Dice + CE can be negative).
     """
@@ -117,4 +117,5 @@ def threshold_admitting(losses, n_admitted: int) -> float:
             return float((s[n - 1] + s[n]) / 2.0)
         return float(np.nextafter(s[n - 1], np.inf))
     gap = (s[-1] - s[0]) / (n_total - 1) if n_total > 1 else 0.0
-    return float(s[-1] + max(gap, 1e-6))
+    # tied losses (gap 0) far from 0: 1e-6 alone can vanish in the rounding of s[-1] + 1e-6
+    return float(max(s[-1] + max(gap, 1e-6 * max(1.0, abs(float(s[-1])))), np.nextafter(s[-1], np.inf)))

@@ -10,7 +10,7 @@ sampling).
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -53,16 +53,20 @@ class DifficultyState:
             raise CurriculumConfigError(f"unknown case id {key!r}: not in this fold's training split "
                                         f"({len(self.case_ids)} cases, e.g. {self.case_ids[:3]})") from None
 
-    def update(self, keys: Iterable[str], losses: Iterable[float], epoch: int) -> None:
+    def update(self, keys: Iterable[str], losses: Iterable[float], epoch: int,
+               raw_losses: Optional[Iterable[float]] = None) -> None:
         """Fold one loss per key into the EMA, in order (a case drawn twice is updated twice).
 
-        Non-finite losses are skipped with a :func:`warnings.warn` naming the case (the estimate keeps its value).
+        ``raw_losses`` (one per key; default: ``losses``) are the uncentred training losses kept as
+        :meth:`last_losses` (DIH reads the raw loss change, as its authors). Non-finite losses are skipped with a
+        :func:`warnings.warn` naming the case (the estimate keeps its value).
         """
         keys = [str(k) for k in keys]
         losses = np.asarray(list(losses), dtype=np.float64).reshape(-1)
-        if len(keys) != losses.size:
-            raise CurriculumConfigError(f"update got {len(keys)} keys but {losses.size} losses")
-        for key, loss in zip(keys, losses):
+        raw = losses if raw_losses is None else np.asarray(list(raw_losses), dtype=np.float64).reshape(-1)
+        if not len(keys) == losses.size == raw.size:
+            raise CurriculumConfigError(f"update got {len(keys)} keys but {losses.size} losses ({raw.size} raw)")
+        for key, loss, raw_loss in zip(keys, losses, raw):
             i = self.index_of(key)
             if not np.isfinite(loss):
                 warnings.warn(f"case {key}: non-finite training loss ({loss}) ignored for the curriculum's "
@@ -72,7 +76,7 @@ class DifficultyState:
                 self._ema[i] = loss
             else:
                 self._ema[i] = self.ema_alpha * loss + (1.0 - self.ema_alpha) * self._ema[i]
-            self._last[i] = loss
+            self._last[i] = raw_loss if np.isfinite(raw_loss) else loss
             self.visits[i] += 1
             self.last_seen[i] = int(epoch)
 
@@ -91,7 +95,7 @@ class DifficultyState:
         return est
 
     def last_losses(self) -> np.ndarray:
-        """Latest finite raw loss per case (copy); 0 for cases never seen (check :attr:`seen`)."""
+        """Latest raw (uncentred) training loss per case (copy); 0 for cases never seen (check :attr:`seen`)."""
         return self._last.copy()
 
     def to_dict(self) -> dict:

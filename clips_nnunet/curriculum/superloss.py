@@ -33,10 +33,3 @@ def superloss_sigma(losses, tau: float, lam: float) -> np.ndarray:
     w = np.where(at_branch, -1.0, np.real(lambertw(np.where(at_branch, 0.0, y), k=0)))
     return np.exp(-w)
 
-
-def superloss_value(losses, tau: float, lam: float) -> np.ndarray:
-    """``SL = (l - tau) sigma* + lam (log sigma*)^2`` at the optimal confidence (Castells et al. 2020, the
-    SuperLoss of section 3)."""
-    losses = np.asarray(losses, dtype=float)
-    sigma = superloss_sigma(losses, tau, lam)
-    return (losses - tau) * sigma + lam * np.log(sigma) ** 2

@@ -42,14 +42,16 @@ class nnUNetTrainerCurriculumArm(nnUNetTrainerCurriculum):
         return config
 
 
-def scheduler_sample_weights(trainer: nnUNetTrainerCurriculum, keys: Sequence[str],
-                             losses: np.ndarray) -> Optional[np.ndarray]:
-    """``sample_weights`` of the weighting curricula (SuperLoss, soft self-paced learning) and their controls.
+def scheduler_sample_weights(trainer: nnUNetTrainerCurriculum, keys: Sequence[str], losses: np.ndarray,
+                             recorded: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+    """``sample_weights`` of the weighting curricula (SuperLoss; soft self-paced learning with
+    ``spl_soft_mechanism = "loss"``) and their controls.
 
     None (no weighting: the unweighted loss) during warm-up and while the scheduler has no threshold yet; else the
-    scheduler's :meth:`~clips_nnunet.curriculum.schedulers.CurriculumScheduler.loss_weights`: weight 0 for a
-    non-finite loss (the trainer names and counts it), and all zeros when the batch must contribute no gradient.
+    scheduler's raw :meth:`~clips_nnunet.curriculum.schedulers.CurriculumScheduler.loss_weights` (the trainer
+    normalises them): weight 0 for a non-finite loss (the trainer names and counts it), and all zeros when the
+    batch must contribute no gradient.
     """
     if trainer.current_epoch < trainer.warmup_epochs:
         return None
-    return trainer._cl_scheduler.loss_weights(losses, [str(k) for k in keys])
+    return trainer._cl_scheduler.loss_weights(losses, [str(k) for k in keys], recorded)

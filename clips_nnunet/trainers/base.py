@@ -52,6 +52,10 @@ from clips_nnunet.trainers.per_sample_loss import per_sample_dice_ce
 
 Output = Union[torch.Tensor, List[torch.Tensor]]
 
+#: augmentation worker seeds: a block of this many per (global rank, loader), for this many ranks
+WORKER_SEED_BLOCK = 1024
+MAX_SEEDED_RANKS = 1024
+
 
 def global_rank() -> int:
     """This process's rank in the whole DDP job (0 without a process group); nnU-Net's ``local_rank`` is the
@@ -94,13 +98,24 @@ class nnUNetTrainerClipsBase(nnUNetTrainer):
             random.seed(seed + global_rank())
         super().initialize()
 
-    def da_worker_seeds(self, num_processes: int, offset: int) -> Optional[List[int]]:
-        """Seeds for ``num_processes`` augmentation workers (distinct per rank, worker and loader), or None."""
+    def da_worker_seeds(self, num_processes: int, loader: int) -> Optional[List[int]]:
+        """Seeds for ``num_processes`` augmentation workers of ``loader`` (0 training, 1 validation), or None.
+
+        ``seed * 2^21 + (rank * 2 + loader) * 1024 + worker`` (mod 2^32): one block of 1024 per (global rank,
+        loader), so within a run no two workers of any rank or loader share a seed (up to 1024 ranks and 1024
+        workers per loader, refused beyond), and runs whose seeds differ by less than 2048 use disjoint ranges.
+        (The earlier ``seed * 1000 + rank * 100 + offset + worker`` overlapped from 50 workers or 10 ranks on.)"""
         seed = self.clips_seed()
         if seed is None:
             return None
-        base = seed * 1000 + global_rank() * 100 + offset
-        return [(base + i) % 2 ** 32 for i in range(num_processes)]
+        rank = global_rank()
+        if not 0 <= int(num_processes) <= WORKER_SEED_BLOCK or not 0 <= rank < MAX_SEEDED_RANKS \
+                or loader not in (0, 1):
+            raise ClipsError(f"seeded augmentation supports up to {WORKER_SEED_BLOCK} workers per loader and "
+                             f"{MAX_SEEDED_RANKS} ranks, got {num_processes} workers of loader {loader} on rank "
+                             f"{rank}; lower nnUNet_n_proc_DA or unset CLIPS_SEED")
+        base = int(seed) * 2 * MAX_SEEDED_RANKS * WORKER_SEED_BLOCK + (rank * 2 + int(loader)) * WORKER_SEED_BLOCK
+        return [(base + i) % 2 ** 32 for i in range(int(num_processes))]
 
     # ------------------------------------------------------------------ data loading
     def build_train_data_loader(self, dataset_tr, batch_size: int, initial_patch_size, final_patch_size,
@@ -149,7 +164,7 @@ class nnUNetTrainerClipsBase(nnUNetTrainer):
                 pin_memory=self.device.type == "cuda", wait_time=0.002)
             mt_gen_val = NonDetMultiThreadedAugmenter(
                 data_loader=dl_val, transform=None, num_processes=n_val,
-                num_cached=max(3, allowed_num_processes // 4), seeds=self.da_worker_seeds(n_val, 50),
+                num_cached=max(3, allowed_num_processes // 4), seeds=self.da_worker_seeds(n_val, 1),
                 pin_memory=self.device.type == "cuda", wait_time=0.002)
         _ = next(mt_gen_train)
         _ = next(mt_gen_val)

@@ -43,6 +43,7 @@ from torch import distributed as dist
 from clips_nnunet.curriculum.schedulers import (CurriculumScheduler, SamplingPlan, finalize_probabilities,
                                                 sampling_entropy)
 from clips_nnunet.curriculum.state import DifficultyState
+from clips_nnunet.curriculum.weighting import LossWeightNormaliser
 from clips_nnunet.errors import CurriculumConfigError
 from clips_nnunet.io_utils import atomic_write_json
 from clips_nnunet.trainers.base import Output, global_rank, highest_resolution, nnUNetTrainerClipsBase
@@ -53,12 +54,12 @@ from clips_nnunet.trainers.difficulty_signal import PatchDifficulty
 from clips_nnunet.trainers.per_sample_loss import (foreground_patches, nnunet_loss_spec, weighted_nnunet_loss,
                                                    weighted_per_sample_loss)
 
-__all__ = ["nnUNetTrainerCurriculum", "read_history", "CurriculumHistory", "plot_curriculum", "sync_case_losses",
-           "sync_patch_records", "weighted_per_sample_loss"]
+__all__ = ["nnUNetTrainerCurriculum", "read_history", "CurriculumHistory", "plot_curriculum", "sync_patch_records",
+           "weighted_per_sample_loss"]
 
 CURRICULUM_CONFIG_JSON = "curriculum_config.json"
 LOG_KEYS = ("cl_active_fraction", "cl_threshold", "cl_active_mean_loss", "cl_sampling_entropy",
-            "cl_nonfinite_losses", "cl_skipped_batches")
+            "cl_nonfinite_losses", "cl_skipped_batches", "cl_mean_loss_weight")
 
 
 def _distributed() -> bool:
@@ -82,12 +83,6 @@ def sync_patch_records(keys: Sequence[str], losses, patch_foreground) -> Tuple[L
             np.asarray([f for _, _, rank_fg in gathered for f in rank_fg], dtype=bool))
 
 
-def sync_case_losses(keys: Sequence[str], losses) -> Tuple[List[str], np.ndarray]:
-    """All ranks' (keys, losses) concatenated in rank order (:func:`sync_patch_records` without patch types)."""
-    keys, losses, _ = sync_patch_records(keys, losses, np.ones(len(list(keys)), dtype=bool))
-    return keys, losses
-
-
 class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
     """Base of every curriculum trainer: subclasses implement :meth:`build_scheduler` (and optionally
     :meth:`sample_weights`) and set hyper-parameters as class attributes (the nnU-Net way)."""
@@ -106,16 +101,23 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
     curriculum_seed: int = 12345
     #: redraw curriculum.png every this many epochs (and at the first and last epoch); ~2.5 s per drawing
     curriculum_plot_every: int = 5
+    #: weighting curricula: divide the raw loss weights by their running mean over the epoch, so the mean weight
+    #: per sampled case is 1 as in stock nnU-Net (one step size for every arm); False keeps the raw (published)
+    #: weights (:mod:`clips_nnunet.curriculum.weighting`)
+    normalise_loss_weights: bool = True
 
     # ------------------------------------------------------------------ API for subclasses
     @abstractmethod
     def build_scheduler(self, case_ids: List[str]) -> CurriculumScheduler:
         """The scheduler of this curriculum for the training cases ``case_ids`` (the loader's order)."""
 
-    def sample_weights(self, keys: Sequence[str], losses: np.ndarray) -> Optional[np.ndarray]:
-        """Optional per-sample loss weights (shape (B,), finite, >= 0) from this batch's detached per-sample losses
-        (centred like the difficulty estimates, see :mod:`~clips_nnunet.trainers.difficulty_signal`; non-finite
-        for a sample whose loss is not finite: such samples are left out whatever their weight).
+    def sample_weights(self, keys: Sequence[str], losses: np.ndarray,
+                       recorded: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+        """Optional raw per-sample loss weights (shape (B,), finite, >= 0) from this batch's detached per-sample
+        losses (centred like the difficulty estimates, see :mod:`~clips_nnunet.trainers.difficulty_signal`;
+        non-finite for a sample whose loss is not finite: such samples are left out whatever their weight);
+        ``recorded``: whether each patch is of the type its case's estimate is measured on. The engine normalises
+        them (``normalise_loss_weights``).
 
         None (default) keeps nnU-Net's loss object for the gradient (sampling curricula, warm-up, SuperLoss before
         its threshold exists). Whether None is returned must depend on epoch-level state only (identical on every
@@ -124,8 +126,11 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
         return None
 
     def uses_sample_weights(self) -> bool:
-        """True if this class overrides :meth:`sample_weights` (else no per-step host sync is needed)."""
-        return type(self).sample_weights is not nnUNetTrainerCurriculum.sample_weights
+        """True if this class overrides :meth:`sample_weights` and its scheduler (once built) can weight the loss
+        (else no per-step host sync is needed)."""
+        if type(self).sample_weights is nnUNetTrainerCurriculum.sample_weights:
+            return False
+        return self._cl_scheduler is None or bool(self._cl_scheduler.weights_losses)
 
     def curriculum_progress(self, epoch: int) -> float:
         """Training progress t in [0, 1] after warm-up: ``(epoch - E_w) / max(1, num_epochs - E_w)``."""
@@ -141,7 +146,9 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
                 "seed": self.clips_seed(), "curriculum_seed": self._curriculum_rng_seed(),
                 "world_size": dist.get_world_size() if self.is_ddp else 1,
                 "batch_dice": bool(self.configuration_manager.batch_dice),
-                "difficulty_signal": "per-sample Dice+CE; lesion cases on foreground patches; centred per patch type",
+                "difficulty_signal": "per-sample Dice+CE; lesion cases on foreground patches; centred per patch type "
+                                     "by the inverse-probability-weighted mean",
+                "normalise_loss_weights": bool(self.normalise_loss_weights),
                 "scheduler": self._cl_scheduler.config() if self._cl_scheduler is not None else None,
                 "n_cases": len(self._cl_case_ids), "case_ids": list(self._cl_case_ids)}
 
@@ -154,6 +161,7 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
     _cl_pending: Optional[dict] = None
     _cl_case_ids: List[str] = []
     _cl_zero_batch: bool = False
+    _cl_weighting: Optional[LossWeightNormaliser] = None
 
     def _curriculum_rng_seed(self) -> int:
         seed = self.clips_seed()
@@ -241,7 +249,9 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
         self._cl_writer = HistoryWriter(self.output_folder, case_ids, type(self).__name__)
         if global_rank() == 0:
             atomic_write_json(os.path.join(self.output_folder, CURRICULUM_CONFIG_JSON), self.curriculum_config())
-            self._cl_writer.start(int(self.current_epoch))
+            message = self._cl_writer.start(int(self.current_epoch))
+            if message:
+                self.print_to_log_file(f"curriculum WARNING: {message}")
         self.print_to_log_file(f"curriculum: {type(self).__name__} over {len(case_ids)} training cases "
                                f"({int(has_fg.sum())} with foreground), scheduler {type(scheduler).__name__}, warm-up "
                                f"{self.warmup_epochs} epochs, epsilon {self.exploration_epsilon}, EMA alpha "
@@ -254,6 +264,9 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
         self._cl_versions: List[int] = []
         self._cl_cached: Optional[torch.Tensor] = None
         self._cl_step_nonfinite = 0
+        if self._cl_weighting is None or self._cl_weighting.normalise != bool(self.normalise_loss_weights):
+            self._cl_weighting = LossWeightNormaliser(bool(self.normalise_loss_weights))
+        self._cl_weighting.start_epoch()
 
     def _cl_restore(self, saved: dict) -> None:
         state = DifficultyState.from_dict(saved["state"])
@@ -297,10 +310,21 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
     # ------------------------------------------------------------------ per epoch / per step
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
-        epoch = int(self.current_epoch)
+        plan, probabilities, progress, warm = self._cl_plan_epoch(int(self.current_epoch))
+        n = len(self._cl_case_ids)
+        self._cl_version = self._cl_loader.set_probabilities(probabilities)
+        threshold = "none" if plan.threshold is None else f"{plan.threshold:.4g}"
+        self.print_to_log_file(f"curriculum: {'warm-up (uniform)' if warm else f'progress {progress:.3f}'}, active "
+                               f"fraction {plan.active_fraction:.3f}, threshold {threshold}, sampling entropy "
+                               f"{sampling_entropy(probabilities):.3f} nats (uniform {math.log(n):.3f})")
+
+    def _cl_plan_epoch(self, epoch: int):
+        """The epoch's plan and sampling probabilities (uniform during warm-up); resets the step buffers and the
+        loss-weight bookkeeping. Plain numpy on the trainer's state: no collective, identical on every rank."""
         warm = epoch < int(self.warmup_epochs)
         n = len(self._cl_case_ids)
         progress = self.curriculum_progress(epoch)
+        self._cl_scheduler.set_num_epochs(int(self.num_epochs))   # a time budget may have calibrated it
         if warm:
             plan = SamplingPlan(np.full(n, 1.0 / n), 1.0, None, {"warmup": True})
         else:
@@ -309,14 +333,29 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
                 raise CurriculumConfigError(f"{type(self._cl_scheduler).__name__}.plan returned "
                                             f"{np.asarray(plan.probabilities).shape} probabilities for {n} cases")
         probabilities = finalize_probabilities(plan.probabilities, self.exploration_epsilon, warm)
-        self._cl_version = self._cl_loader.set_probabilities(probabilities)
         self._cl_plan, self._cl_probabilities, self._cl_progress, self._cl_warm = plan, probabilities, progress, warm
         self._cl_estimates = self._cl_state.estimates()
         self._cl_reset_buffers()
-        threshold = "none" if plan.threshold is None else f"{plan.threshold:.4g}"
-        self.print_to_log_file(f"curriculum: {'warm-up (uniform)' if warm else f'progress {progress:.3f}'}, active "
-                               f"fraction {plan.active_fraction:.3f}, threshold {threshold}, sampling entropy "
-                               f"{sampling_entropy(probabilities):.3f} nats (uniform {math.log(n):.3f})")
+        return plan, probabilities, progress, warm
+
+    def _cl_raw_weights(self, keys: Sequence[str], losses: np.ndarray, fg: np.ndarray) -> Optional[np.ndarray]:
+        """This batch's raw loss weights (:meth:`sample_weights` of the losses centred like the estimates), or None
+        for no weighting."""
+        return self.sample_weights(keys, self._cl_signal.centre(losses, fg), self._cl_signal.recorded(keys, fg))
+
+    def _cl_observe(self, keys: Sequence[str], losses: np.ndarray, fg: np.ndarray, epoch: int):
+        """Fold one epoch's gathered patches into the difficulty state: centred observations (inverse-probability
+        centre) for the EMA, raw losses for DIH. Returns ``(obs_keys, obs_values, n_skipped, finite)``."""
+        obs_keys, obs_values, n_skipped = self._cl_signal.observations(keys, losses, fg, self._cl_probabilities,
+                                                                       self._cl_estimates)
+        obs_raw = np.asarray(losses, dtype=np.float64)[self._cl_signal.recorded(keys, fg)]
+        ok = np.isfinite(obs_values)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self._cl_state.update([k for k, o in zip(obs_keys, ok) if o], obs_values[ok], epoch, obs_raw[ok])
+        for w in caught:
+            self.print_to_log_file(f"curriculum WARNING: {w.message}")
+        return obs_keys, obs_values, n_skipped, ok
 
     def train_step(self, batch: dict) -> dict:
         version = batch.get("curriculum_version")
@@ -331,6 +370,7 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
         self._cl_cached = None
         self._cl_zero_batch = False
         if not self.uses_sample_weights():
+            self._cl_weighting.unweighted(len(keys))
             return super().compute_loss(output, target, keys)
         hi_out, hi_target = highest_resolution(output), highest_resolution(target)
         with torch.no_grad():
@@ -338,8 +378,9 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
             fg = foreground_patches(hi_target, hi_out.shape[1]).cpu().numpy()
         self._cl_cached = detached
         losses = detached.cpu().numpy()
-        weights = self.sample_weights(keys, self._cl_signal.centre(losses, fg))
+        weights = self._cl_raw_weights(keys, losses, fg)
         if weights is None:
+            self._cl_weighting.unweighted(len(keys))
             return super().compute_loss(output, target, keys)      # nnU-Net's loss object, untouched
         w = np.asarray(weights, dtype=np.float64).reshape(-1)
         if w.shape != (hi_out.shape[0],) or not np.all(np.isfinite(w)) or np.any(w < 0):
@@ -352,15 +393,19 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
             self.print_to_log_file(f"curriculum WARNING: non-finite training loss of case(s) {', '.join(bad)} in "
                                    f"epoch {self.current_epoch}: left out of this step's weighted loss")
         device = hi_out.device
-        w_t = torch.as_tensor(w, dtype=torch.float32, device=device)
         keep = torch.as_tensor(keep_np, device=device)
         totals = torch.tensor([float((w * keep_np).sum()), float(w.size)], dtype=torch.float64, device=device)
         if _distributed():
             dist.all_reduce(totals)                      # every rank weights this step (epoch-level decision)
-        self._cl_zero_batch = bool(totals[0].item() == 0.0)
+        raw_sum, count = (float(v) for v in totals.tolist())
+        factor = self._cl_weighting.scale(raw_sum, int(round(count)))   # identical on every rank
+        w = w * factor
+        w_t = torch.as_tensor(w, dtype=torch.float32, device=device)
+        self._cl_zero_batch = raw_sum == 0.0
         if self._cl_spec is not None:
             return weighted_nnunet_loss(self._cl_spec, output, target, w_t, keep=keep,
-                                        weight_mean=(totals[0] / totals[1]).to(torch.float32))
+                                        weight_mean=torch.tensor(raw_sum * factor / count, dtype=torch.float32,
+                                                                 device=device))
         inner = getattr(self.loss, "loss", self.loss)
         return weighted_per_sample_loss(inner.per_sample, output, target, w_t,
                                         getattr(self.loss, "weight_factors", None), keep=keep)
@@ -388,13 +433,7 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
             bad = sorted({k for k, ok in zip(keys, finite) if not ok})
             self.print_to_log_file(f"curriculum WARNING: {int((~finite).sum())} non-finite training loss(es) in epoch "
                                    f"{epoch}, case(s) {', '.join(bad)}: skipped for the difficulty estimates")
-        obs_keys, obs_values, n_skipped = self._cl_signal.observations(keys, losses, fg)
-        ok = np.isfinite(obs_values)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            self._cl_state.update([k for k, o in zip(obs_keys, ok) if o], obs_values[ok], epoch)
-        for w in caught:
-            self.print_to_log_file(f"curriculum WARNING: {w.message}")
+        obs_keys, obs_values, n_skipped, ok = self._cl_observe(keys, losses, fg, epoch)
         plan, probabilities = self._cl_plan, self._cl_probabilities
         active = np.asarray(plan.probabilities) > 0
         active_keys = {k for k, a in zip(self._cl_case_ids, active) if a}
@@ -404,8 +443,9 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
         threshold = float("nan") if plan.threshold is None else float(plan.threshold)
         counts = dict(self.clips_step_counts)
         skipped_batches = int(counts.get("zero_weight_batches", 0))
+        mean_weight = float(self._cl_weighting.realised_mean)
         for key, value in zip(LOG_KEYS, (float(plan.active_fraction), threshold, mean_active, entropy,
-                                         float((~finite).sum()), float(skipped_batches))):
+                                         float((~finite).sum()), float(skipped_batches), mean_weight)):
             self.logger.log(key, value, epoch)
         lag = int(sum(v < self._cl_version for v in self._cl_versions))
         record = {"warmup": bool(self._cl_warm), "progress": self._cl_progress,
@@ -414,6 +454,7 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
                   "n_losses": int(len(keys)), "n_observations": int(ok.sum()),
                   "skipped_background_patches": n_skipped, "nonfinite_losses": int((~finite).sum()),
                   "nonfinite_weighted_step_losses": int(self._cl_step_nonfinite),
+                  "cl_mean_loss_weight": mean_weight,
                   "signal_means": self._cl_signal.means, **counts, "extra": plan.extra}
         self.print_to_log_file(f"curriculum: mean difficulty of active cases {mean_active:.4f}; {len(keys)} patch "
                                f"losses, {int(ok.sum())} recorded ({n_skipped} background patches of lesion cases "

@@ -160,13 +160,35 @@ class HistoryWriter:
     def path(self, name: str) -> str:
         return os.path.join(self.fold_dir, name)
 
-    def start(self, first_epoch: int) -> None:
+    def _archive_other_split(self, old_ids: Sequence[str], first_epoch: int) -> str:
+        """Move the history of another training split to ``curriculum_history_previous_split[_k]/``; the message."""
+        k, target = 1, self.path("curriculum_history_previous_split")
+        while os.path.exists(target):
+            k += 1
+            target = self.path(f"curriculum_history_previous_split_{k}")
+        os.makedirs(target)
+        for name in (HEADER_JSON, ROWS_F32, EPOCHS_JSONL, STATE_JSON):
+            if os.path.isfile(self.path(name)):
+                os.replace(self.path(name), os.path.join(target, name))
+        added = sorted(set(self.case_ids) - set(old_ids))
+        removed = sorted(set(old_ids) - set(self.case_ids))
+        return (f"the training split changed since this fold's curriculum history was written ({len(old_ids)} cases "
+                f"then, {len(self.case_ids)} now; added {added[:5]}, removed {removed[:5]}): the old history was "
+                f"moved to {target} (read it with read_history) and a new history starts at epoch {first_epoch}")
+
+    def start(self, first_epoch: int) -> Optional[str]:
+        """Write the header and truncate to the epochs before ``first_epoch``; returns a message (None if nothing to
+        report) when a continued run's split differs from its history's, whose files are then kept aside."""
         os.makedirs(self.fold_dir, exist_ok=True)
+        message = None
         header = {"format": FORMAT, "version": VERSION, "trainer": self.trainer, "case_ids": self.case_ids,
                   "dtype": "float32", "byte_order": "little",
                   "row": ["epoch", "probability[N]", "estimate[N]"], "rows_file": ROWS_F32,
                   "epochs_file": EPOCHS_JSONL, "state_file": STATE_JSON}
         old = read_json(self.path(HEADER_JSON)) if os.path.isfile(self.path(HEADER_JSON)) else None
+        if old is not None and first_epoch > 0 and old.get("case_ids") != self.case_ids:
+            message = self._archive_other_split([str(c) for c in old.get("case_ids", [])], first_epoch)
+            old = None
         keep_from_old = old is not None and old.get("case_ids") == self.case_ids and first_epoch > 0
         legacy = None
         if old is None and first_epoch > 0 and os.path.isfile(self.path(LEGACY_JSON)):
@@ -198,6 +220,7 @@ class HistoryWriter:
                                        legacy.estimates if legacy.estimates is not None else legacy.probabilities * 0):
                 if e < first_epoch:
                     self.append(int(e), p, d, record)
+        return message
 
     def append(self, epoch: int, probabilities, estimates, record: Dict[str, Any],
                state: Optional[Dict[str, Any]] = None) -> None:

@@ -25,7 +25,8 @@ Two concepts live here:
     ``-(w / B) dc_b``, the per-sample definition; scaling all weights by ``k`` scales the term by ``k``, like CE.
 
   Samples whose ``keep`` flag is False (a non-finite per-sample loss) are removed with ``torch.where`` (not
-  multiplied by 0, which would keep a NaN).
+  multiplied by 0, which would keep a NaN), and their logits are replaced by 0 before the softmax and the
+  cross-entropy, so their gradient is exactly 0 (masking only the loss leaves 0 x NaN = NaN in the backward pass).
 
 Other losses with a ``per_sample(logits, target)`` method whose forward is its batch mean (the TMTV recipe's loss)
 are weighted as ``sum_k DS_k mean_b(w_b l_{k,b})`` (:func:`weighted_per_sample_loss`).
@@ -144,6 +145,9 @@ def _one_scale(logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor, keep
         n_valid = mask.sum()
     else:
         mask, target_dice, n_valid = None, target, None
+    # a removed sample's logits are replaced by 0 BEFORE softmax and CE: a NaN/inf logit then gives that sample a
+    # zero gradient (torch.where after the loss would give 0 x NaN = NaN in the backward pass)
+    logits = torch.where(keep.view(-1, *([1] * (logits.ndim - 1))), logits, torch.zeros_like(logits))
     wk = torch.where(keep, w, torch.zeros_like(w))
     result = 0.0
     if spec.weight_dice != 0:
@@ -217,6 +221,8 @@ def weighted_per_sample_loss(per_sample_loss: Callable[[torch.Tensor, torch.Tens
     keep_t = None if keep is None else keep.reshape(-1).to(torch.bool)
 
     def term(o, t):
+        if keep_t is not None:     # masked before the loss: a non-finite logit gets a zero gradient, not NaN
+            o = torch.where(keep_t.view(-1, *([1] * (o.ndim - 1))), o, torch.zeros_like(o))
         values = weights * per_sample_loss(o, t)
         if keep_t is not None:
             values = torch.where(keep_t, values, torch.zeros_like(values))

@@ -10,9 +10,11 @@ Defaults (class attributes; change them by subclassing):
 - ``spl_scheme = "hard"`` (v = 1[l < lam]); ``lam_prime_quantile = 0.5`` (mixture scheme only);
 - inherited: ``warmup_epochs = 10``, ``exploration_epsilon = 0.05``, ``loss_ema_alpha = 0.3``, ``min_cases = 2``.
 
-The soft variants (Linear, Log, Mixture) sample proportionally to the SPL weight of each case's EMA loss AND weight
-each training sample's loss with the SPL weight of its current loss (``sample_weights``; a batch whose weights are
-all 0 contributes no gradient). Every variant has ``...Random`` (the same admitted count and weights, moved to a
+The soft variants (Linear, Log, Mixture) apply their SPL weight once: by default (``spl_soft_mechanism =
+"sampling"``) the admitted cases are sampled proportionally to the SPL weight of their EMA loss and trained with
+nnU-Net's unweighted loss; ``spl_soft_mechanism = "loss"`` samples the admitted cases uniformly and weights each
+training sample's loss with the SPL weight of its current loss instead (``sample_weights``, normalised to a mean of
+1 per sampled case; a batch whose weights are all 0 contributes no gradient). Every variant has ``...Random`` (the same admitted count and weights, moved to a
 fixed random order) and ``...Anti`` (moved to the reversed order: hardest first); see
 :mod:`clips_nnunet.trainers.arms`.
 """
@@ -22,10 +24,6 @@ from typing import List
 
 from clips_nnunet.curriculum.schedulers import SelfPacedScheduler
 from clips_nnunet.trainers.arms import nnUNetTrainerCurriculumArm, scheduler_sample_weights
-
-#: kept name: the soft self-paced trainers' ``sample_weights`` (the scheduler's loss weights after warm-up)
-soft_spl_sample_weights = scheduler_sample_weights
-
 
 class nnUNetTrainerCLSelfPaced(nnUNetTrainerCurriculumArm):
     """Hard self-paced learning with root pacing (defaults in the module docstring)."""
@@ -40,11 +38,13 @@ class nnUNetTrainerCLSelfPaced(nnUNetTrainerCurriculumArm):
     spl_scheme: str = "hard"
     #: mixture only: lam' admits this fraction of the admitted cases with weight 1
     lam_prime_quantile: float = 0.5
+    #: soft schemes: apply the SPL weight by the sampling probability ("sampling") or by the loss ("loss"), once
+    spl_soft_mechanism: str = "sampling"
 
     def build_arm_scheduler(self, case_ids: List[str]) -> SelfPacedScheduler:
         return SelfPacedScheduler(case_ids, pacing=self.pacing, pacing_a=self.pacing_a, pacing_b=self.pacing_b,
                                   min_cases=self.min_cases, scheme=self.spl_scheme,
-                                  lam_prime_quantile=self.lam_prime_quantile)
+                                  lam_prime_quantile=self.lam_prime_quantile, soft_mechanism=self.spl_soft_mechanism)
 
 
 class nnUNetTrainerCLSelfPacedRandom(nnUNetTrainerCLSelfPaced):

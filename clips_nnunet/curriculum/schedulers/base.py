@@ -129,9 +129,23 @@ class CurriculumScheduler(ABC):
     def plan(self, state: DifficultyState, progress: float, epoch: int, rng: np.random.Generator) -> SamplingPlan:
         """Sampling weights for ``epoch`` at training progress ``progress`` in [0, 1]."""
 
-    def loss_weights(self, losses, keys: Optional[Sequence[str]] = None) -> Optional[np.ndarray]:
-        """Per-sample loss weights of one batch (non-finite losses: 0), or None for "no weighting" (default)."""
+    #: True for schedulers whose :meth:`loss_weights` can return weights (SuperLoss; soft self-paced learning with
+    #: ``soft_mechanism="loss"``): the trainer then computes per-sample losses on the host every step
+    weights_losses: bool = False
+
+    def loss_weights(self, losses, keys: Optional[Sequence[str]] = None,
+                     recorded=None) -> Optional[np.ndarray]:
+        """Raw per-sample loss weights of one batch (non-finite losses: 0), or None for "no weighting" (default).
+
+        ``losses`` are on the scale of the difficulty estimates (centred per patch type); ``recorded`` (bool per
+        sample, default all True) says whether a sample's patch is of the type its case's estimate is measured
+        on (a background-only patch of a lesion case is not). The trainer normalises the weights
+        (:class:`~clips_nnunet.curriculum.weighting.LossWeightNormaliser`)."""
         return None
+
+    def set_num_epochs(self, num_epochs: int) -> None:
+        """The trainer's ``num_epochs`` changed after the scheduler was built (a time budget calibrates it at the
+        start of training); schedulers that depend on it (DIH, smoothing) override this."""
 
     def control_strata(self) -> Optional[np.ndarray]:
         """Labels within which a control permutes the plan (SPLD groups), or None for one stratum (default)."""

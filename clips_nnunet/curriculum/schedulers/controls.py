@@ -25,7 +25,11 @@ losses ``d`` of the plan's state:
     ``w(c) = v*(l_c - d_c + d_{partner(c)})``   (``v*`` the arm's weight function at its last plan).
 
 When every case's current loss equals its EMA loss, every case gets exactly its partner's arm weight, so the control
-has the arm's multiset of (probability, weight) pairs. (Giving a batch the arm's weights of *that batch's* losses in
+has the arm's multiset of (probability, weight) pairs. Only a sample whose patch is of the type its case's
+estimate is measured on is shifted (a lesion case's estimate comes from its foreground patches; its background-only
+patches are weighted as the arm weights that loss: shifting them against a foreground-based estimate made a
+control's mean weight drift from the arm's). The engine then normalises every arm's weights to a mean of 1 per
+sampled case (:mod:`clips_nnunet.curriculum.weighting`), so arm and controls train at one step size. (Giving a batch the arm's weights of *that batch's* losses in
 another order, an earlier rule, starves a control of a soft curriculum: its batches hold the cases the arm would
 not admit, whose losses are above ``lam``, so most of its weights are 0.) Non-finite losses keep weight 0; "no
 weighting" (None) stays None.
@@ -111,12 +115,22 @@ class ControlScheduler(CurriculumScheduler):
         return SamplingPlan(q, arm.active_fraction, arm.threshold, {**arm.extra, "control": self.control},
                             order.copy())
 
-    def loss_weights(self, losses, keys: Optional[Sequence[str]] = None) -> Optional[np.ndarray]:
+    @property
+    def weights_losses(self) -> bool:
+        return self.arm.weights_losses
+
+    def set_num_epochs(self, num_epochs: int) -> None:
+        self.arm.set_num_epochs(num_epochs)
+
+    def loss_weights(self, losses, keys: Optional[Sequence[str]] = None,
+                     recorded=None) -> Optional[np.ndarray]:
         """The arm's weights of the batch's losses moved to the partners (module docstring); the arm's own weights
-        (None: no weighting) before the first plan."""
+        (None: no weighting) before the first plan. Only a ``recorded`` sample (its patch of the type its case's
+        estimate is measured on) is shifted; another (a background-only patch of a lesion case) is weighted as the
+        arm weights that loss, as the partner's patch of that type would be."""
         losses = np.asarray(losses, dtype=np.float64).reshape(-1)
         if self._loss_shift is None:
-            return self.arm.loss_weights(losses, keys)
+            return self.arm.loss_weights(losses, keys, recorded)
         if keys is None or len(keys) != losses.size:
             raise CurriculumConfigError(f"the {self.control} control weights a batch by its cases: pass one case key "
                                         f"per loss ({losses.size} losses, "
@@ -125,7 +139,10 @@ class ControlScheduler(CurriculumScheduler):
         if unknown:
             raise CurriculumConfigError(f"unknown case ids in the batch: {unknown[:5]}")
         rows = np.asarray([self._index[str(k)] for k in keys], dtype=np.int64)
-        return self.arm.loss_weights(losses + self._loss_shift[rows], keys)
+        shift = self._loss_shift[rows]
+        if recorded is not None:
+            shift = np.where(np.asarray(recorded, dtype=bool).reshape(-1), shift, 0.0)
+        return self.arm.loss_weights(losses + shift, keys, recorded)
 
     def state_dict(self) -> dict:
         return {"arm": self.arm.state_dict(),

@@ -59,6 +59,11 @@ class DIHScheduler(CurriculumScheduler):
                 "floor": self.floor, "warmup_epochs": self.warmup_epochs, "min_cases": self.min_cases,
                 "initial_lr": self.initial_lr, "num_epochs": self.num_epochs}
 
+    def set_num_epochs(self, num_epochs: int) -> None:
+        """nnU-Net's poly schedule decays over the trainer's (possibly calibrated) ``num_epochs``."""
+        poly_learning_rate(0, self.initial_lr, num_epochs)  # validates
+        self.num_epochs = int(num_epochs)
+
     def lr_sum(self, since, until) -> np.ndarray:
         """``sum_{e=since}^{until-1} lr(e)`` per case (at least the learning rate of epoch ``since``)."""
         lrs = np.asarray([poly_learning_rate(e, self.initial_lr, self.num_epochs)
@@ -137,8 +142,11 @@ class SuperLossScheduler(CurriculumScheduler):
         self.tau = float(est[seen].mean()) if seen.any() else None
         return self._uniform_plan(rank_cases(est), self.tau, {"tau": self.tau})
 
-    def loss_weights(self, losses, keys: Optional[Sequence[str]] = None) -> Optional[np.ndarray]:
-        """``sigma*(l; tau, lam)`` per sample; None before ``tau`` exists; 0 for a non-finite loss."""
+    weights_losses = True
+
+    def loss_weights(self, losses, keys: Optional[Sequence[str]] = None,
+                     recorded=None) -> Optional[np.ndarray]:
+        """Raw ``sigma*(l; tau, lam)`` per sample; None before ``tau`` exists; 0 for a non-finite loss."""
         losses = np.asarray(losses, dtype=np.float64).reshape(-1)
         if self.tau is None:
             return None
@@ -172,6 +180,11 @@ class SmoothingScheduler(CurriculumScheduler):
     def config(self) -> dict:
         return {**super().config(), "num_epochs": self.num_epochs, "sigma0": self.sigma0, "decay": self.decay,
                 "every": self.every, "sigma_min": self.sigma_min, "zero_after": self.zero_after}
+
+    def set_num_epochs(self, num_epochs: int) -> None:
+        """The blur schedule's ``zero_after`` is a fraction of the trainer's (possibly calibrated) ``num_epochs``."""
+        smoothing_sigma(0, num_epochs, self.sigma0, self.decay, self.every, self.sigma_min, self.zero_after)
+        self.num_epochs = int(num_epochs)
 
     def sigma(self, epoch: int) -> float:
         return smoothing_sigma(int(epoch), self.num_epochs, self.sigma0, self.decay, self.every, self.sigma_min,

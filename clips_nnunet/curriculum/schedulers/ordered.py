@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from clips_nnunet.curriculum.baby_steps import active_bucket_count, difficulty_buckets
-from clips_nnunet.curriculum.bandit import EXPLORATION_RULES, case_probabilities, task_probabilities, window_slope
+from clips_nnunet.curriculum.bandit import case_probabilities, task_probabilities, window_slope
 from clips_nnunet.curriculum.competence import competence_count
 from clips_nnunet.curriculum.pacing import competence_root_p, hacohen_exponential_pacing, num_active_cases
 from clips_nnunet.curriculum.schedulers.base import (CurriculumScheduler, PacedScheduler, SamplingPlan, admit_first,

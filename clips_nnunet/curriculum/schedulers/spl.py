@@ -19,6 +19,9 @@ from clips_nnunet.curriculum.spld import spld_select
 from clips_nnunet.curriculum.state import DifficultyState
 from clips_nnunet.errors import CurriculumConfigError
 
+#: how a soft self-paced weight is applied (once): by the sampling probability or by the loss
+SOFT_MECHANISMS = ("sampling", "loss")
+
 
 def _positive_on(w: np.ndarray, active: np.ndarray) -> np.ndarray:
     """``w`` on the admitted cases, 0 elsewhere; an admitted case whose weight rounds to 0 keeps a tiny positive
@@ -35,18 +38,36 @@ class SelfPacedScheduler(PacedScheduler):
 
     Each epoch ``n = num_active_cases(g(t), N, b, min_cases)`` and ``lam = threshold_admitting(d, n)`` on the EMA
     losses ``d``; exactly the ``n`` lowest ``d`` are admitted (ties, e.g. unseen cases counting as the median, broken
-    by a permutation drawn from ``rng``, identical on every DDP rank), and sampled with the SPL weight ``v*(d; lam)``
-    of ``scheme`` (uniform for ``hard``). The linear and mixture schemes use ``d - min(d)`` (they need losses >= 0;
-    Dice + CE is negative for good cases); the mixture's lower threshold ``lam'`` admits ``lam_prime_quantile`` of
-    the admitted cases with weight 1; the logarithmic scheme rescales the losses to [0, 1] over
-    ``[min d, max(max d, lam + gap))`` so that the hardest admitted case keeps a positive weight at ``t = 1``.
+    by a permutation drawn from ``rng``, identical on every DDP rank). The linear and mixture schemes use
+    ``d - min(d)`` (they need losses >= 0; Dice + CE is negative for good cases); the mixture's lower threshold
+    ``lam'`` admits ``lam_prime_quantile`` of the admitted cases with weight 1; the logarithmic scheme rescales the
+    losses to [0, 1] over ``[min d, max(max d, lam + gap))`` so that the hardest admitted case keeps a positive
+    weight at ``t = 1``.
+
+    A soft scheme applies its weight ``v*`` ONCE, by ``soft_mechanism``:
+
+    - ``"sampling"`` (default): the admitted cases are sampled with probability ``∝ v*(d; lam)`` and trained with
+      nnU-Net's unweighted loss (:meth:`loss_weights` returns None). The objective of Kumar et al. / Jiang et al.,
+      ``sum_i v_i l_i``, has the gradient ``sum_i v_i dl_i = (sum_j v_j) E_{i ~ v}[dl_i]``: sampling ``∝ v``
+      gives the same expected direction at nnU-Net's step size, with ``v`` from the per-case estimate rather than
+      from one random patch of the case;
+    - ``"loss"``: the admitted cases are sampled uniformly and each sample's loss is weighted by ``v*(l; lam)`` of
+      its current (centred) loss (the engine normalises the weights to a mean of 1 per sampled case).
+
+    The hard scheme only samples (its weight is 0 or 1: admission).
     """
 
     def __init__(self, case_ids: Sequence[str], pacing: str = "root", pacing_a: float = 0.8,
-                 pacing_b: float = 0.3, min_cases: int = 2, scheme: str = "hard", lam_prime_quantile: float = 0.5):
+                 pacing_b: float = 0.3, min_cases: int = 2, scheme: str = "hard", lam_prime_quantile: float = 0.5,
+                 soft_mechanism: str = "sampling"):
         super().__init__(case_ids, pacing, pacing_a, pacing_b, min_cases)
         if scheme not in SPL_SCHEMES:
             raise CurriculumConfigError(f"spl_scheme must be one of {', '.join(SPL_SCHEMES)}, got {scheme!r}")
+        if soft_mechanism not in SOFT_MECHANISMS:
+            raise CurriculumConfigError(f"spl_soft_mechanism must be one of {SOFT_MECHANISMS}, got "
+                                        f"{soft_mechanism!r} (how a soft weight is applied: once, by sampling or "
+                                        f"by the loss)")
+        self.soft_mechanism = soft_mechanism
         if not 0.0 < float(lam_prime_quantile) < 1.0:
             raise CurriculumConfigError(f"lam_prime_quantile must be in (0, 1), got {lam_prime_quantile}")
         self.scheme = scheme
@@ -54,14 +75,21 @@ class SelfPacedScheduler(PacedScheduler):
         self._last: Optional[dict] = None
 
     def config(self) -> dict:
-        return {**super().config(), "scheme": self.scheme, "lam_prime_quantile": self.lam_prime_quantile}
+        return {**super().config(), "scheme": self.scheme, "lam_prime_quantile": self.lam_prime_quantile,
+                "soft_mechanism": self.soft_mechanism}
+
+    @property
+    def weights_losses(self) -> bool:
+        """True when this scheduler weights the loss (a soft scheme with ``soft_mechanism == "loss"``)."""
+        return self.scheme != "hard" and self.soft_mechanism == "loss"
 
     def _weights(self, d: np.ndarray, n: int, lam: float, extra: dict) -> np.ndarray:
         shift = float(d.min())
         top = float(d.max())
         gap = max((top - shift) / max(d.size - 1, 1), 1e-6)
         hi = top if lam < top else lam + gap
-        last = {"scheme": self.scheme, "lam": lam, "shift": shift, "range": (shift, hi)}
+        last = {"scheme": self.scheme, "lam": lam, "shift": shift, "range": (shift, hi), "top": top,
+                "all": n >= d.size}
         if self.scheme == "hard":
             w = spl_weights(d, lam, "hard")
         elif self.scheme == "logarithmic":
@@ -90,15 +118,19 @@ class SelfPacedScheduler(PacedScheduler):
         tie_break = rng.permutation(d.size) if rng is not None else None
         ranking = rank_cases(d, tie_break)
         active = admit_first(ranking, n, d.size)
-        w = active.astype(np.float64) if self.scheme == "hard" else _positive_on(w, active)
+        sample_by_weight = self.scheme != "hard" and not self.weights_losses
+        w = _positive_on(w, active) if sample_by_weight else active.astype(np.float64)
         return SamplingPlan(normalise(w), float(active.mean()), lam, extra, ranking)
 
-    def loss_weights(self, losses, keys: Optional[Sequence[str]] = None) -> Optional[np.ndarray]:
-        """SPL weights ``v*(l; lam)`` of one batch's losses with the last plan's threshold(s) and rescaling (soft
-        self-paced loss weighting, Jiang et al. 2014). None before the first plan ("no weighting"); a non-finite
-        loss gets weight 0; all zeros: the batch contributes no gradient (the trainer skips the step)."""
+    def loss_weights(self, losses, keys: Optional[Sequence[str]] = None,
+                     recorded=None) -> Optional[np.ndarray]:
+        """Raw SPL weights ``v*(l; lam)`` of one batch's losses with the last plan's threshold(s) and rescaling
+        (``soft_mechanism == "loss"`` only; None otherwise, and before the first plan: "no weighting"). A
+        non-finite loss gets weight 0; all zeros: the batch contributes no gradient (the trainer skips the step).
+        When the plan admitted every case (``t = 1``) a loss above the largest estimate is clipped to it, so every
+        case keeps a positive weight, whatever its noise."""
         losses = np.asarray(losses, dtype=np.float64).reshape(-1)
-        if self._last is None:
+        if self._last is None or not self.weights_losses:
             return None
         out = np.zeros(losses.size)
         finite = np.isfinite(losses)
@@ -106,6 +138,8 @@ class SelfPacedScheduler(PacedScheduler):
             return out
         l = losses[finite]
         last = self._last
+        if last["all"]:
+            l = np.minimum(l, last["top"])
         lam, shift = last["lam"], last["shift"]
         if last["scheme"] == "hard":
             w = spl_weights(l, lam, "hard")
