@@ -207,3 +207,21 @@ def ndimage_distance(mask):
     d = ndimage.distance_transform_edt(~mask)
     d[:, :, -5:] = d[:, -5:] = d[-5:] = 0  # room for a 5^3 cube
     return d
+
+
+def test_model_quality_warning():
+    from clips_nnunet.audit.evidence import model_quality_warning
+
+    def rows(dices, kinds):
+        return [{"dice": d, "ref_ml": 1.0, "error_kind": k} for d, k in zip(dices, kinds)]
+
+    # a usable model on a cohort with hard patients (half hard_case): silent
+    assert model_quality_warning(rows([0.8] * 6, ["hard_case"] * 3 + ["none"] * 3)) is None
+    useless = model_quality_warning(rows([0.0] * 6, ["hard_case"] * 6))
+    assert "mean Dice against the references is 0.00 over the 6 cases" in useless and "6 of 6 cases" in useless
+    assert "weak evidence" in useless
+    mostly_hard = model_quality_warning(rows([0.7] * 6, ["hard_case"] * 4 + ["boundary"] * 2))
+    assert mostly_hard is not None and "4 of 6 cases are called hard_case" in mostly_hard and "Dice" not in mostly_hard
+    # lesion-free references do not enter the mean Dice
+    assert model_quality_warning([{"dice": 0.0, "ref_ml": 0.0, "error_kind": "none"}] + rows([0.9], ["none"])) is None
+    assert model_quality_warning([]) is None

@@ -143,8 +143,11 @@ def read_case(case: str, entries: Sequence[Tuple[Path, Optional[Path]]], gt: Pat
         suv = sitk.GetArrayFromImage(pet_img).astype(np.float32)
     ct_arr = None
     if ct is not None and ct.is_file():
-        ct_img = _read(ct)
-        if ct_img.GetSize() == ref_img.GetSize():  # a CT on another grid is left out (PET alone is shown)
+        try:
+            ct_img = _read(ct)
+        except DatasetError:  # the CT only helps the eye: an unreadable one is left out, the PET is shown alone
+            ct_img = None
+        if ct_img is not None and ct_img.GetSize() == ref_img.GetSize():  # a CT on another grid is left out too
             ct_arr = sitk.GetArrayFromImage(ct_img).astype(np.float32)
     spacing = tuple(float(s) for s in ref_img.GetSpacing()[::-1])
     source = _geometry(sitk.ReadImage(str(pet if pet is not None else gt)))
