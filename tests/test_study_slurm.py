@@ -41,12 +41,14 @@ print(record["id"] + ";cluster")  # sbatch --parsable on a multi-cluster set-up
 
 RAW = {
     "name": "slurmtiny",
-    "dataset": {"id": 990, "name": "ClipsTiny", "source": "existing", "n_splits": 3},
+    # 2 folds and 1 iteration per run (issue 25: the array test took 471 s with 3 folds x 2 iterations): the teacher
+    # still trains every fold, one arm runs independently and the student waits for the teacher
+    "dataset": {"id": 990, "name": "ClipsTiny", "source": "existing", "n_splits": 2},
     "trainers": [{"name": "nnUNetTrainer", "trainer": "nnUNetTrainerClipsBase"},
                  {"name": "nnUNetTrainerCLSelfPacedRandom", "overrides": {"warmup_epochs": 0}},
                  {"name": "nnUNetTrainerCLTransferTeacher", "teacher": "nnUNetTrainer"}],
     "baseline": "nnUNetTrainer", "controls": ["nnUNetTrainerCLSelfPacedRandom"], "seeds": [0], "folds": [0],
-    "budget": {"epochs": 1, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1},
+    "budget": {"epochs": 1, "iterations_per_epoch": 1, "val_iterations_per_epoch": 1},
     "device": "cpu", "difficulty_key": "planted_difficulty",
 }
 
@@ -98,12 +100,11 @@ def test_scripts_parse_and_wire_teachers_before_students(tmp_path, monkeypatch):
     run_script = (folder / "run.sbatch").read_text()
     assert f"--study-dir {config.study_dir} --run-index\n" in run_script and f"cd {tmp_path}" in run_script
     runs = json.loads((folder / "runs.json").read_text())
-    # teacher: 3 folds at seed 0 (fold 0 is also the study run); then Random; then the student
+    # teacher: 2 folds at seed 0 (fold 0 is also the study run); then Random; then the student
     assert runs["runs"] == ["nnUNetTrainer fold 0 seed 0", "nnUNetTrainer fold 1 seed 0 (teacher)",
-                            "nnUNetTrainer fold 2 seed 0 (teacher)", "nnUNetTrainerCLSelfPacedRandom fold 0 seed 0",
-                            "nnUNetTrainerCLTransferTeacher fold 0 seed 0"]
-    assert runs["roles"] == {"teacher": [0, 1, 2], "independent": [3], "student": [4]}
-    assert [r.label for r in plan_runs(config, n_splits=3)] == runs["runs"]
+                            "nnUNetTrainerCLSelfPacedRandom fold 0 seed 0", "nnUNetTrainerCLTransferTeacher fold 0 seed 0"]
+    assert runs["roles"] == {"teacher": [0, 1], "independent": [2], "student": [3]}
+    assert [r.label for r in plan_runs(config, n_splits=2)] == runs["runs"]
 
     jobs = _submit(submit, tmp_path, dict(os.environ))
     names = [j["options"]["--job-name"] for j in jobs]
@@ -114,9 +115,9 @@ def test_scripts_parse_and_wire_teachers_before_students(tmp_path, monkeypatch):
         assert job["args"][:6] == ["--partition", "gpu", "--gres", "gpu:1", "--comment", "a b"]
     prepare, teachers, independent, students, report = jobs
     assert prepare["script"].endswith("prepare.sbatch") and "--dependency" not in prepare["flags"]
-    assert teachers["options"]["--array"] == "0-2" and teachers["options"]["--dependency"] == f"afterok:{ids['prepare']}"
-    assert independent["options"]["--array"] == "3" and independent["options"]["--dependency"] == f"afterok:{ids['prepare']}"
-    assert students["options"]["--array"] == "4" and students["options"]["--dependency"] == f"afterok:{ids['teachers']}"
+    assert teachers["options"]["--array"] == "0-1" and teachers["options"]["--dependency"] == f"afterok:{ids['prepare']}"
+    assert independent["options"]["--array"] == "2" and independent["options"]["--dependency"] == f"afterok:{ids['prepare']}"
+    assert students["options"]["--array"] == "3" and students["options"]["--dependency"] == f"afterok:{ids['teachers']}"
     assert "--kill-on-invalid-dep=yes" in students["flags"]  # a failed teacher cancels its students
     assert report["options"]["--dependency"] == f"afterany:{ids['teachers']}:{ids['runs']}:{ids['students']}"
     assert report["script"].endswith("report.sbatch")
@@ -129,10 +130,10 @@ def test_run_index_errors_name_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
     assert index_from_environment(None) == 4 and index_from_environment(2) == 2
     raw = copy.deepcopy(RAW)
-    raw["dataset"] = {"id": 990, "source": "existing", "n_splits": 3}  # no dataset on disk
+    raw["dataset"] = {"id": 990, "source": "existing", "n_splits": 2}  # no dataset on disk
     config = parse_study_config(raw, study_dir=tmp_path / "s")
-    with pytest.raises(ClipsError, match=r"run index 5 is out of range: this study has 5 runs \(0..4\)"):
-        run_index(config, 5, echo=False)
+    with pytest.raises(ClipsError, match=r"run index 4 is out of range: this study has 4 runs \(0..3\)"):
+        run_index(config, 4, echo=False)
     with pytest.raises(ClipsError, match="dataset 990 is not in"):
         run_index(config, 0, echo=False)
     # scripts written for another plan: the array task refuses to run a different run under the same index
@@ -194,7 +195,7 @@ def test_slurm_array_runs_each_index_then_reports(tiny_preprocessed, tmp_path):
     for path in sorted((study / "status").glob("*.json")):
         entry = json.loads(path.read_text())
         states[entry["index"]] = (entry["label"], entry["state"])
-    assert sorted(states) == [0, 1, 2, 3, 4]
+    assert sorted(states) == [0, 1, 2, 3]
     assert all(state.startswith("finished in") for _, state in states.values()), states
     # the teacher scored every case out of fold; the student trained on its fold's training cases only
     teacher_csv = (study / "difficulty_nnUNetTrainer.csv").read_text().splitlines()
@@ -205,10 +206,13 @@ def test_slurm_array_runs_each_index_then_reports(tiny_preprocessed, tmp_path):
     student_log = (study / "logs" / "nnUNetTrainerCLTransferTeacher_fold0_seed0_study.log").read_text()
     assert "CLIPS_DIFFICULTY_CSV=" in student_log and "CLIPS_SEED=0" in student_log
     report = (study / "report" / "report.md").read_text()
-    assert "## Results against the baseline" in report and "### All cases (n = 4)" in report
+    assert "## Results against the baseline" in report and "### all cases (n = 6)" in report
     for arm in ("nnUNetTrainerCLSelfPacedRandom", "nnUNetTrainerCLTransferTeacher"):
         assert f"| {arm} | " in report
-    assert "## Paired tests against the control `nnUNetTrainerCLSelfPacedRandom`" in report
+    assert "## Against the control `nnUNetTrainerCLSelfPacedRandom`" in report
+    # the teacher's 2-fold cross-validation is counted in the student's budget (1 + 2 runs of 1 iteration)
+    assert "| nnUNetTrainerCLTransferTeacher | 1 | 2 | 0 | 3 | **3.00x** |" in report
+    assert "## Take-off" in report and "## A/A check" in report and (study / "report" / "per_run_case.csv").is_file()
     for label, _ in states.values():
         assert f"| {label} | finished in" in report
     assert "![per-case metrics](vs_nnUNetTrainer/plots/boxplots.png)" in report

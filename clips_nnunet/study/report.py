@@ -152,6 +152,10 @@ def _baseline_section(config: StudyConfig, res, reference_text: str, family: int
         lines += ["### Dice among the runs that took off", "",
                   "The same comparison (Dice, all cases) restricted to the runs of every arm that took off:", ""]
         lines += comparison_table(took)
+    if "boxplots" in res.files:
+        lines += [f"![per-case metrics](vs_{config.baseline}/plots/boxplots.png)", ""]
+    if "boxplots_tertiles" in res.files:
+        lines += [f"![Dice by tertile](vs_{config.baseline}/plots/dice_by_tertile.png)", ""]
     return lines
 
 

@@ -123,9 +123,11 @@ def aa_lines(config: StudyConfig, main) -> Tuple[List[str], Dict[str, Any]]:
     seeds_of = {r: s for r, s in zip(main.runs.run, main.runs.seed)} if "seed" in main.runs else {}
     label = (lambda runs: ", ".join(sorted({str(seeds_of.get(r, r)) for r in runs}))) if seeds_of else \
         (lambda runs: f"{len(runs)} runs")
-    if not d.defined:
-        verdict = f"cannot be checked: {d.undefined}" if math.isfinite(d.estimate) or d.n_runs_arm else \
-            "cannot be checked: fewer than two finished seeds"
+    n_seeds = main.runs.seed_index[main.runs.group == config.baseline].nunique()
+    if n_seeds < 2:
+        verdict = "cannot be checked: the baseline has fewer than two finished seeds"
+    elif not d.defined:
+        verdict = f"cannot be checked: {d.undefined}"
     elif d.p_value < 0.05:
         verdict = ("**fails** (p < 0.05 between two halves of the same arm): the run-level statistics mistake "
                    "seed noise for an effect here; read every p-value of this report with that in mind")
