@@ -59,6 +59,7 @@ def _to_lps_arrays(suv: sitk.Image, mask: Optional[sitk.Image]
 
 
 MARKER_STYLE = {"fontsize": 9, "fontweight": "bold"}
+MAX_NUMBERED = 40  # more numbers would hide the image; the report lists every lesion
 
 
 def orientation_labels(ax: Any, top: str = "", bottom: str = "", left: str = "", right: str = "",
@@ -85,7 +86,7 @@ def suv_colourbar(fig: Any, rect: Sequence[float], cmap: str, vmax: float, label
     bar = fig.colorbar(cm.ScalarMappable(norm=colors.Normalize(0.0, vmax), cmap=cmap), cax=cax)
     ticks = [t for t in bar.get_ticks() if 0.0 <= t < vmax * 0.999] + [vmax]
     bar.set_ticks(ticks)
-    bar.set_ticklabels([f"{t:g}" for t in ticks[:-1]] + [f"\u2265{vmax:g}"])
+    bar.set_ticklabels([f"{t:g}" for t in ticks[:-1]] + [f"\u2265{vmax:.3g}"])
     bar.ax.tick_params(labelsize=fontsize)
     bar.set_label(label, fontsize=fontsize)
     return bar
@@ -154,10 +155,14 @@ def save_coronal_mip(suv: sitk.Image, mask: Optional[sitk.Image], output_path: P
     halo = [patheffects.withStroke(linewidth=2.5, foreground="white")]
     if mask is not None and number_lesions and proj is not None and proj.any():
         mask_lps = sitk.DICOMOrient(mask, "LPS")
-        for number, (z, _, x) in lesion_positions_lps(mask, mask_lps, spacing_zyx):
+        positions = lesion_positions_lps(mask, mask_lps, spacing_zyx)
+        for number, (z, _, x) in positions[:MAX_NUMBERED]:
             row = mip.shape[0] - 1 - z
             ax.annotate(str(number), (x, row), xytext=(6, 4), textcoords="offset points", fontsize=8,
                         fontweight="bold", color=outline_colour, path_effects=halo)
+        if len(positions) > MAX_NUMBERED:
+            ax.text(0.5, 0.07, f"numbers on the {MAX_NUMBERED} largest of {len(positions)} lesions",
+                    transform=ax.transAxes, ha="center", va="bottom", fontsize=7, path_effects=halo)
     elif mask is not None:
         ax.text(0.5, 0.5, "no lesion found", transform=ax.transAxes, ha="center", va="center", fontsize=12,
                 fontweight="bold", color="darkgreen", path_effects=halo)
