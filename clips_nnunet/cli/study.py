@@ -67,11 +67,13 @@ def _report_only(config, publish) -> int:
 def register(subparsers) -> None:
     """Add ``study``."""
     s = subparsers.add_parser(
-        "study", help="run a curriculum study (trainers x folds x seeds at equal budget) and write its report",
+        "study", help="run a curriculum study (trainers x folds x seeds) and write its run-level report",
         description="Runs every (trainer, fold, seed) of a study YAML through nnUNetv2_train (each seed in its own "
                     "nnUNet_results root, CLIPS_SEED set), skipping finished runs, then evaluates the out-of-fold "
-                    "predictions and writes report.md/report.png with paired Wilcoxon tests against the baseline "
-                    "and the controls, overall and on the hardest third. See benchmarks/learning/README.md.")
+                    "predictions and writes report.md/report.png/per_run_case.csv: budgets, convergence ladder, "
+                    "take-off, A/A check, and run-level mean differences with 95 % intervals against the baseline "
+                    "and the controls, overall and on the hardest third (Holm over every comparison). See "
+                    "benchmarks/learning/README.md.")
     s.add_argument("config", help="study YAML (e.g. benchmarks/learning/synthetic_cpu.yaml)")
     s.add_argument("--study-dir", help="output folder (overrides the config's study_dir)")
     s.add_argument("--dry-run", action="store_true", help="print the nnUNetv2_train commands, run nothing")

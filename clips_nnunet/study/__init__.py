@@ -15,8 +15,10 @@ A study is one YAML file (see ``benchmarks/learning/``). The harness
    (:mod:`.slurm`, ``--run-index``);
 4. for transfer-teacher arms, first trains the teacher on *all* folds at the teacher seed and scores each case by
    the fold model that never saw it (``clips-nnunet score``), passed in ``CLIPS_DIFFICULTY_CSV`` (:mod:`.teacher`);
-5. compares the out-of-fold predictions (Dice, TMTV, autoPET FP/FN volumes) and writes one Markdown + PNG report
-   with paired Wilcoxon signed-rank tests against the baseline and the controls (:mod:`.report`).
+5. compares the out-of-fold predictions (Dice, TMTV, autoPET FP/FN volumes) run by run and writes one Markdown +
+   PNG report with budgets, the convergence ladder, take-off, the A/A check and run-level mean differences with
+   95 % intervals against the baseline and the controls, and ``per_run_case.csv`` (:mod:`.report`,
+   :mod:`.report_sections`).
 
 Every nnU-Net command is printed before it runs, so it can be copied.
 """
