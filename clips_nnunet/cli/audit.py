@@ -54,8 +54,9 @@ def register(subparsers) -> None:
                     "optional --npz probabilities), the reference masks and optionally the PET, and rank every "
                     "case by a suspicion score with its most likely error kind (missed_lesion, extra_region, "
                     "boundary, hard_case, none). Writes OUT/audit.csv, OUT/audit.json and OUT/index.html (one "
-                    "card per case: coronal PET MIP, and for each suspect case the finding's place and PET/CT planes through it, "
-                    "a plain-language reason and decision buttons exported as CSV). Exit code 2 on bad input.")
+                    "card per case: coronal PET MIP, and for each suspect case the finding's place and PET/CT planes "
+                    "through it, a plain-language reason and decision buttons exported as CSV). Exit code 2 on bad "
+                    "input.")
     p.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR",
                    help="nnUNet_results/DatasetXXX_NAME/TRAINER__PLANS__CONFIG of a finished cross-validation "
                         "(several: their predictions are combined)")

@@ -50,8 +50,8 @@ def build_report(summary: Any, case_id: str, model: Optional[Dict[str, Any]] = N
 
     Top-level keys: ``case``, the totals in :data:`SUMMARY_KEYS`, ``lesions`` (list of per-lesion dicts, largest
     first, each with ``index`` from 1; with ``image``, the PET SimpleITK image the mask was measured on, also
-    ``centroid_lps_mm``, ``slice``, ``n_slices`` and ``slice_z_mm`` from :func:`location_of`), ``connectivity``, ``spacing_zyx_mm``, ``model`` (nnU-Net model folders,
-    folds, checkpoint, device), ``warnings`` (conversion warnings), ``software`` and ``created`` (UTC time).
+    ``centroid_lps_mm``, ``slice``, ``n_slices`` and ``slice_z_mm`` from :func:`location_of`), ``connectivity``,
+    ``spacing_zyx_mm``, ``model`` (nnU-Net model folders, folds, checkpoint, device), ``warnings`` (conversion warnings), ``software`` and ``created`` (UTC time).
     """
     if not case_id or "/" in case_id or "\\" in case_id:
         raise ValueError(f"build_report: case_id must be a pseudonymous id without path separators, got {case_id!r}")
