@@ -112,6 +112,50 @@ def test_stock_loss_with_a_nan_skips_the_step_instead_of_writing_nan_weights():
     assert all(torch.isfinite(p).all() for p in t.network.parameters())
 
 
+def test_weights_are_normalised_to_stock_step_size_and_the_realised_mean_recorded():
+    """compute_loss divides the raw weights by their running mean: weights (2, 2) train exactly nnU-Net's loss
+    (weights 1) and the realised mean weight per sampled case is 1; normalise_loss_weights = False keeps the raw
+    form (loss doubled, realised mean 2)."""
+    stock = make(nnUNetTrainerClipsBase)
+    t = make(FixedWeights)
+    t.weights = [2.0, 2.0]
+    b = batch()
+    reference = float(stock.loss(stock.network(b["data"]), b["target"]).detach())
+    assert float(t.compute_loss(t.network(b["data"]), b["target"], b["keys"]).detach()) == pytest.approx(reference,
+                                                                                                         abs=1e-6)
+    t.weights = [1.0, 3.0]                     # running mean (4 + 4) / 4 = 2: applied 0.5, 1.5
+    t.compute_loss(t.network(b["data"]), b["target"], b["keys"])
+    assert t._cl_weighting.realised_mean == pytest.approx(1.0)
+    raw = make(FixedWeights)
+    raw.normalise_loss_weights = False
+    raw._cl_reset_buffers()
+    raw.weights = [2.0, 2.0]
+    value = float(raw.compute_loss(raw.network(b["data"]), b["target"], b["keys"]).detach())
+    assert value == pytest.approx(2 * reference, abs=1e-5)
+    assert raw._cl_weighting.realised_mean == pytest.approx(2.0)
+
+
+def test_augmentation_worker_seeds_never_overlap(monkeypatch):
+    """Seed blocks per (global rank, loader): no two workers of a run share a seed (the old
+    seed * 1000 + rank * 100 + offset + worker collided from 50 workers or 10 ranks on)."""
+    import clips_nnunet.trainers.base as base
+
+    t = make(nnUNetTrainerClipsBase)
+    t.seed = 3
+    monkeypatch.delenv("CLIPS_SEED", raising=False)
+    seeds = []
+    for rank in (0, 1, 9, 10, 511):
+        monkeypatch.setattr(base, "global_rank", lambda rank=rank: rank)
+        seeds += t.da_worker_seeds(64, 0) + t.da_worker_seeds(32, 1)
+    assert len(seeds) == len(set(seeds)) == 5 * 96
+    monkeypatch.setattr(base, "global_rank", lambda: 0)
+    other_run = t.da_worker_seeds(64, 0)
+    t.seed = 4
+    assert not set(other_run) & set(t.da_worker_seeds(64, 0))       # neighbouring seeds: disjoint ranges
+    with pytest.raises(base.ClipsError, match="up to 1024 workers"):
+        t.da_worker_seeds(2000, 0)
+
+
 def test_invalid_weights_are_refused():
     t = make(FixedWeights)
     t.weights = [1.0, -0.5]

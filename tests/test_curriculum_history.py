@@ -61,6 +61,23 @@ def test_continue_truncates_later_epochs_and_a_partial_row_is_ignored(tmp_path):
     assert read_history(tmp_path).epochs.tolist() == [0]
 
 
+def test_a_changed_split_on_continue_keeps_the_old_history_with_a_message(tmp_path):
+    """--c with another training split: the old history is moved aside (readable) with a message naming the cases,
+    not reset silently; the new history starts at the continued epoch."""
+    write(tmp_path, range(3))
+    writer = HistoryWriter(str(tmp_path), ["case_a", "case_b", "case_d"], "nnUNetTrainerCLTest")
+    message = writer.start(3)
+    assert message and "training split changed" in message and "case_d" in message and "case_c" in message
+    kept = tmp_path / "curriculum_history_previous_split"
+    assert read_history(kept).epochs.tolist() == [0, 1, 2] and read_history(kept).case_ids == IDS
+    writer.append(3, [0.2, 0.3, 0.5], [0.0, 0.0, 0.0], {"warmup": False})
+    assert read_history(tmp_path).epochs.tolist() == [3]
+    # the same split again: no message; a second change keeps the first archive
+    assert writer.start(4) is None
+    assert HistoryWriter(str(tmp_path), IDS, "nnUNetTrainerCLTest").start(5)
+    assert (tmp_path / "curriculum_history_previous_split_2" / HEADER_JSON).is_file()
+
+
 def test_legacy_curriculum_json_is_read_and_carried_over_on_continue(tmp_path):
     legacy = {"trainer": "nnUNetTrainerCLSelfPaced", "case_ids": IDS, "state": {"visits": [1, 1, 1]},
               "epochs": [{"epoch": e, "warmup": e == 0, "active_fraction": 1.0, "threshold": None,

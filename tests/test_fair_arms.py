@@ -18,8 +18,10 @@ import torch
 
 from clips_nnunet.curriculum.schedulers import SelfPacedScheduler
 from clips_nnunet.curriculum.state import DifficultyState
+from clips_nnunet.curriculum.weighting import LossWeightNormaliser
 from clips_nnunet.trainers.difficulty_signal import PatchDifficulty
-from clips_nnunet.trainers.family import nnUNetTrainerCLSuperLoss
+from clips_nnunet.trainers.family import (nnUNetTrainerCLDIH, nnUNetTrainerCLDIHRandom, nnUNetTrainerCLSmoothing,
+                                          nnUNetTrainerCLSuperLoss)
 from clips_nnunet.trainers.self_paced_trainers import nnUNetTrainerCLSelfPaced, nnUNetTrainerCLSelfPacedLinear
 
 N = 50
@@ -53,7 +55,7 @@ class Cohort:
 def trainer(cls, cohort: Cohort, normalise: bool = True):
     """The trainer object with the state the curriculum hooks read (nnU-Net's __init__ needs plans and folders)."""
     t = object.__new__(cls)
-    t.num_epochs, t.current_epoch = EPOCHS, 0
+    t.num_epochs, t.current_epoch, t.initial_lr = EPOCHS, 0, 1e-2
     t.normalise_loss_weights = normalise
     t.log: List[str] = []
     t.print_to_log_file = lambda *args, **kwargs: t.log.append(" ".join(map(str, args)))
@@ -186,6 +188,45 @@ def test_raw_weights_are_kept_as_a_class_attribute():
     raw = run(trainer(SuperLossArm, cohort, normalise=False), cohort)["mean_weight"]
     assert raw[0] == 1.0                                          # warm-up: nnU-Net's unweighted loss
     assert max(abs(w - 1.0) for w in raw[2:]) > 0.02
+
+
+def test_loss_weight_normaliser_by_hand():
+    n = LossWeightNormaliser()
+    assert n.realised_mean == 1.0                      # nothing trained yet
+    assert n.scale(4.0, 2) == 0.5                      # running mean 4 / 2 = 2: applied (1, 1)
+    assert n.scale(0.0, 2) == 1.0                      # a zero-weight batch: running mean 4 / 4 = 1, applied 0
+    assert n.scale(2.0, 2) == pytest.approx(1.0)       # running mean 6 / 6
+    assert n.realised_mean == pytest.approx((2.0 + 0.0 + 2.0) / 6)
+    n.start_epoch()
+    n.unweighted(4)
+    assert n.realised_mean == 1.0
+    raw = LossWeightNormaliser(normalise=False)
+    assert raw.scale(3.0, 2) == 1.0 and raw.realised_mean == 1.5
+
+
+def test_a_calibrated_num_epochs_reaches_dih_and_smoothing():
+    """TimeBudgetMixin sets num_epochs after the scheduler was built: the next plan uses it (DIH's poly learning
+    rates, the Random control's arm included; smoothing's zero_after)."""
+    cohort = Cohort()
+    for cls in (nnUNetTrainerCLDIH, nnUNetTrainerCLDIHRandom, nnUNetTrainerCLSmoothing):
+        t = trainer(cls, cohort)
+        t.num_epochs = 7
+        t._cl_plan_epoch(0)
+        scheduler = getattr(t._cl_scheduler, "arm", t._cl_scheduler)
+        assert scheduler.num_epochs == 7, cls.__name__
+    assert t._cl_scheduler.sigma(4) == 0.0              # zero_after 0.5 of 7 epochs (was of EPOCHS)
+
+
+def test_dih_reads_the_raw_loss_it_documents():
+    """The EMA estimate is centred per patch type; DIH's loss change uses the raw training loss (as its authors)."""
+    cohort = Cohort()
+    t = trainer(nnUNetTrainerCLDIH, cohort)
+    t._cl_plan_epoch(0)
+    lesion, free = IDS[int(np.flatnonzero(cohort.has_fg)[0])], IDS[int(np.flatnonzero(~cohort.has_fg)[0])]
+    t._cl_observe([lesion, free, lesion], np.array([-0.5, 0.01, -0.3]), np.array([True, False, True]), 0)
+    i = IDS.index(lesion)
+    assert t._cl_state.last_losses()[i] == pytest.approx(-0.3)            # raw, latest
+    assert t._cl_state.estimates()[i] != pytest.approx(-0.3)              # centred EMA
 
 
 # ------------------------------------------------------------------------------- difficulty without the sampler

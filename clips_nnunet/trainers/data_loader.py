@@ -32,6 +32,15 @@ from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from clips_nnunet.errors import CurriculumConfigError, DatasetError
 
 
+def max_sampling_lag(n_workers: int, num_cached: int) -> int:
+    """Most batches drawn with the previous probabilities after a change (the lag): with worker processes,
+    ``NonDetMultiThreadedAugmenter`` holds ``num_cached`` batches in its process queue, ``num_cached`` in the
+    results-loop queue, one more in the results-loop thread's hands (taken from the first queue, waiting for room
+    in the second) and one in each worker's hands, ``2 num_cached + n_workers + 1``; all of them are full at an
+    epoch start because the queues refill while nnU-Net validates. 0 without workers (the main process samples)."""
+    return 0 if int(n_workers) <= 0 else 2 * int(num_cached) + int(n_workers) + 1
+
+
 def case_has_foreground(dataset, case_ids: Sequence[str], foreground_labels: Sequence[int]) -> np.ndarray:
     """Boolean per case: does its preprocessed segmentation contain any foreground voxel?
 
