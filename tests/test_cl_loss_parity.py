@@ -35,8 +35,8 @@ DRIVER = textwrap.dedent('''
     class Recording:
         seen_weights = None
 
-        def sample_weights(self, keys, losses):
-            w = super().sample_weights(keys, losses)
+        def sample_weights(self, keys, losses, recorded=None):
+            w = super().sample_weights(keys, losses, recorded)
             self.seen_weights = None if w is None else np.asarray(w, dtype=float).tolist()
             return w
 
@@ -49,6 +49,7 @@ DRIVER = textwrap.dedent('''
     class MixtureUnit(Recording, nnUNetTrainerCLSelfPacedMixture):
         warmup_epochs = 1
         seed = 0
+        spl_soft_mechanism = "loss"      # weight the loss (the default samples instead and keeps self.loss)
 
 
     def build(cls):
