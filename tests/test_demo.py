@@ -179,6 +179,7 @@ def test_finished_steps_are_skipped_and_failures_stop(tmp_path, capsys, monkeypa
     assert (tmp_path / "w" / "ext" / "clips_demo_trainers.py").is_file()
     out = capsys.readouterr()
     assert "$ nnUNet_raw=" in out.out and "nnUNetv2_train 981 3d_demo 0 -tr nnUNetTrainerCLSelfPacedDemo" in out.out
+    assert "CLIPS_SEED=0 nnUNetv2_train" in out.out  # the printed command reproduces the seeded training
     assert "failed" in out.err
 
     # the training was interrupted after writing a checkpoint: the re-run continues it with --c

@@ -295,8 +295,11 @@ def pair_with_ground_truth(workdir: Path, trainer: str, heldout_dicom: Path) -> 
 def _echo_variables(cmd: Sequence[str]) -> Sequence[str]:
     """The nnU-Net variables shown in front of a command: those it reads (nnU-Net's commands and the clips
     commands that write or read nnU-Net folders)."""
+    folders = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
+    if cmd[0] == "nnUNetv2_train":
+        return folders + ("CLIPS_SEED",)
     if cmd[0].startswith("nnUNetv2") or (len(cmd) > 1 and cmd[1] in ("convert", "predict", "plan-tmtv")):
-        return ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
+        return folders
     return ()
 
 
