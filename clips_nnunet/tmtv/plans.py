@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from clips_nnunet.errors import DatasetError
+from clips_nnunet.nnunet_env import nnunet_folder
 from clips_nnunet.io_utils import atomic_write_json, read_json
 
 STAGE1 = "3d_tmtv"
@@ -155,13 +156,10 @@ def plan_tmtv(preprocessed_dataset_folder: Path, plans_identifier: str = "nnUNet
 
 
 def find_preprocessed_dataset_folder(dataset_id: int, preprocessed_root: Optional[Path] = None) -> Path:
-    """``$nnUNet_preprocessed/DatasetXXX_*`` for ``dataset_id``."""
-    import os
-    value = str(preprocessed_root or os.environ.get("nnUNet_preprocessed") or "")
-    if not value or not Path(value).is_dir():
-        raise DatasetError(f"nnUNet_preprocessed is not set or does not exist ({value!r}); "
-                           f"export nnUNet_preprocessed=/path/to/nnUNet_preprocessed")
-    root = Path(value)
+    """``$nnUNet_preprocessed/DatasetXXX_*`` for ``dataset_id`` (``preprocessed_root`` replaces the variable)."""
+    root = Path(preprocessed_root) if preprocessed_root else nnunet_folder("nnUNet_preprocessed")
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder; point nnUNet_preprocessed to nnU-Net's preprocessed folder")
     matches = sorted(root.glob(f"Dataset{int(dataset_id):03d}_*"))
     if len(matches) != 1:
         raise DatasetError(f"expected one folder Dataset{int(dataset_id):03d}_* in {root}, found "

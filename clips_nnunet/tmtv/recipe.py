@@ -43,6 +43,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from clips_nnunet.errors import DatasetError
+from clips_nnunet.nnunet_env import nnunet_folder
 from clips_nnunet.trainers.base import nnUNetTrainerClipsBase
 from clips_nnunet.tmtv import augmentation as aug
 from clips_nnunet.tmtv.loss import (REFINER_WEIGHTS, STAGE1_WEIGHTS, FullResolutionDeepSupervision,
@@ -305,9 +306,20 @@ class nnUNetTrainerTMTVRefiner(nnUNetTrainerTMTV):
         if not self.tmtv_is_refiner:
             raise DatasetError(f"{type(self).__name__} trains the cascade's second stage; configuration "
                                f"{configuration!r} has no previous_stage. Use 3d_tmtv_refine (clips-nnunet plan-tmtv)")
-        results = os.environ.get("nnUNet_results")
+        try:
+            results = str(nnunet_folder("nnUNet_results"))
+        except DatasetError:   # not training (e.g. a network rebuilt for prediction): nothing to read
+            results = None
         if results:
             self.folder_with_segs_from_previous_stage = os.path.join(
                 results, self.plans_manager.dataset_name,
                 f"{self.previous_stage_trainer}__{self.plans_manager.plans_name}__"
                 f"{self.configuration_manager.previous_stage_name}", "predicted_next_stage", self.configuration_name)
+
+
+class nnUNetTrainerTMTVRefinerFinetuned(nnUNetTrainerTMTVRefiner):
+    """The refiner on the stage-1 predictions of ``nnUNetTrainerTMTVFinetune`` (TMTV-Net's order: the second,
+    fine-tuned stage-1 run feeds the refiner). Re-export those predictions from the best checkpoints first:
+    ``nnUNetv2_train ID 3d_tmtv FOLD -tr nnUNetTrainerTMTVFinetune --val --val_best`` (docs/tmtv.md, quick start)."""
+
+    previous_stage_trainer: str = "nnUNetTrainerTMTVFinetune"

@@ -21,7 +21,6 @@ configuration, ``inference_allowed_mirroring_axes`` = None: TMTV-Net predicts wi
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -29,6 +28,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from clips_nnunet.errors import DatasetError
+from clips_nnunet.nnunet_env import nnunet_folder
 from clips_nnunet.tmtv.stacking import StackedModel, StackingLayer, save_stacking_model
 from clips_nnunet.io_utils import PathLike, atomic_path, atomic_write_json, read_json
 from clips_nnunet.tmtv import weights as iw
@@ -71,23 +71,22 @@ def find_trainer_class(name: str) -> type:
             cls = None
     if not isinstance(cls, type) or not issubclass(cls, recipe.TMTVRecipe):
         raise DatasetError(f"trainer {name!r} is not a TMTV trainer that nnU-Net can find; use nnUNetTrainerTMTV "
-                           "(or a subclass in a folder listed in nnUNet_extTrainer: eval \"$(clips-nnunet env)\")")
+                           "(or a subclass of it in a folder listed in nnUNet_extTrainer)")
     return cls
 
 
 def _dataset(dataset: str, plans_identifier: str):
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    for var in ("nnUNet_preprocessed", "nnUNet_results"):
-        if not os.environ.get(var):
-            raise DatasetError(f"{var} is not set: export {var}=... (eval \"$(clips-nnunet env)\")")
+    preprocessed_root = nnunet_folder("nnUNet_preprocessed")   # one line naming the variable when unusable
+    nnunet_folder("nnUNet_results")
     try:
         name = str(maybe_convert_to_dataset_name(str(dataset)))  # nnU-Net returns a numpy string
     except (RuntimeError, ValueError, AssertionError) as exc:
         raise DatasetError(f"dataset {dataset!r} not found under nnUNet_raw/nnUNet_preprocessed/nnUNet_results: "
                            f"{str(exc).splitlines()[0][:160]}; convert and plan your cohort first "
                            "(nnUNetv2_plan_experiment, clips-nnunet plan-tmtv)") from None
-    folder = Path(os.environ["nnUNet_preprocessed"]) / name
+    folder = preprocessed_root / name
     plans_file, dataset_file = folder / f"{plans_identifier}.json", folder / "dataset.json"
     for f in (plans_file, dataset_file):
         if not f.is_file():
@@ -155,7 +154,7 @@ def import_tmtv(models_dir: PathLike, dataset: str, plans_identifier: str = "nnU
     name, plans, dataset_json = _dataset(dataset, plans_identifier)
     cls = find_trainer_class(trainer)
     plans_name = plans.get("plans_name", plans_identifier)
-    results = Path(os.environ["nnUNet_results"]) / name
+    results = nnunet_folder("nnUNet_results") / name
     sources = {f.name: _sha256(Path(models_dir) / f.name) for f in files}
 
     # ---- read and map everything first

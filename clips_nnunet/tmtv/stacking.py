@@ -28,7 +28,6 @@ stacks (dataset, trainer, plans, configuration, folds, checkpoint).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -38,6 +37,7 @@ import torch
 from torch import nn
 
 from clips_nnunet.errors import DatasetError
+from clips_nnunet.nnunet_env import nnunet_folder
 from clips_nnunet.io_utils import PathLike, atomic_path, read_json
 from clips_nnunet.metrics.overlap import dice
 from clips_nnunet.tmtv.loss import tmtv_loss_per_sample
@@ -220,10 +220,7 @@ def collect_stacking_cases(folder: PathLike, folds: Sequence[int], checkpoint: s
                          len(predictor.label_manager.all_labels))
     if predictor.label_manager.has_regions:
         raise DatasetError("stacking needs softmax classes; this model predicts regions")
-    root = os.environ.get("nnUNet_preprocessed")
-    if not root:
-        raise DatasetError("nnUNet_preprocessed is not set: export nnUNet_preprocessed=... (the folder the model "
-                           "was trained from)")
+    root = nnunet_folder("nnUNet_preprocessed")   # the folder the model was trained from
     preprocessed = Path(root) / folder.parent.name
     data_folder = preprocessed / cm.data_identifier
     if not data_folder.is_dir():
