@@ -332,3 +332,24 @@ def test_read_mask_file_same_and_other_grid(tmp_path):
     assert 2 * inter / (back.sum() + (arr > 0).sum()) > 0.95
     with pytest.raises(FileNotFoundError):
         read_mask_file(tmp_path / "missing.nii.gz", ref)
+
+
+def test_seg_frames_read_without_highdicom_unpack_frames_that_are_not_byte_aligned():
+    """BINARY SEG frames are packed bit after bit (a 3x5 frame is 15 bits, not 2 bytes): the pydicom reader (which
+    replaced highdicom's for native pixel data; highdicom's standard tables cost ~0.8 s CPU per process) must
+    unpack them as the standard says (first pixel in the lowest bit)."""
+    from clips_nnunet.dataset_conversion.masks import _UncompressedSeg
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 2, (3, 3, 5)).astype(np.uint8)
+    ds = pydicom.Dataset()
+    ds.Rows, ds.Columns, ds.NumberOfFrames, ds.BitsAllocated = 3, 5, 3, 1
+    ds.PixelData = np.packbits(frames.ravel(), bitorder="little").tobytes()
+    seg = _UncompressedSeg(ds)
+    for k in range(3):
+        np.testing.assert_array_equal(seg.get_stored_frame(k + 1), frames[k])
+    short = pydicom.Dataset()
+    short.Rows, short.Columns, short.NumberOfFrames, short.BitsAllocated = 3, 5, 3, 1
+    short.PixelData = ds.PixelData[:-2]
+    with pytest.raises(ValueError, match="truncated"):
+        _UncompressedSeg(short).get_stored_frame(1)

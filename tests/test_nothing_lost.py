@@ -313,14 +313,13 @@ def test_workers_end_when_the_main_process_is_killed(cohorts, env):
 
 POOL = """
 import os, sys, time
-from concurrent.futures import ProcessPoolExecutor
-import multiprocessing as mp
 from clips_nnunet.dataset_conversion.cohort import _init_worker
-pool = ProcessPoolExecutor(2, mp_context=mp.get_context("fork"), initializer=_init_worker, initargs=(os.getpid(),))
-futures = [pool.submit(time.sleep, 60) for _ in range(2)]
-time.sleep(1.0)
-print(" ".join(str(p) for p in pool._processes), flush=True)
-time.sleep(60)
+from clips_nnunet.io_utils import process_pool
+with process_pool(2, initializer=_init_worker) as pool:
+    futures = [pool.submit(time.sleep, 60) for _ in range(2)]
+    time.sleep(1.0)
+    print(" ".join(str(p) for p in pool._processes), flush=True)
+    time.sleep(60)
 """
 
 

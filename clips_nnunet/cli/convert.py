@@ -5,6 +5,7 @@ They parse arguments and call :mod:`clips_nnunet.dataset_conversion`; see docs/c
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
@@ -56,7 +57,21 @@ def _finish(report, command: str) -> int:
     return code
 
 
+def _ending_on_interrupt(run):
+    """Run ``run()``; after a Ctrl-C (the workers are already stopped) further Ctrl-Cs are ignored while the
+    command ends, so it ends with exit code 130 and its one line instead of a second interrupt's traceback."""
+    try:
+        return run()
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise
+
+
 def run_convert(args: argparse.Namespace) -> int:
+    return _ending_on_interrupt(lambda: _run_convert(args))
+
+
+def _run_convert(args: argparse.Namespace) -> int:
     from clips_nnunet.dataset_conversion.convert import convert_cohort
 
     report = convert_cohort(args.cohort_dir, args.dataset_id, args.name, labels=args.labels, roi=args.roi,
@@ -68,6 +83,10 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_convert_autopet(args: argparse.Namespace) -> int:
+    return _ending_on_interrupt(lambda: _run_convert_autopet(args))
+
+
+def _run_convert_autopet(args: argparse.Namespace) -> int:
     from clips_nnunet.dataset_conversion.autopet import convert_autopet
 
     report = convert_autopet(args.autopet_dir, args.dataset_id, args.name, workers=args.workers,

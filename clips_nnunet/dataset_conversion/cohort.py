@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from clips_nnunet.errors import ClipsError, DatasetError, PatientError
-from clips_nnunet.io_utils import (DirectoryLock, PathLike, atomic_write_json, atomic_write_text, die_with_parent,
+from clips_nnunet.io_utils import (DirectoryLock, PathLike, atomic_write_json, atomic_write_text, process_pool,
                                    dumps_json, read_json)
 
 from . import write as W
@@ -249,8 +249,7 @@ def admit_cases(target: DatasetTarget, prefix: str, keys: Sequence[Tuple[str, st
 # ----------------------------------------------------------------------------------------------------------------------
 # running the jobs
 # ----------------------------------------------------------------------------------------------------------------------
-def _init_worker(parent_pid: int) -> None:
-    die_with_parent(parent_pid)
+def _init_worker() -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
@@ -323,11 +322,10 @@ def _run_jobs(jobs: List[CaseJob], options: ConversionOptions, workers: int, pro
             results.append(run_case(job, options))
             bar.update()
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(os.getpid(),)) as pool:
+        from concurrent.futures import as_completed
+        # Ctrl-C: the queue is dropped and the workers end within seconds (process_pool), before the dataset lock
+        # around this call is released
+        with process_pool(workers, initializer=_init_worker) as pool:
             futures = [pool.submit(run_case, job, options) for job in jobs]
             for fut in as_completed(futures):
                 results.append(fut.result())

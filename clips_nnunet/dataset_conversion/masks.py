@@ -4,7 +4,7 @@
   reference grid and filled slice by slice with the even-odd rule: within one ROI, the contours of a slice are
   XOR-combined, so a contour inside another is a hole (how DICOM RT encodes holes, and what Eclipse, RayStation and
   3D Slicer display); different ROIs are then united. A pixel is inside when its centre is inside the polygon.
-* :func:`read_seg_mask`: DICOM SEG read with highdicom; each frame is placed on the slice of the source instance it
+* :func:`read_seg_mask`: DICOM SEG read with pydicom (highdicom for compressed pixel data); each frame is placed on the slice of the source instance it
   references (``SourceImageSequence``), segments selected by label are united, FRACTIONAL segments thresholded at
   0.5. The SEG's references must point at the given series. Frames without ``SpatialLocationsPreserved`` (QIICR's
   dcmqi omits it) are accepted only when their position matches the referenced instance's (within
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pydicom
@@ -190,6 +190,75 @@ def _seg_orientation_problem(seg: pydicom.Dataset, reference: sitk.Image) -> Opt
     return None
 
 
+_SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")  # SEG, Label Map SEG
+
+
+class _UncompressedSeg:
+    """What :func:`read_seg_mask` needs of a SEG with native (uncompressed) pixel data, read with pydicom alone:
+    highdicom would load its copy of the DICOM standard (~0.8 s CPU per process) to read the same frames."""
+
+    def __init__(self, ds: pydicom.Dataset):
+        self._ds = ds
+        self._frames: Optional[np.ndarray] = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ds, name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._ds
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._ds.get(name, default)
+
+    def get_source_image_uids(self) -> List[Tuple[str, str, str]]:
+        """(study, series, SOP instance) UIDs the SEG references (ReferencedSeriesSequence and every frame's
+        SourceImageSequence)."""
+        found = []
+        for series in self._ds.get("ReferencedSeriesSequence", []) or []:
+            for inst in series.get("ReferencedInstanceSequence", []) or []:
+                found.append(("", str(series.get("SeriesInstanceUID", "")), str(inst.ReferencedSOPInstanceUID)))
+        shared = self._ds.SharedFunctionalGroupsSequence[0] if self._ds.get("SharedFunctionalGroupsSequence") else None
+        for item in self._ds.get("PerFrameFunctionalGroupsSequence", []) or []:
+            found.extend(("", "", uid) for uid, _ in _frame_sources(item, shared))
+        return found
+
+    def get_stored_frame(self, number: int) -> np.ndarray:
+        """Frame ``number`` (1-based) as stored: 0/1 for BINARY, the stored integers otherwise."""
+        if self._frames is None:
+            ds = self._ds
+            rows, cols = int(ds.Rows), int(ds.Columns)
+            n = int(ds.get("NumberOfFrames", 1) or 1)
+            bits = int(ds.BitsAllocated)
+            data = np.frombuffer(ds.PixelData, dtype=np.uint8)
+            if bits == 1:  # frames are packed one after the other, not byte-aligned
+                flat = np.unpackbits(data, bitorder="little")
+            elif bits in (8, 16):
+                flat = np.frombuffer(ds.PixelData, dtype=np.uint8 if bits == 8 else "<u2")
+            else:
+                raise ValueError(f"BitsAllocated {bits} is not a SEG pixel size")
+            if flat.size < n * rows * cols:
+                raise ValueError(f"PixelData holds {flat.size} values for {n} frames of {rows}x{cols}: the file is "
+                                 "truncated")
+            self._frames = flat[: n * rows * cols].reshape(n, rows, cols)
+        return self._frames[number - 1]
+
+
+def _read_seg(seg_path: PathLike) -> Any:
+    """The SEG for :func:`read_seg_mask`: pydicom for native pixel data, highdicom for compressed ones."""
+    ds = pydicom.dcmread(str(seg_path))
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class not in _SEG_SOP_CLASSES:
+        raise ValueError(f"SOPClassUID {sop_class or 'missing'} is not a Segmentation Storage class")
+    for keyword in ("Rows", "Columns", "SegmentationType", "SegmentSequence", "BitsAllocated"):
+        if keyword not in ds:
+            raise ValueError(f"the SEG has no {keyword}")
+    if "PixelData" in ds and not ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian
+                                                  ).is_compressed:
+        return _UncompressedSeg(ds)
+    import highdicom as hd
+    return hd.seg.Segmentation.from_dataset(ds)
+
+
 def read_seg_mask(seg_path: PathLike, reference: sitk.Image, reference_files: Sequence[PathLike], label: str = "",
                   segment_pattern: Optional[str] = None,
                   reference_headers: Optional[Sequence[pydicom.Dataset]] = None,
@@ -214,10 +283,8 @@ def read_seg_mask(seg_path: PathLike, reference: sitk.Image, reference_files: Se
     ImagePositionPatient are used), so that they are not parsed again; by default they are read from
     ``reference_files``.
     """
-    import highdicom as hd
-
     try:
-        seg = hd.seg.segread(str(seg_path))
+        seg = _read_seg(seg_path)
     except Exception as exc:
         raise PatientError(label, f"the SEG file cannot be read ({describe_exception(exc, seg_path)}); re-export it"
                            ) from exc

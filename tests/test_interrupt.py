@@ -1,0 +1,92 @@
+"""Ctrl-C during `convert -j N` (issue 24, item 2): one Ctrl-C stops the work within seconds instead of converting
+the whole queue, a second one never hangs, and the dataset lock is held until the last worker has exited (a new
+convert could otherwise run beside live workers)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nnunet_helpers import BIN, nnunet_environment
+
+pytestmark = pytest.mark.integration
+
+
+def _descendants(pid):
+    children = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                children.setdefault(int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    found, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.append(c)
+            todo.append(c)
+    return found
+
+
+def _alive(pid):
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from clips_nnunet.synthetic.dicom_cohort import make_synthetic_cohort
+    folder = tmp_path_factory.mktemp("interrupt") / "cohort"
+    make_synthetic_cohort(folder, n_patients=8, seed=2, progress=False, mask_formats=("seg",))
+    return folder
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_stops_convert_j2_within_seconds(cohort, tmp_path, presses):
+    env = nnunet_environment(tmp_path / "nn")
+    dataset = Path(env["nnUNet_raw"]) / "Dataset508_Stop"
+    proc = subprocess.Popen([str(BIN / "clips-nnunet"), "convert", str(cohort), "-d", "508", "-n", "Stop", "-j", "2",
+                             "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group: Ctrl-C reaches parent and workers
+    workers = []
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:  # conversion workers are running
+            workers = _descendants(proc.pid)
+            if dataset.is_dir() and len(workers) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None and len(workers) >= 2, "the conversion never started its workers"
+        time.sleep(1.0)
+        t0 = time.time()
+        for _ in range(presses):
+            os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(0.3)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"convert still running 30 s after {presses} Ctrl-C")
+        elapsed = time.time() - t0
+        survivors = [p for p in workers if _alive(p)]
+        assert not survivors, f"workers {survivors} outlived the interrupted convert (and its lock)"
+        # 130 and one line; a second Ctrl-C that lands after the workers are gone may end it by the signal itself
+        assert proc.returncode in ((130, -signal.SIGINT) if presses > 1 else (130,)), err
+        assert "Traceback" not in err and "interrupted" in err
+        assert elapsed < 20, f"took {elapsed:.1f} s to stop"
+        cases = Path(env["nnUNet_raw"]).parent / "clips_private" / "Dataset508_Stop" / "cases"
+        done = len(list(cases.glob("*.json"))) if cases.is_dir() else 0
+        assert done < 8, "the whole queue was converted after Ctrl-C"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for p in _descendants(proc.pid) + workers:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
