@@ -12,7 +12,9 @@ glands, thyroid; spine (vertebral bodies with marrow, spinous processes), sternu
 femora; paraspinal and psoas muscles; lungs, trachea, oesophagus; heart (myocardium, blood-filled cavities),
 aorta, iliac arteries, vena cava; liver, gallbladder, spleen, stomach (wall, content, gas), pancreas; kidneys with
 their collecting systems, segmentally filled ureters, bladder; colon and small-bowel loops with segmental uptake;
-brown fat (a minority of patients) in the cervical, supraclavicular, axillary, paravertebral and perirenal stations.
+brown fat (a minority of patients) in the cervical, supraclavicular, axillary, paravertebral and perirenal stations;
+benign hot spots of some patients (:func:`_benign`): active neck, paraspinal or psoas muscles (15 %), inflamed
+shoulders, hips or sternoclavicular joints (20 %), uterus and ovaries of premenopausal women (40 % of women), testes.
 
 Uptake ranges (SUVbw) and HU are in :data:`UPTAKE` and :data:`HU`; docs/synthetic.md gives their sources.
 """
@@ -29,7 +31,7 @@ from clips_nnunet.synthetic.twin_render import Section, Shape
 TISSUES: Dict[str, int] = {name: i for i, name in enumerate((
     "air", "fat", "muscle", "visceral", "bone", "marrow", "lung", "brain_gm", "brain_wm", "myocardium", "blood",
     "liver", "spleen", "kidney", "collecting", "ureter", "bladder", "bowel", "stomach", "tonsil", "salivary",
-    "thyroid", "brown_fat", "airway", "pancreas", "oesophagus", "gallbladder", "soft", "lesion", "necrosis"))}
+    "thyroid", "brown_fat", "airway", "pancreas", "oesophagus", "gallbladder", "soft", "lesion", "necrosis", "uterus", "gonad", "joint"))}
 
 #: Physiological uptake ranges (SUVbw, drawn uniformly per patient unless noted in :func:`draw_patient`).
 UPTAKE: Dict[str, Tuple[float, float]] = {
@@ -38,7 +40,8 @@ UPTAKE: Dict[str, Tuple[float, float]] = {
     "liver": (1.7, 2.8), "spleen_ratio": (0.75, 1.0), "kidney": (2.2, 4.5), "urine": (5.0, 80.0),
     "bowel": (1.0, 3.0), "bowel_hot": (4.0, 12.0), "stomach": (1.4, 3.5), "tonsil": (2.5, 7.0),
     "salivary": (1.5, 3.5), "thyroid": (1.0, 2.0), "thyroid_hot": (4.0, 8.0), "brown_fat": (3.0, 15.0),
-    "pancreas": (1.1, 1.8), "oesophagus": (1.3, 2.8), "soft": (0.6, 1.0),
+    "pancreas": (1.1, 1.8), "oesophagus": (1.3, 2.8), "soft": (0.6, 1.0), "muscle_active": (2.0, 5.0),
+    "joint": (2.0, 4.5), "uterus": (2.0, 7.0), "ovary": (2.0, 8.0), "testis": (2.0, 3.5),
 }
 #: CT numbers (HU) per tissue.
 HU: Dict[str, float] = {
@@ -46,7 +49,7 @@ HU: Dict[str, float] = {
     "brain_gm": 38, "brain_wm": 28, "myocardium": 42, "blood": 40, "liver": 58, "spleen": 48, "kidney": 32,
     "collecting": 8, "ureter": 10, "bladder": 6, "bowel": 15, "stomach": 25, "tonsil": 45, "salivary": 35,
     "thyroid": 90, "brown_fat": -65, "airway": -990, "pancreas": 40, "oesophagus": 35, "gallbladder": 10,
-    "soft": 30, "lesion": 42, "necrosis": 20,
+    "soft": 30, "lesion": 42, "necrosis": 20, "uterus": 45, "gonad": 35, "joint": 60,
 }
 
 # body cross-sections (s, half-width a, half-depth b, centre y), 1.75 m patient of BMI ~24
@@ -72,6 +75,9 @@ class TwinPatient:
     marrow_gcsf: bool
     brown_fat_stations: List[str]
     hot_bowel_fraction: float
+    active_muscles: List[str] = field(default_factory=list)
+    inflamed_joints: List[str] = field(default_factory=list)
+    premenopausal: bool = False
     seed: int = 0
     jitter: Dict[str, Tuple[float, float, float]] = field(default_factory=dict)
 
@@ -104,6 +110,11 @@ def draw_patient(rng: np.random.Generator, weight_kg: float, height_m: float, se
     if rng.random() < brown_fat_prevalence:
         stations = ["supraclavicular"] + [s for s in ("cervical", "axillary", "paravertebral", "perirenal")
                                           if rng.random() < 0.6]
+    for key in ("muscle_active", "joint", "uterus", "ovary", "testis"):
+        suv[key] = _u(rng, key)
+    active = [m for m in ("neck", "paraspinal", "psoas") if rng.random() < 0.5] if rng.random() < 0.15 else []
+    joints = [j for j in ("shoulders", "hips", "sternoclavicular") if rng.random() < 0.5] if rng.random() < 0.2 \
+        else []
     organ_scale = {k: float(rng.uniform(0.85, 1.15)) for k in ("liver", "spleen", "kidney", "heart", "lung",
                                                                 "bladder", "brain", "stomach")}
     organ_scale["spleen"] *= 1.25 if gcsf else 1.0
@@ -113,6 +124,8 @@ def draw_patient(rng: np.random.Generator, weight_kg: float, height_m: float, se
                        suv={k: round(v, 4) for k, v in suv.items()}, organ_scale=organ_scale,
                        bladder_fill=float(rng.uniform(0.15, 1.0)), marrow_gcsf=gcsf, brown_fat_stations=stations,
                        hot_bowel_fraction=float(rng.choice((0.0, 0.1, 0.35), p=(0.5, 0.35, 0.15))),
+                       active_muscles=active, inflamed_joints=joints,
+                       premenopausal=bool(sex == "F" and rng.random() < 0.4),
                        seed=int(rng.integers(0, 2 ** 31)), jitter=jitter)
 
 
@@ -370,12 +383,39 @@ def _brown_fat(f: BodyFrame, v: Dict[str, float], rng: np.random.Generator) -> L
     return out
 
 
+def _benign(f: BodyFrame, v: Dict[str, float]) -> List[Shape]:
+    """Benign hot spots of some patients: active muscles, inflamed joints, uterus/ovaries, testes."""
+    out: List[Shape] = []
+    m, p = v["muscle_active"], f.p
+    for side in (-1, 1):
+        if "neck" in p.active_muscles:  # sternocleidomastoid
+            out += tube(f, "muscle", [(side * 50, 15, 200), (side * 35, -20, 250), (side * 20, -80, 300)], 9, m,
+                        HU["muscle"])
+        if "paraspinal" in p.active_muscles:
+            out.append(_sh(f, "muscle", (side * 38, 105, 590), (22, 16, 260), m))
+        if "psoas" in p.active_muscles:
+            out += tube(f, "muscle", [(side * 34, 48, 690), (side * 55, 38, 850)], 16, m, HU["muscle"])
+        if "shoulders" in p.inflamed_joints:
+            out.append(_sh(f, "joint", (side * 150, 20, 330), (14, 14, 14), v["joint"]))
+        if "hips" in p.inflamed_joints:
+            out.append(_sh(f, "joint", (side * 88, 0, 935), (28, 28, 12), v["joint"]))
+        if "sternoclavicular" in p.inflamed_joints:
+            out.append(_sh(f, "joint", (side * 22, -88, 305), (9, 9, 9), v["joint"]))
+        if p.sex == "M":
+            out.append(_sh(f, "gonad", (side * 16, -75, 1030), (14, 16, 20), v["testis"]))
+        elif p.premenopausal:
+            out.append(_sh(f, "gonad", (side * 45, 10, 880), (12, 10, 14), v["ovary"]))
+    if p.sex == "F":
+        out.append(_sh(f, "uterus", (0, 10, 880), (35, 25, 40), v["uterus"] if p.premenopausal else v["soft"]))
+    return out
+
+
 def anatomy_shapes(frame: BodyFrame) -> List[Shape]:
     """The patient's anatomy as shapes in painting order (after :func:`body_sections`)."""
     rng = np.random.default_rng([frame.p.seed, 7])
     v = frame.p.suv
-    return (_head_neck(frame, v) + _skeleton(frame, v, rng) + _thorax(frame, v) + _abdomen(frame, v, rng)
-            + _brown_fat(frame, v, rng))
+    return (_head_neck(frame, v) + _skeleton(frame, v, rng) + _thorax(frame, v) + _benign(frame, v)
+            + _abdomen(frame, v, rng) + _brown_fat(frame, v, rng))
 
 
 def station_point(frame: BodyFrame, station: str) -> Tuple[float, float, float]:

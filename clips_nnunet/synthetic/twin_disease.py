@@ -34,7 +34,8 @@ TMTV_LOG_SD = 1.2
 SUVMAX_MEDIAN = 17.0
 EXTRANODAL_P = 0.25
 BULKY_ML = 100.0
-FALLOFF = (0.3, 0.7)  # uptake at a lobule's surface is 30-70 % of its centre's
+FALLOFF = (0.3, 0.7)
+LOBULE_OVERLAP = 1.15  # lobules overlap: their summed volume exceeds the lesion's; measured TMTV / drawn ~ 1  # uptake at a lobule's surface is 30-70 % of its centre's
 # where the dominant lesion sits, with weights
 _DOMINANT = {"mediastinal": 3.0, "mesenteric": 2.0, "paraaortic_L": 1.5, "paraaortic_R": 1.0, "cervical_R": 1.0,
              "cervical_L": 1.0, "axillary_R": 0.6, "axillary_L": 0.6, "iliac_R": 0.6, "iliac_L": 0.6,
@@ -106,7 +107,7 @@ def _lesion(frame: BodyFrame, rng: np.random.Generator, lid: int, site: str, kin
     shares = rng.dirichlet(np.full(n, 2.0))
     lobules = []
     for k in range(n):
-        r = (3.0 * 1.35 * shares[k] * volume * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
+        r = (3.0 * LOBULE_OVERLAP * shares[k] * volume * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
         radii = tuple(float(r * e) for e in rng.uniform(0.75, 1.3, 3))
         off = rng.normal(0, 0.55 * r_eq, 3) if k else np.zeros(3)
         c = tuple(float(a + b) for a, b in zip(centre, off))

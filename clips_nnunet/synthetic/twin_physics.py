@@ -31,9 +31,15 @@ def correlated_noise(shape: Sequence[int], spacing: Sequence[float], corr_mm: fl
     white = rng.standard_normal(tuple(int(n) for n in shape), dtype=np.float32)
     sigma = [corr_mm * FWHM_TO_SIGMA / float(s) for s in spacing]
     noise = ndimage.gaussian_filter(white, sigma, mode="wrap", truncate=3.0)
-    # variance of white noise after a normalised Gaussian kernel: prod over axes of 1 / (2 sqrt(pi) sigma)
-    var = float(np.prod([1.0 / (2.0 * np.sqrt(np.pi) * max(s, 1e-6)) if s > 0.3 else 1.0 for s in sigma]))
-    noise *= np.float32(1.0 / np.sqrt(var)) if all(s > 0.3 for s in sigma) else np.float32(1.0 / noise.std())
+    # the variance of filtered unit white noise is the sum of the squared kernel weights, a product over the axes
+    # of the 1-D kernels' sums of squares (the kernels themselves: the filter's response to a unit impulse)
+    var = 1.0
+    for sg in sigma:
+        radius = int(3.0 * sg + 0.5)
+        impulse = np.zeros(2 * radius + 1)
+        impulse[radius] = 1.0
+        var *= float(np.sum(ndimage.gaussian_filter1d(impulse, sg, mode="constant", truncate=3.0) ** 2))
+    noise *= np.float32(1.0 / np.sqrt(var))
     return noise
 
 
