@@ -278,3 +278,29 @@ def test_load_overrides(tmp_path):
     p.write_text("PatientID,weight_kg\nA1,7000\n")  # implausible
     with pytest.raises(ClipsError, match="row 2.*weight_kg"):
         load_overrides(p)
+
+
+def test_invalid_frame_times_never_put_the_series_start_after_the_acquisition():
+    """Issue 24 item 6. SeriesTime 12:00 after the acquisition (11:00; post-processed series), no GE tag,
+    ActualFrameDuration 180 s and FrameReferenceTime 0. Back-computing would give t_acq + T_ave - 0, a series start
+    AFTER the slice's own acquisition, which is impossible; QIBA back-computes only with valid frame times.
+
+    By hand: l = ln 2 / 6586.2 s = 1.05242e-4 /s, T = 180 s, l T = 0.0189436; T_ave = T / 2 - l T^2 / 24 + O(l^3 T^4)
+    = 90 - 0.14208 = 89.8579 s. The old start 11:01:29.858 made the decay 3689.858 s and the SUV
+    2^(89.858 / 6586.2) - 1 = 0.950 % too high. Correct: the earliest acquisition, 3600 s after the injection.
+    """
+    from clips_nnunet.dataset_conversion.suv import acquisition_start
+    ds = pet_header(SeriesTime="120000", FrameReferenceTime=0.0, ActualFrameDuration=180000)
+    assert acquisition_start(ds, HALF_LIFE) is None
+    assert suv_factor(ds) == pytest.approx(expected(elapsed_s=3600.0), rel=1e-9)
+    wrong = expected(elapsed_s=3600.0 + 89.8579)
+    assert wrong / expected(elapsed_s=3600.0) - 1 == pytest.approx(0.00950, abs=2e-5)
+    # a positive FrameReferenceTime shorter than T_ave (30 s < 89.86 s) would also start after the acquisition
+    short = pet_header(SeriesTime="120000", FrameReferenceTime=30000.0, ActualFrameDuration=180000)
+    assert acquisition_start(short, HALF_LIFE) is None
+    assert suv_factor(short) == pytest.approx(expected(elapsed_s=3600.0), rel=1e-9)
+    # and a series start handed in from the series (read_pet_suv) later than the earliest acquisition is not used
+    late_start = dt.datetime(2025, 1, 1, 11, 1, 29)
+    assert suv_factor(pet_header(SeriesTime="120000"), series_start=late_start,
+                      earliest_acquisition=dt.datetime(2025, 1, 1, 11, 0, 0)) == pytest.approx(
+        expected(elapsed_s=3600.0), rel=1e-9)

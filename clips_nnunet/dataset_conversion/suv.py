@@ -32,7 +32,8 @@ Steps (each decision is documented in docs/conversion_reading.md):
    series time was reset by post-processing); then the GE private decay-correction date-time (0009,100D) when
    present, else the series start back-computed from the earliest acquired slice (IBSI manual, QIBA step 4;
    DICOM PS3.3 C.8.9.4.1.5): t_acq + T_ave - FrameReferenceTime with T_ave = ln(l T / (1 - e^(-l T))) / l for
-   ActualFrameDuration T, else the earliest acquisition date-time.
+   ActualFrameDuration T, used only with valid frame times (FrameReferenceTime >= T_ave > 0) and never when it
+   falls after the earliest acquisition; else the earliest acquisition date-time.
 
 Missing weight, dose, half-life or times raise :class:`PatientError` naming the patient label and the tag, unless a
 :class:`~clips_nnunet.dataset_conversion.overrides.SuvOverrides` supplies the value (an override always wins).
@@ -250,16 +251,20 @@ def acquisition_start(ds: pydicom.Dataset, half_life_s: float) -> Optional[_dt.d
     t_acq is the slice's AcquisitionDate/Time, dt its FrameReferenceTime (0054,1300) (the offset of the frame's
     reference time from the series reference time, DICOM PS3.3 C.8.9.4.1.5) and T_ave = ln(l T / (1 - e^(-l T))) / l
     the average count rate time within a frame of ActualFrameDuration (0018,1242) T, l = ln 2 / half-life. None when
-    one of these attributes is missing.
+    one of these attributes is missing or the frame times are not valid: QIBA back-computes only from a positive
+    FrameReferenceTime and ActualFrameDuration, and a frame's reference time lies at least T_ave after the series
+    start (FrameReferenceTime 0 would put the start after the slice's own acquisition, which is impossible).
     """
     t_acq = _combine(ds.get("AcquisitionDate") or ds.get("SeriesDate"), ds.get("AcquisitionTime"))
     ref_ms = _float_or_none(ds.get("FrameReferenceTime"))
     dur_ms = _float_or_none(ds.get("ActualFrameDuration"))
-    if t_acq is None or ref_ms is None or dur_ms is None or dur_ms <= 0 or half_life_s <= 0:
+    if t_acq is None or ref_ms is None or dur_ms is None or ref_ms <= 0 or dur_ms <= 0 or half_life_s <= 0:
         return None
     lam = math.log(2.0) / half_life_s
     lt = lam * dur_ms / 1000.0
     t_ave = math.log(lt / -math.expm1(-lt)) / lam
+    if ref_ms / 1000.0 < t_ave:
+        return None
     return t_acq + _dt.timedelta(seconds=t_ave - ref_ms / 1000.0)
 
 
@@ -284,8 +289,8 @@ def _reference_time(ds: pydicom.Dataset, earliest_acq: Optional[_dt.datetime], s
     ge = _parse_dt(_raw_value(ds, GE_DECAY_DATETIME))
     if ge is not None:
         return ge
-    if series_start is not None:
-        return series_start
+    if series_start is not None and (earliest_acq is None or series_start <= earliest_acq):
+        return series_start  # a start after the earliest acquisition is impossible: never used
     if earliest_acq is not None:
         return earliest_acq
     raise PatientError(label, "SeriesDate/SeriesTime (0008,0021)/(0008,0031) and AcquisitionDate/AcquisitionTime "
