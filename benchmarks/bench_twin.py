@@ -8,7 +8,8 @@ What it does (CPU):
    and of the whole study, and the worker's peak resident memory. ``patients per 10 s per core`` is ``10 / CPU
    seconds`` (CPU time, so that other processes on a shared machine do not count).
 2. **Threshold ceiling** (``--clinical N``, ``--study N``): the best single global SUV threshold chosen on the first
-   two thirds of the patients (mean Dice vs the clean masks), scored on the last third, on PET twins at the clinical
+   two thirds of the patients (mean Dice vs the clean masks), scored on the last third, and the same rotated over
+   three folds (every patient held out once; ``cross_validated_ceiling``), on PET twins at the clinical
    grids (vendors in turn) and at the study grid (8 mm trunk crop, as ``synthetic/raw.py`` writes it); each without
    and with bladder and brain (+10 mm) masked out (``clips_nnunet.synthetic.twin_ceiling``).
 3. Cohort statistics of the clinical twins: TMTV, lesion count, SUVmax (median, range), physiology flags.
@@ -35,7 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clips_nnunet.synthetic.twin import CLINICAL_GRIDS, make_twin, study_case  # noqa: E402
-from clips_nnunet.synthetic.twin_ceiling import CeilingCase, threshold_ceiling  # noqa: E402
+from clips_nnunet.synthetic.twin_ceiling import (CeilingCase, cross_validated_ceiling,  # noqa: E402
+                                                 threshold_ceiling)
 
 REAL_GE_PET = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "tcia_sts_001" / "STS_001_PT_raw_BQML"
 VENDORS = ("SIEMENS", "GE", "PHILIPS")
@@ -84,9 +86,12 @@ def _ceiling(cases: List[CeilingCase], label: str) -> Dict[str, Any]:
     for mask_out in (False, True):
         r = threshold_ceiling(cases[:n_train], cases[n_train:], mask_out=mask_out)
         out["masked" if mask_out else "plain"] = r
+        cv = cross_validated_ceiling(cases, 3, mask_out=mask_out)
+        out["cv_masked" if mask_out else "cv_plain"] = cv
         print(f"  {label}{' (bladder+brain masked)' if mask_out else ''}: best threshold SUV {r['threshold']:.2f} "
               f"(train Dice {r['train_dice']:.3f}, {n_train} patients) -> held-out mean Dice {r['test_dice']:.3f} "
-              f"({len(cases) - n_train} patients)", flush=True)
+              f"({len(cases) - n_train} patients); 3-fold rotation: held-out mean Dice {cv['test_dice']:.3f} "
+              f"(folds {cv['fold_test_dice']}, thresholds {cv['fold_thresholds']})", flush=True)
     return out
 
 

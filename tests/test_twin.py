@@ -139,3 +139,31 @@ def test_threshold_ceiling_on_a_small_study_cohort():
         result = threshold_ceiling(cc[:8], cc[8:], mask_out=mask_out)
         assert result["test_dice"] <= 0.55, result
         assert 0.0 < result["test_dice"] and 1.0 <= result["threshold"] <= 20.0
+
+
+def test_ceiling_helpers_by_hand():
+    """Three 10^3 patients: a lesion block (SUV 6, 8 voxels) and a confounder block (SUV 3, 8 voxels or 0 voxels).
+    Any threshold in (3, 6] segments every lesion exactly (Dice 1); at <= 3 the confounder halves the Dice of the
+    patients that have one (2*8 / (16 + 8) = 0.667). Bladder masking removes a bladder block of SUV 9 + 10 mm."""
+    from clips_nnunet.synthetic.twin_ceiling import cross_validated_ceiling, masked_pet
+
+    cases = []
+    for confounder in (True, False, True):
+        pet = np.zeros((10, 10, 10), dtype=np.float32)
+        label = np.zeros(pet.shape, dtype=np.uint8)
+        tissue = np.zeros(pet.shape, dtype=np.uint8)
+        pet[1:3, 1:3, 1:3], label[1:3, 1:3, 1:3] = 6.0, 1
+        if confounder:
+            pet[6:8, 6:8, 6:8] = 3.0
+        cases.append(CeilingCase(pet, label, tissue, (4.0, 4.0, 4.0)))
+    thresholds = [2.0, 3.0, 4.0, 7.0]
+    from clips_nnunet.synthetic.twin_ceiling import dice_curve
+    assert list(np.round(dice_curve(cases[0].pet, cases[0].label, thresholds), 3)) == [0.667, 0.667, 1.0, 0.0]
+    cv = cross_validated_ceiling(cases, folds=3, thresholds=thresholds)
+    assert cv["test_dice"] == pytest.approx(1.0) and cv["fold_thresholds"] == [4.0, 4.0, 4.0]
+    bladder = cases[0]
+    bladder.tissue[8:10, 0:2, 0:2] = TISSUES["bladder"]
+    bladder.pet[8:10, 0:2, 0:2] = 9.0
+    out = masked_pet(bladder)
+    assert out[8:10, 0:2, 0:2].max() == 0.0 and out[7, 0, 0] == 0.0  # 4 mm away: inside the 10 mm margin
+    assert out[1, 1, 1] == 6.0  # the lesion, 24+ mm away, stays

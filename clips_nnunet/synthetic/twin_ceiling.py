@@ -60,3 +60,23 @@ def threshold_ceiling(train: List[CeilingCase], test: List[CeilingCase], mask_ou
     per_case = [dice(pick(c) >= t, c.label) for c in test]
     return {"threshold": t, "train_dice": float(mean[best]), "test_dice": float(np.mean(per_case)),
             "test_dice_per_case": [round(float(d), 4) for d in per_case], "mask_out": bool(mask_out)}
+
+
+def cross_validated_ceiling(cases: List[CeilingCase], folds: int = 3, mask_out: bool = False,
+                            thresholds: Sequence[float] = THRESHOLDS) -> Dict[str, object]:
+    """:func:`threshold_ceiling` rotated over ``folds`` contiguous folds (each held out once, the threshold chosen on
+    the others): ``{test_dice (mean over all held-out patients), fold_thresholds, fold_test_dice}``."""
+    if folds < 2 or len(cases) < folds:
+        raise ValueError(f"{len(cases)} patients cannot be split into {folds} folds")
+    pick = (lambda c: masked_pet(c)) if mask_out else (lambda c: c.pet)
+    curves = np.array([dice_curve(pick(c), c.label, thresholds) for c in cases])
+    bounds = np.linspace(0, len(cases), folds + 1).astype(int)
+    held, fold_t, fold_d = [], [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        train = np.r_[0:a, b:len(cases)]
+        best = int(np.argmax(curves[train].mean(axis=0)))
+        fold_t.append(float(thresholds[best]))
+        fold_d.append(float(curves[a:b, best].mean()))
+        held += list(curves[a:b, best])
+    return {"test_dice": float(np.mean(held)), "fold_thresholds": fold_t,
+            "fold_test_dice": [round(d, 4) for d in fold_d], "mask_out": bool(mask_out)}
