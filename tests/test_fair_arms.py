@@ -229,6 +229,49 @@ def test_dih_reads_the_raw_loss_it_documents():
     assert t._cl_state.estimates()[i] != pytest.approx(-0.3)              # centred EMA
 
 
+def test_each_epoch_record_carries_the_realised_mean_loss_weight(tmp_path, monkeypatch):
+    """on_train_epoch_end writes cl_mean_loss_weight into the epoch's record of the history (and nnU-Net's
+    logger): 1.0 during SuperLoss's warm-up, the normaliser's realised mean afterwards."""
+    from nnunetv2.training.logging.nnunet_logger import MetaLogger
+
+    from clips_nnunet.trainers.curriculum import read_history
+    from clips_nnunet.trainers.curriculum_history import HistoryWriter
+
+    cohort = Cohort()
+    t = trainer(SuperLossArm, cohort)
+    t.output_folder, t.is_ddp, t.curriculum_plot_every = str(tmp_path), False, 1000
+    t.logger = MetaLogger(str(tmp_path), False)
+    t._cl_register_log_keys()
+    t._cl_writer = HistoryWriter(str(tmp_path), IDS, "SuperLossArm")
+    t._cl_writer.start(0)
+    monkeypatch.setattr("clips_nnunet.trainers.curriculum.plot_curriculum", lambda *a, **k: None)
+    rng = np.random.default_rng(0)
+    realised = []
+    for epoch in range(3):
+        t.current_epoch = epoch
+        t.clips_step_counts = {"zero_weight_batches": 0, "skipped_steps": 0, "non_finite_gradient_steps": 0}
+        _, p, _, _ = t._cl_plan_epoch(epoch)
+        t._cl_version = epoch
+        outputs = []
+        for _ in range(20):
+            keys, losses, fg = cohort.batch(p, epoch, 0.3, rng)
+            raw = t._cl_raw_weights(keys, losses, fg)
+            if raw is None:
+                t._cl_weighting.unweighted(2)
+            else:
+                t._cl_weighting.scale(float(raw.sum()), 2)
+            t._cl_key_buf.extend(keys)
+            t._cl_loss_buf.append(torch.as_tensor(losses, dtype=torch.float32))
+            t._cl_fg_buf.append(torch.as_tensor(fg))
+            outputs.append({"loss": float(losses.mean())})
+        realised.append(t._cl_weighting.realised_mean)
+        t.on_train_epoch_end(outputs)
+    records = read_history(tmp_path).records
+    assert [r["cl_mean_loss_weight"] for r in records] == pytest.approx(realised)
+    assert records[0]["cl_mean_loss_weight"] == 1.0 and realised[2] != 1.0
+    assert t.logger.get_value("cl_mean_loss_weight", None) == pytest.approx(realised)
+
+
 # ------------------------------------------------------------------------------- difficulty without the sampler
 
 class HardSPL(nnUNetTrainerCLSelfPaced):
