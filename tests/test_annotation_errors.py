@@ -113,3 +113,15 @@ def test_raw_generator_plants_errors_beside_the_dataset(tmp_path):
         a = sitk.GetArrayFromImage(sitk.ReadImage(str(clean_folder / f"images{split}" / f"{case}_0001.nii.gz")))
         b = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"images{split}" / f"{case}_0001.nii.gz")))
         assert np.array_equal(a, b)
+
+
+def test_choose_error_cases_with_the_twin_kinds():
+    from clips_nnunet.synthetic.twin_annotators import TWIN_ERROR_KINDS
+
+    planned = ae.choose_error_cases([f"c{i}" for i in range(10)], 0.5, TWIN_ERROR_KINDS, np.random.default_rng(0),
+                                    known=TWIN_ERROR_KINDS)
+    assert sorted(planned.values()) == sorted(TWIN_ERROR_KINDS)
+    with pytest.raises(ValueError, match="slice_shift"):
+        ae.choose_error_cases(["a", "b"], 0.5, ["slice_shift"], np.random.default_rng(0), known=TWIN_ERROR_KINDS)
+    with pytest.raises(ValueError, match="leak"):
+        ae.choose_error_cases(["a", "b"], 0.5, ["leak"], np.random.default_rng(0))  # box kinds by default

@@ -167,3 +167,32 @@ def test_ceiling_helpers_by_hand():
     out = masked_pet(bladder)
     assert out[8:10, 0:2, 0:2].max() == 0.0 and out[7, 0, 0] == 0.0  # 4 mm away: inside the 10 mm margin
     assert out[1, 1, 1] == 6.0  # the lesion, 24+ mm away, stays
+
+
+def test_raw_twin_dataset_keeps_truth_outside(tmp_path):
+    import json
+
+    import SimpleITK as sitk
+
+    from clips_nnunet.synthetic.raw import make_synthetic_raw_dataset, truth_dir
+
+    folder = make_synthetic_raw_dataset(tmp_path / "raw", 993, "TwinRaw", n_train=3, n_test=1, seed=2,
+                                        phantom="twin", label_error_fraction=0.67,
+                                        label_error_kinds=["boundary", "leak"])
+    errors = json.loads((truth_dir(tmp_path / "raw", 993, "TwinRaw") / "annotation_errors.json").read_text())
+    assert errors["phantom"] == "twin" and errors["label_error_kinds"] == ["boundary", "leak"]
+    planted = {k: v for k, v in errors["cases"].items() if "requested_kind" in v}
+    assert len(planted) == 2 and {v["requested_kind"] for v in planted.values()} == {"boundary", "leak"}
+    for case_id, rec in errors["cases"].items():
+        split = rec["split"]
+        pet = sitk.ReadImage(str(folder / f"images{split}" / f"{case_id}_0001.nii.gz"))
+        assert sitk.GetArrayFromImage(pet).shape == STUDY_GRID.shape and pet.GetSpacing() == (8.0, 8.0, 8.0)
+        clean = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_dir(tmp_path / "raw", 993, "TwinRaw")
+                                                          / "labels_clean" / f"{case_id}.nii.gz")))
+        given = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"labels{split}" / f"{case_id}.nii.gz")))
+        assert int((clean != given).sum()) == rec.get("changed_voxels", 0)
+    metadata = json.loads((folder / "case_metadata.json").read_text())
+    assert all(0.0 <= m["planted_difficulty"] <= 1.0 for m in metadata.values())
+    with pytest.raises(ValueError, match="convention"):
+        make_synthetic_raw_dataset(tmp_path / "raw", 994, "Bad", n_train=2, n_test=0, phantom="twin",
+                                   label_error_fraction=0.5, label_error_kinds=["slice_shift"])
