@@ -10,8 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from clips_nnunet.cli import main as cli_main
-from clips_nnunet.curriculum.difficulty import (difficulty_from_metadata, difficulty_ranks_from_table,
-                                                groups_from_metadata, rank_normalise, read_difficulty_csv)
+from clips_nnunet.curriculum.difficulty import (difficulty_from_metadata, groups_from_metadata, rank_normalise,
+                                                read_difficulty_csv, write_difficulty_csv)
 from clips_nnunet.evaluation.scoring import probability_loss, score_cross_validation, tmtv_error
 from clips_nnunet.errors import CurriculumConfigError, DatasetError
 
@@ -125,7 +125,8 @@ def test_score_cross_validation_known_dice(fake_results, monkeypatch):
     assert table["case_a"]["fold"] == 0 and table["case_c"]["fold"] == 1
     np.testing.assert_allclose([table[c]["difficulty"] for c in sorted(table)], [0.0, 1 / 3, 1.0, 1 / 3])
     assert table["case_d"]["tmtv_pred_ml"] == pytest.approx(64 * 8 / 1000)
-    ranks = difficulty_ranks_from_table(table, sorted(table))
+    # what training reads: the CSV clips-nnunet score writes, ranked by read_difficulty_csv (ties share their rank)
+    ranks = read_difficulty_csv(write_difficulty_csv(base / "difficulty.csv", table), sorted(table))
     assert ranks == {"case_a": 0.0, "case_b": 0.5, "case_c": 1.0, "case_d": 0.5}
     tmtv = score_cross_validation(results, gt, metric="tmtv", progress=False)
     # true TMTV 32 voxels * 8 ul = 0.256 ml < the 1 ml floor: absolute errors in ml (0.128, 0.256, 0.256)

@@ -412,13 +412,3 @@ def _fmt(value: object) -> str:
         return f"{float(value):.6g}"
     return str(value)
 
-
-def difficulty_ranks_from_table(table: Mapping[str, Mapping[str, object]], case_ids: Sequence[str]
-                                ) -> Dict[str, float]:
-    """Rank-normalised difficulty of ``case_ids`` from a score table (``clips_nnunet.evaluation.scoring``)."""
-    case_ids = _validate_case_ids(case_ids)
-    missing = [c for c in case_ids if c not in table]
-    if missing:
-        raise CurriculumConfigError(f"no score for training cases {missing[:20]}")
-    ranks = rank_normalise([float(table[c]["difficulty"]) for c in case_ids])
-    return {c: float(r) for c, r in zip(case_ids, ranks)}
