@@ -33,6 +33,7 @@ BAD_INPUTS: Dict[str, List[tuple]] = {
         ("bad-roi", ["convert", "{junk}", "-d", "501", "-n", "Lym", "--roi", "(lymph"]),
         ("bad-spacing", ["convert", "{junk}", "-d", "501", "-n", "Lym", "--target-spacing", "0", "2", "2"]),
         ("missing-overrides", ["convert", "{junk}", "-d", "501", "-n", "Lym", "--overrides", MISSING + ".csv"]),
+        ("binary-overrides", ["convert", "{junk}", "-d", "501", "-n", "Lym", "--overrides", "{binary}"]),
         ("bad-prefix", ["convert", "{junk}", "-d", "501", "-n", "Lym", "--prefix", "9x"]),
         ("private-inside-raw", ["convert", "{junk}", "-d", "501", "-n", "Lym", "--private-dir", "{raw}/p"]),
     ],
@@ -50,6 +51,11 @@ BAD_INPUTS: Dict[str, List[tuple]] = {
     ],
     "predict": [
         ("missing-input", ["predict", MISSING, "-o", "{tmp}/out", "-d", "999", "-c", "3d_fullres"]),
+        ("fold-not-a-number", ["predict", "{junk}", "-o", "{tmp}/out", "-d", "999", "-c", "3d_fullres", "-f", "x"]),
+        ("trainer-with-separator", ["predict", "{junk}", "-o", "{tmp}/out", "-d", "999", "-c", "3d_fullres",
+                                    "-tr", "a__b"]),
+        ("binary-overrides", ["predict", "{junk}", "-o", "{tmp}/out", "-d", "999", "-c", "3d_fullres",
+                              "--overrides", "{binary}"]),
     ],
     "evaluate": [("missing-folders", ["evaluate", MISSING, MISSING + "2"])],
     "compare": [("missing-folders", ["compare", MISSING, MISSING + "2"])],
@@ -101,7 +107,8 @@ def workspace(tmp_path):
     (tmp_path / "junk" / "notes.txt").write_text("not DICOM\n")
     (tmp_path / "junk" / "fake.dcm").write_bytes(b"DICM" + b"\0" * 60)
     (tmp_path / "file").write_text("a file, not a folder\n")
-    subst = {"{empty}": str(tmp_path / "empty"), "{junk}": str(tmp_path / "junk"), "{tmp}": str(tmp_path / "tmp"),
+    (tmp_path / "binary.csv").write_bytes(bytes(range(256)) * 4)  # e.g. a spreadsheet saved as .xlsx
+    subst = {"{binary}": str(tmp_path / "binary.csv"), "{empty}": str(tmp_path / "empty"), "{junk}": str(tmp_path / "junk"), "{tmp}": str(tmp_path / "tmp"),
              "{file}": str(tmp_path / "file"), "{raw}": env["nnUNet_raw"]}
     return tmp_path, env, subst
 

@@ -83,6 +83,14 @@ def load_overrides(csv_path: PathLike) -> Dict[str, SuvOverrides]:
     path = Path(csv_path)
     if not path.is_file():
         raise ClipsError(f"overrides file {path} does not exist; pass a CSV with columns {', '.join(_COLUMNS)}")
+    try:
+        return _read_overrides(path)
+    except (UnicodeDecodeError, csv.Error) as exc:  # a binary or otherwise non-CSV file
+        raise ClipsError(f"{path} is not a CSV text file ({type(exc).__name__}: {str(exc)[:120]}); pass a UTF-8 "
+                         f"CSV with columns {', '.join(_COLUMNS)}") from None
+
+
+def _read_overrides(path: Path) -> Dict[str, SuvOverrides]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         fields = [c.strip() for c in (reader.fieldnames or [])]

@@ -48,7 +48,7 @@ import SimpleITK as sitk
 from clips_nnunet.dataset_conversion.index import SeriesInfo
 from clips_nnunet.dataset_conversion.select import StudySelection
 from clips_nnunet.dataset_conversion.write import scrub as scrub_secrets
-from clips_nnunet.errors import ClipsError, DatasetError, PatientError
+from clips_nnunet.errors import ClipsError, DatasetError, PatientError, UsageError
 from clips_nnunet.trainers.checkpoints import load_trained_model
 from clips_nnunet.prediction.outputs import (MAPPING_FILE, OUTPUT_FILES, PSEUDONYM_PREFIX, PseudonymMap,
                                                      is_complete, report_case, safe_folder_name, write_nifti,
@@ -91,12 +91,30 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if not self.configuration:
-            raise ValueError("ModelSpec: `configuration` is required (e.g. 3d_fullres)")
-        if "__" in self.trainer:
-            raise ValueError(f"ModelSpec: trainer name {self.trainer!r} must not contain '__' (nnU-Net uses it as "
-                             "the separator of results folder names)")
-        if self.folds is not None:
-            self.folds = [f if str(f) == "all" else int(f) for f in self.folds]
+            raise UsageError("ModelSpec: `configuration` is required (e.g. 3d_fullres)")
+        for what, value in (("trainer", self.trainer), ("plans", self.plans), ("configuration", self.configuration),
+                            ("stage-1 trainer", self.prev_stage_trainer), ("stage-1 plans", self.prev_stage_plans)):
+            if value is not None and "__" in str(value):
+                raise UsageError(f"{what} name {value!r} must not contain '__' (nnU-Net uses it as the separator "
+                                 "of results folder names)")
+        self.folds = _folds(self.folds, "-f")
+        self.prev_stage_folds = _folds(self.prev_stage_folds, "--prev-stage-folds")
+
+
+def _folds(folds: Optional[Sequence[Union[int, str]]], option: str) -> Optional[List[Union[int, str]]]:
+    """Fold numbers (or ``all``) as nnU-Net names them; :class:`UsageError` for anything else."""
+    if folds is None:
+        return None
+    out: List[Union[int, str]] = []
+    for f in folds:
+        text = str(f).strip()
+        if text == "all":
+            out.append("all")
+        elif text.isdigit():
+            out.append(int(text))
+        else:
+            raise UsageError(f"{option}: fold {f!r} must be a fold number (0, 1, ...) or 'all'")
+    return out
 
 
 def model_folder(dataset: Union[int, str], trainer: str, plans: str, configuration: str) -> Path:
@@ -394,6 +412,7 @@ def predict_dicom(inputs: Sequence[PathLike], output_dir: PathLike, spec: ModelS
     if missing:  # before anything is created; by position, since folder names may name patients
         raise ClipsError(f"input #{', #'.join(missing)} does not exist or is not a folder: name DICOM folders of "
                          "patients or a cohort folder")
+    overrides_table = _load_overrides(overrides) or {}  # a bad file is an error before anything is created
     output_dir = Path(output_dir)
     private_dir = Path(private_dir) if private_dir else default_private_dir(output_dir)
     if private_dir.resolve() == output_dir.resolve() or output_dir.resolve() in private_dir.resolve().parents:
@@ -401,12 +420,12 @@ def predict_dicom(inputs: Sequence[PathLike], output_dir: PathLike, spec: ModelS
                          "patient identities must live outside the folder you share; choose another folder")
     with DirectoryLock(output_dir, what="prediction output folder"), \
             DirectoryLock(private_dir, what="private pseudonym folder"):
-        return _predict_locked(inputs, output_dir, private_dir, spec, device, keep_patient_names, overrides,
-                               overwrite, use_mirroring, progress, predictor)
+        return _predict_locked(inputs, output_dir, private_dir, spec, device, keep_patient_names,
+                               overrides_table, overwrite, use_mirroring, progress, predictor)
 
 
 def _predict_locked(inputs: Sequence[PathLike], output_dir: Path, private_dir: Path, spec: ModelSpec, device: str,
-                    keep_patient_names: bool, overrides: Optional[PathLike], overwrite: bool, use_mirroring: bool,
+                    keep_patient_names: bool, overrides_table: Dict[str, Any], overwrite: bool, use_mirroring: bool,
                     progress: bool, predictor: Optional[CasePredictor]) -> PredictionRun:
     from tqdm import tqdm
 
@@ -438,7 +457,6 @@ def _predict_locked(inputs: Sequence[PathLike], output_dir: Path, private_dir: P
 
     if todo and predictor is None:
         predictor = CasePredictor(spec, device=device, use_mirroring=use_mirroring)
-    overrides_table = _load_overrides(overrides) or {}
 
     def prepare(item: Tuple[int, str, str, str, StudySelection]) -> Tuple[float, Any]:
         """(start time, PreparedStudy or the exception that stopped its conversion)."""
