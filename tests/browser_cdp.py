@@ -1,7 +1,7 @@
 """A small headless-Chromium driver for the tests: the Chrome DevTools Protocol over ``--remote-debugging-pipe``
 (JSON messages separated by NUL bytes on file descriptors 3 and 4), no Python package and no network needed.
 
-Used by ``tests/test_audit_browser.py``; Chromium comes from the distribution (``scripts/install_browser.sh``).
+Used by ``tests/test_audit_browser.py``; Chromium comes from the distribution (``scripts/install_system_packages.sh``).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The audit page in a real headless Chromium (the distribution's package, `scripts/install_browser.sh`), driven
+"""The audit page in a real headless Chromium (the distribution's package, `scripts/install_system_packages.sh`), driven
 over the DevTools protocol (tests/browser_cdp.py): it loads from disk with no network, every picture is decoded and
 shown (naturalWidth > 0), clicking a picture enlarges it, and the decisions made with real mouse clicks and typing
 come back in the exported CSV, which the decisions reader turns into the badly-segmented list.
@@ -18,7 +18,7 @@ from clips_nnunet.cli import main
 from test_audit_report import cv_folder  # noqa: F401 - the module-scoped fixture: 12 cases, 3 corrupted references
 
 CHROMIUM = find_chromium()
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (bash scripts/install_browser.sh "
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (bash scripts/install_system_packages.sh "
                                                          "installs the distribution's chromium package)")
 
 
