@@ -5,8 +5,27 @@ import argparse
 import sys
 
 
+def _run_background(args: argparse.Namespace) -> int:
+    from clips_nnunet.synthetic.insertion import insert_lesions
+
+    if args.lesions is not None and args.lesions < 1:
+        print("clips-nnunet synth: error: --lesions must be at least 1", file=sys.stderr)
+        return 2
+    manifest = insert_lesions(args.background, args.cohort_dir, seed=args.seed, n_lesions=args.lesions)
+    study = manifest["studies"][0]
+    print(f"inserted {len(study['lesions'])} lesion(s) (TMTV {study['tmtv_ml']:.1f} ml) into {args.background} -> "
+          f"{args.cohort_dir} (ground truth: {args.cohort_dir}/ground_truth/manifest.json)")
+    for row in study["lesions"]:
+        print(f"  lesion {row['lesion_id']}: {row['site']}, {row['measured_ml']:.2f} ml, SUV {row['suv']:.1f} "
+              f"painted, SUVmax {row['measured_suvmax']:.1f} in the written PET")
+    return 0
+
+
 def run_synth(args: argparse.Namespace) -> int:
     from clips_nnunet.synthetic.dicom_cohort import FAULTS, make_synthetic_cohort
+
+    if args.background:
+        return _run_background(args)
 
     faults = [f.strip() for f in (args.faults or "").split(",") if f.strip()]
     bad = [f for f in faults if f not in FAULTS]
@@ -62,5 +81,9 @@ def register(subparsers) -> None:
                    help="comma-separated kinds to plant (default: all of the phantom's): box "
                         "missed_lesion,threshold,physiological,slice_shift; twin "
                         "convention,missed_lesion,physiological,boundary,leak")
+    s.add_argument("--background", default=None, metavar="DICOM_DIR",
+                   help="insert lesions into this real, lesion-free PET/CT study instead of generating phantoms "
+                        "(regions its RTSTRUCTs mark are excluded and left unchanged; docs/synthetic.md)")
+    s.add_argument("--lesions", type=int, default=None, help="with --background: number of lesions (default 3-8)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=run_synth)

@@ -97,12 +97,13 @@ def _clamp(frame: BodyFrame, x: float, y: float, s: float, margin: float) -> Tup
     return float(x), float(y), float(s)
 
 
-def _lesion(frame: BodyFrame, rng: np.random.Generator, lid: int, site: str, kind: str, centre_body, volume: float,
-            suv: float, spread) -> TwinLesion:
-    x, y, s = (c + float(rng.normal(0, sd)) for c, sd in zip(centre_body, spread))
+def make_lobules(centre: Tuple[float, float, float], volume: float, suv: float, rng: np.random.Generator,
+                 lobulated: bool = True) -> List[Tuple[Tuple[float, float, float], Tuple[float, float, float], float]]:
+    """Lobules (centre, radii, SUV) of a lesion of ``volume`` ml around ``centre`` (patient mm): one ball below 2 ml
+    or when not ``lobulated``, else 2-9 ellipsoids sharing the volume (Dirichlet(2)), offset around the centre."""
     r_eq = (3.0 * volume * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
-    x, y, s = _clamp(frame, x, y, s, margin=min(r_eq, 40.0) * 0.5)
-    centre = frame.point(x, y, s)
+    if not lobulated:
+        return [(tuple(float(c) for c in centre), (r_eq, r_eq, r_eq), float(suv))]
     n = 1 if volume < 2.0 else int(min(9, 2 + rng.poisson(np.log1p(volume / 5.0))))
     shares = rng.dirichlet(np.full(n, 2.0))
     lobules = []
@@ -112,6 +113,16 @@ def _lesion(frame: BodyFrame, rng: np.random.Generator, lid: int, site: str, kin
         off = rng.normal(0, 0.55 * r_eq, 3) if k else np.zeros(3)
         c = tuple(float(a + b) for a, b in zip(centre, off))
         lobules.append((c, radii, float(suv * (1.0 if k == 0 else rng.uniform(0.7, 1.0)))))
+    return lobules
+
+
+def _lesion(frame: BodyFrame, rng: np.random.Generator, lid: int, site: str, kind: str, centre_body, volume: float,
+            suv: float, spread) -> TwinLesion:
+    x, y, s = (c + float(rng.normal(0, sd)) for c, sd in zip(centre_body, spread))
+    r_eq = (3.0 * volume * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
+    x, y, s = _clamp(frame, x, y, s, margin=min(r_eq, 40.0) * 0.5)
+    centre = frame.point(x, y, s)
+    lobules = make_lobules(centre, volume, suv, rng)
     core = None
     if volume > BULKY_ML and rng.random() < 0.6:
         fr = float(rng.uniform(0.3, 0.5))
