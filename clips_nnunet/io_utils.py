@@ -106,6 +106,42 @@ def verify_nifti(path: PathLike, expected_shape_xyz: Optional[Tuple[int, ...]] =
     return shape
 
 
+def verify_written_nifti(path: PathLike, shape_xyz: Tuple[int, ...], voxels: Optional[Any] = None) -> None:
+    """Check a NIfTI file just written from an image of size ``shape_xyz`` whose voxel buffer (x fastest, as
+    NIfTI stores it) is ``voxels`` (e.g. ``sitk.GetArrayViewFromImage(image)``); raises ``ValueError``.
+
+    ``.nii.gz``: the header's size must be ``shape_xyz``, and the gzip trailer (CRC-32 and length of the
+    uncompressed data, written by the writer after the last byte) must equal the CRC-32 and length of the header
+    and ``voxels``: the writer wrote all of our data (a truncated file ends inside the compressed stream and has no
+    such trailer). This costs a CRC of the data (~0.05 s for 56 MB) instead of decompressing the file again (~0.2 s);
+    when the fast check does not match (another writer layout, no ``voxels``) the whole stream is decompressed
+    (:func:`verify_nifti`), so a complete file is never refused. ``.nii``: :func:`verify_nifti`.
+    """
+    path = Path(path)
+    if path.name.lower().endswith(".gz") and voxels is not None:
+        try:
+            with gzip.open(path, "rb") as f:
+                head = f.read(544)
+                shape, bitpix, vox_offset = nifti_header_shape(head)
+                if len(head) < vox_offset:
+                    head += f.read(vox_offset - len(head))
+        except (EOFError, OSError, zlib.error) as e:
+            raise ValueError(f"incomplete or damaged compressed stream ({e})") from e
+        if tuple(shape[:len(shape_xyz)]) != tuple(shape_xyz):
+            raise ValueError(f"header size {shape} differs from the image written {tuple(shape_xyz)}")
+        data = memoryview(np.ascontiguousarray(voxels)).cast("B")
+        expected = vox_offset + int(np.prod(shape, dtype=np.int64)) * bitpix // 8
+        if len(data) == expected - vox_offset:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                if f.tell() >= 18:
+                    f.seek(-8, os.SEEK_END)
+                    crc, isize = struct.unpack("<II", f.read(8))
+                    if isize == expected % (1 << 32) and crc == zlib.crc32(data, zlib.crc32(head[:vox_offset])):
+                        return
+    verify_nifti(path, tuple(shape_xyz))
+
+
 def _gzip_trailer_size(path: Path) -> Optional[int]:
     """ISIZE of a gzip file (its last 4 bytes: the uncompressed length modulo 2**32), None for a too-short file."""
     with open(path, "rb") as f:

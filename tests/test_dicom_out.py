@@ -225,7 +225,7 @@ def test_rtstruct_and_seg_conform_to_their_iods(tmp_path, pseudonym):
     from clips_nnunet.prediction.outputs import pseudonymise_sources
 
     datasets = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in sorted(STS_PET.glob("*.dcm"))]
-    pseudonymise_sources(datasets, pseudonym)  # what predict does (pseudonym None: --keep-patient-names)
+    pseudonymise_sources(datasets, pseudonym, "salt")  # what predict does (pseudonym: --deidentify-dicom)
     mask = np.zeros((len(datasets), int(datasets[0].Rows), int(datasets[0].Columns)), np.uint8)
     mask[100:110, 40:60, 50:70] = 1
     mask[104:106, 45:50, 55:60] = 0
@@ -246,3 +246,41 @@ def test_rtstruct_and_seg_conform_to_their_iods(tmp_path, pseudonym):
         errors = [line for line in lines if line.startswith("Error")]
         assert not errors, f"{path.name}: {errors}"
         assert not [line for line in lines if "not present in standard DICOM IOD" in line], lines
+
+
+# ------------------------------------------------------------------------------ validity (issue 24, DICOM outputs)
+
+def _sts_headers():
+    from clips_nnunet.prediction.outputs import pseudonymise_sources
+    headers = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in sorted(STS_PET.iterdir()) if f.is_file()]
+    pseudonymise_sources(headers, None)  # the Type 2 attributes highdicom copies
+    return sort_source_datasets(headers)
+
+
+@pytest.mark.parametrize("lesions", [True, False], ids=["lesions", "empty"])
+def test_seg_and_rtstruct_pass_dciodvfy_with_and_without_lesions(tmp_path, lesions):
+    """dciodvfy (Debian's dicom3tools) reports no error on either object; an empty RTSTRUCT used to carry a
+    ContourSequence with 0 items (2 errors, 9 of 9 empty predictions). The source is a real GE PET series."""
+    from clips_nnunet.dataset_conversion.dicom_out import LESION_COLOR_RGB
+    headers = _sts_headers()
+    shape = (len(headers), int(headers[0].Rows), int(headers[0].Columns))
+    mask = np.zeros(shape, np.uint8)
+    if lesions:
+        mask[100:106, 40:60, 50:70] = 1
+        mask[102, 48:52, 58:62] = 0  # a hole
+    seg_path, rt_path = write_dicom_seg(mask, headers, tmp_path / "seg.dcm"), write_rtstruct(mask, headers,
+                                                                                             tmp_path / "rt.dcm")
+    seg, rt = pydicom.dcmread(str(seg_path)), pydicom.dcmread(str(rt_path))
+    # display colour, tracking identifiers, series numbers unlike the source's and each other's, approval
+    segment = seg.SegmentSequence[0]
+    assert len(segment.RecommendedDisplayCIELabValue) == 3 and segment.TrackingID and segment.TrackingUID
+    assert list(rt.ROIContourSequence[0].ROIDisplayColor) == list(LESION_COLOR_RGB)
+    assert rt.ApprovalStatus == "UNAPPROVED" and "ReviewerName" not in rt
+    assert len({int(seg.SeriesNumber), int(rt.SeriesNumber), int(headers[0].SeriesNumber)}) == 3
+    assert ("ContourSequence" in rt.ROIContourSequence[0]) == lesions
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy not installed (Debian/Ubuntu: apt-get install -y dicom3tools)")
+    for path in (seg_path, rt_path):
+        proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+        errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
+        assert not errors, f"{path.name}: {errors}"

@@ -149,14 +149,19 @@ def test_predict_from_dicom_end_to_end(tmp_path):
             rt = rasterise_rtstruct(folder / "rtstruct.dcm", mask_img, label=case) > 0
             assert 2 * (rt & (mask > 0)).sum() / (rt.sum() + (mask > 0).sum()) > 0.95
 
-    # 4. no identifier anywhere under OUT (file names and bytes)
+    # 4. no identifier under OUT (file names and bytes) except in the DICOM SEG/RTSTRUCT, which belong to the
+    #    source patient and study by default (as DICOM requires; --deidentify-dicom is tested in
+    #    test_predict_outputs.py)
     identifiers = _identifiers(manifest, ("p004", "p005")) + ["BROKEN-PID-777"]
     for f in out.rglob("*"):
         for ident in identifiers:
             assert ident not in f.name
-            if f.is_file():
+            if f.is_file() and f.name not in ("seg.dcm", "rtstruct.dcm"):
                 data = f.read_bytes()
                 assert ident.encode() not in data, f"{ident} found in {f.relative_to(out)}"
+    for case in cases:
+        seg = pydicom.dcmread(str(out / case / "seg.dcm"), stop_before_pixels=True)
+        assert seg.PatientID == mapping[case]["patient_id"]
 
     # 5. a re-run resumes: complete patients are skipped (no model is even loaded)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("report.json")}

@@ -90,7 +90,8 @@ def test_outputs_read_back_and_identifier_free(tmp_path):
     out = tmp_path / "PRED_0001"
     model = {"stages": [{"stage": 1, "model": "nnUNetTrainer__nnUNetPlans__3d_fullres", "folds": [0]}],
              "checkpoint": "checkpoint_final.pth", "device": "cpu"}
-    report = write_patient_outputs(out, "PRED_0001", mask_img, pet_img, datasets, model, ["a warning"])
+    report = write_patient_outputs(out, "PRED_0001", mask_img, pet_img, datasets, model, ["a warning"],
+                                   deidentify_salt="test-salt")
     assert is_complete(out) and sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
 
     # NIfTI mask: same voxels, PET geometry
@@ -100,7 +101,7 @@ def test_outputs_read_back_and_identifier_free(tmp_path):
 
     # DICOM SEG read back with highdicom, frames mapped through their source instances: exact
     seg = hd.seg.segread(str(out / "seg.dcm"))
-    assert seg.get_source_image_uids()[0][1] == ordered[0].SeriesInstanceUID
+    assert seg.get_source_image_uids()[0][1] == ordered[0].SeriesInstanceUID  # the replaced UIDs (in place)
     uids = [d.SOPInstanceUID for d in ordered]
     pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1],
                                                assert_missing_frames_are_empty=True)
@@ -122,15 +123,26 @@ def test_outputs_read_back_and_identifier_free(tmp_path):
     assert saved["suv_max"] == pytest.approx(expected.suv_max) and saved["tlg"] == pytest.approx(expected.tlg)
     assert saved["dmax_mm"] == pytest.approx(expected.dmax_mm) and saved["dmax_mm"] > 0
 
-    # no identifier in any output; the DICOM objects carry the pseudonym
+    # a de-identified export: no identifier in any output, the pseudonym as the patient, and every UID replaced
+    # consistently (the SEG and RTSTRUCT share the replaced study and PET references, none of the source UIDs)
+    source = _pet_headers()
+    source_uids = {str(getattr(d, k)) for d in source for k in ("StudyInstanceUID", "SeriesInstanceUID",
+                                                                "SOPInstanceUID", "FrameOfReferenceUID")}
     for f in out.iterdir():
         data = f.read_bytes()
-        for ident in IDENTIFIERS:
+        for ident in IDENTIFIERS + tuple(source_uids):
             assert ident.encode() not in data, f"{ident} found in {f.name}"
+    from clips_nnunet.prediction.outputs import deidentified_uid
+    study = deidentified_uid(source[0].StudyInstanceUID, "test-salt")
     for name in ("seg.dcm", "rtstruct.dcm"):
         ds = pydicom.dcmread(str(out / name))
         assert ds.PatientID == "PRED_0001" and str(ds.PatientName).rstrip("^") == "PRED_0001"
-        assert ds.StudyInstanceUID == ordered[0].StudyInstanceUID
+        assert ds.StudyInstanceUID == study and ds.FrameOfReferenceUID == deidentified_uid(
+            source[0].FrameOfReferenceUID, "test-salt")
+    rt = pydicom.dcmread(str(out / "rtstruct.dcm"))
+    refs = {i.ReferencedSOPInstanceUID for i in rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+            .RTReferencedSeriesSequence[0].ContourImageSequence}
+    assert refs == {deidentified_uid(d.SOPInstanceUID, "test-salt") for d in source}
 
 
 def test_outputs_refuse_mask_off_the_pet_grid(tmp_path):
@@ -181,11 +193,18 @@ def test_keep_identity_for_pacs_import(tmp_path):
     mask[5:8, 50:60, 50:60] = 1
     mask_img = sitk.GetImageFromArray(mask)
     mask_img.CopyInformation(pet_img)
-    report = write_patient_outputs(tmp_path / "DRO", "PRED_0001", mask_img, pet_img, datasets, {},
-                                   keep_identity=True)
+    report = write_patient_outputs(tmp_path / "DRO", "PRED_0001", mask_img, pet_img, datasets, {})
     assert report["n_lesions"] == 1 and report["dmax_mm"] == 0.0
-    seg = pydicom.dcmread(str(tmp_path / "DRO" / "seg.dcm"), stop_before_pixels=True)
-    assert seg.PatientID == "DRO" and "PETDRO" in str(seg.PatientName)
+    source = _pet_headers()[0]
+    for name in ("seg.dcm", "rtstruct.dcm"):  # by default: the source patient and study, as DICOM requires
+        ds = pydicom.dcmread(str(tmp_path / "DRO" / name), stop_before_pixels=True)
+        assert ds.PatientID == "DRO" and "PETDRO" in str(ds.PatientName)
+        assert ds.StudyInstanceUID == source.StudyInstanceUID
+        assert ds.FrameOfReferenceUID == source.FrameOfReferenceUID
+    # the research outputs never carry the identity
+    for name in ("mask.nii.gz", "report.json", "report.md", "mip_coronal.png"):
+        data = (tmp_path / "DRO" / name).read_bytes()
+        assert b"PETDRO" not in data and b"DRO_0_0" not in data
 
 
 # --------------------------------------------------------------------------------------------- folder names, lock

@@ -48,7 +48,7 @@ def test_prepared_study_carries_the_pet_headers_in_slice_order(tmp_path):
     for name, carried in (("carried", list(headers)), ("parsed", [])):
         prepared.pet_headers = carried  # empty: _write_outputs parses the files itself
         result = _write_outputs(tmp_path / name, "PRED_0001", "PRED_0001", selection, mask, prepared, model,
-                                False, [tmp_path / "cohort"], 0.0)
+                                None, [tmp_path / "cohort"], 0.0)
         assert isinstance(result, PatientResult) and result.status == "done", result.message
         results[name] = result
     assert results["carried"].n_lesions == results["parsed"].n_lesions >= 1
@@ -58,7 +58,7 @@ def test_prepared_study_carries_the_pet_headers_in_slice_order(tmp_path):
     assert reports[0] == reports[1]
     segs = [pydicom.dcmread(str(tmp_path / name / "seg.dcm")) for name in ("carried", "parsed")]
     assert np.array_equal(segs[0].pixel_array, segs[1].pixel_array)
-    assert segs[0].PatientID == segs[1].PatientID == "PRED_0001"
+    assert segs[0].PatientID == segs[1].PatientID == parsed[0].PatientID  # the source patient, by default
     refs = [sorted(i.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence
                    for i in s.ReferencedInstanceSequence) for seg in segs]
     assert refs[0] == refs[1] == sorted(h.SOPInstanceUID for h in headers)

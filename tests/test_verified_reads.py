@@ -183,3 +183,28 @@ def test_score_truncated_prediction_is_not_scored(tmp_path):
     with pytest.warns(UserWarning, match="not scored: c2"):
         table = score_cross_validation(results, tmp_path / "gt", progress=False)
     assert set(table) == {"c1"} and table["c1"]["dice"] == 1.0
+
+
+def test_written_nifti_checked_by_the_gzip_trailer_of_its_own_data(tmp_path, monkeypatch):
+    """Writes are verified without decompressing the file again: the gzip trailer's CRC-32 and length must be
+    those of the header and the image's voxels; anything else gets the full decompression check."""
+    import clips_nnunet.io_utils as io_utils
+    from clips_nnunet.dataset_conversion.write import write_image
+
+    image = sitk.GetImageFromArray(_volume())
+    f = tmp_path / "x.nii.gz"
+    write_image(image, f)
+    full = []
+    monkeypatch.setattr(io_utils, "verify_nifti", lambda *a, **k: full.append(a) or check_nifti_complete(a[0]))
+    io_utils.verify_written_nifti(f, image.GetSize(), sitk.GetArrayViewFromImage(image))
+    assert not full, "the fast check did not recognise the writer's own data"
+    other = sitk.GetArrayViewFromImage(sitk.GetImageFromArray(_volume(9)))
+    io_utils.verify_written_nifti(f, image.GetSize(), other)  # not our data: the full check decides (complete)
+    assert len(full) == 1
+    monkeypatch.undo()
+    _truncate(f, 0.9)
+    with pytest.raises(ValueError):
+        io_utils.verify_written_nifti(f, image.GetSize(), sitk.GetArrayViewFromImage(image))
+    with pytest.raises(ValueError, match="differs"):
+        write_image(image, tmp_path / "y.nii.gz")
+        io_utils.verify_written_nifti(tmp_path / "y.nii.gz", (1, 2, 3), sitk.GetArrayViewFromImage(image))

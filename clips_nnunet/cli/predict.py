@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
     result = predict_dicom(args.inputs, args.o, spec, device=args.device, private_dir=args.private_dir,
                            keep_patient_names=args.keep_patient_names, overrides=args.overrides,
                            overwrite=args.overwrite, use_mirroring=not args.disable_tta,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, deidentify_dicom=args.deidentify_dicom)
     print(result.summary_table())
     print(f"outputs: {result.output_dir}   private pseudonym mapping: {result.mapping_file}")
     if result.n_failed:
@@ -57,9 +57,14 @@ def register(subparsers) -> None:
                         "for -f/--chk of the stage it was trained on) instead of softmax averaging")
     p.add_argument("--private-dir", default=None,
                    help="folder for the private pseudonym -> patient mapping (must be outside OUT)")
+    p.add_argument("--deidentify-dicom", action="store_true",
+                   help="write seg.dcm and rtstruct.dcm as a de-identified export: PatientName/PatientID become "
+                        "the pseudonym, dates and other identifying attributes are emptied and every UID (study, "
+                        "series, referenced PET instances, frame of reference) is replaced consistently (salt in "
+                        "--private-dir). Default: they belong to the source patient and study, as DICOM requires, "
+                        "for import into the hospital PACS (mask, report and MIP never identify the patient)")
     p.add_argument("--keep-patient-names", action="store_true",
-                   help="name output folders by PatientID and keep the patient's identity in SEG/RTSTRUCT "
-                        "(for import into the hospital PACS; outputs then identify the patient). Characters other "
+                   help="name output folders by PatientID instead of the pseudonym. Characters other "
                         "than A-Z a-z 0-9 _ . - become _; studies whose names would collide (Müller/Mäller, "
                         "several studies of one patient) get _PRED_NNNN appended; names are kept across re-runs")
     p.add_argument("--overrides", default=None, metavar="CSV",

@@ -88,20 +88,41 @@ def _copy_patient_study(src: Dataset, dst: Dataset) -> None:
             setattr(dst, keyword, getattr(src, keyword))
 
 
+#: Display colour of the lesion segment / ROI (red): RTSTRUCT ROIDisplayColor (RGB) and, converted to CIELab, the
+#: SEG's RecommendedDisplayCIELabValue, so viewers show both objects alike.
+LESION_COLOR_RGB = (255, 0, 0)
+
+
+def new_series_number(source_datasets: Sequence[Dataset], offset: int = 0) -> int:
+    """A SeriesNumber for a new derived series: 9000 + twice the tens of seconds of the day (so re-runs rarely
+    repeat a number) + ``offset`` (0 for the SEG, 1 for the RTSTRUCT of one prediction), moved past the source
+    series' own number. Series numbers are not identifiers in DICOM (the UIDs are), but viewers list series by
+    number, and two results with one number are easy to confuse."""
+    now = _dt.datetime.now()
+    number = 9000 + ((now.hour * 3600 + now.minute * 60 + now.second) // 10) * 2 + int(offset)
+    used = {int(d.SeriesNumber) for d in source_datasets if str(d.get("SeriesNumber", "")).strip().isdigit()}
+    while number in used:
+        number += 2
+    return number
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # DICOM SEG
 # ----------------------------------------------------------------------------------------------------------------------
 def write_dicom_seg(mask: np.ndarray, source_datasets: Sequence[Dataset], output_path: PathLike,
                     segment_label: str = "lesion", algorithm_name: str = DEFAULT_ALGORITHM,
                     manufacturer: str = DEFAULT_MANUFACTURER, series_description: str = "Lesion segmentation",
-                    series_number: int = 900, algorithm_type: str = "AUTOMATIC",
-                    series_instance_uid: Optional[str] = None) -> Path:
+                    series_number: Optional[int] = None, algorithm_type: str = "AUTOMATIC",
+                    series_instance_uid: Optional[str] = None,
+                    color: Tuple[int, int, int] = LESION_COLOR_RGB) -> Path:
     """Write ``mask`` (slices, rows, columns; non-zero = lesion) as a BINARY DICOM SEG with one segment.
 
     The SEG references every instance of the source series (highdicom builds the Referenced Series and the
     per-frame Source Image references), has the source's frame of reference and patient/study attributes, and
     omits empty frames. ``algorithm_type`` is ``"AUTOMATIC"`` (predictions) or ``"MANUAL"`` (expert ground
-    truth); for ``"MANUAL"`` no algorithm identification is written, as the standard requires. Returns the path.
+    truth); for ``"MANUAL"`` no algorithm identification is written, as the standard requires. The segment has a
+    display colour (``color``, RGB, stored as CIELab), a TrackingID and a TrackingUID (new for every written
+    object); ``series_number`` defaults to :func:`new_series_number`. Returns the path.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -119,7 +140,11 @@ def write_dicom_seg(mask: np.ndarray, source_datasets: Sequence[Dataset], output
         segment_number=1, segment_label=segment_label,
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Neoplasm if hasattr(codes.SCT, "Neoplasm") else codes.SCT.Lesion,
-        algorithm_type=algorithm_type, algorithm_identification=algorithm)
+        algorithm_type=algorithm_type, algorithm_identification=algorithm,
+        tracking_id=f"{segment_label} (all lesions)"[:64], tracking_uid=hd.UID(),
+        display_color=hd.color.CIELabColor.from_rgb(*(int(v) for v in color)))
+    if series_number is None:
+        series_number = new_series_number(sorted_ds, 0)
     seg = hd.seg.Segmentation(
         source_images=sorted_ds, pixel_array=binary.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
@@ -232,15 +257,18 @@ def _mark_explicit_little(ds: Dataset) -> None:
 
 def write_rtstruct(mask: np.ndarray, source_datasets: Sequence[Dataset], output_path: PathLike,
                    roi_name: str = "lesion", manufacturer: str = DEFAULT_MANUFACTURER,
-                   series_description: str = "Lesion contours", series_number: int = 901,
-                   roi_generation_algorithm: str = "AUTOMATIC", color: Tuple[int, int, int] = (255, 0, 0),
+                   series_description: str = "Lesion contours", series_number: Optional[int] = None,
+                   roi_generation_algorithm: str = "AUTOMATIC", color: Tuple[int, int, int] = LESION_COLOR_RGB,
                    series_instance_uid: Optional[str] = None) -> Path:
     """Write ``mask`` (slices, rows, columns) as an RTSTRUCT with one ROI named ``roi_name``.
 
     Every non-empty slice gets its outer and hole contours (CLOSED_PLANAR, points in patient mm computed from that
     slice's ImagePositionPatient, ImageOrientationPatient and PixelSpacing), each with a ContourImageSequence item
     referencing the slice's SOP instance. The Referenced Frame of Reference Sequence lists every source instance.
-    ``roi_generation_algorithm`` is ``AUTOMATIC``, ``SEMIAUTOMATIC`` or ``MANUAL``. Returns the path.
+    ``roi_generation_algorithm`` is ``AUTOMATIC``, ``SEMIAUTOMATIC`` or ``MANUAL``. An empty mask gives an ROI
+    without a ContourSequence (when present it needs at least one item). An automatic or semi-automatic result
+    carries ApprovalStatus UNAPPROVED (Approval module: nobody has reviewed it); ``series_number`` defaults to
+    :func:`new_series_number`. Returns the path.
     """
     sorted_ds = sort_source_datasets(source_datasets)
     binary = _check_mask(mask, sorted_ds)
@@ -259,7 +287,7 @@ def write_rtstruct(mask: np.ndarray, source_datasets: Sequence[Dataset], output_
     ds.Modality = "RTSTRUCT"
     _copy_patient_study(ref, ds)
     ds.SeriesInstanceUID = series_instance_uid or generate_uid()
-    ds.SeriesNumber = int(series_number)
+    ds.SeriesNumber = int(series_number if series_number is not None else new_series_number(sorted_ds, 1))
     ds.SeriesDescription = series_description
     ds.InstanceNumber = 1
     ds.FrameOfReferenceUID = ref.FrameOfReferenceUID
@@ -312,9 +340,10 @@ def write_rtstruct(mask: np.ndarray, source_datasets: Sequence[Dataset], output_
     roi_contour = Dataset()
     roi_contour.ReferencedROINumber = 1
     roi_contour.ROIDisplayColor = [int(v) for v in color]
-    contour_sequence = b"".join(items)
-    roi_contour[_TAG_CONTOUR_SEQUENCE] = RawDataElement(_TAG_CONTOUR_SEQUENCE, "SQ", len(contour_sequence),
-                                                        contour_sequence, 0, False, True)
+    if items:  # Type 3, but 1-n items when present: an empty prediction has no ContourSequence at all
+        contour_sequence = b"".join(items)
+        roi_contour[_TAG_CONTOUR_SEQUENCE] = RawDataElement(_TAG_CONTOUR_SEQUENCE, "SQ", len(contour_sequence),
+                                                            contour_sequence, 0, False, True)
     _mark_explicit_little(roi_contour)
     ds.ROIContourSequence = DicomSequence([roi_contour])
 
@@ -324,6 +353,8 @@ def write_rtstruct(mask: np.ndarray, source_datasets: Sequence[Dataset], output_
     observation.RTROIInterpretedType = "GTV"
     observation.ROIInterpreter = ""
     ds.RTROIObservationsSequence = DicomSequence([observation])
+    if roi_generation_algorithm != "MANUAL":
+        ds.ApprovalStatus = "UNAPPROVED"  # Approval module (PS3.3 C.8.8.16): an AI result nobody has reviewed
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID

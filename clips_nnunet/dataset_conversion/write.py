@@ -30,7 +30,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from clips_nnunet.errors import DatasetError
-from clips_nnunet.io_utils import PathLike, atomic_path, atomic_write_json, read_json, verify_nifti, write_error
+from clips_nnunet.io_utils import (PathLike, atomic_path, atomic_write_json, read_json, verify_nifti,
+                                   verify_written_nifti, write_error)
 
 FILE_ENDING = ".nii.gz"
 CHANNEL_NAMES = {"0": "CT", "1": "CT"}
@@ -106,10 +107,10 @@ def write_image(image: sitk.Image, path: Path, compress: bool = True) -> None:
     is_nifti = path.name.lower().endswith((".nii", ".nii.gz"))
 
     def same_size(tmp: Path) -> None:
-        if is_nifti:
-            verify_nifti(tmp, tuple(image.GetSize()))
+        if is_nifti:  # header size, and the gzip trailer's CRC and length of exactly this image's data
+            verify_written_nifti(tmp, tuple(image.GetSize()), sitk.GetArrayViewFromImage(image))
 
-    # the NIfTI check (whole gzip stream: CRC and length, header size) runs once, not again by name
+    # the NIfTI check (header size; gzip trailer CRC and length against the image) runs once, not again by name
     with atomic_path(path, suffix=suffix, verify=same_size if is_nifti else None, by_name=not is_nifti) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=compress)

@@ -6,6 +6,16 @@
   folder names, kept in the private mapping file (never under the output folder).
 * :func:`pseudonymise_sources`: what of the source PET headers goes into the SEG and RTSTRUCT.
 
+Identity of the DICOM outputs. By default the SEG and RTSTRUCT belong to the source study and patient, as DICOM
+requires of a derived object: the source's PatientName, PatientID, StudyInstanceUID and references, so a PACS files
+them with the PET they were drawn on. ``mask.nii.gz``, the report and the MIP never carry an identifier. A
+de-identified DICOM export (``predict --deidentify-dicom``) is an explicit choice: PatientName and PatientID become
+the pseudonym, the other identifying attributes (:data:`DEIDENTIFY_BLANK`) are emptied, and every UID the objects
+carry or reference (study, series, SOP instances, frame of reference) is replaced consistently by
+:func:`deidentified_uid` (``2.25.<128-bit hash of a private salt and the UID>``; the salt lives in the private
+folder), so the SEG and RTSTRUCT of one study still belong together and to the same replaced PET UIDs, and a PET
+de-identified with the same salt matches them.
+
 Folder names with ``--keep-patient-names`` (:meth:`PseudonymMap.folder_for`): the PatientID made safe as one
 folder name (:func:`safe_folder_name`: characters other than ``A-Z a-z 0-9 _ . -`` become ``_``). Two studies that
 would get the same name (``Müller`` and ``Mäller`` both give ``M_ller``; names that differ only in case, which
@@ -151,13 +161,45 @@ TYPE2_REQUIRED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", 
                   "ReferringPhysicianName", "StudyID", "StudyDate", "StudyTime")
 
 
-def pseudonymise_sources(datasets: Sequence[Any], pseudonym: Optional[str]) -> None:
+#: UIDs of the source headers that the SEG and RTSTRUCT copy or reference; replaced in a de-identified export.
+DEIDENTIFY_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
+#: Private file (in the prediction's private folder) holding the salt of :func:`deidentified_uid`.
+UID_SALT_FILE = "dicom_uid_salt.json"
+
+
+def deidentified_uid(uid: str, salt: str) -> str:
+    """The replacement of ``uid`` in a de-identified export: ``2.25.`` and the decimal value of 128 bits of
+    ``sha256(salt, uid)`` (PS3.5 B.2 UUID-derived form; at most 44 characters). One salt maps one UID to one
+    replacement, so every object of an export references the same replaced study, series and instances."""
+    import hashlib
+    digest = hashlib.sha256(f"{salt}\x00{uid}".encode("utf-8")).hexdigest()
+    return f"2.25.{int(digest[:32], 16)}"
+
+
+def uid_salt(private_dir: PathLike) -> str:
+    """The private folder's de-identification salt (created once, then reused: re-runs give the same UIDs)."""
+    import secrets
+    path = Path(private_dir) / UID_SALT_FILE
+    if path.is_file():
+        salt = read_json(path).get("uid_salt")
+        if salt:
+            return str(salt)
+    salt = secrets.token_hex(16)
+    atomic_write_json(path, {"uid_salt": salt})
+    return salt
+
+
+def pseudonymise_sources(datasets: Sequence[Any], pseudonym: Optional[str], salt: Optional[str] = None) -> None:
     """Prepare source PET headers (in place) before they are copied into SEG and RTSTRUCT.
 
-    With a ``pseudonym``: PatientName and PatientID become ``pseudonym`` and :data:`DEIDENTIFY_BLANK` attributes
-    become empty. Always: absent :data:`TYPE2_REQUIRED` attributes are added empty (some scanners and phantoms omit
-    e.g. AccessionNumber, which highdicom requires to be present).
+    With a ``pseudonym`` (a de-identified export; ``salt`` required): PatientName and PatientID become
+    ``pseudonym``, :data:`DEIDENTIFY_BLANK` attributes become empty and :data:`DEIDENTIFY_UIDS` are replaced by
+    :func:`deidentified_uid`. Without: the source identity stays (the outputs belong to the source study). Always:
+    absent :data:`TYPE2_REQUIRED` attributes are added empty (some scanners and phantoms omit e.g.
+    AccessionNumber, which highdicom requires to be present).
     """
+    if pseudonym is not None and not salt:
+        raise ValueError("a de-identified export needs the private salt (uid_salt) to replace the UIDs")
     for ds in datasets:
         if pseudonym is not None:
             ds.PatientName = f"{pseudonym}^"  # family-name component only (DICOM PN)
@@ -165,6 +207,9 @@ def pseudonymise_sources(datasets: Sequence[Any], pseudonym: Optional[str]) -> N
             for keyword in DEIDENTIFY_BLANK:
                 if keyword in ds:
                     setattr(ds, keyword, "")
+            for keyword in DEIDENTIFY_UIDS:
+                if keyword in ds:
+                    setattr(ds, keyword, deidentified_uid(str(getattr(ds, keyword)), salt))
         for keyword in TYPE2_REQUIRED:
             if keyword not in ds:
                 setattr(ds, keyword, "")
@@ -191,13 +236,14 @@ def check_pet_geometry(pet_suv: sitk.Image, pet_datasets: Sequence[Any], case: s
 # --------------------------------------------------------------------------------------------------------------------
 def write_patient_outputs(out_dir: Path, pseudonym: str, mask: sitk.Image, pet_suv: sitk.Image,
                           pet_datasets: Sequence[Any], model: Dict[str, Any], warnings: Sequence[str] = (),
-                          keep_identity: bool = False) -> Dict[str, Any]:
+                          deidentify_salt: Optional[str] = None) -> Dict[str, Any]:
     """Write every output of one patient into ``out_dir``; ``report.json`` last. Returns the report dict.
 
     ``mask`` is the predicted label map on the grid of ``pet_suv``; ``pet_datasets`` are the source PET series'
     pydicom datasets (headers suffice; they are changed in place by :func:`pseudonymise_sources`). The DICOM SEG and
     the RTSTRUCT (one ROI ``lesion`` holding the contours of every lesion on every PET slice) reference the source
-    PET instances. Unless ``keep_identity``, their patient attributes are pseudonymised. An existing
+    PET instances and, by default, belong to the source patient and study; with ``deidentify_salt`` (from
+    :func:`uid_salt`) they are a de-identified export (see the module docstring). An existing
     ``report.json`` is removed first, so a folder is never complete with outputs of two predictions.
     """
     from clips_nnunet.dataset_conversion.dicom_out import write_dicom_seg, write_rtstruct
@@ -209,7 +255,7 @@ def write_patient_outputs(out_dir: Path, pseudonym: str, mask: sitk.Image, pet_s
         raise PatientError(pseudonym, f"predicted mask size {mask.GetSize()} differs from the PET size "
                                       f"{pet_suv.GetSize()}; the model output is not on the PET grid")
     check_pet_geometry(pet_suv, pet_datasets, pseudonym)
-    pseudonymise_sources(pet_datasets, None if keep_identity else pseudonym)
+    pseudonymise_sources(pet_datasets, pseudonym if deidentify_salt else None, deidentify_salt)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").unlink(missing_ok=True)  # --overwrite: incomplete until the new report is written
     mask_arr = (sitk.GetArrayViewFromImage(mask) > 0).astype(np.uint8)

@@ -28,8 +28,10 @@ once naming the running one (:class:`clips_nnunet.io_utils.DirectoryLock`).
 
 Privacy: output folders are pseudonyms ``PRED_0001``... (stable across re-runs); the mapping pseudonym -> patient
 and study lives only in ``prediction_pseudonyms.json`` in the private folder (default: ``OUT_private`` beside
-``OUT``). No identifier goes into a file name, report, NIfTI header or log line. ``--keep-patient-names`` names
-folders by PatientID instead, unique and stable (see :mod:`clips_nnunet.prediction.outputs`).
+``OUT``). No identifier goes into a file name, report, NIfTI header, MIP or log line. ``--keep-patient-names`` names
+folders by PatientID instead, unique and stable. The DICOM SEG and RTSTRUCT belong to the source patient and study
+(as DICOM requires); ``--deidentify-dicom`` makes them a de-identified export instead (see
+:mod:`clips_nnunet.prediction.outputs`).
 """
 from __future__ import annotations
 
@@ -51,8 +53,8 @@ from clips_nnunet.dataset_conversion.write import scrub as scrub_secrets
 from clips_nnunet.errors import ClipsError, DatasetError, PatientError, UsageError
 from clips_nnunet.trainers.checkpoints import load_trained_model
 from clips_nnunet.prediction.outputs import (MAPPING_FILE, OUTPUT_FILES, PSEUDONYM_PREFIX, PseudonymMap,
-                                                     is_complete, report_case, safe_folder_name, write_nifti,
-                                                     write_patient_outputs)
+                                                     is_complete, report_case, safe_folder_name, uid_salt,
+                                                     write_nifti, write_patient_outputs)
 from clips_nnunet.nnunet_env import resolve_device
 from clips_nnunet.io_utils import DirectoryLock, PathLike, atomic_write_json, read_json
 
@@ -360,8 +362,8 @@ def _output_names(selections: Sequence[StudySelection], mapping: PseudonymMap, o
 
 
 def _write_outputs(folder: Path, pseudonym: str, label: str, selection: StudySelection, mask: sitk.Image,
-                   prepared: Any, model: Dict[str, Any], keep_identity: bool, inputs: Sequence[PathLike],
-                   started: float) -> PatientResult:
+                   prepared: Any, model: Dict[str, Any], deidentify_salt: Optional[str],
+                   inputs: Sequence[PathLike], started: float) -> PatientResult:
     """Write one study's outputs (runs in the output thread); never raises.
 
     The SEG and RTSTRUCT reference the PET headers the conversion parsed (``prepared.pet_headers``); they are
@@ -369,7 +371,7 @@ def _write_outputs(folder: Path, pseudonym: str, label: str, selection: StudySel
     try:
         pet_datasets = list(prepared.pet_headers) or _read_pet_headers(selection)
         report = write_patient_outputs(folder, pseudonym, mask, prepared.pet_suv, pet_datasets, model,
-                                       list(prepared.warnings), keep_identity=keep_identity)
+                                       list(prepared.warnings), deidentify_salt=deidentify_salt)
         return PatientResult(label, "done", time.perf_counter() - started, tmtv_ml=_get(report, "tmtv_ml"),
                              n_lesions=_get(report, "n_lesions"), warnings=list(prepared.warnings))
     except Exception as e:  # one patient never stops the cohort
@@ -397,11 +399,14 @@ def _failure(label: str, error: Exception, inputs: Sequence[PathLike], selection
 def predict_dicom(inputs: Sequence[PathLike], output_dir: PathLike, spec: ModelSpec, device: str = "auto",
                   private_dir: Optional[PathLike] = None, keep_patient_names: bool = False,
                   overrides: Optional[PathLike] = None, overwrite: bool = False, use_mirroring: bool = True,
-                  progress: bool = True, predictor: Optional[CasePredictor] = None) -> PredictionRun:
+                  progress: bool = True, predictor: Optional[CasePredictor] = None,
+                  deidentify_dicom: bool = False) -> PredictionRun:
     """Predict every PET/CT study found in ``inputs`` (DICOM folders of patients or cohort folders).
 
     Writes ``output_dir/{pseudonym}/`` per study (see module docstring), ``output_dir/prediction_summary.json``
-    and the private pseudonym mapping in ``private_dir`` (default :func:`default_private_dir`). Complete studies are
+    and the private pseudonym mapping in ``private_dir`` (default :func:`default_private_dir`). The SEG and RTSTRUCT
+    belong to the source patient and study unless ``deidentify_dicom`` (an explicit de-identified export: pseudonym,
+    replaced UIDs; :mod:`clips_nnunet.prediction.outputs`). Complete studies are
     skipped unless ``overwrite``. A failing study is recorded and the others go on; check ``run.n_failed``.
     Raises :class:`clips_nnunet.errors.LockedError` at once when another run uses ``output_dir`` or
     ``private_dir``.
@@ -420,13 +425,14 @@ def predict_dicom(inputs: Sequence[PathLike], output_dir: PathLike, spec: ModelS
                          "patient identities must live outside the folder you share; choose another folder")
     with DirectoryLock(output_dir, what="prediction output folder"), \
             DirectoryLock(private_dir, what="private pseudonym folder"):
+        salt = uid_salt(private_dir) if deidentify_dicom else None
         return _predict_locked(inputs, output_dir, private_dir, spec, device, keep_patient_names,
-                               overrides_table, overwrite, use_mirroring, progress, predictor)
+                               overrides_table, overwrite, use_mirroring, progress, predictor, salt)
 
 
 def _predict_locked(inputs: Sequence[PathLike], output_dir: Path, private_dir: Path, spec: ModelSpec, device: str,
                     keep_patient_names: bool, overrides_table: Dict[str, Any], overwrite: bool, use_mirroring: bool,
-                    progress: bool, predictor: Optional[CasePredictor]) -> PredictionRun:
+                    progress: bool, predictor: Optional[CasePredictor], salt: Optional[str]) -> PredictionRun:
     from tqdm import tqdm
 
     from clips_nnunet.dataset_conversion.convert import prepare_study
@@ -489,7 +495,7 @@ def _predict_locked(inputs: Sequence[PathLike], output_dir: Path, private_dir: P
             if pending is not None:
                 results[pending[0]] = pending[1].result()
             pending = (i, writer.submit(_write_outputs, output_dir / name, pseudonym, label, sel, mask, prepared,
-                                        predictor.model_description(), keep_patient_names, inputs, t0))
+                                        predictor.model_description(), salt, inputs, t0))
         if pending is not None:
             results[pending[0]] = pending[1].result()
     run.results = [results[i] for i in sorted(results)]
