@@ -85,3 +85,18 @@ def test_truncated_mask_is_not_complete(two_patients, tmp_path):
     assert [r.status for r in rerun.results] == ["done"]
     assert is_complete(mask.parent, "PRED_0001")
     assert np.asarray(sitk.GetArrayFromImage(sitk.ReadImage(str(mask)))).sum() > 0
+
+
+def test_a_killed_runs_temporary_files_are_removed_on_the_next_run(two_patients, tmp_path):
+    out = tmp_path / "out"
+    spec = ModelSpec(dataset=999, configuration="3d_fullres")
+    predict_dicom([two_patients / "patient_001"], out, spec, progress=False, predictor=ThresholdModel(2.5))
+    folder = out / "PRED_0001"
+    stale = [folder / ".seg.dcm.k2j3x9.dcm", folder / ".mask.nii.gz.a1b2.nii.gz"]
+    for f in stale:
+        f.write_bytes(b"half a file")
+    mine = folder / ".notes-of-the-physicist"
+    mine.write_text("not ours")
+    again = predict_dicom([two_patients / "patient_001"], out, spec, progress=False, predictor=ThresholdModel(2.5))
+    assert [r.status for r in again.results] == ["skipped"]
+    assert not any(f.exists() for f in stale) and mine.exists()

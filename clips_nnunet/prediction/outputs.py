@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -100,6 +100,21 @@ class PseudonymMap:
 
     def save(self) -> None:
         atomic_write_json(self.path, self.entries)
+
+
+def remove_stale_temporaries(folder: Path) -> List[str]:
+    """Delete the temporary files a killed run left in one patient's folder: ``.<output>.<random><suffix>`` for the
+    names in :data:`OUTPUT_FILES` (what :func:`clips_nnunet.io_utils.atomic_path` creates; nothing else is
+    touched). Returns the names removed."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for f in folder.iterdir():
+        if f.is_file() and any(f.name.startswith(f".{name}.") for name in OUTPUT_FILES):
+            f.unlink(missing_ok=True)
+            removed.append(f.name)
+    return removed
 
 
 def report_case(folder: Path) -> Optional[str]:
@@ -257,6 +272,7 @@ def write_patient_outputs(out_dir: Path, pseudonym: str, mask: sitk.Image, pet_s
     check_pet_geometry(pet_suv, pet_datasets, pseudonym)
     pseudonymise_sources(pet_datasets, pseudonym if deidentify_salt else None, deidentify_salt)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)  # of a killed earlier run (this run holds the output folder's lock)
     (out_dir / "report.json").unlink(missing_ok=True)  # --overwrite: incomplete until the new report is written
     mask_arr = (sitk.GetArrayViewFromImage(mask) > 0).astype(np.uint8)
     mask_u8 = sitk.GetImageFromArray(mask_arr)

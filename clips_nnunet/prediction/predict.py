@@ -53,8 +53,8 @@ from clips_nnunet.dataset_conversion.write import scrub as scrub_secrets
 from clips_nnunet.errors import ClipsError, DatasetError, PatientError, UsageError
 from clips_nnunet.trainers.checkpoints import load_trained_model
 from clips_nnunet.prediction.outputs import (MAPPING_FILE, OUTPUT_FILES, PSEUDONYM_PREFIX, PseudonymMap,
-                                                     is_complete, report_case, safe_folder_name, uid_salt,
-                                                     write_nifti, write_patient_outputs)
+                                                     is_complete, remove_stale_temporaries, report_case,
+                                                     safe_folder_name, uid_salt, write_nifti, write_patient_outputs)
 from clips_nnunet.nnunet_env import resolve_device
 from clips_nnunet.io_utils import DirectoryLock, PathLike, atomic_write_json, read_json
 
@@ -454,6 +454,7 @@ def _predict_locked(inputs: Sequence[PathLike], output_dir: Path, private_dir: P
                                        f"another study ({other}); predict into another output folder, or do not "
                                        "mix --keep-patient-names and pseudonymised runs in one folder")
             continue
+        remove_stale_temporaries(output_dir / name)  # a killed run's .seg.dcm.*.dcm and the like
         if not overwrite and is_complete(output_dir / name, pseudonym):
             report = read_json(output_dir / name / "report.json")
             results[i] = PatientResult(label, "skipped", message="outputs already complete",
