@@ -314,7 +314,7 @@ def test_workers_end_when_the_main_process_is_killed(cohorts, env):
 POOL = """
 import os, sys, time
 from clips_nnunet.dataset_conversion.cohort import _init_worker
-from clips_nnunet.io_utils import process_pool
+from clips_nnunet.dataset_conversion.workers import process_pool
 with process_pool(2, initializer=_init_worker) as pool:
     futures = [pool.submit(time.sleep, 60) for _ in range(2)]
     time.sleep(1.0)

@@ -23,12 +23,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from clips_nnunet.errors import ClipsError, DatasetError, PatientError
-from clips_nnunet.io_utils import (DirectoryLock, PathLike, atomic_write_json, atomic_write_text, process_pool,
+from clips_nnunet.nnunet_env import nnunet_folder
+from clips_nnunet.io_utils import (DirectoryLock, PathLike, atomic_write_json, atomic_write_text,
                                    dumps_json, read_json)
 
 from . import write as W
 from .metadata import case_metadata, write_case_metadata
 from .overrides import SuvOverrides
+from .workers import process_pool
 from .select import StudySelection
 
 REPORT_NAME = "conversion_report.json"
@@ -147,7 +149,7 @@ def resolve_target(dataset_id: int, name: str, private_dir: Optional[PathLike] =
     nnUNet_raw.
     """
     folder = W.dataset_folder_name(dataset_id, name)
-    raw = Path(raw_root) if raw_root else W.nnunet_folder("nnUNet_raw")
+    raw = Path(raw_root) if raw_root else nnunet_folder("nnUNet_raw")  # the one owner of nnU-Net's folders
     pre = Path(preprocessed_root) if preprocessed_root else _env_folder("nnUNet_preprocessed")
     private = W.check_private_dir(Path(private_dir) if private_dir else W.default_private_dir(raw, folder), raw)
     target = DatasetTarget(int(dataset_id), name, raw, pre, private)

@@ -20,7 +20,9 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from clips_nnunet.io_utils import PathLike, process_pool
+from clips_nnunet.io_utils import PathLike
+
+from .workers import process_pool
 
 from .read import GEOMETRY_TAGS
 
@@ -314,11 +316,12 @@ def _group(records: Iterable[Dict[str, Any]]) -> Dict[str, Dict[str, List[Series
         patients.setdefault(pkey, {}).setdefault(study, []).append(info)
     for studies in patients.values():
         for lst in studies.values():
-            lst.sort(key=lambda s: (_series_number(s), s.series_uid))
+            lst.sort(key=lambda s: (series_number(s), s.series_uid))
     return patients
 
 
-def _series_number(s: SeriesInfo) -> int:
+def series_number(s: SeriesInfo) -> int:
+    """The series' SeriesNumber (10**9 when missing or not a number): the one rule used to order series."""
     try:
         return int(s.attributes.get("SeriesNumber"))
     except (TypeError, ValueError):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from ..errors import PatientError
-from .index import SeriesInfo
+from .index import SeriesInfo, series_number
 
 __all__ = ["StudySelection", "select_studies", "CT_SOP_CLASSES", "PET_SOP_CLASSES", "SEG_SOP_CLASS",
            "RTSTRUCT_SOP_CLASS"]
@@ -110,13 +110,6 @@ def _pet_reject_reason(s: SeriesInfo) -> Optional[str]:
     return None
 
 
-def _series_number(s: SeriesInfo) -> int:
-    try:
-        return int(s.attributes.get("SeriesNumber"))
-    except (TypeError, ValueError):
-        return 10 ** 9
-
-
 def _is_original(s: SeriesInfo) -> bool:
     return bool(s.image_type) and s.image_type[0].upper() == "ORIGINAL"
 
@@ -174,7 +167,7 @@ def select_studies(studies: Dict[str, List[SeriesInfo]], patient_label: str) -> 
         def paired(p: SeriesInfo) -> List[SeriesInfo]:
             return [c for c in cts if c.frame_of_reference_uid and c.frame_of_reference_uid == p.frame_of_reference_uid]
 
-        pets.sort(key=lambda p: (not paired(p), not _is_original(p), -p.n_instances, _series_number(p), p.series_uid))
+        pets.sort(key=lambda p: (not paired(p), not _is_original(p), -p.n_instances, series_number(p), p.series_uid))
         pet = pets[0]
         if len(pets) > 1:
             decisions.append(
@@ -186,7 +179,7 @@ def select_studies(studies: Dict[str, List[SeriesInfo]], patient_label: str) -> 
         ct: Optional[SeriesInfo] = None
         if candidates:
             candidates.sort(key=lambda c: (not _is_original(c), -_overlap(c, pet), -c.n_instances,
-                                           _series_number(c), c.series_uid))
+                                           series_number(c), c.series_uid))
             ct = candidates[0]
             if len(candidates) > 1:
                 decisions.append(

@@ -20,7 +20,6 @@ case, patient group) lives in the private folder only. Output images are rebuilt
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,15 +49,6 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
         raise DatasetError(f"dataset name {name!r} must be letters, digits or hyphens (no '_', '/', spaces), "
                            "e.g. -n Lymphoma")
     return f"Dataset{int(dataset_id):03d}_{name}"
-
-
-def nnunet_folder(variable: str) -> Path:
-    """The folder an nnU-Net environment variable points at (raises :class:`DatasetError` when unset)."""
-    value = os.environ.get(variable)
-    if not value:
-        raise DatasetError(f"{variable} is not set: export {variable}=/path/to/{variable} "
-                           "(see nnU-Net's documentation/setting_up_paths.md)")
-    return Path(value)
 
 
 def clean_image(image: sitk.Image, pixel_type: int) -> sitk.Image:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -55,7 +54,7 @@ from clips_nnunet.trainers.checkpoints import load_trained_model
 from clips_nnunet.prediction.outputs import (MAPPING_FILE, OUTPUT_FILES, PSEUDONYM_PREFIX, PseudonymMap,
                                                      is_complete, remove_stale_temporaries, report_case,
                                                      safe_folder_name, uid_salt, write_nifti, write_patient_outputs)
-from clips_nnunet.nnunet_env import resolve_device
+from clips_nnunet.nnunet_env import nnunet_folder, resolve_device
 from clips_nnunet.io_utils import DirectoryLock, PathLike, atomic_write_json, read_json
 
 __all__ = ["ModelSpec", "CasePredictor", "PatientResult", "PredictionRun", "predict_dicom", "find_studies",
@@ -121,9 +120,7 @@ def _folds(folds: Optional[Sequence[Union[int, str]]], option: str) -> Optional[
 
 def model_folder(dataset: Union[int, str], trainer: str, plans: str, configuration: str) -> Path:
     """The results folder ``$nnUNet_results/DatasetXXX_Name/trainer__plans__configuration``; clear error if absent."""
-    if not os.environ.get("nnUNet_results"):
-        raise DatasetError("nnUNet_results is not set: export nnUNet_results=/path/to/nnUNet_results "
-                           "(the folder nnUNetv2_train wrote the model to)")
+    nnunet_folder("nnUNet_results")  # one line when unset or not a folder (nnunet_env owns nnU-Net's folders)
     from nnunetv2.utilities.file_path_utilities import get_output_folder
     try:
         folder = Path(get_output_folder(dataset, trainer, plans, configuration))
