@@ -9,7 +9,7 @@ What it does (CPU):
    seconds`` (CPU time, so that other processes on a shared machine do not count).
 2. **Threshold ceiling** (``--clinical N``, ``--study N``): the best single global SUV threshold chosen on the first
    two thirds of the patients (mean Dice vs the clean masks), scored on the last third, and the same rotated over
-   three folds (every patient held out once; ``cross_validated_ceiling``), on PET twins at the clinical
+   three folds (every patient held out once; ``ceiling_from_curves``), on PET twins at the clinical
    grids (vendors in turn) and at the study grid (8 mm trunk crop, as ``synthetic/raw.py`` writes it); each without
    and with bladder and brain (+10 mm) masked out (``clips_nnunet.synthetic.twin_ceiling``).
 3. Cohort statistics of the clinical twins: TMTV, lesion count, SUVmax (median, range), physiology flags.
@@ -36,8 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clips_nnunet.synthetic.twin import CLINICAL_GRIDS, make_twin, study_case  # noqa: E402
-from clips_nnunet.synthetic.twin_ceiling import (CeilingCase, cross_validated_ceiling,  # noqa: E402
-                                                 threshold_ceiling)
+from clips_nnunet.synthetic.twin_ceiling import (CeilingCase, ceiling_from_curves, dice_curve,  # noqa: E402
+                                                 masked_pet, split_ceiling_from_curves)
 
 REAL_GE_PET = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "tcia_sts_001" / "STS_001_PT_raw_BQML"
 VENDORS = ("SIEMENS", "GE", "PHILIPS")
@@ -80,42 +80,49 @@ def speed(n: int, seed: int) -> List[Dict[str, Any]]:
     return rows
 
 
-def _ceiling(cases: List[CeilingCase], label: str) -> Dict[str, Any]:
-    n_train = (2 * len(cases)) // 3
-    out = {}
-    for mask_out in (False, True):
-        r = threshold_ceiling(cases[:n_train], cases[n_train:], mask_out=mask_out)
-        out["masked" if mask_out else "plain"] = r
-        cv = cross_validated_ceiling(cases, 3, mask_out=mask_out)
-        out["cv_masked" if mask_out else "cv_plain"] = cv
-        print(f"  {label}{' (bladder+brain masked)' if mask_out else ''}: best threshold SUV {r['threshold']:.2f} "
-              f"(train Dice {r['train_dice']:.3f}, {n_train} patients) -> held-out mean Dice {r['test_dice']:.3f} "
-              f"({len(cases) - n_train} patients); 3-fold rotation: held-out mean Dice {cv['test_dice']:.3f} "
-              f"(folds {cv['fold_test_dice']}, thresholds {cv['fold_thresholds']})", flush=True)
+def _curves(case: CeilingCase) -> Dict[str, np.ndarray]:
+    """Dice curves of one patient, plain and with bladder and brain masked out (the volumes are not kept)."""
+    return {"plain": dice_curve(case.pet, case.label), "masked": dice_curve(masked_pet(case), case.label)}
+
+
+def _ceiling(curves: List[Dict[str, np.ndarray]], label: str) -> Dict[str, Any]:
+    n_train = (2 * len(curves)) // 3
+    out: Dict[str, Any] = {}
+    for mode in ("plain", "masked"):
+        table = np.array([c[mode] for c in curves])
+        r = split_ceiling_from_curves(table, n_train)
+        cv = ceiling_from_curves(table, 3)
+        out[mode], out["cv_" + mode] = r, cv
+        print(f"  {label}{' (bladder+brain masked)' if mode == 'masked' else ''}: best threshold SUV "
+              f"{r['threshold']:.2f} (train Dice {r['train_dice']:.3f}, {n_train} patients) -> held-out mean Dice "
+              f"{r['test_dice']:.3f} ({len(curves) - n_train} patients); 3-fold rotation: held-out mean Dice "
+              f"{cv['test_dice']:.3f} (folds {cv['fold_test_dice']}, thresholds {cv['fold_thresholds']})",
+              flush=True)
     return out
 
 
 def ceilings(n_clinical: int, n_study: int, seed: int) -> Dict[str, Any]:
-    """Sections 2 and 3."""
+    """Sections 2 and 3 (one patient in memory at a time)."""
     result: Dict[str, Any] = {}
     if n_clinical:
-        cases, stats = [], []
+        curves, stats = [], []
         t0 = time.perf_counter()
         for i in range(n_clinical):
             rng = np.random.default_rng([seed, i])
             c = make_twin(int(rng.integers(0, 2 ** 31)), weight_kg=float(rng.uniform(50, 110)),
                           height_m=float(rng.uniform(1.55, 1.95)), grids=(CLINICAL_GRIDS[VENDORS[i % 3]][0], None))
-            cases.append(CeilingCase(c.pet, c.label, c.tissue, c.pet_grid.spacing))
+            curves.append(_curves(CeilingCase(c.pet, c.label, c.tissue, c.pet_grid.spacing)))
             stats.append(c.summary)
+            del c
         print(f"  {n_clinical} clinical PET twins in {time.perf_counter() - t0:.0f} s", flush=True)
-        result["clinical"] = _ceiling(cases, "clinical grids")
+        result["clinical"] = _ceiling(curves, "clinical grids")
         result["clinical_stats"] = cohort_stats(stats)
     if n_study:
-        cases = []
+        curves = []
         for i in range(n_study):
             c = study_case(seed, i)
-            cases.append(CeilingCase(c.pet, c.label, c.tissue, c.pet_grid.spacing))
-        result["study"] = _ceiling(cases, "study grid")
+            curves.append(_curves(CeilingCase(c.pet, c.label, c.tissue, c.pet_grid.spacing)))
+        result["study"] = _ceiling(curves, "study grid")
     return result
 
 

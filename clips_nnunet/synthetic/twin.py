@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from clips_nnunet.synthetic.twin_anatomy import (TISSUES, BodyFrame, TwinPatient, anatomy_shapes, body_sections,
+from clips_nnunet.synthetic.twin_anatomy import (HU, TISSUES, BodyFrame, TwinPatient, anatomy_shapes, body_sections,
                                                  draw_patient, patient_record)
 from clips_nnunet.synthetic.twin_disease import TwinLesion, draw_disease
 from clips_nnunet.synthetic.twin_physics import add_pet_noise, apply_psf
@@ -86,7 +86,6 @@ def render_ct(frame: BodyFrame, lesions: List[TwinLesion], grid: Grid) -> np.nda
     """Paint anatomy then lesions on a CT grid: int16 HU without noise."""
     canvas = CtCanvas(grid)
     for section, tissue, _ in body_sections(frame, grid.axis(0)):
-        from clips_nnunet.synthetic.twin_anatomy import HU
         canvas.paint_section(section, HU[tissue])
     for shape in anatomy_shapes(frame):
         canvas.paint(shape)

@@ -66,17 +66,36 @@ def cross_validated_ceiling(cases: List[CeilingCase], folds: int = 3, mask_out: 
                             thresholds: Sequence[float] = THRESHOLDS) -> Dict[str, object]:
     """:func:`threshold_ceiling` rotated over ``folds`` contiguous folds (each held out once, the threshold chosen on
     the others): ``{test_dice (mean over all held-out patients), fold_thresholds, fold_test_dice}``."""
-    if folds < 2 or len(cases) < folds:
-        raise ValueError(f"{len(cases)} patients cannot be split into {folds} folds")
     pick = (lambda c: masked_pet(c)) if mask_out else (lambda c: c.pet)
     curves = np.array([dice_curve(pick(c), c.label, thresholds) for c in cases])
-    bounds = np.linspace(0, len(cases), folds + 1).astype(int)
+    return {**ceiling_from_curves(curves, folds, thresholds), "mask_out": bool(mask_out)}
+
+
+def ceiling_from_curves(curves: np.ndarray, folds: int = 3, thresholds: Sequence[float] = THRESHOLDS
+                        ) -> Dict[str, object]:
+    """The rotated ceiling from per-patient Dice curves (rows: patients, columns: ``thresholds``), so that a
+    benchmark can keep only the curves of large patients, not their volumes."""
+    curves = np.asarray(curves, dtype=float)
+    if folds < 2 or len(curves) < folds:
+        raise ValueError(f"{len(curves)} patients cannot be split into {folds} folds")
+    bounds = np.linspace(0, len(curves), folds + 1).astype(int)
     held, fold_t, fold_d = [], [], []
     for a, b in zip(bounds[:-1], bounds[1:]):
-        train = np.r_[0:a, b:len(cases)]
+        train = np.r_[0:a, b:len(curves)]
         best = int(np.argmax(curves[train].mean(axis=0)))
         fold_t.append(float(thresholds[best]))
         fold_d.append(float(curves[a:b, best].mean()))
         held += list(curves[a:b, best])
     return {"test_dice": float(np.mean(held)), "fold_thresholds": fold_t,
-            "fold_test_dice": [round(d, 4) for d in fold_d], "mask_out": bool(mask_out)}
+            "fold_test_dice": [round(d, 4) for d in fold_d]}
+
+
+def split_ceiling_from_curves(curves: np.ndarray, n_train: int, thresholds: Sequence[float] = THRESHOLDS
+                              ) -> Dict[str, object]:
+    """:func:`threshold_ceiling` from per-patient Dice curves: the first ``n_train`` rows choose, the rest score."""
+    curves = np.asarray(curves, dtype=float)
+    mean = curves[:n_train].mean(axis=0)
+    best = int(np.argmax(mean))
+    return {"threshold": float(thresholds[best]), "train_dice": float(mean[best]),
+            "test_dice": float(curves[n_train:, best].mean()),
+            "test_dice_per_case": [round(float(d), 4) for d in curves[n_train:, best]]}
