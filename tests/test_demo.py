@@ -30,6 +30,8 @@ def test_steps_and_commands_cpu(tmp_path):
     assert by["convert"].commands[0][:7] == ["clips-nnunet", "convert", str(w / "dicom" / "train"), "-d", "981",
                                              "-n", "ClipsDemo"]
     assert "--resume" in by["convert"].commands[0]
+    plan = by["plan_and_preprocess"].commands[0]
+    assert plan[plan.index("-npfp") + 1] == "1" and plan[plan.index("-np") + 1] == "1"
     train = by[f"train_{DEMO_TRAINER}"]
     assert train.commands[0] == ["nnUNetv2_train", "981", "3d_demo", "0", "-tr", DEMO_TRAINER, "-device", "cpu"]
     assert train.epochs == 7 and "7 epochs x 25 iterations, CLIPS_SEED=3" in train.title
@@ -150,6 +152,7 @@ def test_environment_points_into_workdir(tmp_path):
     assert env["nnUNet_results"] == str(tmp_path / "nnUNet_results")
     assert env["nnUNet_extTrainer"].split(":")[-1] == str(tmp_path / "ext")
     assert env["nnUNet_n_proc_DA"] == "1"  # 0 makes nnU-Net's planner call torch.set_num_threads(0)
+    assert env["nnUNet_def_n_proc"] == "1"  # not 8 torch-importing workers on a 2-core machine
 
 
 def test_finished_steps_are_skipped_and_failures_stop(tmp_path, capsys, monkeypatch):

@@ -170,6 +170,9 @@ def demo_environment(workdir: Path, device: str, base_env: Optional[Mapping[str,
         env["CLIPS_SEED"] = str(int(seed))
     if device == "cpu":  # one augmentation worker beside the main process (2 cores); 0 would break the planner,
         env.setdefault("nnUNet_n_proc_DA", "1")  # which calls torch.set_num_threads(nnUNet_n_proc_DA)
+        # nnU-Net's default of 8 processes (fingerprint, final validation export, prediction) each import torch:
+        # three demos side by side filled 24 GB and thrashed (seen here)
+        env.setdefault("nnUNet_def_n_proc", "1")
     return env
 
 
@@ -191,7 +194,7 @@ def demo_steps(options: DemoOptions, device: str) -> List[DemoStep]:
                    str(w / "private" / "convert"), "--resume", "--quiet"]],
                  output=w / "nnUNet_raw" / f"Dataset{options.dataset_id:03d}_{DATASET_NAME}"),
         DemoStep("plan_and_preprocess", "nnU-Net fingerprint, plans and preprocessing",
-                 [["nnUNetv2_plan_and_preprocess", "-d", did, "-c", "3d_fullres", "-np", "1",
+                 [["nnUNetv2_plan_and_preprocess", "-d", did, "-c", "3d_fullres", "-npfp", "1", "-np", "1",
                    "--verify_dataset_integrity"]], output=w / "nnUNet_preprocessed"),
         DemoStep("trainers", f"budget subclasses in {w / 'ext'}: {budget['epochs']} epochs x "
                              f"{budget['iterations_per_epoch']} iterations each (seed {options.seed})",
