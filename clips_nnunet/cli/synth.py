@@ -5,6 +5,15 @@ import argparse
 import sys
 
 
+def _error_text(record: dict) -> str:
+    """The annotation-error part of a study's line: the kind planted, or the kind requested and why it was not."""
+    if record.get("kind"):
+        return f", annotation error: {record['kind']}"
+    if record.get("requested_kind"):
+        return f", annotation error {record['requested_kind']} not planted: {record.get('reason', 'no change')}"
+    return ""
+
+
 def _run_background(args: argparse.Namespace) -> int:
     from clips_nnunet.synthetic.insertion import insert_lesions
 
@@ -50,7 +59,7 @@ def run_synth(args: argparse.Namespace) -> int:
     for s in studies:
         print(f"  {s['key']}: {s['vendor']:<8} difficulty {s['difficulty']:.2f}, {len(s['lesions'])} lesion(s), "
               f"TMTV {s['tmtv_ml']:.1f} ml" + (f", faults: {','.join(s['faults'])}" if s["faults"] else "")
-              + (f", annotation error: {s['annotation_error']['kind']}" if s["annotation_error"]["kind"] else ""))
+              + _error_text(s["annotation_error"]))
     return 0
 
 
