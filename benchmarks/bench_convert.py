@@ -174,6 +174,15 @@ def main(argv=None) -> int:
                 results[name] = res
             print(f"  run {r + 1}: {name:<12} {res['seconds']:7.2f} s wall  {res['cpu_seconds']:7.2f} s CPU  "
                   f"peak RSS {res['peak_mib']:7.0f} MiB")
+    # per round (the pipelines of one round ran back to back, so they share that moment's machine load)
+    n_rounds = len(all_runs["floor"])
+    for key in ("seconds", "cpu_seconds"):
+        for name in [n for n in ("clips_baseline", "clips") if n in all_runs]:
+            ratios = sorted(all_runs[name][r][key] / all_runs["floor"][r][key] for r in range(n_rounds))
+            median = ratios[len(ratios) // 2] if len(ratios) % 2 else 0.5 * (ratios[len(ratios) // 2 - 1]
+                                                                             + ratios[len(ratios) // 2])
+            print(f"{name} / floor per round, {'wall' if key == 'seconds' else 'CPU'}: "
+                  f"{', '.join(f'{v:.2f}' for v in ratios)} (median {median:.2f})")
     floor, ours = results["floor"]["seconds"], results["clips"]["seconds"]
     cpu = {k: min(r["cpu_seconds"] for r in v) for k, v in all_runs.items()}
     print(f"clips / floor       = {ours / floor:.2f} wall, {cpu['clips'] / cpu['floor']:.2f} CPU  (target <= 1.3)")
