@@ -125,23 +125,27 @@ TINY = textwrap.dedent('''
 
 
     class nnUNetTrainerCLSelfPaced_DiscoveryTiny(nnUNetTrainerCLSelfPaced):
+        warmup_epochs = 1
+
         def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
             super().__init__(plans, configuration, fold, dataset_json, device)
-            self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 2, 1
+            self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 2, 2, 1
 ''')
 TRAINER = "nnUNetTrainerCLSelfPaced"
 
 
-def _train_until_first_epoch_ends(cmd, env, cwd, timeout=900) -> str:
-    """Run ``nnUNetv2_train`` of the full-length trainer until its first epoch has ended (``train_loss`` logged,
-    i.e. the trainer was found, its data-augmentation worker produced batches and it stepped), then stop it."""
+def _train_until_first_epoch_starts(cmd, env, cwd, timeout=900) -> str:
+    """Run ``nnUNetv2_train`` of the full-length trainer until it logs ``Epoch 0``, then stop it. By then the
+    trainer was found by name and built, and its training and validation augmentation workers (separate processes)
+    each delivered a batch: nnU-Net's ``get_dataloaders`` (and the clips base trainer's copy of it) draws one batch
+    from each before training starts."""
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     lines, deadline = [], time.monotonic() + timeout
     try:
         for line in proc.stdout:
             lines.append(line)
-            if "train_loss" in line or time.monotonic() > deadline:
+            if line.rstrip().endswith("Epoch 0") or time.monotonic() > deadline:
                 break
     finally:
         if proc.poll() is None:
@@ -151,6 +155,7 @@ def _train_until_first_epoch_ends(cmd, env, cwd, timeout=900) -> str:
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(3600)   # the shared fixture plans the tiny dataset first; 4 CLI calls after it
 def test_nnunet_commands_in_a_clean_shell(tiny_preprocessed, tmp_path):
     """``nnUNetv2_train``, ``nnUNetv2_find_best_configuration`` and ``nnUNetv2_predict`` with ``-tr
     nnUNetTrainerCLSelfPaced`` in an environment holding PATH, HOME and nnU-Net's three folders only (plus
@@ -164,7 +169,7 @@ def test_nnunet_commands_in_a_clean_shell(tiny_preprocessed, tmp_path):
     tiny = "nnUNetTrainerCLSelfPaced_DiscoveryTiny"
     # a short model, trained the usual way, then filed under the real trainer's name for predict/find_best
     run_cli(["nnUNetv2_train", str(dataset_id), "3d_fullres", "0", "-tr", tiny, "-device", "cpu"],
-            {**env, "nnUNet_extTrainer": env["nnUNet_extTrainer"] + os.pathsep + str(ext)})
+            {**env, "nnUNet_extTrainer": env["nnUNet_extTrainer"] + os.pathsep + str(ext)}, timeout=1500)
     results = next(Path(env["nnUNet_results"]).glob(f"Dataset{dataset_id}_*"))
     model = results / f"{TRAINER}__nnUNetPlans__3d_fullres"
     shutil.rmtree(model, ignore_errors=True)
@@ -179,10 +184,10 @@ def test_nnunet_commands_in_a_clean_shell(tiny_preprocessed, tmp_path):
                       nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1", OMP_NUM_THREADS="1")
     assert not any(k in clean for k in ("nnUNet_extTrainer", "PYTHONPATH", "VIRTUAL_ENV"))
 
-    out = _train_until_first_epoch_ends([str(BIN / "nnUNetv2_train"), str(dataset_id), "3d_fullres", "1", "-tr",
+    out = _train_until_first_epoch_starts([str(BIN / "nnUNetv2_train"), str(dataset_id), "3d_fullres", "1", "-tr",
                                          TRAINER, "-device", "cpu"], {**clean, "PYTHONUNBUFFERED": "1"}, tmp_path)
     assert "Could not find requested nnunet trainer" not in out, out[-3000:]
-    assert f"Using trainer '{TRAINER}' from: {SHIM}" in out and "train_loss" in out, out[-3000:]
+    assert f"Using trainer '{TRAINER}' from: {SHIM}" in out and out.rstrip().endswith("Epoch 0"), out[-3000:]
 
     proc = run_cli([str(BIN / "nnUNetv2_find_best_configuration"), str(dataset_id), "-c", "3d_fullres", "-tr",
                     TRAINER, "-f", "0", "--disable_ensembling"], clean)
