@@ -35,6 +35,12 @@ Faults (``faults=``): ``nac`` (an extra non-attenuation-corrected PET series; mu
 must fail naming the tag, except a Philips one, whose SUV factor (7053,1000) needs no weight), ``second-study`` (a follow-up study for the same patient; two cases, one patient
 group), ``corrupted`` (one PET slice file truncated; that patient must fail, the rest convert).
 
+``phantom="twin"`` (``clips-nnunet synth --phantom twin``) replaces the box phantom by the whole-body lymphoma twin
+(:mod:`clips_nnunet.synthetic.twin_cohort`, docs/synthetic.md) on the vendor's clinical grids (``wholebody``) or an
+8 mm PET (``small``), with the same specs (identity, vendor, dose, faults), the same writers and the same ground
+truth, plus ``<study>_tissue.nii.gz`` and the twin's per-lesion records; its annotation errors are the realistic
+annotators of :mod:`clips_nnunet.synthetic.twin_annotators`.
+
 Annotation errors (``label_error_fraction=``, ``label_error_kinds=``; :mod:`clips_nnunet.synthetic.annotation_errors`):
 SEG and RTSTRUCT are written from the erroneous mask (also in ``ground_truth/<study>_label_annotated.nii.gz``);
 ``<study>_label.nii.gz`` stays the clean mask and the manifest entry's ``annotation_error`` says what was planted.
