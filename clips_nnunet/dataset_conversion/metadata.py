@@ -38,20 +38,30 @@ def lesion_to_background(suv: np.ndarray, mask: np.ndarray, spacing_zyx: Sequenc
     suv = np.asarray(suv, dtype=np.float32)
     sampling = np.asarray([float(s) for s in spacing_zyx])
     margin = np.ceil(shell_mm[1] / sampling).astype(int) + 1
-    within = np.zeros(mask.shape, dtype=bool)  # <= shell_mm[1] from some lesion voxel
-    near = np.zeros(mask.shape, dtype=bool)  # < shell_mm[0] from some lesion voxel
-    labels, _ = ndimage.label(mask)
+    try:  # cc3d labels a whole-body mask several times faster than ndimage.label; the grouping does not matter here
+        import cc3d
+        labels = cc3d.connected_components(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=26)
+    except ImportError:
+        labels, _ = ndimage.label(mask)
     # exact distances, computed per lesion in its bounding box plus the shell width: a voxel outside that box is
-    # farther than shell_mm[1] from the lesion, so whole-body distance maps are never needed
-    for box in ndimage.find_objects(labels):
-        crop = tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, m, n in zip(box, margin, mask.shape))
+    # farther than shell_mm[1] from the lesion, so whole-body distance maps are never needed; the shell is then
+    # assembled only inside the union of those boxes
+    crops = [tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, m, n in zip(box, margin, mask.shape))
+             for box in ndimage.find_objects(labels) if box is not None]
+    region = tuple(slice(min(c[a].start for c in crops), max(c[a].stop for c in crops)) for a in range(mask.ndim))
+    offset = [r.start for r in region]
+    shape = tuple(r.stop - r.start for r in region)
+    within = np.zeros(shape, dtype=bool)  # <= shell_mm[1] from some lesion voxel
+    near = np.zeros(shape, dtype=bool)  # < shell_mm[0] from some lesion voxel
+    for crop in crops:
+        local = tuple(slice(c.start - o, c.stop - o) for c, o in zip(crop, offset))
         distance = ndimage.distance_transform_edt(~mask[crop], sampling=sampling)
-        within[crop] |= distance <= shell_mm[1]
-        near[crop] |= distance < shell_mm[0]
-    shell = within & ~near & (suv > BODY_SUV_THRESHOLD)
+        within[local] |= distance <= shell_mm[1]
+        near[local] |= distance < shell_mm[0]
+    shell = within & ~near & (suv[region] > BODY_SUV_THRESHOLD)
     if not shell.any():
         return None
-    background = float(np.median(suv[shell]))
+    background = float(np.median(suv[region][shell]))
     if background <= 0:
         return None
     return float(suv[mask].mean()) / background
