@@ -180,6 +180,7 @@ def test_finished_steps_are_skipped_and_failures_stop(tmp_path, capsys, monkeypa
                                        ["clips-nnunet", "convert"], ["nnUNetv2_plan_and_preprocess", "-d"],
                                        ["nnUNetv2_train", "981"]]
     assert (tmp_path / "w" / "ext" / "clips_demo_trainers.py").is_file()
+    assert all((tmp_path / "w" / d).is_dir() for d in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"))
     out = capsys.readouterr()
     assert "$ nnUNet_raw=" in out.out and "nnUNetv2_train 981 3d_demo 0 -tr nnUNetTrainerCLSelfPacedDemo" in out.out
     assert "CLIPS_SEED=0 nnUNetv2_train" in out.out  # the printed command reproduces the seeded training

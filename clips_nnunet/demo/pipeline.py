@@ -363,6 +363,9 @@ def run_demo(options: DemoOptions, runner: Optional[Runner] = None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
     _check_workdir_options(workdir, options, device, budget)
     env = demo_environment(workdir, device, seed=options.seed)
+    if not options.dry_run:  # nnU-Net's three folders must exist (clips-nnunet convert checks nnUNet_raw)
+        for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+            Path(env[variable]).mkdir(parents=True, exist_ok=True)
     steps = demo_steps(options, device)
     trainings = [s for s in steps if s.epochs]
     t_start = time.time()
