@@ -14,7 +14,9 @@ aorta, iliac arteries, vena cava; liver, gallbladder, spleen, stomach (wall, con
 their collecting systems, segmentally filled ureters, bladder; colon and small-bowel loops with segmental uptake;
 brown fat (a minority of patients) in the cervical, supraclavicular, axillary, paravertebral and perirenal stations;
 benign hot spots of some patients (:func:`_benign`): active neck, paraspinal or psoas muscles (15 %), inflamed
-shoulders, hips or sternoclavicular joints (20 %), uterus and ovaries of premenopausal women (40 % of women), testes.
+shoulders, hips or sternoclavicular joints (20 %), uterus and ovaries of premenopausal women (40 % of women), testes,
+the inflamed wound of the diagnostic node biopsy at a cervical, axillary or inguinal station (50 %); intense bowel
+uptake (80 % of segments hot) in patients on metformin (10 %).
 
 Uptake ranges (SUVbw) and HU are in :data:`UPTAKE` and :data:`HU`; docs/synthetic.md gives their sources.
 """
@@ -31,7 +33,7 @@ from clips_nnunet.synthetic.twin_render import Section, Shape
 TISSUES: Dict[str, int] = {name: i for i, name in enumerate((
     "air", "fat", "muscle", "visceral", "bone", "marrow", "lung", "brain_gm", "brain_wm", "myocardium", "blood",
     "liver", "spleen", "kidney", "collecting", "ureter", "bladder", "bowel", "stomach", "tonsil", "salivary",
-    "thyroid", "brown_fat", "airway", "pancreas", "oesophagus", "gallbladder", "soft", "lesion", "necrosis", "uterus", "gonad", "joint"))}
+    "thyroid", "brown_fat", "airway", "pancreas", "oesophagus", "gallbladder", "soft", "lesion", "necrosis", "uterus", "gonad", "joint", "inflammation"))}
 
 #: Physiological uptake ranges (SUVbw, drawn uniformly per patient unless noted in :func:`draw_patient`).
 UPTAKE: Dict[str, Tuple[float, float]] = {
@@ -42,6 +44,7 @@ UPTAKE: Dict[str, Tuple[float, float]] = {
     "salivary": (1.5, 3.5), "thyroid": (1.0, 2.0), "thyroid_hot": (4.0, 8.0), "brown_fat": (3.0, 15.0),
     "pancreas": (1.1, 1.8), "oesophagus": (1.3, 2.8), "soft": (0.6, 1.0), "muscle_active": (2.0, 5.0),
     "joint": (2.0, 4.5), "uterus": (2.0, 7.0), "ovary": (2.0, 8.0), "testis": (2.0, 3.5),
+    "inflammation": (2.0, 5.0),
 }
 #: CT numbers (HU) per tissue.
 HU: Dict[str, float] = {
@@ -49,7 +52,7 @@ HU: Dict[str, float] = {
     "brain_gm": 38, "brain_wm": 28, "myocardium": 42, "blood": 40, "liver": 58, "spleen": 48, "kidney": 32,
     "collecting": 8, "ureter": 10, "bladder": 6, "bowel": 15, "stomach": 25, "tonsil": 45, "salivary": 35,
     "thyroid": 90, "brown_fat": -65, "airway": -990, "pancreas": 40, "oesophagus": 35, "gallbladder": 10,
-    "soft": 30, "lesion": 42, "necrosis": 20, "uterus": 45, "gonad": 35, "joint": 60,
+    "soft": 30, "lesion": 42, "necrosis": 20, "uterus": 45, "gonad": 35, "joint": 60, "inflammation": 35,
 }
 
 # body cross-sections (s, half-width a, half-depth b, centre y), 1.75 m patient of BMI ~24
@@ -78,6 +81,8 @@ class TwinPatient:
     active_muscles: List[str] = field(default_factory=list)
     inflamed_joints: List[str] = field(default_factory=list)
     premenopausal: bool = False
+    biopsy_station: str = ""
+    metformin: bool = False
     seed: int = 0
     jitter: Dict[str, Tuple[float, float, float]] = field(default_factory=dict)
 
@@ -110,8 +115,12 @@ def draw_patient(rng: np.random.Generator, weight_kg: float, height_m: float, se
     if rng.random() < brown_fat_prevalence:
         stations = ["supraclavicular"] + [s for s in ("cervical", "axillary", "paravertebral", "perirenal")
                                           if rng.random() < 0.6]
-    for key in ("muscle_active", "joint", "uterus", "ovary", "testis"):
+    for key in ("muscle_active", "joint", "uterus", "ovary", "testis", "inflammation"):
         suv[key] = _u(rng, key)
+    # the diagnostic excisional biopsy of a superficial node weeks before staging leaves an inflamed wound in half
+    biopsy = str(rng.choice(("cervical_R", "cervical_L", "axillary_R", "axillary_L", "inguinal_R", "inguinal_L"))) \
+        if rng.random() < 0.5 else ""
+    metformin = bool(rng.random() < 0.1)  # diabetic patients on metformin: intense diffuse bowel uptake
     active = [m for m in ("neck", "paraspinal", "psoas") if rng.random() < 0.5] if rng.random() < 0.15 else []
     joints = [j for j in ("shoulders", "hips", "sternoclavicular") if rng.random() < 0.5] if rng.random() < 0.2 \
         else []
@@ -123,7 +132,9 @@ def draw_patient(rng: np.random.Generator, weight_kg: float, height_m: float, se
                        fat_mm=float(np.clip(8.0 + 40.0 * (habitus - 0.85) + rng.normal(0, 3), 5.0, 35.0)),
                        suv={k: round(v, 4) for k, v in suv.items()}, organ_scale=organ_scale,
                        bladder_fill=float(rng.uniform(0.15, 1.0)), marrow_gcsf=gcsf, brown_fat_stations=stations,
-                       hot_bowel_fraction=float(rng.choice((0.0, 0.1, 0.35), p=(0.5, 0.35, 0.15))),
+                       hot_bowel_fraction=0.8 if metformin else float(rng.choice((0.0, 0.1, 0.35),
+                                                                                 p=(0.5, 0.35, 0.15))),
+                       biopsy_station=biopsy, metformin=metformin,
                        active_muscles=active, inflamed_joints=joints,
                        premenopausal=bool(sex == "F" and rng.random() < 0.4),
                        seed=int(rng.integers(0, 2 ** 31)), jitter=jitter)
@@ -405,6 +416,10 @@ def _benign(f: BodyFrame, v: Dict[str, float]) -> List[Shape]:
             out.append(_sh(f, "gonad", (side * 16, -75, 1030), (14, 16, 20), v["testis"]))
         elif p.premenopausal:
             out.append(_sh(f, "gonad", (side * 45, 10, 880), (12, 10, 14), v["ovary"]))
+    if p.biopsy_station:  # wound: from the node's station towards the skin
+        x, y, s = STATIONS[p.biopsy_station]
+        skin_y = -60.0 if p.biopsy_station.startswith("inguinal") else 0.0
+        out.append(_sh(f, "inflammation", (1.12 * x, 0.5 * (y + skin_y), s), (14, 12, 18), v["inflammation"]))
     if p.sex == "F":
         out.append(_sh(f, "uterus", (0, 10, 880), (35, 25, 40), v["uterus"] if p.premenopausal else v["soft"]))
     return out
