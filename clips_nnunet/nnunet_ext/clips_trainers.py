@@ -12,7 +12,7 @@ from clips_nnunet.trainers.self_paced_trainers import (nnUNetTrainerCLSelfPaced,
                                               nnUNetTrainerCLSelfPacedMixture, nnUNetTrainerCLSelfPacedMixtureAnti,
                                               nnUNetTrainerCLSelfPacedMixtureRandom, nnUNetTrainerCLSelfPacedRandom)
 from clips_nnunet.tmtv.recipe import (nnUNetTrainerTMTV, nnUNetTrainerTMTVFinetune,  # noqa: F401
-                                              nnUNetTrainerTMTVRefiner, nnUNetTrainerTMTVRefinerFinetuned)
+                                              nnUNetTrainerTMTVRefiner)
 from clips_nnunet.tmtv.cl_trainers import *  # noqa: F401,F403  (nnUNetTrainerTMTVCL<Method>)
 from clips_nnunet.trainers.family import (  # noqa: F401  (curriculum family and controls)
     nnUNetTrainerCLBabySteps, nnUNetTrainerCLBabyStepsAnti, nnUNetTrainerCLBabyStepsRandom,

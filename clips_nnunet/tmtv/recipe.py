@@ -316,10 +316,3 @@ class nnUNetTrainerTMTVRefiner(nnUNetTrainerTMTV):
                 f"{self.previous_stage_trainer}__{self.plans_manager.plans_name}__"
                 f"{self.configuration_manager.previous_stage_name}", "predicted_next_stage", self.configuration_name)
 
-
-class nnUNetTrainerTMTVRefinerFinetuned(nnUNetTrainerTMTVRefiner):
-    """The refiner on the stage-1 predictions of ``nnUNetTrainerTMTVFinetune`` (TMTV-Net's order: the second,
-    fine-tuned stage-1 run feeds the refiner). Re-export those predictions from the best checkpoints first:
-    ``nnUNetv2_train ID 3d_tmtv FOLD -tr nnUNetTrainerTMTVFinetune --val --val_best`` (docs/tmtv.md, quick start)."""
-
-    previous_stage_trainer: str = "nnUNetTrainerTMTVFinetune"
