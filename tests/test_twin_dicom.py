@@ -66,3 +66,14 @@ def test_synth_cli_twin_and_kind_errors(tmp_path):
     bad = run_cli(["clips-nnunet", "synth", str(tmp_path / "x"), "--phantom", "twin", "--label-errors", "0.5",
                    "--label-error-kinds", "slice_shift"], env, check=False)
     assert bad.returncode == 2 and "convention,missed_lesion" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_box_stays_the_default_phantom(tmp_path):
+    """The demo runs `clips-nnunet synth` without --phantom: that must stay the box phantom until the demo switches."""
+    from clips_nnunet.cli import build_parser
+
+    args = build_parser().parse_args(["synth", str(tmp_path / "c")])
+    assert args.phantom == "box" and args.background is None and args.label_error_kinds is None
+    with pytest.raises(ValueError, match="unknown phantom 'ellipse'"):
+        make_synthetic_cohort(tmp_path / "bad", n_patients=1, phantom="ellipse", progress=False)
+    assert not (tmp_path / "bad").exists()
