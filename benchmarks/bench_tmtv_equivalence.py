@@ -444,6 +444,8 @@ def main() -> int:
     parser.add_argument("--roi", default="^GTV_Mass$", help="RTSTRUCT ROI that becomes the dataset's label")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_tmtv_equivalence"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", type=Path, default=None,
+                        help="TMTV-Net's released e_latest.model and r_latest.model instead of random weights")
     parser.add_argument("--final-mask", action="store_true", help="also part 4 (minutes on a CPU)")
     parser.add_argument("--crop", type=int, nargs=3, default=[48, 80, 80], metavar=("Z", "Y", "X"),
                         help="native-grid crop (voxels, centred on the label) for part 4")
@@ -453,8 +455,11 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
 
     tm = load_tmtv_code(args.tmtv_repo.resolve())
-    models_dir = work / "tmtv_models"
-    new_models = make_tmtv_models(tm, models_dir, args.seed)
+    if args.models is not None:          # the released weights: imported afresh every run
+        models_dir, new_models = args.models.resolve(), True
+    else:
+        models_dir = work / "tmtv_models"
+        new_models = make_tmtv_models(tm, models_dir, args.seed)
     import gc
     gc.collect()
     env, raw_case = build_dataset(work, args.study, args.roi, models_dir, new_models)
