@@ -79,6 +79,17 @@ def test_fresh_interpreter_sets_keeps_and_opts_out(tmp_path):
     assert fresh_python(show, clean_env(**{OPT_OUT_VARIABLE: "1"}), tmp_path).stdout.strip() == "None"
 
 
+def test_env_command_reports_discovery_state(tmp_path):
+    on = subprocess.run([str(BIN / "clips-nnunet"), "env"], env=clean_env(), cwd=tmp_path, capture_output=True,
+                        text=True, timeout=300)
+    assert on.returncode == 0 and f"export nnUNet_extTrainer={SHIM}" in on.stdout
+    assert f"automatic discovery on ({Path(site.getsitepackages()[0]) / PTH_NAME}" in on.stdout
+    assert "the clips trainers are found" in on.stdout
+    off = subprocess.run([str(BIN / "clips-nnunet"), "env"], env=clean_env(**{OPT_OUT_VARIABLE: "1"}), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert "automatic discovery is off" in off.stdout and "NOT found: run the export line" in off.stdout
+
+
 CHILDREN = textwrap.dedent('''
     import multiprocessing as mp
     import sys
