@@ -138,6 +138,7 @@ def _hooks_rank(rank: int, init_file: str, out_dir: str, dataset: str, trainers=
                 warmup_epochs = 1 if base.warmup_epochs else 0
                 exploration_epsilon = 0.0 if base.exploration_epsilon == 0 else 0.1
                 curriculum_plot_every = 1000
+                spl_soft_mechanism = "loss"        # soft SPL: exercise the weighted loss's collectives too
 
                 def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cpu")):
                     super().__init__(plans, configuration, fold, dataset_json, device)
