@@ -505,6 +505,25 @@ class DirectoryLock:
         self._fd = fd
         return self
 
+    def check_free(self) -> None:
+        """:class:`LockedError` (naming the holder) when another run holds the lock now; creates nothing. A cheap
+        early check before long work (e.g. indexing a cohort); the lock itself is still taken with
+        :meth:`acquire`."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except OSError:  # no lock file yet (nobody has ever held it) or unreadable: acquire() will tell
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LockedError(self._busy_message()) from None
+            except OSError:
+                return
+            fcntl.flock(fd, fcntl.LOCK_UN)  # our own open file description only: another holder is unaffected
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         if self._fd is None:
             return

@@ -73,3 +73,21 @@ def test_lock_kept_by_orphaned_child_is_reported_as_stale(tmp_path):
         out = subprocess.run(["fuser", str(tmp_path / ".clips.lock")], capture_output=True, text=True).stdout
         for pid in out.split():
             os.kill(int(pid), signal.SIGKILL)
+
+
+def test_check_free_names_the_holder_and_creates_nothing(tmp_path):
+    """The early check a convert makes before indexing its cohort: a held lock fails at once naming the holder;
+    a free one (or a folder never locked) passes and no lock file is created by the check."""
+    from clips_nnunet.errors import LockedError
+    from clips_nnunet.io_utils import DirectoryLock
+
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    DirectoryLock(folder, lock_name=".x.lock").check_free()
+    assert not (folder / ".x.lock").exists()
+    with DirectoryLock(folder, what="dataset 501", lock_name=".x.lock"):
+        with pytest.raises(LockedError, match="dataset 501 .* in use by another run"):
+            DirectoryLock(folder, what="dataset 501", lock_name=".x.lock").check_free()
+    DirectoryLock(folder, lock_name=".x.lock").check_free()  # released: free again
+    with DirectoryLock(folder, lock_name=".x.lock"):  # and the probe did not disturb a later holder
+        pass

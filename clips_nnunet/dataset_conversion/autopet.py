@@ -89,6 +89,7 @@ def convert_autopet(root: PathLike, dataset_id: int, name: str, workers: int = 1
         raise ClipsError(f"-j/--workers must be a positive integer, got {workers!r}")
     studies = find_autopet_studies(root)
     target = C.resolve_target(dataset_id, name, private_dir, raw_root, preprocessed_root)
+    target.lock().check_free()  # a busy dataset fails at once
     keys = [(p, s) for p, s, _ in studies]
     with target.lock():
         members = C.admit_cases(target, prefix or name.replace("-", ""), keys, add, prune)

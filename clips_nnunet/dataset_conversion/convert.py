@@ -294,6 +294,7 @@ def convert_cohort(cohort_dir: PathLike, dataset_id: int, name: str, labels: str
     option, overrides = _check_inputs(cohort_dir, test_dirs, workers, labels, roi, overrides_csv,
                                       target_spacing, prefix)
     target = C.resolve_target(dataset_id, name, private_dir, raw_root, preprocessed_root)
+    target.lock().check_free()  # a busy dataset fails at once, not after indexing the cohort
     warnings: List[str] = []
     indexes = []
     for root, test_only in [(cohort_dir, False)] + [(t, True) for t in test_dirs]:

@@ -122,7 +122,8 @@ def write_dicom_seg(mask: np.ndarray, source_datasets: Sequence[Dataset], output
     omits empty frames. ``algorithm_type`` is ``"AUTOMATIC"`` (predictions) or ``"MANUAL"`` (expert ground
     truth); for ``"MANUAL"`` no algorithm identification is written, as the standard requires. The segment has a
     display colour (``color``, RGB, stored as CIELab), a TrackingID and a TrackingUID (new for every written
-    object); ``series_number`` defaults to :func:`new_series_number`. Returns the path.
+    object); ``series_number`` defaults to :func:`new_series_number` (900 for a MANUAL segmentation). Returns the
+    path.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -143,8 +144,8 @@ def write_dicom_seg(mask: np.ndarray, source_datasets: Sequence[Dataset], output
         algorithm_type=algorithm_type, algorithm_identification=algorithm,
         tracking_id=f"{segment_label} (all lesions)"[:64], tracking_uid=hd.UID(),
         display_color=hd.color.CIELabColor.from_rgb(*(int(v) for v in color)))
-    if series_number is None:
-        series_number = new_series_number(sorted_ds, 0)
+    if series_number is None:  # an expert's (synthetic ground truth) keeps the fixed number it always had
+        series_number = 900 if algorithm_type == "MANUAL" else new_series_number(sorted_ds, 0)
     seg = hd.seg.Segmentation(
         source_images=sorted_ds, pixel_array=binary.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
@@ -268,7 +269,7 @@ def write_rtstruct(mask: np.ndarray, source_datasets: Sequence[Dataset], output_
     ``roi_generation_algorithm`` is ``AUTOMATIC``, ``SEMIAUTOMATIC`` or ``MANUAL``. An empty mask gives an ROI
     without a ContourSequence (when present it needs at least one item). An automatic or semi-automatic result
     carries ApprovalStatus UNAPPROVED (Approval module: nobody has reviewed it); ``series_number`` defaults to
-    :func:`new_series_number`. Returns the path.
+    :func:`new_series_number` (901 for MANUAL contours). Returns the path.
     """
     sorted_ds = sort_source_datasets(source_datasets)
     binary = _check_mask(mask, sorted_ds)
@@ -287,7 +288,9 @@ def write_rtstruct(mask: np.ndarray, source_datasets: Sequence[Dataset], output_
     ds.Modality = "RTSTRUCT"
     _copy_patient_study(ref, ds)
     ds.SeriesInstanceUID = series_instance_uid or generate_uid()
-    ds.SeriesNumber = int(series_number if series_number is not None else new_series_number(sorted_ds, 1))
+    if series_number is None:
+        series_number = 901 if roi_generation_algorithm == "MANUAL" else new_series_number(sorted_ds, 1)
+    ds.SeriesNumber = int(series_number)
     ds.SeriesDescription = series_description
     ds.InstanceNumber = 1
     ds.FrameOfReferenceUID = ref.FrameOfReferenceUID
