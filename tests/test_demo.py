@@ -153,6 +153,8 @@ def test_environment_points_into_workdir(tmp_path):
     assert env["nnUNet_extTrainer"].split(":")[-1] == str(tmp_path / "ext")
     assert env["nnUNet_n_proc_DA"] == "1"  # 0 makes nnU-Net's planner call torch.set_num_threads(0)
     assert env["nnUNet_def_n_proc"] == "1"  # not 8 torch-importing workers on a 2-core machine
+    assert env["OMP_NUM_THREADS"] == "1"  # one PyTorch thread per training (BudgetMixin applies it)
+    assert demo_environment(tmp_path, "cpu", base_env={"OMP_NUM_THREADS": "2"})["OMP_NUM_THREADS"] == "2"
 
 
 def test_finished_steps_are_skipped_and_failures_stop(tmp_path, capsys, monkeypatch):

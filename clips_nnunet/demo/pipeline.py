@@ -173,6 +173,9 @@ def demo_environment(workdir: Path, device: str, base_env: Optional[Mapping[str,
         # nnU-Net's default of 8 processes (fingerprint, final validation export, prediction) each import torch:
         # three demos side by side filled 24 GB and thrashed (seen here)
         env.setdefault("nnUNet_def_n_proc", "1")
+        # one PyTorch thread (BudgetMixin applies OMP_NUM_THREADS): nnUNetv2_train -device cpu takes every core, and
+        # on a shared machine its threads wait for each other (seen here under load ~23: no epoch done in 6 min)
+        env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
 
