@@ -176,6 +176,21 @@ def test_one_unreadable_prediction_is_reported_and_the_rest_audited(cv_folder, t
     assert data["n_cases"] == 11 and not (out / "index.html").exists()
 
 
+def test_a_truncated_prediction_fails_its_case_instead_of_reading_as_zeros(cv_folder, tmp_path):
+    """SimpleITK reads a NIfTI cut short as zeros; the audit reads through io_utils.read_image and names the file."""
+    base, raw, results, gt, corrupted, where = cv_folder
+    copy = tmp_path / TRAINER
+    shutil.copytree(results, copy)
+    victim = sorted(copy.glob("fold_0/validation/*.nii.gz"))[0]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    out = tmp_path / "out"
+    assert main(["audit", str(copy), "--gt", str(gt), "-o", str(out), "--no-html"]) == 0
+    data = json.loads((out / "audit.json").read_text())
+    case = victim.name[: -len(".nii.gz")]
+    assert list(data["failed"]) == [case]
+    assert "incomplete or damaged" in data["failed"][case] and victim.name in data["failed"][case]
+
+
 def test_probabilities_from_npz_and_the_loss_history_are_used(cv_folder, tmp_path):
     history = pytest.importorskip("clips_nnunet.trainers.curriculum_history")
     base, raw, results, gt, corrupted, where = cv_folder

@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from clips_nnunet.audit.decisions import COLUMNS, DECISION_LABELS, EXPORT_NAME
 from clips_nnunet.audit.views import FINDING_COLOUR, PREDICTION_COLOUR, REFERENCE_COLOUR

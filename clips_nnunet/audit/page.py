@@ -34,7 +34,7 @@ from clips_nnunet.audit.evidence import (AuditParams, case_evidence, loss_eviden
 from clips_nnunet.audit.html_page import ANNOTATION_KINDS, render_html
 from clips_nnunet.audit.views import mip_picture, planes_picture
 from clips_nnunet.nnunet_env import reference_masks_for_results
-from clips_nnunet.io_utils import PathLike, atomic_write_json, atomic_write_text, read_json
+from clips_nnunet.io_utils import PathLike, atomic_write_json, atomic_write_text, read_image, read_json
 
 KNOWN_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".tif")
 CSV_FIRST = ("rank", "case_id", "suspicion", "error_kind", "missed_lesion_score", "extra_region_score",
@@ -78,12 +78,15 @@ def find_validation(results_dir: PathLike) -> Tuple[Dict[str, List[Tuple[Path, O
 
 
 def _read(path: Path):
+    """The image at ``path`` in LPS, read completely (:func:`clips_nnunet.io_utils.read_image`: a truncated NIfTI is
+    an error naming the file, not zeros)."""
     import SimpleITK as sitk
 
+    image = read_image(path, what="image")
     try:
-        return sitk.DICOMOrient(sitk.ReadImage(str(path)), "LPS")
+        return sitk.DICOMOrient(image, "LPS")
     except RuntimeError as e:
-        raise DatasetError(f"cannot read {path.name}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}"
+        raise DatasetError(f"cannot orient {path.name}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}"
                            ) from None
 
 
@@ -119,7 +122,7 @@ def read_case(case: str, entries: Sequence[Tuple[Path, Optional[Path]]], gt: Pat
     ref = sitk.GetArrayFromImage(ref_img) > 0
     votes, probs = [], []
     for pred_path, npz in entries:
-        raw_img = sitk.ReadImage(str(pred_path)) if use_npz and npz is not None else None
+        raw_img = read_image(pred_path, what="prediction") if use_npz and npz is not None else None
         img = _read(pred_path)
         if img.GetSize() != ref_img.GetSize():
             raise DatasetError(f"{case}: prediction size {img.GetSize()} differs from the reference size "
@@ -150,7 +153,7 @@ def read_case(case: str, entries: Sequence[Tuple[Path, Optional[Path]]], gt: Pat
         if ct_img is not None and ct_img.GetSize() == ref_img.GetSize():  # a CT on another grid is left out too
             ct_arr = sitk.GetArrayFromImage(ct_img).astype(np.float32)
     spacing = tuple(float(s) for s in ref_img.GetSpacing()[::-1])
-    source = _geometry(sitk.ReadImage(str(pet if pet is not None else gt)))
+    source = _geometry(read_image(pet if pet is not None else gt, what="image"))
     return {"reference": ref, "prediction": prediction, "probability": probability, "suv": suv, "spacing": spacing,
             "n_votes": len(votes), "ct": ct_arr, "lps_image": _geometry(ref_img), "source_image": source}
 
