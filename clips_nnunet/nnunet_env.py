@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # the one path type; io_utils itself imports numpy, which lay
 
 __all__ = ["EXT_TRAINER_DIR", "NNUNET_FOLDERS", "TIMEOUT_EXIT_CODE", "ext_trainer_value", "nnunet_folders",
            "nnunet_environment", "environment_applied", "bin_path", "shell_line", "run_logged", "split_folders",
-           "nnunet_folder", "dataset_folder", "dataset_name_above", "results_dataset_name", "reference_masks_for_results",
+           "nnunet_folder", "nnunet_folder_if_set", "dataset_folder", "dataset_name_above", "results_dataset_name", "reference_masks_for_results",
            "reference_masks_dir", "resolve_device",
            "DATASET_NAME_RE"]
 
@@ -190,6 +190,15 @@ def nnunet_folder(variable: str, env: Optional[Mapping[str, str]] = None) -> Pat
     if not folder.is_dir():
         raise DatasetError(f"{variable}={value} is not a folder; create it or point {variable} to nnU-Net's folder")
     return folder
+
+
+def nnunet_folder_if_set(variable: str, env: Optional[Mapping[str, str]] = None) -> Optional[Path]:
+    """The folder nnU-Net's ``variable`` names, whether or not it exists yet (a converter creates
+    ``nnUNet_preprocessed`` on first use); None when the variable is unset or empty."""
+    if variable not in NNUNET_FOLDERS:
+        raise ValueError(f"{variable!r} is not one of nnU-Net's folders {NNUNET_FOLDERS}")
+    value = (os.environ if env is None else env).get(variable, "")
+    return Path(value) if value.strip() else None
 
 
 def dataset_folder(variable: str, dataset: Union[int, str], env: Optional[Mapping[str, str]] = None) -> Path:

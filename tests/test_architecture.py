@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import json
 import subprocess
 import sys
@@ -157,3 +158,18 @@ def test_no_module_longer_than_600_lines():
     long = {str(p.relative_to(ROOT)): n for p in source_files()
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines (split them by responsibility): {long}"
+
+
+NNUNET_ENV_READ = re.compile(r"""(environ(\.get)?\s*[\[(]\s*|getenv\(\s*)["']nnUNet_(raw|preprocessed|results)["']""")
+
+
+def test_only_nnunet_env_reads_nnunet_folders_from_the_environment():
+    """nnU-Net's folders have one owner (clips_nnunet/nnunet_env.py): nowhere else is ``os.environ["nnUNet_raw"]``,
+    ``os.environ.get("nnUNet_results")`` or ``os.getenv("nnUNet_preprocessed")`` read, so a missing variable
+    fails the same way everywhere."""
+    owner = PACKAGE / "nnunet_env.py"
+    readers = [f"{p.relative_to(ROOT)}:{n}" for p in source_files() if p != owner
+               for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if NNUNET_ENV_READ.search(line)]
+    assert not readers, f"read nnU-Net's folders through clips_nnunet.nnunet_env instead: {readers}"
+    assert NNUNET_ENV_READ.search('raw = os.environ.get("nnUNet_raw")')  # the pattern itself finds a reader
+    assert NNUNET_ENV_READ.search("os.environ['nnUNet_results']") and NNUNET_ENV_READ.search('getenv("nnUNet_raw")')

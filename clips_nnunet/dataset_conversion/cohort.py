@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from clips_nnunet.errors import ClipsError, DatasetError, PatientError
-from clips_nnunet.nnunet_env import nnunet_folder
+from clips_nnunet.nnunet_env import nnunet_folder, nnunet_folder_if_set
 from clips_nnunet.io_utils import (DirectoryLock, PathLike, atomic_write_json, atomic_write_text,
                                    dumps_json, read_json)
 
@@ -135,11 +135,6 @@ class DatasetTarget:
                              lock_name=f".Dataset{self.dataset_id:03d}.clips-lock")
 
 
-def _env_folder(variable: str) -> Optional[Path]:
-    value = os.environ.get(variable)
-    return Path(value) if value else None
-
-
 def resolve_target(dataset_id: int, name: str, private_dir: Optional[PathLike] = None,
                    raw_root: Optional[PathLike] = None, preprocessed_root: Optional[PathLike] = None) -> DatasetTarget:
     """Validate the dataset id and name and find the folders; creates nothing.
@@ -150,7 +145,7 @@ def resolve_target(dataset_id: int, name: str, private_dir: Optional[PathLike] =
     """
     folder = W.dataset_folder_name(dataset_id, name)
     raw = Path(raw_root) if raw_root else nnunet_folder("nnUNet_raw")  # the one owner of nnU-Net's folders
-    pre = Path(preprocessed_root) if preprocessed_root else _env_folder("nnUNet_preprocessed")
+    pre = Path(preprocessed_root) if preprocessed_root else nnunet_folder_if_set("nnUNet_preprocessed")
     private = W.check_private_dir(Path(private_dir) if private_dir else W.default_private_dir(raw, folder), raw)
     target = DatasetTarget(int(dataset_id), name, raw, pre, private)
     check_name_free(target)  # early, so that nothing is created; again under the lock (admit_cases)
@@ -162,7 +157,7 @@ def check_name_free(target: DatasetTarget) -> None:
     nnUNet_preprocessed or nnUNet_results (nnU-Net would then refuse the id). Checked before anything is created
     and again under the dataset lock: two runs with one id and different names cannot both pass."""
     prefix = f"Dataset{target.dataset_id:03d}_"
-    for root in (target.raw_root, target.preprocessed_root, _env_folder("nnUNet_results")):
+    for root in (target.raw_root, target.preprocessed_root, nnunet_folder_if_set("nnUNet_results")):
         if root is None or not root.is_dir():
             continue
         others = sorted(p.name for p in root.iterdir()

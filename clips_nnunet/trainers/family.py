@@ -27,6 +27,7 @@ from clips_nnunet.curriculum.schedulers import (BabyStepsScheduler, CompetenceSc
                                                 FixedOrderPacingScheduler, SmoothingScheduler, SPLDScheduler,
                                                 SuperLossScheduler, TeacherStudentScheduler)
 from clips_nnunet.errors import CurriculumConfigError, DatasetError
+from clips_nnunet.nnunet_env import nnunet_folder
 from clips_nnunet.trainers.arms import nnUNetTrainerCurriculumArm, scheduler_sample_weights
 from clips_nnunet.trainers.curriculum import nnUNetTrainerCurriculum
 
@@ -50,11 +51,7 @@ class _FamilyTrainer(nnUNetTrainerCurriculumArm):
 
     def raw_dataset_folder(self) -> str:
         """``$nnUNet_raw/DatasetXXX_Name`` of the dataset being trained."""
-        raw = os.environ.get("nnUNet_raw")
-        if not raw:
-            raise DatasetError("nnUNet_raw is not set: the curriculum reads case_metadata.json / difficulty.csv from "
-                               "the raw dataset folder; export nnUNet_raw")
-        return os.path.join(raw, self.plans_manager.dataset_name)
+        return str(nnunet_folder("nnUNet_raw") / self.plans_manager.dataset_name)
 
     def difficulty_csv_path(self) -> str:
         """``CLIPS_DIFFICULTY_CSV``, else ``difficulty_csv``, else ``difficulty.csv`` in the raw dataset folder."""
