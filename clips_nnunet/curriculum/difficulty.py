@@ -289,13 +289,21 @@ class DifficultyCsv:
 
 
 def _csv_rows(path: Path) -> List[Tuple[int, List[str]]]:
-    """``(line number, stripped cells)`` of every non-blank, non-comment row."""
-    reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig")))
-    rows = []
-    for row in reader:
-        cells = [cell.strip() for cell in row]
-        if cells and any(cells) and not cells[0].startswith("#"):
-            rows.append((reader.line_num, cells))
+    """``(line number, stripped cells)`` of every non-blank, non-comment row; :class:`CurriculumConfigError` (one
+    line naming the file) for a file that is not CSV text, e.g. a binary file given by mistake."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        if "\x00" in text:
+            raise ValueError("it holds NUL bytes")
+        reader = csv.reader(io.StringIO(text))
+        rows = []
+        for row in reader:
+            cells = [cell.strip() for cell in row]
+            if cells and any(cells) and not cells[0].startswith("#"):
+                rows.append((reader.line_num, cells))
+    except (UnicodeDecodeError, csv.Error, ValueError) as e:
+        raise CurriculumConfigError(f"{path}: not a CSV text file ({str(e).splitlines()[0][:120]}); give the "
+                                    "difficulty CSV written by clips-nnunet score (case_id,difficulty)") from None
     return rows
 
 
