@@ -32,7 +32,7 @@ from clips_nnunet.study.layout import (RunSpec, build_train_command, fold_dir, p
                                        teacher_results_root, trainer_output_dir)
 from clips_nnunet.study.report import publish_report, study_groups, write_report
 from clips_nnunet.study.runner import read_status, report_config, run_index, run_study, set_up_study
-from clips_nnunet.study.slurm import array_spec, write_slurm_scripts
+from clips_nnunet.study.slurm import GpuEstimate, array_spec, gpu_estimate, write_slurm_scripts
 from clips_nnunet.study.teacher import compute_teacher_difficulty, training_cases_difficulty_csv
 
 __all__ = [
@@ -43,5 +43,5 @@ __all__ = [
     "set_up_study", "read_status", "report_config", "study_groups", "write_report", "publish_report",
     "add_derived_configuration", "prepare_dataset", "case_difficulty_from_metadata", "write_stratified_splits",
     "resolve_device", "compute_teacher_difficulty", "training_cases_difficulty_csv", "array_spec",
-    "write_slurm_scripts",
+    "write_slurm_scripts", "GpuEstimate", "gpu_estimate",
 ]

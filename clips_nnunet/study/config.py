@@ -14,14 +14,18 @@ import numpy as np
 from clips_nnunet.errors import ClipsError
 
 __all__ = ["StudyConfigError", "TrainerSpec", "StudyConfig", "parse_study_config", "load_study_config",
-           "study_class_name", "DATASET_SOURCES"]
+           "study_class_name", "DATASET_SOURCES", "REFERENCE_GPU_SECONDS_PER_ITERATION"]
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 DATASET_SOURCES = ("existing", "synthetic_raw", "synth_dicom")
 KNOWN_KEYS = ("name", "study_dir", "dataset", "configuration", "plans", "trainers", "baseline", "controls", "folds",
               "seeds", "budget", "device", "teacher_seed", "difficulty_key", "skip_missing_trainers", "run_timeout_s",
               "n_proc_da", "parallel_runs", "derive_configuration", "description", "convergence_margin",
-              "memorisation_reference")
+              "memorisation_reference", "gpu_seconds_per_iteration", "gpu_seconds_per_run", "badly_segmented")
+#: Reference seconds per training iteration for the ``--slurm`` GPU-hour estimate: nnU-Net's default 3d_fullres U-Net,
+#: 2 channels, 128^3 patch, batch 2, AMP on an H200 (the project's reference/target figure, docs/performance.md; not
+#: measured by this project: ``benchmarks/gpu/run.sh`` measures it on the user's GPU).
+REFERENCE_GPU_SECONDS_PER_ITERATION = 0.065
 #: Literal types an arm's class-attribute override may have (written as ``attribute = value`` lines).
 OVERRIDE_TYPES = (int, float, str, bool, list, type(None))
 
@@ -93,6 +97,9 @@ class StudyConfig:
     features_divisor: int = 1
     convergence_margin: float = 0.02
     memorisation_reference: Optional[Path] = None
+    gpu_seconds_per_iteration: float = REFERENCE_GPU_SECONDS_PER_ITERATION
+    gpu_seconds_per_run: float = 0.0
+    badly_segmented: Optional[Path] = None
 
     @property
     def preprocess_configuration(self) -> str:
@@ -287,6 +294,14 @@ def _relative_path(value: Any, base_dir: Optional[Path]) -> Optional[Path]:
     return (path if path.is_absolute() else (Path(base_dir) if base_dir is not None else Path.cwd()) / path).resolve()
 
 
+def _seconds(raw: Mapping[str, Any], key: str, default: float, positive: bool) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
+        raise StudyConfigError(f"study config: '{key}' must be a {'positive' if positive else 'non-negative'} number "
+                               f"of seconds, got {value!r}")
+    return float(value)
+
+
 def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
                        study_dir: Optional[Path] = None) -> StudyConfig:
     """Validate a study configuration mapping (the parsed YAML) and return a :class:`StudyConfig`.
@@ -305,7 +320,11 @@ def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
     studies on CPUs; ``convergence_margin`` (0.02): the convergence ladder's margin (Dice, clean masks) within
     which the 2x baseline must stay of the 1x baseline, interval included; ``memorisation_reference``: the study
     YAML of the same patients with clean masks (e.g. the clean condition), whose baseline runs predict this study's
-    badly annotated training patients as the reference of the memorisation section.
+    badly annotated training patients as the reference of the memorisation section; ``gpu_seconds_per_iteration``
+    (:data:`REFERENCE_GPU_SECONDS_PER_ITERATION`) and ``gpu_seconds_per_run`` (0: start-up and final validation,
+    not counted unless given): the ``--slurm`` GPU-hour estimate; ``badly_segmented``: the audit's
+    ``audit_decisions.csv`` (``clips-nnunet audit``), whose ``confirmed_error`` cases form the report's
+    ``badly_segmented`` stratum.
     """
     if not isinstance(raw, Mapping):
         raise StudyConfigError(f"study config must be a mapping (YAML dictionary), got {type(raw).__name__}")
@@ -341,7 +360,11 @@ def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
         run_timeout_s=float(timeout) if timeout is not None else None,
         n_proc_da=_positive_int(raw.get("n_proc_da", 0), "n_proc_da", 0),
         parallel_runs=_positive_int(raw.get("parallel_runs", 1), "parallel_runs"), convergence_margin=float(margin),
-        memorisation_reference=_relative_path(raw.get("memorisation_reference"), base_dir))
+        memorisation_reference=_relative_path(raw.get("memorisation_reference"), base_dir),
+        gpu_seconds_per_iteration=_seconds(raw, "gpu_seconds_per_iteration", REFERENCE_GPU_SECONDS_PER_ITERATION,
+                                           True),
+        gpu_seconds_per_run=_seconds(raw, "gpu_seconds_per_run", 0.0, False),
+        badly_segmented=_relative_path(raw.get("badly_segmented"), base_dir))
 
 
 def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:

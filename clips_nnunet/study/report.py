@@ -34,6 +34,8 @@ REPORT_METRICS: Dict[str, bool] = {"dice": True, "tmtv_abs_error_ml": False, "fp
                                    "fn_volume_ml": False, "lesion_f1": True}
 #: the stratum of the patients whose training annotation carries a planted error
 MISLABELLED = "mislabelled"
+#: the stratum of the user's badly segmented cases (``badly_segmented``: the audit's confirmed errors)
+BADLY_SEGMENTED = "badly_segmented"
 #: nnU-Net's default training budget (epochs x iterations per epoch), for the scale statement
 NNUNET_DEFAULT_ITERATIONS = 1000 * 250
 
@@ -69,14 +71,26 @@ def reference_masks(config: StudyConfig) -> Tuple[Path, Dict[str, List[str]], st
     cases with a planted annotation error when the study's dataset has them (``clips_truth/``, never part of the
     nnU-Net dataset), else the dataset's own references (nnU-Net's ``gt_segmentations``)."""
     truth = planted_errors(config)
+    listed = _badly_segmented(config)
     if truth is not None:
         clean, kinds = truth
         bad = sorted(kinds)
-        return (clean, {MISLABELLED: bad} if bad else {},
+        return (clean, {**({MISLABELLED: bad} if bad else {}), **listed},
                 f"the generator's clean masks (`clips_truth/`; {len(bad)} training case(s) carry a planted "
                 f"annotation error in the dataset the arms trained on)")
-    return (config.study_dir / "nnUNet_preprocessed" / config.dataset_folder_name / "gt_segmentations", {},
+    return (config.study_dir / "nnUNet_preprocessed" / config.dataset_folder_name / "gt_segmentations", listed,
             "the dataset's own reference masks (nnU-Net's gt_segmentations)")
+
+
+def _badly_segmented(config: StudyConfig) -> Dict[str, List[str]]:
+    """``{BADLY_SEGMENTED: case ids}``: the ``confirmed_error`` cases of the config's ``badly_segmented``
+    (the audit's ``audit_decisions.csv``), or ``{}`` without one."""
+    if config.badly_segmented is None:
+        return {}
+    from clips_nnunet.audit.decisions import confirmed_errors
+
+    cases = sorted(confirmed_errors(config.badly_segmented))
+    return {BADLY_SEGMENTED: cases} if cases else {}
 
 
 def _compare(config: StudyConfig, groups: Mapping[str, Sequence[Path]], baseline: str, out_dir: Path,

@@ -15,6 +15,7 @@ environment and set ``nnUNet_extTrainer`` extras before ``bash submit.sh``.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 from pathlib import Path
@@ -23,15 +24,47 @@ from typing import Dict, List, Optional, Sequence
 from clips_nnunet.io_utils import atomic_write_json, atomic_write_text
 from clips_nnunet.nnunet_env import bin_path
 from clips_nnunet.study.config import StudyConfig
-from clips_nnunet.study.layout import runs_by_role
+from clips_nnunet.study.layout import RunSpec, runs_by_role
 
-__all__ = ["array_spec", "write_slurm_scripts", "SLURM_DIR"]
+__all__ = ["array_spec", "write_slurm_scripts", "SLURM_DIR", "GpuEstimate", "gpu_estimate"]
 
 SLURM_DIR = "slurm"
 #: submit.sh variable and array-job comment for each run role, in submission order
 ROLE_JOBS = (("teacher", "teachers", "teacher arms on every fold at the teacher seed"),
              ("independent", "runs", "runs that need no teacher"),
              ("student", "students", "runs that read a teacher's difficulty (after every teacher task succeeded)"))
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuEstimate:
+    """The GPU time of a study's runs: training iterations (each run's budget, ``budget_factor`` and the teachers'
+    extra folds included), the per-epoch validation iterations (counted at the training rate: an upper bound for
+    forward-only steps), ``gpu_seconds_per_run`` per run (start-up, final validation), and the hours they make."""
+
+    n_jobs: int
+    train_iterations: int
+    val_iterations: int
+    seconds_per_iteration: float
+    seconds_per_run: float
+
+    @property
+    def gpu_hours(self) -> float:
+        return ((self.train_iterations + self.val_iterations) * self.seconds_per_iteration
+                + self.n_jobs * self.seconds_per_run) / 3600.0
+
+    def line(self) -> str:
+        return (f"{self.n_jobs} array jobs (one run each); GPU-hour estimate: {self.gpu_hours:,.1f} h = "
+                f"({self.train_iterations:,} training + {self.val_iterations:,} per-epoch validation iterations) x "
+                f"{self.seconds_per_iteration:g} s (gpu_seconds_per_iteration) + {self.n_jobs} x "
+                f"{self.seconds_per_run:g} s per run (gpu_seconds_per_run); plus the prepare and report jobs")
+
+
+def gpu_estimate(config: StudyConfig, runs: Sequence[RunSpec]) -> GpuEstimate:
+    """:class:`GpuEstimate` of ``runs`` (the study's run list, :func:`clips_nnunet.study.layout.plan_runs`)."""
+    train = sum(config.run_iterations(r.trainer.name) for r in runs)
+    val = sum(config.epochs * config.val_iterations_per_epoch * config.trainer(r.trainer.name).budget_factor
+              for r in runs)
+    return GpuEstimate(len(runs), train, val, config.gpu_seconds_per_iteration, config.gpu_seconds_per_run)
 
 
 def array_spec(indices: Sequence[int]) -> str:
@@ -102,6 +135,7 @@ def write_slurm_scripts(config: StudyConfig, config_path: Path, sbatch_options: 
     from clips_nnunet.study.runner import set_up_study
 
     plan = set_up_study(config, prepare=False, echo=echo)
+    print(f"[study] {config.name}: {gpu_estimate(config, plan.runs).line()}", flush=True)
     roles = runs_by_role(plan.config, plan.runs)
     folder = config.study_dir / SLURM_DIR
     (folder / "logs").mkdir(parents=True, exist_ok=True)
