@@ -122,6 +122,18 @@ def test_outputs_read_back_and_identifier_free(tmp_path):
     assert saved["tmtv_ml"] == pytest.approx(expected.tmtv_ml)
     assert saved["suv_max"] == pytest.approx(expected.suv_max) and saved["tlg"] == pytest.approx(expected.tlg)
     assert saved["dmax_mm"] == pytest.approx(expected.dmax_mm) and saved["dmax_mm"] > 0
+    # every lesion is located in DICOM patient coordinates and by its PET slice (from the written PET grid)
+    from scipy import ndimage
+    labels, n = ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))
+    centres = {}
+    for k in range(1, n + 1):
+        zyx = ndimage.center_of_mass(labels == k)
+        centres[int((labels == k).sum())] = (pet_img.TransformContinuousIndexToPhysicalPoint(zyx[::-1]),
+                                             int(round(zyx[0])) + 1)
+    for lesion in saved["lesions"]:
+        point, slice_number = centres[round(lesion["volume_ml"] * 1000 / float(np.prod(spacing_zyx)))]
+        assert lesion["centroid_lps_mm"] == pytest.approx(point, abs=0.06) and lesion["slice"] == slice_number
+        assert lesion["n_slices"] == shape[0]
 
     # a de-identified export: no identifier in any output, the pseudonym as the patient, and every UID replaced
     # consistently (the SEG and RTSTRUCT share the replaced study and PET references, none of the source UIDs)
@@ -273,3 +285,18 @@ def test_private_folder_is_locked_too(tmp_path):
             predict_dicom([PET_DIR], tmp_path / "other_out", spec, private_dir=tmp_path / "shared_private",
                           progress=False)
     assert not (tmp_path / "other_out" / "prediction_summary.json").exists()
+
+
+def test_console_summary_warns_per_case_when_the_ct_covers_only_part_of_the_pet(tmp_path):
+    from clips_nnunet.prediction.predict import PatientResult, PredictionRun
+
+    run = PredictionRun(tmp_path, tmp_path / "map.json", results=[
+        PatientResult("PRED_0001", "done", tmtv_ml=4.0, n_lesions=1,
+                      warnings=["CT covers 62.5% of the PET volume", "PatientSex O: used as female"]),
+        PatientResult("PRED_0002", "skipped", message="outputs already complete", tmtv_ml=0.0, n_lesions=0,
+                      warnings=["CT does not cover the PET along z: 40.0 mm missing below and 0.0 mm above"])])
+    table = run.summary_table().splitlines()
+    warnings = [line.strip() for line in table if "WARNING:" in line]
+    assert warnings == ["WARNING: CT covers 62.5% of the PET volume",
+                        "WARNING: CT does not cover the PET along z: 40.0 mm missing below and 0.0 mm above"]
+    assert table.index(next(line for line in table if "CT covers" in line)) == 2  # right under its case

@@ -289,6 +289,6 @@ def write_patient_outputs(out_dir: Path, pseudonym: str, mask: sitk.Image, pet_s
     save_coronal_mip(pet_suv, mask_u8, out_dir / "mip_coronal.png",
                      title=f"{pseudonym}: coronal SUV MIP, prediction outlined")
     report = build_report(summary, case_id=pseudonym, model=model, warnings=list(warnings),
-                          spacing_zyx=spacing_zyx)
+                          spacing_zyx=spacing_zyx, image=pet_suv)  # lesion centroids in LPS mm and PET slices
     write_report(report, out_dir)  # report.md then report.json (completion marker)
     return report

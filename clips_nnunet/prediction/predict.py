@@ -245,6 +245,11 @@ class CasePredictor:
 # --------------------------------------------------------------------------------------------------------------------
 # Many patients
 # --------------------------------------------------------------------------------------------------------------------
+#: Conversion warnings (``dataset_conversion.read.check_coverage``) that the console summary repeats per case: a CT
+#: that covers only part of the PET changes what the model sees there (filled with air).
+COVERAGE_WARNINGS = ("CT does not cover the PET", "CT covers ")
+
+
 @dataclass
 class PatientResult:
     """Outcome for one study: ``status`` is ``done``, ``skipped`` (already complete) or ``failed``."""
@@ -283,6 +288,7 @@ class PredictionRun:
             tmtv = f"{r.tmtv_ml:9.2f}" if r.tmtv_ml is not None else f"{'-':>9}"
             n = f"{r.n_lesions:7d}" if r.n_lesions is not None else f"{'-':>7}"
             lines.append(f"{r.case:<{width}} {r.status:<8} {tmtv} {n}  {r.message}")
+            lines += [f"{'':<{width}} WARNING: {w}" for w in r.warnings if w.startswith(COVERAGE_WARNINGS)]
         for p in self.problems:
             lines.append(f"{'-':<{width}} {'failed':<8} {'-':>9} {'-':>7}  {p}")
         return "\n".join(lines)
@@ -455,7 +461,8 @@ def _predict_locked(inputs: Sequence[PathLike], output_dir: Path, private_dir: P
         if not overwrite and is_complete(output_dir / name, pseudonym):
             report = read_json(output_dir / name / "report.json")
             results[i] = PatientResult(label, "skipped", message="outputs already complete",
-                                       tmtv_ml=_get(report, "tmtv_ml"), n_lesions=_get(report, "n_lesions"))
+                                       tmtv_ml=_get(report, "tmtv_ml"), n_lesions=_get(report, "n_lesions"),
+                                       warnings=[str(w) for w in report.get("warnings", []) or []])
         else:
             todo.append((i, pseudonym, name, label, sel))
 
