@@ -6,38 +6,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from nnunet_helpers import BIN, nnunet_environment
+from process_helpers import alive, descendants
 
 pytestmark = pytest.mark.integration
-
-
-def _descendants(pid):
-    children = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                children.setdefault(int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(int(d.name))
-            except (OSError, IndexError, ValueError):
-                pass
-    found, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            found.append(c)
-            todo.append(c)
-    return found
-
-
-def _alive(pid):
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +36,7 @@ def test_ctrl_c_stops_convert_j2_within_seconds(cohort, tmp_path, presses):
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:  # conversion workers are running
-            workers = _descendants(proc.pid)
+            workers = descendants(proc.pid)
             if dataset.is_dir() and len(workers) >= 2:
                 break
             time.sleep(0.05)
@@ -74,7 +51,7 @@ def test_ctrl_c_stops_convert_j2_within_seconds(cohort, tmp_path, presses):
         except subprocess.TimeoutExpired:
             pytest.fail(f"convert still running 30 s after {presses} Ctrl-C")
         elapsed = time.time() - t0
-        survivors = [p for p in workers if _alive(p)]
+        survivors = [p for p in workers if alive(p)]
         assert not survivors, f"workers {survivors} outlived the interrupted convert (and its lock)"
         # 130 and one line; a second Ctrl-C that lands after the workers are gone may end it by the signal itself
         assert proc.returncode in ((130, -signal.SIGINT) if presses > 1 else (130,)), err
@@ -87,6 +64,6 @@ def test_ctrl_c_stops_convert_j2_within_seconds(cohort, tmp_path, presses):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        for p in _descendants(proc.pid) + workers:
-            if _alive(p):
+        for p in descendants(proc.pid) + workers:
+            if alive(p):
                 os.kill(p, signal.SIGKILL)

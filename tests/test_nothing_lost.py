@@ -19,6 +19,7 @@ from clips_nnunet.errors import DatasetError, WriteError
 from clips_nnunet.io_utils import DirectoryLock, atomic_write_json, read_json, verify_nifti
 from clips_nnunet.synthetic.dicom_cohort import make_synthetic_cohort
 from nnunet_helpers import BIN, mounted_tmpfs, nnunet_environment, run_cli
+from process_helpers import alive, descendants
 
 NAME = "Dataset501_Lym"
 
@@ -258,39 +259,15 @@ def test_two_real_runs_at_once(cohorts, env):
     assert len(_case_ids(env)) == 3 and _splits_cases(env) == set(_case_ids(env))
 
 
-def _descendants(pid):
-    children = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                children.setdefault(int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(int(d.name))
-            except (OSError, IndexError, ValueError):
-                pass
-    found, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            found.append(c)
-            todo.append(c)
-    return found
-
-
-def _alive(pid):
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _kill_and_list_survivors(proc, workers, grace_s):
     """SIGKILL ``proc``, give its ``workers`` ``grace_s`` seconds to end, and return (and then kill) those still
     alive, so that a failing test leaves no process behind."""
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.time() + grace_s
-    while time.time() < deadline and any(_alive(p) for p in workers):
+    while time.time() < deadline and any(alive(p) for p in workers):
         time.sleep(0.05)
-    left = [p for p in workers if _alive(p)]
+    left = [p for p in workers if alive(p)]
     for p in left:
         os.kill(p, signal.SIGKILL)
     return left
@@ -302,7 +279,7 @@ def test_workers_end_when_the_main_process_is_killed(cohorts, env):
                              "-j", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, workers = time.time() + 120, []
     while time.time() < deadline and proc.poll() is None:
-        workers = _descendants(proc.pid)
+        workers = descendants(proc.pid)
         if len(workers) >= 2:
             break
         time.sleep(0.02)
@@ -329,6 +306,6 @@ def test_busy_pool_workers_die_with_their_parent():
     import sys
     proc = subprocess.Popen([sys.executable, "-c", POOL], stdout=subprocess.PIPE, text=True)
     workers = [int(p) for p in proc.stdout.readline().split()]
-    assert len(workers) == 2 and all(_alive(p) for p in workers)
+    assert len(workers) == 2 and all(alive(p) for p in workers)
     left = _kill_and_list_survivors(proc, workers, grace_s=3)
     assert not left, f"worker processes {left} outlived their parent"
