@@ -66,10 +66,11 @@ FEATURES_DIVISOR = {"cpu": 4, "cuda": 1}
 #: spacing) with this smaller patch, about 4x fewer voxels per iteration than the planned 64x48x48 (docs/demo.md).
 DEMO_PATCH_SIZE = (32, 32, 32)
 DEMO_CONFIGURATION = {"cpu": "3d_demo", "cuda": "3d_fullres"}
-#: Measured on 2 idle CPU cores (docs/demo.md): seconds per training epoch of the demo network, and the minutes of
-#: every other step together (synth, convert, plan, predict, evaluate, nnU-Net's start-up and final validation).
-#: Only used for the estimate printed at the start; the time left is then measured epoch by epoch.
-REFERENCE_SECONDS_PER_EPOCH = {"cpu": 8.0, "cuda": 5.0}
+#: For the estimate printed at the start only (the time left is then measured epoch by epoch): seconds per training
+#: epoch of the demo network (the fastest epochs measured on this 2-core machine, docs/demo.md) and the minutes of
+#: every other step together (synth, convert, plan, predict, evaluate, nnU-Net's start-up and final validation;
+#: measured on the idle machine before issue 27). A shared machine takes 3x longer (docs/demo.md).
+REFERENCE_SECONDS_PER_EPOCH = {"cpu": 9.0, "cuda": 5.0}
 REFERENCE_OTHER_MINUTES = {"cpu": 3.0, "cuda": 3.0}
 
 
@@ -375,7 +376,7 @@ def run_demo(options: DemoOptions, runner: Optional[Runner] = None) -> int:
     estimate = estimated_minutes(budget, device, len(trainings))
     print(f"clips-nnunet demo: {len(steps)} steps in {workdir} on {device} (re-run to resume; finished steps are "
           f"skipped)\n  training: {budget['epochs']} epochs x {budget['iterations_per_epoch']} iterations per model, "
-          f"seed {options.seed}; estimated {format_minutes(estimate * 60)} in all at the speed measured on 2 idle "
+          f"seed {options.seed}; estimated {format_minutes(estimate * 60)} in all at the best speed measured on 2 "
           f"CPU cores" + (" " if device == "cpu" else " (GPU: much less) ") + "- a slower or busy machine trains "
           f"just as much, only longer; the time left is printed after every epoch\n  export "
           + " ".join(f"{k}={env[k]}" for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results",
