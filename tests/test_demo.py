@@ -1,6 +1,6 @@
 """The demo pipeline: step order, command construction, budget, generated trainers, step skipping on re-run.
 
-A full demo run takes ~20 min on 2 cores and is not part of the suite; its measured runs are in docs/demo.md.
+A full demo run takes 23-34 min on 2 shared cores and is not part of the suite; its measured runs are in docs/demo.md.
 The self-check and the progress lines: tests/test_demo_check.py."""
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ def run_demo(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     """Add ``demo``."""
     p = subparsers.add_parser(
-        "demo", help="the main job end to end on a synthetic DICOM cohort (about 20 min on 2 idle CPU cores)",
+        "demo", help="the main job end to end on a synthetic DICOM cohort (23-34 min measured on 2 shared CPU cores)",
         description="Synthetic PET/CT DICOM cohort -> clips-nnunet convert -> nnUNetv2_plan_and_preprocess -> "
                     "nnUNetv2_train nnUNetTrainerCLSelfPaced (a fixed number of epochs, seeded) -> clips-nnunet "
                     "predict on two held-out DICOM patients (mask, DICOM SEG, RTSTRUCT, report, MIP) -> "
