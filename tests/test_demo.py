@@ -107,14 +107,13 @@ def test_generated_trainers_are_budget_subclasses(tmp_path):
     spec = importlib.util.spec_from_file_location("clips_demo_trainers_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    from clips_nnunet.trainers.mixins import BudgetMixin, FeaturesDivisorMixin, TimeBudgetMixin
+    from clips_nnunet.trainers.mixins import BudgetMixin, FeaturesDivisorMixin
     from clips_nnunet.trainers.self_paced_trainers import nnUNetTrainerCLSelfPaced
     from clips_nnunet.tmtv.recipe import nnUNetTrainerTMTV
 
     demo, tmtv = module.nnUNetTrainerCLSelfPacedDemo, module.nnUNetTrainerTMTVDemo
     assert demo.__bases__ == (BudgetMixin, FeaturesDivisorMixin, nnUNetTrainerCLSelfPaced)
     assert issubclass(tmtv, BudgetMixin) and issubclass(tmtv, nnUNetTrainerTMTV)
-    assert not issubclass(demo, TimeBudgetMixin) and not issubclass(tmtv, TimeBudgetMixin)  # no wall clock
     assert not issubclass(tmtv, FeaturesDivisorMixin)
     assert demo.warmup_epochs == 1 and demo.features_divisor == 1  # no divisor in this budget
     for cls in (demo, tmtv):

@@ -205,7 +205,7 @@ def test_loss_weight_normaliser_by_hand():
 
 
 def test_a_calibrated_num_epochs_reaches_dih_and_smoothing():
-    """TimeBudgetMixin sets num_epochs after the scheduler was built: the next plan uses it (DIH's poly learning
+    """A num_epochs set after the scheduler was built (e.g. by a subclass's on_train_start): the next plan uses it (DIH's poly learning
     rates, the Random control's arm included; smoothing's zero_after)."""
     cohort = Cohort()
     for cls in (nnUNetTrainerCLDIH, nnUNetTrainerCLDIHRandom, nnUNetTrainerCLSmoothing):

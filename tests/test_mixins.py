@@ -12,11 +12,9 @@ import math
 import pytest
 import torch
 
-import clips_nnunet.trainers.mixins as mixins
 from clips_nnunet.errors import ClipsError
-from clips_nnunet.trainers.mixins import (BudgetMixin, DrawnKeysMixin, FeaturesDivisorMixin, TimeBudgetMixin,
-                                          TrainerClass, epochs_for_time_budget, scaled_features,
-                                          trainer_module_source)
+from clips_nnunet.trainers.mixins import (BudgetMixin, DrawnKeysMixin, FeaturesDivisorMixin, TrainerClass,
+                                          scaled_features, trainer_module_source)
 
 
 class FakeTrainer:
@@ -61,16 +59,6 @@ def test_scaled_features_by_hand():
             scaled_features([32], bad)
 
 
-def test_epochs_for_time_budget_by_hand():
-    # an epoch = 1.0 s x (4 + 0.5 x 2) + 2 s = 7 s; 100 s -> 14 epochs
-    assert epochs_for_time_budget(100, 1.0, 4, 2, max_epochs=1000) == 14
-    assert epochs_for_time_budget(100, 1.0, 4, 2, max_epochs=10) == 10
-    assert epochs_for_time_budget(5, 1.0, 4, 2, max_epochs=10) == 2  # at least 2 epochs
-    assert epochs_for_time_budget(60, 0.5, 10, 0, max_epochs=100, epoch_overhead_s=0.0) == 12
-    with pytest.raises(ClipsError, match="seconds per iteration"):
-        epochs_for_time_budget(100, 0.0, 4, 2, 10)
-
-
 def test_budget_mixin_sets_only_what_it_is_given(tmp_path):
     class Budget(BudgetMixin, FakeTrainer):
         budget_epochs = 3
@@ -104,28 +92,6 @@ def test_budget_mixin_keeps_the_cpu_thread_limit_nnunet_overrides(tmp_path, monk
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
-
-
-def test_time_budget_calibrates_stores_and_resumes(tmp_path, monkeypatch):
-    class Timed(TimeBudgetMixin, FakeTrainer):
-        budget_seconds = 100.0
-        budget_iterations_per_epoch = 4
-        budget_val_iterations_per_epoch = 2
-        budget_calibration_iterations = 3
-        budget_max_epochs = 50
-
-    clock = iter([10.0, 13.0])  # 3 calibration steps in 3 s: 1 s per iteration
-    monkeypatch.setattr(mixins.time, "perf_counter", lambda: next(clock))
-    t = make(Timed, tmp_path)
-    t.on_train_start()
-    assert t.events == ["start"] and t.steps == 1 + 3  # one untimed start-up step, three timed
-    assert t.num_epochs == 14 and t.lr_scheduler.max_steps == 14  # 100 s // (1 x (4 + 1) + 2 s)
-    stored = json.loads((tmp_path / "time_budget.json").read_text())
-    assert stored == {"num_epochs": 14, "seconds_per_iteration": 1.0, "budget_seconds": 100.0}
-    assert "1.00 s per iteration -> 14 epochs x 4 iterations in 100 s" in t.log[0]
-    resumed = make(Timed, tmp_path)  # --c: the stored choice, no calibration
-    resumed.on_train_start()
-    assert resumed.steps == 0 and resumed.num_epochs == 14 and resumed.lr_scheduler.max_steps == 14
 
 
 def test_drawn_keys_are_recorded_with_the_trainer_seed(tmp_path):

@@ -324,7 +324,7 @@ class nnUNetTrainerCurriculum(nnUNetTrainerClipsBase, metaclass=ABCMeta):
         warm = epoch < int(self.warmup_epochs)
         n = len(self._cl_case_ids)
         progress = self.curriculum_progress(epoch)
-        self._cl_scheduler.set_num_epochs(int(self.num_epochs))   # a time budget may have calibrated it
+        self._cl_scheduler.set_num_epochs(int(self.num_epochs))   # a subclass may have changed it after the scheduler was built
         if warm:
             plan = SamplingPlan(np.full(n, 1.0 / n), 1.0, None, {"warmup": True})
         else:

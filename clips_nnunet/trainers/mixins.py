@@ -1,4 +1,4 @@
-"""Mixins for budget subclasses of any nnU-Net trainer: a fixed budget, a time budget, a narrower U-Net, and a record
+"""Mixins for budget subclasses of any nnU-Net trainer: a fixed budget, a narrower U-Net, and a record
 of the drawn case keys. Used by the demo and the study (``clips_nnunet.demo``, ``clips_nnunet.study``).
 
 The nnU-Net way to change one thing is a small subclass, found by name through ``nnUNet_extTrainer``. The demo
@@ -19,10 +19,8 @@ Mixins go first in the bases so that they run around the trainer's own methods. 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
-import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -31,8 +29,8 @@ import torch
 from clips_nnunet.errors import ClipsError
 from clips_nnunet.io_utils import atomic_write_json
 
-__all__ = ["BudgetMixin", "TimeBudgetMixin", "FeaturesDivisorMixin", "DrawnKeysMixin", "scaled_features",
-           "epochs_for_time_budget", "TrainerClass", "trainer_module_source", "class_attributes"]
+__all__ = ["BudgetMixin", "FeaturesDivisorMixin", "DrawnKeysMixin", "scaled_features",
+           "TrainerClass", "trainer_module_source", "class_attributes"]
 
 #: Smallest number of features per stage a narrower U-Net keeps (InstanceNorm and the decoder need a few).
 MIN_FEATURES = 4
@@ -44,18 +42,6 @@ def scaled_features(features: Sequence[int], divisor: int) -> List[int]:
     if isinstance(divisor, bool) or int(divisor) != divisor or divisor < 1:
         raise ClipsError(f"features_divisor must be an integer >= 1, got {divisor!r}")
     return [max(MIN_FEATURES, int(f) // int(divisor)) for f in features]
-
-
-def epochs_for_time_budget(seconds: float, seconds_per_iteration: float, iterations_per_epoch: int,
-                           val_iterations_per_epoch: int, max_epochs: int, min_epochs: int = 2,
-                           epoch_overhead_s: float = 2.0) -> int:
-    """Number of epochs that fit ``seconds``: an epoch costs ``iterations_per_epoch`` training iterations, half an
-    iteration per validation iteration (no backward pass) and ``epoch_overhead_s`` (logging, checkpoint); the
-    result is clipped to ``[min_epochs, max_epochs]``."""
-    if seconds_per_iteration <= 0 or not math.isfinite(seconds_per_iteration):
-        raise ClipsError(f"seconds per iteration must be a positive number, got {seconds_per_iteration!r}")
-    per_epoch = seconds_per_iteration * (iterations_per_epoch + 0.5 * val_iterations_per_epoch) + epoch_overhead_s
-    return int(max(min_epochs, min(max_epochs, seconds // per_epoch)))
 
 
 class BudgetMixin:
@@ -84,48 +70,6 @@ class BudgetMixin:
         threads = os.environ.get("OMP_NUM_THREADS", "")
         if self.device.type == "cpu" and threads.isdigit() and int(threads) > 0:
             torch.set_num_threads(int(threads))
-
-
-class TimeBudgetMixin(BudgetMixin):
-    """Fit ``num_epochs`` to ``budget_seconds`` of training on this machine.
-
-    At the end of ``on_train_start`` (data loaders and curriculum ready), one untimed training step pays the
-    one-off start-up costs, then ``budget_calibration_iterations`` timed steps measure the speed and
-    :func:`epochs_for_time_budget` sets ``num_epochs`` (at most ``budget_max_epochs``, at least 2). The calibration
-    steps are real training steps, on top of the budget. The choice is stored in ``time_budget_file`` in the fold
-    folder so that ``nnUNetv2_train ... --c`` continues with the same schedule. nnU-Net's poly learning-rate
-    schedule decays over ``num_epochs``: its ``max_steps`` follows.
-    """
-
-    budget_seconds: float = 600.0
-    budget_calibration_iterations: int = 3
-    budget_max_epochs: int = 1000
-    time_budget_file: str = "time_budget.json"
-
-    def on_train_start(self):
-        super().on_train_start()
-        path = os.path.join(self.output_folder, self.time_budget_file)
-        if os.path.isfile(path):
-            with open(path) as f:
-                self._set_num_epochs(int(json.load(f)["num_epochs"]))
-            return
-        self.train_step(next(self.dataloader_train))  # start-up costs (first CUDA/cuDNN call, workers): not timed
-        t0 = time.perf_counter()
-        for _ in range(self.budget_calibration_iterations):
-            self.train_step(next(self.dataloader_train))
-        per_iteration = (time.perf_counter() - t0) / max(1, self.budget_calibration_iterations)
-        self._set_num_epochs(epochs_for_time_budget(self.budget_seconds, per_iteration, self.num_iterations_per_epoch,
-                                                    self.num_val_iterations_per_epoch, self.budget_max_epochs))
-        if self.local_rank == 0:
-            atomic_write_json(path, {"num_epochs": self.num_epochs, "seconds_per_iteration": per_iteration,
-                                     "budget_seconds": self.budget_seconds})
-        self.print_to_log_file(f"time budget: {per_iteration:.2f} s per iteration -> {self.num_epochs} epochs x "
-                               f"{self.num_iterations_per_epoch} iterations in {self.budget_seconds:.0f} s")
-
-    def _set_num_epochs(self, epochs: int) -> None:
-        self.num_epochs = epochs
-        if hasattr(self.lr_scheduler, "max_steps"):
-            self.lr_scheduler.max_steps = epochs
 
 
 class FeaturesDivisorMixin:

@@ -144,7 +144,7 @@ class CurriculumScheduler(ABC):
         return None
 
     def set_num_epochs(self, num_epochs: int) -> None:
-        """The trainer's ``num_epochs`` changed after the scheduler was built (a time budget calibrates it at the
+        """The trainer's ``num_epochs`` changed after the scheduler was built (e.g. set by a subclass at the
         start of training); schedulers that depend on it (DIH, smoothing) override this."""
 
     def control_strata(self) -> Optional[np.ndarray]:
