@@ -177,9 +177,11 @@ def split_folders(value: Optional[str]) -> List[str]:
     return [p for p in (value or "").split(os.pathsep) if p.strip()]
 
 
-def nnunet_folder(variable: str, env: Optional[Mapping[str, str]] = None) -> Path:
-    """The existing folder that nnU-Net's ``variable`` (one of :data:`NNUNET_FOLDERS`) names in ``env``
-    (default ``os.environ``); :class:`DatasetError` in one line when it is unset or not a folder."""
+def nnunet_folder(variable: str, env: Optional[Mapping[str, str]] = None, must_exist: bool = True) -> Path:
+    """The folder that nnU-Net's ``variable`` (one of :data:`NNUNET_FOLDERS`) names in ``env`` (default
+    ``os.environ``); :class:`DatasetError` in one line when it is unset or not a folder. ``must_exist=False``: a
+    folder that does not exist yet is fine (an output root that is created on the first write, as nnU-Net does
+    with ``nnUNet_results``), a file in its place is not."""
     if variable not in NNUNET_FOLDERS:
         raise ValueError(f"{variable!r} is not one of nnU-Net's folders {NNUNET_FOLDERS}")
     value = (os.environ if env is None else env).get(variable, "")
@@ -187,9 +189,9 @@ def nnunet_folder(variable: str, env: Optional[Mapping[str, str]] = None) -> Pat
         raise DatasetError(f"{variable} is not set; export {variable}=/path/to/{variable} (nnU-Net's folders: "
                            f"{', '.join(NNUNET_FOLDERS)})")
     folder = Path(value)
-    if not folder.is_dir():
-        raise DatasetError(f"{variable}={value} is not a folder; create it or point {variable} to nnU-Net's folder")
-    return folder
+    if folder.is_dir() or (not must_exist and not folder.exists()):
+        return folder
+    raise DatasetError(f"{variable}={value} is not a folder; create it or point {variable} to nnU-Net's folder")
 
 
 def nnunet_folder_if_set(variable: str, env: Optional[Mapping[str, str]] = None) -> Optional[Path]:

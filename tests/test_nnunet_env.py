@@ -100,6 +100,10 @@ def test_one_owner_of_nnunet_folders(tmp_path):
     env = {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre)}
     with pytest.raises(DatasetError, match="is not a folder"):
         nnunet_folder("nnUNet_preprocessed", env)
+    assert nnunet_folder("nnUNet_preprocessed", env, must_exist=False) == pre  # an output root made on first write
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(DatasetError, match="is not a folder"):
+        nnunet_folder("nnUNet_preprocessed", {"nnUNet_preprocessed": str(tmp_path / "a_file")}, must_exist=False)
     assert dataset_folder("nnUNet_raw", 501, env) == raw / "Dataset501_Lymph"
     assert dataset_folder("nnUNet_raw", "Dataset501_Lymph", env) == raw / "Dataset501_Lymph"
     with pytest.raises(DatasetError, match="found none"):

@@ -79,7 +79,7 @@ def _dataset(dataset: str, plans_identifier: str):
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     preprocessed_root = nnunet_folder("nnUNet_preprocessed")   # one line naming the variable when unusable
-    nnunet_folder("nnUNet_results")
+    nnunet_folder("nnUNet_results", must_exist=False)   # set; created on the first write, as nnU-Net does
     try:
         name = str(maybe_convert_to_dataset_name(str(dataset)))  # nnU-Net returns a numpy string
     except (RuntimeError, ValueError, AssertionError) as exc:
@@ -154,7 +154,7 @@ def import_tmtv(models_dir: PathLike, dataset: str, plans_identifier: str = "nnU
     name, plans, dataset_json = _dataset(dataset, plans_identifier)
     cls = find_trainer_class(trainer)
     plans_name = plans.get("plans_name", plans_identifier)
-    results = nnunet_folder("nnUNet_results") / name
+    results = nnunet_folder("nnUNet_results", must_exist=False) / name
     sources = {f.name: _sha256(Path(models_dir) / f.name) for f in files}
 
     # ---- read and map everything first
