@@ -24,7 +24,6 @@ with ``nnUNet_def_n_proc=1`` and ``nnUNet_n_proc_DA=1`` (the demo's CPU settings
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess

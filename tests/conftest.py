@@ -1,7 +1,6 @@
 """Shared fixtures. ``tiny_preprocessed`` plans and preprocesses one tiny synthetic dataset once per session."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest

@@ -172,7 +172,7 @@ def test_prepare_study_label_sources(converted, tmp_path):
     from clips_nnunet.dataset_conversion.select import select_studies
 
     study = next(s for s in converted["manifest"]["studies"] if s["patient_index"] == 1)
-    index = index_dicom_folder(converted["cohort"] / f"patient_001", progress=False)
+    index = index_dicom_folder(converted["cohort"] / "patient_001", progress=False)
     (patient_key, studies), = index.patients.items()
     selection, = select_studies(studies, "p1")
     gt = _arr(converted["cohort"] / study["label_path"])

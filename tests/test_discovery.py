@@ -4,7 +4,6 @@ started with the spawn method (DDP rank processes)."""
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import pickle
 import textwrap
 

@@ -7,7 +7,6 @@ stand-in model (a threshold on SUV), so no nnU-Net model is needed.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pydicom

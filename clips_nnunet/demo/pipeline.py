@@ -378,7 +378,7 @@ def run_demo(options: DemoOptions, runner: Optional[Runner] = None) -> int:
           f"skipped)\n  training: {budget['epochs']} epochs x {budget['iterations_per_epoch']} iterations per model, "
           f"seed {options.seed}; estimated {format_minutes(estimate * 60)} in all at the best speed measured on 2 "
           f"CPU cores" + (" " if device == "cpu" else " (GPU: much less) ") + "- a slower or busy machine trains "
-          f"just as much, only longer; the time left is printed after every epoch\n  export "
+          "just as much, only longer; the time left is printed after every epoch\n  export "
           + " ".join(f"{k}={env[k]}" for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results",
                                                 "nnUNet_extTrainer", "CLIPS_SEED")), flush=True)
     timings: Dict[str, float] = {}

@@ -56,7 +56,7 @@ import numpy as np
 
 from clips_nnunet.curriculum.difficulty import difficulty_of_cases
 from clips_nnunet.errors import CurriculumConfigError, DatasetError
-from clips_nnunet.evaluation.compare_analysis import (ALL, TERTILES, TOOK_OFF, Comparison, GroupSummary,
+from clips_nnunet.evaluation.compare_analysis import (ALL, TERTILES, Comparison, GroupSummary,
                                                       adjust_holm, compare_against, compare_took_off, summarise,
                                                       take_off)
 from clips_nnunet.evaluation.evaluate import CaseFiles, detect_file_ending, evaluate_cases, list_cases
