@@ -55,6 +55,18 @@ from clips_nnunet.synthetic.raw import add_bladder, make_synthetic_raw_dataset, 
 N_FOLDS = 5
 
 
+def _flip_boundary(pred: np.ndarray, prob: np.ndarray, q: float, rng: np.random.Generator) -> np.ndarray:
+    """Boundary noise of a simulated prediction: each voxel of the inner and outer shell flips with probability
+    ``q``; flipped voxels get an unconfident probability (0.4 removed, 0.6 added; ``prob`` is updated in place)."""
+    inner = pred & ~ndimage.binary_erosion(pred)
+    outer = ndimage.binary_dilation(pred) & ~pred
+    flip_in = inner & (rng.random(pred.shape) < q)
+    flip_out = outer & (rng.random(pred.shape) < q)
+    prob[flip_in] = 0.4
+    prob[flip_out] = 0.6
+    return (pred & ~flip_in) | flip_out
+
+
 def simulate_prediction(clean: np.ndarray, pet: np.ndarray, difficulty: float, rng: np.random.Generator,
                         bladder: bool = True):
     """(predicted mask uint8, foreground probability float16) for one case: see the module docstring."""
@@ -69,14 +81,7 @@ def simulate_prediction(clean: np.ndarray, pet: np.ndarray, difficulty: float, r
         prob[lesion] = p
         if p >= 0.5:
             pred |= lesion
-    q = 0.05 + 0.2 * difficulty
-    inner = pred & ~ndimage.binary_erosion(pred)
-    outer = ndimage.binary_dilation(pred) & ~pred
-    flip_in = inner & (rng.random(clean.shape) < q)
-    flip_out = outer & (rng.random(clean.shape) < q)
-    pred = (pred & ~flip_in) | flip_out
-    prob[flip_in] = 0.4
-    prob[flip_out] = 0.6
+    pred = _flip_boundary(pred, prob, 0.05 + 0.2 * difficulty, rng)
     if rng.random() < 0.5 * difficulty:  # an unconfident false positive in hard cases
         body = (pet > 0.5) & ~ndimage.binary_dilation(clean > 0, iterations=3)
         centre = np.argwhere(body)[rng.integers(0, int(body.sum()))]
@@ -125,14 +130,7 @@ def simulate_twin_prediction(twin, rng: np.random.Generator):
         prob[lesion] = p
         if p >= 0.5:
             pred |= lesion
-    q = 0.05 + 0.2 * d
-    inner = pred & ~ndimage.binary_erosion(pred)
-    outer = ndimage.binary_dilation(pred) & ~pred
-    flip_in = inner & (rng.random(clean.shape) < q)
-    flip_out = outer & (rng.random(clean.shape) < q)
-    pred = (pred & ~flip_in) | flip_out
-    prob[flip_in] = 0.4
-    prob[flip_out] = 0.6
+    pred = _flip_boundary(pred, prob, 0.05 + 0.2 * d, rng)
     if rng.random() < 0.5 * d:
         away = ~ndimage.binary_dilation(clean, iterations=3)
         spots = (pet >= 2.5 * liver) & away
