@@ -35,9 +35,8 @@ if TYPE_CHECKING:  # the one path type; io_utils itself imports numpy, which lay
 
 __all__ = ["EXT_TRAINER_DIR", "NNUNET_FOLDERS", "TIMEOUT_EXIT_CODE", "ext_trainer_value", "nnunet_folders",
            "nnunet_environment", "environment_applied", "bin_path", "shell_line", "run_logged", "split_folders",
-           "nnunet_folder", "nnunet_folder_if_set", "dataset_folder", "dataset_name_above", "results_dataset_name", "reference_masks_for_results",
-           "reference_masks_dir", "resolve_device",
-           "DATASET_NAME_RE"]
+           "nnunet_folder", "nnunet_folder_if_set", "dataset_folder", "dataset_name_above", "results_dataset_name",
+           "reference_masks_for_results", "reference_masks_dir", "resolve_device", "DATASET_NAME_RE"]
 
 #: The discovery shim listed first in ``nnUNet_extTrainer`` (re-exports the clips trainers for nnU-Net's lookup).
 EXT_TRAINER_DIR = Path(__file__).resolve().parent / "nnunet_ext"
@@ -182,16 +181,13 @@ def nnunet_folder(variable: str, env: Optional[Mapping[str, str]] = None, must_e
     ``os.environ``); :class:`DatasetError` in one line when it is unset or not a folder. ``must_exist=False``: a
     folder that does not exist yet is fine (an output root that is created on the first write, as nnU-Net does
     with ``nnUNet_results``), a file in its place is not."""
-    if variable not in NNUNET_FOLDERS:
-        raise ValueError(f"{variable!r} is not one of nnU-Net's folders {NNUNET_FOLDERS}")
-    value = (os.environ if env is None else env).get(variable, "")
-    if not value.strip():
+    folder = nnunet_folder_if_set(variable, env)
+    if folder is None:
         raise DatasetError(f"{variable} is not set; export {variable}=/path/to/{variable} (nnU-Net's folders: "
                            f"{', '.join(NNUNET_FOLDERS)})")
-    folder = Path(value)
     if folder.is_dir() or (not must_exist and not folder.exists()):
         return folder
-    raise DatasetError(f"{variable}={value} is not a folder; create it or point {variable} to nnU-Net's folder")
+    raise DatasetError(f"{variable}={folder} is not a folder; create it or point {variable} to nnU-Net's folder")
 
 
 def nnunet_folder_if_set(variable: str, env: Optional[Mapping[str, str]] = None) -> Optional[Path]:
@@ -256,11 +252,11 @@ def reference_masks_dir(dataset_name: str, env: Optional[Mapping[str, str]] = No
     """The reference masks of a dataset, as nnU-Net evaluates against them: ``$nnUNet_preprocessed/<name>/
     gt_segmentations``, else ``$nnUNet_raw/<name>/labelsTr``. :class:`DatasetError` naming what was tried and
     ``--gt DIR`` as the way out."""
-    env = os.environ if env is None else env
     tried = []
     for variable, sub in (("nnUNet_preprocessed", "gt_segmentations"), ("nnUNet_raw", "labelsTr")):
-        if env.get(variable, "").strip():
-            candidate = Path(env[variable]) / dataset_name / sub
+        root = nnunet_folder_if_set(variable, env)
+        if root is not None:
+            candidate = root / dataset_name / sub
             tried.append(str(candidate))
             if candidate.is_dir():
                 return candidate

@@ -21,10 +21,10 @@ from __future__ import annotations
 import math
 from copy import deepcopy
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from clips_nnunet.errors import DatasetError
-from clips_nnunet.nnunet_env import nnunet_folder
+from clips_nnunet.nnunet_env import dataset_folder
 from clips_nnunet.io_utils import atomic_write_json, read_json
 
 STAGE1 = "3d_tmtv"
@@ -155,13 +155,12 @@ def plan_tmtv(preprocessed_dataset_folder: Path, plans_identifier: str = "nnUNet
     return plans_file
 
 
-def find_preprocessed_dataset_folder(dataset_id: int, preprocessed_root: Optional[Path] = None) -> Path:
-    """``$nnUNet_preprocessed/DatasetXXX_*`` for ``dataset_id`` (``preprocessed_root`` replaces the variable)."""
-    root = Path(preprocessed_root) if preprocessed_root else nnunet_folder("nnUNet_preprocessed")
-    if not root.is_dir():
-        raise DatasetError(f"{root} is not a folder; point nnUNet_preprocessed to nnU-Net's preprocessed folder")
-    matches = sorted(root.glob(f"Dataset{int(dataset_id):03d}_*"))
-    if len(matches) != 1:
-        raise DatasetError(f"expected one folder Dataset{int(dataset_id):03d}_* in {root}, found "
-                           f"{[m.name for m in matches]}; run nnUNetv2_plan_experiment -d {dataset_id} first")
-    return matches[0]
+def find_preprocessed_dataset_folder(dataset_id: int) -> Path:
+    """``$nnUNet_preprocessed/DatasetXXX_*`` for ``dataset_id`` (:func:`clips_nnunet.nnunet_env.dataset_folder`),
+    with the planning step named when there is none."""
+    try:
+        return dataset_folder("nnUNet_preprocessed", dataset_id)
+    except DatasetError as e:
+        if "found none" not in str(e):
+            raise
+        raise DatasetError(f"{e}; run nnUNetv2_plan_experiment -d {dataset_id} first") from None
