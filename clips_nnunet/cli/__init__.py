@@ -1,9 +1,9 @@
 """The ``clips-nnunet`` command: argparse sub-commands, like nnU-Net's own tools.
 
-Each module in this package is named after the sub-command it adds (``convert`` also adds
-``convert-autopet``; ``lesion_options`` holds options shared by ``evaluate`` and ``compare``) and exposes ``register(subparsers)``, which adds its
-parsers and sets ``func`` (called with the parsed namespace, returning an exit code). The modules only parse
-arguments and call library functions; heavy imports (torch, nnunetv2) happen inside ``func``.
+Each module in this package is named after the sub-command it adds (``convert`` also adds ``convert-autopet``;
+``lesion_options`` holds options shared by ``evaluate`` and ``compare``) and exposes ``register(subparsers)``, which
+adds its parsers and sets ``func`` (called with the parsed namespace, returning an exit code). The modules only
+parse arguments and call library functions; heavy imports (torch, nnunetv2) happen inside ``func``.
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from clips_nnunet.cli.lesion_options import add_lesion_options, fmt_optional
+from clips_nnunet.cli.lesion_options import add_lesion_options
+from clips_nnunet.evaluation.formatting import fmt_fixed
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -16,8 +17,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     s = res.summary
     dice = s["metrics"].get("dice", {})
     print(f"evaluated {s['n_evaluated']}/{s['n_cases']} cases ({s['n_with_true_lesion']} with lesion, "
-          f"{s['n_without_true_lesion']} without); Dice mean {fmt_optional(dice.get('mean'))} median {fmt_optional(dice.get('median'))}; "
-          f"TMTV bias {fmt_optional(s['tmtv_agreement'].get('bias_ml'))} ml")
+          f"{s['n_without_true_lesion']} without); Dice mean {fmt_fixed(dice.get('mean'))} "
+          f"median {fmt_fixed(dice.get('median'))}; "
+          f"TMTV bias {fmt_fixed(s['tmtv_agreement'].get('bias_ml'))} ml")
     for case, err in s["failed"].items():
         print(f"  failed: {err}")
     print(f"results in {res.out_dir} (per_case.csv, summary.json, plots/)")

@@ -14,8 +14,3 @@ def add_lesion_options(p: argparse.ArgumentParser) -> None:
                    help="connectivity for lesion counts and Dmax (default 26, as clips-nnunet predict reports)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def fmt_optional(x) -> str:
-    """``n/a`` for None, else three decimals."""
-    return "n/a" if x is None else f"{x:.3f}"
