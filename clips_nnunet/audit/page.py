@@ -77,17 +77,21 @@ def find_validation(results_dir: PathLike) -> Tuple[Dict[str, List[Tuple[Path, O
     return cases, folds, ending
 
 
-def _read(path: Path):
-    """The image at ``path`` in LPS, read completely (:func:`clips_nnunet.io_utils.read_image`: a truncated NIfTI is
-    an error naming the file, not zeros)."""
+def _lps(image, path: Path):
+    """``image`` (read from ``path``) reoriented to LPS."""
     import SimpleITK as sitk
 
-    image = read_image(path, what="image")
     try:
         return sitk.DICOMOrient(image, "LPS")
     except RuntimeError as e:
         raise DatasetError(f"cannot orient {path.name}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}"
                            ) from None
+
+
+def _read(path: Path):
+    """The image at ``path`` in LPS, read completely (:func:`clips_nnunet.io_utils.read_image`: a truncated NIfTI is
+    an error naming the file, not zeros)."""
+    return _lps(read_image(path, what="image"), path)
 
 
 def _foreground_probability(npz: Path, shape_zyx: Tuple[int, ...], image) -> np.ndarray:
@@ -118,12 +122,14 @@ def read_case(case: str, entries: Sequence[Tuple[Path, Optional[Path]]], gt: Pat
     the ones a viewer numbers) carry the geometry, without voxels."""
     import SimpleITK as sitk
 
-    ref_img = _read(gt)
+    ref_raw = read_image(gt, what="image")
+    ref_img = _lps(ref_raw, gt)
     ref = sitk.GetArrayFromImage(ref_img) > 0
     votes, probs = [], []
     for pred_path, npz in entries:
-        raw_img = read_image(pred_path, what="prediction") if use_npz and npz is not None else None
-        img = _read(pred_path)
+        pred_raw = read_image(pred_path, what="prediction")
+        raw_img = pred_raw if use_npz and npz is not None else None
+        img = _lps(pred_raw, pred_path)
         if img.GetSize() != ref_img.GetSize():
             raise DatasetError(f"{case}: prediction size {img.GetSize()} differs from the reference size "
                                f"{ref_img.GetSize()}; is --gt the right dataset?")
@@ -139,7 +145,8 @@ def read_case(case: str, entries: Sequence[Tuple[Path, Optional[Path]]], gt: Pat
         probability = vote
     suv = None
     if pet is not None:
-        pet_img = _read(pet)
+        pet_raw = read_image(pet, what="image")
+        pet_img = _lps(pet_raw, pet)
         if pet_img.GetSize() != ref_img.GetSize():
             raise DatasetError(f"{case}: PET size {pet_img.GetSize()} differs from the mask size {ref_img.GetSize()}; "
                                f"--images must hold the PET on the mask grid (nnU-Net imagesTr)")
@@ -153,7 +160,7 @@ def read_case(case: str, entries: Sequence[Tuple[Path, Optional[Path]]], gt: Pat
         if ct_img is not None and ct_img.GetSize() == ref_img.GetSize():  # a CT on another grid is left out too
             ct_arr = sitk.GetArrayFromImage(ct_img).astype(np.float32)
     spacing = tuple(float(s) for s in ref_img.GetSpacing()[::-1])
-    source = _geometry(read_image(pet if pet is not None else gt, what="image"))
+    source = _geometry(pet_raw if pet is not None else ref_raw)
     return {"reference": ref, "prediction": prediction, "probability": probability, "suv": suv, "spacing": spacing,
             "n_votes": len(votes), "ct": ct_arr, "lps_image": _geometry(ref_img), "source_image": source}
 
