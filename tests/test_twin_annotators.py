@@ -8,8 +8,8 @@ import pytest
 from clips_nnunet.synthetic.annotation_errors import choose_error_cases
 from clips_nnunet.synthetic.twin import study_case
 from clips_nnunet.synthetic.twin_anatomy import TISSUES
-from clips_nnunet.synthetic.twin_annotators import (TWIN_ERROR_KINDS, annotate, convention_threshold,
-                                                    liver_reference, miss_probability)
+from clips_nnunet.synthetic.twin_annotators import (TWIN_ERROR_KINDS, annotate, boundary_shift_mm,
+                                                    convention_threshold, liver_reference, miss_probability)
 
 SPACING = (4.0, 4.0, 4.0)
 
@@ -93,13 +93,15 @@ def test_specific_kinds_by_hand():
     # physiological: the bowel block (SUV 6 >= 2.5) minus the ring next to the lesion
     mask, rec = annotate(ids, suv, tissue, SPACING, "physiological", np.random.default_rng(0))
     assert rec["details"]["tissue"] == "bowel" and rec["details"]["region_suv_max"] == pytest.approx(6.0)
-    # boundary: a dilation of d mm adds every voxel within d + 2 mm of the mask (4 mm voxels)
+    # boundary: a dilation of d mm (at least one 4 mm voxel) adds every voxel within d + 2 mm of the mask
     for seed in range(8):
         mask, rec = annotate(ids, suv, tissue, SPACING, "boundary", np.random.default_rng(seed))
-        d = rec["details"]["distance_mm"]
-        assert 2.5 <= d <= 6.0
-        if rec["details"]["direction"] == "dilate":  # d + 2 in [4.5, 8]: face neighbours in, and diagonals if >= 5.66
-            assert mask[8, 10, 10] == 1 and mask[8, 8, 10] == (1 if d + 2.0 >= np.sqrt(32) else 0)
+        d, applied = rec["details"]["distance_mm"], rec["details"]["applied_mm"]
+        assert 2.5 <= d <= 6.0 and applied == pytest.approx(max(d, 4.0), abs=0.01)
+        if rec["details"]["direction"] == "dilate":  # applied + 2 in [6, 8]: face and edge neighbours (4, 5.66 mm)
+            # in, corner neighbours (6.93 mm) when applied + 2 reaches them
+            assert mask[8, 10, 10] == 1 and mask[8, 8, 10] == 1
+            assert mask[8, 8, 8] == (1 if applied + 2.0 >= np.sqrt(48) else 0)
         else:  # erosion removes the 3^3 lesion's surface (its centre is 4 mm from the background) and lesion 2
             assert mask.sum() == 1 and mask[10, 10, 10] == 1
             assert {r["lesion_id"] for r in rec["lesions"] if r["status"] == "eroded_away"} == {2}
@@ -135,3 +137,26 @@ def test_every_kind_on_twins_records_per_lesion_rows():
     with pytest.raises(ValueError, match="slice_shift"):
         annotate(case.lesion_ids, case.pet, case.tissue, case.pet_grid.spacing, "slice_shift",
                  np.random.default_rng(1))
+
+
+@pytest.mark.parametrize("direction", ["dilate", "erode"])
+def test_boundary_error_is_at_least_one_voxel_on_a_coarse_grid(direction):
+    """On 8 mm voxels a 2.5-6 mm shift is applied as 8 mm (one voxel): a 5^3 cube dilated gains its 6 x 25 face
+    neighbours and 12 x 5 edge neighbours (within 8 + 4 = 12 mm; corners at 13.9 mm stay out); eroded it keeps its
+    3^3 core (the surface voxels lie 8 mm from the background, inside the 12 mm edge)."""
+    assert boundary_shift_mm(3.0, (8.0, 8.0, 8.0)) == 8.0
+    assert boundary_shift_mm(5.0, (3.0, 4.0, 4.0)) == 5.0
+    ids = np.zeros((15, 15, 15), dtype=np.int16)
+    ids[5:10, 5:10, 5:10] = 1
+    suv = np.where(ids > 0, 10.0, 0.5).astype(np.float32)
+    tissue = np.full(ids.shape, TISSUES["fat"], dtype=np.uint8)
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        mask, rec = annotate(ids, suv, tissue, (8.0, 8.0, 8.0), "boundary", rng)
+        if rec["details"]["direction"] == direction:
+            break
+    assert rec["applied"] and rec["details"]["applied_mm"] == pytest.approx(max(8.0, rec["details"]["distance_mm"]))
+    if direction == "dilate":
+        assert int(mask.sum()) == 125 + 6 * 25 + 12 * 5 and rec["changed_voxels"] == 210
+    else:
+        assert int(mask.sum()) == 27 and mask[6:9, 6:9, 6:9].all() and rec["changed_voxels"] == 98

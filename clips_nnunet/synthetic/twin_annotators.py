@@ -12,8 +12,9 @@ and an annotator drawn for it (:func:`annotate`):
   (drawn in proportion to those probabilities) and at least one is kept. Needs two lesions.
 * ``physiological``: a hot physiological region is added (brown fat, ureter or renal pelvis, bowel, or bladder
   spill-over): the voxels of that tissue (dilated by one voxel) at SUV >= 2.5, connected to its hottest voxel.
-* ``boundary``: every lesion is dilated or eroded by 2.5-6 mm (Euclidean distance in mm from the contour, which
-  lies half a voxel outside the boundary voxels' centres).
+* ``boundary``: every lesion is dilated or eroded by 2.5-6 mm, but by at least one voxel of the grid
+  (:func:`boundary_shift_mm`; Euclidean distance in mm from the contour, which lies half a voxel outside the boundary
+  voxels' centres). The record keeps the drawn ``distance_mm`` and the ``applied_mm``.
 * ``leak``: a lesion's contour leaks into an adjacent organ (liver, spleen, kidney, heart, bowel, stomach, bladder,
   marrow): the organ's voxels within 8-20 mm of the lesion.
 
@@ -151,10 +152,18 @@ def _physiological(mask, suv, tissue, rng) -> Tuple[Optional[np.ndarray], Dict[s
                            "available": [n for n, _ in options]}
 
 
+def boundary_shift_mm(drawn_mm: float, spacing: Sequence[float]) -> float:
+    """The contour shift applied on a grid: the annotator's ``drawn_mm``, but at least one voxel (the finest
+    spacing), so that a few-mm dilation or erosion changes the mask on a coarse grid as it does on the clinical one
+    (a 3 mm shift on 8 mm voxels would otherwise reproduce the clean mask)."""
+    return max(float(drawn_mm), float(min(spacing)))
+
+
 def _boundary(mask, spacing, table, ids, rng) -> Tuple[Optional[np.ndarray], Dict[str, Any]]:
     d = float(rng.uniform(2.5, 6.0))
     direction = str(rng.choice(("dilate", "erode")))
-    edge = d + 0.5 * min(spacing)  # the contour lies half a voxel outside the boundary voxels' centres
+    applied = boundary_shift_mm(d, spacing)
+    edge = applied + 0.5 * min(spacing)  # the contour lies half a voxel outside the boundary voxels' centres
     if direction == "dilate":
         out = ndimage.distance_transform_edt(~mask, sampling=spacing) <= edge
     else:
@@ -162,7 +171,7 @@ def _boundary(mask, spacing, table, ids, rng) -> Tuple[Optional[np.ndarray], Dic
         for row in table:
             if not out[ids == row["lesion_id"]].any():
                 row["status"] = "eroded_away"
-    return out, {"direction": direction, "distance_mm": round(d, 2)}
+    return out, {"direction": direction, "distance_mm": round(d, 2), "applied_mm": round(applied, 2)}
 
 
 def _leak(mask, tissue, spacing, table, ids, rng) -> Tuple[Optional[np.ndarray], Dict[str, Any]]:
