@@ -171,8 +171,9 @@ def main() -> int:
                                   progress=False)
             print(f"(set-up: {args.n} {args.size} studies to predict generated: {time.perf_counter() - t:.0f} s)")
 
-        spec = P.ModelSpec(dataset, args.c, args.tr, args.p, folds=args.f)
-        predictor = P.CasePredictor(spec, device=args.device, use_mirroring=not args.disable_tta)
+        from clips_nnunet.prediction.models import CasePredictor, ModelSpec
+        spec = ModelSpec(dataset, args.c, args.tr, args.p, folds=args.f)
+        predictor = CasePredictor(spec, device=args.device, use_mirroring=not args.disable_tta)
         selections, problems = P.find_studies([cohort])
         if problems:
             print("problems:", problems)

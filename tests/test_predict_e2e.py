@@ -22,7 +22,8 @@ from clips_nnunet.dataset_conversion.masks import rasterise_rtstruct, read_seg_m
 from clips_nnunet.synthetic.dicom_cohort import make_synthetic_cohort
 from clips_nnunet.metrics.lesions import measure_lesions
 from clips_nnunet.nnunet_env import environment_applied
-from clips_nnunet.prediction.predict import OUTPUT_FILES, ModelSpec, is_complete, predict_dicom
+from clips_nnunet.prediction.models import ModelSpec
+from clips_nnunet.prediction.predict import OUTPUT_FILES, is_complete, predict_dicom
 from clips_nnunet.io_utils import atomic_write_json, read_json
 from nnunet_helpers import nnunet_environment, run_cli
 
@@ -211,7 +212,8 @@ def _check_cascade(tmp_path: Path, env, patient_dir: Path) -> None:
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from clips_nnunet.dataset_conversion.convert import prepare_study
-    from clips_nnunet.prediction.predict import CasePredictor, find_studies, write_nifti
+    from clips_nnunet.prediction.models import CasePredictor
+    from clips_nnunet.prediction.predict import find_studies, write_nifti
 
     results = Path(env["nnUNet_results"]) / "Dataset992_PredTiny"
     stage1 = results / f"{TRAINER}__{PLANS}__3d_fullres"

@@ -14,7 +14,8 @@ import pytest
 import SimpleITK as sitk
 
 from clips_nnunet.io_utils import read_json
-from clips_nnunet.prediction.predict import ModelSpec, is_complete, predict_dicom
+from clips_nnunet.prediction.models import ModelSpec
+from clips_nnunet.prediction.predict import is_complete, predict_dicom
 
 
 class ThresholdModel:

@@ -255,7 +255,8 @@ def test_second_prediction_into_the_same_folder_fails_fast_naming_the_holder(tmp
     import sys
 
     from clips_nnunet.errors import LockedError
-    from clips_nnunet.prediction.predict import ModelSpec, predict_dicom
+    from clips_nnunet.prediction.models import ModelSpec
+    from clips_nnunet.prediction.predict import predict_dicom
     from clips_nnunet.io_utils import DirectoryLock
 
     out = tmp_path / "out"
@@ -276,7 +277,8 @@ def test_second_prediction_into_the_same_folder_fails_fast_naming_the_holder(tmp
 
 def test_private_folder_is_locked_too(tmp_path):
     from clips_nnunet.errors import LockedError
-    from clips_nnunet.prediction.predict import ModelSpec, predict_dicom
+    from clips_nnunet.prediction.models import ModelSpec
+    from clips_nnunet.prediction.predict import predict_dicom
     from clips_nnunet.io_utils import DirectoryLock
 
     spec = ModelSpec(dataset=999, configuration="3d_fullres")

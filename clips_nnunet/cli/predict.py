@@ -6,7 +6,8 @@ import sys
 
 
 def run(args: argparse.Namespace) -> int:
-    from clips_nnunet.prediction.predict import ModelSpec, predict_dicom
+    from clips_nnunet.prediction.models import ModelSpec
+    from clips_nnunet.prediction.predict import predict_dicom
 
     spec = ModelSpec(dataset=args.d, configuration=args.c, trainer=args.tr, plans=args.p, folds=args.f,
                      checkpoint=args.chk, prev_stage_configuration=args.prev_stage_config,

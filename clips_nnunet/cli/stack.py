@@ -7,7 +7,7 @@ from pathlib import Path
 
 def run_stack(args: argparse.Namespace) -> int:
     from clips_nnunet.nnunet_env import resolve_device
-    from clips_nnunet.prediction.predict import model_folder
+    from clips_nnunet.prediction.models import model_folder
     from clips_nnunet.tmtv.stacking import (StackingTrainingConfig, collect_stacking_cases, compare_on_cases,
                                                   save_stacking_model, train_stacking_model)
     from clips_nnunet.io_utils import atomic_write_json
