@@ -270,6 +270,11 @@ def write_rtstruct(mask: np.ndarray, source_datasets: Sequence[Dataset], output_
     without a ContourSequence (when present it needs at least one item). An automatic or semi-automatic result
     carries ApprovalStatus UNAPPROVED (Approval module: nobody has reviewed it); ``series_number`` defaults to
     :func:`new_series_number` (901 for MANUAL contours). Returns the path.
+
+    The parts, in the order of the object: :func:`_rtstruct_header` (patient, study, series, structure set),
+    :func:`_referenced_frame_of_reference` (every source instance), :func:`_structure_set_roi` and
+    :func:`_roi_observation` (the one ROI), :func:`_roi_contour` (the contours, pre-encoded by
+    :func:`_encoded_contour_sequence`), :func:`_save_explicit_little` (the file).
     """
     sorted_ds = sort_source_datasets(source_datasets)
     binary = _check_mask(mask, sorted_ds)
@@ -279,18 +284,31 @@ def write_rtstruct(mask: np.ndarray, source_datasets: Sequence[Dataset], output_
                          "SEMIAUTOMATIC or MANUAL")
     if not roi_name or len(roi_name) > 64:
         raise ValueError(f"roi_name {roi_name!r} must be 1-64 characters (DICOM LO)")
+    if series_number is None:
+        series_number = 901 if roi_generation_algorithm == "MANUAL" else new_series_number(sorted_ds, 1)
     ref = sorted_ds[0]
-    now = _dt.datetime.now()
+    ds = _rtstruct_header(ref, roi_name, manufacturer, series_description, int(series_number), series_instance_uid)
+    ds.ReferencedFrameOfReferenceSequence = DicomSequence([_referenced_frame_of_reference(sorted_ds)])
+    ds.StructureSetROISequence = DicomSequence([_structure_set_roi(ref, roi_name, roi_generation_algorithm)])
+    ds.ROIContourSequence = DicomSequence([_roi_contour(_encoded_contour_sequence(binary, sorted_ds), color)])
+    ds.RTROIObservationsSequence = DicomSequence([_roi_observation()])
+    if roi_generation_algorithm != "MANUAL":
+        ds.ApprovalStatus = "UNAPPROVED"  # Approval module (PS3.3 C.8.8.16): an AI result nobody has reviewed
+    return _save_explicit_little(ds, Path(output_path))
 
+
+def _rtstruct_header(ref: Dataset, roi_name: str, manufacturer: str, series_description: str,
+                     series_number: int, series_instance_uid: Optional[str]) -> Dataset:
+    """The RTSTRUCT's SOP, patient, study (copied from the source slice ``ref``), series, frame of reference,
+    equipment and structure set attributes; a new SOP instance UID and, unless given, series instance UID."""
+    now = _dt.datetime.now()
     ds = Dataset()
     ds.SOPClassUID = RTSTRUCT_SOP_CLASS_UID
     ds.SOPInstanceUID = generate_uid()
     ds.Modality = "RTSTRUCT"
     _copy_patient_study(ref, ds)
     ds.SeriesInstanceUID = series_instance_uid or generate_uid()
-    if series_number is None:
-        series_number = 901 if roi_generation_algorithm == "MANUAL" else new_series_number(sorted_ds, 1)
-    ds.SeriesNumber = int(series_number)
+    ds.SeriesNumber = series_number
     ds.SeriesDescription = series_description
     ds.InstanceNumber = 1
     ds.FrameOfReferenceUID = ref.FrameOfReferenceUID
@@ -304,8 +322,13 @@ def write_rtstruct(mask: np.ndarray, source_datasets: Sequence[Dataset], output_
     # when unknown. The position reference is the source series' (same frame of reference).
     ds.OperatorsName = ""
     ds.PositionReferenceIndicator = ref.get("PositionReferenceIndicator", "") or ""
+    return ds
 
-    # Referenced Frame of Reference -> Study -> Series -> Contour Image Sequence (all source instances)
+
+def _referenced_frame_of_reference(sorted_ds: Sequence[Dataset]) -> Dataset:
+    """The Referenced Frame of Reference Sequence item: frame of reference -> study -> series -> Contour Image
+    Sequence listing every source instance."""
+    ref = sorted_ds[0]
     contour_images = []
     for src in sorted_ds:
         item = Dataset()
@@ -322,16 +345,23 @@ def write_rtstruct(mask: np.ndarray, source_datasets: Sequence[Dataset], output_
     frame = Dataset()
     frame.FrameOfReferenceUID = ref.FrameOfReferenceUID
     frame.RTReferencedStudySequence = DicomSequence([rt_study])
-    ds.ReferencedFrameOfReferenceSequence = DicomSequence([frame])
+    return frame
 
+
+def _structure_set_roi(ref: Dataset, roi_name: str, roi_generation_algorithm: str) -> Dataset:
+    """The Structure Set ROI Sequence item of the one ROI (number 1)."""
     roi = Dataset()
     roi.ROINumber = 1
     roi.ReferencedFrameOfReferenceUID = ref.FrameOfReferenceUID
     roi.ROIName = roi_name
     roi.ROIGenerationAlgorithm = roi_generation_algorithm
-    ds.StructureSetROISequence = DicomSequence([roi])
+    return roi
 
-    items = []
+
+def _encoded_contour_sequence(binary: np.ndarray, sorted_ds: Sequence[Dataset]) -> bytes:
+    """The ContourSequence's items, encoded (see the pre-encoding note above): the outer and hole contours of every
+    non-empty slice in patient mm, numbered from 1; empty bytes for an empty mask."""
+    items: List[bytes] = []
     for k, src in enumerate(sorted_ds):
         if not binary[k].any():
             continue
@@ -340,25 +370,35 @@ def write_rtstruct(mask: np.ndarray, source_datasets: Sequence[Dataset], output_
         for c in slice_contours(binary[k]):
             points = to_patient[0] + c @ to_patient[1]
             items.append(_encode_contour_item(points, image_ref, len(items) + 1))
+    return b"".join(items)
+
+
+def _roi_contour(contour_sequence: bytes, color: Tuple[int, int, int]) -> Dataset:
+    """The ROI Contour Sequence item of ROI 1, holding ``contour_sequence`` as one raw element.
+
+    An empty ``contour_sequence`` gives no ContourSequence at all (Type 3, but 1-n items when present)."""
     roi_contour = Dataset()
     roi_contour.ReferencedROINumber = 1
     roi_contour.ROIDisplayColor = [int(v) for v in color]
-    if items:  # Type 3, but 1-n items when present: an empty prediction has no ContourSequence at all
-        contour_sequence = b"".join(items)
+    if contour_sequence:
         roi_contour[_TAG_CONTOUR_SEQUENCE] = RawDataElement(_TAG_CONTOUR_SEQUENCE, "SQ", len(contour_sequence),
                                                             contour_sequence, 0, False, True)
     _mark_explicit_little(roi_contour)
-    ds.ROIContourSequence = DicomSequence([roi_contour])
+    return roi_contour
 
+
+def _roi_observation() -> Dataset:
+    """The RT ROI Observations Sequence item of ROI 1 (interpreted type GTV, interpreter unknown)."""
     observation = Dataset()
     observation.ObservationNumber = 1
     observation.ReferencedROINumber = 1
     observation.RTROIInterpretedType = "GTV"
     observation.ROIInterpreter = ""
-    ds.RTROIObservationsSequence = DicomSequence([observation])
-    if roi_generation_algorithm != "MANUAL":
-        ds.ApprovalStatus = "UNAPPROVED"  # Approval module (PS3.3 C.8.8.16): an AI result nobody has reviewed
+    return observation
 
+
+def _save_explicit_little(ds: Dataset, output_path: Path) -> Path:
+    """Write ``ds`` atomically as a DICOM file in explicit VR little endian, its raw elements unchanged."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -366,7 +406,6 @@ def write_rtstruct(mask: np.ndarray, source_datasets: Sequence[Dataset], output_
     ds.file_meta = meta
     # written as is: pydicom must neither decode the raw ContourSequence nor walk it looking for ambiguous VRs
     _mark_explicit_little(ds)
-    output_path = Path(output_path)
     with atomic_path(output_path, suffix=".dcm") as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     return output_path
