@@ -351,6 +351,29 @@ def test_derived_small_configuration(tmp_path):
         add_derived_configuration(plans, "2d_small", "2d", 2)
 
 
+def test_derived_configuration_patch_size(tmp_path):
+    """A smaller patch: capped at the planned one, rounded down to the total stride per axis (z 1*2*2 = 4,
+    y 1*2*2 = 4, x 1*2*1 = 2)."""
+    from clips_nnunet.study import add_derived_configuration
+
+    config = cfg(tmp_path, configuration="3d_study", derive_configuration={"from": "3d_fullres",
+                                                                            "features_divisor": 2,
+                                                                            "patch_size": [30, 64, 7]})
+    assert config.derive_patch_size == (30, 64, 7)
+    with pytest.raises(StudyConfigError, match="patch_size"):
+        cfg(tmp_path, configuration="3d_study", derive_configuration={"from": "3d_fullres", "patch_size": 32})
+    plans = tmp_path / "plans.json"
+    arch = {"network_class_name": "X", "arch_kwargs": {"features_per_stage": [32, 64, 128],
+                                                       "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 1]]}}
+    plans.write_text(json.dumps({"configurations": {"3d_fullres": {"patch_size": [96, 40, 48],
+                                                                   "architecture": arch}}}))
+    entry = add_derived_configuration(plans, "3d_study", "3d_fullres", 2, config.derive_patch_size)
+    assert entry["patch_size"] == [28, 40, 6]
+    assert entry["architecture"]["arch_kwargs"]["features_per_stage"] == [16, 32, 64]
+    assert json.loads(plans.read_text())["configurations"]["3d_fullres"]["patch_size"] == [96, 40, 48]
+    assert add_derived_configuration(plans, "3d_tiny", "3d_fullres", 1, [2, 2, 1])["patch_size"] == [4, 4, 2]
+
+
 def test_publish_report_rewrites_study_dir(tmp_path):
     from clips_nnunet.study import publish_report
 

@@ -95,6 +95,7 @@ class StudyConfig:
     parallel_runs: int = 1
     derive_from: Optional[str] = None
     features_divisor: int = 1
+    derive_patch_size: Optional[Tuple[int, ...]] = None
     convergence_margin: float = 0.02
     memorisation_reference: Optional[Path] = None
     gpu_seconds_per_iteration: float = REFERENCE_GPU_SECONDS_PER_ITERATION
@@ -264,7 +265,7 @@ def _parse_budget(raw: Mapping[str, Any]) -> Dict[str, int]:
 def _parse_derived(raw: Mapping[str, Any], configuration: str) -> Dict[str, Any]:
     derive = raw.get("derive_configuration")
     if derive is None:
-        return {"derive_from": None, "features_divisor": 1}
+        return {"derive_from": None, "features_divisor": 1, "derive_patch_size": None}
     if not isinstance(derive, Mapping) or not derive.get("from"):
         raise StudyConfigError("study config: 'derive_configuration' must be {from: 3d_fullres, features_divisor: N}")
     derive_from = str(derive["from"])
@@ -272,7 +273,13 @@ def _parse_derived(raw: Mapping[str, Any], configuration: str) -> Dict[str, Any]
     if derive_from == configuration:
         raise StudyConfigError("study config: 'configuration' must be a new name (e.g. 3d_study) when "
                                f"'derive_configuration.from' is {derive_from!r}")
-    return {"derive_from": derive_from, "features_divisor": divisor}
+    patch = derive.get("patch_size")
+    if patch is not None:
+        if not isinstance(patch, (list, tuple)) or not patch:
+            raise StudyConfigError("study config: 'derive_configuration.patch_size' must be a list of positive "
+                                   f"integers (one per axis), got {patch!r}")
+        patch = tuple(_positive_int(v, "derive_configuration.patch_size") for v in patch)
+    return {"derive_from": derive_from, "features_divisor": divisor, "derive_patch_size": patch}
 
 
 def _resolve_study_dir(raw: Mapping[str, Any], name: str, base_dir: Optional[Path],
@@ -316,8 +323,9 @@ def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
     (first seed); ``difficulty_key`` (case_metadata.json key for the hardest third; default: teacher difficulty);
     ``skip_missing_trainers`` (true); ``run_timeout_s``; ``n_proc_da`` (0); ``parallel_runs`` (1: runs at once);
     ``derive_configuration`` {``from``: 3d_fullres, ``features_divisor``: 4}: ``configuration`` is then added to the
-    plans as a smaller network inheriting ``from`` (same preprocessed data, features per stage divided), for
-    studies on CPUs; ``convergence_margin`` (0.02): the convergence ladder's margin (Dice, clean masks) within
+    plans as a smaller network inheriting ``from`` (same preprocessed data, features per stage divided; optional
+    ``patch_size`` [z, y, x]: a smaller patch, each axis at most the planned one and rounded down to a multiple of
+    the network's total stride on that axis), for studies on CPUs; ``convergence_margin`` (0.02): the convergence ladder's margin (Dice, clean masks) within
     which the 2x baseline must stay of the 1x baseline, interval included; ``memorisation_reference``: the study
     YAML of the same patients with clean masks (e.g. the clean condition), whose baseline runs predict this study's
     badly annotated training patients as the reference of the memorisation section; ``gpu_seconds_per_iteration``

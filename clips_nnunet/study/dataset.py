@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from clips_nnunet.errors import DatasetError
 from clips_nnunet.io_utils import atomic_write_json, read_json
@@ -100,7 +100,7 @@ def prepare_dataset(config: StudyConfig, echo: bool = True) -> StudyConfig:
         write_stratified_splits(config)
     if config.derive_from:
         add_derived_configuration(pre_folder / f"{config.plans}.json", config.configuration, config.derive_from,
-                                  config.features_divisor)
+                                  config.features_divisor, config.derive_patch_size)
     return config
 
 
@@ -111,12 +111,14 @@ def with_dataset_name(config: StudyConfig) -> StudyConfig:
     return config
 
 
-def add_derived_configuration(plans_file: Path, name: str, base: str, features_divisor: int) -> Dict[str, Any]:
+def add_derived_configuration(plans_file: Path, name: str, base: str, features_divisor: int,
+                              patch_size: Optional[Sequence[int]] = None) -> Dict[str, Any]:
     """Add configuration ``name`` to an nnU-Net plans file: inherits ``base`` (same preprocessed data, so nothing
     is preprocessed again) with the U-Net's ``features_per_stage`` divided by ``features_divisor``
     (:func:`clips_nnunet.trainers.mixins.scaled_features`, the definition the demo's narrower network uses too).
-    nnU-Net resolves ``inherits_from`` with a shallow update, so the whole ``architecture`` entry is written.
-    Idempotent; returns the new configuration entry."""
+    ``patch_size``: a smaller patch, each axis capped at the planned one and rounded down to a multiple of the
+    network's total stride on that axis (at least one stride). nnU-Net resolves ``inherits_from`` with a shallow
+    update, so the whole ``architecture`` entry is written. Idempotent; returns the new configuration entry."""
     plans = read_json(plans_file)
     configs = plans.get("configurations", {})
     if base not in configs:
@@ -132,11 +134,29 @@ def add_derived_configuration(plans_file: Path, name: str, base: str, features_d
     if feats is None:
         raise DatasetError(f"{plans_file}: configuration {base!r} has no architecture.arch_kwargs.features_per_stage")
     arch["arch_kwargs"]["features_per_stage"] = scaled_features(feats, features_divisor)
-    entry = {"inherits_from": base, "architecture": arch}
+    entry: Dict[str, Any] = {"inherits_from": base, "architecture": arch}
+    if patch_size is not None:
+        entry["patch_size"] = _patch_within_plan(plans_file, resolved, patch_size)
     if configs.get(name) != entry:
         configs[name] = entry
         atomic_write_json(plans_file, plans)
     return entry
+
+
+def _patch_within_plan(plans_file: Path, resolved: Mapping[str, Any], patch_size: Sequence[int]) -> List[int]:
+    """``patch_size`` capped at the planned patch and rounded down to multiples of the total stride per axis."""
+    planned = [int(v) for v in resolved.get("patch_size", [])]
+    strides = resolved["architecture"]["arch_kwargs"].get("strides") or []
+    if len(planned) != len(patch_size):
+        raise DatasetError(f"{plans_file}: derive_configuration.patch_size {list(patch_size)} has "
+                           f"{len(patch_size)} axes, the planned patch {planned} has {len(planned)}")
+    patch = []
+    for axis, (want, have) in enumerate(zip(patch_size, planned)):
+        step = 1
+        for stride in strides:
+            step *= int(stride[axis] if isinstance(stride, (list, tuple)) else stride)
+        patch.append(max(step, (min(int(want), have) // step) * step))
+    return patch
 
 
 def case_difficulty_from_metadata(config: StudyConfig) -> Dict[str, float]:
