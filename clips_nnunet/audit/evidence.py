@@ -192,15 +192,34 @@ def pet_reference_levels(suv: np.ndarray, exclude: np.ndarray, liver_factor: flo
     return {"suv_background": background, "suv_liver_like": max(liver, background + 1e-6)}
 
 
-def case_evidence(reference: np.ndarray, prediction: np.ndarray, spacing_zyx: Sequence[float],
-                  probability: Optional[np.ndarray] = None, suv: Optional[np.ndarray] = None,
-                  params: AuditParams = AuditParams(), regions: Optional[Dict[str, np.ndarray]] = None
-                  ) -> Dict[str, float]:
-    """Evidence of one case (see the module docstring); a flat dict of floats (NaN where undefined).
+@dataclass
+class _Lesions:
+    """Connected components of the reference and prediction and which of them the other mask matches."""
+    ref_lab: np.ndarray
+    nr: int
+    pred_lab: np.ndarray
+    npr: int
+    ref_size: np.ndarray
+    pred_size: np.ndarray
+    ref_missed: np.ndarray   # per reference lesion: < match_fraction of its voxels predicted
+    pred_extra: np.ndarray   # per predicted lesion: < match_fraction of its voxels in the reference
+    ref_m: np.ndarray        # voxels of the matched reference lesions
+    pred_m: np.ndarray       # voxels of the matched predicted lesions
 
-    ``regions``: a dict to fill with one float voxel-weight map per annotation error kind (``missed_lesion``,
-    ``extra_region``, ``boundary``): the voxels behind that kind's score, weighted as the score weights them (the
-    page shows where the strongest of them lies, :func:`strongest_finding`)."""
+
+@dataclass
+class _Pet:
+    """What the PET says about the lesions (neutral values without PET: every lesion bright and hot, none cold)."""
+    levels: Dict[str, float]
+    cold: np.ndarray         # labelled voxels at background SUV relative to their lesion's uptake
+    cold_frac: np.ndarray    # per reference lesion
+    bright: np.ndarray       # per reference lesion: SUVmax from the liver-like level (0) to bright_factor x it (1)
+    ref_max: np.ndarray      # per reference lesion SUVmax
+    hot_w: np.ndarray        # per predicted lesion: SUVmax from background (0) to the liver-like level (1)
+
+
+def _checked_inputs(reference, prediction, probability, suv):
+    """(ref, pred, prob, suv) as bool / float64 arrays of one shape; one-line errors otherwise."""
     ref = as_binary_mask(reference, "reference")
     pred = as_binary_mask(prediction, "prediction")
     if ref.shape != pred.shape:
@@ -208,125 +227,188 @@ def case_evidence(reference: np.ndarray, prediction: np.ndarray, spacing_zyx: Se
     for name, arr in (("probability", probability), ("suv", suv)):
         if arr is not None and np.shape(arr) != ref.shape:
             raise ValueError(f"{name} shape {np.shape(arr)} differs from the mask shape {ref.shape}")
-    sp = validate_spacing(spacing_zyx)
-    voxel_ml = sp[0] * sp[1] * sp[2] / 1000.0
     prob = None if probability is None else np.asarray(probability, dtype=np.float64)
+    suv = None if suv is None else np.asarray(suv, dtype=np.float64)
+    return ref, pred, prob, suv
+
+
+def match_lesions(ref: np.ndarray, pred: np.ndarray, params: AuditParams) -> _Lesions:
+    """Label both masks' lesions and match them (a lesion is matched when >= ``match_fraction`` of its voxels lie
+    in the other mask)."""
     ref_lab, nr = label_components(ref, params.connectivity)
     pred_lab, npr = label_components(pred, params.connectivity)
     ref_size, pred_size = _per_label(ref_lab, nr), _per_label(pred_lab, npr)
-    ref_hit = _per_label(ref_lab, nr, pred) / np.maximum(ref_size, 1)
-    pred_hit = _per_label(pred_lab, npr, ref) / np.maximum(pred_size, 1)
-    ref_missed = ref_hit < params.match_fraction
-    pred_extra = pred_hit < params.match_fraction
+    ref_missed = _per_label(ref_lab, nr, pred) / np.maximum(ref_size, 1) < params.match_fraction
+    pred_extra = _per_label(pred_lab, npr, ref) / np.maximum(pred_size, 1) < params.match_fraction
+    return _Lesions(ref_lab, nr, pred_lab, npr, ref_size, pred_size, ref_missed, pred_extra,
+                    ref & np.isin(ref_lab, np.flatnonzero(~ref_missed) + 1),
+                    pred & np.isin(pred_lab, np.flatnonzero(~pred_extra) + 1))
 
-    ev: Dict[str, float] = {"ref_ml": float(ref.sum() * voxel_ml), "pred_ml": float(pred.sum() * voxel_ml),
-                            "n_ref_lesions": float(nr), "n_pred_lesions": float(npr)}
-    ev["dice"] = dice(pred, ref)
 
-    levels: Dict[str, float] = {}
-    cold_frac = np.zeros(nr)
-    bright = np.ones(nr)
-    hot_w = np.ones(npr)
-    if suv is not None:
-        suv = np.asarray(suv, dtype=np.float64)
-        levels = pet_reference_levels(suv, ref | pred, params.liver_factor, params.liver_suv)
-        bg, liver = levels["suv_background"], levels["suv_liver_like"]
-        cold = np.zeros(ref.shape, dtype=bool)
-        ref_max = np.zeros(0)
-        if nr:
-            ref_max = np.asarray(ndimage.maximum(suv, ref_lab, index=np.arange(1, nr + 1)), dtype=np.float64)
-            bright = _ramp(ref_max, liver, params.bright_factor * liver)
-            # labelled voxels at background SUV, relative to their own lesion's uptake above background
-            cut = np.concatenate([[-np.inf], bg + params.cold_fraction * np.maximum(ref_max - bg, 0.0)])
-            cold = ref & (suv < cut[ref_lab])
-        cold_frac = _per_label(ref_lab, nr, cold) / np.maximum(ref_size, 1)
-        if npr:
-            pred_max = np.asarray(ndimage.maximum(suv, pred_lab, index=np.arange(1, npr + 1)), dtype=np.float64)
-            hot_w = _ramp(pred_max, bg, liver)
-    absent_w = np.ones(nr)
-    present_w = np.ones(npr)
+def _pet_terms(suv: Optional[np.ndarray], ref: np.ndarray, pred: np.ndarray, les: _Lesions,
+               params: AuditParams) -> _Pet:
+    """Reference levels, cold labelled voxels, per-lesion brightness (reference) and hotness (prediction)."""
+    pet = _Pet({}, np.zeros(ref.shape, dtype=bool), np.zeros(les.nr), np.ones(les.nr), np.zeros(0),
+               np.ones(les.npr))
+    if suv is None:
+        return pet
+    pet.levels = pet_reference_levels(suv, ref | pred, params.liver_factor, params.liver_suv)
+    bg, liver = pet.levels["suv_background"], pet.levels["suv_liver_like"]
+    if les.nr:
+        pet.ref_max = np.asarray(ndimage.maximum(suv, les.ref_lab, index=np.arange(1, les.nr + 1)), dtype=np.float64)
+        pet.bright = _ramp(pet.ref_max, liver, params.bright_factor * liver)
+        # labelled voxels at background SUV, relative to their own lesion's uptake above background
+        cut = np.concatenate([[-np.inf], bg + params.cold_fraction * np.maximum(pet.ref_max - bg, 0.0)])
+        pet.cold = ref & (suv < cut[les.ref_lab])
+    pet.cold_frac = _per_label(les.ref_lab, les.nr, pet.cold) / np.maximum(les.ref_size, 1)
+    if les.npr:
+        pred_max = np.asarray(ndimage.maximum(suv, les.pred_lab, index=np.arange(1, les.npr + 1)), dtype=np.float64)
+        pet.hot_w = _ramp(pred_max, bg, liver)
+    return pet
+
+
+def lesion_weights(les: _Lesions, pet: _Pet, prob: Optional[np.ndarray], params: AuditParams):
+    """(w_ref, w_pred): per reference lesion ``max(absent confidence x brightness, cold fraction)``, times the
+    model's competence on the case unless cold; per predicted lesion presence confidence x hotness."""
+    absent_w, present_w = np.ones(les.nr), np.ones(les.npr)
     if prob is not None:
-        absent_w = _ramp(_per_label(ref_lab, nr, prob) / np.maximum(ref_size, 1), params.absent_unsure,
+        absent_w = _ramp(_per_label(les.ref_lab, les.nr, prob) / np.maximum(les.ref_size, 1), params.absent_unsure,
                          params.absent_sure)
-        present_w = _ramp(_per_label(pred_lab, npr, prob) / np.maximum(pred_size, 1), params.present_unsure,
-                          params.present_sure)
-    w_ref = np.maximum(absent_w * bright, cold_frac)
+        present_w = _ramp(_per_label(les.pred_lab, les.npr, prob) / np.maximum(les.pred_size, 1),
+                          params.present_unsure, params.present_sure)
+    w_ref = np.maximum(absent_w * pet.bright, pet.cold_frac)
     # a model that finds this patient's other lesions and rejects this one is evidence against the reference; a model
     # that misses most of them is a weak model on a hard case
-    if nr:
-        matched_vol = float(ref_size[~ref_missed].sum())
-        others = ref_size.sum() - ref_size
+    if les.nr:
+        matched_vol = float(les.ref_size[~les.ref_missed].sum())
+        others = les.ref_size.sum() - les.ref_size
         competence = np.where(others > 0, matched_vol / np.maximum(others, 1), 1.0)
-        w_ref = w_ref * np.where(cold_frac > absent_w * bright, 1.0, competence)
-    w_pred = present_w * hot_w
-    ev["ref_missed_n"] = float(ref_missed.sum())
-    ev["ref_missed_ml"] = float(ref_size[ref_missed].sum() * voxel_ml)
-    ev["ref_missed_confident_ml"] = float((ref_size * w_ref)[ref_missed].sum() * voxel_ml)
-    ev["ref_missed_confident_n"] = float(w_ref[ref_missed].sum())
-    ev["pred_extra_n"] = float(pred_extra.sum())
-    ev["pred_extra_ml"] = float(pred_size[pred_extra].sum() * voxel_ml)
-    ev["pred_extra_confident_ml"] = float((pred_size * w_pred)[pred_extra].sum() * voxel_ml)
-    ev["pred_extra_confident_n"] = float(w_pred[pred_extra].sum())
-    ev["uncertain_ml"] = float(((ref_size * (1 - w_ref))[ref_missed].sum()
-                                + (pred_size * (1 - w_pred))[pred_extra].sum()) * voxel_ml)
-    ev["uncertain_n"] = float((1 - w_ref)[ref_missed].sum() + (1 - w_pred)[pred_extra].sum())
+        w_ref = w_ref * np.where(pet.cold_frac > absent_w * pet.bright, 1.0, competence)
+    return w_ref, present_w * pet.hot_w
 
-    ref_m = ref & np.isin(ref_lab, np.flatnonzero(~ref_missed) + 1)
-    pred_m = pred & np.isin(pred_lab, np.flatnonzero(~pred_extra) + 1)
-    # deep disagreement inside matched lesions: more than one voxel from the other mask (beyond boundary noise),
-    # weighted voxel by voxel like the unmatched lesions
-    ref_deep = ref_m & ~ndimage.binary_dilation(pred_m, _STRUCTURE_26) if pred_m.any() else ref_m
-    pred_deep = pred_m & ~ndimage.binary_dilation(ref_m, _STRUCTURE_26) if ref_m.any() else pred_m
+
+def _unmatched_evidence(les: _Lesions, w_ref: np.ndarray, w_pred: np.ndarray, voxel_ml: float) -> Dict[str, float]:
+    """``ref_missed_*``, ``pred_extra_*`` and ``uncertain_*``: the unmatched lesions, plain and weighted."""
+    rm, pe = les.ref_missed, les.pred_extra
+    return {"ref_missed_n": float(rm.sum()), "ref_missed_ml": float(les.ref_size[rm].sum() * voxel_ml),
+            "ref_missed_confident_ml": float((les.ref_size * w_ref)[rm].sum() * voxel_ml),
+            "ref_missed_confident_n": float(w_ref[rm].sum()),
+            "pred_extra_n": float(pe.sum()), "pred_extra_ml": float(les.pred_size[pe].sum() * voxel_ml),
+            "pred_extra_confident_ml": float((les.pred_size * w_pred)[pe].sum() * voxel_ml),
+            "pred_extra_confident_n": float(w_pred[pe].sum()),
+            "uncertain_ml": float(((les.ref_size * (1 - w_ref))[rm].sum()
+                                   + (les.pred_size * (1 - w_pred))[pe].sum()) * voxel_ml),
+            "uncertain_n": float((1 - w_ref)[rm].sum() + (1 - w_pred)[pe].sum())}
+
+
+def _voxel_weights(ref: np.ndarray, prob: Optional[np.ndarray], suv: Optional[np.ndarray], pet: _Pet,
+                   params: AuditParams):
+    """(v_ref, v_pred): the lesion weights of :func:`lesion_weights` voxel by voxel (a reference-only voxel:
+    absent confidence x brightness, or cold; a prediction-only voxel: presence confidence x hotness)."""
     v_ref = np.ones(ref.shape) if prob is None else _ramp(prob, params.absent_unsure, params.absent_sure)
     v_pred = np.ones(ref.shape) if prob is None else _ramp(prob, params.present_unsure, params.present_sure)
     if suv is not None:
-        v_ref = np.maximum(v_ref * _ramp(suv, liver, params.bright_factor * liver), cold)
+        bg, liver = pet.levels["suv_background"], pet.levels["suv_liver_like"]
+        v_ref = np.maximum(v_ref * _ramp(suv, liver, params.bright_factor * liver), pet.cold)
         v_pred = v_pred * _ramp(suv, bg, liver)
-    ev["ref_deep_ml"] = float(v_ref[ref_deep].sum() * voxel_ml)
-    ev["pred_deep_ml"] = float(v_pred[pred_deep].sum() * voxel_ml)
+    return v_ref, v_pred
+
+
+def _matched_evidence(les: _Lesions, v_ref: np.ndarray, v_pred: np.ndarray, voxel_ml: float):
+    """(evidence, ref_deep, pred_deep): ``ref_deep_ml``, ``pred_deep_ml`` (voxels of matched lesions in one mask
+    only, more than one voxel from the other) and the ``boundary_*`` columns of the matched lesions."""
+    ref_m, pred_m = les.ref_m, les.pred_m
+    ref_deep = ref_m & ~ndimage.binary_dilation(pred_m, _STRUCTURE_26) if pred_m.any() else ref_m
+    pred_deep = pred_m & ~ndimage.binary_dilation(ref_m, _STRUCTURE_26) if ref_m.any() else pred_m
     xor = int((ref_m ^ pred_m).sum())
     union = int((ref_m | pred_m).sum())
-    ev["boundary_volume_ratio"] = float(ref_m.sum() / pred_m.sum()) if pred_m.any() else math.nan
-    ev["boundary_disagreement"] = float(xor / union) if union else 0.0
     ref_only, pred_only = int((ref_m & ~pred_m).sum()), int((pred_m & ~ref_m).sum())
-    ev["boundary_symmetric"] = float(2 * min(ref_only, pred_only) / union) if union else 0.0
     surface = _surface_voxels(ref_m)
-    ev["boundary_shell"] = float(xor / surface) if surface else (1.0 if xor else 0.0)
+    ev = {"ref_deep_ml": float(v_ref[ref_deep].sum() * voxel_ml),
+          "pred_deep_ml": float(v_pred[pred_deep].sum() * voxel_ml),
+          "boundary_volume_ratio": float(ref_m.sum() / pred_m.sum()) if pred_m.any() else math.nan,
+          "boundary_disagreement": float(xor / union) if union else 0.0,
+          "boundary_symmetric": float(2 * min(ref_only, pred_only) / union) if union else 0.0,
+          "boundary_shell": float(xor / surface) if surface else (1.0 if xor else 0.0)}
+    return ev, ref_deep, pred_deep
 
-    if suv is not None:
-        bg, liver = levels["suv_background"], levels["suv_liver_like"]
-        ev.update(levels)
-        ev["ref_background_fraction"] = float(cold.sum() / ref.sum()) if ref.any() else 0.0
-        spill = _spill(ref, ref_lab, suv, bg, ref_max, params.adjacent_vox, params.spill_min_voxels)
-        ev["unlabelled_hot_adjacent_ml"] = float(spill.sum() * voxel_ml)
-        hot_lab, nh = label_components((suv >= liver) & ~ref & ~spill, params.connectivity)
-        sizes = _per_label(hot_lab, nh)
-        keep = sizes >= params.min_hot_voxels
-        hot = np.isin(hot_lab, np.flatnonzero(keep) + 1) if nh else np.zeros_like(ref)
-        ev["unlabelled_hot_ml"] = float(hot.sum() * voxel_ml)
-        # hot spots outside both masks that the model half sees: lesions the reference and the model both miss
-        remote = remote_supported(hot, ref | pred, prob, params) if prob is not None else None
-        ev["unlabelled_hot_supported_ml"] = float(remote.sum() * voxel_ml) if remote is not None else math.nan
-    else:
-        for k in ("suv_background", "suv_liver_like", "ref_background_fraction", "unlabelled_hot_ml",
-                  "unlabelled_hot_adjacent_ml", "unlabelled_hot_supported_ml"):
-            ev[k] = math.nan
+
+_PET_COLUMNS = ("suv_background", "suv_liver_like", "ref_background_fraction", "unlabelled_hot_ml",
+                "unlabelled_hot_adjacent_ml", "unlabelled_hot_supported_ml")
+
+
+def _pet_plausibility(ref: np.ndarray, pred: np.ndarray, les: _Lesions, suv: Optional[np.ndarray],
+                      prob: Optional[np.ndarray], pet: _Pet, params: AuditParams, voxel_ml: float):
+    """(evidence, spill, remote): the PET plausibility columns (NaN without PET), the unlabelled hot voxels beside
+    the reference (``spill``) and the remote hot spots the model half sees (``remote``; None without PET or
+    probabilities)."""
+    if suv is None:
+        return {k: math.nan for k in _PET_COLUMNS}, None, None
+    bg, liver = pet.levels["suv_background"], pet.levels["suv_liver_like"]
+    ev = dict(pet.levels)
+    ev["ref_background_fraction"] = float(pet.cold.sum() / ref.sum()) if ref.any() else 0.0
+    spill = _spill(ref, les.ref_lab, suv, bg, pet.ref_max, params.adjacent_vox, params.spill_min_voxels)
+    ev["unlabelled_hot_adjacent_ml"] = float(spill.sum() * voxel_ml)
+    hot_lab, nh = label_components((suv >= liver) & ~ref & ~spill, params.connectivity)
+    keep = _per_label(hot_lab, nh) >= params.min_hot_voxels
+    hot = np.isin(hot_lab, np.flatnonzero(keep) + 1) if nh else np.zeros_like(ref)
+    ev["unlabelled_hot_ml"] = float(hot.sum() * voxel_ml)
+    # hot spots outside both masks that the model half sees: lesions the reference and the model both miss
+    remote = remote_supported(hot, ref | pred, prob, params) if prob is not None else None
+    ev["unlabelled_hot_supported_ml"] = float(remote.sum() * voxel_ml) if remote is not None else math.nan
+    return ev, spill, remote
+
+
+def case_evidence(reference: np.ndarray, prediction: np.ndarray, spacing_zyx: Sequence[float],
+                  probability: Optional[np.ndarray] = None, suv: Optional[np.ndarray] = None,
+                  params: AuditParams = AuditParams(), regions: Optional[Dict[str, np.ndarray]] = None
+                  ) -> Dict[str, float]:
+    """Evidence of one case (see the module docstring); a flat dict of floats (NaN where undefined).
+
+    The parts, in order: :func:`match_lesions`, the PET terms, :func:`lesion_weights`, the unmatched lesions, the
+    matched lesions (deep and boundary disagreement), the PET plausibility, and the regions.
+
+    ``regions``: a dict to fill with one float voxel-weight map per annotation error kind (``missed_lesion``,
+    ``extra_region``, ``boundary``): the voxels behind that kind's score, weighted as the score weights them (the
+    page shows where the strongest of them lies, :func:`strongest_finding`)."""
+    ref, pred, prob, suv = _checked_inputs(reference, prediction, probability, suv)
+    sp = validate_spacing(spacing_zyx)
+    voxel_ml = sp[0] * sp[1] * sp[2] / 1000.0
+    les = match_lesions(ref, pred, params)
+    ev: Dict[str, float] = {"ref_ml": float(ref.sum() * voxel_ml), "pred_ml": float(pred.sum() * voxel_ml),
+                            "n_ref_lesions": float(les.nr), "n_pred_lesions": float(les.npr), "dice": dice(pred, ref)}
+    pet = _pet_terms(suv, ref, pred, les, params)
+    w_ref, w_pred = lesion_weights(les, pet, prob, params)
+    ev.update(_unmatched_evidence(les, w_ref, w_pred, voxel_ml))
+    v_ref, v_pred = _voxel_weights(ref, prob, suv, pet, params)
+    matched, ref_deep, pred_deep = _matched_evidence(les, v_ref, v_pred, voxel_ml)
+    ev.update(matched)
+    plausibility, spill, remote = _pet_plausibility(ref, pred, les, suv, prob, pet, params, voxel_ml)
+    ev.update(plausibility)
     ev["has_probabilities"] = float(prob is not None)
     if regions is not None:
-        extra_vox = pred & np.isin(pred_lab, np.flatnonzero(pred_extra) + 1)
-        missed_vox = ref & np.isin(ref_lab, np.flatnonzero(ref_missed) + 1)
-        lesion_w_pred = np.concatenate([[0.0], w_pred])[pred_lab]
-        lesion_w_ref = np.concatenate([[0.0], w_ref])[ref_lab]
-        missed_map = np.where(extra_vox, lesion_w_pred, 0.0) + np.where(pred_deep, v_pred, 0.0)
-        if suv is not None and remote is not None:
-            missed_map = missed_map + params.hot_weight * remote
-        boundary = (ref_m ^ pred_m)
-        if suv is not None:
-            boundary = boundary | cold | spill
-        regions.update({"missed_lesion": missed_map,
-                        "extra_region": np.where(missed_vox, lesion_w_ref, 0.0) + np.where(ref_deep, v_ref, 0.0),
-                        "boundary": boundary.astype(np.float64)})
+        regions.update(_finding_regions(ref, pred, les, w_ref, w_pred, v_ref, v_pred, ref_deep, pred_deep, pet,
+                                        spill, remote, params))
     return ev
+
+
+def _finding_regions(ref, pred, les: _Lesions, w_ref, w_pred, v_ref, v_pred, ref_deep, pred_deep, pet: _Pet,
+                     spill: Optional[np.ndarray], remote: Optional[np.ndarray], params: AuditParams
+                     ) -> Dict[str, np.ndarray]:
+    """One voxel-weight map per annotation error kind, weighted as the kind's score weights its voxels."""
+    extra_vox = pred & np.isin(les.pred_lab, np.flatnonzero(les.pred_extra) + 1)
+    missed_vox = ref & np.isin(les.ref_lab, np.flatnonzero(les.ref_missed) + 1)
+    lesion_w_pred = np.concatenate([[0.0], w_pred])[les.pred_lab]
+    lesion_w_ref = np.concatenate([[0.0], w_ref])[les.ref_lab]
+    missed_map = np.where(extra_vox, lesion_w_pred, 0.0) + np.where(pred_deep, v_pred, 0.0)
+    if remote is not None:
+        missed_map = missed_map + params.hot_weight * remote
+    boundary = les.ref_m ^ les.pred_m
+    if spill is not None:
+        boundary = boundary | pet.cold | spill
+    return {"missed_lesion": missed_map,
+            "extra_region": np.where(missed_vox, lesion_w_ref, 0.0) + np.where(ref_deep, v_ref, 0.0),
+            "boundary": boundary.astype(np.float64)}
 
 
 def strongest_finding(weights: np.ndarray, spacing_zyx: Sequence[float], connectivity: int = 26
