@@ -8,6 +8,7 @@ from clips_nnunet.audit.evidence import (AuditParams, case_evidence, loss_eviden
                                            score_cohort)
 
 SP = (2.0, 1.0, 1.0)  # voxel = 2 mm^3 = 0.002 ml
+MM4 = (4.0, 4.0, 4.0)  # voxel = 0.064 ml: the distances in mm (8 mm) are two voxels, as the audit was tuned
 
 
 def _cube(mask, z, y, x, n=3):
@@ -69,19 +70,19 @@ def test_pet_plausibility_cold_labels_and_hot_spill():
     pred[2:6, 2:6, 2:6] = 1
     lv = pet_reference_levels(suv, (ref | pred) > 0)
     assert lv == {"suv_background": 1.0, "suv_liver_like": 2.0}
-    ev = case_evidence(ref, pred, (1.0, 1.0, 1.0), suv=suv)
+    ev = case_evidence(ref, pred, MM4, suv=suv)
     # labelled voxels below background + 0.2 x (lesion SUVmax 8 - background 1) = 2.4: slice 6
     assert ev["ref_background_fraction"] == pytest.approx(16 / 64)
     # unlabelled voxels beside the mask at >= half the lesion's maximum above background (4.5): slice 2
-    assert ev["unlabelled_hot_adjacent_ml"] == pytest.approx(16 / 1000)
+    assert ev["unlabelled_hot_adjacent_ml"] == pytest.approx(16 * 0.064)
     assert ev["unlabelled_hot_ml"] == 0.0  # the spill is not counted again as a remote hot spot
     assert math.isnan(ev["unlabelled_hot_supported_ml"])  # needs probabilities
-    # a lesion below 34 voxels (radius 2) is left out of the spill: partial volume spreads any small lesion
+    # a lesion below a ball of radius 8 mm (33.5 voxels of 4 mm) is left out of the spill: partial volume spreads any small lesion
     small = np.zeros_like(ref)
     small[3:6, 2:5, 2:5] = 1
     suv_small = np.ones((10, 10, 10))
     suv_small[2:5, 2:5, 2:5] = 8.0
-    assert case_evidence(small, small, (1.0, 1.0, 1.0), suv=suv_small)["unlabelled_hot_adjacent_ml"] == 0.0
+    assert case_evidence(small, small, MM4, suv=suv_small)["unlabelled_hot_adjacent_ml"] == 0.0
 
 
 def test_remote_hot_spot_counts_only_where_the_model_half_sees_it():
@@ -92,11 +93,11 @@ def test_remote_hot_spot_counts_only_where_the_model_half_sees_it():
     suv[6:8, 6:8, 6:8] = 5.0  # unlabelled, unpredicted hot spot of 8 voxels
     prob = np.zeros(suv.shape)
     prob[6:8, 6:8, 6:8] = 0.3
-    ev = case_evidence(ref, ref, (1.0, 1.0, 1.0), probability=prob, suv=suv)
-    assert ev["unlabelled_hot_ml"] == pytest.approx(8 / 1000)
-    assert ev["unlabelled_hot_supported_ml"] == pytest.approx(8 / 1000)
+    ev = case_evidence(ref, ref, MM4, probability=prob, suv=suv)
+    assert ev["unlabelled_hot_ml"] == pytest.approx(8 * 0.064)
+    assert ev["unlabelled_hot_supported_ml"] == pytest.approx(8 * 0.064)
     prob[6:8, 6:8, 6:8] = 0.02  # physiological uptake the model confidently rejects
-    ev = case_evidence(ref, ref, (1.0, 1.0, 1.0), probability=prob, suv=suv)
+    ev = case_evidence(ref, ref, MM4, probability=prob, suv=suv)
     assert ev["unlabelled_hot_supported_ml"] == 0.0
 
 
@@ -225,3 +226,27 @@ def test_model_quality_warning():
     # lesion-free references do not enter the mean Dice
     assert model_quality_warning([{"dice": 0.0, "ref_ml": 0.0, "error_kind": "none"}] + rows([0.9], ["none"])) is None
     assert model_quality_warning([]) is None
+
+
+@pytest.mark.parametrize("mm, spill_voxels, remote_voxels", [(4.0, 32, 0), (8.0, 16, 4)])
+def test_rim_and_adjacency_are_millimetres_not_voxels(mm, spill_voxels, remote_voxels):
+    """The spill reach (``adjacent_mm`` 8) and the probability rim (``rim_mm`` 8) are distances between voxel centres
+    in mm: two voxels at 4 mm, one voxel at 8 mm. A 4x4x4 reference with its two hot neighbouring slices left out:
+    both slices (4 and 8 mm away) spill at 4 mm, only the nearer one (8 mm; the other is 16 mm away) at 8 mm. A
+    half-seen 2x2 hot spot two slices from a small mask is inside the rim at 4 mm (8 mm, not beyond it) and
+    remote at 8 mm (16 mm)."""
+    suv = np.ones((12, 10, 10))
+    suv[1:7, 2:6, 2:6] = 8.0
+    ref = np.zeros(suv.shape, np.uint8)
+    ref[3:7, 2:6, 2:6] = 1  # slices 1 and 2 hot but unlabelled
+    ev = case_evidence(ref, ref, (mm, mm, mm), suv=suv)
+    assert ev["unlabelled_hot_adjacent_ml"] == pytest.approx(spill_voxels * mm ** 3 / 1000.0)
+    suv = np.ones((12, 10, 10))
+    small = np.zeros(suv.shape, np.uint8)
+    small[1:3, 1:3, 1:3] = 1
+    suv[1:3, 1:3, 1:3] = 6.0
+    suv[4, 1:3, 1:3] = 5.0  # two slices from the mask, SUV above the liver-like level 2
+    prob = np.zeros(suv.shape)
+    prob[4, 1:3, 1:3] = 0.3
+    ev = case_evidence(small, small, (mm, mm, mm), probability=prob, suv=suv)
+    assert ev["unlabelled_hot_supported_ml"] == pytest.approx(remote_voxels * mm ** 3 / 1000.0)

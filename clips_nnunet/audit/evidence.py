@@ -93,14 +93,14 @@ class AuditParams:
     liver_factor: float = 2.0
     liver_suv: Optional[float] = None
     min_hot_voxels: int = 3
-    adjacent_vox: int = 2
-    rim_vox: int = 2
+    adjacent_mm: float = 8.0
+    rim_mm: float = 8.0
     bright_factor: float = 3.0
     boundary_weight: float = 0.25
     hot_weight: float = 0.5
     hot_support: float = 0.1
     cold_fraction: float = 0.2
-    spill_min_voxels: float = 4.0 / 3.0 * math.pi * 2.0 ** 3  # lesions of radius >= 2 voxels
+    spill_min_radius_mm: float = 8.0
     pet_weight: float = 2.0
     loss_weight: float = 0.1
     suspicion_threshold: float = 0.1
@@ -142,35 +142,39 @@ def _surface_voxels(mask: np.ndarray) -> int:
 
 
 def _spill(ref: np.ndarray, ref_lab: np.ndarray, suv: np.ndarray, background: float, ref_max: np.ndarray,
-           adjacent_vox: int, min_voxels: float) -> np.ndarray:
-    """Unlabelled voxels within ``adjacent_vox`` of the reference at or above the half maximum (above background)
-    of the nearest reference lesion: that lesion's own uptake left outside the mask (drawn too tight or shifted).
-    Lesions of fewer than ``min_voxels`` voxels are skipped: the scanner's resolution spreads their uptake beyond
-    any correct mask (partial volume)."""
+           spacing: Sequence[float], adjacent_mm: float, min_radius_mm: float) -> np.ndarray:
+    """Unlabelled voxels within ``adjacent_mm`` (between voxel centres) of the reference at or above the half maximum
+    (above background) of the nearest reference lesion: that lesion's own uptake left outside the mask (drawn too
+    tight or shifted). Lesions smaller than a ball of radius ``min_radius_mm`` are skipped: the scanner's resolution
+    spreads their uptake beyond any correct mask (partial volume)."""
     out = np.zeros(ref.shape, dtype=bool)
-    if not ref.any() or adjacent_vox <= 0:
+    if not ref.any() or adjacent_mm <= 0:
         return out
-    lo = np.maximum(np.argwhere(ref).min(axis=0) - adjacent_vox - 1, 0)
-    hi = np.argwhere(ref).max(axis=0) + adjacent_vox + 2
+    reach = np.ceil(adjacent_mm / np.asarray(spacing, dtype=np.float64)).astype(int)
+    lo = np.maximum(np.argwhere(ref).min(axis=0) - reach - 1, 0)
+    hi = np.argwhere(ref).max(axis=0) + reach + 2
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    dist, idx = ndimage.distance_transform_edt(~ref[box], return_indices=True)
+    dist, idx = ndimage.distance_transform_edt(~ref[box], sampling=spacing, return_indices=True)
     nearest = ref_lab[box][tuple(idx)]
     half = np.concatenate([[np.inf], background + 0.5 * np.maximum(ref_max - background, 0.0)])
+    min_voxels = 4.0 / 3.0 * math.pi * min_radius_mm ** 3 / float(np.prod(spacing))
     half[1:][np.bincount(ref_lab.ravel(), minlength=len(half))[1:] < min_voxels] = np.inf
-    out[box] = ~ref[box] & (dist <= adjacent_vox) & (suv[box] >= half[nearest])
+    out[box] = ~ref[box] & (dist <= adjacent_mm) & (suv[box] >= half[nearest])
     return out
 
 
-def remote_supported(hot: np.ndarray, masks: np.ndarray, prob: np.ndarray, params: AuditParams) -> np.ndarray:
+def remote_supported(hot: np.ndarray, masks: np.ndarray, prob: np.ndarray, params: AuditParams,
+                     spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
     """Hot voxels the model half sees although neither mask holds them, away from the masks' rim.
 
     The blurred uptake and the soft probabilities around a correctly outlined lesion are hot and half seen just
     outside it (the *probability rim*); they say nothing about a lesion both masks missed. So voxels within
-    ``rim_vox`` voxels of ``masks`` (reference or prediction) are left out first; of what remains, components of
-    >= ``min_hot_voxels`` voxels whose mean probability is >= ``hot_support`` are kept."""
+    ``rim_mm`` of ``masks`` (reference or prediction; voxel centres, ``spacing`` (z, y, x) mm) are left out first;
+    of what remains, components of >= ``min_hot_voxels`` voxels whose mean probability is >= ``hot_support`` are
+    kept."""
     remote = hot & ~masks
-    if params.rim_vox > 0 and masks.any():
-        remote &= ndimage.distance_transform_edt(~masks) > params.rim_vox
+    if params.rim_mm > 0 and masks.any():
+        remote &= ndimage.distance_transform_edt(~masks, sampling=spacing) > params.rim_mm
     lab, n = label_components(remote, params.connectivity)
     if not n:
         return np.zeros(hot.shape, dtype=bool)
@@ -338,23 +342,24 @@ _PET_COLUMNS = ("suv_background", "suv_liver_like", "ref_background_fraction", "
 
 
 def _pet_plausibility(ref: np.ndarray, pred: np.ndarray, les: _Lesions, suv: Optional[np.ndarray],
-                      prob: Optional[np.ndarray], pet: _Pet, params: AuditParams, voxel_ml: float):
+                      prob: Optional[np.ndarray], pet: _Pet, params: AuditParams, spacing: Sequence[float]):
     """(evidence, spill, remote): the PET plausibility columns (NaN without PET), the unlabelled hot voxels beside
     the reference (``spill``) and the remote hot spots the model half sees (``remote``; None without PET or
     probabilities)."""
     if suv is None:
         return {k: math.nan for k in _PET_COLUMNS}, None, None
+    voxel_ml = float(np.prod(spacing)) / 1000.0
     bg, liver = pet.levels["suv_background"], pet.levels["suv_liver_like"]
     ev = dict(pet.levels)
     ev["ref_background_fraction"] = float(pet.cold.sum() / ref.sum()) if ref.any() else 0.0
-    spill = _spill(ref, les.ref_lab, suv, bg, pet.ref_max, params.adjacent_vox, params.spill_min_voxels)
+    spill = _spill(ref, les.ref_lab, suv, bg, pet.ref_max, spacing, params.adjacent_mm, params.spill_min_radius_mm)
     ev["unlabelled_hot_adjacent_ml"] = float(spill.sum() * voxel_ml)
     hot_lab, nh = label_components((suv >= liver) & ~ref & ~spill, params.connectivity)
     keep = _per_label(hot_lab, nh) >= params.min_hot_voxels
     hot = np.isin(hot_lab, np.flatnonzero(keep) + 1) if nh else np.zeros_like(ref)
     ev["unlabelled_hot_ml"] = float(hot.sum() * voxel_ml)
     # hot spots outside both masks that the model half sees: lesions the reference and the model both miss
-    remote = remote_supported(hot, ref | pred, prob, params) if prob is not None else None
+    remote = remote_supported(hot, ref | pred, prob, params, spacing) if prob is not None else None
     ev["unlabelled_hot_supported_ml"] = float(remote.sum() * voxel_ml) if remote is not None else math.nan
     return ev, spill, remote
 
@@ -383,7 +388,7 @@ def case_evidence(reference: np.ndarray, prediction: np.ndarray, spacing_zyx: Se
     v_ref, v_pred = _voxel_weights(ref, prob, suv, pet, params)
     matched, ref_deep, pred_deep = _matched_evidence(les, v_ref, v_pred, voxel_ml)
     ev.update(matched)
-    plausibility, spill, remote = _pet_plausibility(ref, pred, les, suv, prob, pet, params, voxel_ml)
+    plausibility, spill, remote = _pet_plausibility(ref, pred, les, suv, prob, pet, params, sp)
     ev.update(plausibility)
     ev["has_probabilities"] = float(prob is not None)
     if regions is not None:
