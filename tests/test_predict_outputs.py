@@ -302,3 +302,33 @@ def test_console_summary_warns_per_case_when_the_ct_covers_only_part_of_the_pet(
     assert warnings == ["WARNING: CT covers 62.5% of the PET volume",
                         "WARNING: CT does not cover the PET along z: 40.0 mm missing below and 0.0 mm above"]
     assert table.index(next(line for line in table if "CT covers" in line)) == 2  # right under its case
+
+
+@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1)])
+def test_mip_uses_the_lesions_measured_by_the_outputs(direction):
+    """The outputs hand the MIP the lesions they measured (no second labelling); the numbers and positions are
+    those the MIP finds on its own, and an image already in LPS order is used as it is (no reoriented copy)."""
+    from clips_nnunet.prediction.mip import _to_lps_arrays, lesion_positions_lps
+
+    mask = np.zeros((10, 12, 14), np.uint8)
+    mask[2:4, 3:5, 4:6] = 1  # 8 voxels: lesion 1
+    mask[7, 9, 11] = 1  # 1 voxel: lesion 2
+    suv = np.arange(mask.size, dtype=np.float32).reshape(mask.shape)
+    images = []
+    for arr in (suv, mask):
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing((2.0, 3.0, 4.0))
+        img.SetDirection(direction)
+        images.append(img)
+    suv_img, mask_img = images
+    lps = sitk.DICOMOrient(mask_img, "LPS")
+    lesions = measure_lesions(mask > 0, (4.0, 3.0, 2.0)).lesions
+    given = lesion_positions_lps(mask_img, lps, (4.0, 3.0, 2.0), lesions)
+    assert given == lesion_positions_lps(mask_img, lps, (4.0, 3.0, 2.0))
+    flipped = direction[0] == -1
+    assert dict(given)[2] == pytest.approx((7.0, 12 - 1 - 9, 14 - 1 - 11) if flipped else (7.0, 9.0, 11.0))
+    suv_arr, mask_arr, spacing = _to_lps_arrays(suv_img, mask_img)
+    np.testing.assert_array_equal(suv_arr, sitk.GetArrayFromImage(sitk.DICOMOrient(suv_img, "LPS")))
+    np.testing.assert_array_equal(mask_arr, sitk.GetArrayFromImage(lps) > 0)
+    assert spacing == (4.0, 3.0, 2.0)
+    assert np.shares_memory(suv_arr, sitk.GetArrayViewFromImage(suv_img)) == (not flipped)

@@ -44,18 +44,39 @@ def coronal_mip(suv_zyx: np.ndarray, mask_zyx: Optional[np.ndarray] = None
     return mip, (mask_zyx > 0).any(axis=1)
 
 
+_IDENTITY = np.eye(3).ravel()
+
+
+def _lps(image: sitk.Image) -> sitk.Image:
+    """``image`` reoriented to LPS index order; ``image`` itself when it is in that order already (the usual axial
+    PET, whose direction is the identity: reorienting would only copy it)."""
+    if np.allclose(image.GetDirection(), _IDENTITY, atol=1e-6):
+        return image
+    return sitk.DICOMOrient(image, "LPS")
+
+
 def _to_lps_arrays(suv: sitk.Image, mask: Optional[sitk.Image]
                    ) -> Tuple[np.ndarray, Optional[np.ndarray], Tuple[float, float, float]]:
-    suv_lps = sitk.DICOMOrient(suv, "LPS")
-    suv_arr = sitk.GetArrayFromImage(suv_lps).astype(np.float32)
+    """The SUV (float32) and mask (bool) arrays in LPS index order (z, y, x) and the spacing in that order; the SUV
+    array may be a read-only view of ``suv``."""
+    suv_lps = _lps(suv)
+    suv_arr = _array(suv_lps, suv).astype(np.float32, copy=False)
     spacing_zyx = tuple(float(s) for s in suv_lps.GetSpacing()[::-1])
     mask_arr = None
     if mask is not None:
         if mask.GetSize() != suv.GetSize():
             raise ValueError(f"MIP: mask size {mask.GetSize()} differs from the PET size {suv.GetSize()}; "
                              "the mask must be on the PET grid")
-        mask_arr = sitk.GetArrayFromImage(sitk.DICOMOrient(mask, "LPS")) > 0
+        mask_arr = _array(_lps(mask), mask) > 0
     return suv_arr, mask_arr, spacing_zyx
+
+
+def _array(image: sitk.Image, caller_image: sitk.Image) -> np.ndarray:
+    """``image``'s array: a view when it is the caller's image (alive beyond this module's functions), else a copy
+    (a view would outlive a reoriented temporary image)."""
+    if image is caller_image:
+        return sitk.GetArrayViewFromImage(image)
+    return sitk.GetArrayFromImage(image)
 
 
 MARKER_STYLE = {"fontsize": 9, "fontweight": "bold"}
@@ -92,17 +113,18 @@ def suv_colourbar(fig: Any, rect: Sequence[float], cmap: str, vmax: float, label
     return bar
 
 
-def lesion_positions_lps(mask: sitk.Image, mask_lps: sitk.Image, spacing_zyx: Sequence[float]
-                         ) -> List[Tuple[int, Tuple[float, float, float]]]:
+def lesion_positions_lps(mask: sitk.Image, mask_lps: sitk.Image, spacing_zyx: Sequence[float],
+                         lesions: Optional[Sequence[Any]] = None) -> List[Tuple[int, Tuple[float, float, float]]]:
     """``[(number, centroid (z, y, x) as a continuous index of the LPS-oriented mask)]`` for every lesion of
     ``mask``, numbered as :func:`clips_nnunet.metrics.lesions.measure_lesions` orders them on the mask's own array
-    (largest first): the numbers of the TMTV report."""
-    from clips_nnunet.metrics.lesions import measure_lesions
-
-    arr = sitk.GetArrayViewFromImage(mask) > 0
+    (largest first): the numbers of the TMTV report. ``lesions``: that function's ``.lesions`` for ``mask``'s own
+    array and spacing, when the caller has measured them already (the mask is then not labelled again)."""
     own_spacing = tuple(float(v) for v in mask.GetSpacing()[::-1])
+    if lesions is None:
+        from clips_nnunet.metrics.lesions import measure_lesions
+        lesions = measure_lesions(sitk.GetArrayViewFromImage(mask) > 0, own_spacing).lesions
     out = []
-    for number, les in enumerate(measure_lesions(arr, own_spacing).lesions, start=1):
+    for number, les in enumerate(lesions, start=1):
         idx_zyx = [c / s for c, s in zip(les.centroid_mm, own_spacing)]
         point = mask.TransformContinuousIndexToPhysicalPoint([float(v) for v in idx_zyx[::-1]])
         xyz = mask_lps.TransformPhysicalPointToContinuousIndex(point)
@@ -112,13 +134,16 @@ def lesion_positions_lps(mask: sitk.Image, mask_lps: sitk.Image, spacing_zyx: Se
 
 def save_coronal_mip(suv: sitk.Image, mask: Optional[sitk.Image], output_path: PathLike,
                      title: Optional[str] = None, suv_max_display: Optional[float] = None,
-                     outline_colour: str = "red", dpi: int = 120, number_lesions: bool = True) -> Path:
+                     outline_colour: str = "red", dpi: int = 120, number_lesions: bool = True,
+                     lesions: Optional[Sequence[Any]] = None) -> Path:
     """Write a PNG of the coronal SUV MIP of ``suv`` with ``mask`` (same grid) outlined; return its path.
 
     ``suv_max_display`` sets the SUV shown as black (default: 10, or the image maximum if lower, the usual
     lymphoma display window). The picture carries R/L markers, an SUV colour scale and, with ``number_lesions``,
     each lesion's report number beside its centroid; an empty mask is captioned "no lesion found". The write is
-    atomic. ``title`` must not contain patient identifiers.
+    atomic. ``title`` must not contain patient identifiers. ``lesions``: the mask's lesions as
+    :func:`clips_nnunet.metrics.lesions.measure_lesions` measured them on ``mask``'s own array, when the caller has
+    them (see :func:`lesion_positions_lps`).
     """
     if not isinstance(suv, sitk.Image) or suv.GetDimension() != 3:
         raise ValueError("save_coronal_mip: `suv` must be a 3-D SimpleITK image (SUV on the PET grid)")
@@ -154,8 +179,7 @@ def save_coronal_mip(suv: sitk.Image, mask: Optional[sitk.Image], output_path: P
                    colors=[outline_colour], linewidths=1.0)
     halo = [patheffects.withStroke(linewidth=2.5, foreground="white")]
     if mask is not None and number_lesions and proj is not None and proj.any():
-        mask_lps = sitk.DICOMOrient(mask, "LPS")
-        positions = lesion_positions_lps(mask, mask_lps, spacing_zyx)
+        positions = lesion_positions_lps(mask, _lps(mask), spacing_zyx, lesions)
         for number, (z, _, x) in positions[:MAX_NUMBERED]:
             row = mip.shape[0] - 1 - z
             ax.annotate(str(number), (x, row), xytext=(6, 4), textcoords="offset points", fontsize=8,

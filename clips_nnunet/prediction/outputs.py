@@ -287,7 +287,7 @@ def write_patient_outputs(out_dir: Path, pseudonym: str, mask: sitk.Image, pet_s
     write_rtstruct(mask_arr, pet_datasets, out_dir / "rtstruct.dcm", roi_name="lesion",
                    series_description="clips-nnunet predicted lesion contours")
     save_coronal_mip(pet_suv, mask_u8, out_dir / "mip_coronal.png",
-                     title=f"{pseudonym}: coronal SUV MIP, prediction outlined")
+                     title=f"{pseudonym}: coronal SUV MIP, prediction outlined", lesions=summary.lesions)
     report = build_report(summary, case_id=pseudonym, model=model, warnings=list(warnings),
                           spacing_zyx=spacing_zyx, image=pet_suv)  # lesion centroids in LPS mm and PET slices
     write_report(report, out_dir)  # report.md then report.json (completion marker)
