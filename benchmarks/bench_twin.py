@@ -10,8 +10,8 @@ What it does (CPU):
 2. **Threshold ceiling** (``--clinical N``, ``--study N``): the best single global SUV threshold chosen on the first
    two thirds of the patients (mean Dice vs the clean masks), scored on the last third, and the same rotated over
    three folds (every patient held out once; ``ceiling_from_curves``), on PET twins at the clinical
-   grids (vendors in turn) and at the study grid (8 mm trunk crop, as ``synthetic/raw.py`` writes it); each without
-   and with bladder and brain (+10 mm) masked out (``clips_nnunet.synthetic.twin_ceiling``).
+   grids (vendors in turn) and at the study grid (8 mm, skull base to thighs, as ``synthetic/raw.py`` writes it);
+   each without and with bladder and brain (+10 mm) masked out (``clips_nnunet.synthetic.twin_ceiling``).
 3. Cohort statistics of the clinical twins: TMTV, lesion count, SUVmax (median, range), physiology flags.
 4. ``--figure PATH``: coronal MIPs of three clinical twins beside the real GE patient of ``../shared/testdata``
    (read with the converter's SUV reader).

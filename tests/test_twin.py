@@ -132,6 +132,34 @@ def test_determinism_by_seed():
     assert a.pet.shape == STUDY_GRID.shape and a.label.any()
 
 
+def test_study_crop_keeps_the_neck_and_trunk_confounders():
+    """The study crop reaches from the skull base to the thighs even for a tall patient (1.89 m, index 3): tonsils,
+    salivary glands and thyroid beside the cervical nodes, and heart, kidneys, bowel, marrow and bladder."""
+    case = study_case(0, 3)
+    assert case.patient.height_m > 1.85
+    present = set(np.unique(case.tissue).tolist())
+    for tissue in ("tonsil", "salivary", "thyroid", "myocardium", "kidney", "collecting", "bowel", "marrow",
+                   "bladder"):
+        assert TISSUES[tissue] in present, tissue
+
+
+def test_heterogeneity_lowers_lesion_uptake_by_at_most_its_depth():
+    """Cold patches: outside the lesions nothing changes; inside, each voxel keeps 1 - depth .. 1 of its uptake
+    (depth 0.5 for lesion 1, 0 for lesion 2), and a share of lesion 1 near half (where the field is <= 0) is
+    unchanged."""
+    from clips_nnunet.synthetic.twin import apply_heterogeneity
+
+    ids = np.zeros((20, 20, 20), dtype=np.int16)
+    ids[2:12, 2:12, 2:12], ids[14:18, 14:18, 14:18] = 1, 2
+    activity = np.full(ids.shape, 10.0, dtype=np.float32)
+    apply_heterogeneity(activity, ids, np.array([0.0, 0.5, 0.0], dtype=np.float32), (4.0, 4.0, 4.0),
+                        np.random.default_rng(0))
+    assert np.all(activity[ids == 0] == 10.0) and np.all(activity[ids == 2] == 10.0)
+    inner = activity[ids == 1]
+    assert inner.min() >= 5.0 - 1e-5 and inner.max() == pytest.approx(10.0)
+    assert 0.2 < np.mean(inner == 10.0) < 0.8 and inner.min() < 7.0  # a correlated field: ~20 cells
+
+
 def test_threshold_ceiling_on_a_small_study_cohort():
     cases = [study_case(7, i) for i in range(14)]
     cc = [CeilingCase(c.pet, c.label, c.tissue, c.pet_grid.spacing) for c in cases]

@@ -112,11 +112,12 @@ def make_synthetic_raw_dataset(raw_root: Path, dataset_id: int = 990, name: str 
     clean masks do not depend on it. ``physiological_uptake`` (default: on when errors are planted) adds the
     bladder-like region to every PET. Clean masks and errors go to :func:`truth_dir`.
 
-    ``phantom="twin"``: every case is a whole-body twin (:func:`clips_nnunet.synthetic.twin.study_case`) cropped to
-    the trunk on the study grid (default :data:`~clips_nnunet.synthetic.twin.STUDY_GRID`, 8 mm; ``shape`` and
-    ``spacing`` change it), with its physiological uptake always on; errors are the realistic annotators' kinds
-    (:data:`~clips_nnunet.synthetic.twin_annotators.TWIN_ERROR_KINDS`), and ``planted_difficulty`` is the share of
-    small or faint lesions (:func:`~clips_nnunet.synthetic.twin.twin_difficulty`).
+    ``phantom="twin"``: every case is a whole-body twin (:func:`clips_nnunet.synthetic.twin.study_case`) cropped
+    from the skull base to the thighs on the study grid (default :data:`~clips_nnunet.synthetic.twin.STUDY_GRID`,
+    8 mm; ``shape`` and ``spacing`` change it), with its physiological uptake always on; errors are the realistic
+    annotators' kinds (:data:`~clips_nnunet.synthetic.twin_annotators.TWIN_ERROR_KINDS`), and
+    ``planted_difficulty`` is the share of small or faint lesions
+    (:func:`~clips_nnunet.synthetic.twin.twin_difficulty`).
     """
     if phantom not in ("box", "twin"):
         raise ValueError(f"unknown phantom {phantom!r}: choose box or twin")

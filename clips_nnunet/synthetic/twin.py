@@ -7,22 +7,24 @@ the PET physics (:mod:`~clips_nnunet.synthetic.twin_physics`). Grids:
 * clinical, per vendor (:data:`CLINICAL_GRIDS`): PET ~4-4.7 mm in-plane, 3-4 mm slices, 1050 mm from the vertex to
   the thighs; CT 512 x 512 at 0.98 mm, 3-5 mm slices, as the vendors' whole-body protocols reconstruct them;
 * small (:data:`SMALL_GRIDS`): the same whole body at PET 8 mm, CT 4 mm in-plane (tests, quick cohorts);
-* study (:data:`STUDY_GRID`): 8 mm voxels, a trunk crop from the neck to below the bladder (no brain), so a CPU study
-  trains in minutes, with the same confounders (heart, kidneys, ureters, bladder, bowel, brown fat, marrow).
+* study (:data:`STUDY_GRID`): 8 mm voxels, a crop from the skull base to the upper thighs, so a CPU study trains in
+  minutes, with the same confounders (tonsils, salivary glands, thyroid, cervical and supraclavicular brown fat,
+  heart, kidneys, ureters, bladder, bowel, marrow; the brain only in short patients).
 
-The truth is the lesion mask: voxels that lesion lobules cover by at least half, minus necrotic cores.
+The truth is the lesion mask: voxels that lesion lobules cover by at least half, minus necrotic cores. Lesion
+uptake is heterogeneous (:func:`apply_heterogeneity`): cold patches inside the truth mask.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from clips_nnunet.synthetic.twin_anatomy import (HU, TISSUES, BodyFrame, TwinPatient, anatomy_shapes, body_sections,
                                                  draw_patient, patient_record)
 from clips_nnunet.synthetic.twin_disease import TwinLesion, draw_disease
-from clips_nnunet.synthetic.twin_physics import add_pet_noise, apply_psf
+from clips_nnunet.synthetic.twin_physics import add_pet_noise, apply_psf, correlated_noise
 from clips_nnunet.synthetic.twin_render import CtCanvas, Grid, PetCanvas
 
 FOV_Z_MM = 1050.0
@@ -40,9 +42,16 @@ CLINICAL_GRIDS: Dict[str, Tuple[Grid, Grid]] = {
     "PHILIPS": _clinical(144, 4.0, 4.0, 5.0)}
 #: A small whole-body twin for tests and quick cohorts: PET 8 mm, CT 4 mm in-plane, same 1050 mm field.
 SMALL_GRIDS: Tuple[Grid, Grid] = (Grid((131, 64, 64), (8.0, 8.0, 8.0)), Grid((131, 128, 128), (8.0, 4.0, 4.0)))
-#: The study grid: (z, y, x) 96 x 40 x 48 voxels of 8 mm, centred 600 mm below the vertex (neck to upper thighs).
-STUDY_GRID = Grid((96, 40, 48), (8.0, 8.0, 8.0))
-STUDY_CENTRE_S = 600.0
+#: The study grid: (z, y, x) 108 x 40 x 48 voxels of 8 mm (864 mm), centred 580 mm below the vertex of a 1.75 m
+#: patient: from the skull base (parotids, tonsils, cervical nodes, cervical brown fat) to the upper thighs
+#: (inguinal nodes); the crop scales with height, so short patients keep the lowest brain, tall ones lose the top
+#: of the parotids and the inguinal stations.
+STUDY_GRID = Grid((108, 40, 48), (8.0, 8.0, 8.0))
+STUDY_CENTRE_S = 580.0
+#: Intratumoral heterogeneity: cold patches (correlation FWHM :data:`HETEROGENEITY_CORR_MM`) where the uptake falls
+#: by up to ``depth`` (drawn per lesion in this range) of the painted value; see :func:`apply_heterogeneity`.
+HETEROGENEITY_DEPTH = (0.2, 0.6)
+HETEROGENEITY_CORR_MM = 15.0
 
 
 @dataclass
@@ -95,6 +104,25 @@ def render_ct(frame: BodyFrame, lesions: List[TwinLesion], grid: Grid) -> np.nda
     return canvas.hu
 
 
+def apply_heterogeneity(activity: np.ndarray, lesion_ids: np.ndarray, depths: np.ndarray, spacing: Sequence[float],
+                        rng: np.random.Generator) -> None:
+    """Multiply the uptake of lesion voxels (``lesion_ids > 0``) in place by ``1 - depth * clip(g, 0, 2) / 2``:
+    ``g`` a zero-mean unit-variance Gaussian field with a correlation of FWHM :data:`HETEROGENEITY_CORR_MM`, and
+    ``depth = depths[lesion id]``. Where ``g <= 0`` (half of a lesion) the uptake is unchanged, so the lesion keeps
+    its hottest values; elsewhere it falls by up to ``depth`` (patchy hypometabolism of bulky lymphoma)."""
+    inside = lesion_ids > 0
+    if not inside.any():
+        return
+    idx = np.argwhere(inside)
+    pad = 4
+    box = tuple(slice(max(0, int(a) - pad), min(n, int(b) + 1 + pad))
+                for a, b, n in zip(idx.min(0), idx.max(0), lesion_ids.shape))
+    ids = lesion_ids[box]
+    g = correlated_noise(ids.shape, spacing, HETEROGENEITY_CORR_MM, rng)
+    factor = 1.0 - depths[np.maximum(ids, 0)] * np.clip(g, 0.0, 2.0) / 2.0
+    activity[box] = np.where(ids > 0, activity[box] * factor, activity[box]).astype(activity.dtype)
+
+
 def make_twin(seed: int, weight_kg: float = 75.0, height_m: float = 1.75, sex: str = "M",
               grids: Optional[Tuple[Grid, Optional[Grid]]] = None, study: bool = False,
               n_lesions: Optional[int] = None, brown_fat_prevalence: float = 0.12) -> TwinCase:
@@ -111,6 +139,12 @@ def make_twin(seed: int, weight_kg: float = 75.0, height_m: float = 1.75, sex: s
     frame = BodyFrame(patient, z_top_for(pet_grid, patient, study))
     lesions = draw_disease(frame, np.random.default_rng([int(seed), 29]), n_lesions=n_lesions)
     canvas = render_pet(frame, lesions, pet_grid)
+    texture_rng = np.random.default_rng([int(seed), 37])
+    depths = np.zeros(max([les.lesion_id for les in lesions], default=0) + 1, dtype=np.float32)
+    for les in lesions:
+        les.heterogeneity = float(texture_rng.uniform(*HETEROGENEITY_DEPTH))
+        depths[les.lesion_id] = les.heterogeneity
+    apply_heterogeneity(canvas.activity, canvas.lesion, depths, pet_grid.spacing, texture_rng)
     physics = {"psf_fwhm_mm": float(rng.uniform(5.0, 7.0)), "noise_cov": float(rng.uniform(0.10, 0.15)),
                "noise_corr_mm": float(rng.uniform(6.0, 9.0))}
     blurred = apply_psf(canvas.activity, pet_grid.spacing, physics["psf_fwhm_mm"])

@@ -16,6 +16,9 @@ Per patient (:func:`draw_disease`):
   rim and centre differ, so no single threshold traces every lesion's edge); a lesion above :data:`BULKY_ML` has a necrotic core with probability 0.6 (SUV 0.8-1.5,
   30-50 % of the mass's radius), which is not part of the lesion masks.
 
+Heterogeneous uptake inside each lesion (cold patches, depth :attr:`TwinLesion.heterogeneity`) is applied after
+painting by :func:`clips_nnunet.synthetic.twin.apply_heterogeneity`.
+
 The resulting true TMTV is measured on the truth mask after rasterisation (the lobules overlap, so it is below the
 drawn value); docs/synthetic.md records the distributions measured and the sources they follow.
 """
@@ -61,6 +64,7 @@ class TwinLesion:
     lobules: List[Tuple[Tuple[float, float, float], Tuple[float, float, float], float]]
     core: Tuple[Tuple[float, float, float], Tuple[float, float, float], float] = None
     falloff: float = 0.0
+    heterogeneity: float = 0.0  # depth of the cold patches (set by ``twin.make_twin``)
 
     def shapes(self) -> List[Shape]:
         """Lobules (lesion id) then the necrotic core (id -1), for the painters."""
