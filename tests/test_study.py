@@ -139,6 +139,41 @@ def test_generated_budget_trainers(tmp_path):
     assert all("__" not in n for n in dir(module) if n.startswith("nnUNetTrainer"))
 
 
+def test_validation_without_mirroring(tmp_path):
+    """validation_mirroring: false puts NoMirrorValidationMixin first; it clears the mirroring axes during nnU-Net's
+    validation only and restores them afterwards (also when the validation fails)."""
+    from clips_nnunet.study.validation import NoMirrorValidationMixin
+
+    with pytest.raises(StudyConfigError, match="validation_mirroring"):
+        cfg(tmp_path, validation_mirroring="no")
+    config = cfg(tmp_path, validation_mirroring=False)
+    path = write_study_trainers(config, {"nnUNetTrainer": "clips_nnunet.trainers.base"}, tmp_path)
+    spec = importlib.util.spec_from_file_location("clips_study_trainers_nomirror", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.nnUNetTrainerStudy.__mro__[1] is NoMirrorValidationMixin
+    assert "NoMirrorValidationMixin" not in write_study_trainers(cfg(tmp_path), {"nnUNetTrainer": "clips_nnunet."
+                                                                 "trainers.base"}, tmp_path).read_text()
+
+    class Base:
+        inference_allowed_mirroring_axes = (0, 1, 2)
+        seen = []
+
+        def perform_actual_validation(self, save_probabilities=False):
+            self.seen.append((self.inference_allowed_mirroring_axes, save_probabilities))
+            if save_probabilities:
+                raise RuntimeError("export failed")
+
+    class Trainer(NoMirrorValidationMixin, Base):
+        pass
+
+    trainer = Trainer()
+    trainer.perform_actual_validation()
+    with pytest.raises(RuntimeError):
+        trainer.perform_actual_validation(True)
+    assert Base.seen == [(None, False), (None, True)] and trainer.inference_allowed_mirroring_axes == (0, 1, 2)
+
+
 def test_generated_file_holds_only_imports_and_class_attributes(tmp_path):
     """No behaviour in the generated file: a docstring, imports, classes whose bodies are literal assignments."""
     import ast

@@ -3,7 +3,8 @@
 ``{name}Study`` derives from :class:`~clips_nnunet.trainers.mixins.DrawnKeysMixin`,
 :class:`~clips_nnunet.trainers.mixins.BudgetMixin` and the arm's trainer class; the generated file
 (``study_dir/ext/clips_study_trainers.py``, listed in ``nnUNet_extTrainer``) holds only imports and class
-attributes (the budget and the arm's overrides). Seeding is the trainer's own ``CLIPS_SEED`` (clips trainers).
+attributes (the budget and the arm's overrides). With ``validation_mirroring: false`` every arm also derives first
+from :class:`~clips_nnunet.study.validation.NoMirrorValidationMixin`. Seeding is the trainer's own ``CLIPS_SEED`` (clips trainers).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ __all__ = ["GENERATED_MODULE", "resolve_trainer_module", "study_trainer_classes"
 
 GENERATED_MODULE = "clips_study_trainers.py"
 MIXINS = "clips_nnunet.trainers.mixins"
+VALIDATION_MIXIN = ("clips_nnunet.study.validation", "NoMirrorValidationMixin")
 
 
 def _fast_trainer_module(class_name: str) -> Optional[str]:
@@ -81,8 +83,10 @@ def study_trainer_classes(config: StudyConfig, modules: Mapping[str, str]) -> Li
                 ("budget_iterations_per_epoch", config.iterations_per_epoch),
                 ("budget_val_iterations_per_epoch", config.val_iterations_per_epoch))
 
-    return [TrainerClass(spec.class_name, ((MIXINS, "DrawnKeysMixin"), (MIXINS, "BudgetMixin"),
-                                           (modules[spec.name], spec.trainer)), budget(spec) + tuple(spec.overrides))
+    first = () if config.validation_mirroring else (VALIDATION_MIXIN,)
+    return [TrainerClass(spec.class_name, first + ((MIXINS, "DrawnKeysMixin"), (MIXINS, "BudgetMixin"),
+                                                   (modules[spec.name], spec.trainer)),
+                         budget(spec) + tuple(spec.overrides))
             for spec in config.trainers if spec.name in modules]
 
 

@@ -21,7 +21,8 @@ DATASET_SOURCES = ("existing", "synthetic_raw", "synth_dicom")
 KNOWN_KEYS = ("name", "study_dir", "dataset", "configuration", "plans", "trainers", "baseline", "controls", "folds",
               "seeds", "budget", "device", "teacher_seed", "difficulty_key", "skip_missing_trainers", "run_timeout_s",
               "n_proc_da", "parallel_runs", "derive_configuration", "description", "convergence_margin",
-              "memorisation_reference", "gpu_seconds_per_iteration", "gpu_seconds_per_run", "badly_segmented")
+              "memorisation_reference", "gpu_seconds_per_iteration", "gpu_seconds_per_run", "badly_segmented",
+              "validation_mirroring")
 #: Reference seconds per training iteration for the ``--slurm`` GPU-hour estimate: nnU-Net's default 3d_fullres U-Net,
 #: 2 channels, 128^3 patch, batch 2, AMP on an H200 (the project's reference/target figure, docs/performance.md; not
 #: measured by this project: ``benchmarks/gpu/run.sh`` measures it on the user's GPU).
@@ -101,6 +102,7 @@ class StudyConfig:
     gpu_seconds_per_iteration: float = REFERENCE_GPU_SECONDS_PER_ITERATION
     gpu_seconds_per_run: float = 0.0
     badly_segmented: Optional[Path] = None
+    validation_mirroring: bool = True
 
     @property
     def preprocess_configuration(self) -> str:
@@ -332,7 +334,8 @@ def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
     (:data:`REFERENCE_GPU_SECONDS_PER_ITERATION`) and ``gpu_seconds_per_run`` (0: start-up and final validation,
     not counted unless given): the ``--slurm`` GPU-hour estimate; ``badly_segmented``: the audit's
     ``audit_decisions.csv`` (``clips-nnunet audit``), whose ``confirmed_error`` cases form the report's
-    ``badly_segmented`` stratum.
+    ``badly_segmented`` stratum; ``validation_mirroring`` (true): false validates every arm without nnU-Net's
+    test-time mirroring (:mod:`clips_nnunet.study.validation`; 8x fewer passes in 3D, for CPU studies).
     """
     if not isinstance(raw, Mapping):
         raise StudyConfigError(f"study config must be a mapping (YAML dictionary), got {type(raw).__name__}")
@@ -372,7 +375,15 @@ def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
         gpu_seconds_per_iteration=_seconds(raw, "gpu_seconds_per_iteration", REFERENCE_GPU_SECONDS_PER_ITERATION,
                                            True),
         gpu_seconds_per_run=_seconds(raw, "gpu_seconds_per_run", 0.0, False),
-        badly_segmented=_relative_path(raw.get("badly_segmented"), base_dir))
+        badly_segmented=_relative_path(raw.get("badly_segmented"), base_dir),
+        validation_mirroring=_boolean(raw, "validation_mirroring", True))
+
+
+def _boolean(raw: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise StudyConfigError(f"study config: '{key}' must be true or false, got {value!r}")
+    return value
 
 
 def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
