@@ -18,6 +18,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 
 from clips_nnunet.io_utils import PathLike
@@ -39,6 +41,7 @@ SELECTION_ATTRIBUTES: Tuple[str, ...] = (
 
 #: SOP classes of DICOMDIR media directories (not images).
 _MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
+_DIRECTORY_RECORDS = 0x00041220  # DirectoryRecordSequence
 
 
 
@@ -92,11 +95,11 @@ _SERIES_LEVEL = ("SOPClassUID", "SeriesInstanceUID", "FrameOfReferenceUID")
 GEOMETRY_KEYWORDS: Tuple[str, ...] = tuple(k for k in GEOMETRY_TAGS if k not in _SERIES_LEVEL)
 
 
-def _slice_geometry(ds: pydicom.Dataset) -> Optional[Dict[str, Any]]:
-    if ds.get("ImagePositionPatient") is None:
+def _slice_geometry(values: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """:data:`GEOMETRY_KEYWORDS` of one file's plain values (:func:`plain_values`); None for a non-image file."""
+    if values.get("ImagePositionPatient") is None:
         return None
-    values = ((k, ds.get(k)) for k in GEOMETRY_KEYWORDS)
-    return {k: _as_tuple(v) for k, v in values if v is not None}
+    return {k: values[k] for k in GEOMETRY_KEYWORDS if values.get(k) is not None}
 
 
 @dataclass
@@ -115,6 +118,66 @@ class DicomIndex:
     @property
     def n_series(self) -> int:
         return sum(len(s) for st in self.patients.values() for s in st.values())
+
+
+#: The elements of every file that the index reads (:func:`read_header_record`), besides PatientID and
+#: SeriesDescription (text whose decoding depends on the character set: pydicom decodes those).
+_RECORD_KEYWORDS: Tuple[str, ...] = tuple(dict.fromkeys((
+    "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "SOPInstanceUID", "FrameOfReferenceUID",
+    "ImageType") + GEOMETRY_KEYWORDS))
+#: Value representations decoded from the raw bytes by :func:`_decode_raw` (ASCII by the standard, PS3.5 6.2).
+_RAW_VRS = frozenset({"UI", "CS", "DS", "IS", "US"})
+_NOT_DECODED = object()
+
+
+def _decode_raw(elem: RawDataElement, vr: str) -> Any:
+    """The value of a not yet converted element as :func:`_as_tuple` gives it for pydicom's conversion (one value
+    plain, several a tuple), decoded straight from its bytes; :data:`_NOT_DECODED` for anything unusual (empty,
+    non-ASCII, a number pydicom would read differently), which the caller hands to pydicom instead."""
+    raw = elem.value
+    if not raw or (elem.VR is not None and elem.VR != vr):
+        return _NOT_DECODED
+    try:
+        if vr == "US":
+            if len(raw) != 2:
+                return _NOT_DECODED
+            return int.from_bytes(raw, "little" if elem.is_little_endian else "big")
+        items = raw.decode("ascii").rstrip(" \x00").split("\\")
+        if vr == "DS":
+            values: List[Any] = [float(v) for v in items]
+            if not all(np.isfinite(values)):
+                return _NOT_DECODED
+        elif vr == "IS":
+            values = [int(v) for v in items]
+        else:  # UI, CS: pydicom strips trailing spaces and NULs only
+            values = items
+    except (UnicodeDecodeError, ValueError):
+        return _NOT_DECODED
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+_TAG_AND_VR: Dict[str, Tuple[int, str]] = {k: (int(tag_for_keyword(k)), dictionary_VR(tag_for_keyword(k)))
+                                           for k in _RECORD_KEYWORDS}
+
+
+def plain_values(ds: pydicom.Dataset, keywords: Sequence[str] = _RECORD_KEYWORDS) -> Dict[str, Any]:
+    """``{keyword: value}`` of the elements present in ``ds``, as plain Python (:func:`_as_tuple`: DS -> float,
+    IS/US -> int, several values -> tuple). The common case (ASCII UI/CS/DS/IS values, US numbers) is decoded
+    from the element's bytes, about ten times cheaper than pydicom's conversion with its value objects and
+    checks; every other element, and every value that is not well formed, goes through pydicom and gives the
+    same result as before."""
+    out: Dict[str, Any] = {}
+    for k in keywords:
+        tag, vr = _TAG_AND_VR.get(k) or (int(tag_for_keyword(k)), dictionary_VR(tag_for_keyword(k)))
+        elem = ds.get_item(tag)
+        if elem is None:
+            continue
+        value = _decode_raw(elem, vr) if isinstance(elem, RawDataElement) and vr in _RAW_VRS else _NOT_DECODED
+        if value is _NOT_DECODED:
+            value = _as_tuple(ds.get(k))
+        if value is not None:
+            out[k] = value
+    return out
 
 
 def _as_tuple(value: Any) -> Any:
@@ -136,15 +199,21 @@ def _as_plain(v: Any) -> Any:
     return str(v)
 
 
-def slice_position(ds: pydicom.Dataset) -> Optional[float]:
-    """Position of an image slice along its normal (mm), from ImagePositionPatient and ImageOrientationPatient."""
+def slice_position(ds: Any) -> Optional[float]:
+    """Position of an image slice along its normal (mm), from ImagePositionPatient and ImageOrientationPatient
+    (``ds``: a pydicom header or the dict of :func:`plain_values`)."""
     ipp = ds.get("ImagePositionPatient")
     iop = ds.get("ImageOrientationPatient")
-    if ipp is None or iop is None or len(ipp) != 3 or len(iop) != 6:
+    if ipp is None or iop is None or isinstance(ipp, str) or isinstance(iop, str):
         return None
-    iop_f = np.asarray([float(x) for x in iop])
-    normal = np.cross(iop_f[:3], iop_f[3:])
-    return float(np.dot(normal, np.asarray([float(x) for x in ipp])))
+    try:
+        if len(ipp) != 3 or len(iop) != 6:
+            return None
+    except TypeError:  # a single number
+        return None
+    r0, r1, r2, c0, c1, c2 = (float(x) for x in iop)
+    normal = (r1 * c2 - r2 * c1, r2 * c0 - r0 * c2, r0 * c1 - r1 * c0)  # row x column
+    return float(sum(n * float(x) for n, x in zip(normal, ipp)))
 
 
 def _references(ds: pydicom.Dataset) -> Tuple[Set[str], Set[str]]:
@@ -221,32 +290,36 @@ def read_header_record(path: PathLike, attributes: bool = True) -> Tuple[str, An
     except Exception as exc:  # truncated or corrupted header: pydicom raises many different types
         return "unreadable", f"header cannot be parsed ({type(exc).__name__}: {exc}); re-export the file"
     try:
-        sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta", None), "MediaStorageSOPClassUID", ""))
-        if sop_class == _MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds:
+        v = plain_values(ds)  # each element decoded once
+        v["PatientID"] = ds.get("PatientID")  # text in the file's character set: pydicom decodes it
+        sop_class = str(v.get("SOPClassUID", "") or getattr(ds.get("file_meta", None), "MediaStorageSOPClassUID", ""))
+        if sop_class == _MEDIA_DIRECTORY or _DIRECTORY_RECORDS in ds:
             return "non_dicom", None
-        missing = [k for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality") if not ds.get(k)]
+        missing = [k for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality") if not v.get(k)]
         if missing:
             return "unreadable", f"DICOM header lacks {', '.join(missing)}; cannot group this file into a series; re-export it"
         values = ((k, ds.get(k)) for k in (SELECTION_ATTRIBUTES if attributes else ()))  # each decoded once
-        attrs = {k: _as_tuple(v) for k, v in values if v is not None}
+        attrs = {k: _as_tuple(x) for k, x in values if x is not None}
         ref_series, ref_sops = _references(ds)
+        image_type = v.get("ImageType") or ()
         record = {
             "path": str(path),
-            "patient_key": str(ds.PatientID),
-            "study_uid": str(ds.StudyInstanceUID),
-            "series_uid": str(ds.SeriesInstanceUID),
-            "modality": str(ds.Modality).upper(),
+            "patient_key": str(v["PatientID"]),
+            "study_uid": str(v["StudyInstanceUID"]),
+            "series_uid": str(v["SeriesInstanceUID"]),
+            "modality": str(v["Modality"]).upper(),
             "sop_class_uid": sop_class,
-            "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
-            "frame_of_reference_uid": _frame_of_reference(ds),
+            "sop_instance_uid": str(v.get("SOPInstanceUID", "")),
+            "frame_of_reference_uid": (str(v["FrameOfReferenceUID"]) if "FrameOfReferenceUID" in v
+                                       else _frame_of_reference(ds)),
             "series_description": str(ds.get("SeriesDescription", "") or ""),
-            "image_type": tuple(str(x).upper() for x in (ds.get("ImageType") or ())) if not isinstance(
-                ds.get("ImageType"), str) else (str(ds.ImageType).upper(),),
+            "image_type": (str(image_type).upper(),) if isinstance(image_type, str) else tuple(
+                str(x).upper() for x in image_type),
             "attributes": attrs,
-            "position": slice_position(ds),
+            "position": slice_position(v),
             "referenced_series_uids": sorted(ref_series),
             "referenced_sop_uids": sorted(ref_sops),
-            "geometry": _slice_geometry(ds),
+            "geometry": _slice_geometry(v),
         }
         return "ok", record
     except Exception as exc:

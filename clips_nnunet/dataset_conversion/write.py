@@ -52,8 +52,12 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
 
 
 def clean_image(image: sitk.Image, pixel_type: int) -> sitk.Image:
-    """A copy of ``image`` cast to ``pixel_type`` with geometry only (no metadata dictionary, e.g. DICOM tags)."""
+    """``image`` as ``pixel_type`` with geometry only (no metadata dictionary, e.g. DICOM tags): ``image`` itself
+    when it already is one (no copy of the voxels; the converter's SUV and resampled CT are built that way),
+    else a copy."""
     dtype = {sitk.sitkFloat32: np.float32, sitk.sitkUInt8: np.uint8, sitk.sitkInt16: np.int16}[pixel_type]
+    if image.GetPixelID() == pixel_type and not image.GetMetaDataKeys():
+        return image
     out = sitk.GetImageFromArray(sitk.GetArrayViewFromImage(image).astype(dtype))
     out.SetOrigin(image.GetOrigin())
     out.SetSpacing(image.GetSpacing())
@@ -144,7 +148,10 @@ def write_case(dataset_dir: PathLike, case_id: str, ct: sitk.Image, pet: sitk.Im
     train = mask is not None
     files = case_files(dataset_dir, case_id, train)
     ct_clean = clean_image(ct, sitk.sitkFloat32)
-    ct_clean.CopyInformation(pet)
+    if (ct_clean.GetOrigin(), ct_clean.GetSpacing(), ct_clean.GetDirection()) != \
+            (pet.GetOrigin(), pet.GetSpacing(), pet.GetDirection()):  # within the tolerance: made exact
+        ct_clean = sitk.Image(ct_clean) if ct_clean is ct else ct_clean  # the caller's image is not changed
+        ct_clean.CopyInformation(pet)
     write_image(ct_clean, files[0])
     write_image(clean_image(pet, sitk.sitkFloat32), files[1])
     if train:
