@@ -86,46 +86,38 @@ class HeaderValues(dict):
             raise AttributeError(f"header of {self.filename or 'a slice'} has no {name}") from None
 
 
-def load_series_headers(files: Sequence[PathLike], label: str = "",
-                        specific_tags: Optional[Sequence[str]] = None, headers: Optional[Sequence[Any]] = None
-                        ) -> Tuple[List[Path], List[pydicom.Dataset], SeriesGeometry]:
-    """Read and check the headers of a single-frame image series; return files and headers in slice order.
+_REQUIRED_TAGS = ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns")
 
-    ``specific_tags`` (keywords): parse only these elements of each header (pydicom skips the others' values),
-    e.g. :data:`GEOMETRY_TAGS` when only the geometry is needed; ``None`` parses every element before the pixels.
-    ``headers``: the files' headers already read (parallel to ``files``, e.g. :class:`HeaderValues` from the
-    index), used instead of parsing the files. Raises :class:`PatientError` (with ``label``) for unreadable headers, mixed orientation/size/spacing, gantry
-    tilt, duplicate positions, missing slices or irregular spacing.
-    """
-    if specific_tags is not None:
-        specific_tags = list(specific_tags)
-        for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns",
-                    "GantryDetectorTilt"):
-            if tag not in specific_tags:
-                raise ValueError(f"specific_tags must include {tag}: the series checks need it")
-    files = [Path(f) for f in files]
-    if len(files) < 2:
-        raise PatientError(label, f"an image series needs at least 2 slices, got {len(files)}; export the full series")
+
+def _parse_headers(files: List[Path], label: str, specific_tags: Optional[List[str]],
+                   headers: Optional[Sequence[Any]]) -> List[Any]:
+    """The files' headers: ``headers`` when given (one per file), else parsed (only ``specific_tags`` when given).
+    Raises :class:`PatientError` naming the slice number for a header that cannot be read."""
     if headers is not None:
         if len(headers) != len(files):
             raise ValueError(f"{len(headers)} headers for {len(files)} files; pass one header per file")
-        files_to_parse: List[Path] = []
-        headers = list(headers)
-    else:
-        files_to_parse, headers = files, []
-    for i, f in enumerate(files_to_parse):
+        return list(headers)
+    parsed = []
+    for i, f in enumerate(files):
         try:
             with warnings.catch_warnings():  # invalid values surface through the checks below
                 warnings.simplefilter("ignore")
-                headers.append(pydicom.dcmread(str(f), stop_before_pixels=True, specific_tags=specific_tags))
+                parsed.append(pydicom.dcmread(str(f), stop_before_pixels=True, specific_tags=specific_tags))
         except Exception as exc:
             raise PatientError(label, f"slice file #{i + 1} of {len(files)} cannot be read "
                                       f"({describe_exception(exc, f)}); re-export the series") from exc
+    return parsed
+
+
+def _check_same_frame(headers: List[Any], label: str) -> np.ndarray:
+    """Every slice has the geometry tags and the first slice's orientation, size and pixel spacing; returns the
+    ImageOrientationPatient (6 floats). Raises :class:`PatientError` naming the first slice that differs."""
+    n = len(headers)
     ref = headers[0]
-    for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns"):
+    for tag in _REQUIRED_TAGS:
         bad = [str(i + 1) for i, h in enumerate(headers) if h.get(tag) is None]
         if bad:
-            raise PatientError(label, f"{len(bad)} of {len(files)} slice files (e.g. #{', #'.join(bad[:3])}) lack "
+            raise PatientError(label, f"{len(bad)} of {n} slice files (e.g. #{', #'.join(bad[:3])}) lack "
                                       f"{tag}; cannot place them in space. Re-export the series with geometry tags")
     iop = np.asarray([float(x) for x in ref.ImageOrientationPatient], dtype=float)
     ref_iop, ref_ps = list(ref.ImageOrientationPatient), list(ref.PixelSpacing)
@@ -137,29 +129,23 @@ def load_series_headers(files: Sequence[PathLike], label: str = "",
         if not np.allclose([float(x) for x in h.ImageOrientationPatient], iop, atol=1e-4):
             raise PatientError(label, f"slice file #{i + 1} has a different ImageOrientationPatient (0020,0037) than the "
                                       f"first slice; the series mixes orientations. Export one orientation only")
-        if (int(h.Rows), int(h.Columns)) != (int(ref.Rows), int(ref.Columns)):
+        if (int(h.Rows), int(h.Columns)) != ref_size:
             raise PatientError(label, f"slice file #{i + 1} has a different size (Rows/Columns) than the first slice")
         if not np.allclose([float(x) for x in h.PixelSpacing], [float(x) for x in ref.PixelSpacing], rtol=1e-4):
             raise PatientError(label, f"slice file #{i + 1} has a different PixelSpacing (0028,0030) than the first slice")
-    row, col = iop[:3], iop[3:]
-    normal = np.cross(row, col)
-    positions = np.asarray([[float(x) for x in h.ImagePositionPatient] for h in headers])
-    along = positions @ normal
-    order = np.argsort(along, kind="stable")
-    along = along[order]
-    positions = positions[order]
-    files = [files[i] for i in order]
-    headers = [headers[i] for i in order]
+    return iop
+
+
+def _check_tilt(ref: Any, label: str) -> None:
+    """No gantry tilt declared: GantryDetectorTilt (of the first slice given) is absent or 0."""
     tilt = ref.get("GantryDetectorTilt")
     if tilt is not None and str(tilt).strip() != "" and abs(float(tilt)) > 1e-3:
         raise PatientError(label, f"gantry tilt of {float(tilt):g} degrees (GantryDetectorTilt (0018,1120)); tilted "
                                   f"series are not supported. Reconstruct without tilt or resample it first")
-    diffs = np.diff(along)
-    if np.any(diffs < 1e-3):
-        k = int(np.argmin(diffs))
-        raise PatientError(label, f"two slices (sorted #{k + 1} and #{k + 2}) at the same position "
-                                  f"{along[k]:.2f} mm; the series mixes several acquisitions (time frames or "
-                                  f"reconstructions). Export a single static volume")
+
+
+def _check_origins_on_normal(positions: np.ndarray, normal: np.ndarray, label: str) -> None:
+    """The sorted slice origins move along the slice normal (within :data:`TILT_TOLERANCE_DEG`): no tilt or shear."""
     span = positions[-1] - positions[0]
     if np.linalg.norm(span) > 0:
         cosang = abs(float(np.dot(span / np.linalg.norm(span), normal)))
@@ -167,6 +153,23 @@ def load_series_headers(files: Sequence[PathLike], label: str = "",
         if angle > TILT_TOLERANCE_DEG:
             raise PatientError(label, f"slice origins move {angle:.2f} degrees off the slice normal (gantry tilt or "
                                       f"sheared volume); not supported. Reconstruct without tilt or resample it first")
+
+
+def _check_duplicates(along: np.ndarray, label: str) -> None:
+    """No two slices at the same position along the normal (``along``: sorted positions, mm)."""
+    diffs = np.diff(along)
+    if np.any(diffs < 1e-3):
+        k = int(np.argmin(diffs))
+        raise PatientError(label, f"two slices (sorted #{k + 1} and #{k + 2}) at the same position "
+                                  f"{along[k]:.2f} mm; the series mixes several acquisitions (time frames or "
+                                  f"reconstructions). Export a single static volume")
+
+
+def _uniform_spacing(along: np.ndarray, label: str) -> Tuple[float, float]:
+    """``(step, offset)`` of the uniform grid the sorted slice positions ``along`` lie on (least squares). Raises
+    :class:`PatientError` for missing slices (gaps of whole multiples of the usual step), irregular spacing
+    (:data:`SPACING_RTOL`) or positions off the grid (:data:`GRID_RESIDUAL_TOL`)."""
+    diffs = np.diff(along)
     step = float(np.median(diffs))
     if np.any(np.abs(diffs - step) > SPACING_RTOL * step + 1e-3):
         ratios = diffs / step
@@ -184,10 +187,51 @@ def load_series_headers(files: Sequence[PathLike], label: str = "",
     if residual > GRID_RESIDUAL_TOL * step_fit:
         raise PatientError(label, f"slice positions deviate up to {residual:.2f} mm from a uniform grid of spacing "
                                   f"{step_fit:.3f} mm; resample the series to a uniform spacing")
+    return float(step_fit), float(offset)
+
+
+def load_series_headers(files: Sequence[PathLike], label: str = "",
+                        specific_tags: Optional[Sequence[str]] = None, headers: Optional[Sequence[Any]] = None
+                        ) -> Tuple[List[Path], List[pydicom.Dataset], SeriesGeometry]:
+    """Read and check the headers of a single-frame image series; return files and headers in slice order.
+
+    ``specific_tags`` (keywords): parse only these elements of each header (pydicom skips the others' values),
+    e.g. :data:`GEOMETRY_TAGS` when only the geometry is needed; ``None`` parses every element before the pixels.
+    ``headers``: the files' headers already read (parallel to ``files``, e.g. :class:`HeaderValues` from the
+    index), used instead of parsing the files. Raises :class:`PatientError` (with ``label``) for unreadable
+    headers, mixed orientation/size/spacing, gantry tilt, duplicate positions, missing slices or irregular spacing.
+
+    The steps, one function each: :func:`_parse_headers` -> :func:`_check_same_frame` -> sort along the slice
+    normal -> :func:`_check_tilt`, :func:`_check_duplicates`, :func:`_check_origins_on_normal` ->
+    :func:`_uniform_spacing` -> the :class:`SeriesGeometry`.
+    """
+    if specific_tags is not None:
+        specific_tags = list(specific_tags)
+        for tag in _REQUIRED_TAGS + ("GantryDetectorTilt",):
+            if tag not in specific_tags:
+                raise ValueError(f"specific_tags must include {tag}: the series checks need it")
+    files = [Path(f) for f in files]
+    if len(files) < 2:
+        raise PatientError(label, f"an image series needs at least 2 slices, got {len(files)}; export the full series")
+    headers = _parse_headers(files, label, specific_tags, headers)
+    iop = _check_same_frame(headers, label)
+    ref = headers[0]  # the first slice given: tilt, pixel spacing and size are read from it
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    positions = np.asarray([[float(x) for x in h.ImagePositionPatient] for h in headers])
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    along, positions = along[order], positions[order]
+    files = [files[i] for i in order]
+    headers = [headers[i] for i in order]
+    _check_tilt(ref, label)
+    _check_duplicates(along, label)
+    _check_origins_on_normal(positions, normal, label)
+    step, offset = _uniform_spacing(along, label)
     ps = [float(x) for x in ref.PixelSpacing]  # (row spacing = y, column spacing = x)
     geometry = SeriesGeometry(
         origin=tuple(float(x) for x in positions[0] + (offset - along[0]) * normal),
-        spacing=(ps[1], ps[0], float(step_fit)),
+        spacing=(ps[1], ps[0], step),
         direction=tuple(float(x) for x in np.column_stack([row, col, normal]).ravel()),
         size=(int(ref.Columns), int(ref.Rows), len(files)))
     return files, headers, geometry

@@ -127,6 +127,124 @@ def _study_sort_key(item: Tuple[str, List[SeriesInfo]]) -> Tuple[str, str, str]:
     return (str(first.get("StudyDate", "")), str(first.get("StudyTime", "")), uid)
 
 
+def _candidates(series: List[SeriesInfo], number: int, decisions: List[str]
+                ) -> Tuple[List[SeriesInfo], List[SeriesInfo], List[SeriesInfo]]:
+    """The usable PET and CT series and the mask objects (SEG, RTSTRUCT) of one study; every excluded image series
+    is recorded in ``decisions`` with its reason (:func:`_pet_reject_reason`, :func:`_ct_reject_reason`)."""
+    pets: List[SeriesInfo] = []
+    cts: List[SeriesInfo] = []
+    masks: List[SeriesInfo] = []
+    for s in series:
+        if s.modality == "PT":
+            why = _pet_reject_reason(s)
+            if why:
+                decisions.append(f"study {number}: excluded {_name(s)}: {why}")
+            else:
+                pets.append(s)
+        elif s.modality == "CT":
+            why = _ct_reject_reason(s)
+            if why:
+                decisions.append(f"study {number}: excluded {_name(s)}: {why}")
+            else:
+                cts.append(s)
+        elif s.modality in ("SEG", "RTSTRUCT"):
+            masks.append(s)
+    return pets, cts, masks
+
+
+def _paired(pet: SeriesInfo, cts: List[SeriesInfo]) -> List[SeriesInfo]:
+    """The CT series that share ``pet``'s frame of reference (the same scanner session)."""
+    return [c for c in cts if c.frame_of_reference_uid and c.frame_of_reference_uid == pet.frame_of_reference_uid]
+
+
+def _choose_pet(pets: List[SeriesInfo], cts: List[SeriesInfo], number: int, decisions: List[str]) -> SeriesInfo:
+    """The PET series by the tie-break rule (paired CT, ORIGINAL, most slices, lowest series number, UID)."""
+    pets = sorted(pets, key=lambda p: (not _paired(p, cts), not _is_original(p), -p.n_instances, series_number(p),
+                                       p.series_uid))
+    pet = pets[0]
+    if len(pets) > 1:
+        decisions.append(
+            f"study {number}: {len(pets)} usable PET series; chose {_name(pet)} (rule: paired CT, ORIGINAL, most "
+            f"slices, lowest series number); not chosen: " + ", ".join(_name(p) for p in pets[1:]))
+    else:
+        decisions.append(f"study {number}: PET {_name(pet)}")
+    return pet
+
+
+def _choose_ct(pet: SeriesInfo, cts: List[SeriesInfo], number: int, decisions: List[str]) -> Optional[SeriesInfo]:
+    """The CT series paired with ``pet`` by the tie-break rule (ORIGINAL, largest axial overlap, most slices,
+    lowest series number, UID); None when no CT shares the PET's frame of reference."""
+    candidates = sorted(_paired(pet, cts), key=lambda c: (not _is_original(c), -_overlap(c, pet), -c.n_instances,
+                                                          series_number(c), c.series_uid))
+    if not candidates:
+        if cts:
+            decisions.append(f"study {number}: no CT shares the PET's frame of reference ({len(cts)} CT series in "
+                             f"other frames of reference were not paired); no CT for this study")
+        else:
+            decisions.append(f"study {number}: no usable CT series; no CT for this study")
+        return None
+    ct = candidates[0]
+    if len(candidates) > 1:
+        decisions.append(
+            f"study {number}: {len(candidates)} CT series share the PET's frame of reference; chose {_name(ct)}"
+            f" (rule: ORIGINAL, largest axial overlap with the PET, most slices, lowest series number); "
+            f"not chosen: " + ", ".join(_name(c) for c in candidates[1:]))
+    else:
+        decisions.append(f"study {number}: CT {_name(ct)} (same frame of reference as the PET)")
+    return ct
+
+
+def _choose_masks(masks: List[SeriesInfo], pet: SeriesInfo, ct: Optional[SeriesInfo], series: List[SeriesInfo],
+                  number: int, decisions: List[str]) -> Tuple[List[SeriesInfo], Dict[str, str]]:
+    """The mask objects drawn on the chosen PET or CT (by reference, or an RTSTRUCT by frame of reference), in
+    the order SEG before RTSTRUCT, on-PET before on-CT, and the grid each is read on (``mask_on``)."""
+    image_uids = {pet.series_uid: "PET"}
+    if ct is not None:
+        image_uids[ct.series_uid] = "CT"
+    present = {s.series_uid for s in series}
+    chosen: List[Tuple[Tuple[int, int, int, str], SeriesInfo]] = []
+    mask_on: Dict[str, str] = {}
+    for m in masks:
+        on = sorted({image_uids[u] for u in m.referenced_series_uids if u in image_uids}, reverse=True)
+        kind = 0 if m.modality == "SEG" else 1
+        if on:
+            chosen.append(((0, kind, 0 if on[0] == "PET" else 1, m.series_uid), m))
+            mask_on[m.series_uid] = on[0]
+            decisions.append(f"study {number}: mask {_name(m)} drawn on the {on[0]}")
+        elif m.referenced_series_uids & present:
+            decisions.append(f"study {number}: ignored mask {_name(m)}: it references another image series of "
+                             f"this study, not the chosen PET or CT")
+        elif (m.frame_of_reference_uid and m.frame_of_reference_uid == pet.frame_of_reference_uid
+              and m.modality == "RTSTRUCT"):
+            # contours are in world coordinates: any grid of the frame of reference can hold them; the CT's
+            # finer grid keeps small lesions, then mask_to_grid brings the mask to the PET
+            grid = "CT" if ct is not None else "PET"
+            chosen.append(((1, kind, 0 if grid == "PET" else 1, m.series_uid), m))
+            mask_on[m.series_uid] = grid
+            decisions.append(f"study {number}: mask {_name(m)} references an image series that is not in the "
+                             f"export; matched by frame of reference and rasterised on the {grid} grid")
+        else:
+            decisions.append(f"study {number}: ignored mask {_name(m)}: it references neither the chosen series"
+                             f" nor (RTSTRUCT only) their frame of reference")
+    chosen.sort(key=lambda t: t[0])
+    return [m for _, m in chosen], mask_on
+
+
+def _select_study(number: int, study_uid: str, series: List[SeriesInfo]) -> Tuple[Optional[StudySelection], str]:
+    """``(selection, "")`` for one study (the ``number``-th of its patient), or ``(None, why it was skipped)``
+    when it has no usable PET series."""
+    decisions: List[str] = []
+    pets, cts, masks = _candidates(series, number, decisions)
+    if not pets:
+        return None, (f"study {number}: skipped, no usable PET series"
+                      + (f" ({'; '.join(d.split(': ', 1)[1] for d in decisions)})" if decisions else ""))
+    pet = _choose_pet(pets, cts, number, decisions)
+    ct = _choose_ct(pet, cts, number, decisions)
+    chosen_masks, mask_on = _choose_masks(masks, pet, ct, series, number, decisions)
+    return StudySelection(patient_key=pet.patient_key, study_uid=study_uid, ct=ct, pet=pet, masks=chosen_masks,
+                          decisions=decisions, study_index=number, mask_on=mask_on), ""
+
+
 def select_studies(studies: Dict[str, List[SeriesInfo]], patient_label: str) -> List[StudySelection]:
     """Choose PET, paired CT and masks for every study of one patient.
 
@@ -134,98 +252,20 @@ def select_studies(studies: Dict[str, List[SeriesInfo]], patient_label: str) -> 
     messages (never pass the PatientID). Studies are visited in chronological order (StudyDate/Time, then UID) and
     numbered from 1 in the decisions; a study without a usable PET is skipped and the skip recorded in the
     decisions of every returned selection. Raises :class:`PatientError` when no study has a usable PET series.
+
+    The steps, one function each: :func:`_candidates` (usable series, exclusions recorded) -> :func:`_choose_pet`
+    -> :func:`_choose_ct` -> :func:`_choose_masks`, per study in :func:`_select_study`.
     """
     if not isinstance(studies, dict):
         raise TypeError(f"studies must be a dict study_uid -> list[SeriesInfo], got {type(studies).__name__}")
     selections: List[StudySelection] = []
     skipped: List[str] = []
     for number, (study_uid, series) in enumerate(sorted(studies.items(), key=_study_sort_key), start=1):
-        decisions: List[str] = []
-        pets: List[SeriesInfo] = []
-        cts: List[SeriesInfo] = []
-        masks: List[SeriesInfo] = []
-        for s in series:
-            if s.modality == "PT":
-                why = _pet_reject_reason(s)
-                if why:
-                    decisions.append(f"study {number}: excluded {_name(s)}: {why}")
-                else:
-                    pets.append(s)
-            elif s.modality == "CT":
-                why = _ct_reject_reason(s)
-                if why:
-                    decisions.append(f"study {number}: excluded {_name(s)}: {why}")
-                else:
-                    cts.append(s)
-            elif s.modality in ("SEG", "RTSTRUCT"):
-                masks.append(s)
-        if not pets:
-            skipped.append(f"study {number}: skipped, no usable PET series"
-                           + (f" ({'; '.join(d.split(': ', 1)[1] for d in decisions)})" if decisions else ""))
-            continue
-
-        def paired(p: SeriesInfo) -> List[SeriesInfo]:
-            return [c for c in cts if c.frame_of_reference_uid and c.frame_of_reference_uid == p.frame_of_reference_uid]
-
-        pets.sort(key=lambda p: (not paired(p), not _is_original(p), -p.n_instances, series_number(p), p.series_uid))
-        pet = pets[0]
-        if len(pets) > 1:
-            decisions.append(
-                f"study {number}: {len(pets)} usable PET series; chose {_name(pet)} (rule: paired CT, ORIGINAL, most "
-                f"slices, lowest series number); not chosen: " + ", ".join(_name(p) for p in pets[1:]))
+        selection, why_skipped = _select_study(number, study_uid, series)
+        if selection is None:
+            skipped.append(why_skipped)
         else:
-            decisions.append(f"study {number}: PET {_name(pet)}")
-        candidates = paired(pet)
-        ct: Optional[SeriesInfo] = None
-        if candidates:
-            candidates.sort(key=lambda c: (not _is_original(c), -_overlap(c, pet), -c.n_instances,
-                                           series_number(c), c.series_uid))
-            ct = candidates[0]
-            if len(candidates) > 1:
-                decisions.append(
-                    f"study {number}: {len(candidates)} CT series share the PET's frame of reference; chose {_name(ct)}"
-                    f" (rule: ORIGINAL, largest axial overlap with the PET, most slices, lowest series number); "
-                    f"not chosen: " + ", ".join(_name(c) for c in candidates[1:]))
-            else:
-                decisions.append(f"study {number}: CT {_name(ct)} (same frame of reference as the PET)")
-        elif cts:
-            decisions.append(f"study {number}: no CT shares the PET's frame of reference ({len(cts)} CT series in other"
-                             f" frames of reference were not paired); no CT for this study")
-        else:
-            decisions.append(f"study {number}: no usable CT series; no CT for this study")
-
-        image_uids = {pet.series_uid: "PET"}
-        if ct is not None:
-            image_uids[ct.series_uid] = "CT"
-        present = {s.series_uid for s in series}
-        chosen_masks: List[Tuple[Tuple[int, int, int, str], SeriesInfo]] = []
-        mask_on: Dict[str, str] = {}
-        for m in masks:
-            on = sorted({image_uids[u] for u in m.referenced_series_uids if u in image_uids}, reverse=True)
-            kind = 0 if m.modality == "SEG" else 1
-            if on:
-                chosen_masks.append(((0, kind, 0 if on[0] == "PET" else 1, m.series_uid), m))
-                mask_on[m.series_uid] = on[0]
-                decisions.append(f"study {number}: mask {_name(m)} drawn on the {on[0]}")
-            elif m.referenced_series_uids & present:
-                decisions.append(f"study {number}: ignored mask {_name(m)}: it references another image series of "
-                                 f"this study, not the chosen PET or CT")
-            elif (m.frame_of_reference_uid and m.frame_of_reference_uid == pet.frame_of_reference_uid
-                  and m.modality == "RTSTRUCT"):
-                # contours are in world coordinates: any grid of the frame of reference can hold them; the CT's
-                # finer grid keeps small lesions, then mask_to_grid brings the mask to the PET
-                grid = "CT" if ct is not None else "PET"
-                chosen_masks.append(((1, kind, 0 if grid == "PET" else 1, m.series_uid), m))
-                mask_on[m.series_uid] = grid
-                decisions.append(f"study {number}: mask {_name(m)} references an image series that is not in the "
-                                 f"export; matched by frame of reference and rasterised on the {grid} grid")
-            else:
-                decisions.append(f"study {number}: ignored mask {_name(m)}: it references neither the chosen series"
-                                 f" nor (RTSTRUCT only) their frame of reference")
-        chosen_masks.sort(key=lambda t: t[0])
-        selections.append(StudySelection(patient_key=pet.patient_key, study_uid=study_uid, ct=ct, pet=pet,
-                                         masks=[m for _, m in chosen_masks], decisions=decisions,
-                                         study_index=number, mask_on=mask_on))
+            selections.append(selection)
     if not selections:
         detail = "; ".join(skipped) if skipped else "no studies"
         raise PatientError(patient_label, f"no usable PET series ({detail}). Export the attenuation-corrected PET "
