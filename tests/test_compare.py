@@ -270,3 +270,28 @@ def test_subset_stratum_is_tabulated_and_tested(tree):
     assert "Subset: mislabelled (n = 5)" in (tmp / "cmp_sub" / "report.md").read_text()
     with pytest.raises(Exception, match="clash"):
         compare_results([better, base], progress=False, subsets={"hard": subset})
+
+
+def test_options_record_equals_keywords_and_unknown_names_fail(tree):
+    """CompareOptions (typed, grouped) and the keywords by field name give the same comparison; a misspelt name
+    or a positional baseline is a TypeError, not silently ignored."""
+    from clips_nnunet.evaluation.compare import CaseEvaluation, CompareOptions, DifficultySource
+
+    tmp, base, better = tree
+    diff = tmp / "difficulty_opts.csv"
+    diff.write_text("case_id,difficulty\n" + "".join(f"case_{i:03d},{N - i}\n" for i in range(N)))
+    options = CompareOptions(baseline="nnUNetTrainer", metrics={"dice": True},
+                             difficulty=DifficultySource(difficulty_csv=diff),
+                             evaluation=CaseEvaluation(progress=False, cache_dir=tmp / "opts_cache"))
+    by_record = compare_results([better, base], options)
+    by_name = compare_results([better, base], baseline="nnUNetTrainer", metrics={"dice": True}, difficulty_csv=diff,
+                              progress=False, cache_dir=tmp / "opts_cache")
+    assert by_record.strata == by_name.strata and by_record.strata["hard"] == [f"case_{i:03d}" for i in range(4)]
+    a, b = by_record.comparison("nnUNetTrainerBetter", "dice"), by_name.comparison("nnUNetTrainerBetter", "dice")
+    assert a.difference.estimate == b.difference.estimate > 0 and a.p_holm == b.p_holm
+    assert options.updated(metadata_key="suv_max").difficulty.metadata_key == "suv_max"
+    assert options.updated(metadata_key="suv_max").difficulty.difficulty_csv == diff  # the other fields are kept
+    with pytest.raises(TypeError, match="metadata_kye"):
+        compare_results([better, base], metadata_kye="tmtv_ml")
+    with pytest.raises(TypeError, match="CompareOptions"):
+        compare_results([better, base], "nnUNetTrainer")

@@ -60,18 +60,19 @@ def console_lines(res) -> List[str]:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from clips_nnunet.evaluation.compare import compare_results
+    from clips_nnunet.evaluation.compare import CaseEvaluation, CompareOptions, DifficultySource, compare_results
 
     if not args.results_dirs and not args.groups:
         raise CurriculumConfigError("give at least one RESULTS_DIR or --group NAME=DIR1,DIR2")
     if args.metadata and args.difficulty:
         raise CurriculumConfigError("give either --metadata or --difficulty, not both")
-    res = compare_results(parse_groups(args.results_dirs, args.groups or []), baseline=args.baseline,
-                          gt_dir=args.gt, metadata=args.metadata, metadata_key=args.metadata_key,
-                          harder_when=args.harder_when, difficulty_csv=args.difficulty, out_dir=args.output,
-                          labels=args.labels, connectivity=args.connectivity,
-                          lesion_connectivity=args.lesion_connectivity, plots=not args.no_plots,
-                          progress=not args.quiet)
+    options = CompareOptions(
+        baseline=args.baseline, out_dir=args.output, plots=not args.no_plots,
+        difficulty=DifficultySource(metadata=args.metadata, metadata_key=args.metadata_key,
+                                    harder_when=args.harder_when, difficulty_csv=args.difficulty),
+        evaluation=CaseEvaluation(gt_dir=args.gt, labels=args.labels, connectivity=args.connectivity,
+                                  lesion_connectivity=args.lesion_connectivity, progress=not args.quiet))
+    res = compare_results(parse_groups(args.results_dirs, args.groups or []), options)
     for line in console_lines(res):
         print(line)
     for w in res.warnings:

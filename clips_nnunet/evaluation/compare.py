@@ -138,6 +138,75 @@ class ComparisonResult:
         return {k: v for k, v in self.strata.items() if k not in (ALL, *TERTILES)}
 
 
+# ------------------------------------------------------------------------------------------------------ options
+@dataclass(frozen=True)
+class DifficultySource:
+    """Where the tertiles' difficulty comes from (module docstring): ``difficulty_csv`` (``case_id,difficulty``),
+    else the ``metadata_key`` measure of ``metadata`` (``case_metadata.json``; ``harder_when`` ``low``/``high``
+    only for a key the curricula's table does not know), else the baseline's own ``1 - Dice``."""
+
+    metadata: Optional[PathLike] = None
+    metadata_key: str = "tmtv_ml"
+    harder_when: Optional[str] = None
+    difficulty_csv: Optional[PathLike] = None
+
+
+@dataclass(frozen=True)
+class CaseEvaluation:
+    """How every case of every folder is evaluated (as ``clips-nnunet evaluate``): reference folder ``gt_dir``
+    (default from each folder's dataset), lesion ``labels`` (default all > 0), ``connectivity`` and
+    ``lesion_connectivity`` (:func:`clips_nnunet.metrics.case_metrics.compute_case_metrics`), the per-case
+    ``cache_dir`` (default ``out_dir/cache``; none when both are ``None``; several comparisons of the same folders
+    can share one) and a ``progress`` bar."""
+
+    gt_dir: Optional[PathLike] = None
+    labels: Optional[Sequence[int]] = None
+    connectivity: int = AUTOPET_CONNECTIVITY
+    lesion_connectivity: int = 26
+    cache_dir: Optional[PathLike] = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """Everything :func:`compare_results` can be told besides the groups.
+
+    ``baseline``: the group the others are tested against (default ``nnUNetTrainer`` if present, else the first
+    group); ``metrics``: ``{metric: higher_is_better}`` (default :data:`COMPARE_METRICS`); ``subsets``: further
+    strata ``{name: case ids}`` tabulated and tested like the tertiles (names other than ``all`` and the
+    tertiles); ``difficulty``: :class:`DifficultySource`; ``evaluation``: :class:`CaseEvaluation`; ``out_dir``:
+    where ``report.md``, the CSVs, ``comparison.json`` and (``plots``) the box plots go, ``None`` writes nothing.
+    """
+
+    baseline: Optional[str] = None
+    metrics: Optional[Mapping[str, bool]] = None
+    subsets: Optional[Mapping[str, Sequence[str]]] = None
+    difficulty: DifficultySource = field(default_factory=DifficultySource)
+    evaluation: CaseEvaluation = field(default_factory=CaseEvaluation)
+    out_dir: Optional[PathLike] = None
+    plots: bool = True
+
+    def updated(self, **keywords: Any) -> "CompareOptions":
+        """A copy with fields replaced by name; the fields of :class:`DifficultySource` and
+        :class:`CaseEvaluation` are named directly (``metadata=...``, ``gt_dir=...``). ``TypeError`` for an
+        unknown name."""
+        from dataclasses import fields, replace
+
+        parts: Dict[str, Dict[str, Any]] = {"difficulty": {}, "evaluation": {}, "": {}}
+        homes = {**{f.name: "difficulty" for f in fields(DifficultySource)},
+                 **{f.name: "evaluation" for f in fields(CaseEvaluation)},
+                 **{f.name: "" for f in fields(CompareOptions)}}
+        for name, value in keywords.items():
+            if name not in homes:
+                raise TypeError(f"compare_results() got an unexpected keyword argument {name!r}")
+            parts[homes[name]][name] = value
+        top = dict(parts[""])
+        for part in ("difficulty", "evaluation"):
+            if parts[part]:
+                top[part] = replace(top.get(part, getattr(self, part)), **parts[part])
+        return replace(self, **top)
+
+
 # ------------------------------------------------------------------------------------------------ result folders
 def _read_nnunet_summary(path: Path, ending: str) -> Dict[str, float]:
     """Per-case foreground-mean Dice from an nnU-Net ``summary.json`` (empty dict if absent/unreadable)."""
@@ -338,76 +407,85 @@ def build_strata(cases: Sequence[str], tertile: Mapping[str, str],
     return strata
 
 
-# ------------------------------------------------------------------------------------------------------ main entry
-def compare_results(groups: Union[Mapping[str, Sequence[PathLike]], Sequence[PathLike]],
-                    baseline: Optional[str] = None, gt_dir: Optional[PathLike] = None,
-                    metadata: Optional[PathLike] = None, metadata_key: str = "tmtv_ml",
-                    harder_when: Optional[str] = None, difficulty_csv: Optional[PathLike] = None,
-                    out_dir: Optional[PathLike] = None, labels: Optional[Sequence[int]] = None,
-                    connectivity: int = AUTOPET_CONNECTIVITY, lesion_connectivity: int = 26,
-                    metrics: Optional[Mapping[str, bool]] = None, plots: bool = True,
-                    progress: bool = True, cache_dir: Optional[PathLike] = None,
-                    subsets: Optional[Mapping[str, Sequence[str]]] = None) -> ComparisonResult:
-    """Evaluate and compare groups of nnU-Net results folders (see module docstring).
-
-    The steps, each a function of this module or :mod:`~clips_nnunet.evaluation.compare_analysis`:
-    :func:`group_folders` -> :func:`evaluate_groups` (per run and case) -> :func:`average_runs` ->
-    :func:`case_difficulty` and :func:`assign_tertiles` -> :func:`build_strata` -> ``summarise``,
-    ``compare_against``, ``take_off``, ``compare_took_off``, ``adjust_holm`` -> (with ``out_dir``)
-    :func:`clips_nnunet.evaluation.compare_report.write_outputs`.
-
-    Args:
-        groups: ``{name: [folder, ...]}`` (several folders = seeds of one trainer) or a list of folders (one group
-            each, named by :func:`default_group_names`).
-        baseline: group the others are tested against; default ``nnUNetTrainer`` if present, else the first group.
-        gt_dir: reference masks; default from each folder's dataset (module docstring).
-        metadata, metadata_key, harder_when, difficulty_csv: difficulty source for the tertiles.
-        out_dir: where to write ``report.md``, CSVs, ``comparison.json`` and plots (and a per-case cache);
-            ``None`` writes nothing.
-        labels: label values counted as lesion (default all > 0).
-        connectivity, lesion_connectivity: as in :func:`clips_nnunet.metrics.case_metrics.compute_case_metrics`.
-        metrics: ``{metric: higher_is_better}`` to compare (default :data:`COMPARE_METRICS`).
-        cache_dir: per-case evaluation cache (default ``out_dir/cache``; none when both are ``None``). Several
-            comparisons of the same folders (e.g. against different baselines) can share one cache.
-        subsets: further strata ``{name: case ids}`` tabulated and tested like the tertiles (e.g. the patients with
-            a known annotation error); names must differ from ``all`` and the tertiles.
-    """
-    metrics = dict(metrics or COMPARE_METRICS)
-    group_dirs, baseline = group_folders(groups, baseline)
-    out = Path(out_dir) if out_dir is not None else None
-    warnings: List[str] = []
-    cache_root = Path(cache_dir) if cache_dir is not None else (out / "cache" if out else None)
-    runs = evaluate_groups(group_dirs, gt_dir, cache_root, warnings, labels=labels, connectivity=connectivity,
-                           lesion_connectivity=lesion_connectivity, progress=progress)
-    per_case = average_runs(runs)
-    case_sets = {g: set(per_case.case_id[per_case.group == g]) for g in group_dirs}
-    for g, s in case_sets.items():
-        if s != case_sets[baseline]:
-            warnings.append(f"{g} has {len(s)} cases, baseline {baseline} {len(case_sets[baseline])}; run means "
-                            f"of each group use its own cases")
-    difficulty, dsrc = case_difficulty(per_case, baseline, metadata, metadata_key, harder_when, difficulty_csv)
+def stratify(per_case, baseline: str, source: DifficultySource,
+             subsets: Optional[Mapping[str, Sequence[str]]], warnings: List[str]
+             ) -> Tuple[Dict[str, float], str, Dict[str, List[str]]]:
+    """``(difficulty, its source, strata)``: each case's difficulty (:func:`case_difficulty`), the tertiles
+    (:func:`assign_tertiles`) and the strata (:func:`build_strata`); adds the ``difficulty`` and ``tertile``
+    columns to ``per_case`` and a warning for cases without a difficulty."""
+    difficulty, dsrc = case_difficulty(per_case, baseline, source.metadata, source.metadata_key, source.harder_when,
+                                       source.difficulty_csv)
     all_cases = sorted(set(per_case.case_id))
     unknown = [c for c in all_cases if c not in difficulty]
     if unknown:
         warnings.append(f"{len(unknown)} case(s) have no difficulty and are in no tertile: {unknown[:5]}")
-    tertile = assign_tertiles({c: v for c, v in difficulty.items() if c in set(all_cases)})
+    present = set(all_cases)
+    difficulty = {c: float(v) for c, v in difficulty.items() if c in present}
+    tertile = assign_tertiles(difficulty)
     per_case["difficulty"] = per_case.case_id.map(lambda c: difficulty.get(c, float("nan")))
     per_case["tertile"] = per_case.case_id.map(lambda c: tertile.get(c, ""))
-    strata = build_strata(all_cases, tertile, subsets)
+    return difficulty, dsrc, build_strata(all_cases, tertile, subsets)
 
-    names = list(group_dirs)
+
+def _case_set_warnings(per_case, groups: Sequence[str], baseline: str) -> List[str]:
+    """A warning for every group whose evaluated cases differ from the baseline's."""
+    case_sets = {g: set(per_case.case_id[per_case.group == g]) for g in groups}
+    return [f"{g} has {len(s)} cases, baseline {baseline} {len(case_sets[baseline])}; run means of each group use "
+            f"its own cases" for g, s in case_sets.items() if s != case_sets[baseline]]
+
+
+def analyse(runs, per_case, groups: Sequence[str], baseline: str, strata: Mapping[str, List[str]],
+            metrics: Mapping[str, bool]) -> Tuple[List[GroupSummary], List[Comparison], Dict[str, TakeOff]]:
+    """The statistics of :mod:`~clips_nnunet.evaluation.compare_analysis`: summaries per group, stratum and metric;
+    comparisons against the baseline (plus take-off), Holm-adjusted together; take-off per group."""
+    names = list(groups)
     take = take_off(runs, names, baseline)
     comparisons = compare_against(runs, baseline, names, strata, metrics)
     comparisons += compare_took_off(runs, baseline, names, take)
     adjust_holm(comparisons)
+    return summarise(runs, per_case, names, strata, metrics), comparisons, take
+
+
+# ------------------------------------------------------------------------------------------------------ main entry
+def compare_results(groups: Union[Mapping[str, Sequence[PathLike]], Sequence[PathLike]],
+                    options: Optional[CompareOptions] = None, **keywords: Any) -> ComparisonResult:
+    """Evaluate and compare groups of nnU-Net results folders (see module docstring).
+
+    Args:
+        groups: ``{name: [folder, ...]}`` (several folders = seeds of one trainer) or a list of folders (one group
+            each, named by :func:`default_group_names`).
+        options: a :class:`CompareOptions` (default: all defaults).
+        keywords: fields of :class:`CompareOptions`, :class:`DifficultySource` or :class:`CaseEvaluation` by
+            name (e.g. ``baseline="nnUNetTrainer", metadata=path, gt_dir=folder, out_dir=folder``), replacing those
+            of ``options``.
+
+    The steps, one function each: :func:`group_folders` -> :func:`evaluate_groups` (per run and case) ->
+    :func:`average_runs` -> :func:`stratify` (difficulty, tertiles, strata) -> :func:`analyse` (summaries,
+    comparisons, take-off, Holm) -> (with ``out_dir``) :func:`clips_nnunet.evaluation.compare_report.write_outputs`.
+    """
+    if options is not None and not isinstance(options, CompareOptions):
+        raise TypeError(f"compare_results: options must be a CompareOptions, got {type(options).__name__}; pass "
+                        "the baseline and other settings by name (baseline=...)")
+    opts = (options or CompareOptions()).updated(**keywords)
+    metrics = dict(opts.metrics or COMPARE_METRICS)
+    group_dirs, baseline = group_folders(groups, opts.baseline)
+    out = Path(opts.out_dir) if opts.out_dir is not None else None
+    ev = opts.evaluation
+    cache_root = Path(ev.cache_dir) if ev.cache_dir is not None else (out / "cache" if out else None)
+    warnings: List[str] = []
+    runs = evaluate_groups(group_dirs, ev.gt_dir, cache_root, warnings, labels=ev.labels,
+                           connectivity=ev.connectivity, lesion_connectivity=ev.lesion_connectivity,
+                           progress=ev.progress)
+    per_case = average_runs(runs)
+    warnings.extend(_case_set_warnings(per_case, list(group_dirs), baseline))
+    difficulty, dsrc, strata = stratify(per_case, baseline, opts.difficulty, opts.subsets, warnings)
+    summaries, comparisons, take = analyse(runs, per_case, list(group_dirs), baseline, strata, metrics)
     result = ComparisonResult(baseline=baseline, groups={g: [str(p) for p in v] for g, v in group_dirs.items()},
-                              metrics=metrics, runs=runs, per_case=per_case,
-                              summaries=summarise(runs, per_case, names, strata, metrics), comparisons=comparisons,
-                              take_off=take, strata=strata,
-                              difficulty={c: float(v) for c, v in difficulty.items() if c in set(all_cases)},
+                              metrics=metrics, runs=runs, per_case=per_case, summaries=summaries,
+                              comparisons=comparisons, take_off=take, strata=strata, difficulty=difficulty,
                               difficulty_source=dsrc, out_dir=out, warnings=warnings)
     if out is not None:
         from clips_nnunet.evaluation.compare_report import write_outputs
 
-        write_outputs(result, plots)
+        write_outputs(result, opts.plots)
     return result
