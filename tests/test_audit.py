@@ -250,3 +250,33 @@ def test_rim_and_adjacency_are_millimetres_not_voxels(mm, spill_voxels, remote_v
     prob[4, 1:3, 1:3] = 0.3
     ev = case_evidence(small, small, (mm, mm, mm), probability=prob, suv=suv)
     assert ev["unlabelled_hot_supported_ml"] == pytest.approx(remote_voxels * mm ** 3 / 1000.0)
+
+
+def test_boundary_confident_counts_the_xor_the_model_is_sure_of():
+    """A 3x3x3 prediction, a reference one slice thicker (9 reference-only voxels): 6 of them the model rejects
+    surely (p 0.01: weight 1), 3 unsurely (p 0.4, like boundary noise: weight 0), plus one prediction-only voxel
+    at p 0.75 (half way from 0.6 to 0.9: weight 0.5). The reference's 4x3x3 box has 36 - 2 interior = 34 surface
+    voxels: boundary_confident = 6.5 / 34. Without probabilities it is undefined and the score falls back to the
+    shell."""
+    ref = np.zeros((8, 8, 8), np.uint8)
+    ref[2:6, 2:5, 2:5] = 1
+    pred = np.zeros_like(ref)
+    pred[2:5, 2:5, 2:5] = 1
+    pred[3, 3, 5] = 1
+    prob = np.where(pred > 0, 0.95, 0.01)
+    prob[5, 2, 2:5] = 0.4
+    prob[3, 3, 5] = 0.75
+    ev = case_evidence(ref, pred, MM4, probability=prob)
+    assert ev["boundary_confident"] == pytest.approx(6.5 / 34)
+    assert ev["boundary_shell"] == pytest.approx(10 / 34)
+    assert math.isnan(case_evidence(ref, pred, MM4)["boundary_confident"])
+    clean = {"ref_ml": 1.0, "pred_ml": 1.0, "n_ref_lesions": 1.0, "n_pred_lesions": 1.0, "dice": 1.0,
+             "ref_missed_confident_ml": 0.0, "ref_missed_confident_n": 0.0, "pred_extra_confident_ml": 0.0,
+             "pred_extra_confident_n": 0.0, "ref_deep_ml": 0.0, "pred_deep_ml": 0.0, "uncertain_ml": 0.0,
+             "uncertain_n": 0.0, "boundary_symmetric": 0.0, "boundary_shell": 0.1, "boundary_confident": 0.0}
+    cohort = {"a": clean, "b": clean, "c": {**clean, "boundary_shell": 0.3, "boundary_confident": 0.2}}
+    rows = {r["case_id"]: r for r in score_cohort(cohort, AuditParams())}
+    assert rows["c"]["boundary_score"] == pytest.approx(2.0 * 0.2)  # confident_weight x excess over the median 0
+    cohort = {k: {**v, "boundary_confident": math.nan} for k, v in cohort.items()}
+    rows = {r["case_id"]: r for r in score_cohort(cohort, AuditParams())}
+    assert rows["c"]["boundary_score"] == pytest.approx(0.25 * 0.2)  # boundary_weight x shell excess 0.3 - 0.1

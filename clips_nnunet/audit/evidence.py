@@ -97,6 +97,7 @@ class AuditParams:
     rim_mm: float = 8.0
     bright_factor: float = 3.0
     boundary_weight: float = 0.25
+    confident_weight: float = 2.0
     hot_weight: float = 0.5
     hot_support: float = 0.1
     cold_fraction: float = 0.2
@@ -318,7 +319,8 @@ def _voxel_weights(ref: np.ndarray, prob: Optional[np.ndarray], suv: Optional[np
     return v_ref, v_pred
 
 
-def _matched_evidence(les: _Lesions, v_ref: np.ndarray, v_pred: np.ndarray, voxel_ml: float):
+def _matched_evidence(les: _Lesions, v_ref: np.ndarray, v_pred: np.ndarray, prob: Optional[np.ndarray],
+                      params: AuditParams, voxel_ml: float):
     """(evidence, ref_deep, pred_deep): ``ref_deep_ml``, ``pred_deep_ml`` (voxels of matched lesions in one mask
     only, more than one voxel from the other) and the ``boundary_*`` columns of the matched lesions."""
     ref_m, pred_m = les.ref_m, les.pred_m
@@ -334,6 +336,13 @@ def _matched_evidence(les: _Lesions, v_ref: np.ndarray, v_pred: np.ndarray, voxe
           "boundary_disagreement": float(xor / union) if union else 0.0,
           "boundary_symmetric": float(2 * min(ref_only, pred_only) / union) if union else 0.0,
           "boundary_shell": float(xor / surface) if surface else (1.0 if xor else 0.0)}
+    # the part of the xor the model is sure of: boundary noise is unconfident, a redrawn outline is not
+    if prob is None:
+        ev["boundary_confident"] = math.nan
+    else:
+        sure = (_ramp(prob[ref_m & ~pred_m], params.absent_unsure, params.absent_sure).sum()
+                + _ramp(prob[pred_m & ~ref_m], params.present_unsure, params.present_sure).sum())
+        ev["boundary_confident"] = float(sure / surface) if surface else float(sure > 0)
     return ev, ref_deep, pred_deep
 
 
@@ -386,7 +395,7 @@ def case_evidence(reference: np.ndarray, prediction: np.ndarray, spacing_zyx: Se
     w_ref, w_pred = lesion_weights(les, pet, prob, params)
     ev.update(_unmatched_evidence(les, w_ref, w_pred, voxel_ml))
     v_ref, v_pred = _voxel_weights(ref, prob, suv, pet, params)
-    matched, ref_deep, pred_deep = _matched_evidence(les, v_ref, v_pred, voxel_ml)
+    matched, ref_deep, pred_deep = _matched_evidence(les, v_ref, v_pred, prob, params, voxel_ml)
     ev.update(matched)
     plausibility, spill, remote = _pet_plausibility(ref, pred, les, suv, prob, pet, params, sp)
     ev.update(plausibility)
@@ -506,6 +515,10 @@ def score_cohort(evidence: Mapping[str, Mapping[str, float]], params: AuditParam
     cases = sorted(evidence)
     volume = {c: max(evidence[c]["ref_ml"], evidence[c]["pred_ml"], 1e-9) for c in cases}
     shell = _excess({c: float(evidence[c]["boundary_shell"]) for c in cases})
+    confident = _excess({c: float(evidence[c].get("boundary_confident", math.nan)) for c in cases})
+    # the outline term: the model's confident part of the xor with probabilities, else the whole xor per surface
+    outline = {c: (params.confident_weight * confident[c] if np.isfinite(evidence[c].get("boundary_confident", math.nan))
+                   else params.boundary_weight * shell[c]) for c in cases}
     cold = _excess({c: float(evidence[c].get("ref_background_fraction", math.nan)) for c in cases})
     adjacent = _excess({c: (min(1.0, evidence[c].get("unlabelled_hot_adjacent_ml", math.nan)
                                 / evidence[c]["ref_ml"]) if evidence[c]["ref_ml"] > 0 else math.nan)
@@ -521,7 +534,7 @@ def score_cohort(evidence: Mapping[str, Mapping[str, float]], params: AuditParam
                                         + ev["pred_extra_confident_n"] / n_pred) + params.hot_weight * hot_remote,
                 "extra_region": 0.5 * ((ev["ref_missed_confident_ml"] + ev["ref_deep_ml"]) / volume[c]
                                        + ev["ref_missed_confident_n"] / n_ref),
-                "boundary": params.boundary_weight * shell[c] + params.pet_weight * (cold[c] + adjacent[c])}
+                "boundary": outline[c] + params.pet_weight * (cold[c] + adjacent[c])}
         rank = ev.get("loss_late_rank", math.nan)
         loss = params.loss_weight * max(0.0, 2.0 * rank - 1.0) if np.isfinite(rank) else 0.0
         suspicion = float(sum(comp.values()) + loss)
