@@ -16,7 +16,7 @@ the CPU, enough for the network to segment the hot lesions as lesions (a realist
 which drives the SEG/RTSTRUCT cost; an untrained network predicts hundreds of fragments). The studies predicted
 are a second synthetic cohort of ``--size`` (``small``: PET 48x48x64 at 4 mm; ``wholebody``: PET 200x200x350 at
 2.5 mm with a 512x512x700 CT, several minutes to generate: generate it once with ``clips-nnunet synth DIR -n 1
---size wholebody`` and pass ``--predict-cohort DIR``). ``--profile`` prints cProfile's top functions of one study's
+--phantom box --size wholebody`` and pass ``--predict-cohort DIR``). ``--profile`` prints cProfile's top functions of one study's
 conversion, prediction and outputs, run one after the other in this thread. Pass ``-d/-c/-tr/-p/-f`` (with the
 ``nnUNet_*`` variables set) to measure a model of your own.
 

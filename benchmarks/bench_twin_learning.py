@@ -19,7 +19,8 @@ threshold (chosen on the training patients) by >= 0.15 mean held-out Dice agains
 
 A benchmark, not a test. Usage: ``python benchmarks/bench_twin_learning.py --work DIR [--train 20] [--test 10]
 [--seed 0] [--train-seed 0] [--epochs 50] [--json FILE]``. CPU: set ``OMP_NUM_THREADS`` as you like; nnU-Net runs
-with ``nnUNet_def_n_proc=1`` and ``nnUNet_n_proc_DA=1`` (the demo's CPU settings) unless set.
+with ``nnUNet_def_n_proc=1`` and ``nnUNet_n_proc_DA=1`` (the demo's CPU settings) unless set; with
+``nnUNet_n_proc_DA=0`` (augmentation in the training process, one core) planning still gets one thread.
 """
 from __future__ import annotations
 
@@ -116,8 +117,11 @@ def main(argv=None) -> int:
         dataset = make_synthetic_raw_dataset(raw_root, DATASET_ID, DATASET_NAME, n_train=args.train,
                                              n_test=args.test, seed=args.seed, phantom="twin")
         times["generate"] = time.perf_counter() - t0
+        # the planner calls torch.set_num_threads(nnUNet_n_proc_DA): 0 (augmentation in the main process, for
+        # training) would break it, so planning gets at least one thread
+        plan_env = {**env, "nnUNet_n_proc_DA": str(max(1, int(env.get("nnUNet_n_proc_DA", "1"))))}
         times["plan_and_preprocess"] = _run([_bin("nnUNetv2_plan_and_preprocess"), "-d", did, "-c", "3d_fullres",
-                                             "-npfp", "1", "-np", "1"], env, work / "logs" / "plan.log")
+                                             "-npfp", "1", "-np", "1"], plan_env, work / "logs" / "plan.log")
         add_demo_configuration(plans)
     write_trainer(work / "ext", budget)
     times["train"] = _run([_bin("nnUNetv2_train"), did, "3d_demo", "all", "-tr", TRAINER, "-device", "cpu"],

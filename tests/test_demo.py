@@ -24,7 +24,7 @@ def test_steps_and_commands_cpu(tmp_path):
     by = {s.name: s for s in steps}
     # the cohort is always the same; --seed seeds the training only
     assert by["synth"].commands[0] == ["clips-nnunet", "synth", str(w / "dicom" / "train"), "-n", "10", "--seed", "0",
-                                       "--quiet"]
+                                       "--phantom", "box", "--quiet"]
     assert by["synth"].commands[1][:7] == ["clips-nnunet", "synth", str(w / "dicom" / "heldout"), "-n", "2",
                                            "--seed", "1000"]
     assert by["convert"].commands[0][:7] == ["clips-nnunet", "convert", str(w / "dicom" / "train"), "-d", "981",

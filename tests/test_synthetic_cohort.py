@@ -122,7 +122,7 @@ def test_spec_validation():
 def test_synth_cli_plants_faults(tmp_path):
     env = nnunet_environment(tmp_path / "nn")
     out = tmp_path / "cohort"
-    proc = run_cli(["clips-nnunet", "synth", str(out), "-n", "4", "--seed", "5", "--quiet",
+    proc = run_cli(["clips-nnunet", "synth", str(out), "-n", "4", "--seed", "5", "--quiet", "--phantom", "box",
                     "--faults", "missing-weight,corrupted,localizer"], env)
     assert "wrote 4 studies" in proc.stdout
     studies = {s["key"]: s for s in load_manifest(out)["studies"]}

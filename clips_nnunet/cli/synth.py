@@ -67,16 +67,16 @@ def register(subparsers) -> None:
     """Add ``synth``."""
     s = subparsers.add_parser(
         "synth", help="write a synthetic lymphoma PET/CT DICOM cohort with known ground truth",
-        description="Box phantoms (default) or whole-body lymphoma twins (--phantom twin, docs/synthetic.md) with "
+        description="Whole-body lymphoma twins (default; docs/synthetic.md) or box phantoms (--phantom box) with "
                     "physiological FDG uptake and lymphoma lesions; CT + PET DICOM (Siemens BQML, GE with private "
                     "decay time, Philips CNTS), masks as DICOM SEG and RTSTRUCT, ground truth (SUV, labels, "
                     "manifest) in COHORT_DIR/ground_truth.")
     s.add_argument("cohort_dir", help="output folder")
     s.add_argument("-n", type=int, default=16, help="number of patients (default 16)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    s.add_argument("--phantom", choices=("box", "twin"), default="box",
-                   help="box: analytic box phantom (default, used by the demo); twin: whole-body DLBCL twin with "
-                        "anatomy, physiological uptake, PSF and correlated noise (docs/synthetic.md)")
+    s.add_argument("--phantom", choices=("box", "twin"), default="twin",
+                   help="twin (default): whole-body DLBCL twin with anatomy, physiological uptake, PSF and "
+                        "correlated noise (docs/synthetic.md); box: the analytic box phantom (the demo uses it)")
     s.add_argument("--size", choices=("small", "wholebody"), default="small",
                    help="box: small = PET 48x48x64 at 4 mm, wholebody = CT 512x512x700, PET 200x200x350; twin: "
                         "small = PET 8 mm / CT 4 mm whole body, wholebody = the vendor's clinical grids (PET "

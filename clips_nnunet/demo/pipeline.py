@@ -190,9 +190,9 @@ def demo_steps(options: DemoOptions, device: str) -> List[DemoStep]:
     steps = [
         DemoStep("synth", f"synthetic DICOM cohort: {options.patients} training + {options.heldout} held-out patients",
                  [["clips-nnunet", "synth", str(train_dicom), "-n", str(options.patients), "--seed",
-                   str(COHORT_SEED), "--quiet"],
+                   str(COHORT_SEED), "--phantom", "box", "--quiet"],
                   ["clips-nnunet", "synth", str(heldout_dicom), "-n", str(options.heldout), "--seed",
-                   str(HELDOUT_SEED), "--quiet"]], output=w / "dicom"),
+                   str(HELDOUT_SEED), "--phantom", "box", "--quiet"]], output=w / "dicom"),
         DemoStep("convert", "DICOM -> nnU-Net raw dataset (SUVbw, CT on the PET grid, SEG/RTSTRUCT masks)",
                  [["clips-nnunet", "convert", str(train_dicom), "-d", did, "-n", DATASET_NAME, "--private-dir",
                    str(w / "private" / "convert"), "--resume", "--quiet"]],
