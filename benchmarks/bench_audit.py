@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -247,6 +248,37 @@ def evaluate(rows, truth, hard_cut: float = 2.0 / 3.0) -> Dict[str, float]:
     return out
 
 
+def kind_auc_inputs(rows, truth, hard_cut: float) -> Dict[str, Dict[str, list]]:
+    """Per planted kind (and ``all``): the suspicion of its cases (``pos``) and of the hard-but-correct cases
+    (``neg``), for the per-kind AUC against hard-but-correct patients."""
+    by_case = {r["case_id"]: r for r in rows}
+    neg = [by_case[c]["suspicion"] for c, r in truth.items() if not r["kind"] and r["planted_difficulty"] >= hard_cut]
+    out = {"all": {"pos": [by_case[c]["suspicion"] for c, r in truth.items() if r["kind"]], "neg": neg}}
+    for kind in sorted({r["kind"] for r in truth.values() if r["kind"]}):
+        out[kind] = {"pos": [by_case[c]["suspicion"] for c, r in truth.items() if r["kind"] == kind], "neg": neg}
+    return out
+
+
+def auc_with_interval(per_seed: list, n_boot: int = 2000, seed: int = 0):
+    """(mean over seeds of the AUC of ``pos`` vs ``neg``, 2.5 and 97.5 percentiles of that mean when the cases of
+    each seed are resampled with replacement, positives and negatives separately); seeds without both are skipped.
+    The interval covers case sampling within these seeds, not the choice of seeds. None when no seed counts."""
+    groups = [(np.asarray(g["pos"]), np.asarray(g["neg"])) for g in per_seed if len(g["pos"]) and len(g["neg"])]
+    if not groups:
+        return None
+    point = float(np.mean([roc_auc(list(p) + list(n), [True] * len(p) + [False] * len(n)) for p, n in groups]))
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(n_boot):
+        vals = []
+        for p, n in groups:
+            bp, bn = rng.choice(p, len(p)), rng.choice(n, len(n))
+            vals.append(roc_auc(list(bp) + list(bn), [True] * len(bp) + [False] * len(bn)))
+        boot.append(np.mean(vals))
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return point, float(lo), float(hi)
+
+
 def hard_cut_for(truth, cohort: str) -> float:
     """Planted difficulty from which a correctly annotated case counts as hard: 2/3 for the box phantoms (difficulty
     rises linearly over the cases); for twins (difficulty = share of small or faint lesions, not uniform) the
@@ -294,6 +326,8 @@ def main(argv=None) -> int:
     results: Dict[str, list] = {v: [] for v in variants}
     kinds: Dict[str, Dict[str, int]] = {}
     per_kind: Dict[str, Dict[str, float]] = {}
+    auc_inputs: Dict[str, list] = {}
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     for seed in args.seeds:
         work = Path(tempfile.mkdtemp(prefix="bench_audit_")) if args.out is None else args.out / f"seed{seed}"
@@ -310,6 +344,8 @@ def main(argv=None) -> int:
                         "hard_correct" if truth[r["case_id"]]["planted_difficulty"] >= hard_cut else "clean")
                     kinds.setdefault(planted, {}).setdefault(r["error_kind"], 0)
                     kinds[planted][r["error_kind"]] += 1
+                for k, g in kind_auc_inputs(rows, truth, hard_cut).items():
+                    auc_inputs.setdefault(k, []).append(g)
                 if args.cohort == "twin":
                     for k, m in per_kind_accuracy(rows, truth).items():
                         acc = per_kind.setdefault(k, {key: 0 for key in m})
@@ -317,7 +353,11 @@ def main(argv=None) -> int:
                             acc[key] += val
         if args.out is None:
             shutil.rmtree(work, ignore_errors=True)
+    intervals = {k: auc_with_interval(g) for k, g in auc_inputs.items()}
+    load_after = os.getloadavg()
     summary = {"simulated_predictions": True, "cohort": args.cohort, "cases": args.cases,
+               "load_average_1_5_15": {"start": load_before, "end": load_after},
+               "auc_bad_vs_hard_correct_interval": {k: v for k, v in intervals.items()},
                "error_fraction": args.error_fraction,
                "seeds": args.seeds, "seconds": round(time.perf_counter() - t0, 1),
                "per_variant": {n: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} for n, rs in results.items()},
@@ -334,6 +374,13 @@ def main(argv=None) -> int:
               f"{m['kind_hard_correct_called_hard_or_none']:>10.3f} {m['kind_balanced_accuracy']:>12.3f}  {per_seed}")
     print(f"cases per seed: bad {[r['n_bad'] for r in results[first]]}, hard-correct "
           f"{[r['n_hard_correct'] for r in results[first]]} (hard cut {[round(r['hard_cut'], 3) for r in results[first]]})")
+    print(f"AUC bad vs hard-correct ({first}), mean over seeds [95 % case-bootstrap interval], per planted kind:")
+    for k, v in intervals.items():
+        n = sum(len(g["pos"]) for g in auc_inputs[k])
+        text = "undefined (no seed with both groups)" if v is None else f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+        print(f"  {k:<14} n {n:>3}  {text}")
+    print(f"load average (1, 5, 15 min): start {', '.join(f'{x:.1f}' for x in load_before)}; end "
+          f"{', '.join(f'{x:.1f}' for x in load_after)}")
     print(f"planted kind -> audit kind ({first}):")
     for planted, counts in sorted(kinds.items()):
         print(f"  {planted:<14} " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
