@@ -139,3 +139,41 @@ def test_missing_badly_segmented_file_is_one_line(tmp_path):
     with pytest.raises(ClipsError) as err:
         reference_masks(config)
     assert "nowhere.csv" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_imported_model_as_external_transfer_teacher(tmp_path):
+    """The protocol's transfer teacher taken from an imported model (TMTV-Net's released one): an arm with
+    ``teacher_csv`` (what ``clips-nnunet score MODEL --predict`` writes) needs no trained teacher, runs as an
+    independent array task, gets its fold's training cases only, and the CSV ranks the hardest third."""
+    from clips_nnunet.study.report import _difficulty_arguments
+    from clips_nnunet.study.report_sections import budget_lines
+    from clips_nnunet.study.runner import READY, start_state
+
+    (tmp_path / "difficulty_tmtvnet.csv").write_text("case_id,difficulty\nDLBCL_0001,0.9\nDLBCL_0002,0.1\n"
+                                                     "DLBCL_0003,0.5\nDLBCL_0004,0.7\n")
+    raw = yaml.safe_load(PROTOCOL.read_text())
+    raw["trainers"] = [raw["trainers"][0],
+                       {"name": "TransferTMTVNet", "trainer": "nnUNetTrainerCLTransferTeacher",
+                        "teacher_csv": "difficulty_tmtvnet.csv", "control": "TransferTMTVNetRandom"},
+                       {"name": "TransferTMTVNetRandom", "trainer": "nnUNetTrainerCLTransferTeacherRandom",
+                        "teacher_csv": "difficulty_tmtvnet.csv"}]
+    config = parse_study_config(raw, base_dir=tmp_path, study_dir=tmp_path / "study")
+    assert config.trainer("TransferTMTVNet").teacher_csv == (tmp_path / "difficulty_tmtvnet.csv").resolve()
+    runs = plan_runs(config, n_splits=5)
+    assert len(runs) == 3 * 5 * 3 and config.teachers == ()  # no teacher cross-validation to train
+    assert len(runs_by_role(config, runs)["independent"]) == 45
+    splits = tmp_path / "study" / "nnUNet_preprocessed" / "Dataset501_DLBCL" / "splits_final.json"
+    splits.parent.mkdir(parents=True)
+    splits.write_text('[{"train": ["DLBCL_0001", "DLBCL_0003"], "val": ["DLBCL_0002", "DLBCL_0004"]}]')
+    state, csv = start_state(config, runs[5], n_splits=1, echo=False)  # TransferTMTVNet fold 0 seed 0
+    assert runs[5].trainer.name == "TransferTMTVNet" and state == READY
+    assert csv.parent == config.study_dir and csv.read_text() == "case_id,difficulty\nDLBCL_0001,0.9\nDLBCL_0003,0.5\n"
+    assert _difficulty_arguments(config) == {"difficulty_csv": config.trainer("TransferTMTVNet").teacher_csv}
+    text = "\n".join(budget_lines(config))
+    assert "| TransferTMTVNet | 250,000 | 0 | 0 | 250,000 | equal |" in text and "external model" in text
+    (tmp_path / "difficulty_tmtvnet.csv").unlink()
+    with pytest.raises(ClipsError, match="teacher_csv .*difficulty_tmtvnet.csv of arm TransferTMTVNet"):
+        start_state(config, runs[5], n_splits=1, echo=False)
+    raw["trainers"][1]["teacher"] = "nnUNetTrainer"
+    with pytest.raises(StudyConfigError, match="give one"):
+        parse_study_config(raw, base_dir=tmp_path, study_dir=tmp_path / "study")

@@ -48,7 +48,9 @@ class TrainerSpec:
     ``trainer`` is the nnU-Net trainer class it derives from (found with nnU-Net's own lookup, ext folders
     included); ``overrides`` are class attributes set on the subclass (the nnU-Net way of changing a
     hyper-parameter); ``teacher`` names the arm whose out-of-fold predictions give the difficulty
-    (transfer teacher / bootstrapping); ``control`` names the arm's matched control (e.g. its Random order), which
+    (transfer teacher / bootstrapping); ``teacher_csv`` is instead a difficulty CSV made elsewhere
+    (``case_id,difficulty``, e.g. ``clips-nnunet score MODEL --predict`` with TMTV-Net's released model imported by
+    ``clips-nnunet import-tmtv``: a model that never saw the cohort, so every case is out of fold for it); ``control`` names the arm's matched control (e.g. its Random order), which
     the report tests it against; ``budget_factor`` multiplies the study's epochs for this arm (the baseline's
     trainer at 2 is the convergence ladder's 2x rung; any other arm with a factor has an unequal budget, and the
     report prints the ratio).
@@ -60,6 +62,7 @@ class TrainerSpec:
     teacher: Optional[str] = None
     control: Optional[str] = None
     budget_factor: int = 1
+    teacher_csv: Optional[Path] = None
 
     @property
     def class_name(self) -> str:
@@ -197,15 +200,18 @@ def _parse_dataset(raw: Mapping[str, Any]) -> Dict[str, Any]:
             "dataset_options": dict(options), "n_splits": n_splits}
 
 
-def _parse_trainer(i: int, t: Any) -> TrainerSpec:
+def _parse_trainer(i: int, t: Any, base_dir: Optional[Path] = None) -> TrainerSpec:
     if isinstance(t, str):
         t = {"name": t}
     if not isinstance(t, Mapping):
         raise StudyConfigError(f"study config: trainers[{i}] must be a name or a mapping, got {t!r}")
-    bad = sorted(set(t) - {"name", "trainer", "overrides", "teacher", "control", "budget_factor"})
+    bad = sorted(set(t) - {"name", "trainer", "overrides", "teacher", "control", "budget_factor", "teacher_csv"})
     if bad:
         raise StudyConfigError(f"study config: trainers[{i}] has unknown key(s) {bad}; "
-                               "use name, trainer, overrides, teacher, control, budget_factor")
+                               "use name, trainer, overrides, teacher, teacher_csv, control, budget_factor")
+    if t.get("teacher") and t.get("teacher_csv"):
+        raise StudyConfigError(f"study config: trainers[{i}] has both 'teacher' (a trained arm) and 'teacher_csv' (an "
+                               "external difficulty CSV); give one")
     name = str(_req(t, "name", f"trainers[{i}]."))
     trainer = str(t.get("trainer") or name)
     for label, value in (("name", name), ("trainer", trainer)):
@@ -220,15 +226,16 @@ def _parse_trainer(i: int, t: Any) -> TrainerSpec:
             raise StudyConfigError(f"study config: trainers[{i}].overrides.{k} must be a number, string, bool, "
                                    f"list or null, got {type(v).__name__}")
     return TrainerSpec(name, trainer, tuple(sorted(overrides.items())), t.get("teacher"), t.get("control"),
-                       _positive_int(t.get("budget_factor", 1), f"trainers[{i}].budget_factor"))
+                       _positive_int(t.get("budget_factor", 1), f"trainers[{i}].budget_factor"),
+                       _relative_path(t.get("teacher_csv"), base_dir))
 
 
-def _parse_arms(raw: Mapping[str, Any]) -> Dict[str, Any]:
+def _parse_arms(raw: Mapping[str, Any], base_dir: Optional[Path] = None) -> Dict[str, Any]:
     """``trainers, baseline, controls`` of :class:`StudyConfig` (names unique, teachers/baseline/controls known)."""
     trainers_raw = _req(raw, "trainers", "")
     if not isinstance(trainers_raw, list) or not trainers_raw:
         raise StudyConfigError("study config: 'trainers' must be a non-empty list of {name, trainer, ...}")
-    trainers = [_parse_trainer(i, t) for i, t in enumerate(trainers_raw)]
+    trainers = [_parse_trainer(i, t, base_dir) for i, t in enumerate(trainers_raw)]
     names = [t.name for t in trainers]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -319,7 +326,8 @@ def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
     folder; the ``study_dir`` argument wins); ``dataset*`` {``id*``, ``name``, ``source``: existing | synthetic_raw |
     synth_dicom, ``options``: generator keyword arguments, ``n_splits``}; ``configuration`` (3d_fullres);
     ``plans`` (nnUNetPlans); ``trainers*``: list of {``name*``, ``trainer`` (default = name), ``overrides``,
-    ``teacher``, ``control``, ``budget_factor`` (1)}; ``baseline*``; ``controls``; ``folds`` ([0]); ``seeds*``;
+    ``teacher``, ``teacher_csv`` (an external difficulty CSV, relative to the YAML), ``control``, ``budget_factor``
+    (1)}; ``baseline*``; ``controls``; ``folds`` ([0]); ``seeds*``;
     ``budget*`` {``epochs*``,
     ``iterations_per_epoch*``, ``val_iterations_per_epoch`` (2)}; ``device`` (auto | cpu | cuda); ``teacher_seed``
     (first seed); ``difficulty_key`` (case_metadata.json key for the hardest third; default: teacher difficulty);
@@ -344,7 +352,7 @@ def parse_study_config(raw: Mapping[str, Any], base_dir: Optional[Path] = None,
         raise StudyConfigError(f"study config: unknown key(s) {unknown}; known keys are {sorted(KNOWN_KEYS)}")
     name = str(raw.get("name") or "study")
     dataset = _parse_dataset(raw)
-    arms = _parse_arms(raw)
+    arms = _parse_arms(raw, base_dir)
     folds = _int_list(raw.get("folds", [0]), "folds", 0)
     if dataset["n_splits"] is not None and max(folds) >= dataset["n_splits"]:
         raise StudyConfigError(f"study config: fold {max(folds)} does not exist with dataset.n_splits = "

@@ -63,6 +63,7 @@ def _difficulty_arguments(config: StudyConfig) -> Dict[str, Any]:
     if config.difficulty_key and metadata.is_file():
         return {"metadata": metadata, "metadata_key": config.difficulty_key}
     csvs = [teacher_csv_path(config, t) for t in config.teachers if teacher_csv_path(config, t).is_file()]
+    csvs += [t.teacher_csv for t in config.trainers if t.teacher_csv is not None and t.teacher_csv.is_file()]
     return {"difficulty_csv": csvs[0]} if csvs else {}
 
 

@@ -51,6 +51,7 @@ def budget_lines(config: StudyConfig) -> List[str]:
     baseline where the budgets are not equal."""
     rows = budgets(config)
     equal = all(b.total == b.baseline_total for b in rows if b.arm not in config.ladder_arms)
+    external = [t.name for t in config.trainers if t.teacher_csv is not None]
     lines = ["## Budgets", "",
              f"Training iterations behind one run of each arm ({config.epochs} epochs x "
              f"{config.iterations_per_epoch} iterations = {config.budget_iterations:,} per run at 1x). A teacher's "
@@ -65,6 +66,9 @@ def budget_lines(config: StudyConfig) -> List[str]:
         if b.arm in config.ladder_arms:
             ratio += " (convergence ladder)"
         lines.append(f"| {b.arm} | {b.run:,} | {b.teacher:,} | {b.pretraining:,} | {b.total:,} | {ratio} |")
+    if external:
+        lines += ["", f"{', '.join(external)}: difficulty from an external model (`teacher_csv`, e.g. TMTV-Net's "
+                      "released model), trained elsewhere on other patients; its training is not counted here."]
     return lines + [""]
 
 

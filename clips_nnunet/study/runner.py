@@ -63,6 +63,11 @@ def start_state(config: StudyConfig, run: RunSpec, n_splits: int, echo: bool = T
     unfinished folds (its difficulty is scored once they are all finished)."""
     if run_is_finished(fold_dir(config, run)):
         return FINISHED, None
+    if run.trainer.teacher_csv is not None:  # an external teacher (e.g. an imported model): nothing to wait for
+        if not Path(run.trainer.teacher_csv).is_file():
+            raise ClipsError(f"teacher_csv {run.trainer.teacher_csv} of arm {run.trainer.name} does not exist: make it "
+                             "with `clips-nnunet score MODEL --predict -i imagesTr -l labelsTr -o FILE`")
+        return READY, training_cases_difficulty_csv(config, Path(run.trainer.teacher_csv), run.fold)
     if not run.trainer.teacher:
         return READY, None
     teacher_csv = teacher_difficulty_csv(config, run.trainer.teacher, n_splits, echo=echo)

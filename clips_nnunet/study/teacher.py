@@ -32,12 +32,13 @@ def compute_teacher_difficulty(config: StudyConfig, teacher: TrainerSpec, out_cs
 
 
 def training_cases_difficulty_csv(config: StudyConfig, teacher_csv: Path, fold: int) -> Path:
-    """The teacher CSV restricted to the training cases of ``fold`` (the trainer rejects ids it does not train on)."""
+    """The teacher CSV restricted to the training cases of ``fold`` (the trainer rejects ids it does not train on),
+    written into the study folder (an external CSV's folder is left untouched)."""
     splits = read_json(config.study_dir / "nnUNet_preprocessed" / config.dataset_folder_name / "splits_final.json")
     train = set(splits[fold]["train"])
     with open(teacher_csv, newline="") as f:
         rows = list(csv.DictReader(f))
-    out = teacher_csv.with_name(f"{teacher_csv.stem}_fold{fold}_train.csv")
+    out = config.study_dir / f"{teacher_csv.stem}_fold{fold}_train.csv"
     text = "case_id,difficulty\n" + "".join(f"{r['case_id']},{r['difficulty']}\n" for r in rows
                                              if r["case_id"] in train)
     atomic_write_text(out, text)
