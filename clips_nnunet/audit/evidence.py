@@ -29,18 +29,21 @@ optional PET ``SUV``:
   ``boundary_disagreement`` = (R xor P) / (R or P) volume, and ``boundary_shell`` = (R xor P) voxels / surface
   voxels of R (1 = a whole one-voxel shell differs; size-independent, so small lesions are not penalised), and
   ``boundary_symmetric`` = 2 min(R only, P only) / (R or P): the part that goes both ways, like boundary noise (a
-  reference dilated or eroded everywhere is one-sided).
+  reference dilated or eroded everywhere is one-sided), and ``boundary_confident`` = the xor weighted by the
+  model's confidence (R-only voxels by absent confidence, P-only voxels by presence confidence, ramps as above) per
+  surface voxel of R (NaN without probabilities): a model's boundary noise is unconfident, a redrawn outline
+  (another threshold convention, a dilation or erosion, a leak into an organ) is not.
 * PET plausibility of the reference: ``suv_background`` = median SUV of body voxels (SUV > 0.3 x 90th percentile)
   outside R and P; ``suv_liver_like`` = ``liver_factor`` (2.0) x background unless a measured liver SUV is given
   (no liver mask needed); ``ref_background_fraction`` = share of R voxels below ``background + cold_fraction (0.2)
   x (SUVmax of their lesion - background)`` (labelled voxels at background SUV, relative to the lesion's own uptake
   so that faint, blurred lesions are not penalised: shifted or dilated masks); ``unlabelled_hot_adjacent_ml`` =
-  unlabelled voxels within two voxels of R at or above the half maximum (above background) of the nearest reference
-  lesion (its own uptake left outside the mask: drawn too tight or shifted), around lesions of radius >= 2 voxels
-  (>= 34 voxels; the resolution spreads smaller lesions' uptake beyond any correct mask); ``unlabelled_hot_ml`` = other
-  unlabelled voxels above the liver-like level in components of >= 3 voxels (physiological uptake included: not
-  scored); ``unlabelled_hot_supported_ml`` = hot voxels outside both masks *and more than* ``rim_vox`` (2) voxels
-  from them, in components of >= 3 voxels whose mean ``p`` is >= ``hot_support`` (0.1): hot spots the model half
+  unlabelled voxels within ``adjacent_mm`` (8 mm, between voxel centres) of R at or above the half maximum (above
+  background) of the nearest reference lesion (its own uptake left outside the mask: drawn too tight or shifted),
+  around lesions at least the volume of a ball of radius ``spill_min_radius_mm`` (8 mm, 2.1 ml; the resolution
+  spreads smaller lesions' uptake beyond any correct mask); ``unlabelled_hot_ml`` = other unlabelled voxels above
+  the liver-like level in components of >= 3 voxels (physiological uptake included: not scored);
+  ``unlabelled_hot_supported_ml`` = hot voxels outside both masks *and more than* ``rim_mm`` (8 mm) from them, in components of >= 3 voxels whose mean ``p`` is >= ``hot_support`` (0.1): hot spots the model half
   sees but neither mask holds (NaN without probabilities). The rim is left out because the blurred uptake and the
   soft probabilities just outside a correctly outlined lesion are hot and half seen too (:func:`remote_supported`).
 * ``uncertain_ml``: the rest of the unmatched volume (weight 1 - w): disagreement a weak model explains.
@@ -54,9 +57,12 @@ Cohort scoring (:func:`score_cohort`): with ``V = max(ref_ml, pred_ml)``,
   reference leaves out where the model half sees it (physiological uptake, confidently rejected, does not count);
 * ``extra_region_score`` = ``0.5 ((ref_missed_confident_ml + ref_deep_ml) / V + ref_missed_confident_n /
   n_ref_lesions)`` (``*_confident_n``: the weighted count of those lesions);
-* ``boundary_score`` = excess over the cohort median of ``boundary_shell`` (x 0.25), ``ref_background_fraction`` and
-  ``unlabelled_hot_adjacent_ml / ref_ml`` (x 2 each): what every case shows is the model's or the PET's normal
-  behaviour, not an annotation error;
+* ``boundary_score`` = excess over the cohort median of the outline term (``boundary_confident`` x
+  ``confident_weight`` (2) with probabilities, else ``boundary_shell`` x ``boundary_weight`` (0.25)),
+  ``ref_background_fraction`` and ``unlabelled_hot_adjacent_ml / ref_ml`` (x ``pet_weight`` (2) each): what every
+  case shows is the model's or the PET's normal behaviour, not an annotation error. Distances are in mm, so the
+  same parameters hold on 4 mm and 8 mm grids; the deep margin (one voxel) and ``min_hot_voxels`` stay in voxels
+  (boundary quantisation and noise speckle are per voxel);
 * ``loss_score`` = ``loss_weight`` (0.1) x ``max(0, 2 loss_late_rank - 1)`` (cases that stay hard late in training
   while others are learned, when a curriculum history is available; a small weight: it also rises for hard cases);
 * ``suspicion`` = the sum; ``hardness`` = ``0.5 (uncertain_ml / V + uncertain_n / max(n_ref, n_pred)) +
