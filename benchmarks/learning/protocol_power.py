@@ -12,10 +12,23 @@ of 20 synthetic patients, docs/results/converging_cpu/noisy/vs_nnUNetTrainer/rep
 your own seeds' sd with --sd NAME=VALUE.
 
     python benchmarks/learning/protocol_power.py [--sd dice=0.0132 --sd lesion_f1=0.0192] [--studies 1000]
+
+Variance components from a study (``--from-csv REPORT/per_run_case.csv``, e.g. the CPU twin study of issue 25): for
+one arm (``--arm``, the stock baseline) on one fold, each endpoint's per-case values ``y[seed, case]`` give the
+seed x case interaction variance (residual of the two-way decomposition, ``var_int``) and the sd of run means over
+the study's own ``n`` cases (``sd_obs``); the seed variance of a run mean is then ``var_seed = max(0, sd_obs^2 -
+var_int / n)``, and a run mean over the protocol's ``--patients`` cases (per stratum: all ~110 out-of-fold patients
+of a fold, the hardest third ~37) has ``sd_run = sqrt(var_seed + var_int / patients)``. Those sds replace the
+placeholders. Strata come from ``vs_<arm>/comparison.json`` beside the CSV.
+
+    python benchmarks/learning/protocol_power.py --from-csv docs/results/twin_cpu/sloppy/per_run_case.csv
 """
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import Dict, Tuple
 
 import numpy as np
 from scipy import stats
@@ -38,13 +51,66 @@ def rejection(sd: float, seeds: int, effect: float, studies: int, rng: np.random
     return hits / studies
 
 
+def variance_components(csv: Path, arm: str, metric: str, cases) -> Tuple[float, float, int, int]:
+    """``(var_seed, var_int, n_cases, n_seeds)`` of ``metric`` for ``arm`` over ``cases`` (one fold): two-way
+    seed x case decomposition of the per-case values (cases every seed scored; Dice on cases with a true lesion)."""
+    import pandas as pd
+
+    df = pd.read_csv(csv)
+    sub = df[(df.group == arm) & df.case_id.isin(set(cases))]
+    if metric == "dice":
+        sub = sub[sub.has_true_lesion.astype(str).str.lower() == "true"]
+    table = sub.pivot_table(index="seed", columns="case_id", values=metric, aggfunc="mean").dropna(axis=1)
+    y = table.to_numpy(float)
+    s_, n = y.shape
+    if s_ < 2 or n < 2:
+        return float("nan"), float("nan"), n, s_
+    resid = y - y.mean(axis=1, keepdims=True) - y.mean(axis=0, keepdims=True) + y.mean()
+    var_int = float((resid ** 2).sum() / ((s_ - 1) * (n - 1)))
+    var_obs = float(y.mean(axis=1).var(ddof=1))
+    return max(0.0, var_obs - var_int / n), var_int, n, s_
+
+
+def sds_from_csv(csv: Path, arm: str, patients: Dict[str, int], metrics) -> Dict[str, float]:
+    """``{metric@stratum: sd_run}`` projected to the protocol's patients per stratum; prints the components."""
+    strata = json.loads((csv.parent / f"vs_{arm}" / "comparison.json").read_text())["strata"]
+    out = {}
+    print("| metric | stratum | seeds | cases here | sd of run means here | var_seed | var_int (seed x case) | "
+          "patients in protocol | projected sd_run |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for stratum, n_protocol in patients.items():
+        if stratum not in strata:
+            continue
+        for metric in metrics:
+            v_seed, v_int, n, s_ = variance_components(csv, arm, metric, strata[stratum])
+            if not (np.isfinite(v_seed) and np.isfinite(v_int)):
+                continue
+            here = np.sqrt(v_seed + v_int / n)
+            sd = float(np.sqrt(v_seed + v_int / n_protocol))
+            out[f"{metric}@{stratum}"] = sd
+            print(f"| {metric} | {stratum} | {s_} | {n} | {here:.4g} | {v_seed:.3g} | {v_int:.3g} | {n_protocol} | "
+                  f"{sd:.4g} |")
+    print()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sd", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--studies", type=int, default=1000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[3, 5, 10])
+    parser.add_argument("--from-csv", type=Path, help="a study report's per_run_case.csv: sds from its variance "
+                                                      "components instead of the placeholders")
+    parser.add_argument("--arm", default="nnUNetTrainer")
+    parser.add_argument("--patients", nargs="+", default=["all=110", "hard=37"], metavar="STRATUM=N",
+                        help="patients per run and stratum in the protocol (5-fold CV of ~550 patients)")
+    parser.add_argument("--metrics", nargs="+", default=["dice", "lesion_f1", "tmtv_abs_rel_error"])
     args = parser.parse_args()
-    sds = dict(PLACEHOLDER_SD)
+    if args.from_csv:
+        patients = {k: int(v) for k, v in (item.split("=") for item in args.patients)}
+        sds = sds_from_csv(args.from_csv, args.arm, patients, args.metrics)
+    else:
+        sds = dict(PLACEHOLDER_SD)
     for item in args.sd:
         name, _, value = item.partition("=")
         sds[name] = float(value)
@@ -58,7 +124,7 @@ def main() -> None:
             mde = minimum_detectable_difference(sd, n)
             half = stats.t.ppf(0.975, 2 * n - 6) * sd * np.sqrt(2 / n)
             sim = (f"{rejection(sd, seeds, mde, args.studies, rng):.3f} | "
-                   f"{rejection(sd, seeds, 0.0, args.studies, rng):.3f}") if name == "dice" else "- | -"
+                   f"{rejection(sd, seeds, 0.0, args.studies, rng):.3f}") if name.split("@")[0] == "dice" else "- | -"
             print(f"| {name} | {sd:g} | {seeds} | {n} | {mde:.4f} | {half:.4f} | {sim} |")
 
 
