@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import List
 
 
 def run_audit_command(args: argparse.Namespace) -> int:
@@ -15,7 +17,8 @@ def run_audit_command(args: argparse.Namespace) -> int:
 
     try:
         params = AuditParams(liver_suv=args.liver_suv, suspicion_threshold=args.suspicion_threshold)
-        rows = run_audit(args.results_dirs, args.output, gt_dir=args.gt, images_dir=args.images,
+        results_dirs = list(args.results_dirs) + model_predictions(args)
+        rows = run_audit(results_dirs, args.output, gt_dir=args.gt, images_dir=args.images,
                          metadata=args.metadata, use_npz=not args.no_npz, write_html=not args.no_html,
                          pet_channel=args.pet_channel, params=params,
                          ct_channel=None if args.ct_channel < 0 else args.ct_channel)
@@ -46,8 +49,32 @@ def run_audit_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_predictions(args: argparse.Namespace) -> List[str]:
+    """With ``--model``: the model (or ensemble) predicts every case of ``--images`` that has a reference in
+    ``--gt`` into ``OUT/model_predictions/<model>/fold_all/validation``, which joins the results folders as one more
+    prediction set (a model trained elsewhere never saw these cases, so its predictions are held out like
+    out-of-fold ones). Returns that folder, or nothing without ``--model``."""
+    from clips_nnunet.cli.model_options import models_from_args
+    from clips_nnunet.errors import UsageError
+    from clips_nnunet.prediction.ensemble import model_label, predict_reference_cases
+
+    model = models_from_args(args)
+    if model is None:
+        if not args.results_dirs:
+            raise UsageError("give at least one RESULTS_DIR or --model SPEC")
+        return []
+    if not args.images or not args.gt:
+        raise UsageError("--model predicts the cases of --images that have a reference in --gt: give both")
+    folder = Path(args.output) / "model_predictions" / model_label(model)
+    predict_reference_cases(model, args.images, args.gt, folder, device=args.device, validation_layout=True,
+                            progress=False)
+    return [str(folder)]
+
+
 def register(subparsers) -> None:
     """Add ``audit``."""
+    from clips_nnunet.cli.model_options import add_model_options
+
     p = subparsers.add_parser(
         "audit", help="rank cases whose reference mask looks wrong (out-of-fold predictions, PET, training losses)",
         description="Read the out-of-fold predictions of finished nnU-Net cross-validations (fold_X/validation, "
@@ -57,7 +84,7 @@ def register(subparsers) -> None:
                     "card per case: coronal PET MIP, and for each suspect case the finding's place and PET/CT planes "
                     "through it, a plain-language reason and decision buttons exported as CSV). Exit code 2 on bad "
                     "input.")
-    p.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR",
+    p.add_argument("results_dirs", nargs="*", metavar="RESULTS_DIR",
                    help="nnUNet_results/DatasetXXX_NAME/TRAINER__PLANS__CONFIG of a finished cross-validation "
                         "(several: their predictions are combined)")
     p.add_argument("-o", "--output", required=True, help="output folder")
@@ -79,4 +106,6 @@ def register(subparsers) -> None:
     p.add_argument("--no-npz", action="store_true", help="ignore .npz probabilities even when present")
     p.add_argument("--no-html", action="store_true", help="skip index.html (and the MIP pictures)")
     p.add_argument("--show", type=int, default=10, help="cases printed (default 10)")
+    add_model_options(p, device=True, what="predicts the cases of --images that have a reference in --gt into "
+                                            "OUT/model_predictions/ and audits them with the RESULTS_DIRs")
     p.set_defaults(func=run_audit_command)

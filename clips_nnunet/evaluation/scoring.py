@@ -3,7 +3,8 @@
 - :func:`score_cross_validation` (transfer teacher / bootstrapping without leakage, Hacohen & Weinshall 2019;
   Yousefirizi et al. 2022): the out-of-fold predictions of an nnU-Net cross-validation (``fold_X/validation``), each
   case scored by the fold model that never trained on it;
-- :func:`score_with_model`: runs a trained model (``nnUNetPredictor``) on the training cases.
+- :func:`score_with_model`: runs a trained model folder (``nnUNetPredictor``) on the training cases;
+  :func:`score_with_models`: installed models named as nnU-Net names them, alone or as an ensemble.
 
 Both return ``{case_id: {"difficulty": raw score (higher = harder), ...}}``; write it with
 :func:`clips_nnunet.curriculum.difficulty.write_difficulty_csv`, the format the curriculum trainers read. The
@@ -217,10 +218,16 @@ def score_with_model(model_folder: PathLike, images_folder: PathLike, labels_fol
     ending = dataset_json["file_ending"]
     labels = {c: p for c, p in _prediction_files(labels_folder).items()}
     wanted = sorted(labels) if case_ids is None else [str(c) for c in case_ids]
-    n_channels = len(dataset_json["channel_names"])
+    from clips_nnunet.prediction.ensemble import raw_image_roles
+    from clips_nnunet.prediction.models import channel_roles
+    teacher_roles = channel_roles(dataset_json.get("channel_names", {}), model_folder.name)  # e.g. PET-only
+    source = raw_image_roles(images_folder)
+    missing = [r for r in teacher_roles if r not in source]
+    if missing:
+        raise DatasetError(f"{model_folder.name} needs {' and '.join(missing)}, which {images_folder} lacks")
     inputs, names = [], []
     for case_id in wanted:
-        files = [images_folder / f"{case_id}_{i:04d}{ending}" for i in range(n_channels)]
+        files = [images_folder / f"{case_id}_{source[r]:04d}{ending}" for r in teacher_roles]
         if not all(f.is_file() for f in files) or case_id not in labels:
             warnings.warn(f"case {case_id}: images or label missing, not scored", stacklevel=2)
             continue
@@ -263,6 +270,45 @@ def score_with_model(model_folder: PathLike, images_folder: PathLike, labels_fol
         for case_id in names:
             table[case_id] = score_case(metric, output_folder / f"{case_id}{ending}", labels[case_id])
         return table
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def score_with_models(model, images_folder: PathLike, labels_folder: PathLike, metric: str = "dice",
+                      device: str = "auto", case_ids: Optional[Sequence[str]] = None,
+                      output_folder: Optional[PathLike] = None, progress: bool = True
+                      ) -> Dict[str, Dict[str, object]]:
+    """Score training cases with installed nnU-Net models (``score --predict --model``): ``model`` is a
+    :class:`clips_nnunet.prediction.models.ModelSpec` or an :class:`clips_nnunet.prediction.ensemble.Ensemble`
+    (union or mean probability), e.g. LyROI's configurations or a model installed from a zip. Each model reads the
+    channels its ``dataset.json`` names from ``images_folder`` (nnU-Net raw images; roles from the ``dataset.json``
+    beside it). ``metric`` ``loss`` needs probabilities: one model or a mean ensemble. Returns what
+    :func:`score_with_model` returns."""
+    from clips_nnunet.prediction.ensemble import Ensemble, load_predictor, predict_raw_cases
+
+    if metric not in SCORE_METRICS:
+        raise CurriculumConfigError(f"unknown metric {metric!r}; choose one of {SCORE_METRICS}")
+    if metric == "loss" and isinstance(model, Ensemble) and len(model.models) > 1 and model.merge != "mean":
+        raise CurriculumConfigError("--metric loss needs probabilities: a union ensemble has none; use --merge mean")
+    images_folder, labels_folder = Path(images_folder), Path(labels_folder)
+    for folder, what in ((images_folder, "images folder"), (labels_folder, "labels folder")):
+        if not folder.is_dir():
+            raise DatasetError(f"{what} {folder} does not exist")
+    labels = _prediction_files(labels_folder)
+    names = sorted(labels) if case_ids is None else [str(c) for c in case_ids if str(c) in labels]
+    if not names:
+        raise DatasetError(f"no case of {images_folder} has a label in {labels_folder}")
+    ending = _strip_ending(labels[names[0]].name)[1]
+    tmp = None
+    if output_folder is None:
+        tmp = tempfile.TemporaryDirectory(prefix="clips_score_")
+        output_folder = tmp.name
+    try:
+        predictor = load_predictor(model, device=device, use_mirroring=False)
+        predict_raw_cases(predictor, images_folder, output_folder, names, file_ending=ending,
+                          save_probabilities=metric == "loss", progress=progress)
+        return {c: score_case(metric, Path(output_folder) / f"{c}{ending}", labels[c]) for c in names}
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -1,15 +1,22 @@
 """Trained nnU-Net models for prediction from DICOM: which model (:class:`ModelSpec`, named as on
-``nnUNetv2_predict``'s command line), where it lives (:func:`model_folder`, :func:`available_folds`) and the
-loaded predictor(s) of one model applied case by case (:class:`CasePredictor`, the one place that calls nnU-Net's
-``predict_single_npy_array`` for ``clips-nnunet predict``).
+``nnUNetv2_predict``'s command line), where it lives (:func:`model_folder`, :func:`available_folds`), which input
+each of its channels is (:func:`channel_roles`) and the loaded predictor(s) of one model applied case by case
+(:class:`CasePredictor`, the one place that calls nnU-Net's ``predict_single_npy_array``).
+
+Any nnU-Net v2 model works, trained here or installed with ``nnUNetv2_install_pretrained_model_from_zip`` (a
+results zip unpacks into ``$nnUNet_results/DatasetXXX_Name/Trainer__Plans__Config``, the same layout). Inputs are
+given by role, ``CT`` (HU) and ``PET`` (SUV), the two images the converter writes as ``_0000`` and ``_0001``; each
+model gets the channels its ``dataset.json`` ``channel_names`` ask for, in its order (a PET-only model gets the PET
+alone). Several models merged into one mask: :mod:`clips_nnunet.prediction.ensemble`.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -19,10 +26,22 @@ from clips_nnunet.io_utils import read_json
 from clips_nnunet.nnunet_env import nnunet_folder, resolve_device
 from clips_nnunet.trainers.checkpoints import load_trained_model
 
-__all__ = ["ModelSpec", "CasePredictor", "model_folder", "available_folds", "FILE_ENDING"]
+__all__ = ["ModelSpec", "CasePredictor", "model_folder", "available_folds", "channel_roles", "Images",
+           "INPUT_ROLES", "ROLE_NAMES", "FILE_ENDING"]
 
 #: The image file ending of the converter's NIfTI files, the only one ``clips-nnunet predict`` feeds
 FILE_ENDING = ".nii.gz"
+
+#: The inputs clips-nnunet gives a model, in the order of the converter's files (``_0000`` CT in HU, ``_0001`` PET
+#: in body-weight SUV) and of :meth:`CasePredictor.predict_images`' list
+INPUT_ROLES = ("CT", "PET")
+
+#: Words of a ``dataset.json`` channel name that mark its role (case-insensitive; a name is split at anything but a
+#: letter or digit, e.g. ``PET_SUV`` -> pet, suv): exactly one role must be named
+ROLE_NAMES: Dict[str, Tuple[str, ...]] = {"CT": ("ct",), "PET": ("pet", "suv", "pt")}
+
+#: Input images of one case: a list in :data:`INPUT_ROLES` order, or ``{role: image}``
+Images = Union[Sequence[sitk.Image], Mapping[str, sitk.Image]]
 
 
 @dataclass
@@ -46,6 +65,8 @@ class ModelSpec:
     prev_stage_folds: Optional[Sequence[Union[int, str]]] = None
     #: TMTV-Net's learned fold ensemble (a file from ``clips-nnunet stack``) instead of softmax averaging
     stacking: Optional[str] = None
+    #: role of each input channel (``CT``/``PET``), only for a model whose ``dataset.json`` names cannot be matched
+    channels: Optional[Sequence[str]] = None
 
     def __post_init__(self) -> None:
         if not self.configuration:
@@ -57,6 +78,46 @@ class ModelSpec:
                                  "of results folder names)")
         self.folds = _folds(self.folds, "-f")
         self.prev_stage_folds = _folds(self.prev_stage_folds, "--prev-stage-folds")
+        if self.channels is not None:
+            self.channels = [_role(c, f"channels of {self.name}") for c in self.channels]
+
+    @property
+    def name(self) -> str:
+        """``Dataset/Trainer__Plans__Configuration``, as nnU-Net names the results folder (for messages)."""
+        return f"{self.dataset}/{self.trainer}__{self.plans}__{self.configuration}"
+
+
+def _role(text: str, what: str) -> str:
+    role = str(text).strip().upper()
+    if role not in ROLE_NAMES:
+        raise UsageError(f"{what}: {text!r} is not a role; use {' or '.join(ROLE_NAMES)}")
+    return role
+
+
+def channel_roles(channel_names: Mapping[str, str], model: str) -> List[str]:
+    """Role (``CT`` or ``PET``) of each channel of a model, in channel order, from its ``dataset.json``
+    ``channel_names`` (:data:`ROLE_NAMES`: ``CT``; ``PET``, ``SUV``, ``PT``; case-insensitive). Two channels both
+    named ``CT`` are the converter's layout (``_0000`` CT, ``_0001`` PET, both named CT so that nnU-Net applies its
+    CT normalisation to the PET too, as nnU-Net's own autoPET conversion does; docs/conversion.md).
+
+    Raises :class:`DatasetError` naming ``model`` and its channel names when a channel names no role, two roles,
+    or a role already taken by another channel."""
+    ordered = [str(channel_names[k]) for k in sorted(channel_names, key=lambda k: int(k))]
+    if [n.strip().casefold() for n in ordered] == ["ct", "ct"]:
+        return list(INPUT_ROLES)  # the converter's (and nnU-Net's autoPET example's) CT/CT: CT, then PET in SUV
+    roles: List[str] = []
+    for name in ordered:
+        words = set(re.split(r"[^a-z0-9]+", name.casefold()))
+        found = [role for role, names in ROLE_NAMES.items() if words & set(names)]
+        if len(found) != 1 or found[0] in roles:
+            raise DatasetError(
+                f"model {model}: its channel names {ordered} cannot be matched to CT and PET (clips-nnunet feeds CT "
+                f"in HU and PET in SUV; a channel must be named CT, or PET/SUV/PT, each once); give the roles "
+                f"explicitly (--model's 7th field, e.g. :CT,PET; ModelSpec channels)")
+        roles += found
+    if not roles:
+        raise DatasetError(f"model {model}: its dataset.json names no input channel")
+    return roles
 
 
 def _folds(folds: Optional[Sequence[Union[int, str]]], option: str) -> Optional[List[Union[int, str]]]:
@@ -99,7 +160,9 @@ def available_folds(folder: Path, checkpoint: str) -> List[Union[int, str]]:
     return ["all"] if (folder / "fold_all" / checkpoint).is_file() else []
 
 
-def _make_predictor(folder: Path, folds: Optional[Sequence], checkpoint: str, device, use_mirroring: bool):
+def _make_predictor(folder: Path, folds: Optional[Sequence], checkpoint: str, device, use_mirroring: bool,
+                    channels: Optional[Sequence[str]] = None) -> Tuple[Any, List[Union[int, str]], List[str]]:
+    """(loaded ``nnUNetPredictor``, folds, role of each input channel) of one results folder."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     if folds is None:
         folds = available_folds(folder, checkpoint)
@@ -110,10 +173,15 @@ def _make_predictor(folder: Path, folds: Optional[Sequence], checkpoint: str, de
                                 perform_everything_on_device=device.type == "cuda", device=device,
                                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     load_trained_model(predictor, folder, folds, checkpoint)
-    n_channels = len(predictor.dataset_json["channel_names"])
-    if n_channels != 2:
-        raise DatasetError(f"the model in {folder} expects {n_channels} input channels; clips-nnunet predict feeds "
-                           "2 (CT in HU, PET in SUV) as the converter writes them")
+    model = f"{folder.parent.name}/{folder.name}"
+    names = predictor.dataset_json.get("channel_names") or predictor.dataset_json.get("modality") or {}
+    if channels is not None:
+        if len(channels) != len(names):
+            raise DatasetError(f"model {model} has {len(names)} input channel(s) {list(names.values())}, but "
+                               f"{len(channels)} role(s) {list(channels)} were given")
+        roles = list(channels)
+    else:
+        roles = channel_roles(names, model)
     if predictor.dataset_json.get("file_ending", FILE_ENDING) != FILE_ENDING:
         raise DatasetError(f"the model in {folder} was trained on {predictor.dataset_json['file_ending']} files; "
                            f"clips-nnunet predict writes {FILE_ENDING}")
@@ -123,20 +191,37 @@ def _make_predictor(folder: Path, folds: Optional[Sequence], checkpoint: str, de
         raise DatasetError(f"the model in {folder} reads its images with {reader.__name__}; clips-nnunet predict "
                            "feeds images as SimpleITKIO reads them (what clips-nnunet convert sets); use "
                            "nnUNetv2_predict on NIfTI files for this model")
-    return predictor, list(folds)
+    return predictor, list(folds), roles
 
 
-def _stage_input(images: Sequence[sitk.Image]) -> Tuple[np.ndarray, Dict[str, Any]]:
-    """The (channels, z, y, x) float32 array and the properties nnU-Net's ``SimpleITKIO`` reads from the
-    converter's NIfTI files of ``images`` (spacing z, y, x)."""
-    data = np.stack([sitk.GetArrayViewFromImage(im) for im in images]).astype(np.float32, copy=False)
-    return data, {"spacing": [abs(float(v)) for v in images[0].GetSpacing()[::-1]]}
+def by_role(images: Images) -> Dict[str, sitk.Image]:
+    """``{role: image}`` of a list in :data:`INPUT_ROLES` order or of a mapping (roles upper-cased)."""
+    if isinstance(images, Mapping):
+        return {str(k).upper(): v for k, v in images.items()}
+    images = list(images)
+    if len(images) != len(INPUT_ROLES):
+        raise UsageError(f"give the images as [{', '.join(INPUT_ROLES)}] or as {{role: image}}; got {len(images)}")
+    return dict(zip(INPUT_ROLES, images))
+
+
+def _stage_input(images: Mapping[str, sitk.Image], roles: Sequence[str], case_id: str
+                 ) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """The (channels, z, y, x) float32 array (one channel per role, in the model's order) and the properties
+    nnU-Net's ``SimpleITKIO`` reads from the converter's NIfTI files of these images (spacing z, y, x)."""
+    missing = [r for r in roles if r not in images]
+    if missing:
+        raise ClipsError(f"{case_id}: the model needs the {' and '.join(missing)} image, which this case lacks")
+    chosen = [images[r] for r in roles]
+    data = np.stack([sitk.GetArrayViewFromImage(im) for im in chosen]).astype(np.float32, copy=False)
+    return data, {"spacing": [abs(float(v)) for v in chosen[0].GetSpacing()[::-1]]}
 
 
 class CasePredictor:
     """nnU-Net predictor(s) of one model (one or two cascade stages), loaded once, applied case by case.
 
-    :meth:`predict_images` returns the predicted label map as a SimpleITK image on the grid of the input images.
+    :meth:`predict_images` returns the predicted label map as a SimpleITK image on the grid of the input images;
+    :meth:`predict_probabilities` the class probabilities there (for averaging several models). Each stage gets
+    the input channels its ``dataset.json`` names (:attr:`stage_roles`).
     """
 
     def __init__(self, spec: ModelSpec, device: str = "auto", use_mirroring: bool = True):
@@ -148,6 +233,8 @@ class CasePredictor:
         folder = model_folder(spec.dataset, spec.trainer, spec.plans, spec.configuration)
         self.stages: List[Any] = []
         self.stage_info: List[Dict[str, Any]] = []
+        #: role of each input channel (``CT``/``PET``), per stage
+        self.stage_roles: List[List[str]] = []
         plans = read_json(folder / "plans.json")
         config = plans.get("configurations", {}).get(spec.configuration)
         if config is None:
@@ -157,43 +244,77 @@ class CasePredictor:
         if previous:
             prev_folder = model_folder(spec.dataset, spec.prev_stage_trainer or spec.trainer,
                                        spec.prev_stage_plans or spec.plans, previous)
-            prev, prev_folds = _make_predictor(prev_folder, spec.prev_stage_folds or spec.folds, spec.checkpoint,
-                                               self.device, use_mirroring)
-            self.stages.append(prev)
-            self.stage_info.append({"model": prev_folder.name, "folds": prev_folds, "stage": 1})
-        main, folds = _make_predictor(folder, spec.folds, spec.checkpoint, self.device, use_mirroring)
+            prev, prev_folds, prev_roles = _make_predictor(prev_folder, spec.prev_stage_folds or spec.folds,
+                                                           spec.checkpoint, self.device, use_mirroring, spec.channels)
+            self._add(prev, {"model": prev_folder.name, "folds": prev_folds, "stage": 1}, prev_roles)
+        main, folds, roles = _make_predictor(folder, spec.folds, spec.checkpoint, self.device, use_mirroring,
+                                             spec.channels)
         if main.configuration_manager.previous_stage_name is not None and not previous:
             raise DatasetError(f"{folder.name} is stage 2 of a cascade: name stage 1 with --prev-stage-config")
-        self.stages.append(main)
-        self.stage_info.append({"model": folder.name, "folds": folds, "stage": len(self.stages)})
+        self._add(main, {"model": folder.name, "folds": folds, "stage": len(self.stages) + 1}, roles)
         if spec.stacking:  # clips_nnunet.tmtv.stacking: checks the model, marks stage_info["stacking"]
             from clips_nnunet.tmtv.stacking import apply_stacking
             apply_stacking(spec.stacking, self.stages, self.stage_info, spec.checkpoint)
+
+    def _add(self, predictor: Any, info: Dict[str, Any], roles: List[str]) -> None:
+        self.stages.append(predictor)
+        self.stage_info.append({**info, "channels": list(roles)})
+        self.stage_roles.append(list(roles))
+
+    @property
+    def roles(self) -> List[str]:
+        """The input roles this model reads (:data:`INPUT_ROLES` order), e.g. ``["PET"]`` for a PET-only model."""
+        return [r for r in INPUT_ROLES if any(r in roles for roles in self.stage_roles)]
+
+    @property
+    def labels(self) -> Dict[str, Any]:
+        """The ``labels`` of the (last stage's) ``dataset.json``."""
+        return dict(self.stages[-1].dataset_json.get("labels", {}))
 
     def model_description(self) -> Dict[str, Any]:
         """Model, folds, checkpoint and device, for reports (no paths, no identifiers)."""
         return {"dataset": str(self.spec.dataset), "checkpoint": self.spec.checkpoint,
                 "device": self.device.type, "stages": self.stage_info}
 
-    def predict_images(self, images: Sequence[sitk.Image], case_id: str) -> sitk.Image:
-        """Label map predicted from ``images`` (CT in HU, PET in SUV, on one grid) on that grid.
-
-        Every stage goes through nnU-Net's ``predict_single_npy_array`` with the arrays its ``SimpleITKIO`` would
-        read from the converter's NIfTI files; stage 2 of a cascade gets stage 1's segmentation.
-        """
-        data, properties = _stage_input(images)
+    def _run(self, images: Images, case_id: str, probabilities: bool) -> Any:
+        """Every stage through nnU-Net's ``predict_single_npy_array`` with the arrays its ``SimpleITKIO`` would
+        read from the converter's NIfTI files; stage 2 of a cascade gets stage 1's segmentation. Returns the last
+        stage's segmentation, or (segmentation, probabilities) with ``probabilities``."""
+        named = by_role(images)
         previous: Optional[np.ndarray] = None
-        segmentation: Optional[np.ndarray] = None
-        for predictor in self.stages:
+        result: Any = None
+        last = len(self.stages) - 1
+        for i, (predictor, roles) in enumerate(zip(self.stages, self.stage_roles)):
+            data, properties = _stage_input(named, roles, case_id)
             needs_previous = predictor.configuration_manager.previous_stage_name is not None
             with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints per case; keep the progress bar clean
-                segmentation = predictor.predict_single_npy_array(
-                    data, dict(properties), previous if needs_previous else None)
+                result = predictor.predict_single_npy_array(
+                    data, dict(properties), previous if needs_previous else None,
+                    save_or_return_probabilities=probabilities and i == last)
+            segmentation = result[0] if probabilities and i == last else result
             previous = np.asarray(segmentation, dtype=np.float32)[None]  # as SimpleITKIO.read_seg reads it
-        seg = np.asarray(segmentation)
-        if seg.shape != tuple(images[0].GetSize()[::-1]):
-            raise ClipsError(f"{case_id}: nnU-Net returned a {seg.shape} segmentation for a "
-                             f"{tuple(images[0].GetSize()[::-1])} image (z, y, x)")
+        return result
+
+    def _check_shape(self, array: np.ndarray, images: Images, case_id: str) -> sitk.Image:
+        reference = next(iter(by_role(images).values()))
+        if array.shape[-3:] != tuple(reference.GetSize()[::-1]):
+            raise ClipsError(f"{case_id}: nnU-Net returned a {array.shape[-3:]} prediction for a "
+                             f"{tuple(reference.GetSize()[::-1])} image (z, y, x)")
+        return reference
+
+    def predict_images(self, images: Images, case_id: str) -> sitk.Image:
+        """Label map predicted from ``images`` (CT in HU, PET in SUV, on one grid: ``[ct, pet]`` or
+        ``{role: image}``) on that grid."""
+        seg = np.asarray(self._run(images, case_id, probabilities=False))
+        reference = self._check_shape(seg, images, case_id)
         out = sitk.GetImageFromArray(seg.astype(np.uint8, copy=False))
-        out.CopyInformation(images[0])
+        out.CopyInformation(reference)
         return out
+
+    def predict_probabilities(self, images: Images, case_id: str) -> np.ndarray:
+        """Class probabilities (classes, z, y, x; float32) of the last stage on the grid of ``images``, as nnU-Net
+        exports them with ``--save_probabilities`` (softmax of the fold-averaged logits)."""
+        _, probabilities = self._run(images, case_id, probabilities=True)
+        probabilities = np.asarray(probabilities, dtype=np.float32)
+        self._check_shape(probabilities, images, case_id)
+        return probabilities

@@ -47,7 +47,8 @@ from clips_nnunet.dataset_conversion.index import SeriesInfo
 from clips_nnunet.dataset_conversion.select import StudySelection
 from clips_nnunet.dataset_conversion.write import scrub as scrub_secrets
 from clips_nnunet.errors import ClipsError, PatientError
-from clips_nnunet.prediction.models import CasePredictor, ModelSpec
+from clips_nnunet.prediction.ensemble import Model, load_predictor
+from clips_nnunet.prediction.models import CasePredictor
 from clips_nnunet.prediction.outputs import (MAPPING_FILE, OUTPUT_FILES, PSEUDONYM_PREFIX, PseudonymMap,
                                                      is_complete, remove_stale_temporaries, report_case,
                                                      safe_folder_name, uid_salt, write_nifti, write_patient_outputs)
@@ -214,7 +215,7 @@ def _failure(label: str, error: Exception, inputs: Sequence[PathLike], selection
     return PatientResult(label, "failed", time.perf_counter() - started, message=scrub(message, inputs, selection))
 
 
-def predict_dicom(inputs: Sequence[PathLike], output_dir: PathLike, spec: ModelSpec, device: str = "auto",
+def predict_dicom(inputs: Sequence[PathLike], output_dir: PathLike, spec: Model, device: str = "auto",
                   private_dir: Optional[PathLike] = None, keep_patient_names: bool = False,
                   overrides: Optional[PathLike] = None, overwrite: bool = False, use_mirroring: bool = True,
                   progress: bool = True, predictor: Optional[CasePredictor] = None,
@@ -248,7 +249,7 @@ def predict_dicom(inputs: Sequence[PathLike], output_dir: PathLike, spec: ModelS
                                overrides_table, overwrite, use_mirroring, progress, predictor, salt)
 
 
-def _predict_locked(inputs: Sequence[PathLike], output_dir: Path, private_dir: Path, spec: ModelSpec, device: str,
+def _predict_locked(inputs: Sequence[PathLike], output_dir: Path, private_dir: Path, spec: Model, device: str,
                     keep_patient_names: bool, overrides_table: Dict[str, Any], overwrite: bool, use_mirroring: bool,
                     progress: bool, predictor: Optional[CasePredictor], salt: Optional[str]) -> PredictionRun:
     from tqdm import tqdm
@@ -282,7 +283,7 @@ def _predict_locked(inputs: Sequence[PathLike], output_dir: Path, private_dir: P
             todo.append((i, pseudonym, name, label, sel))
 
     if todo and predictor is None:
-        predictor = CasePredictor(spec, device=device, use_mirroring=use_mirroring)
+        predictor = load_predictor(spec, device=device, use_mirroring=use_mirroring)  # one model or an Ensemble
 
     def prepare(item: Tuple[int, str, str, str, StudySelection]) -> Tuple[float, Any]:
         """(start time, PreparedStudy or the exception that stopped its conversion)."""
