@@ -6,6 +6,8 @@ order of the issue's priorities, each by
 its run index (``clips_nnunet.study.run_index``: the same code path as ``clips-nnunet study CONFIG --run-index I``),
 ``--parallel`` at a time. Finished runs are skipped, so it can be stopped (kill its process group) and restarted.
 Nothing here changes what a run trains; the report is ``clips-nnunet study CONFIG --report-only`` afterwards.
+Each run is claimed first (``status/claim_<index>``, created exclusively), so two launchers never start the same run;
+delete the claim files of a stopped study before relaunching it.
 
 Priority (each line: config, arms, seeds; a line is taken seed by seed, arms in the order given):
 
@@ -21,6 +23,7 @@ Priority (each line: config, arms, seeds; a line is taken seed by seed, arms in 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -59,6 +62,18 @@ def ordered_runs(configs: dict) -> List[Tuple[StudyConfig, int, str]]:
     return out
 
 
+def claim(config: StudyConfig, index: int) -> bool:
+    """Create ``status/claim_<index>`` exclusively: False when another launcher (or an earlier one whose runs
+    still train) has claimed the run. Delete the claims of a stopped study before relaunching."""
+    folder = config.study_dir / "status"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(folder / f"claim_{index}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
 def log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S', time.gmtime())} {message}", flush=True)
 
@@ -81,6 +96,9 @@ def main(argv: Sequence[str] = ()) -> int:
         while pending or running:
             while pending and len(running) < args.parallel:
                 config, i, label = pending.pop(0)
+                if not claim(config, i):
+                    log(f"skip {label} (index {i}): claimed")
+                    continue
                 if config.name not in prepared:  # dataset, plans, splits once, before any run of the config
                     log(f"prepare {config.name}")
                     set_up_study(config, prepare=True, echo=False)
