@@ -87,6 +87,8 @@ class PredictionRun:
     mapping_file: Path
     results: List[PatientResult] = field(default_factory=list)
     problems: List[str] = field(default_factory=list)
+    #: where the run's wall time went, in seconds (:data:`TIMING_KEYS`; not written to the summary file)
+    timings: Dict[str, float] = field(default_factory=dict)
 
     @property
     def n_failed(self) -> int:
@@ -108,6 +110,14 @@ class PredictionRun:
         for p in self.problems:
             lines.append(f"{'-':<{width}} {'failed':<8} {'-':>9} {'-':>7}  {p}")
         return "\n".join(lines)
+
+
+#: :attr:`PredictionRun.timings`: the main thread's wall time by what it did. ``index``: finding the studies;
+#: ``model``: loading the model (overlapping the first conversion); ``wait_conversion``: waiting for a study's
+#: conversion (the reader thread; the first study's always); ``nnunet``: nnU-Net's prediction; ``wait_outputs``:
+#: waiting for the previous study's outputs (the writer thread; the last study's always); ``total``: the whole run.
+#: Everything but ``nnunet`` is time in which nnU-Net (on a GPU: the GPU) waits for us.
+TIMING_KEYS = ("index", "model", "wait_conversion", "nnunet", "wait_outputs", "total")
 
 
 def default_private_dir(output_dir: PathLike) -> Path:
@@ -256,9 +266,12 @@ def _predict_locked(inputs: Sequence[PathLike], output_dir: Path, private_dir: P
 
     from clips_nnunet.dataset_conversion.convert import prepare_study
 
+    started = time.perf_counter()
     mapping = PseudonymMap(private_dir / MAPPING_FILE)
     run = PredictionRun(output_dir=output_dir, mapping_file=mapping.path)
+    timings = run.timings = dict.fromkeys(TIMING_KEYS, 0.0)
     selections, run.problems = find_studies(inputs)
+    timings["index"] = time.perf_counter() - started
     cases = _output_names(selections, mapping, output_dir, keep_patient_names)
     mapping.save()
 
@@ -282,9 +295,6 @@ def _predict_locked(inputs: Sequence[PathLike], output_dir: Path, private_dir: P
         else:
             todo.append((i, pseudonym, name, label, sel))
 
-    if todo and predictor is None:
-        predictor = load_predictor(spec, device=device, use_mirroring=use_mirroring)  # one model or an Ensemble
-
     def prepare(item: Tuple[int, str, str, str, StudySelection]) -> Tuple[float, Any]:
         """(start time, PreparedStudy or the exception that stopped its conversion)."""
         t0 = time.perf_counter()
@@ -294,34 +304,50 @@ def _predict_locked(inputs: Sequence[PathLike], output_dir: Path, private_dir: P
         except Exception as e:  # recorded for this study by the loop below
             return t0, e
 
+    def waited(key: str, future: Future) -> Any:
+        t = time.perf_counter()
+        try:
+            return future.result()
+        finally:
+            timings[key] += time.perf_counter() - t
+
     # three threads overlap: the next study is converted (reader) and the previous one's outputs are written
     # (writer) while nnU-Net predicts this one; at most one study waits on each side (memory)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clips-predict-read") as reader, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="clips-predict-out") as writer:
+        ahead: Optional[Future] = reader.submit(prepare, todo[0]) if todo else None
         if todo:
             writer.submit(_import_output_modules)  # first study: imports overlap its conversion and prediction
-        ahead: Optional[Future] = reader.submit(prepare, todo[0]) if todo else None
+        if todo and predictor is None:  # loading the model overlaps the first study's conversion
+            t = time.perf_counter()
+            predictor = load_predictor(spec, device=device, use_mirroring=use_mirroring)  # one model or an Ensemble
+            timings["model"] = time.perf_counter() - t
         pending: Optional[Tuple[int, Future]] = None
         for k, (i, pseudonym, name, label, sel) in enumerate(tqdm(todo, desc="predict", unit="study",
                                                                   disable=not progress)):
-            t0, prepared = ahead.result()
+            t0, prepared = waited("wait_conversion", ahead)
             ahead = reader.submit(prepare, todo[k + 1]) if k + 1 < len(todo) else None
             try:
                 if isinstance(prepared, Exception):
                     raise prepared
-                mask = predictor.predict_images([prepared.ct_on_pet, prepared.pet_suv], pseudonym)
+                t = time.perf_counter()
+                try:
+                    mask = predictor.predict_images([prepared.ct_on_pet, prepared.pet_suv], pseudonym)
+                finally:
+                    timings["nnunet"] += time.perf_counter() - t
             except Exception as e:  # one patient never stops the cohort
                 results[i] = _failure(label, e, inputs, sel, t0)
                 continue
             if pending is not None:
-                results[pending[0]] = pending[1].result()
+                results[pending[0]] = waited("wait_outputs", pending[1])
             pending = (i, writer.submit(_write_outputs, output_dir / name, pseudonym, label, sel, mask, prepared,
                                         predictor.model_description(), salt, inputs, t0))
         if pending is not None:
-            results[pending[0]] = pending[1].result()
+            results[pending[0]] = waited("wait_outputs", pending[1])
     run.results = [results[i] for i in sorted(results)]
     atomic_write_json(output_dir / "prediction_summary.json",
                       {"model": predictor.model_description() if predictor else None, **run.to_dict()})
+    timings["total"] = time.perf_counter() - started
     return run
 
 
