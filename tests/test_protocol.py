@@ -177,3 +177,19 @@ def test_imported_model_as_external_transfer_teacher(tmp_path):
     raw["trainers"][1]["teacher"] = "nnUNetTrainer"
     with pytest.raises(StudyConfigError, match="give one"):
         parse_study_config(raw, base_dir=tmp_path, study_dir=tmp_path / "study")
+
+
+def test_listed_strata_hold_only_out_of_fold_patients(tmp_path):
+    """A badly segmented (or mislabelled) patient that the study's folds never predict out of fold is not counted in
+    the stratum's n; a stratum left empty is dropped."""
+    from clips_nnunet.study.report import out_of_fold_strata
+
+    config = parse_study_config({**yaml.safe_load(PROTOCOL.read_text()), "folds": [0, 1]},
+                                study_dir=tmp_path / "study")
+    listed = {BADLY_SEGMENTED: ["DLBCL_0003", "DLBCL_0007", "DLBCL_0009"], "other": ["DLBCL_0009"]}
+    assert out_of_fold_strata(config, listed) == listed  # no split file yet: unchanged
+    splits = tmp_path / "study" / "nnUNet_preprocessed" / "Dataset501_DLBCL" / "splits_final.json"
+    splits.parent.mkdir(parents=True)
+    splits.write_text('[{"train": [], "val": ["DLBCL_0003"]}, {"train": [], "val": ["DLBCL_0007"]},'
+                      ' {"train": [], "val": ["DLBCL_0009"]}]')
+    assert out_of_fold_strata(config, listed) == {BADLY_SEGMENTED: ["DLBCL_0003", "DLBCL_0007"]}

@@ -94,12 +94,28 @@ def _badly_segmented(config: StudyConfig) -> Dict[str, List[str]]:
     return {BADLY_SEGMENTED: cases} if cases else {}
 
 
+def out_of_fold_strata(config: StudyConfig, subsets: Mapping[str, Sequence[str]]) -> Dict[str, List[str]]:
+    """The listed strata (mislabelled, badly segmented) restricted to the validation cases of the study's folds
+    (``splits_final.json``), so that a stratum's n counts the patients the study predicts out of fold; empty strata
+    are dropped. Unchanged without a split file."""
+    from clips_nnunet.io_utils import read_json
+
+    path = config.study_dir / "nnUNet_preprocessed" / config.dataset_folder_name / "splits_final.json"
+    if not path.is_file():
+        return {k: list(v) for k, v in subsets.items()}
+    splits = read_json(path)
+    oof = {c for f in config.folds if f < len(splits) for c in splits[f]["val"]}
+    kept = {k: [c for c in v if c in oof] for k, v in subsets.items()}
+    return {k: v for k, v in kept.items() if v}
+
+
 def _compare(config: StudyConfig, groups: Mapping[str, Sequence[Path]], baseline: str, out_dir: Path,
              reference: Tuple[Path, Dict[str, List[str]], str], seeds: Mapping[str, Sequence[int]],
              metrics: Optional[Mapping[str, bool]] = None):
     from clips_nnunet.evaluation.compare import compare_results
 
     gt_dir, subsets, _ = reference
+    subsets = out_of_fold_strata(config, subsets)
     res = compare_results({k: list(v) for k, v in groups.items()}, baseline=baseline, gt_dir=gt_dir,
                           out_dir=out_dir, metrics=metrics or REPORT_METRICS, progress=False, subsets=subsets,
                           cache_dir=out_dir.parent / "cache", **_difficulty_arguments(config))
