@@ -156,3 +156,40 @@ def test_select_pet_without_ct(index):
     assert sel.ct is None and sel.pet.n_instances == 20
     assert any("no usable CT" in d for d in sel.decisions)
     assert len(sel.masks) == 1 and sel.mask_on[sel.masks[0].series_uid] == "PET"
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")  # the non-ASCII CS value is deliberate
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"])
+def test_plain_values_decode_bytes_as_pydicom_does(tmp_path, syntax):
+    """The index's byte decoding (plain_values) gives the values pydicom gives, in implicit, explicit little and
+    explicit big endian files; an empty element and a non-ASCII CS value go through pydicom."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    from clips_nnunet.dataset_conversion.index import _RECORD_KEYWORDS, _as_tuple, plain_values
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.128"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.128"
+    ds.SOPInstanceUID = "1.2.3.4.5"  # odd length: written with a trailing NUL
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = "1.2.3", "1.2.3.4", "1.2.3.9"
+    ds.Modality = "PT"
+    ds.ImageType = ["ORIGINAL", "PRIMÄRY"]  # not ASCII: decoded by pydicom
+    ds.ImagePositionPatient = ["-1.5", "2", "3e1"]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = ["0.976562", "4.0"]
+    ds.Rows, ds.Columns = 512, 256
+    ds.add_new(0x00181120, "DS", None)  # GantryDetectorTilt present but empty
+    ds.PatientID = "P1"
+    path = tmp_path / "x.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    read = pydicom.dcmread(path, stop_before_pixels=True)
+    fast = plain_values(read)
+    expected = {k: _as_tuple(v) for k in _RECORD_KEYWORDS
+                if (v := pydicom.dcmread(path, stop_before_pixels=True).get(k)) is not None}
+    assert fast == expected
+    assert fast["ImagePositionPatient"] == (-1.5, 2.0, 30.0) and fast["PixelSpacing"] == (0.976562, 4.0)
+    assert fast["Rows"] == 512 and fast["Columns"] == 256 and fast["SOPInstanceUID"] == "1.2.3.4.5"
+    assert fast["ImageType"] == ("ORIGINAL", "PRIMÄRY") and "GantryDetectorTilt" not in fast
