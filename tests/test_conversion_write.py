@@ -144,6 +144,25 @@ def test_write_case_geometry_and_clean_headers(tmp_path):
     assert W.remove_incomplete(tmp_path, []) == ["X_0001"] and not files[0].exists()
 
 
+def test_write_case_uncopied_images_and_a_ct_grid_within_tolerance(tmp_path):
+    """A float32 image without metadata is written as it is (clean_image returns it); a CT whose origin differs
+    from the PET's by less than the tolerance is written on exactly the PET's grid, and the caller's CT keeps its
+    own origin (the copy happens only then)."""
+    rng = np.random.default_rng(1)
+    pet = sitk.GetImageFromArray(rng.random((4, 5, 6)).astype(np.float32))
+    pet.SetSpacing((2.0, 2.0, 3.0))
+    pet.SetOrigin((10.0, 20.0, 30.0))
+    assert W.clean_image(pet, sitk.sitkFloat32) is pet
+    ct = sitk.GetImageFromArray(rng.random((4, 5, 6)).astype(np.float32))
+    ct.SetSpacing((2.0, 2.0, 3.0))
+    ct.SetOrigin((10.00005, 20.0, 30.0))
+    files = W.write_case(tmp_path, "X_0001", ct, pet, None)
+    written = sitk.ReadImage(str(files[0]))
+    assert written.GetOrigin() == pet.GetOrigin() and ct.GetOrigin() == (10.00005, 20.0, 30.0)
+    assert np.array_equal(sitk.GetArrayFromImage(written), sitk.GetArrayViewFromImage(ct))
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(files[1]))), sitk.GetArrayViewFromImage(pet))
+
+
 def test_update_splits_always_matches_the_cases(tmp_path):
     """written -> kept (same cases) -> rewritten (ours, cases changed) -> stale (someone else's) -> --force."""
     pre, private = tmp_path / "pre", tmp_path / "private"
