@@ -19,12 +19,16 @@ What it does (CPU, about a minute):
    hard-but-correct patients, with and without probabilities (``--npz`` absent) and without PET, and writes
    ``bench_audit.json``.
 
-``--cohort twin``: study-grid whole-body twins (``raw.py`` ``phantom="twin"``, 96x40x48 at 8 mm) whose references
+``--cohort twin``: study-grid whole-body twins (``raw.py`` ``phantom="twin"``, the twin's study grid at 8 mm) whose references
 come from the realistic annotators (``twin_annotators``: convention, missed_lesion, physiological, boundary, leak;
 a kind that cannot apply leaves the mask clean and the case counts as clean). The simulated model is the same one
 made per lesion (:func:`simulate_twin_prediction`), the hard-but-correct patients are the clean cases in the
 cohort's upper tercile of difficulty (share of small or faint lesions), and the error kind is also scored per
 annotator kind against :data:`TWIN_EXPECTED_KIND`.
+
+Every cohort also prints the AUC bad vs hard-correct per planted kind with a 95 % case-bootstrap interval
+(:func:`auc_with_interval`) and the load average at the start and end. Tune on some seeds and report others: the
+docs record which seeds were which.
 
 The numbers measure the audit's evidence under this simulation, not a trained model's behaviour; see docs/audit.md.
 Usage: ``python benchmarks/bench_audit.py [--cohort raw|dicom|twin] [--cases 64] [--error-fraction 0.25]
@@ -312,7 +316,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--cohort", choices=("raw", "dicom", "twin"), default="raw",
                     help="raw: 2-channel phantom, 32^3 at 4 mm (default); dicom: the DICOM phantom's ground truth "
-                         "(PET 48x48x64, blurred, physiological organs); twin: study-grid twins (96x40x48 at 8 mm) "
+                         "(PET 48x48x64, blurred, physiological organs); twin: study-grid twins (8 mm) "
                          "with the realistic annotators' kinds")
     ap.add_argument("--variants", nargs="+", default=None,
                     help="subset of: npz+pet, masks+pet, 'npz only', 'masks only' (default all)")
