@@ -51,12 +51,18 @@ def rejection(sd: float, seeds: int, effect: float, studies: int, rng: np.random
     return hits / studies
 
 
-def variance_components(csv: Path, arm: str, metric: str, cases) -> Tuple[float, float, int, int]:
+def variance_components(csv: Path, arm: str, metric: str, cases, took_off_only: bool = False
+                        ) -> Tuple[float, float, int, int]:
     """``(var_seed, var_int, n_cases, n_seeds)`` of ``metric`` for ``arm`` over ``cases`` (one fold): two-way
-    seed x case decomposition of the per-case values (cases every seed scored; Dice on cases with a true lesion)."""
+    seed x case decomposition of the per-case values (cases every seed scored; Dice on cases with a true lesion).
+    ``took_off_only``: only the runs whose final model predicted a lesion in at least one of their validation
+    patients (the report's take-off rule)."""
     import pandas as pd
 
     df = pd.read_csv(csv)
+    if took_off_only:
+        took_off = df.groupby("run").tmtv_pred_ml.max() > 0
+        df = df[df.run.isin(set(took_off[took_off].index))]
     sub = df[(df.group == arm) & df.case_id.isin(set(cases))]
     if metric == "dice":
         sub = sub[sub.has_true_lesion.astype(str).str.lower() == "true"]
@@ -71,7 +77,8 @@ def variance_components(csv: Path, arm: str, metric: str, cases) -> Tuple[float,
     return max(0.0, var_obs - var_int / n), var_int, n, s_
 
 
-def sds_from_csv(csv: Path, arm: str, patients: Dict[str, int], metrics) -> Dict[str, float]:
+def sds_from_csv(csv: Path, arm: str, patients: Dict[str, int], metrics, took_off_only: bool = False
+                 ) -> Dict[str, float]:
     """``{metric@stratum: sd_run}`` projected to the protocol's patients per stratum; prints the components."""
     strata = json.loads((csv.parent / f"vs_{arm}" / "comparison.json").read_text())["strata"]
     out = {}
@@ -82,7 +89,7 @@ def sds_from_csv(csv: Path, arm: str, patients: Dict[str, int], metrics) -> Dict
         if stratum not in strata:
             continue
         for metric in metrics:
-            v_seed, v_int, n, s_ = variance_components(csv, arm, metric, strata[stratum])
+            v_seed, v_int, n, s_ = variance_components(csv, arm, metric, strata[stratum], took_off_only)
             if not (np.isfinite(v_seed) and np.isfinite(v_int)):
                 continue
             here = np.sqrt(v_seed + v_int / n)
@@ -105,10 +112,13 @@ def main() -> None:
     parser.add_argument("--patients", nargs="+", default=["all=110", "hard=37"], metavar="STRATUM=N",
                         help="patients per run and stratum in the protocol (5-fold CV of ~550 patients)")
     parser.add_argument("--metrics", nargs="+", default=["dice", "lesion_f1", "tmtv_abs_rel_error"])
+    parser.add_argument("--took-off-only", action="store_true",
+                        help="variance components from the runs that took off only (a full nnU-Net budget has no "
+                             "take-off failures; a short CPU budget does)")
     args = parser.parse_args()
     if args.from_csv:
         patients = {k: int(v) for k, v in (item.split("=") for item in args.patients)}
-        sds = sds_from_csv(args.from_csv, args.arm, patients, args.metrics)
+        sds = sds_from_csv(args.from_csv, args.arm, patients, args.metrics, args.took_off_only)
     else:
         sds = dict(PLACEHOLDER_SD)
     for item in args.sd:
