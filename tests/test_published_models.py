@@ -317,6 +317,26 @@ def test_audit_takes_a_model_as_one_more_prediction_set(published):
     assert sorted(r["case_id"] for r in audit["cases"]) == cases
 
 
+@pytest.mark.integration
+def test_compare_takes_a_union_ensemble_as_one_more_group(published):
+    raw = published["raw"]
+    out = published["tmp"] / "compare"
+    run_cli(["clips-nnunet", "compare", "--model", _spec(PLANS + "Top")[0], "--model", _spec(PLANS + "Bottom")[0],
+             "--images", str(raw / "imagesTr"), "--gt", str(raw / "labelsTr"), "-o", str(out), "--no-plots",
+             "--quiet", "--device", "cpu"], published["env"])
+    name = f"d{DATASET_ID}_{TRAINER}__{PLANS}Top__3d_fullres+d{DATASET_ID}_{TRAINER}__{PLANS}Bottom__3d_fullres__union"
+    folder = out / "model_predictions" / name
+    cases = sorted(p.name[: -len(".nii.gz")] for p in (raw / "labelsTr").glob("*.nii.gz"))
+    assert sorted(p.name for p in folder.glob("*.nii.gz")) == [f"{c}.nii.gz" for c in cases]
+    assert (out / "report.md").is_file() and name in (out / "report.md").read_text()
+    for case in cases:  # the group's masks are the union of the members' masks
+        images = {role: sitk.ReadImage(str(raw / "imagesTr" / f"{case}_{i:04d}.nii.gz"))
+                  for i, role in enumerate(("CT", "PET"))}
+        union = (_predict(published, "Top", images)[1] > 0) | (_predict(published, "Bottom", images)[1] > 0)
+        saved = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{case}.nii.gz")))
+        np.testing.assert_array_equal(saved, union.astype(np.uint8))
+
+
 # ---------------------------------------------------------------------------------------------- without nnU-Net
 @pytest.mark.parametrize("names, roles", [
     ({"0": "CT", "1": "CT"}, ["CT", "PET"]),            # the converter's (and nnU-Net's autoPET) layout

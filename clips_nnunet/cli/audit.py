@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import List
 
 
@@ -50,25 +49,16 @@ def run_audit_command(args: argparse.Namespace) -> int:
 
 
 def model_predictions(args: argparse.Namespace) -> List[str]:
-    """With ``--model``: the model (or ensemble) predicts every case of ``--images`` that has a reference in
-    ``--gt`` into ``OUT/model_predictions/<model>/fold_all/validation``, which joins the results folders as one more
-    prediction set (a model trained elsewhere never saw these cases, so its predictions are held out like
-    out-of-fold ones). Returns that folder, or nothing without ``--model``."""
-    from clips_nnunet.cli.model_options import models_from_args
+    """With ``--model``: the folder of the model's predictions (:func:`clips_nnunet.cli.model_options.
+    model_prediction_set`, ``OUT/model_predictions/<model>/`` in the ``fold_all/validation`` layout), audited
+    with the results folders; nothing without ``--model``."""
+    from clips_nnunet.cli.model_options import model_prediction_set
     from clips_nnunet.errors import UsageError
-    from clips_nnunet.prediction.ensemble import model_label, predict_reference_cases
 
-    model = models_from_args(args)
-    if model is None:
-        if not args.results_dirs:
-            raise UsageError("give at least one RESULTS_DIR or --model SPEC")
-        return []
-    if not args.images or not args.gt:
-        raise UsageError("--model predicts the cases of --images that have a reference in --gt: give both")
-    folder = Path(args.output) / "model_predictions" / model_label(model)
-    predict_reference_cases(model, args.images, args.gt, folder, device=args.device, validation_layout=True,
-                            progress=False)
-    return [str(folder)]
+    found = model_prediction_set(args, args.output, validation_layout=True)
+    if found is None and not args.results_dirs:
+        raise UsageError("give at least one RESULTS_DIR or --model SPEC")
+    return [str(found[1].parent.parent)] if found else []
 
 
 def register(subparsers) -> None:

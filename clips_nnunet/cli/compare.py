@@ -62,8 +62,10 @@ def console_lines(res) -> List[str]:
 def run_compare(args: argparse.Namespace) -> int:
     from clips_nnunet.evaluation.compare import CaseEvaluation, CompareOptions, DifficultySource, compare_results
 
-    if not args.results_dirs and not args.groups:
-        raise CurriculumConfigError("give at least one RESULTS_DIR or --group NAME=DIR1,DIR2")
+    from clips_nnunet.cli.model_options import model_prediction_set  # --model: one more group (published_models.md)
+
+    if not args.results_dirs and not args.groups and not args.models:
+        raise CurriculumConfigError("give at least one RESULTS_DIR or --group NAME=DIR1,DIR2 (or --model SPEC)")
     if args.metadata and args.difficulty:
         raise CurriculumConfigError("give either --metadata or --difficulty, not both")
     options = CompareOptions(
@@ -72,7 +74,9 @@ def run_compare(args: argparse.Namespace) -> int:
                                     harder_when=args.harder_when, difficulty_csv=args.difficulty),
         evaluation=CaseEvaluation(gt_dir=args.gt, labels=args.labels, connectivity=args.connectivity,
                                   lesion_connectivity=args.lesion_connectivity, progress=not args.quiet))
-    res = compare_results(parse_groups(args.results_dirs, args.groups or []), options)
+    model_set = model_prediction_set(args, args.output, validation_layout=False)
+    model_group = [f"{model_set[0]}={model_set[1]}"] if model_set else []
+    res = compare_results(parse_groups(args.results_dirs, (args.groups or []) + model_group), options)
     for line in console_lines(res):
         print(line)
     for w in res.warnings:
@@ -109,4 +113,8 @@ def register(subparsers) -> None:
     c.add_argument("--difficulty", help="CSV case_id,difficulty (higher = harder), e.g. from clips-nnunet score")
     c.add_argument("-o", "--output", default="clips_comparison", help="output folder (default ./clips_comparison)")
     add_lesion_options(c)
+    from clips_nnunet.cli.model_options import add_model_options
+    add_model_options(c, device=True, what="predicts the cases of --images that have a reference in --gt into "
+                                            "OUT/model_predictions/ and compares them as one more group")
+    c.add_argument("--images", help="with --model: nnU-Net images folder of the cases (e.g. imagesTr)")
     c.set_defaults(func=run_compare)

@@ -18,7 +18,8 @@ rule: a voxel is lesion where any model predicts one) or ``--merge mean`` (class
 from __future__ import annotations
 
 import argparse
-from typing import List, Optional, Sequence
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
 
 from clips_nnunet.errors import UsageError
 
@@ -80,3 +81,23 @@ def model_names(model) -> List[str]:
     specs: Sequence = model.models if isinstance(model, Ensemble) else [model]
     return [s.name for s in specs]
 
+
+
+def model_prediction_set(args: argparse.Namespace, out_dir, validation_layout: bool) -> Optional[Tuple[str, Path]]:
+    """With ``--model`` (``audit``, ``compare``): the model or ensemble predicts every case of ``--images`` that has
+    a reference in ``--gt`` into ``out_dir/model_predictions/<model>/`` (with ``validation_layout``:
+    ``.../fold_all/validation/``, the layout ``audit`` reads), without test-time mirroring. Returns ``(<model>,
+    folder to read)``, or None without ``--model``. A model trained elsewhere never saw these cases, so its
+    predictions are held out like out-of-fold ones."""
+    from clips_nnunet.prediction.ensemble import model_label, predict_reference_cases
+
+    model = models_from_args(args)
+    if model is None:
+        return None
+    if not getattr(args, "images", None) or not getattr(args, "gt", None):
+        raise UsageError("--model predicts the cases of --images that have a reference in --gt: give both")
+    label = model_label(model)
+    folder = Path(out_dir) / "model_predictions" / label
+    predict_reference_cases(model, args.images, args.gt, folder, device=args.device,
+                            validation_layout=validation_layout, progress=False)
+    return label, folder / "fold_all" / "validation" if validation_layout else folder
