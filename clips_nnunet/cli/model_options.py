@@ -50,8 +50,8 @@ def add_model_options(parser: argparse.ArgumentParser, device: bool = False, wha
     ``what`` says in the help what the models are used for."""
     parser.add_argument("--model", action="append", dest="models", metavar="SPEC", default=None,
                         help="an installed nnU-Net model, DATASET:CONFIGURATION[:TRAINER[:PLANS[:FOLDS"
-                             "[:CHECKPOINT[:CHANNELS]]]]] (empty field = default: nnUNetTrainer, nnUNetPlans, every fold, checkpoint_final.pth);"
-                             " repeat for an ensemble" + (f"; {what}" if what else ""))
+                             "[:CHECKPOINT[:CHANNELS]]]]] (empty field = default: nnUNetTrainer, nnUNetPlans, every "
+                             "fold, checkpoint_final.pth); repeat for an ensemble" + (f"; {what}" if what else ""))
     parser.add_argument("--merge", choices=("union", "mean"), default="union",
                         help="how several models are merged: union of their lesion masks (default, LyROI's rule) "
                              "or mean of their class probabilities")
