@@ -346,14 +346,14 @@ def test_compare_takes_a_union_ensemble_as_one_more_group(published):
     ({"0": "CT_HU", "1": "PET_SUV"}, ["CT", "PET"]),
 ])
 def test_channel_roles_from_dataset_json(names, roles):
-    from clips_nnunet.prediction.models import channel_roles
+    from clips_nnunet.dataset_conversion.channels import channel_roles
     assert channel_roles(names, "m") == roles
 
 
 @pytest.mark.parametrize("names", [{"0": "T1", "1": "PET"}, {"0": "PET", "1": "SUV"}, {"0": "PETCT"}, {}])
 def test_unmatched_channel_names_are_one_line_naming_the_model(names):
     from clips_nnunet.errors import DatasetError
-    from clips_nnunet.prediction.models import channel_roles
+    from clips_nnunet.dataset_conversion.channels import channel_roles
     with pytest.raises(DatasetError) as e:
         channel_roles(names, "Dataset1_X/nnUNetTrainer__nnUNetPlans__3d_fullres")
     assert "\n" not in str(e.value) and "Dataset1_X/nnUNetTrainer__nnUNetPlans__3d_fullres" in str(e.value)

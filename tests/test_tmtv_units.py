@@ -232,9 +232,13 @@ DATASET_JSON = {"channel_names": {"0": "CT", "1": "PET"}, "labels": {"background
 def test_detect_channels():
     assert detect_channels({"0": "CT", "1": "PET"}) == (0, 1)
     assert detect_channels({"0": "PET", "1": "CT"}) == (1, 0)
-    assert detect_channels({"0": "SUV", "1": "attenuation"}) == (1, 0)
-    assert detect_channels({"0": "CT", "1": "CT"}) == (0, 1)  # converter order when names do not tell
-    with pytest.raises(DatasetError, match="at least 2 channels"):
+    assert detect_channels({"0": "SUV", "1": "CT_HU"}) == (1, 0)
+    assert detect_channels({"0": "CT", "1": "CT"}) == (0, 1)  # the converter's pair: CT, then PET
+    # names that tell no role are refused, not guessed (the old rule read "attenuation" as CT and any pair as 0/1)
+    for names in ({"0": "SUV", "1": "attenuation"}, {"0": "T1", "1": "T2"}):
+        with pytest.raises(DatasetError, match="cannot be matched to CT and PET"):
+            detect_channels(names)
+    with pytest.raises(DatasetError, match="needs one CT and one PET"):
         detect_channels({"0": "CT"})
 
 

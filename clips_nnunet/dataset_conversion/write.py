@@ -28,12 +28,12 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from clips_nnunet.dataset_conversion.channels import CHANNEL_NAMES
 from clips_nnunet.errors import DatasetError
 from clips_nnunet.io_utils import (PathLike, atomic_path, atomic_write_json, read_json, verify_nifti,
                                    verify_written_nifti, write_error)
 
 FILE_ENDING = ".nii.gz"
-CHANNEL_NAMES = {"0": "CT", "1": "CT"}
 LABELS = {"background": 0, "lesion": 1}
 MAPPING_NAME = "case_mapping.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")

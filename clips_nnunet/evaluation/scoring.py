@@ -219,7 +219,7 @@ def score_with_model(model_folder: PathLike, images_folder: PathLike, labels_fol
     labels = {c: p for c, p in _prediction_files(labels_folder).items()}
     wanted = sorted(labels) if case_ids is None else [str(c) for c in case_ids]
     from clips_nnunet.prediction.ensemble import raw_image_roles
-    from clips_nnunet.prediction.models import channel_roles
+    from clips_nnunet.dataset_conversion.channels import channel_roles
     teacher_roles = channel_roles(dataset_json.get("channel_names", {}), model_folder.name)  # e.g. PET-only
     source = raw_image_roles(images_folder)
     missing = [r for r in teacher_roles if r not in source]

@@ -10,7 +10,7 @@ and run over a folder of nnU-Net raw images (for ``score --predict``, ``audit`` 
   ``LabelManager.convert_probabilities_to_segmentation`` (argmax; regions: threshold 0.5), which is what
   ``nnUNetv2_ensemble`` does with probability files. The models must share their ``labels``.
 
-Every model gets the input channels its ``dataset.json`` names (:func:`clips_nnunet.prediction.models.channel_roles`),
+Every model gets the input channels its ``dataset.json`` names (:func:`clips_nnunet.dataset_conversion.channels.channel_roles`),
 so PET/CT and PET-only models mix.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ import SimpleITK as sitk
 
 from clips_nnunet.errors import DatasetError, UsageError
 from clips_nnunet.io_utils import PathLike, atomic_write_json, read_image, read_json
-from clips_nnunet.prediction.models import INPUT_ROLES, CasePredictor, Images, ModelSpec, by_role, channel_roles
+from clips_nnunet.dataset_conversion.channels import INPUT_ROLES, channel_roles
+from clips_nnunet.prediction.models import CasePredictor, Images, ModelSpec, by_role
 
 __all__ = ["Ensemble", "EnsemblePredictor", "MERGE_RULES", "Model", "load_predictor", "model_label", "raw_image_roles",
            "predict_raw_cases", "predict_reference_cases"]

@@ -1,6 +1,6 @@
 """Trained nnU-Net models for prediction from DICOM: which model (:class:`ModelSpec`, named as on
 ``nnUNetv2_predict``'s command line), where it lives (:func:`model_folder`, :func:`available_folds`), which input
-each of its channels is (:func:`channel_roles`) and the loaded predictor(s) of one model applied case by case
+each of its channels is (:func:`clips_nnunet.dataset_conversion.channels.channel_roles`) and the loaded predictor(s) of one model applied case by case
 (:class:`CasePredictor`, the one place that calls nnU-Net's ``predict_single_npy_array``).
 
 Any nnU-Net v2 model works, trained here or installed with ``nnUNetv2_install_pretrained_model_from_zip`` (a
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -21,24 +20,16 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
+from clips_nnunet.dataset_conversion.channels import INPUT_ROLES, ROLE_NAMES, channel_roles
 from clips_nnunet.errors import ClipsError, DatasetError, UsageError
 from clips_nnunet.io_utils import read_json
 from clips_nnunet.nnunet_env import nnunet_folder, resolve_device
 from clips_nnunet.trainers.checkpoints import load_trained_model
 
-__all__ = ["ModelSpec", "CasePredictor", "model_folder", "available_folds", "channel_roles", "Images",
-           "INPUT_ROLES", "ROLE_NAMES", "FILE_ENDING"]
+__all__ = ["ModelSpec", "CasePredictor", "model_folder", "available_folds", "Images", "FILE_ENDING"]
 
 #: The image file ending of the converter's NIfTI files, the only one ``clips-nnunet predict`` feeds
 FILE_ENDING = ".nii.gz"
-
-#: The inputs clips-nnunet gives a model, in the order of the converter's files (``_0000`` CT in HU, ``_0001`` PET
-#: in body-weight SUV) and of :meth:`CasePredictor.predict_images`' list
-INPUT_ROLES = ("CT", "PET")
-
-#: Words of a ``dataset.json`` channel name that mark its role (case-insensitive; a name is split at anything but a
-#: letter or digit, e.g. ``PET_SUV`` -> pet, suv): exactly one role must be named
-ROLE_NAMES: Dict[str, Tuple[str, ...]] = {"CT": ("ct",), "PET": ("pet", "suv", "pt")}
 
 #: Input images of one case: a list in :data:`INPUT_ROLES` order, or ``{role: image}``
 Images = Union[Sequence[sitk.Image], Mapping[str, sitk.Image]]
@@ -92,32 +83,6 @@ def _role(text: str, what: str) -> str:
     if role not in ROLE_NAMES:
         raise UsageError(f"{what}: {text!r} is not a role; use {' or '.join(ROLE_NAMES)}")
     return role
-
-
-def channel_roles(channel_names: Mapping[str, str], model: str) -> List[str]:
-    """Role (``CT`` or ``PET``) of each channel of a model, in channel order, from its ``dataset.json``
-    ``channel_names`` (:data:`ROLE_NAMES`: ``CT``; ``PET``, ``SUV``, ``PT``; case-insensitive). Two channels both
-    named ``CT`` are the converter's layout (``_0000`` CT, ``_0001`` PET, both named CT so that nnU-Net applies its
-    CT normalisation to the PET too, as nnU-Net's own autoPET conversion does; docs/conversion.md).
-
-    Raises :class:`DatasetError` naming ``model`` and its channel names when a channel names no role, two roles,
-    or a role already taken by another channel."""
-    ordered = [str(channel_names[k]) for k in sorted(channel_names, key=lambda k: int(k))]
-    if [n.strip().casefold() for n in ordered] == ["ct", "ct"]:
-        return list(INPUT_ROLES)  # the converter's (and nnU-Net's autoPET example's) CT/CT: CT, then PET in SUV
-    roles: List[str] = []
-    for name in ordered:
-        words = set(re.split(r"[^a-z0-9]+", name.casefold()))
-        found = [role for role, names in ROLE_NAMES.items() if words & set(names)]
-        if len(found) != 1 or found[0] in roles:
-            raise DatasetError(
-                f"model {model}: its channel names {ordered} cannot be matched to CT and PET (clips-nnunet feeds CT "
-                f"in HU and PET in SUV; a channel must be named CT, or PET/SUV/PT, each once); give the roles "
-                f"explicitly (--model's 7th field, e.g. :CT,PET; ModelSpec channels)")
-        roles += found
-    if not roles:
-        raise DatasetError(f"model {model}: its dataset.json names no input channel")
-    return roles
 
 
 def _folds(folds: Optional[Sequence[Union[int, str]]], option: str) -> Optional[List[Union[int, str]]]:
@@ -181,7 +146,8 @@ def _make_predictor(folder: Path, folds: Optional[Sequence], checkpoint: str, de
                                f"{len(channels)} role(s) {list(channels)} were given")
         roles = list(channels)
     else:
-        roles = channel_roles(names, model)
+        roles = channel_roles(names, f"model {model}", hint="give the roles explicitly (--model's 7th field, e.g. "
+                              ":CT,PET; ModelSpec channels)")
     if predictor.dataset_json.get("file_ending", FILE_ENDING) != FILE_ENDING:
         raise DatasetError(f"the model in {folder} was trained on {predictor.dataset_json['file_ending']} files; "
                            f"clips-nnunet predict writes {FILE_ENDING}")

@@ -23,6 +23,7 @@ from copy import deepcopy
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
+from clips_nnunet.dataset_conversion.channels import channel_roles
 from clips_nnunet.errors import DatasetError
 from clips_nnunet.nnunet_env import dataset_folder
 from clips_nnunet.io_utils import atomic_write_json, read_json
@@ -38,26 +39,18 @@ STAGE1_MIN_PATCH = 24  # 24 -> 12 -> 6 -> 3 -> 2: InstanceNorm needs > 1 voxel a
 UNET_CLASS = "clips_nnunet.tmtv.network.TMTVUNet"
 REFINER_CLASS = "clips_nnunet.tmtv.network.TMTVRefiner"
 
-_PET_WORDS = ("pet", "suv", "pt")
-
-
 def detect_channels(channel_names: Dict[str, str]) -> Tuple[int, int]:
-    """(ct_channel, pet_channel) from dataset.json's ``channel_names``.
+    """(ct_channel, pet_channel) from dataset.json's ``channel_names``
+    (:func:`clips_nnunet.dataset_conversion.channels.channel_roles`: the converter's CT/CT pair is CT, then PET).
 
-    A channel whose name contains "PET"/"SUV" (or is "PT") is PET, one containing "CT" is CT. If the names do not
-    tell (e.g. both are called "CT" so that nnU-Net applies CT normalisation to both, as clips-nnunet's converter
-    may do), the converter's order is assumed: CT = channel 0, PET = channel 1.
+    Raises :class:`DatasetError` in one line unless the names tell exactly one CT and one PET channel.
     """
-    if not isinstance(channel_names, dict) or len(channel_names) < 2:
-        raise DatasetError(f"dataset.json channel_names must list at least 2 channels (CT and PET), got "
-                           f"{channel_names!r}; convert the data with clips-nnunet convert")
-    names = {int(k): str(v).strip().lower() for k, v in channel_names.items()}
-    pet = [k for k, v in names.items() if any(w in v for w in _PET_WORDS[:2]) or v == "pt"]
-    ct = [k for k, v in names.items() if "ct" in v and k not in pet]
-    if len(pet) == 1:
-        others = [k for k in sorted(names) if k != pet[0]]
-        return (ct[0] if ct else others[0]), pet[0]
-    return 0, 1
+    roles = channel_roles(channel_names, "the dataset", hint="TMTV-Net needs one CT and one PET channel; convert the "
+                          "data with clips-nnunet convert or name the channels CT and PET in dataset.json")
+    if sorted(roles) != ["CT", "PET"]:
+        raise DatasetError(f"the dataset has the channels {roles}; TMTV-Net needs one CT and one PET channel "
+                           "(convert the data with clips-nnunet convert)")
+    return roles.index("CT"), roles.index("PET")
 
 
 def clamp_patch(patch: Sequence[int], median: Sequence[float], multiple: int, minimum: int) -> List[int]:
