@@ -18,9 +18,10 @@ threshold (chosen on the training patients) by >= 0.15 mean held-out Dice agains
    the wall time of each step and the load average.
 
 A benchmark, not a test. Usage: ``python benchmarks/bench_twin_learning.py --work DIR [--train 20] [--test 10]
-[--seed 0] [--train-seed 0] [--epochs 50] [--json FILE]``. CPU: set ``OMP_NUM_THREADS`` as you like; nnU-Net runs
-with ``nnUNet_def_n_proc=1`` and ``nnUNet_n_proc_DA=1`` (the demo's CPU settings) unless set; with
-``nnUNet_n_proc_DA=0`` (augmentation in the training process, one core) planning still gets one thread.
+[--seed 0] [--train-seed 0] [--epochs 50] [--tta] [--reuse [--predict-only]] [--json FILE]``. CPU: set
+``OMP_NUM_THREADS`` as you like; nnU-Net runs with ``nnUNet_def_n_proc=1`` and ``nnUNet_n_proc_DA=1`` (the
+demo's CPU settings) unless set; with ``nnUNet_n_proc_DA=0`` (augmentation in the training process, one core)
+planning still gets one thread.
 """
 from __future__ import annotations
 
@@ -97,6 +98,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tta", action="store_true", help="test-time mirroring (8x the prediction time)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the dataset and preprocessing already in --work (same --train/--test/--seed)")
+    ap.add_argument("--predict-only", action="store_true",
+                    help="with --reuse: keep the model already trained in --work (checkpoint_final.pth) and only "
+                         "predict and score (e.g. with --tta)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     work = args.work.resolve()
@@ -124,13 +128,20 @@ def main(argv=None) -> int:
                                              "-npfp", "1", "-np", "1"], plan_env, work / "logs" / "plan.log")
         add_demo_configuration(plans)
     write_trainer(work / "ext", budget)
-    times["train"] = _run([_bin("nnUNetv2_train"), did, "3d_demo", "all", "-tr", TRAINER, "-device", "cpu"],
-                          env, work / "logs" / "train.log")
+    final = (Path(env["nnUNet_results"]) / dataset.name / f"{TRAINER}__nnUNetPlans__3d_demo" / "fold_all"
+             / "checkpoint_final.pth")
+    if args.predict_only:
+        if not (args.reuse and final.exists()):
+            raise SystemExit(f"--predict-only needs --reuse and a trained model: {final} not found")
+    else:
+        times["train"] = _run([_bin("nnUNetv2_train"), did, "3d_demo", "all", "-tr", TRAINER, "-device", "cpu"],
+                              env, work / "logs" / "train.log")
     load["after_train"] = os.getloadavg()
-    pred_dir = work / "pred"
+    pred_dir = work / ("pred_tta" if args.tta else "pred")
     cmd = [_bin("nnUNetv2_predict"), "-i", str(dataset / "imagesTs"), "-o", str(pred_dir), "-d", did, "-c",
            "3d_demo", "-f", "all", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"]
-    times["predict"] = _run(cmd + ([] if args.tta else ["--disable_tta"]), env, work / "logs" / "predict.log")
+    times["predict"] = _run(cmd + ([] if args.tta else ["--disable_tta"]), env,
+                            work / "logs" / ("predict_tta.log" if args.tta else "predict.log"))
 
     # threshold ceiling on the same patients (tissue maps regenerated: the twin is deterministic per seed, index)
     grid = STUDY_GRID
