@@ -79,6 +79,21 @@ def test_fresh_interpreter_sets_keeps_and_opts_out(tmp_path):
     assert fresh_python(show, clean_env(**{OPT_OUT_VARIABLE: "1"}), tmp_path).stdout.strip() == "None"
 
 
+def test_pth_left_behind_without_the_package_is_silent(tmp_path):
+    """The .pth line does nothing (no "Error processing line 1" at every Python start) when the package cannot be
+    imported, e.g. an editable install whose checkout was deleted; with the package it appends the shim."""
+    (tmp_path / "site").mkdir()
+    shutil.copy(REPO_ROOT / PTH_NAME, tmp_path / "site" / PTH_NAME)
+    code = ("import os, site; os.environ.pop('nnUNet_extTrainer', None); site.addsitedir({!r}); "
+            "print(os.environ.get('nnUNet_extTrainer'))").format(str(tmp_path / "site"))
+    # -S: no site-packages, so clips_nnunet cannot be imported; -I: not from the working directory either
+    without = subprocess.run([sys.executable, "-I", "-S", "-c", code], env=clean_env(), cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert without.returncode == 0 and without.stderr == "" and without.stdout.strip() == "None"
+    with_package = fresh_python(code, clean_env(), tmp_path)
+    assert with_package.returncode == 0 and with_package.stdout.strip() == SHIM
+
+
 def test_env_command_reports_discovery_state(tmp_path):
     on = subprocess.run([str(BIN / "clips-nnunet"), "env"], env=clean_env(), cwd=tmp_path, capture_output=True,
                         text=True, timeout=300)

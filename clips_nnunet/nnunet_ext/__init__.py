@@ -9,7 +9,11 @@ imports modules, not ``__init__``).
 Installing the package (``pip install .`` or ``pip install -e .``) puts ``clips_nnunet_autodiscovery.pth`` into
 site-packages (``setup.py`` ships it). Python's ``site`` module runs its one line at every interpreter start::
 
-    import clips_nnunet.nnunet_ext; clips_nnunet.nnunet_ext.autodiscover()
+    import importlib.util as _u; _u.find_spec("clips_nnunet") is None or __import__("clips_nnunet.nnunet_ext")...
+
+that is, :func:`autodiscover` when the package can be imported, and nothing (no "Error processing line 1" at every
+Python start) when its files are gone but the ``.pth`` stayed behind, e.g. an editable install whose checkout was
+deleted.
 
 :func:`autodiscover` appends this folder to ``nnUNet_extTrainer`` (after the folders the user already lists, which
 are kept in their order) unless it is already there or ``CLIPS_NNUNET_NO_AUTODISCOVERY`` is set to anything but
