@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from clips_nnunet.dataset_conversion.channels import CHANNEL_NAMES
 from clips_nnunet.dataset_conversion.write import write_image
 from clips_nnunet.io_utils import atomic_write_json
 from clips_nnunet.synthetic.annotation_errors import ERROR_KINDS, choose_error_cases, plant_annotation_error
@@ -162,7 +163,7 @@ def make_synthetic_raw_dataset(raw_root: Path, dataset_id: int = 990, name: str 
         metadata[case_id] = {"planted_difficulty": float(difficulty), "split": split,
                              "tmtv_ml": float(annotated.sum() * np.prod(spacing) / 1000.0)}
     atomic_write_json(folder / "dataset.json", {
-        "channel_names": {"0": "CT", "1": "CT"},
+        "channel_names": dict(CHANNEL_NAMES),
         "labels": {"background": 0, "lesion": 1},
         "numTraining": n_train,
         "file_ending": ".nii.gz",
