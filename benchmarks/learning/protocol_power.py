@@ -7,9 +7,9 @@ seeds) this prints, per number of seeds, the minimum detectable difference at 80
 (t(0.975, 2n - 6) x sd x sqrt(2/n), the OLS's residual degrees of freedom), and for Dice the rejection rate of the
 real analysis on simulated studies at that MDE and at no effect (1000 studies, fold offsets sd 0.05).
 
-The sds are PLACEHOLDERS: the "sd between seeds" of the superseded converging CPU study (stock arm, 3 seeds, one fold
-of 20 synthetic patients, docs/results/converging_cpu/noisy/vs_nnUNetTrainer/report.md). Give the CPU twin study's or
-your own seeds' sd with --sd NAME=VALUE.
+Without ``--from-csv`` the sds are the superseded converging CPU study's "sd between seeds" (stock arm, 3 seeds, one
+fold of 20 synthetic patients; a converged budget on a simple phantom), kept for comparison; docs/protocol.md uses
+``--from-csv`` on the CPU twin study's report. Give your own seeds' sd with --sd NAME=VALUE.
 
     python benchmarks/learning/protocol_power.py [--sd dice=0.0132 --sd lesion_f1=0.0192] [--studies 1000]
 
