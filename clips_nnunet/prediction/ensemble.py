@@ -24,7 +24,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from clips_nnunet.errors import DatasetError, UsageError
-from clips_nnunet.io_utils import PathLike, atomic_write_json, read_image, read_json
+from clips_nnunet.dataset_conversion.write import write_image
+from clips_nnunet.io_utils import PathLike, atomic_path, atomic_write_json, read_image, read_json
 from clips_nnunet.dataset_conversion.channels import INPUT_ROLES, channel_roles
 from clips_nnunet.prediction.models import CasePredictor, Images, ModelSpec, by_role
 
@@ -170,11 +171,12 @@ def predict_raw_cases(predictor: Union[CasePredictor, EnsemblePredictor], images
             images[role] = read_image(path, what=f"{role} image")
         if save_probabilities:  # one prediction: the labels from the probabilities, as nnU-Net's ensembling does
             probabilities = predictor.predict_probabilities(images, case_id)
-            np.savez_compressed(output_folder / f"{case_id}.npz", probabilities=probabilities)
+            with atomic_path(output_folder / f"{case_id}.npz") as tmp:  # verified (zip), fsync'd, then renamed
+                np.savez_compressed(tmp, probabilities=probabilities)
             mask = _labels_image(predictor, probabilities, images)
         else:
             mask = predictor.predict_images(images, case_id)
-        sitk.WriteImage(mask, str(output_folder / f"{case_id}{file_ending}"), True)
+        write_image(mask, output_folder / f"{case_id}{file_ending}")  # atomic, read back and checked
         done.append(case_id)
     return done
 
