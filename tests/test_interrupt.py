@@ -22,8 +22,7 @@ N_PATIENTS = 16
 def cohort(tmp_path_factory):
     from clips_nnunet.synthetic.dicom_cohort import make_synthetic_cohort
     folder = tmp_path_factory.mktemp("interrupt") / "cohort"
-    # 16 patients: with the faster conversion of this session, 8 small ones could all be converted in the second
-    # before the Ctrl-C on a loaded machine (the test then saw exit code 0: nothing left to interrupt)
+    # 16 patients: a queue long enough that a Ctrl-C one second after the workers start always finds work left
     make_synthetic_cohort(folder, n_patients=N_PATIENTS, seed=2, progress=False, mask_formats=("seg",))
     return folder
 
@@ -32,9 +31,17 @@ def cohort(tmp_path_factory):
 def test_ctrl_c_stops_convert_j2_within_seconds(cohort, tmp_path, presses):
     env = nnunet_environment(tmp_path / "nn")
     dataset = Path(env["nnUNet_raw"]) / "Dataset508_Stop"
-    proc = subprocess.Popen([str(BIN / "clips-nnunet"), "convert", str(cohort), "-d", "508", "-n", "Stop", "-j", "2",
-                             "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group: Ctrl-C reaches parent and workers
+    # A child inherits an ignored SIGINT through exec (and Python then installs no KeyboardInterrupt handler); in
+    # the full suite something earlier in the same pytest worker can leave SIGINT ignored, and convert then ran all
+    # cases to exit 0. Start it as a terminal would: SIGINT handled in this process while it starts, so the new
+    # program gets the default disposition.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([str(BIN / "clips-nnunet"), "convert", str(cohort), "-d", "508", "-n", "Stop", "-j",
+                                 "2", "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)  # its own process group: Ctrl-C reaches parent and workers
+    finally:
+        signal.signal(signal.SIGINT, previous)
     workers = []
     try:
         deadline = time.time() + 240
