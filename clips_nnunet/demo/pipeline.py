@@ -37,7 +37,7 @@ from clips_nnunet.errors import ClipsError, DatasetError
 from clips_nnunet.io_utils import atomic_write_json, atomic_write_text, read_json
 from clips_nnunet.nnunet_env import nnunet_environment, run_logged
 from clips_nnunet.nnunet_env import shell_line as nnunet_shell_line
-from clips_nnunet.trainers.mixins import TrainerClass, class_attributes, trainer_module_source
+from clips_nnunet.trainers.mixins import TrainerClass, class_attributes, patch_within_plan, trainer_module_source
 
 __all__ = ["DemoOptions", "DemoStep", "demo_budget", "demo_environment", "demo_steps", "run_demo",
            "demo_trainer_classes", "write_demo_trainers", "DEMO_TRAINER", "DEMO_TMTV_TRAINER", "DEFAULT_EPOCHS",
@@ -255,12 +255,7 @@ def add_demo_configuration(plans_path: Path, name: str = DEMO_CONFIGURATION["cpu
         strides = full["architecture"]["arch_kwargs"]["strides"]
     except (KeyError, TypeError) as exc:
         raise DatasetError(f"{plans_path}: no 3d_fullres configuration with patch_size and strides ({exc})") from None
-    patch = []
-    for axis, (want, have) in enumerate(zip(patch_size, planned)):
-        step = 1
-        for stride in strides:
-            step *= int(stride[axis] if isinstance(stride, (list, tuple)) else stride)
-        patch.append(max(step, (min(int(want), have) // step) * step))
+    patch = patch_within_plan(patch_size, planned, strides)
     configuration = {"inherits_from": "3d_fullres", "patch_size": patch}
     if plans["configurations"].get(name) != configuration:
         plans["configurations"][name] = configuration

@@ -12,7 +12,7 @@ from clips_nnunet.io_utils import atomic_write_json, read_json
 from clips_nnunet.nnunet_env import run_logged
 from clips_nnunet.study.config import StudyConfig
 from clips_nnunet.study.layout import study_environment
-from clips_nnunet.trainers.mixins import scaled_features
+from clips_nnunet.trainers.mixins import patch_within_plan, scaled_features
 
 __all__ = ["prepare_dataset", "add_derived_configuration", "case_difficulty_from_metadata",
            "write_stratified_splits", "resolve_device"]
@@ -150,13 +150,7 @@ def _patch_within_plan(plans_file: Path, resolved: Mapping[str, Any], patch_size
     if len(planned) != len(patch_size):
         raise DatasetError(f"{plans_file}: derive_configuration.patch_size {list(patch_size)} has "
                            f"{len(patch_size)} axes, the planned patch {planned} has {len(planned)}")
-    patch = []
-    for axis, (want, have) in enumerate(zip(patch_size, planned)):
-        step = 1
-        for stride in strides:
-            step *= int(stride[axis] if isinstance(stride, (list, tuple)) else stride)
-        patch.append(max(step, (min(int(want), have) // step) * step))
-    return patch
+    return patch_within_plan(patch_size, planned, strides)
 
 
 def case_difficulty_from_metadata(config: StudyConfig) -> Dict[str, float]:

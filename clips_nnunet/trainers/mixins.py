@@ -29,7 +29,7 @@ import torch
 from clips_nnunet.errors import ClipsError
 from clips_nnunet.io_utils import atomic_write_json
 
-__all__ = ["BudgetMixin", "FeaturesDivisorMixin", "DrawnKeysMixin", "scaled_features",
+__all__ = ["BudgetMixin", "FeaturesDivisorMixin", "DrawnKeysMixin", "scaled_features", "patch_within_plan",
            "TrainerClass", "trainer_module_source", "class_attributes"]
 
 #: Smallest number of features per stage a narrower U-Net keeps (InstanceNorm and the decoder need a few).
@@ -42,6 +42,18 @@ def scaled_features(features: Sequence[int], divisor: int) -> List[int]:
     if isinstance(divisor, bool) or int(divisor) != divisor or divisor < 1:
         raise ClipsError(f"features_divisor must be an integer >= 1, got {divisor!r}")
     return [max(MIN_FEATURES, int(f) // int(divisor)) for f in features]
+
+
+def patch_within_plan(patch_size: Sequence[int], planned: Sequence[int], strides: Sequence[Any]) -> List[int]:
+    """``patch_size`` with each axis at most the ``planned`` one and rounded down to a multiple (at least one) of
+    the network's total downsampling on that axis (the product of ``strides``, each a number or one per axis)."""
+    patch = []
+    for axis, (want, have) in enumerate(zip(patch_size, planned)):
+        step = 1
+        for stride in strides:
+            step *= int(stride[axis] if isinstance(stride, (list, tuple)) else stride)
+        patch.append(max(step, (min(int(want), int(have)) // step) * step))
+    return patch
 
 
 class BudgetMixin:
