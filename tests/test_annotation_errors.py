@@ -118,7 +118,7 @@ def test_raw_generator_plants_errors_beside_the_dataset(tmp_path):
 def test_choose_error_cases_with_the_twin_kinds():
     from clips_nnunet.synthetic.twin_annotators import TWIN_ERROR_KINDS
 
-    planned = ae.choose_error_cases([f"c{i}" for i in range(10)], 0.5, TWIN_ERROR_KINDS, np.random.default_rng(0),
+    planned = ae.choose_error_cases([f"c{i}" for i in range(12)], 0.5, TWIN_ERROR_KINDS, np.random.default_rng(0),
                                     known=TWIN_ERROR_KINDS)
     assert sorted(planned.values()) == sorted(TWIN_ERROR_KINDS)
     with pytest.raises(ValueError, match="slice_shift"):

@@ -8,8 +8,9 @@ import pytest
 from clips_nnunet.synthetic.annotation_errors import choose_error_cases
 from clips_nnunet.synthetic.twin import study_case
 from clips_nnunet.synthetic.twin_anatomy import TISSUES
-from clips_nnunet.synthetic.twin_annotators import (TWIN_ERROR_KINDS, annotate, boundary_shift_mm,
-                                                    convention_threshold, liver_reference, miss_probability)
+from clips_nnunet.synthetic.twin_annotators import (CONVENTIONS, SLOPPY_PARTS, TWIN_ERROR_KINDS, annotate,
+                                                    boundary_shift_mm, convention_threshold, liver_reference,
+                                                    miss_probability)
 
 SPACING = (4.0, 4.0, 4.0)
 
@@ -125,7 +126,7 @@ def test_convention_redraws_every_lesion_with_its_threshold():
 def test_every_kind_on_twins_records_per_lesion_rows():
     case = study_case(5, 2)
     sites = {les.lesion_id: les.site for les in case.lesions}
-    planned = choose_error_cases([f"c{i}" for i in range(5)], 1.0, TWIN_ERROR_KINDS, np.random.default_rng(0),
+    planned = choose_error_cases([f"c{i}" for i in range(6)], 1.0, TWIN_ERROR_KINDS, np.random.default_rng(0),
                                  known=TWIN_ERROR_KINDS)
     assert sorted(planned.values()) == sorted(TWIN_ERROR_KINDS)
     for kind in TWIN_ERROR_KINDS:
@@ -160,3 +161,80 @@ def test_boundary_error_is_at_least_one_voxel_on_a_coarse_grid(direction):
         assert int(mask.sum()) == 125 + 6 * 25 + 12 * 5 and rec["changed_voxels"] == 210
     else:
         assert int(mask.sum()) == 27 and mask[6:9, 6:9, 6:9].all() and rec["changed_voxels"] == 98
+
+
+def test_sloppy_reader_misses_redraws_and_includes_in_one_patient_by_hand():
+    """Scene: lesion 1 (27 voxels, SUV 10), lesion 2 (1 voxel, SUV 3: miss probability 0.95 against 0.03), a warm
+    rim voxel (SUV 5) touching lesion 1 that every convention takes in (thresholds 4.1, 2.5, 4, 3), a hot bowel block
+    (27 voxels, SUV 6) two voxels from lesion 1. The reader misses lesion 2 (1 voxel), redraws lesion 1 with the rim
+    (+1) and includes the bowel (+27): 55 voxels, 29 changed."""
+    ids, suv, tissue = _scene()
+    suv[8, 10, 10] = 5.0
+    mask, rec = annotate(ids, suv, tissue, SPACING, "sloppy", np.random.default_rng(0))
+    parts = rec["details"]["parts"]
+    assert rec["kind"] == "sloppy" and rec["applied"] and rec["details"]["order"] == list(SLOPPY_PARTS)
+    assert {r["lesion_id"]: r["status"] for r in rec["lesions"]} == {1: "kept", 2: "missed"}
+    assert [(k, parts[k]["applied"], parts[k]["changed_voxels"]) for k in SLOPPY_PARTS] == [
+        ("missed_lesion", True, 1), ("convention", True, 1), ("physiological", True, 27)]
+    assert parts["convention"]["convention"] in CONVENTIONS and parts["physiological"]["tissue"] == "bowel"
+    assert int(mask.sum()) == 55 and rec["changed_voxels"] == 29
+    assert mask[17, 17, 2] == 0 and mask[8, 10, 10] == 1 and mask[9:12, 9:12, 9:12].all()
+    assert mask[9:12, 9:12, 13:16].all()
+    assert "threshold" not in rec["lesions"][1]  # the missed lesion was not redrawn
+
+
+def test_sloppy_parts_that_cannot_apply_are_recorded_not_replaced():
+    ids, suv, tissue = _scene(two_lesions=False, organs=False)
+    suv[:5, :5, :] = 1.0  # cool liver: nothing physiological at SUV >= 2.5
+    # one sharp lesion: no miss (needs two), every convention reproduces it, nothing hot to include
+    mask, rec = annotate(ids, suv, tissue, SPACING, "sloppy", np.random.default_rng(3))
+    parts = rec["details"]["parts"]
+    assert rec["kind"] is None and not rec["applied"] and rec["changed_voxels"] == 0
+    assert np.array_equal(mask, (ids > 0).astype(np.uint8))
+    assert not any(parts[k]["applied"] for k in SLOPPY_PARTS)
+    for k, words in (("missed_lesion", "needs two"), ("convention", "reproduces the mask"),
+                     ("physiological", "no hot physiological")):
+        assert words in parts[k]["reason"] and f"{k}: " in rec["reason"]
+    # a warm rim voxel: only the convention part applies (+1 voxel); the others stay recorded as not applied
+    suv[8, 10, 10] = 5.0
+    mask, rec = annotate(ids, suv, tissue, SPACING, "sloppy", np.random.default_rng(3))
+    parts = rec["details"]["parts"]
+    assert rec["kind"] == "sloppy" and rec["changed_voxels"] == 1 and mask[8, 10, 10] == 1
+    assert [parts[k]["applied"] for k in SLOPPY_PARTS] == [False, True, False]
+
+
+def test_sloppy_parts_draw_from_their_own_generators():
+    """The convention drawn for a seed does not depend on what the miss part drew before it: the same with one
+    lesion (no miss draw) as with two; it is the second spawned generator's choice."""
+    one = _scene(two_lesions=False)
+    two = _scene()
+    for seed in range(8):
+        conv_one = annotate(*one, SPACING, "sloppy", np.random.default_rng(seed))[1]["details"]["parts"]["convention"]
+        conv_two = annotate(*two, SPACING, "sloppy", np.random.default_rng(seed))[1]["details"]["parts"]["convention"]
+        expected = str(np.random.default_rng(seed).spawn(3)[1].choice(CONVENTIONS))
+        assert conv_one["convention"] == conv_two["convention"] == expected
+
+
+def test_raw_twin_dataset_with_the_sloppy_reader(tmp_path):
+    """The raw generator deals ``sloppy`` like any kind: every affected patient's record lists the three parts, and
+    the written label differs from the clean mask by the recorded number of voxels (12 mm study crop)."""
+    import json
+
+    import SimpleITK as sitk
+
+    from clips_nnunet.synthetic.raw import make_synthetic_raw_dataset, truth_dir
+
+    folder = make_synthetic_raw_dataset(tmp_path / "raw", 995, "Sloppy", n_train=2, n_test=0, seed=25,
+                                        shape=(72, 27, 32), spacing=(12.0, 12.0, 12.0), phantom="twin",
+                                        label_error_fraction=1.0, label_error_kinds=["sloppy"])
+    truth = truth_dir(tmp_path / "raw", 995, "Sloppy")
+    errors = json.loads((truth / "annotation_errors.json").read_text())["cases"]
+    assert [rec["requested_kind"] for rec in errors.values()] == ["sloppy", "sloppy"]
+    for case_id, rec in errors.items():
+        parts = rec["details"]["parts"]
+        assert sorted(parts) == sorted(SLOPPY_PARTS)
+        assert all(("reason" in p) != p["applied"] for p in parts.values())
+        assert rec["applied"] == any(p["applied"] for p in parts.values())
+        clean = sitk.GetArrayFromImage(sitk.ReadImage(str(truth / "labels_clean" / f"{case_id}.nii.gz")))
+        given = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labelsTr" / f"{case_id}.nii.gz")))
+        assert int((clean != given).sum()) == rec["changed_voxels"]

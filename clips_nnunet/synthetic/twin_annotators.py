@@ -17,6 +17,12 @@ and an annotator drawn for it (:func:`annotate`):
   voxels' centres). The record keeps the drawn ``distance_mm`` and the ``applied_mm``.
 * ``leak``: a lesion's contour leaks into an adjacent organ (liver, spleen, kidney, heart, bowel, stomach, bladder,
   marrow): the organ's voxels within 8-20 mm of the lesion.
+* ``sloppy``: the issue's combined reader, three errors in the same patient, each with its own draw (three
+  generators spawned from the patient's): ``missed_lesion`` first (the reader overlooks lesions, as above), then
+  ``convention`` on the lesions it saw (the missed lesions' voxels stay out), then ``physiological`` (a hot region
+  apart from the mask drawn so far). The record's ``details.parts`` says for each part whether it applied, its
+  ``changed_voxels`` (against the mask before it) and its details or its ``reason``; the patient counts as
+  ``sloppy`` when at least one part applied (a part that cannot apply is recorded, never replaced by another).
 
 No kind falls back to another: when a kind cannot apply (one lesion only, no hot physiological region, no organ
 beside a lesion, a convention that reproduces the clean mask), the record says ``applied: false`` with the reason,
@@ -33,7 +39,9 @@ from scipy import ndimage
 from clips_nnunet.synthetic.annotation_errors import validate_kinds
 from clips_nnunet.synthetic.twin_anatomy import TISSUES
 
-TWIN_ERROR_KINDS = ("convention", "missed_lesion", "physiological", "boundary", "leak")
+TWIN_ERROR_KINDS = ("convention", "missed_lesion", "physiological", "boundary", "leak", "sloppy")
+#: the parts of the ``sloppy`` reader, in the order it applies them
+SLOPPY_PARTS = ("missed_lesion", "convention", "physiological")
 CONVENTIONS = ("41pct_suvmax", "suv2.5", "suv4", "percist")
 CONVENTION_MARGIN_MM = 8.0
 HARD_SITES = ("mesenteric", "paracardiac", "hilar_R", "hilar_L", "splenic_hilum", "coeliac", "paraaortic_L",
@@ -196,6 +204,32 @@ def _leak(mask, tissue, spacing, table, ids, rng) -> Tuple[Optional[np.ndarray],
                  "added_voxels": int(added.sum())}
 
 
+def _sloppy(ids, suv, tissue, spacing, table, liver, rng) -> Tuple[Optional[np.ndarray], Dict[str, Any]]:
+    """Misses, then the convention on the lesions seen, then a physiological inclusion, each with its own generator."""
+    r_miss, r_conv, r_phys = rng.spawn(3)
+    parts: Dict[str, Dict[str, Any]] = {}
+
+    def record(name: str, before: np.ndarray, after: Optional[np.ndarray], details: Dict[str, Any]) -> np.ndarray:
+        changed = 0 if after is None else int(np.count_nonzero(after != before))
+        if after is not None and changed == 0:
+            details["reason"] = f"{name} reproduces the mask here (0 voxels changed)"
+        applied = after is not None and changed > 0
+        parts[name] = {"applied": applied, "changed_voxels": changed, **details}
+        return after if applied else before
+
+    mask = ids > 0
+    seen = record("missed_lesion", mask, *_missed(ids, table, r_miss))
+    missed = np.isin(ids, [r["lesion_id"] for r in table if r["status"] == "missed"])
+    kept_ids = np.where(seen, ids, 0)
+    drawn, details = _convention(kept_ids, suv, spacing, [r for r in table if r["status"] != "missed"], liver, r_conv)
+    drawn = record("convention", seen, drawn & ~missed, details)
+    out = record("physiological", drawn, *_physiological(drawn, suv, tissue, r_phys))
+    if not any(p["applied"] for p in parts.values()):
+        return None, {"reason": "no part of the sloppy reader applied: " + "; ".join(
+            f"{k}: {p['reason']}" for k, p in parts.items()), "parts": parts}
+    return out, {"parts": parts, "order": list(SLOPPY_PARTS)}
+
+
 def annotate(lesion_ids: np.ndarray, suv: np.ndarray, tissue: np.ndarray, spacing: Sequence[float], kind: str,
              rng: np.random.Generator, sites: Optional[Dict[int, str]] = None) -> Tuple[np.ndarray, Dict[str, Any]]:
     """Return ``(annotated mask as uint8, record)`` for one patient annotated with an error of ``kind``.
@@ -223,8 +257,10 @@ def annotate(lesion_ids: np.ndarray, suv: np.ndarray, tissue: np.ndarray, spacin
         out, details = _physiological(mask, suv, tissue, rng)
     elif kind == "boundary":
         out, details = _boundary(mask, spacing, table, ids, rng)
-    else:
+    elif kind == "leak":
         out, details = _leak(mask, tissue, spacing, table, ids, rng)
+    else:
+        out, details = _sloppy(ids, suv, tissue, spacing, table, liver, rng)
     changed = 0 if out is None else int(np.count_nonzero(out != mask))
     if out is not None and changed == 0:
         details["reason"] = f"{kind} reproduces the clean mask here (0 voxels changed)"
