@@ -48,10 +48,13 @@ PRIORITY: Tuple[Tuple[Path, Tuple[str, ...], Tuple[int, ...]], ...] = (
 )
 
 
-def ordered_runs(configs: dict) -> List[Tuple[StudyConfig, int, str]]:
+Priority = Sequence[Tuple[Path, Tuple[str, ...], Tuple[int, ...]]]
+
+
+def ordered_runs(configs: dict, priority: Priority = PRIORITY) -> List[Tuple[StudyConfig, int, str]]:
     """``(config, run index, label)`` of every prioritised run, in priority order."""
     out = []
-    for path, arms, seeds in PRIORITY:
+    for path, arms, seeds in priority:
         config = configs[path]
         runs = plan_runs(config)
         for seed in seeds:
@@ -78,13 +81,14 @@ def log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S', time.gmtime())} {message}", flush=True)
 
 
-def main(argv: Sequence[str] = ()) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] = (), priority: Priority = PRIORITY, description: str = __doc__) -> int:
+    """Run the runs of ``priority`` (config, arms, seeds) in order, ``--parallel`` at a time."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--dry-run", action="store_true", help="print the order, run nothing")
     args = parser.parse_args(list(argv) or None)
-    configs = {p: load_study_config(p) for p in (SLOPPY, CLEAN)}
-    order = ordered_runs(configs)
+    configs = {p: load_study_config(p) for p in {path for path, _, _ in priority}}
+    order = ordered_runs(configs, priority)
     if args.dry_run:
         for n, (_, i, label) in enumerate(order):
             print(f"{n:3d} run-index {i:3d}  {label}")

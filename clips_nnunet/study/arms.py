@@ -108,6 +108,18 @@ def _is_clips_trainer(module: str, class_name: str) -> bool:
     return callable(getattr(cls, "clips_seed", None))
 
 
+def _check_overrides(arm: str, class_name: str, module: str, names: Sequence[str]) -> None:
+    """Refuse overrides that are not class attributes of the arm's trainer: the budget subclass sets them as class
+    attributes, which change nothing for an attribute the trainer only sets in ``__init__`` (nnU-Net's
+    ``oversample_foreground_percent``, ``initial_lr``, ... : a silent no-op otherwise)."""
+    cls = getattr(importlib.import_module(module), class_name)
+    unknown = [n for n in names if not hasattr(cls, n)]
+    if unknown:
+        raise StudyConfigError(f"arm {arm!r}: overrides {', '.join(unknown)} are not class attributes of {class_name} "
+                               "(nnU-Net sets such attributes in __init__, so a class attribute would change "
+                               "nothing); use a trainer class that sets them")
+
+
 def resolve_arms(config: StudyConfig, ext_folders: Sequence[str], echo: bool = True
                  ) -> Tuple[Dict[str, str], List[str]]:
     """``({arm: module of its trainer class}, [arms that cannot run])``.
@@ -128,6 +140,7 @@ def resolve_arms(config: StudyConfig, ext_folders: Sequence[str], echo: bool = T
             missing.append(spec.name)
             continue
         modules[spec.name] = module
+        _check_overrides(spec.name, spec.trainer, module, [k for k, _ in spec.overrides])
         if echo and not _is_clips_trainer(module, spec.trainer):
             print(f"[study] WARNING: arm {spec.name!r} derives from {spec.trainer}, which is not a clips trainer: "
                   "CLIPS_SEED does not seed it (use trainer: nnUNetTrainerClipsBase for a seeded stock baseline)",
