@@ -1,12 +1,12 @@
-"""`predict`'s many-patient pipeline: the next study's conversion and the previous study's outputs run while the
-current study is predicted, and the run accounts for where its main thread's time went (`PredictionRun.timings`).
+"""`predict`'s many-patient pipeline: worker processes convert the next study and write the previous study's outputs
+while the current study is predicted, and the run accounts for where its time went (`PredictionRun.timings`,
+`PredictionRun.events`); a failing prediction or a worker that dies fails its study alone.
 
 Runs with a stand-in model that takes a fixed time per study (what a GPU's inference of a whole-body study takes),
 so no nnU-Net model is needed; the real model's path is covered by tests/test_predict_e2e.py.
 """
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -46,43 +46,72 @@ def cohort(tmp_path_factory):
     return folder
 
 
-def test_conversion_and_outputs_overlap_inference_and_timings_add_up(cohort, tmp_path, monkeypatch):
+def test_conversion_and_outputs_overlap_inference_and_timings_add_up(cohort, tmp_path):
     events = []
-    lock = threading.Lock()
-
-    def recorded(kind, fn):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                with lock:
-                    events.append((kind, threading.current_thread().name, start, time.perf_counter()))
-        return wrapper
-
-    monkeypatch.setattr(convert, "prepare_study", recorded("convert", convert.prepare_study))
-    monkeypatch.setattr(P, "write_patient_outputs", recorded("outputs", P.write_patient_outputs))
     spec = ModelSpec(dataset="stand-in", configuration="3d_fullres")
-    P._import_output_modules()  # the writer's first job; on a busy machine it can outlast both predictions
-    run = P.predict_dicom([cohort], tmp_path / "out", spec, progress=False, predictor=SlowThresholdModel(events))
+    run = P.predict_dicom([cohort], tmp_path / "out", spec, progress=False, predictor=SlowThresholdModel(events),
+                          workers=2)
 
     assert [r.status for r in run.results] == ["done", "done"]
-    by_kind = {k: sorted((e for e in events if e[0] == k), key=lambda e: e[2]) for k in ("convert", "predict",
-                                                                                         "outputs")}
-    assert [len(by_kind[k]) for k in ("convert", "predict", "outputs")] == [2, 2, 2]
-    (_, _, p1_start, p1_end), (_, _, p2_start, p2_end) = by_kind["predict"]
-    # study 2 is converted (reader thread) while study 1 is predicted, study 1's outputs are written (writer thread)
-    # while study 2 is predicted
-    assert by_kind["convert"][1][2] < p1_end and by_kind["convert"][1][1].startswith("clips-predict-read")
-    assert by_kind["outputs"][0][2] < p2_end and by_kind["outputs"][0][1].startswith("clips-predict-out")
+    predicted = sorted(events, key=lambda e: e[2])
+    jobs = {(kind, k): (start, end) for kind, k, start, end in run.events}  # in the worker processes
+    assert sorted(jobs) == [("convert", 0), ("convert", 1), ("outputs", 0), ("outputs", 1)]
+    (_, _, p1_start, p1_end), (_, _, p2_start, p2_end) = predicted
+    # study 2 is converted (a worker process) while study 1 is predicted (this process), and study 1's outputs
+    # are written (its worker) while study 2 is predicted
+    assert jobs[("convert", 1)][0] < p1_end
+    assert jobs[("outputs", 0)][0] < p2_end
+    assert jobs[("convert", 0)][1] <= p1_start  # nnU-Net gets the images once they are converted
 
     t = run.timings
     assert set(t) == set(P.TIMING_KEYS)
     assert t["nnunet"] == pytest.approx(PREDICT_S * 2, abs=0.5 * 2)  # the stand-in's sleep, plus thresholding
     assert t["nnunet"] >= PREDICT_S * 2
-    parts = sum(v for k, v in t.items() if k != "total")
+    parts = sum(t[k] for k in P.MAIN_KEYS)
     assert parts <= t["total"] + 1e-6 and t["total"] - parts < 0.5 * t["total"]
     assert t["model"] == 0.0  # the predictor was given
     # the first study's conversion and the last study's outputs are always waited for
     assert t["wait_conversion"] > 0 and t["wait_outputs"] > 0
-    assert "timings" not in run.to_dict()  # the summary file stays as it was
+    # the workers' own accounts: wall time of both jobs of both studies, and their CPU
+    assert t["convert"] == pytest.approx(sum(e - s for (kind, _), (s, e) in jobs.items() if kind == "convert"))
+    assert 0 < t["convert_cpu"] and 0 < t["outputs_cpu"]
+    assert "timings" not in run.to_dict() and "events" not in run.to_dict()  # the summary file stays as it was
+
+
+class FailingModel(SlowThresholdModel):
+    """Fails on the first study it is given: the other study goes on, its worker forgets the failed one."""
+
+    def predict_images(self, images, case_id):
+        if not self.events:
+            self.events.append(("failed", case_id, 0.0, 0.0))
+            raise RuntimeError("CUDA out of memory (stand-in)")
+        return super().predict_images(images, case_id)
+
+
+def test_a_failing_prediction_fails_its_study_alone(cohort, tmp_path):
+    spec = ModelSpec(dataset="stand-in", configuration="3d_fullres")
+    run = P.predict_dicom([cohort], tmp_path / "out", spec, progress=False, predictor=FailingModel([]), workers=2)
+    assert [r.status for r in run.results] == ["failed", "done"]
+    assert run.results[0].message == "RuntimeError: CUDA out of memory (stand-in)"
+    assert [e[:2] for e in sorted(run.events, key=lambda e: e[2])].count(("outputs", 0)) == 0
+
+
+def test_a_worker_that_dies_fails_its_study_with_one_line_and_the_next_study_goes_on(cohort, tmp_path,
+                                                                                     monkeypatch):
+    import os
+
+    original = convert.prepare_study
+
+    def dies_on_the_first(selection, *args, **kwargs):  # runs in the forked worker
+        if kwargs.get("label") == "PRED_0001":
+            os._exit(9)
+        return original(selection, *args, **kwargs)
+
+    monkeypatch.setattr(convert, "prepare_study", dies_on_the_first)
+    spec = ModelSpec(dataset="stand-in", configuration="3d_fullres")
+    run = P.predict_dicom([cohort], tmp_path / "out", spec, progress=False, predictor=SlowThresholdModel([]),
+                          workers=1)
+    assert [r.status for r in run.results] == ["failed", "done"]
+    assert run.results[0].message.startswith("the conversion/output worker process ended unexpectedly (exit code "
+                                             "9")
+    assert "\n" not in run.results[0].message

@@ -36,7 +36,6 @@ folders by PatientID instead, unique and stable. The DICOM SEG and RTSTRUCT belo
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -49,6 +48,7 @@ from clips_nnunet.dataset_conversion.write import scrub as scrub_secrets
 from clips_nnunet.errors import ClipsError, PatientError
 from clips_nnunet.prediction.ensemble import Model, load_predictor
 from clips_nnunet.prediction.models import CasePredictor
+from clips_nnunet.prediction.study_workers import StudyWorkers, WorkerReply, default_workers, run_pipeline
 from clips_nnunet.prediction.outputs import (MAPPING_FILE, OUTPUT_FILES, PSEUDONYM_PREFIX, PseudonymMap,
                                                      is_complete, remove_stale_temporaries, report_case,
                                                      safe_folder_name, uid_salt, write_nifti, write_patient_outputs)
@@ -89,6 +89,9 @@ class PredictionRun:
     problems: List[str] = field(default_factory=list)
     #: where the run's wall time went, in seconds (:data:`TIMING_KEYS`; not written to the summary file)
     timings: Dict[str, float] = field(default_factory=dict)
+    #: ``(kind, study number, start, end)`` of every conversion and outputs job in the worker processes
+    #: (``time.perf_counter``, the machine's monotonic clock; not written to the summary file)
+    events: List[Tuple[str, int, float, float]] = field(default_factory=list)
 
     @property
     def n_failed(self) -> int:
@@ -112,12 +115,17 @@ class PredictionRun:
         return "\n".join(lines)
 
 
-#: :attr:`PredictionRun.timings`: the main thread's wall time by what it did. ``index``: finding the studies;
-#: ``model``: loading the model (overlapping the first conversion); ``wait_conversion``: waiting for a study's
-#: conversion (the reader thread; the first study's always); ``nnunet``: nnU-Net's prediction; ``wait_outputs``:
-#: waiting for the previous study's outputs (the writer thread; the last study's always); ``total``: the whole run.
-#: Everything but ``nnunet`` is time in which nnU-Net (on a GPU: the GPU) waits for us.
-TIMING_KEYS = ("index", "model", "wait_conversion", "nnunet", "wait_outputs", "total")
+#: :attr:`PredictionRun.timings`: the main process's wall time by what it did. ``index``: finding the studies;
+#: ``model``: loading the model (overlapping the first conversions); ``wait_conversion``: waiting for a study's
+#: conversion (a worker process; the first study's always) and receiving its images; ``nnunet``: nnU-Net's
+#: prediction; ``wait_outputs``: waiting for the last studies' outputs (the worker processes); ``total``: the whole
+#: run. Everything but ``nnunet`` is time in which nnU-Net (on a GPU: the GPU) waits for us. In the worker
+#: processes (summed over studies, overlapping the main process): ``convert`` / ``outputs`` wall seconds and
+#: ``convert_cpu`` / ``outputs_cpu`` their CPU seconds.
+TIMING_KEYS = ("index", "model", "wait_conversion", "nnunet", "wait_outputs", "total", "convert", "convert_cpu",
+               "outputs", "outputs_cpu")
+#: the keys of :data:`TIMING_KEYS` that are the main process's own time (they add up to at most ``total``)
+MAIN_KEYS = ("index", "model", "wait_conversion", "nnunet", "wait_outputs")
 
 
 def default_private_dir(output_dir: PathLike) -> Path:
@@ -126,11 +134,12 @@ def default_private_dir(output_dir: PathLike) -> Path:
     return output_dir.parent / f"{output_dir.name}_private"
 
 
-def find_studies(inputs: Sequence[PathLike]) -> Tuple[List[StudySelection], List[str]]:
+def find_studies(inputs: Sequence[PathLike], workers: int = 1) -> Tuple[List[StudySelection], List[str]]:
     """Index every input folder and choose CT/PET per study with the converter's rules.
 
-    Returns ``(selections, problems)``: problems are readable lines (a folder without DICOM, a study without a
-    usable PET) that do not stop the other studies.
+    ``workers > 1`` reads the headers in that many processes (:func:`index_dicom_folder`). Returns
+    ``(selections, problems)``: problems are readable lines (a folder without DICOM, a study without a usable
+    PET) that do not stop the other studies.
     """
     from clips_nnunet.dataset_conversion.index import index_dicom_folder
     from clips_nnunet.dataset_conversion.select import select_studies
@@ -142,7 +151,7 @@ def find_studies(inputs: Sequence[PathLike]) -> Tuple[List[StudySelection], List
         if not folder.is_dir():
             problems.append(f"input #{n + 1} is not a folder; give DICOM folders or a cohort folder")
             continue
-        index = index_dicom_folder(folder, progress=False)
+        index = index_dicom_folder(folder, progress=False, workers=workers)
         if not index.patients:
             problems.append(f"input #{n + 1}: no readable DICOM PET/CT in this folder")
             continue
@@ -212,13 +221,6 @@ def _read_pet_headers(selection: StudySelection) -> List[Any]:
     return [pydicom.dcmread(str(f), stop_before_pixels=True) for f in selection.pet.files]
 
 
-def _import_output_modules() -> None:
-    """Import what the outputs need (highdicom, matplotlib, scipy.spatial: seconds on a busy machine) early."""
-    import highdicom  # noqa: F401
-    import matplotlib.figure  # noqa: F401
-    import scipy.spatial  # noqa: F401
-
-
 def _failure(label: str, error: Exception, inputs: Sequence[PathLike], selection: StudySelection,
              started: float) -> PatientResult:
     message = error.reason if isinstance(error, PatientError) else f"{type(error).__name__}: {error}"
@@ -229,7 +231,7 @@ def predict_dicom(inputs: Sequence[PathLike], output_dir: PathLike, spec: Model,
                   private_dir: Optional[PathLike] = None, keep_patient_names: bool = False,
                   overrides: Optional[PathLike] = None, overwrite: bool = False, use_mirroring: bool = True,
                   progress: bool = True, predictor: Optional[CasePredictor] = None,
-                  deidentify_dicom: bool = False) -> PredictionRun:
+                  deidentify_dicom: bool = False, workers: Optional[int] = None) -> PredictionRun:
     """Predict every PET/CT study found in ``inputs`` (DICOM folders of patients or cohort folders).
 
     Writes ``output_dir/{pseudonym}/`` per study (see module docstring), ``output_dir/prediction_summary.json``
@@ -237,6 +239,8 @@ def predict_dicom(inputs: Sequence[PathLike], output_dir: PathLike, spec: Model,
     belong to the source patient and study unless ``deidentify_dicom`` (an explicit de-identified export: pseudonym,
     replaced UIDs; :mod:`clips_nnunet.prediction.outputs`). Complete studies are
     skipped unless ``overwrite``. A failing study is recorded and the others go on; check ``run.n_failed``.
+    ``workers``: processes that convert studies and write outputs beside the inference (default
+    :func:`.study_workers.default_workers`); the index reads headers in one process per core.
     Raises :class:`clips_nnunet.errors.LockedError` at once when another run uses ``output_dir`` or
     ``private_dir``.
     """
@@ -256,27 +260,72 @@ def predict_dicom(inputs: Sequence[PathLike], output_dir: PathLike, spec: Model,
             DirectoryLock(private_dir, what="private pseudonym folder"):
         salt = uid_salt(private_dir) if deidentify_dicom else None
         return _predict_locked(inputs, output_dir, private_dir, spec, device, keep_patient_names,
-                               overrides_table, overwrite, use_mirroring, progress, predictor, salt)
+                               overrides_table, overwrite, use_mirroring, progress, predictor, salt,
+                               workers or default_workers())
+
+
+def _convert_study(context: Tuple[Sequence[PathLike], Dict[str, Any]], k: int,
+                   item: Tuple[int, str, str, str, StudySelection]) -> Tuple[Any, Any]:
+    """(PreparedStudy or None, (CT on the PET grid, SUV PET, start time) or the study's failure); runs in a worker
+    process (:mod:`.study_workers`). ``context``: the inputs and the overrides table."""
+    from clips_nnunet.dataset_conversion.convert import prepare_study
+
+    inputs, overrides_table = context
+    i, pseudonym, name, label, sel = item
+    t0 = time.perf_counter()
+    try:
+        prepared = prepare_study(sel, overrides_table.get(str(sel.patient_key)), labels="none", label=pseudonym)
+    except Exception as e:  # one patient never stops the cohort
+        return None, _failure(label, e, inputs, sel, t0)
+    return prepared, (prepared.ct_on_pet, prepared.pet_suv, t0)
+
+
+def _write_study(context: Tuple[Sequence[PathLike], Path, Optional[str]], k: int,
+                 item: Tuple[int, str, str, str, StudySelection], prepared: Any,
+                 outputs: Tuple[sitk.Image, Dict[str, Any], float]) -> PatientResult:
+    """Write a study's outputs from (mask, model description, start time); runs in the worker process that
+    converted it, so the PET headers it parsed are at hand. ``context``: the inputs, OUT and the UID salt."""
+    inputs, output_dir, salt = context
+    i, pseudonym, name, label, sel = item
+    mask, model, t0 = outputs
+    return _write_outputs(output_dir / name, pseudonym, label, sel, mask, prepared, model, salt, inputs, t0)
 
 
 def _predict_locked(inputs: Sequence[PathLike], output_dir: Path, private_dir: Path, spec: Model, device: str,
                     keep_patient_names: bool, overrides_table: Dict[str, Any], overwrite: bool, use_mirroring: bool,
-                    progress: bool, predictor: Optional[CasePredictor], salt: Optional[str]) -> PredictionRun:
-    from tqdm import tqdm
+                    progress: bool, predictor: Optional[CasePredictor], salt: Optional[str], workers: int
+                    ) -> PredictionRun:
+    from functools import partial
 
-    from clips_nnunet.dataset_conversion.convert import prepare_study
+    import clips_nnunet.dataset_conversion.convert  # noqa: F401 - before the workers fork: they inherit it
 
     started = time.perf_counter()
+    todo: List[Tuple[int, str, str, str, StudySelection]] = []
+    # worker processes (study_workers.py) start first: their imports overlap the index; later they convert the next
+    # studies and write the previous ones' outputs while nnU-Net predicts one in this process
+    with StudyWorkers(workers, partial(_convert_study, (inputs, overrides_table)),
+                      partial(_write_study, (inputs, output_dir, salt)),
+                      lambda k, kind, reason: PatientResult(todo[k][3], "failed", message=reason)) as pool:
+        return _predict_with(pool, todo, inputs, output_dir, private_dir, spec, device, keep_patient_names,
+                             overwrite, use_mirroring, progress, predictor, started)
+
+
+def _predict_with(pool: StudyWorkers, todo: List[Tuple[int, str, str, str, StudySelection]],
+                  inputs: Sequence[PathLike], output_dir: Path, private_dir: Path, spec: Model, device: str,
+                  keep_patient_names: bool, overwrite: bool, use_mirroring: bool, progress: bool,
+                  predictor: Optional[CasePredictor], started: float) -> PredictionRun:
+    """:func:`_predict_locked` once its worker processes run: index, choose what to predict, run the pipeline."""
+    from tqdm import tqdm
+
     mapping = PseudonymMap(private_dir / MAPPING_FILE)
     run = PredictionRun(output_dir=output_dir, mapping_file=mapping.path)
     timings = run.timings = dict.fromkeys(TIMING_KEYS, 0.0)
-    selections, run.problems = find_studies(inputs)
+    selections, run.problems = find_studies(inputs, workers=_cores())
     timings["index"] = time.perf_counter() - started
     cases = _output_names(selections, mapping, output_dir, keep_patient_names)
     mapping.save()
 
     results: Dict[int, PatientResult] = {}
-    todo = []
     owners = {e["folder"].casefold(): p for p, e in mapping.entries.items() if e.get("folder")}
     for i, (pseudonym, name, sel) in enumerate(cases):
         label = name if keep_patient_names else pseudonym
@@ -295,60 +344,53 @@ def _predict_locked(inputs: Sequence[PathLike], output_dir: Path, private_dir: P
         else:
             todo.append((i, pseudonym, name, label, sel))
 
-    def prepare(item: Tuple[int, str, str, str, StudySelection]) -> Tuple[float, Any]:
-        """(start time, PreparedStudy or the exception that stopped its conversion)."""
-        t0 = time.perf_counter()
-        try:
-            return t0, prepare_study(item[4], overrides_table.get(str(item[4].patient_key)), labels="none",
-                                     label=item[1])
-        except Exception as e:  # recorded for this study by the loop below
-            return t0, e
-
-    def waited(key: str, future: Future) -> Any:
+    def predict(k: int, images: Tuple[sitk.Image, sitk.Image, float]) -> Optional[tuple]:
+        """nnU-Net on study ``k`` in this process: (mask, model description, start time) for its worker, or None
+        (the failure recorded)."""
+        i, pseudonym, name, label, sel = todo[k]
         t = time.perf_counter()
         try:
-            return future.result()
+            mask = predictor.predict_images([images[0], images[1]], pseudonym)
+            return mask, predictor.model_description(), images[2]
+        except Exception as e:  # one patient never stops the cohort
+            results[i] = _failure(label, e, inputs, sel, images[2])
+            return None
         finally:
-            timings[key] += time.perf_counter() - t
+            timings["nnunet"] += time.perf_counter() - t
 
-    # three threads overlap: the next study is converted (reader) and the previous one's outputs are written
-    # (writer) while nnU-Net predicts this one; at most one study waits on each side (memory)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clips-predict-read") as reader, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="clips-predict-out") as writer:
-        ahead: Optional[Future] = reader.submit(prepare, todo[0]) if todo else None
-        if todo:
-            writer.submit(_import_output_modules)  # first study: imports overlap its conversion and prediction
-        if todo and predictor is None:  # loading the model overlaps the first study's conversion
+    def on_reply(reply: WorkerReply) -> None:
+        key = "convert" if reply.kind == "converted" else "outputs"
+        timings[key] += reply.end - reply.start
+        timings[f"{key}_cpu"] += reply.cpu
+        run.events.append((key, reply.k, reply.start, reply.end))
+        if isinstance(reply.payload, PatientResult):
+            results[todo[reply.k][0]] = reply.payload
+
+    def waited(key: str, seconds: float) -> None:
+        timings[key] += seconds
+
+    if todo:  # the first conversions overlap loading the model
+        bar = tqdm(total=len(todo), desc="predict", unit="study", disable=not progress)
+        queued = min(pool.n, len(todo))
+        for k in range(queued):
+            pool.convert(k, todo[k])
+        if predictor is None:
             t = time.perf_counter()
             predictor = load_predictor(spec, device=device, use_mirroring=use_mirroring)  # one model or an Ensemble
             timings["model"] = time.perf_counter() - t
-        pending: Optional[Tuple[int, Future]] = None
-        for k, (i, pseudonym, name, label, sel) in enumerate(tqdm(todo, desc="predict", unit="study",
-                                                                  disable=not progress)):
-            t0, prepared = waited("wait_conversion", ahead)
-            ahead = reader.submit(prepare, todo[k + 1]) if k + 1 < len(todo) else None
-            try:
-                if isinstance(prepared, Exception):
-                    raise prepared
-                t = time.perf_counter()
-                try:
-                    mask = predictor.predict_images([prepared.ct_on_pet, prepared.pet_suv], pseudonym)
-                finally:
-                    timings["nnunet"] += time.perf_counter() - t
-            except Exception as e:  # one patient never stops the cohort
-                results[i] = _failure(label, e, inputs, sel, t0)
-                continue
-            if pending is not None:
-                results[pending[0]] = waited("wait_outputs", pending[1])
-            pending = (i, writer.submit(_write_outputs, output_dir / name, pseudonym, label, sel, mask, prepared,
-                                        predictor.model_description(), salt, inputs, t0))
-        if pending is not None:
-            results[pending[0]] = waited("wait_outputs", pending[1])
+        run_pipeline(pool, todo, predict, on_reply, waited, progress=bar.update, queued=queued)
+        bar.close()
     run.results = [results[i] for i in sorted(results)]
     atomic_write_json(output_dir / "prediction_summary.json",
                       {"model": predictor.model_description() if predictor else None, **run.to_dict()})
     timings["total"] = time.perf_counter() - started
     return run
+
+
+def _cores() -> int:
+    """CPU cores this process may use."""
+    import os
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _other_study(folder: Path, pseudonym: str, recorded_owner: Optional[str]) -> Optional[str]:
