@@ -304,3 +304,38 @@ def test_invalid_frame_times_never_put_the_series_start_after_the_acquisition():
     assert suv_factor(pet_header(SeriesTime="120000"), series_start=late_start,
                       earliest_acquisition=dt.datetime(2025, 1, 1, 11, 0, 0)) == pytest.approx(
         expected(elapsed_s=3600.0), rel=1e-9)
+
+
+def test_series_factors_equal_one_computation_per_slice(monkeypatch):
+    """`series_suv_factors` computes a factor once per distinct set of the values it depends on; the result must
+    equal `suv_factor` slice by slice, whether the slices share everything (START), differ by their own
+    acquisition time (NONE, per-slice decay), or differ in a value (one slice with another weight)."""
+    from clips_nnunet.dataset_conversion.suv import (series_acquisition_start, series_earliest_acquisition,
+                                                     series_suv_factors)
+
+    def per_slice(headers):
+        earliest = series_earliest_acquisition(headers)
+        start = series_acquisition_start(headers, HALF_LIFE)
+        return [suv_factor(h, None, "x", earliest_acquisition=earliest, series_start=start) for h in headers]
+
+    times = ["110000", "110200", "110400", "110600"]
+    start = [pet_header(AcquisitionTime=t) for t in times]
+    none = [pet_header(DecayCorrection="NONE", CorrectedImage=["ATTN"], AcquisitionTime=t) for t in times]
+    mixed = [pet_header(AcquisitionTime=t) for t in times]
+    mixed[2].PatientWeight = "80"
+    for headers in (start, none, mixed):
+        got = series_suv_factors(headers, None, "x")
+        assert got.tolist() == pytest.approx(per_slice(headers), rel=0, abs=0)
+    assert len(set(series_suv_factors(none).tolist())) == 4  # each NONE slice decays to its own time
+    assert series_suv_factors(mixed)[2] == pytest.approx(series_suv_factors(start)[2] * 80 / 70, rel=1e-12)
+    # the first slice that fails names its problem as before
+    broken = [pet_header(), pet_header(PatientWeight=None)]
+    with pytest.raises(PatientError, match=r"case_0009: PatientWeight \(0010,1030\)"):
+        series_suv_factors(broken, None, "case_0009")
+    # a series with a back-computed start (frame reference times): one computation for all its slices
+    import clips_nnunet.dataset_conversion.suv as suv
+    shared = [pet_header(AcquisitionTime=t, FrameReferenceTime=60000 + 120000 * n) for n, t in enumerate(times)]
+    calls = []
+    monkeypatch.setattr(suv, "suv_factor", lambda *a, **k: calls.append(1) or suv_factor(*a, **k))
+    assert series_suv_factors(shared).tolist() == pytest.approx(per_slice(shared), rel=0, abs=0)
+    assert len(calls) == 1

@@ -55,7 +55,7 @@ from clips_nnunet.io_utils import PathLike
 from ..errors import PatientError
 from .overrides import SuvOverrides
 
-__all__ = ["suv_factor", "read_pet_suv", "read_pet_suv_with_headers", "series_earliest_acquisition",
+__all__ = ["suv_factor", "series_suv_factors", "read_pet_suv", "read_pet_suv_with_headers", "series_earliest_acquisition",
            "acquisition_start", "series_acquisition_start", "lean_body_mass", "lean_body_mass_james",
            "body_surface_area_dubois", "ideal_body_weight", "MBQ_THRESHOLD", "GRAMS_THRESHOLD"]
 
@@ -440,6 +440,61 @@ def _series_start_of(headers: Sequence[pydicom.Dataset]) -> Optional[_dt.datetim
     return series_acquisition_start(headers, half_life) if half_life and half_life > 0 else None
 
 
+#: What :func:`suv_factor` reads from a slice header besides the radiopharmaceutical item (:data:`_RP_KEYWORDS`),
+#: by keyword or (private) tag number, and what it reads per slice only for DecayCorrection NONE or a series
+#: without a back-computed start (:data:`_PER_SLICE_TIMES`).
+_FACTOR_ELEMENTS: Tuple[Any, ...] = (
+    "SpecificCharacterSet", "Modality", "CorrectedImage", "DecayCorrection", "SeriesType", "Units", "SUVType",
+    "PatientWeight", "PatientSize", "PatientSex", "SeriesDate", "SeriesTime", "AcquisitionDate",
+    PHILIPS_SUV_SCALE, PHILIPS_ACTIVITY_SCALE, GE_DECAY_DATETIME)
+_PER_SLICE_TIMES = ("AcquisitionTime", "FrameReferenceTime", "ActualFrameDuration")
+_RP_KEYWORDS = ("RadionuclideTotalDose", "RadionuclideHalfLife", "RadiopharmaceuticalStartDateTime",
+                "RadiopharmaceuticalStartTime")
+
+
+def _element_key(ds: Any, tag: Any) -> Any:
+    """The stored form of one element (its raw bytes when pydicom has not decoded it yet): equal keys mean equal
+    values for :func:`suv_factor`."""
+    elem = ds.get_item(tag)
+    if elem is None:
+        return None
+    value = elem.value
+    return (elem.VR, value if isinstance(value, (bytes, str, type(None))) else repr(value))
+
+
+def _factor_key(ds: Any, per_slice_times: bool) -> Tuple[Any, ...]:
+    """Everything :func:`suv_factor` reads from ``ds`` (with the series' earliest acquisition and start fixed):
+    slices with equal keys have equal factors."""
+    seq = ds.get("RadiopharmaceuticalInformationSequence")
+    rp = seq[0] if seq else None
+    times = per_slice_times or str(ds.get("DecayCorrection", "") or "").strip().upper() not in ("START", "ADMIN")
+    return (tuple(_element_key(ds, t) for t in _FACTOR_ELEMENTS),
+            tuple(_element_key(ds, t) for t in _PER_SLICE_TIMES) if times else (),
+            tuple(_element_key(rp, t) for t in _RP_KEYWORDS) if rp is not None else None)
+
+
+def series_suv_factors(headers: Sequence[pydicom.Dataset], overrides: Optional[SuvOverrides] = None,
+                       label: str = "") -> np.ndarray:
+    """:func:`suv_factor` of every slice (float64, in the order of ``headers``), with the series' earliest
+    acquisition and back-computed start.
+
+    The factor is computed once per distinct set of the values it depends on (:func:`_factor_key`): in a usual
+    series every slice shares them (one computation instead of one per slice, ~0.4-3 ms each); a slice whose
+    values differ (DecayCorrection NONE: its own acquisition time) gets its own. The result, and the first error
+    raised, are the same as computing every slice.
+    """
+    earliest = series_earliest_acquisition(headers)
+    start = _series_start_of(headers)
+    known: dict = {}
+    factors = np.empty(len(headers), dtype=np.float64)
+    for n, h in enumerate(headers):
+        key = _factor_key(h, per_slice_times=start is None)
+        if key not in known:
+            known[key] = suv_factor(h, overrides, label, earliest_acquisition=earliest, series_start=start)
+        factors[n] = known[key]
+    return factors
+
+
 def read_pet_suv(files: Sequence[PathLike], overrides: Optional[SuvOverrides] = None, label: str = "") -> sitk.Image:
     """Read a PET series as a float32 SUVbw volume (slices sorted, per-slice rescale and per-slice SUV factor).
 
@@ -459,10 +514,7 @@ def read_pet_suv_with_headers(files: Sequence[PathLike], overrides: Optional[Suv
     units = {str(h.get("Units", "")).upper() for h in headers}
     if len(units) > 1:
         raise PatientError(label, f"slices disagree on Units (0054,1001): {sorted(units)}; export one series")
-    earliest = series_earliest_acquisition(headers)
-    start = _series_start_of(headers)
-    factors = np.asarray([suv_factor(h, overrides, label, earliest_acquisition=earliest, series_start=start)
-                          for h in headers], dtype=np.float64)
+    factors = series_suv_factors(headers, overrides, label)
     if not np.all(np.isfinite(factors)) or np.any(factors <= 0):
         raise PatientError(label, "SUV factor is not a positive finite number; check weight, dose and times")
     arr = sitk.GetArrayFromImage(image)  # z, y, x
