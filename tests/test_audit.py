@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from clips_nnunet.audit.evidence import (AuditParams, case_evidence, loss_evidence, pet_reference_levels, roc_auc,
-                                           score_cohort)
+from clips_nnunet.audit.evidence import (AuditParams, case_evidence, continuation_share, loss_evidence,
+                                           organ_like_rejected, pet_reference_levels, roc_auc, score_cohort)
 
 SP = (2.0, 1.0, 1.0)  # voxel = 2 mm^3 = 0.002 ml
 MM4 = (4.0, 4.0, 4.0)  # voxel = 0.064 ml: the distances in mm (8 mm) are two voxels, as the audit was tuned
@@ -268,6 +268,8 @@ def test_boundary_confident_counts_the_xor_the_model_is_sure_of():
     prob[3, 3, 5] = 0.75
     ev = case_evidence(ref, pred, MM4, probability=prob)
     assert ev["boundary_confident"] == pytest.approx(6.5 / 34)
+    assert ev["boundary_confident_ref"] == pytest.approx(6 / 34)
+    assert ev["boundary_confident_pred"] == pytest.approx(0.5 / 34)
     assert ev["boundary_shell"] == pytest.approx(10 / 34)
     assert math.isnan(case_evidence(ref, pred, MM4)["boundary_confident"])
     clean = {"ref_ml": 1.0, "pred_ml": 1.0, "n_ref_lesions": 1.0, "n_pred_lesions": 1.0, "dice": 1.0,
@@ -280,3 +282,81 @@ def test_boundary_confident_counts_the_xor_the_model_is_sure_of():
     cohort = {k: {**v, "boundary_confident": math.nan} for k, v in cohort.items()}
     rows = {r["case_id"]: r for r in score_cohort(cohort, AuditParams())}
     assert rows["c"]["boundary_score"] == pytest.approx(0.25 * 0.2)  # boundary_weight x shell excess 0.3 - 0.1
+
+
+def test_continuation_share_counts_unlabelled_neighbours_at_half_level():
+    """One voxel at SUV 10, background 1: half level 1 + 0.5 x 9 = 5.5. Its 26 neighbours: the z = 0 layer (9) at
+    SUV 6, the rest at 2; the z = 2 layer is labelled (not outside), so the ring is 9 + 8 = 17 voxels of which 9
+    reach the half level."""
+    suv = np.full((3, 3, 3), 2.0)
+    suv[0] = 6.0
+    suv[1, 1, 1] = 10.0
+    region = np.zeros((3, 3, 3), bool)
+    region[1, 1, 1] = True
+    outside = ~region
+    assert continuation_share(region, suv, outside, 1.0) == pytest.approx(9 / 26)
+    outside[2] = False
+    assert continuation_share(region, suv, outside, 1.0) == pytest.approx(9 / 17)
+    assert continuation_share(region, suv, np.zeros_like(region), 1.0) == 0.0  # no unlabelled neighbour
+
+
+def test_organ_like_rejected_is_a_leak_not_a_missed_part_of_a_lesion():
+    """A lesion (x 1-3, SUV 10) whose contour leaks two voxels deep into an organ (x >= 4, SUV 3; background 1):
+    the 18 leaked voxels are outside the prediction and rejected surely (p 0.01). Their half level is 1 + 0.5 x
+    (3 - 1) = 2. Their 26-neighbourhood box (x 3-6, y 0-4, z 0-4: 100 voxels) less the region (18) and the
+    lesion's 9 voxels at x = 3 leaves 73 unlabelled neighbours: 57 organ voxels at SUV 3 and 16 background voxels at
+    x = 3: weight 57 / 73. The same region drawn as a second focal lesion (SUV 8 in background) weighs 0."""
+    shape = (5, 5, 12)
+    suv = np.ones(shape)
+    suv[:, :, 4:] = 3.0
+    suv[1:4, 1:4, 1:4] = 10.0
+    pred = np.zeros(shape, bool)
+    pred[1:4, 1:4, 1:4] = True
+    ref = pred.copy()
+    ref[1:4, 1:4, 4:6] = True
+    prob = np.where(pred, 0.95, 0.01)
+    w = organ_like_rejected(ref, pred, prob, suv, 1.0, AuditParams())
+    assert w[1:4, 1:4, 4:6] == pytest.approx(np.full((3, 3, 2), 57 / 73))
+    assert w.sum() == pytest.approx(18 * 57 / 73)
+    focal = np.ones(shape)
+    focal[1:4, 1:4, 1:4] = 10.0
+    focal[1:4, 1:4, 4:6] = 8.0  # half level 4.5; every unlabelled neighbour is at 1
+    assert organ_like_rejected(ref, pred, prob, focal, 1.0, AuditParams()).max() == 0.0
+    # a region under min_hot_voxels (3) does not count; an unsure rejection (p 0.25) halves the weight
+    small = pred.copy()
+    small[2, 2, 4] = True
+    assert organ_like_rejected(small, pred, prob, suv, 1.0, AuditParams()).max() == 0.0
+    prob[1:4, 1:4, 4:6] = 0.25
+    assert organ_like_rejected(ref, pred, prob, suv, 1.0, AuditParams()).max() == pytest.approx(0.5 * 57 / 73)
+
+
+def test_focal_and_organ_like_evidence_in_a_case_and_the_score():
+    """A correct lesion (SUV 10) and a predicted lesion absent from the reference (p 0.95: presence 1, SUVmax 8
+    above the liver-like level 2: hotness 1): in background it is a focal maximum (pred_extra_focal 1); inside a
+    hot organ (a 4^3 block at SUV 8, its 26-neighbourhood) its uptake continues (0). The organ is 64 of 1728
+    voxels, so the background stays 1. The score adds pred_extra_focal to missed_lesion and ref_organ_like to
+    extra_region, each with weight 1."""
+    suv = np.ones((12, 12, 12))
+    ref = np.zeros(suv.shape, np.uint8)
+    _cube(ref, 1, 1, 1, 2)
+    suv[1:3, 1:3, 1:3] = 10.0
+    pred = ref.copy()
+    _cube(pred, 5, 5, 5, 2)
+    suv[5:7, 5:7, 5:7] = 8.0
+    prob = np.where(pred > 0, 0.95, 0.01)
+    ev = case_evidence(ref, pred, MM4, probability=prob, suv=suv)
+    assert ev["suv_background"] == 1.0
+    assert ev["pred_extra_focal"] == pytest.approx(1.0) and ev["ref_organ_like"] == 0.0
+    suv[4:8, 4:8, 4:8] = 8.0
+    assert case_evidence(ref, pred, MM4, probability=prob, suv=suv)["pred_extra_focal"] == pytest.approx(0.0)
+    assert math.isnan(case_evidence(ref, pred, MM4, probability=prob)["pred_extra_focal"])
+    clean = {"ref_ml": 1.0, "pred_ml": 1.0, "n_ref_lesions": 1.0, "n_pred_lesions": 1.0, "dice": 1.0,
+             "ref_missed_confident_ml": 0.0, "ref_missed_confident_n": 0.0, "pred_extra_confident_ml": 0.0,
+             "pred_extra_confident_n": 0.0, "ref_deep_ml": 0.0, "pred_deep_ml": 0.0, "uncertain_ml": 0.0,
+             "uncertain_n": 0.0, "boundary_symmetric": 0.0, "boundary_shell": 0.0, "boundary_confident": 0.0,
+             "ref_organ_like": 0.0, "pred_extra_focal": 0.0}
+    cohort = {"a": clean, "b": {**clean, "ref_organ_like": 0.4}, "c": {**clean, "pred_extra_focal": 0.7}}
+    rows = {r["case_id"]: r for r in score_cohort(cohort, AuditParams())}
+    assert rows["b"]["extra_region_score"] == pytest.approx(0.4) and rows["b"]["error_kind"] == "extra_region"
+    assert rows["c"]["missed_lesion_score"] == pytest.approx(0.7) and rows["c"]["error_kind"] == "missed_lesion"
+    assert rows["a"]["suspicion"] == 0.0

@@ -46,6 +46,16 @@ optional PET ``SUV``:
   ``unlabelled_hot_supported_ml`` = hot voxels outside both masks *and more than* ``rim_mm`` (8 mm) from them, in components of >= 3 voxels whose mean ``p`` is >= ``hot_support`` (0.1): hot spots the model half
   sees but neither mask holds (NaN without probabilities). The rim is left out because the blurred uptake and the
   soft probabilities just outside a correctly outlined lesion are hot and half seen too (:func:`remote_supported`).
+* physiology against lesion, from the PET's shape (:func:`continuation_share`: the share of a region's unlabelled
+  26-neighbours at or above its half level, ``background + 0.5 (median SUV - background)``; a lesion is a focal
+  maximum whose blurred uptake falls below half just outside it, an organ's uptake continues):
+  ``ref_organ_like`` = the largest weight of a reference region outside the prediction that the model rejects
+  (:func:`organ_like_rejected`: each connected region of >= ``min_hot_voxels`` reference-only voxels weighs its mean
+  absent confidence x its continuation share; a contour leaking into the liver or the bowel, an included ureter or
+  bladder halo), ``ref_organ_like_ml`` = their weighted volume; ``pred_extra_focal`` = the largest weight of a
+  predicted lesion absent from the reference x (1 - its continuation share): a focal lesion the reference
+  lacks, not a false positive on an organ's uptake (NaN without PET). ``boundary_confident_ref`` and
+  ``boundary_confident_pred``: the reference-only and prediction-only parts of ``boundary_confident``.
 * ``uncertain_ml``: the rest of the unmatched volume (weight 1 - w): disagreement a weak model explains.
 
 Cohort scoring (:func:`score_cohort`): with ``V = max(ref_ml, pred_ml)``,
@@ -55,8 +65,12 @@ Cohort scoring (:func:`score_cohort`): with ``V = max(ref_ml, pred_ml)``,
   (a small false lesion matters for lesion counts and Dmax even in a patient with a large TMTV);
   plus ``hot_weight`` (0.5) x ``unlabelled_hot_supported_ml / max(V, cohort median V)``, capped at 1: a hot spot the
   reference leaves out where the model half sees it (physiological uptake, confidently rejected, does not count);
+  plus ``focal_weight`` (1) x ``pred_extra_focal`` (size-independent: one confident focal lesion the reference
+  lacks is evidence in a patient with many lesions);
 * ``extra_region_score`` = ``0.5 ((ref_missed_confident_ml + ref_deep_ml) / V + ref_missed_confident_n /
-  n_ref_lesions)`` (``*_confident_n``: the weighted count of those lesions);
+  n_ref_lesions)`` (``*_confident_n``: the weighted count of those lesions) plus ``organ_weight`` (1) x
+  ``ref_organ_like`` (size-independent: a leak of a few voxels into an organ beside one of many lesions). The two
+  weights are 1, not tuned: both terms are near 0 where the reference is right, so no cohort median is subtracted;
 * ``boundary_score`` = excess over the cohort median of the outline term (``boundary_confident`` x
   ``confident_weight`` (2) with probabilities, else ``boundary_shell`` x ``boundary_weight`` (0.25)),
   ``ref_background_fraction`` and ``unlabelled_hot_adjacent_ml / ref_ml`` (x ``pet_weight`` (2) each): what every
@@ -109,6 +123,8 @@ class AuditParams:
     cold_fraction: float = 0.2
     spill_min_radius_mm: float = 8.0
     pet_weight: float = 2.0
+    organ_weight: float = 1.0
+    focal_weight: float = 1.0
     loss_weight: float = 0.1
     suspicion_threshold: float = 0.1
     hardness_ratio: float = 0.5
@@ -312,6 +328,24 @@ def _unmatched_evidence(les: _Lesions, w_ref: np.ndarray, w_pred: np.ndarray, vo
             "uncertain_n": float((1 - w_ref)[rm].sum() + (1 - w_pred)[pe].sum())}
 
 
+def _focal_extra(les: _Lesions, w_pred: np.ndarray, suv: Optional[np.ndarray], pet: _Pet,
+                 masks: np.ndarray) -> np.ndarray:
+    """Per predicted lesion absent from the reference: its weight (presence confidence x hotness) x its focality,
+    ``1 -`` :func:`continuation_share` (a lesion is a focal maximum; a false positive on an organ's uptake continues
+    into the organ). Zero for matched lesions; empty without PET."""
+    if suv is None or not les.npr:
+        return np.zeros(0)
+    out = np.zeros(les.npr)
+    bg = pet.levels["suv_background"]
+    for i, sl in enumerate(ndimage.find_objects(les.pred_lab), start=1):
+        if sl is None or not les.pred_extra[i - 1] or w_pred[i - 1] <= 0:
+            continue
+        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
+        region = les.pred_lab[grown] == i
+        out[i - 1] = w_pred[i - 1] * (1.0 - continuation_share(region, suv[grown], ~masks[grown], bg))
+    return out
+
+
 def _voxel_weights(ref: np.ndarray, prob: Optional[np.ndarray], suv: Optional[np.ndarray], pet: _Pet,
                    params: AuditParams):
     """(v_ref, v_pred): the lesion weights of :func:`lesion_weights` voxel by voxel (a reference-only voxel:
@@ -344,25 +378,75 @@ def _matched_evidence(les: _Lesions, v_ref: np.ndarray, v_pred: np.ndarray, prob
           "boundary_shell": float(xor / surface) if surface else (1.0 if xor else 0.0)}
     # the part of the xor the model is sure of: boundary noise is unconfident, a redrawn outline is not
     if prob is None:
-        ev["boundary_confident"] = math.nan
+        ev["boundary_confident"] = ev["boundary_confident_ref"] = ev["boundary_confident_pred"] = math.nan
     else:
-        sure = (_ramp(prob[ref_m & ~pred_m], params.absent_unsure, params.absent_sure).sum()
-                + _ramp(prob[pred_m & ~ref_m], params.present_unsure, params.present_sure).sum())
-        ev["boundary_confident"] = float(sure / surface) if surface else float(sure > 0)
+        sure_ref = float(_ramp(prob[ref_m & ~pred_m], params.absent_unsure, params.absent_sure).sum())
+        sure_pred = float(_ramp(prob[pred_m & ~ref_m], params.present_unsure, params.present_sure).sum())
+        for key, sure in (("boundary_confident", sure_ref + sure_pred), ("boundary_confident_ref", sure_ref),
+                          ("boundary_confident_pred", sure_pred)):
+            ev[key] = float(sure / surface) if surface else float(sure > 0)
     return ev, ref_deep, pred_deep
 
 
+def continuation_share(region: np.ndarray, suv: np.ndarray, outside: np.ndarray, background: float) -> float:
+    """Share of the voxels of ``outside`` touching ``region`` (26-neighbours) whose SUV is at or above the region's
+    half level, ``background + 0.5 x (median SUV of the region - background)``; 0 when none touches it.
+
+    A lesion is a focal maximum: blurred by the scanner, its uptake falls below half its level just outside it
+    (share near 0). Physiology cut out of an organ (a contour leaking into the liver or the bowel, a ureter, the
+    bladder's halo) continues beyond the contour at the same level (a large share). The half level is the usual
+    PET edge (full width at half maximum), not a tuned constant."""
+    if not region.any():
+        return 0.0
+    lo = np.maximum(np.argwhere(region).min(axis=0) - 1, 0)
+    hi = np.argwhere(region).max(axis=0) + 2
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    ring = ndimage.binary_dilation(region[box], _STRUCTURE_26) & outside[box]
+    if not ring.any():
+        return 0.0
+    half = background + 0.5 * (float(np.median(suv[box][region[box]])) - background)
+    return float((suv[box][ring] >= half).mean())
+
+
+def organ_like_rejected(ref: np.ndarray, pred: np.ndarray, prob: Optional[np.ndarray], suv: np.ndarray,
+                        background: float, params: AuditParams) -> np.ndarray:
+    """Voxel weights of the reference regions that look like physiology the model rejects: each connected region
+    (of >= ``min_hot_voxels`` voxels) of reference voxels outside the prediction that the model is confident are
+    not lesion (absent confidence > 0; every such voxel without probabilities) weighs the region's mean absent
+    confidence x :func:`continuation_share` (its uptake continues beyond the contour into unlabelled tissue). A
+    correct lesion the model misses is a focal maximum (weight near 0); an organ's edge or a ureter drawn into
+    the reference continues (weight up to 1)."""
+    absent = np.ones(ref.shape) if prob is None else _ramp(prob, params.absent_unsure, params.absent_sure)
+    rejected = ref & ~pred & (absent > 0)
+    out = np.zeros(ref.shape)
+    lab, n = label_components(rejected, params.connectivity)
+    if not n:
+        return out
+    outside = ~ref & ~pred
+    sizes = _per_label(lab, n)
+    mean_absent = _per_label(lab, n, absent) / np.maximum(sizes, 1)
+    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+        if sl is None or sizes[i - 1] < params.min_hot_voxels:
+            continue
+        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
+        region = lab[grown] == i
+        w = mean_absent[i - 1] * continuation_share(region, suv[grown], outside[grown], background)
+        out[grown][region] = w
+    return out
+
+
 _PET_COLUMNS = ("suv_background", "suv_liver_like", "ref_background_fraction", "unlabelled_hot_ml",
-                "unlabelled_hot_adjacent_ml", "unlabelled_hot_supported_ml")
+                "unlabelled_hot_adjacent_ml", "unlabelled_hot_supported_ml", "ref_organ_like", "ref_organ_like_ml")
 
 
 def _pet_plausibility(ref: np.ndarray, pred: np.ndarray, les: _Lesions, suv: Optional[np.ndarray],
                       prob: Optional[np.ndarray], pet: _Pet, params: AuditParams, spacing: Sequence[float]):
-    """(evidence, spill, remote): the PET plausibility columns (NaN without PET), the unlabelled hot voxels beside
-    the reference (``spill``) and the remote hot spots the model half sees (``remote``; None without PET or
-    probabilities)."""
+    """(evidence, spill, remote, organ): the PET plausibility columns (NaN without PET), the unlabelled hot voxels
+    beside the reference (``spill``), the remote hot spots the model half sees (``remote``; None without PET or
+    probabilities) and the organ-like rejected reference regions' voxel weights (:func:`organ_like_rejected`;
+    None without PET)."""
     if suv is None:
-        return {k: math.nan for k in _PET_COLUMNS}, None, None
+        return {k: math.nan for k in _PET_COLUMNS}, None, None, None
     voxel_ml = float(np.prod(spacing)) / 1000.0
     bg, liver = pet.levels["suv_background"], pet.levels["suv_liver_like"]
     ev = dict(pet.levels)
@@ -376,7 +460,11 @@ def _pet_plausibility(ref: np.ndarray, pred: np.ndarray, les: _Lesions, suv: Opt
     # hot spots outside both masks that the model half sees: lesions the reference and the model both miss
     remote = remote_supported(hot, ref | pred, prob, params, spacing) if prob is not None else None
     ev["unlabelled_hot_supported_ml"] = float(remote.sum() * voxel_ml) if remote is not None else math.nan
-    return ev, spill, remote
+    # reference regions the model rejects whose uptake continues into unlabelled tissue: physiology, not lesion
+    organ = organ_like_rejected(ref, pred, prob, suv, bg, params)
+    ev["ref_organ_like"] = float(organ.max()) if organ.size else 0.0
+    ev["ref_organ_like_ml"] = float(organ.sum() * voxel_ml)
+    return ev, spill, remote, organ
 
 
 def case_evidence(reference: np.ndarray, prediction: np.ndarray, spacing_zyx: Sequence[float],
@@ -400,20 +488,25 @@ def case_evidence(reference: np.ndarray, prediction: np.ndarray, spacing_zyx: Se
     pet = _pet_terms(suv, ref, pred, les, params)
     w_ref, w_pred = lesion_weights(les, pet, prob, params)
     ev.update(_unmatched_evidence(les, w_ref, w_pred, voxel_ml))
+    focal = _focal_extra(les, w_pred, suv, pet, ref | pred)
+    ev["pred_extra_focal"] = float(focal.max()) if focal.size else 0.0
+    if suv is None:
+        ev["pred_extra_focal"] = math.nan
     v_ref, v_pred = _voxel_weights(ref, prob, suv, pet, params)
     matched, ref_deep, pred_deep = _matched_evidence(les, v_ref, v_pred, prob, params, voxel_ml)
     ev.update(matched)
-    plausibility, spill, remote = _pet_plausibility(ref, pred, les, suv, prob, pet, params, sp)
+    plausibility, spill, remote, organ = _pet_plausibility(ref, pred, les, suv, prob, pet, params, sp)
     ev.update(plausibility)
     ev["has_probabilities"] = float(prob is not None)
     if regions is not None:
         regions.update(_finding_regions(ref, pred, les, w_ref, w_pred, v_ref, v_pred, ref_deep, pred_deep, pet,
-                                        spill, remote, params))
+                                        spill, remote, organ, params))
     return ev
 
 
 def _finding_regions(ref, pred, les: _Lesions, w_ref, w_pred, v_ref, v_pred, ref_deep, pred_deep, pet: _Pet,
-                     spill: Optional[np.ndarray], remote: Optional[np.ndarray], params: AuditParams
+                     spill: Optional[np.ndarray], remote: Optional[np.ndarray], organ: Optional[np.ndarray],
+                     params: AuditParams
                      ) -> Dict[str, np.ndarray]:
     """One voxel-weight map per annotation error kind, weighted as the kind's score weights its voxels."""
     extra_vox = pred & np.isin(les.pred_lab, np.flatnonzero(les.pred_extra) + 1)
@@ -426,8 +519,11 @@ def _finding_regions(ref, pred, les: _Lesions, w_ref, w_pred, v_ref, v_pred, ref
     boundary = les.ref_m ^ les.pred_m
     if spill is not None:
         boundary = boundary | pet.cold | spill
+    extra_map = np.where(missed_vox, lesion_w_ref, 0.0) + np.where(ref_deep, v_ref, 0.0)
+    if organ is not None:
+        extra_map = extra_map + params.organ_weight * organ
     return {"missed_lesion": missed_map,
-            "extra_region": np.where(missed_vox, lesion_w_ref, 0.0) + np.where(ref_deep, v_ref, 0.0),
+            "extra_region": extra_map,
             "boundary": boundary.astype(np.float64)}
 
 
@@ -529,6 +625,10 @@ def score_cohort(evidence: Mapping[str, Mapping[str, float]], params: AuditParam
     adjacent = _excess({c: (min(1.0, evidence[c].get("unlabelled_hot_adjacent_ml", math.nan)
                                 / evidence[c]["ref_ml"]) if evidence[c]["ref_ml"] > 0 else math.nan)
                         for c in cases})
+    organ = {c: (float(evidence[c].get("ref_organ_like", math.nan))
+                 if np.isfinite(evidence[c].get("ref_organ_like", math.nan)) else 0.0) for c in cases}
+    focal = {c: (float(evidence[c].get("pred_extra_focal", math.nan))
+                 if np.isfinite(evidence[c].get("pred_extra_focal", math.nan)) else 0.0) for c in cases}
     median_volume = float(np.median(list(volume.values())))
     rows: List[Dict[str, Any]] = []
     for c in cases:
@@ -537,9 +637,10 @@ def score_cohort(evidence: Mapping[str, Mapping[str, float]], params: AuditParam
         hot_remote = min(1.0, supported / max(volume[c], median_volume)) if np.isfinite(supported) else 0.0
         n_ref, n_pred = max(ev["n_ref_lesions"], 1.0), max(ev["n_pred_lesions"], 1.0)
         comp = {"missed_lesion": 0.5 * ((ev["pred_extra_confident_ml"] + ev["pred_deep_ml"]) / volume[c]
-                                        + ev["pred_extra_confident_n"] / n_pred) + params.hot_weight * hot_remote,
+                                        + ev["pred_extra_confident_n"] / n_pred) + params.hot_weight * hot_remote
+                                 + params.focal_weight * focal[c],
                 "extra_region": 0.5 * ((ev["ref_missed_confident_ml"] + ev["ref_deep_ml"]) / volume[c]
-                                       + ev["ref_missed_confident_n"] / n_ref),
+                                       + ev["ref_missed_confident_n"] / n_ref) + params.organ_weight * organ[c],
                 "boundary": outline[c] + params.pet_weight * (cold[c] + adjacent[c])}
         rank = ev.get("loss_late_rank", math.nan)
         loss = params.loss_weight * max(0.0, 2.0 * rank - 1.0) if np.isfinite(rank) else 0.0
