@@ -53,7 +53,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clips_nnunet.dataset_conversion.write import write_image  # noqa: E402
-from clips_nnunet.audit.evidence import roc_auc  # noqa: E402
+from clips_nnunet.audit.scoring import roc_auc  # noqa: E402
 from clips_nnunet.io_utils import atomic_write_json  # noqa: E402
 from clips_nnunet.synthetic.raw import add_bladder, make_synthetic_raw_dataset, truth_dir  # noqa: E402
 

@@ -21,7 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clips_nnunet.audit.evidence import AuditParams, case_evidence, roc_auc, score_cohort  # noqa: E402
+from clips_nnunet.audit.evidence import AuditParams, case_evidence  # noqa: E402
+from clips_nnunet.audit.scoring import roc_auc, score_cohort  # noqa: E402
 from clips_nnunet.audit.page import find_validation, read_case  # noqa: E402
 from bench_audit import hard_cut_for, kind_auc_inputs  # noqa: E402
 

@@ -4,8 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from clips_nnunet.audit.evidence import (AuditParams, case_evidence, continuation_share, loss_evidence,
-                                           organ_like_rejected, pet_reference_levels, roc_auc, score_cohort)
+from clips_nnunet.audit.evidence import (AuditParams, case_evidence, continuation_share, organ_like_rejected,
+                                           pet_reference_levels)
+from clips_nnunet.audit.scoring import loss_evidence, roc_auc, score_cohort
 
 SP = (2.0, 1.0, 1.0)  # voxel = 2 mm^3 = 0.002 ml
 MM4 = (4.0, 4.0, 4.0)  # voxel = 0.064 ml: the distances in mm (8 mm) are two voxels, as the audit was tuned
@@ -211,7 +212,7 @@ def ndimage_distance(mask):
 
 
 def test_model_quality_warning():
-    from clips_nnunet.audit.evidence import model_quality_warning
+    from clips_nnunet.audit.scoring import model_quality_warning
 
     def rows(dices, kinds):
         return [{"dice": d, "ref_ml": 1.0, "error_kind": k} for d, k in zip(dices, kinds)]

@@ -29,8 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from clips_nnunet.errors import DatasetError
-from clips_nnunet.audit.evidence import (AuditParams, case_evidence, loss_evidence, model_quality_warning,
-                                         score_cohort, strongest_finding)
+from clips_nnunet.audit.evidence import AuditParams, case_evidence, strongest_finding
+from clips_nnunet.audit.scoring import loss_evidence, model_quality_warning, score_cohort
 from clips_nnunet.audit.html_page import ANNOTATION_KINDS, render_html
 from clips_nnunet.audit.views import mip_picture, planes_picture
 from clips_nnunet.nnunet_env import reference_masks_for_results

@@ -24,7 +24,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
     except (ClipsError, ValueError, OSError) as e:
         print(f"clips-nnunet audit: error: {e}", file=sys.stderr)
         return 2
-    from clips_nnunet.audit.evidence import model_quality_warning
+    from clips_nnunet.audit.scoring import model_quality_warning
 
     warning = model_quality_warning(rows)
     if warning:
