@@ -77,6 +77,15 @@ def claim(config: StudyConfig, index: int) -> bool:
         return False
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (exists and is not a zombie left to an init that does not reap)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S', time.gmtime())} {message}", flush=True)
 
@@ -86,6 +95,8 @@ def main(argv: Sequence[str] = (), priority: Priority = PRIORITY, description: s
     parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--dry-run", action="store_true", help="print the order, run nothing")
+    parser.add_argument("--wait-for", type=int, nargs="*", default=[], metavar="PID",
+                        help="processes (runs of a stopped launcher) that hold a lane while they live")
     args = parser.parse_args(list(argv) or None)
     configs = {p: load_study_config(p) for p in {path for path, _, _ in priority}}
     order = ordered_runs(configs, priority)
@@ -98,7 +109,8 @@ def main(argv: Sequence[str] = (), priority: Priority = PRIORITY, description: s
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         running = {}
         while pending or running:
-            while pending and len(running) < args.parallel:
+            busy = sum(_alive(pid) for pid in args.wait_for)
+            while pending and len(running) + busy < args.parallel:
                 config, i, label = pending.pop(0)
                 if not claim(config, i):
                     log(f"skip {label} (index {i}): claimed")
@@ -109,7 +121,10 @@ def main(argv: Sequence[str] = (), priority: Priority = PRIORITY, description: s
                     prepared.add(config.name)
                 log(f"start {label} (index {i})")
                 running[pool.submit(run_index, config, i, False)] = (label, time.perf_counter())
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            if not running:  # only waited-for processes hold the lanes
+                time.sleep(30)
+                continue
+            done, _ = wait(list(running), timeout=30 if busy else None, return_when=FIRST_COMPLETED)
             for future in done:
                 label, t0 = running.pop(future)
                 try:
