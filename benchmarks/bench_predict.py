@@ -7,7 +7,7 @@ Both run in this process, on the same studies, with the same loaded nnU-Net mode
   sliding-window inference, resampling and NIfTI export, nothing else.
 * **ours**: :func:`clips_nnunet.prediction.predict.predict_dicom` from the DICOM folders: indexing and series choice,
   SUV conversion and CT resampling, the same nnU-Net inference, then mask NIfTI, DICOM SEG, RTSTRUCT, report and
-  MIP (written in a background thread while the next study is predicted).
+  MIP (conversion and outputs in predict's worker processes while the main process runs nnU-Net).
 
 It prints seconds per study for both, the ratio ours / baseline, our time split into its stages, and whether our
 masks equal nnU-Net's own. By default the model is **briefly trained** here: a synthetic ``small`` cohort is
@@ -28,9 +28,11 @@ least 2 each) before the brief training, so that nnU-Net's own step (pre-process
 and export) takes what a GPU's inference of the full network would, and our fixed cost per study shows. Besides
 the ratio, every run prints **our seconds per study not overlapped with nnU-Net**: the wall time of ours minus
 the wall time of its nnU-Net stage (the main thread's ``predict_images`` calls), divided by the number of studies,
-i.e. the time during which nnU-Net (on a GPU: the GPU) waits for our index, conversion or outputs; and our own
-CPU seconds per study in all threads (process CPU of ours minus the CPU of its nnU-Net stage, which runs in the
-main thread) against nnU-Net's CPU per study in the baseline.
+i.e. the time during which nnU-Net (on a GPU: the GPU) waits for our index, conversion or outputs; the same in
+**steady state** (the index's share per study plus the median wait for the conversions of studies 2..n: what
+each further study of a long folder adds; the first conversion and the last outputs happen once per run); and our
+own CPU seconds per study in all processes (CPU of ours and of its worker processes minus the CPU of its nnU-Net
+stage, which runs in the main thread) against nnU-Net's CPU per study in the baseline.
 
     python benchmarks/bench_predict.py [-n 2] [--repeats 2] [--iterations 20] [--size small|wholebody]
         [--predict-cohort DIR] [--shrink-features K] [--model-dir DIR] [--disable-tta] [--profile] [--device cpu]
@@ -147,6 +149,15 @@ def _profile_one(P, selection, predictor, work: Path, top: int) -> None:
     stats.sort_stats("cumulative").print_stats(top)
 
 
+def steady_state(run, n: int) -> float:
+    """Seconds per study in which nnU-Net waits for us once the pipeline runs: the index's share per study plus
+    the median time the main process waited for a conversion (receiving the images included) over studies 2..n
+    (the first study's conversion and the last outputs are the pipeline's fill and drain, once per run)."""
+    import numpy as np
+    waits = [end - start for kind, k, start, end in run.events if kind == "wait_conversion" and k > 0]
+    return run.timings["index"] / n + (float(np.median(waits)) if waits else 0.0)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=2, help="synthetic studies to predict (default 2)")
@@ -167,6 +178,8 @@ def main() -> int:
     ap.add_argument("--shrink-features", type=int, default=1, metavar="K",
                     help="divide the trained network's features per stage by K (GPU-speed inference on a CPU; "
                          "only for the model trained here)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="predict's worker processes (default: predict's own default for this machine)")
     ap.add_argument("--profile", action="store_true", help="cProfile one study's conversion, prediction, outputs")
     ap.add_argument("--repeats", type=int, default=2, help="alternating baseline/ours measurements (default 2)")
     ap.add_argument("--warmup-slices", type=int, default=48,
@@ -232,13 +245,20 @@ def main() -> int:
                 warm = [str(P.write_nifti(im[:, :, slab], work / "warmup_in" / f"w000_{c:04d}.nii.gz"))
                         for c, im in enumerate((prep.ct_on_pet, prep.pet_suv))]
         stage = predictor.stages[-1]
+        import highdicom  # noqa: F401 - what predict's workers import for the outputs: loaded, as after a first
+        import matplotlib.figure  # noqa: F401 - run (the forked workers inherit it); a one-off command line run
+        import scipy.spatial  # noqa: F401 - imports them in its workers while it reads the headers
         (work / "warmup_out").mkdir()
         with contextlib.redirect_stdout(io.StringIO()):  # warm-up: lazy initialisation (PyTorch, nnU-Net)
             stage.predict_from_files_sequential([warm], str(work / "warmup_out"), False, True, None)
 
-        import clips_nnunet.dataset_conversion.convert as C
-        import clips_nnunet.dataset_conversion.dicom_out as D
-        import clips_nnunet.prediction.mip as M
+        import resource
+
+        def children_cpu() -> float:
+            """CPU seconds of this process's ended and waited-for children (predict's worker processes, the
+            index's header readers)."""
+            ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+            return ru.ru_utime + ru.ru_stime
 
         def run_baseline(r: int) -> tuple:
             """(wall, process CPU) seconds of nnU-Net's own predictor on the converted NIfTI files."""
@@ -249,24 +269,16 @@ def main() -> int:
             return time.perf_counter() - t, time.process_time() - c
 
         def run_ours(r: int, timings: dict):
-            """predict_dicom with a stage breakdown from wrapped functions (outputs overlap the next study)."""
-            originals = (C.prepare_study, predictor.predict_images, P.write_patient_outputs, D.write_dicom_seg,
-                         D.write_rtstruct, M.save_coronal_mip, P.find_studies)
-            C.prepare_study = _timed(timings, "convert (read DICOM, SUV, CT onto PET)", originals[0])
-            predictor.predict_images = _timed(timings, NNUNET, originals[1], NNUNET_CPU)
-            P.write_patient_outputs = _timed(timings, "outputs, in the background thread", originals[2])
-            D.write_dicom_seg = _timed(timings, "  DICOM SEG", originals[3])
-            D.write_rtstruct = _timed(timings, "  RTSTRUCT", originals[4])
-            M.save_coronal_mip = _timed(timings, "  MIP PNG", originals[5])
-            P.find_studies = _timed(timings, "index and series choice", originals[6])
+            """predict_dicom; the CPU of its nnU-Net stage (main thread) from a wrapped predict_images, the rest
+            of the breakdown from the run's own account (run.timings, run.events)."""
+            original = predictor.predict_images
+            predictor.predict_images = _timed(timings, NNUNET, original, NNUNET_CPU)
             try:
-                t, c = time.perf_counter(), time.process_time()
+                t, c, cc = time.perf_counter(), time.process_time(), children_cpu()
                 run = P.predict_dicom([cohort], work / f"ours_out_{r}", spec, predictor=predictor, progress=False,
-                                      private_dir=work / f"ours_private_{r}")
-                return time.perf_counter() - t, time.process_time() - c, run
+                                      private_dir=work / f"ours_private_{r}", workers=args.workers)
+                return time.perf_counter() - t, time.process_time() - c + children_cpu() - cc, run
             finally:
-                (C.prepare_study, predictor.predict_images, P.write_patient_outputs, D.write_dicom_seg,
-                 D.write_rtstruct, M.save_coronal_mip, P.find_studies) = originals
                 del predictor.predict_images  # the instance attribute shadowed the method
 
         # repeats alternate the two sides (baseline, ours, baseline, ours, ...), so that a change of the machine's
@@ -283,15 +295,17 @@ def main() -> int:
             timings: dict = {}
             ours, ours_cpu, run = run_ours(r, timings)
             exposed = ours - timings.get(NNUNET, 0.0)  # nnU-Net (a GPU) waits for us this long
-            for key, seconds in getattr(run, "timings", {}).items():  # predict's own account of its main thread
+            for key, seconds in run.timings.items():  # predict's own account
                 if key not in ("nnunet", "total"):
-                    timings[f"main thread: {key.replace('_', ' ')}"] = seconds
+                    where = "workers" if key.startswith(("convert", "outputs")) else "main process"
+                    timings[f"{where}: {key.replace('_', ' ')}"] = seconds
+            steady = steady_state(run, n)
             own_cpu = ours_cpu - timings.get(NNUNET_CPU, 0.0)
-            rows.append((baseline, ours, load_b, load_o, timings, run, exposed, own_cpu, baseline_cpu))
+            rows.append((baseline, ours, load_b, load_o, timings, run, exposed, own_cpu, baseline_cpu, steady))
             print(f"repeat {r + 1}: baseline {baseline / n:7.2f} s/study (load {load_b:4.1f}), ours {ours / n:7.2f} "
                   f"s/study (load {load_o:4.1f}), ratio {ours / baseline:.3f}; ours not overlapped with nnU-Net "
-                  f"{exposed / n:6.2f} s/study, our own CPU {own_cpu / n:6.2f} s/study (nnU-Net's own predictor: "
-                  f"{baseline_cpu / n:6.2f} s CPU/study)", flush=True)
+                  f"{exposed / n:6.2f} s/study (steady state {steady:5.2f}), our own CPU {own_cpu / n:6.2f} s/study "
+                  f"(nnU-Net's own predictor: {baseline_cpu / n:6.2f} s CPU/study)", flush=True)
 
         run = rows[0][5]
         mapping = json.loads((work / "ours_private_0" / P.MAPPING_FILE).read_text())
@@ -316,7 +330,10 @@ def main() -> int:
         print(f"ours not overlapped with nnU-Net (wall of ours - wall of its nnU-Net stage), median of {len(rows)}: "
               f"{float(np.median([row[6] for row in rows])) / n:6.2f} s/study (per repeat "
               f"{[round(row[6] / n, 2) for row in rows]})")
-        print(f"our own CPU in all threads (process CPU of ours - CPU of its nnU-Net stage), median: "
+        print(f"ours not overlapped in steady state (index per study + median wait for studies 2..n), median of "
+              f"{len(rows)}: {float(np.median([row[9] for row in rows])):6.2f} s/study (per repeat "
+              f"{[round(row[9], 2) for row in rows]})")
+        print(f"our own CPU in all processes (CPU of ours and its workers - CPU of its nnU-Net stage), median: "
               f"{float(np.median([row[7] for row in rows])) / n:6.2f} s/study; nnU-Net's own predictor "
               f"{float(np.median([row[8] for row in rows])) / n:6.2f} s CPU/study")
         for k in rows[0][4]:

@@ -54,7 +54,7 @@ def test_conversion_and_outputs_overlap_inference_and_timings_add_up(cohort, tmp
 
     assert [r.status for r in run.results] == ["done", "done"]
     predicted = sorted(events, key=lambda e: e[2])
-    jobs = {(kind, k): (start, end) for kind, k, start, end in run.events}  # in the worker processes
+    jobs = {(kind, k): (start, end) for kind, k, start, end in run.events if kind in ("convert", "outputs")}
     assert sorted(jobs) == [("convert", 0), ("convert", 1), ("outputs", 0), ("outputs", 1)]
     (_, _, p1_start, p1_end), (_, _, p2_start, p2_end) = predicted
     # study 2 is converted (a worker process) while study 1 is predicted (this process), and study 1's outputs
@@ -75,6 +75,8 @@ def test_conversion_and_outputs_overlap_inference_and_timings_add_up(cohort, tmp
     # the workers' own accounts: wall time of both jobs of both studies, and their CPU
     assert t["convert"] == pytest.approx(sum(e - s for (kind, _), (s, e) in jobs.items() if kind == "convert"))
     assert 0 < t["convert_cpu"] and 0 < t["outputs_cpu"]
+    waits = [(kind, k) for kind, k, _, _ in run.events if kind.startswith("wait_")]
+    assert waits == [("wait_conversion", 0), ("wait_conversion", 1), ("wait_outputs", 0), ("wait_outputs", 1)]
     assert "timings" not in run.to_dict() and "events" not in run.to_dict()  # the summary file stays as it was
 
 

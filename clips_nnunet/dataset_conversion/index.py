@@ -14,7 +14,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import pydicom
@@ -28,7 +28,7 @@ from .workers import process_pool
 
 from .read import GEOMETRY_TAGS
 
-__all__ = ["SeriesInfo", "DicomIndex", "index_dicom_folder", "read_header_record", "slice_position"]
+__all__ = ["SeriesInfo", "DicomIndex", "index_dicom_folder", "read_header_record", "read_chunk", "slice_position"]
 
 #: Header attributes kept in :attr:`SeriesInfo.attributes` (from the first instance of the series) because series
 #: selection, SUV conversion or the report need them.
@@ -326,7 +326,9 @@ def read_header_record(path: PathLike, attributes: bool = True) -> Tuple[str, An
         return "unreadable", f"header values cannot be interpreted ({type(exc).__name__}: {exc})"
 
 
-def _read_chunk(paths: Sequence[str]) -> List[Tuple[str, str, Any]]:
+def read_chunk(paths: Sequence[str]) -> List[Tuple[str, str, Any]]:
+    """``(path, status, record or reason)`` of each file (:func:`read_header_record` without the selection
+    attributes, which :func:`index_dicom_folder` adds per series)."""
     return [(p, *read_header_record(p, attributes=False)) for p in paths]
 
 
@@ -401,11 +403,15 @@ def series_number(s: SeriesInfo) -> int:
         return 10 ** 9
 
 
-def index_dicom_folder(root: PathLike, progress: bool = True, workers: int = 1) -> DicomIndex:
+def index_dicom_folder(root: PathLike, progress: bool = True, workers: int = 1,
+                       map_chunks: Optional[Callable[[List[List[str]]], Iterable[List[Tuple[str, str, Any]]]]] = None
+                       ) -> DicomIndex:
     """Index every DICOM file below ``root`` (any folder layout; symbolic links followed).
 
     Headers only (``stop_before_pixels``). ``workers > 1`` reads headers in that many processes (useful on network
-    storage). Raises ``FileNotFoundError`` when ``root`` is not a folder.
+    storage). ``map_chunks``: the caller's own workers instead (e.g. ``predict``'s worker processes): called with
+    the lists of file paths, it returns :func:`read_chunk` of each, in order. Raises ``FileNotFoundError`` when
+    ``root`` is not a folder.
     """
     root = Path(root)
     if not root.is_dir():
@@ -417,7 +423,12 @@ def index_dicom_folder(root: PathLike, progress: bool = True, workers: int = 1) 
 
     results: List[Tuple[str, str, Any]] = []
     bar = tqdm(total=len(files), desc="indexing DICOM headers", unit="file", disable=not progress)
-    if workers == 1 or len(files) < 64:
+    if map_chunks is not None and len(files) >= 64:
+        chunk = max(16, len(files) // (max(workers, 1) * 4))
+        for part in map_chunks([[str(p) for p in files[i:i + chunk]] for i in range(0, len(files), chunk)]):
+            results.extend(part)
+            bar.update(len(part))
+    elif workers == 1 or len(files) < 64:
         for p in files:
             results.append((str(p), *read_header_record(p, attributes=False)))
             bar.update(1)
@@ -425,7 +436,7 @@ def index_dicom_folder(root: PathLike, progress: bool = True, workers: int = 1) 
         chunk = max(16, len(files) // (workers * 8))
         chunks = [[str(p) for p in files[i:i + chunk]] for i in range(0, len(files), chunk)]
         with process_pool(workers) as pool:  # workers end with this process; Ctrl-C stops them at once
-            for part in pool.map(_read_chunk, chunks):
+            for part in pool.map(read_chunk, chunks):
                 results.extend(part)
                 bar.update(len(part))
     bar.close()

@@ -89,8 +89,9 @@ class PredictionRun:
     problems: List[str] = field(default_factory=list)
     #: where the run's wall time went, in seconds (:data:`TIMING_KEYS`; not written to the summary file)
     timings: Dict[str, float] = field(default_factory=dict)
-    #: ``(kind, study number, start, end)`` of every conversion and outputs job in the worker processes
-    #: (``time.perf_counter``, the machine's monotonic clock; not written to the summary file)
+    #: ``(kind, study number, start, end)``: every ``convert`` and ``outputs`` job in the worker processes, every
+    #: ``wait_conversion`` and ``wait_outputs`` of the main process (``time.perf_counter``, the machine's monotonic
+    #: clock; study numbers count the studies predicted in this run from 0; not written to the summary file)
     events: List[Tuple[str, int, float, float]] = field(default_factory=list)
 
     @property
@@ -116,14 +117,15 @@ class PredictionRun:
 
 
 #: :attr:`PredictionRun.timings`: the main process's wall time by what it did. ``index``: finding the studies;
-#: ``model``: loading the model (overlapping the first conversions); ``wait_conversion``: waiting for a study's
+#: ``model``: waiting for the model, which loads in a thread during the index and the first conversions;
+#: ``wait_conversion``: waiting for a study's
 #: conversion (a worker process; the first study's always) and receiving its images; ``nnunet``: nnU-Net's
 #: prediction; ``wait_outputs``: waiting for the last studies' outputs (the worker processes); ``total``: the whole
 #: run. Everything but ``nnunet`` is time in which nnU-Net (on a GPU: the GPU) waits for us. In the worker
 #: processes (summed over studies, overlapping the main process): ``convert`` / ``outputs`` wall seconds and
-#: ``convert_cpu`` / ``outputs_cpu`` their CPU seconds.
-TIMING_KEYS = ("index", "model", "wait_conversion", "nnunet", "wait_outputs", "total", "convert", "convert_cpu",
-               "outputs", "outputs_cpu")
+#: ``convert_cpu`` / ``outputs_cpu`` their CPU seconds; ``index_cpu`` the CPU seconds they spent reading headers.
+TIMING_KEYS = ("index", "model", "wait_conversion", "nnunet", "wait_outputs", "total", "index_cpu", "convert",
+               "convert_cpu", "outputs", "outputs_cpu")
 #: the keys of :data:`TIMING_KEYS` that are the main process's own time (they add up to at most ``total``)
 MAIN_KEYS = ("index", "model", "wait_conversion", "nnunet", "wait_outputs")
 
@@ -134,10 +136,12 @@ def default_private_dir(output_dir: PathLike) -> Path:
     return output_dir.parent / f"{output_dir.name}_private"
 
 
-def find_studies(inputs: Sequence[PathLike], workers: int = 1) -> Tuple[List[StudySelection], List[str]]:
+def find_studies(inputs: Sequence[PathLike], workers: int = 1, map_chunks: Optional[Any] = None
+                 ) -> Tuple[List[StudySelection], List[str]]:
     """Index every input folder and choose CT/PET per study with the converter's rules.
 
-    ``workers > 1`` reads the headers in that many processes (:func:`index_dicom_folder`). Returns
+    ``workers > 1`` reads the headers in that many processes, ``map_chunks`` in the caller's own (both as in
+    :func:`clips_nnunet.dataset_conversion.index.index_dicom_folder`). Returns
     ``(selections, problems)``: problems are readable lines (a folder without DICOM, a study without a usable
     PET) that do not stop the other studies.
     """
@@ -151,7 +155,7 @@ def find_studies(inputs: Sequence[PathLike], workers: int = 1) -> Tuple[List[Stu
         if not folder.is_dir():
             problems.append(f"input #{n + 1} is not a folder; give DICOM folders or a cohort folder")
             continue
-        index = index_dicom_folder(folder, progress=False, workers=workers)
+        index = index_dicom_folder(folder, progress=False, workers=workers, map_chunks=map_chunks)
         if not index.patients:
             problems.append(f"input #{n + 1}: no readable DICOM PET/CT in this folder")
             continue
@@ -320,8 +324,15 @@ def _predict_with(pool: StudyWorkers, todo: List[Tuple[int, str, str, str, Study
     mapping = PseudonymMap(private_dir / MAPPING_FILE)
     run = PredictionRun(output_dir=output_dir, mapping_file=mapping.path)
     timings = run.timings = dict.fromkeys(TIMING_KEYS, 0.0)
-    selections, run.problems = find_studies(inputs, workers=_cores())
+    loading = None
+    if predictor is None:  # the model loads in a thread while the workers read the headers (nothing forks now)
+        from concurrent.futures import ThreadPoolExecutor
+        loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clips-predict-model")
+        loading = loader.submit(load_predictor, spec, device=device, use_mirroring=use_mirroring)
+        loader.shutdown(wait=False)
+    selections, run.problems = find_studies(inputs, workers=pool.n, map_chunks=pool.map_chunks)
     timings["index"] = time.perf_counter() - started
+    timings["index_cpu"] = pool.index_cpu
     cases = _output_names(selections, mapping, output_dir, keep_patient_names)
     mapping.save()
 
@@ -366,17 +377,18 @@ def _predict_with(pool: StudyWorkers, todo: List[Tuple[int, str, str, str, Study
         if isinstance(reply.payload, PatientResult):
             results[todo[reply.k][0]] = reply.payload
 
-    def waited(key: str, seconds: float) -> None:
-        timings[key] += seconds
+    def waited(key: str, k: int, start: float, end: float) -> None:
+        timings[key] += end - start
+        run.events.append((key, k, start, end))
 
-    if todo:  # the first conversions overlap loading the model
+    if todo:  # the first conversions overlap the rest of the model's loading
         bar = tqdm(total=len(todo), desc="predict", unit="study", disable=not progress)
         queued = min(pool.n, len(todo))
         for k in range(queued):
             pool.convert(k, todo[k])
-        if predictor is None:
+        if loading is not None:  # one model or an Ensemble
             t = time.perf_counter()
-            predictor = load_predictor(spec, device=device, use_mirroring=use_mirroring)  # one model or an Ensemble
+            predictor = loading.result()
             timings["model"] = time.perf_counter() - t
         run_pipeline(pool, todo, predict, on_reply, waited, progress=bar.update, queued=queued)
         bar.close()
@@ -385,12 +397,6 @@ def _predict_with(pool: StudyWorkers, todo: List[Tuple[int, str, str, str, Study
                       {"model": predictor.model_description() if predictor else None, **run.to_dict()})
     timings["total"] = time.perf_counter() - started
     return run
-
-
-def _cores() -> int:
-    """CPU cores this process may use."""
-    import os
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _other_study(folder: Path, pseudonym: str, recorded_owner: Optional[str]) -> Optional[str]:

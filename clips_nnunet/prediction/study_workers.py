@@ -85,6 +85,10 @@ def _worker_loop(conn: Any, parent_pid: int, convert: Callable[..., Any], write:
             conn.send(WorkerReply("written", k, result, start, time.perf_counter(), time.process_time() - cpu))
         elif command == "drop":
             kept.pop(k, None)
+        elif command == "index":
+            from clips_nnunet.dataset_conversion.index import read_chunk
+            records = read_chunk(message[2])
+            conn.send(WorkerReply("indexed", k, records, start, time.perf_counter(), time.process_time() - cpu))
 
 
 def _import_output_modules() -> None:
@@ -114,6 +118,9 @@ class StudyWorkers:
         self._slots: List[Optional[Tuple[Any, Any]]] = [None] * n
         self._waiting: List[List[Tuple[str, int]]] = [[] for _ in range(n)]  # replies each worker still owes
         self._replies: Dict[Tuple[str, int], WorkerReply] = {}
+        self._chunks = 0  # header chunks sent so far (:meth:`map_chunks`)
+        #: CPU seconds the workers spent reading headers for :meth:`map_chunks`
+        self.index_cpu = 0.0
 
     def __enter__(self) -> "StudyWorkers":
         for j in range(self.n):
@@ -154,23 +161,42 @@ class StudyWorkers:
         """Let study ``k``'s worker forget it (its prediction failed)."""
         self._send(k, ("drop", k), None)
 
+    def map_chunks(self, chunks: List[List[str]]) -> List[Any]:
+        """Header records of each chunk of DICOM files (:func:`clips_nnunet.dataset_conversion.index.read_chunk`),
+        read by the workers in parallel; for ``index_dicom_folder(map_chunks=...)``. Raises
+        :class:`clips_nnunet.errors.ClipsError` when a worker ends while reading."""
+        from clips_nnunet.errors import ClipsError
+
+        first = self._chunks
+        self._chunks += len(chunks)
+        for c, chunk in enumerate(chunks):
+            self._send(first + c, ("index", first + c, chunk), "indexed")
+        parts = []
+        for c in range(first, first + len(chunks)):
+            r = self.reply("indexed", c)
+            if isinstance(r.payload, str):
+                raise ClipsError(f"reading the DICOM headers failed: {r.payload}")
+            self.index_cpu += r.cpu
+            parts.append(r.payload)
+        return parts
+
     def reply(self, kind: str, k: int) -> WorkerReply:
         """Wait for the ``kind`` reply of study ``k`` (replies the worker sends before it are kept for later)."""
         j = k % self.n
         while (kind, k) not in self._replies:
             proc, conn = self._slots[j]
-            ready = wait_for([conn, proc.sentinel])
-            if conn in ready:
-                try:
-                    r = conn.recv()
-                except (EOFError, OSError):
-                    r = None
-                if r is not None:
-                    self._waiting[j].remove((r.kind, r.k))
-                    self._replies[(r.kind, r.k)] = r
-                    continue
-            if conn not in ready or not conn.poll():
+            wait_for([conn, proc.sentinel])
+            try:
+                r = conn.recv() if conn.poll() else None
+            except (EOFError, OSError):  # the worker is gone (or going) and its pipe is empty
                 self._replace(j)
+                continue
+            if r is None:
+                if not proc.is_alive():
+                    self._replace(j)
+                continue
+            self._waiting[j].remove((r.kind, r.k))
+            self._replies[(r.kind, r.k)] = r
         return self._replies.pop((kind, k))
 
     def _replace(self, j: int) -> None:
@@ -181,7 +207,8 @@ class StudyWorkers:
                   "memory?); predict this study again")
         now = time.perf_counter()
         for kind, k in self._waiting[j]:
-            self._replies[(kind, k)] = WorkerReply(kind, k, self._dead(k, kind, reason), now, now, 0.0)
+            payload = reason if kind == "indexed" else self._dead(k, kind, reason)
+            self._replies[(kind, k)] = WorkerReply(kind, k, payload, now, now, 0.0)
         self._waiting[j] = []
         conn.close()
         self._start(j)
@@ -213,15 +240,16 @@ class StudyWorkers:
 
 
 def run_pipeline(workers: StudyWorkers, items: Sequence[Any], predict: Callable[[int, Any], Any],
-                 on_reply: Callable[[WorkerReply], None], waited: Callable[[str, float], None],
+                 on_reply: Callable[[WorkerReply], None], waited: Callable[[str, int, float, float], None],
                  progress: Optional[Callable[[], None]] = None, queued: int = 0) -> None:
     """Predict the studies ``items`` through ``workers``: study ``k``'s conversion reply -> ``predict(k, images)``
     in this process -> its outputs in the worker, with the next studies converted meanwhile.
 
     ``predict`` returns what the worker's ``write`` needs (the mask, ...), or None when the study failed (its
     failure already recorded). ``on_reply`` gets
-    every reply (failed conversions, written outputs, and the timings of each); ``waited(key, seconds)`` is told
-    how long this process waited for a conversion (``wait_conversion``) or for outputs (``wait_outputs``).
+    every reply (failed conversions, written outputs, and the timings of each); ``waited(key, k, start, end)`` is
+    told when this process waited for study ``k``'s conversion (``wait_conversion``, receiving its images included)
+    or outputs (``wait_outputs``).
     ``queued``: the first studies whose conversions the caller has queued already (e.g. before loading a model).
     """
     n_studies = len(items)
@@ -231,7 +259,7 @@ def run_pipeline(workers: StudyWorkers, items: Sequence[Any], predict: Callable[
     for k in range(n_studies):
         t = time.perf_counter()
         reply = workers.reply("converted", k)
-        waited("wait_conversion", time.perf_counter() - t)
+        waited("wait_conversion", k, t, time.perf_counter())
         on_reply(reply)
         images = reply.payload
         outputs = predict(k, images) if isinstance(images, tuple) else None
@@ -247,6 +275,6 @@ def run_pipeline(workers: StudyWorkers, items: Sequence[Any], predict: Callable[
     for k in written:
         t = time.perf_counter()
         reply = workers.reply("written", k)
-        waited("wait_outputs", time.perf_counter() - t)
+        waited("wait_outputs", k, t, time.perf_counter())
         on_reply(reply)
 
