@@ -149,6 +149,31 @@ def _profile_one(P, selection, predictor, work: Path, top: int) -> None:
     stats.sort_stats("cumulative").print_stats(top)
 
 
+def _overlap_only(args, run_ours, P, n_of) -> None:
+    """Ours alone on ``args.overlap_cohort``, ``--overlap-repeats`` times: seconds per study not overlapped with nnU-Net
+    (whole run and steady state), our own CPU per study, and where the time went."""
+    import numpy as np
+    n = n_of()
+    print(f"\n--overlap-cohort {args.overlap_cohort}: {n} studies, ours alone")
+    rows = []
+    for r in range(args.overlap_repeats or args.repeats):
+        load = os.getloadavg()[0]
+        timings: dict = {}
+        wall, cpu, run = run_ours(r, timings, cohort=args.overlap_cohort, tag="_overlap")
+        exposed = wall - timings.get(NNUNET, 0.0)
+        own = cpu - timings.get(NNUNET_CPU, 0.0)
+        steady = steady_state(run, n)
+        rows.append((exposed / n, steady, own / n))
+        print(f"repeat {r + 1} (load {load:4.1f}): ours {wall / n:7.2f} s/study, of it nnU-Net "
+              f"{timings.get(NNUNET, 0.0) / n:7.2f}; not overlapped {exposed / n:6.2f} s/study (steady state "
+              f"{steady:5.2f}); our own CPU {own / n:6.2f} s/study; failed {run.n_failed}", flush=True)
+        print("  " + ", ".join(f"{k} {v / n:.2f}" for k, v in run.timings.items() if k not in ("total",))
+              + " s/study")
+    for name, col in (("not overlapped", 0), ("not overlapped, steady state", 1), ("our own CPU", 2)):
+        values = [row[col] for row in rows]
+        print(f"{name}: median {float(np.median(values)):.2f} s/study (range {min(values):.2f}-{max(values):.2f})")
+
+
 def steady_state(run, n: int) -> float:
     """Seconds per study in which nnU-Net waits for us once the pipeline runs: the index's share per study plus
     the median time the main process waited for a conversion (receiving the images included) over studies 2..n
@@ -178,6 +203,11 @@ def main() -> int:
     ap.add_argument("--shrink-features", type=int, default=1, metavar="K",
                     help="divide the trained network's features per stage by K (GPU-speed inference on a CPU; "
                          "only for the model trained here)")
+    ap.add_argument("--overlap-cohort", type=Path,
+                    help="after the comparison, predict this DICOM cohort (e.g. whole-body studies) --repeats times "
+                         "with ours alone and print the seconds not overlapped with nnU-Net and our own CPU per "
+                         "study (figures that need no baseline; the same run, model and machine)")
+    ap.add_argument("--overlap-repeats", type=int, default=None, help="repeats on --overlap-cohort (default --repeats)")
     ap.add_argument("--workers", type=int, default=None,
                     help="predict's worker processes (default: predict's own default for this machine)")
     ap.add_argument("--profile", action="store_true", help="cProfile one study's conversion, prediction, outputs")
@@ -268,15 +298,16 @@ def main() -> int:
                 stage.predict_from_files_sequential(lists, str(work / f"baseline_out_{r}"), False, True, None)
             return time.perf_counter() - t, time.process_time() - c
 
-        def run_ours(r: int, timings: dict):
+        def run_ours(r: int, timings: dict, cohort=cohort, tag: str = ""):
             """predict_dicom; the CPU of its nnU-Net stage (main thread) from a wrapped predict_images, the rest
             of the breakdown from the run's own account (run.timings, run.events)."""
             original = predictor.predict_images
             predictor.predict_images = _timed(timings, NNUNET, original, NNUNET_CPU)
             try:
                 t, c, cc = time.perf_counter(), time.process_time(), children_cpu()
-                run = P.predict_dicom([cohort], work / f"ours_out_{r}", spec, predictor=predictor, progress=False,
-                                      private_dir=work / f"ours_private_{r}", workers=args.workers)
+                run = P.predict_dicom([cohort], work / f"ours_out{tag}_{r}", spec, predictor=predictor,
+                                      progress=False, private_dir=work / f"ours_private{tag}_{r}",
+                                      workers=args.workers)
                 return time.perf_counter() - t, time.process_time() - c + children_cpu() - cc, run
             finally:
                 del predictor.predict_images  # the instance attribute shadowed the method
@@ -297,7 +328,7 @@ def main() -> int:
             exposed = ours - timings.get(NNUNET, 0.0)  # nnU-Net (a GPU) waits for us this long
             for key, seconds in run.timings.items():  # predict's own account
                 if key not in ("nnunet", "total"):
-                    where = "workers" if key.startswith(("convert", "outputs")) else "main process"
+                    where = "workers" if key.startswith(("convert", "outputs", "index_cpu")) else "main process"
                     timings[f"{where}: {key.replace('_', ' ')}"] = seconds
             steady = steady_state(run, n)
             own_cpu = ours_cpu - timings.get(NNUNET_CPU, 0.0)
@@ -340,6 +371,8 @@ def main() -> int:
             if k == NNUNET_CPU:
                 continue
             print(f"  {k:<48} " + " ".join(f"{row[4].get(k, 0.0) / n:7.2f}" for row in rows) + " s/study")
+        if args.overlap_cohort is not None:
+            _overlap_only(args, run_ours, P, n_of=lambda: len(P.find_studies([args.overlap_cohort])[0]))
         if args.profile:
             _profile_one(P, selections[0], predictor, work, 30)
     finally:

@@ -117,3 +117,20 @@ def test_a_worker_that_dies_fails_its_study_with_one_line_and_the_next_study_goe
     assert run.results[0].message.startswith("the conversion/output worker process ended unexpectedly (exit code "
                                              "9")
     assert "\n" not in run.results[0].message
+
+
+def test_workers_read_header_chunks_larger_than_a_pipe_without_blocking(tmp_path):
+    """The index's header chunks go to the worker processes one per worker at a time: replies larger than a pipe's
+    buffer (267 headers each) come back complete, in order, equal to reading them here."""
+    from clips_nnunet.dataset_conversion.index import read_chunk
+    from clips_nnunet.prediction.study_workers import StudyWorkers
+    from tests.nnunet_helpers import SHARED_TESTDATA
+
+    files = sorted(str(p) for p in (SHARED_TESTDATA / "tcia_sts_001" / "STS_001_PT_raw_BQML").glob("*.dcm"))
+    assert len(files) > 200
+    chunks = [files, files[::-1], files[:100], files, files[5:]]
+    with StudyWorkers(2, None, None, None) as pool:
+        parts = pool.map_chunks(chunks)
+        assert pool.index_cpu > 0
+    assert [len(p) for p in parts] == [len(c) for c in chunks]
+    assert parts[1] == read_chunk(files[::-1]) and parts[4] == read_chunk(files[5:])

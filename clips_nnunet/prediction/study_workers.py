@@ -169,11 +169,15 @@ class StudyWorkers:
 
         first = self._chunks
         self._chunks += len(chunks)
-        for c, chunk in enumerate(chunks):
-            self._send(first + c, ("index", first + c, chunk), "indexed")
+        # one chunk per worker at a time: a worker gets its next chunk only once its reply has been read, so
+        # neither side can block on a full pipe while the other blocks sending to it
+        for c in range(min(self.n, len(chunks))):
+            self._send(first + c, ("index", first + c, chunks[c]), "indexed")
         parts = []
-        for c in range(first, first + len(chunks)):
-            r = self.reply("indexed", c)
+        for c in range(len(chunks)):
+            r = self.reply("indexed", first + c)
+            if c + self.n < len(chunks):
+                self._send(first + c + self.n, ("index", first + c + self.n, chunks[c + self.n]), "indexed")
             if isinstance(r.payload, str):
                 raise ClipsError(f"reading the DICOM headers failed: {r.payload}")
             self.index_cpu += r.cpu
