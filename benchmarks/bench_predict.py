@@ -149,6 +149,18 @@ def _profile_one(P, selection, predictor, work: Path, top: int) -> None:
     stats.sort_stats("cumulative").print_stats(top)
 
 
+def _sleeping_stand_in(seconds: float):
+    """``predict_images`` of a GPU stand-in: sleeps ``seconds`` (the CPU stays free, as while a GPU computes) and
+    returns an empty mask on the PET grid."""
+    def predict_images(images, case_id):
+        import SimpleITK as sitk
+        time.sleep(seconds)
+        mask = sitk.Image(images[1].GetSize(), sitk.sitkUInt8)
+        mask.CopyInformation(images[1])
+        return mask
+    return predict_images
+
+
 def _overlap_only(args, run_ours, P, n_of) -> None:
     """Ours alone on ``args.overlap_cohort``, ``--overlap-repeats`` times: seconds per study not overlapped with nnU-Net
     (whole run and steady state), our own CPU per study, and where the time went."""
@@ -208,6 +220,9 @@ def main() -> int:
                          "with ours alone and print the seconds not overlapped with nnU-Net and our own CPU per "
                          "study (figures that need no baseline; the same run, model and machine)")
     ap.add_argument("--overlap-repeats", type=int, default=None, help="repeats on --overlap-cohort (default --repeats)")
+    ap.add_argument("--overlap-gpu-seconds", type=float, default=None, metavar="S",
+                    help="on --overlap-cohort, stand in for the GPU: nnU-Net's step sleeps S seconds per study and "
+                         "predicts an empty mask (the CPU is free meanwhile, as with a GPU); default: the real model")
     ap.add_argument("--workers", type=int, default=None,
                     help="predict's worker processes (default: predict's own default for this machine)")
     ap.add_argument("--profile", action="store_true", help="cProfile one study's conversion, prediction, outputs")
@@ -301,7 +316,7 @@ def main() -> int:
         def run_ours(r: int, timings: dict, cohort=cohort, tag: str = ""):
             """predict_dicom; the CPU of its nnU-Net stage (main thread) from a wrapped predict_images, the rest
             of the breakdown from the run's own account (run.timings, run.events)."""
-            original = predictor.predict_images
+            original, stood_in = predictor.predict_images, "predict_images" in vars(predictor)
             predictor.predict_images = _timed(timings, NNUNET, original, NNUNET_CPU)
             try:
                 t, c, cc = time.perf_counter(), time.process_time(), children_cpu()
@@ -310,7 +325,10 @@ def main() -> int:
                                       workers=args.workers)
                 return time.perf_counter() - t, time.process_time() - c + children_cpu() - cc, run
             finally:
-                del predictor.predict_images  # the instance attribute shadowed the method
+                if stood_in:
+                    predictor.predict_images = original
+                else:
+                    del predictor.predict_images  # the instance attribute shadowed the method
 
         # repeats alternate the two sides (baseline, ours, baseline, ours, ...), so that a change of the machine's
         # load during the run affects both
@@ -372,6 +390,8 @@ def main() -> int:
                 continue
             print(f"  {k:<48} " + " ".join(f"{row[4].get(k, 0.0) / n:7.2f}" for row in rows) + " s/study")
         if args.overlap_cohort is not None:
+            if args.overlap_gpu_seconds is not None:
+                predictor.predict_images = _sleeping_stand_in(args.overlap_gpu_seconds)  # run_ours wraps it
             _overlap_only(args, run_ours, P, n_of=lambda: len(P.find_studies([args.overlap_cohort])[0]))
         if args.profile:
             _profile_one(P, selections[0], predictor, work, 30)
