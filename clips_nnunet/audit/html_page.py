@@ -32,7 +32,8 @@ REASONS = {
                      "and the PET shows uptake there.",
     "extra_region": "The reference contours a region the models confidently reject. The annotator may have included "
                     "something that is not lymphoma (physiological uptake such as bladder, kidney, heart, bowel or "
-                    "brown fat, or tissue at background SUV); the models found no lesion there.",
+                    "brown fat, or tissue at background SUV, or a contour leaking into an organ whose uptake continues "
+                    "beyond it); the models found no lesion there.",
     "boundary": "The reference's outline differs from the models' outline and from the PET. The annotator may have "
                 "drawn it too wide or too tight (another threshold convention) or shifted by a slice.",
     "hard_case": "The models disagree with the reference in a way a weak model explains (faint or small lesions they "
@@ -49,6 +50,8 @@ EVIDENCE_FIELDS = (("suspicion", "suspicion"), ("missed_lesion_score", "missed-l
                    ("pred_extra_confident_ml", "predicted lesions absent from the reference, ml (weighted)"),
                    ("ref_missed_confident_ml", "reference lesions the models reject, ml (weighted)"),
                    ("unlabelled_hot_supported_ml", "hot spots neither mask holds that the models half see, ml"),
+                   ("ref_organ_like", "reference region the models reject whose uptake continues into an organ (0-1)"),
+                   ("pred_extra_focal", "focal lesion the models find outside the reference (0-1)"),
                    ("boundary_volume_ratio", "boundary volume ratio reference/prediction"),
                    ("boundary_disagreement", "boundary disagreement (xor/union)"),
                    ("ref_background_fraction", "reference voxels at background SUV"),
