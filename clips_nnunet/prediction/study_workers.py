@@ -103,8 +103,9 @@ class StudyWorkers:
     """``n`` worker processes (fork) serving :func:`_worker_loop`; a context manager that stops them on exit.
 
     ``convert(k, item)`` and ``write(k, item, prepared, outputs)`` run in the workers (module-level functions or
-    closures: the workers are forked, so nothing is pickled but the commands and replies). ``dead(k, what)``
-    makes the failure reply of a study whose worker ended unexpectedly (``what``: ``converted`` or ``written``).
+    closures: the workers are forked, so nothing is pickled but the commands and replies). ``dead(k, kind,
+    reason)`` makes the failure reply of a study whose worker ended unexpectedly (``kind``: ``converted`` or
+    ``written``; ``reason``: one line). The workers also read header chunks for the index (:meth:`map_chunks`).
     """
 
     def __init__(self, n: int, convert: Callable[..., Any], write: Callable[..., Any],
