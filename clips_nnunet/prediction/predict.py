@@ -20,8 +20,11 @@ Pipeline (one call, many patients, one failure never stops the others):
    place that calls nnU-Net.
 4. **Write** into ``OUT/{pseudonym}/`` (:mod:`clips_nnunet.prediction.outputs`): ``mask.nii.gz``,
    ``seg.dcm``, ``rtstruct.dcm``, ``report.md``, ``mip_coronal.png`` and last ``report.json``, which marks the
-   patient as complete, so a re-run skips complete patients. The outputs of one study are written in a background
-   thread while the next study is converted and predicted.
+   patient as complete, so a re-run skips complete patients.
+
+Worker processes (:mod:`clips_nnunet.prediction.study_workers`) read the headers for step 1 (while the model loads
+in a thread), convert the next studies (step 2) and write the previous ones' outputs (step 4) while nnU-Net
+predicts one study in this process (step 3).
 
 One run at a time per output folder (and per private folder): a second ``predict`` into the same folder fails at
 once naming the running one (:class:`clips_nnunet.io_utils.DirectoryLock`).
@@ -244,7 +247,7 @@ def predict_dicom(inputs: Sequence[PathLike], output_dir: PathLike, spec: Model,
     replaced UIDs; :mod:`clips_nnunet.prediction.outputs`). Complete studies are
     skipped unless ``overwrite``. A failing study is recorded and the others go on; check ``run.n_failed``.
     ``workers``: processes that convert studies and write outputs beside the inference (default
-    :func:`.study_workers.default_workers`); the index reads headers in one process per core.
+    :func:`.study_workers.default_workers`), which also read the headers for the index.
     Raises :class:`clips_nnunet.errors.LockedError` at once when another run uses ``output_dir`` or
     ``private_dir``.
     """
