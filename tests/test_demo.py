@@ -5,6 +5,7 @@ The self-check and the progress lines: tests/test_demo_check.py."""
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 
@@ -24,9 +25,12 @@ def test_steps_and_commands_cpu(tmp_path):
     by = {s.name: s for s in steps}
     # the cohort is always the same; --seed seeds the training only
     assert by["synth"].commands[0] == ["clips-nnunet", "synth", str(w / "dicom" / "train"), "-n", "10", "--seed", "0",
-                                       "--phantom", "box", "--quiet"]
-    assert by["synth"].commands[1][:7] == ["clips-nnunet", "synth", str(w / "dicom" / "heldout"), "-n", "2",
-                                           "--seed", "1000"]
+                                       "--phantom", "box", "--size", "small", "--quiet"]
+    assert by["synth"].commands[1] == ["clips-nnunet", "synth", str(w / "dicom" / "heldout"), "-n", "2",
+                                       "--seed", "1000", "--phantom", "box", "--size", "small", "--quiet"]
+    # --phantom twin: the same cohort seeds, whole-body twins
+    twin = demo_steps(DemoOptions(workdir=tmp_path / "w", patients=10, phantom="twin"), "cpu")[0].commands
+    assert [c[c.index("--phantom") + 1] for c in twin] == ["twin", "twin"] and twin[1][4:7] == ["2", "--seed", "1000"]
     assert by["convert"].commands[0][:7] == ["clips-nnunet", "convert", str(w / "dicom" / "train"), "-d", "981",
                                              "-n", "ClipsDemo"]
     assert "--resume" in by["convert"].commands[0]
@@ -76,7 +80,8 @@ def test_cli_default_epochs_and_options(tmp_path):
 
     assert cli_demo.DEFAULT_EPOCHS == DEFAULT_EPOCHS  # the help's default is the demo's
     args = build_parser().parse_args(["demo", "--workdir", str(tmp_path), "--seed", "7", "--epochs", "60"])
-    assert (args.seed, args.epochs) == (7, 60)
+    assert (args.seed, args.epochs, args.phantom) == (7, 60, "box")
+    assert build_parser().parse_args(["demo", "--phantom", "twin"]).phantom == "twin"
     with pytest.raises(SystemExit):  # the wall-clock budget is gone
         build_parser().parse_args(["demo", "--minutes", "14"])
     for bad in (DemoOptions(epochs=1), DemoOptions(seed=-1), DemoOptions(patients=5)):
@@ -204,6 +209,15 @@ def test_finished_steps_are_skipped_and_failures_stop(tmp_path, capsys, monkeypa
     assert run_demo(options, runner=runner) == 0 and calls == []  # everything finished: nothing runs
     with pytest.raises(ClipsError, match="seed 0"):  # the work folder holds the run of another seed
         run_demo(DemoOptions(workdir=tmp_path / "w", patients=8, epochs=5, device="cpu", seed=1), runner=runner)
+    # a work folder of the demo before --phantom (no phantom recorded: box patients) resumes as box, not as twins
+    record = json.loads((tmp_path / "w" / "demo_options.json").read_text())
+    assert record["phantom"] == "box"
+    del record["phantom"]
+    (tmp_path / "w" / "demo_options.json").write_text(json.dumps(record))
+    assert run_demo(options, runner=runner) == 0
+    with pytest.raises(ClipsError, match=r"phantom box \(now phantom twin\)"):
+        run_demo(DemoOptions(workdir=tmp_path / "w", patients=8, epochs=5, device="cpu", phantom="twin"),
+                 runner=runner)
 
 
 def test_dry_run_prints_and_runs_nothing(tmp_path, capsys):
@@ -216,7 +230,8 @@ def test_dry_run_prints_and_runs_nothing(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("kwargs, message", [({"patients": 3}, "--patients"), ({"epochs": 0}, "--epochs"),
-                                             ({"device": "tpu"}, "--device"), ({"dataset_id": 0}, "--dataset-id")])
+                                             ({"device": "tpu"}, "--device"), ({"dataset_id": 0}, "--dataset-id"),
+                                             ({"phantom": "sphere"}, "--phantom")])
 def test_bad_options(tmp_path, kwargs, message):
     with pytest.raises(ClipsError, match=message):
         run_demo(DemoOptions(workdir=tmp_path, **kwargs))
