@@ -6,4 +6,6 @@ bash scripts/setup_venv.sh
 bash scripts/install_system_packages.sh
 export MPLBACKEND=Agg
 # Two pytest workers (pytest-xdist): the integration tests are mostly single-threaded nnU-Net processes.
-exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --durations=15 "$@"
+# --dist loadgroup: a module with a module-scoped fixture runs on one worker (tests/conftest.py groups it); the
+# collection order (slowest first, tests/conftest.py) is kept, so that no worker ends alone with a long test.
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --no-loadscope-reorder --durations=15 "$@"

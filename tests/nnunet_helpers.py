@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
@@ -30,12 +32,21 @@ def nnunet_environment(base: Path, extra_ext_folders: Optional[List[Path]] = Non
     return env
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_cli(args: List[str], env: Dict[str, str], timeout: int = 600, check: bool = True
             ) -> subprocess.CompletedProcess:
     """Run an nnU-Net or clips-nnunet console script from this environment's bin folder; fail with its output."""
     exe = BIN / args[0]
     cmd = [str(exe) if exe.exists() else args[0], *args[1:]]
+    start, cpu = time.monotonic(), _children_cpu()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if os.environ.get("CLIPS_TEST_CLI_LOG"):   # timing aid: one line per command (wall s, CPU s, command)
+        with open(os.environ["CLIPS_TEST_CLI_LOG"], "a") as log:
+            log.write(f"{time.monotonic() - start:7.1f} {_children_cpu() - cpu:7.1f} {' '.join(args)[:200]}\n")
     if check and proc.returncode != 0:
         raise AssertionError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n--- stdout ---\n"
                              f"{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")

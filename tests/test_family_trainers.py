@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clips_nnunet.io_utils import atomic_write_text
 from clips_nnunet.trainers.family import FAMILY_TRAINERS
 from clips_nnunet.trainers.curriculum import read_history
 from nnunet_helpers import nnunet_environment, run_cli
@@ -143,7 +144,8 @@ def family_env(tiny_preprocessed, tmp_path_factory):
     metadata = json.loads((raw / "case_metadata.json").read_text())
     lines = ["case_id,difficulty"] + [f"{c},{m['planted_difficulty']:.4f}" for c, m in sorted(metadata.items())
                                       if m["split"] == "Tr"]
-    (raw / "difficulty.csv").write_text("\n".join(lines) + "\n")
+    # atomic: the raw folder is shared with the other pytest-xdist worker (the same content every time)
+    atomic_write_text(raw / "difficulty.csv", "\n".join(lines) + "\n")
     return base, env, dataset_id, ext
 
 

@@ -41,7 +41,7 @@ def imported(tmp_path_factory):
     base = tmp_path_factory.mktemp("import_tmtv")
     env = nnunet_environment(base)
     raw = make_synthetic_raw_dataset(Path(env["nnUNet_raw"]), DATASET_ID)
-    run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "--no_pp", "-np", "1"],
+    run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "--no_pp", "-npfp", "1"],
             {**env, "nnUNet_n_proc_DA": "1"})
     run_cli(["clips-nnunet", "plan-tmtv", "-d", str(DATASET_ID), "--clamp-patch-to-median"], env)
     members, ensemble = _ensemble()

@@ -89,7 +89,7 @@ def test_predict_from_dicom_end_to_end(tmp_path):
                             progress=False, n_folds=2)
     assert sum(1 for c in report.cases.values() if c.get("status") in ("converted", "done", "ok")) == 4 or \
         len(list((base / "nnUNet_raw").glob("Dataset992_*/labelsTr/*.nii.gz"))) == 4
-    run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1",
+    run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-npfp", "1", "-np", "1",
              "-overwrite_target_spacing", "8", "8", "8", "-overwrite_plans_name", PLANS],
             {**env, "nnUNet_n_proc_DA": "1"})
     run_cli(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-p", PLANS, "-tr", TRAINER, "-device", "cpu"],

@@ -84,7 +84,7 @@ def published(tmp_path_factory):
     convert_cohort(cohort, DATASET_ID, "PubTiny", labels="seg", raw_root=train_env["nnUNet_raw"],
                    preprocessed_root=train_env["nnUNet_preprocessed"], private_dir=tmp / "conv_private",
                    progress=False, n_folds=2)
-    run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1",
+    run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-npfp", "1", "-np", "1",
              "-overwrite_target_spacing", "8", "8", "8", "-overwrite_plans_name", PLANS],
             {**train_env, "nnUNet_n_proc_DA": "1"})
     run_cli(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-p", PLANS, "-tr", TRAINER, "-device", "cpu"],

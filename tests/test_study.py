@@ -317,7 +317,7 @@ def test_tiny_real_study(tiny_preprocessed, tmp_path):
     for name in ("nnUNet_raw", "nnUNet_preprocessed"):
         src = Path(env[name]) / f"Dataset{dataset_id:03d}_ClipsTiny"
         shutil.copytree(src, study / name / src.name,
-                        ignore=shutil.ignore_patterns("nnUNetPlans_2d", "nnUNetPlans_3d_lowres"))
+                        ignore=shutil.ignore_patterns("nnUNetPlans_2d", "nnUNetPlans_3d_lowres", "splits_final.json"))
     raw = {"name": "tiny", "dataset": {"id": dataset_id, "name": "ClipsTiny", "source": "existing", "n_splits": 3},
            "trainers": [{"name": "nnUNetTrainer", "trainer": "nnUNetTrainerClipsBase"}],
            "baseline": "nnUNetTrainer", "seeds": [0, 1], "budget": {"epochs": 1, "iterations_per_epoch": 2,

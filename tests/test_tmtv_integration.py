@@ -83,7 +83,7 @@ def stage1(tmp_path_factory):
     raw = make_synthetic_raw_dataset(Path(env["nnUNet_raw"]), DATASET_ID)
     d = str(DATASET_ID)
     # fingerprint + plans only; nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA): must be positive
-    run_cli(["nnUNetv2_plan_and_preprocess", "-d", d, "--no_pp", "-np", "1"], {**env, "nnUNet_n_proc_DA": "1"})
+    run_cli(["nnUNetv2_plan_and_preprocess", "-d", d, "--no_pp", "-npfp", "1"], {**env, "nnUNet_n_proc_DA": "1"})
     run_cli(["clips-nnunet", "plan-tmtv", "-d", d, "--clamp-patch-to-median"], env)
     pre = Path(env["nnUNet_preprocessed"]) / raw.name
     cases = [f"case_{i:04d}" for i in range(12)]
