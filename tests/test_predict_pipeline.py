@@ -65,8 +65,9 @@ def test_conversion_and_outputs_overlap_inference_and_timings_add_up(cohort, tmp
 
     t = run.timings
     assert set(t) == set(P.TIMING_KEYS)
-    assert t["nnunet"] == pytest.approx(PREDICT_S * 2, abs=0.5 * 2)  # the stand-in's sleep, plus thresholding
-    assert t["nnunet"] >= PREDICT_S * 2
+    # the stand-in's sleep plus thresholding, and no waiting (a wait would add a conversion's seconds); the upper
+    # bound leaves 1.5 s per study for thresholding on a loaded machine
+    assert PREDICT_S * 2 <= t["nnunet"] < PREDICT_S * 2 + 3.0
     parts = sum(t[k] for k in P.MAIN_KEYS)
     assert parts <= t["total"] + 1e-6 and t["total"] - parts < 0.5 * t["total"]
     assert t["model"] == 0.0  # the predictor was given
