@@ -26,7 +26,8 @@ EXT_MODULE = textwrap.dedent('''
 
 
     class nnUNetTrainerCLSelfPacedTiny(nnUNetTrainerCLSelfPaced):
-        """3 epochs x 4 iterations, 1 warm-up epoch, linear pacing from 30 %; may crash on request."""
+        """3 epochs x 4 iterations (CLIPS_TEST_NUM_EPOCHS, CLIPS_TEST_ITERATIONS), 1 warm-up epoch, linear pacing
+        from 30 %; may crash on request."""
         warmup_epochs = 1
         pacing = "linear"
         pacing_a = 1.0
@@ -37,9 +38,13 @@ EXT_MODULE = textwrap.dedent('''
         def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
             super().__init__(plans, configuration, fold, dataset_json, device)
             self.num_epochs = int(os.environ.get("CLIPS_TEST_NUM_EPOCHS", "3"))
-            self.num_iterations_per_epoch = 4
+            self.num_iterations_per_epoch = int(os.environ.get("CLIPS_TEST_ITERATIONS", "4"))
             self.num_val_iterations_per_epoch = 1
             self.save_every = 1
+
+        def perform_actual_validation(self, save_probabilities=False):
+            self.inference_allowed_mirroring_axes = None   # 1 instead of 8 forward passes per case (not under test)
+            super().perform_actual_validation(save_probabilities)
 
         def on_epoch_end(self):
             super().on_epoch_end()
@@ -68,8 +73,8 @@ def cl_env(tiny_preprocessed, tmp_path_factory):
     return base, env, dataset_id
 
 
-def _train(env, dataset_id, fold, *extra, check=True, crash_after=None, epochs=3):
-    env = dict(env, CLIPS_TEST_NUM_EPOCHS=str(epochs))
+def _train(env, dataset_id, fold, *extra, check=True, crash_after=None, epochs=3, iterations=2):
+    env = dict(env, CLIPS_TEST_NUM_EPOCHS=str(epochs), CLIPS_TEST_ITERATIONS=str(iterations))
     if crash_after is not None:
         env["CLIPS_TEST_CRASH_AFTER_EPOCH"] = str(crash_after)
     return run_cli(["nnUNetv2_train", str(dataset_id), "3d_fullres", str(fold), "-tr", TRAINER, "-device", "cpu",
@@ -91,7 +96,7 @@ def test_train_crash_continue_predict_and_find_best(cl_env):
     latest = _extras(fold0 / "checkpoint_latest.pth")
     assert latest["epoch"] == 1
     n_cases = len(latest["state"]["case_ids"])
-    assert sum(latest["state"]["visits"]) == 2 * 4 * 2            # 2 epochs x 4 iterations x batch 2
+    assert sum(latest["state"]["visits"]) == 2 * 2 * 2            # 2 epochs x 2 iterations x batch 2
     before = read_history(fold0)                                  # append-only history, float32 rows
     assert before.epochs.tolist() == [0, 1]
     assert not (fold0 / "curriculum.json").exists()
@@ -107,14 +112,14 @@ def test_train_crash_continue_predict_and_find_best(cl_env):
     np.testing.assert_allclose(p1[~admitted], 0.1 / n_cases, rtol=1e-6)
     np.testing.assert_allclose(p1[admitted], 0.9 / n_active + 0.1 / n_cases, rtol=1e-6)
     assert e1["active_fraction"] == pytest.approx(n_active / n_cases)
-    assert e1["nonfinite_losses"] == 0 and e1["zero_weight_batches"] == 0 and e1["n_losses"] == 4 * 2
+    assert e1["nonfinite_losses"] == 0 and e1["zero_weight_batches"] == 0 and e1["n_losses"] == 2 * 2
     assert e0["cl_mean_loss_weight"] == e1["cl_mean_loss_weight"] == 1.0      # hard SPL only samples
 
     # 2) continue: state restored (visits keep counting), the history keeps epochs 0-1 unchanged
     proc = _train(env, dataset_id, 0, "--c")
     final = _extras(fold0 / "checkpoint_final.pth")
     assert final["epoch"] == 2
-    assert sum(final["state"]["visits"]) == 3 * 4 * 2              # a restart would give 8
+    assert sum(final["state"]["visits"]) == 3 * 2 * 2              # a restart would give 4
     after = read_history(fold0)
     assert after.epochs.tolist() == [0, 1, 2]
     np.testing.assert_array_equal(after.probabilities[:2], before.probabilities)
