@@ -90,7 +90,7 @@ def pytest_runtest_protocol(item, nextitem):
 # first, so that no worker is left alone with a long test at the end. A stale number costs time, never a result.
 SLOW_TESTS = {
     "tests/test_tmtv_integration.py": 220,
-    "tests/test_cl_trainer_cli.py::test_train_crash_continue_predict_and_find_best": 150,
+    "tests/test_cl_trainer_cli.py::test_train_crash_continue_predict_and_find_best": 120,
     "tests/test_study_slurm.py::test_slurm_array_runs_each_index_then_reports": 150,
     "tests/test_published_models.py": 140,
     "tests/test_import_tmtv_integration.py": 130,
@@ -100,7 +100,7 @@ SLOW_TESTS = {
     "tests/test_discovery_install.py::test_nnunet_commands_in_a_clean_shell": 90,
     "tests/test_study.py::test_tiny_real_study": 90,
     "tests/test_convert_cli.py": 90,
-    "tests/test_resenc_presets.py::test_self_paced_trains_and_predicts_with_resenc_m_plans": 80,
+    "tests/test_resenc_presets.py::test_self_paced_trains_and_predicts_with_resenc_m_plans": 90,
     "tests/test_ddp_curriculum.py::test_trainer_hooks_give_identical_curricula_on_two_ranks": 60,
     "tests/test_tmtv_cl_trainers.py::test_tmtv_self_paced_on_stock_3d_fullres": 60,
     "tests/test_cl_trainer_cli.py::test_soft_mixture_trainer_with_two_da_workers": 55,
@@ -131,7 +131,11 @@ def pytest_itemcollected(item):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Slowest first (``SLOW_TESTS``), the rest in collection order; a module's grouped tests stay together."""
+    """Under ``--dist loadgroup``: slowest first (``SLOW_TESTS``), the rest in collection order; a module's grouped
+    tests stay together. Other runs keep the collection order (``--dist load`` hands each worker a quarter of its
+    share as one consecutive chunk: slowest first would give one worker all of them)."""
+    if not getattr(config.option, "loadgroup", False):   # set on pytest-xdist workers (they collect)
+        return
     grouped = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("xdist_group")}
     module_cost = {}
     for item in items:
