@@ -106,7 +106,9 @@ def main(argv=None) -> int:
     for workdir in args.workdirs:
         workdir = workdir.resolve()
         options = read_json(workdir / "demo_options.json") if (workdir / "demo_options.json").is_file() else {}
-        rows = model_dice(workdir, args.trainer, heldout)
+        # each demo writes its own DICOM (same pixels, new UIDs): join on its own held-out cohort
+        rows = model_dice(workdir, args.trainer, heldout if workdir == first else
+                          cohort_cases(workdir / "dicom" / "heldout"))
         mean, mean_masked = float(np.mean([r["dice"] for r in rows])), float(np.mean([r["dice_masked"] for r in rows]))
         runs.append({"workdir": str(workdir), "seed": options.get("seed"), "dice": mean, "dice_masked": mean_masked,
                      "margin_plain": mean - plain["test_dice"], "margin_masked": mean_masked - masked["test_dice"],
