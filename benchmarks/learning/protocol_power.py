@@ -21,7 +21,7 @@ var_int / n)``, and a run mean over the protocol's ``--patients`` cases (per str
 of a fold, the hardest third ~37) has ``sd_run = sqrt(var_seed + var_int / patients)``. Those sds replace the
 placeholders. Strata come from ``vs_<arm>/comparison.json`` beside the CSV.
 
-    python benchmarks/learning/protocol_power.py --from-csv docs/results/twin_cpu/sloppy/per_run_case.csv
+    python benchmarks/learning/protocol_power.py --from-csv docs/results/twin_cpu2/sloppy/per_run_case.csv
 """
 from __future__ import annotations
 
