@@ -6,6 +6,6 @@ bash scripts/setup_venv.sh
 bash scripts/install_system_packages.sh
 export MPLBACKEND=Agg
 # Two pytest workers (pytest-xdist): the integration tests are mostly single-threaded nnU-Net processes.
-# --dist loadgroup: a module with a module-scoped fixture runs on one worker (tests/conftest.py groups it); the
-# collection order (slowest first, tests/conftest.py) is kept, so that no worker ends alone with a long test.
-exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --no-loadscope-reorder --durations=15 "$@"
+# --dist loadscope: each module runs on one worker (a module-scoped fixture is built once); the collection order
+# (the most expensive modules first, tests/conftest.py) is kept, so that no worker ends alone with a long module.
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadscope --no-loadscope-reorder --durations=15 "$@"

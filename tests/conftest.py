@@ -1,6 +1,6 @@
 """Shared fixtures and the suite's scheduling. ``tiny_preprocessed`` plans and preprocesses one tiny synthetic dataset
-once per run (shared by the pytest-xdist workers); the slowest tests are collected first and a module's tests that
-share a module-scoped fixture form one pytest-xdist group (``scripts/test.sh`` runs ``--dist loadgroup``).
+once per run (shared by the pytest-xdist workers); the slowest modules are collected first and each module runs on one
+pytest-xdist worker (``scripts/test.sh`` runs ``--dist loadscope``).
 ``CLIPS_TEST_CPU_LOG=file`` records each test's CPU seconds (``CLIPS_TEST_CLI_LOG=file``: each CLI call's, in
 ``nnunet_helpers.run_cli``)."""
 from __future__ import annotations
@@ -85,9 +85,9 @@ def pytest_runtest_protocol(item, nextitem):
             f.write(f"{_cpu_seconds() - start:8.1f} {item.nodeid}\n")
 
 
-# Rough seconds (idle 2-core machine, two pytest-xdist workers) of the slowest tests or modules (a module's tests
-# run as one unit when it has a module-scoped fixture). Only an order: ``scripts/test.sh`` deals the slowest out
-# first, so that no worker is left alone with a long test at the end. A stale number costs time, never a result.
+# Rough seconds (idle 2-core machine, two pytest-xdist workers) of the slowest tests or modules (a module-scoped
+# fixture's build). Only an order: ``scripts/test.sh`` deals the most expensive modules out first, so that no worker
+# is left alone with a long module at the end. A stale number costs time, never a result.
 SLOW_TESTS = {
     "tests/test_tmtv_integration.py": 220,
     "tests/test_cl_trainer_cli.py::test_train_crash_continue_predict_and_find_best": 120,
@@ -109,43 +109,38 @@ SLOW_TESTS = {
     "tests/test_ddp_sync.py::test_two_gloo_ranks_compute_identical_curricula": 30,
     "tests/test_interrupt.py": 30,
 }
-# modules whose module-scoped fixture is cheap (an ext folder): their slow tests may run on both workers
-UNGROUPED = {"tests/test_cl_trainer_cli.py", "tests/test_family_trainers.py"}
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "xdist_group(name): run these tests on one pytest-xdist worker")
-
-
-def _has_module_fixture(item: pytest.Item) -> bool:
-    info = getattr(item, "_fixtureinfo", None)
-    return bool(info) and any(defs and defs[-1].scope == "module" for defs in info.name2fixturedefs.values())
-
-
-def pytest_itemcollected(item):
-    """A test that uses a module-scoped fixture of a module not in ``UNGROUPED`` joins its module's pytest-xdist group
-    (``--dist loadgroup``): one worker builds the fixture once. Marked here, before pytest-xdist reads the marks."""
-    module = item.nodeid.split("::")[0]
-    if module not in UNGROUPED and _has_module_fixture(item):
-        item.add_marker(pytest.mark.xdist_group(module))
+def _dist_args(config) -> str:
+    """The ``--dist`` mode of this run as given on the command line (a pytest-xdist worker, which is the one that
+    collects and orders, sees ``config.option.dist == "no"``)."""
+    args = list(config.invocation_params.args)
+    for i, arg in enumerate(args):
+        if arg.startswith("--dist="):
+            return arg.split("=", 1)[1]
+        if arg == "--dist" and i + 1 < len(args):
+            return args[i + 1]
+    return str(getattr(config.option, "dist", "no"))
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under ``--dist loadgroup``: slowest first (``SLOW_TESTS``), the rest in collection order; a module's grouped
-    tests stay together. Other runs keep the collection order (``--dist load`` hands each worker a quarter of its
-    share as one consecutive chunk: slowest first would give one worker all of them)."""
-    if not getattr(config.option, "loadgroup", False):   # set on pytest-xdist workers (they collect)
+    """Under ``--dist loadscope`` (``scripts/test.sh``: each module runs on one worker, so a module-scoped fixture is
+    built once): the most expensive modules first (a module's cost: its own ``SLOW_TESTS`` entry plus those of its
+    tests), each module's tests in collection order. Other runs keep the collection order (``--dist load`` hands each
+    worker a quarter of its share as one consecutive chunk: slowest first would give one worker all of them).
+
+    pytest-xdist's ``--dist loadgroup`` is not used: its ``xdist_group`` marks do nothing with pytest 9 (xdist 3.8
+    renames ``item._nodeid``, which pytest 9 no longer reads), so grouped tests were split between the workers and
+    their module fixture was built twice."""
+    if "loadscope" not in _dist_args(config):
         return
-    grouped = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("xdist_group")}
     module_cost = {}
     for item in items:
         module = item.nodeid.split("::")[0]
-        own = SLOW_TESTS.get(item.nodeid, SLOW_TESTS.get(module, 0))
-        module_cost[module] = max(module_cost.get(module, 0), own)
+        module_cost[module] = module_cost.get(module, SLOW_TESTS.get(module, 0)) + SLOW_TESTS.get(item.nodeid, 0)
 
     def cost(item: pytest.Item) -> float:
-        module = item.nodeid.split("::")[0]
-        return module_cost[module] if module in grouped else SLOW_TESTS.get(item.nodeid, SLOW_TESTS.get(module, 0))
+        return module_cost[item.nodeid.split("::")[0]]
 
     order = {id(item): i for i, item in enumerate(items)}
     items.sort(key=lambda item: (-cost(item), order[id(item)]))
