@@ -310,15 +310,22 @@ def _focal_extra(les: _Lesions, w_pred: np.ndarray, suv: Optional[np.ndarray], p
     into the organ). Zero for matched lesions; empty without PET."""
     if suv is None or not les.npr:
         return np.zeros(0)
-    out = np.zeros(les.npr)
-    bg = pet.levels["suv_background"]
-    for i, sl in enumerate(ndimage.find_objects(les.pred_lab), start=1):
-        if sl is None or not les.pred_extra[i - 1] or w_pred[i - 1] <= 0:
+    wanted = les.pred_extra & (w_pred > 0)
+    shares = _continuation_shares(les.pred_lab, wanted, suv, ~masks, pet.levels["suv_background"])
+    return np.where(wanted, w_pred * (1.0 - shares), 0.0)
+
+
+def _continuation_shares(lab: np.ndarray, wanted: np.ndarray, suv: np.ndarray, outside: np.ndarray,
+                         background: float) -> np.ndarray:
+    """:func:`continuation_share` of each component ``i`` (1-based) of ``lab`` with ``wanted[i - 1]``, computed in
+    the component's box grown by one voxel; 0 for the others."""
+    shares = np.zeros(len(wanted))
+    for i, sl in enumerate(ndimage.find_objects(lab, max_label=len(wanted)), start=1):
+        if sl is None or not wanted[i - 1]:
             continue
         grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
-        region = les.pred_lab[grown] == i
-        out[i - 1] = w_pred[i - 1] * (1.0 - continuation_share(region, suv[grown], ~masks[grown], bg))
-    return out
+        shares[i - 1] = continuation_share(lab[grown] == i, suv[grown], outside[grown], background)
+    return shares
 
 
 def _voxel_weights(ref: np.ndarray, prob: Optional[np.ndarray], suv: Optional[np.ndarray], pet: _Pet,
@@ -373,8 +380,9 @@ def continuation_share(region: np.ndarray, suv: np.ndarray, outside: np.ndarray,
     PET edge (full width at half maximum), not a tuned constant."""
     if not region.any():
         return 0.0
-    lo = np.maximum(np.argwhere(region).min(axis=0) - 1, 0)
-    hi = np.argwhere(region).max(axis=0) + 2
+    where = np.argwhere(region)
+    lo = np.maximum(where.min(axis=0) - 1, 0)
+    hi = where.max(axis=0) + 2
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     ring = ndimage.binary_dilation(region[box], _STRUCTURE_26) & outside[box]
     if not ring.any():
@@ -397,16 +405,11 @@ def organ_like_rejected(ref: np.ndarray, pred: np.ndarray, prob: Optional[np.nda
     lab, n = label_components(rejected, params.connectivity)
     if not n:
         return out
-    outside = ~ref & ~pred
     sizes = _per_label(lab, n)
     mean_absent = _per_label(lab, n, absent) / np.maximum(sizes, 1)
-    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
-        if sl is None or sizes[i - 1] < params.min_hot_voxels:
-            continue
-        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
-        region = lab[grown] == i
-        w = mean_absent[i - 1] * continuation_share(region, suv[grown], outside[grown], background)
-        out[grown][region] = w
+    shares = _continuation_shares(lab, sizes >= params.min_hot_voxels, suv, ~ref & ~pred, background)
+    labelled = lab > 0
+    out[labelled] = (mean_absent * shares)[lab[labelled] - 1]
     return out
 
 
