@@ -403,6 +403,12 @@ def series_number(s: SeriesInfo) -> int:
         return 10 ** 9
 
 
+def _chunks(files: Sequence[Path], parts: int) -> List[List[str]]:
+    """``files`` as about ``parts`` consecutive lists of paths of at least 16 files (the units of parallel reading)."""
+    size = max(16, len(files) // parts)
+    return [[str(p) for p in files[i:i + size]] for i in range(0, len(files), size)]
+
+
 def index_dicom_folder(root: PathLike, progress: bool = True, workers: int = 1,
                        map_chunks: Optional[Callable[[List[List[str]]], Iterable[List[Tuple[str, str, Any]]]]] = None
                        ) -> DicomIndex:
@@ -424,8 +430,7 @@ def index_dicom_folder(root: PathLike, progress: bool = True, workers: int = 1,
     results: List[Tuple[str, str, Any]] = []
     bar = tqdm(total=len(files), desc="indexing DICOM headers", unit="file", disable=not progress)
     if map_chunks is not None and len(files) >= 64:
-        chunk = max(16, len(files) // (max(workers, 1) * 4))
-        for part in map_chunks([[str(p) for p in files[i:i + chunk]] for i in range(0, len(files), chunk)]):
+        for part in map_chunks(_chunks(files, workers * 4)):
             results.extend(part)
             bar.update(len(part))
     elif workers == 1 or len(files) < 64:
@@ -433,10 +438,8 @@ def index_dicom_folder(root: PathLike, progress: bool = True, workers: int = 1,
             results.append((str(p), *read_header_record(p, attributes=False)))
             bar.update(1)
     else:
-        chunk = max(16, len(files) // (workers * 8))
-        chunks = [[str(p) for p in files[i:i + chunk]] for i in range(0, len(files), chunk)]
         with process_pool(workers) as pool:  # workers end with this process; Ctrl-C stops them at once
-            for part in pool.map(read_chunk, chunks):
+            for part in pool.map(read_chunk, _chunks(files, workers * 8)):
                 results.extend(part)
                 bar.update(len(part))
     bar.close()

@@ -209,7 +209,7 @@ def _output_names(selections: Sequence[StudySelection], mapping: PseudonymMap, o
 def _write_outputs(folder: Path, pseudonym: str, label: str, selection: StudySelection, mask: sitk.Image,
                    prepared: Any, model: Dict[str, Any], deidentify_salt: Optional[str],
                    inputs: Sequence[PathLike], started: float) -> PatientResult:
-    """Write one study's outputs (runs in the output thread); never raises.
+    """Write one study's outputs (runs in the worker process that converted the study); never raises.
 
     The SEG and RTSTRUCT reference the PET headers the conversion parsed (``prepared.pet_headers``); they are
     parsed here only for a ``prepared`` that does not carry them."""

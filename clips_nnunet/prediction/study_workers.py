@@ -52,7 +52,7 @@ class WorkerReply:
 
 
 def _worker_loop(conn: Any, parent_pid: int, convert: Callable[..., Any], write: Callable[..., Any]) -> None:
-    """Body of a worker process: serve ``convert`` / ``write`` / ``drop`` commands until ``stop`` or EOF.
+    """Body of a worker process: serve ``convert`` / ``write`` / ``drop`` / ``index`` commands until ``stop`` or EOF.
 
     ``convert(k, item) -> (prepared or None, payload)``; ``write(k, item, prepared, outputs) -> PatientResult``.
     Both never raise for a study's own problems (they return its failure)."""
