@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage, special
 
-from clips_nnunet.synthetic.twin import CLINICAL_GRIDS, SMALL_GRIDS, STUDY_GRID, make_twin, study_case
+from clips_nnunet.synthetic.twin import (CLINICAL_GRIDS, SMALL_GRIDS, STUDY_GRID, TRUNK_GRIDS, make_twin, study_case,
+                                        twin_grids)
 from clips_nnunet.synthetic.twin_anatomy import HU, TISSUES, UPTAKE, BodyFrame, draw_patient
 from clips_nnunet.synthetic.twin_ceiling import CeilingCase, threshold_ceiling
 from clips_nnunet.synthetic.twin_disease import TwinLesion, draw_disease
@@ -141,6 +142,23 @@ def test_study_crop_keeps_the_neck_and_trunk_confounders():
     for tissue in ("tonsil", "salivary", "thyroid", "myocardium", "kidney", "collecting", "bowel", "marrow",
                    "bladder"):
         assert TISSUES[tissue] in present, tissue
+
+
+def test_trunk_grid_is_the_oncological_field_of_view():
+    """``--size trunk`` (the demo's DICOM twins): the small grids' voxels, placed like the study crop. A 1.75 m
+    patient's vertex lies 580 mm above the crop's centre, so the 864 mm field starts 148 mm below the vertex: the
+    same patient keeps the skull base's tonsils and the bladder and loses about three quarters of the brain's grey
+    matter (the lowest, temporal and cerebellar, part stays), which the whole-body small grid shows in full."""
+    assert twin_grids("trunk", "GE") == TRUNK_GRIDS and TRUNK_GRIDS[0].spacing == SMALL_GRIDS[0].spacing
+    assert TRUNK_GRIDS[0].shape == (108, 64, 64) and TRUNK_GRIDS[1].shape == (108, 128, 128)
+    trunk = make_twin(5, grids=(TRUNK_GRIDS[0], None), study=True)
+    whole = make_twin(5, grids=(SMALL_GRIDS[0], None))
+    brain = TISSUES["brain_gm"]
+    for tissue in ("tonsil", "myocardium", "kidney", "bladder"):
+        assert TISSUES[tissue] in set(np.unique(trunk.tissue).tolist()), tissue
+    assert 0 < (trunk.tissue == brain).sum() < 0.3 * (whole.tissue == brain).sum()
+    with pytest.raises(ValueError, match="choose small, trunk, wholebody"):
+        twin_grids("huge", "GE")
 
 
 def test_heterogeneity_lowers_lesion_uptake_by_at_most_its_depth():

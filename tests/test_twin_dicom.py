@@ -82,3 +82,12 @@ def test_twin_is_the_default_phantom_and_the_demo_asks_for_the_box(tmp_path):
     with pytest.raises(ValueError, match="unknown phantom 'ellipse'"):
         make_synthetic_cohort(tmp_path / "bad", n_patients=1, phantom="ellipse", progress=False)
     assert not (tmp_path / "bad").exists()
+
+
+def test_box_phantom_refuses_the_twins_trunk_size(tmp_path):
+    """``--size trunk`` exists for the twin only: the box phantom says so in one line and writes nothing."""
+    from clips_nnunet.errors import UsageError
+
+    with pytest.raises(UsageError, match="size 'trunk' is not a size of the box phantom: choose small, wholebody"):
+        make_synthetic_cohort(tmp_path / "c", n_patients=2, phantom="box", size="trunk", progress=False)
+    assert not (tmp_path / "c").exists()

@@ -77,10 +77,11 @@ def register(subparsers) -> None:
     s.add_argument("--phantom", choices=("box", "twin"), default="twin",
                    help="twin (default): whole-body DLBCL twin with anatomy, physiological uptake, PSF and "
                         "correlated noise (docs/synthetic.md); box: the analytic box phantom (the demo uses it)")
-    s.add_argument("--size", choices=("small", "wholebody"), default="small",
+    s.add_argument("--size", choices=("small", "trunk", "wholebody"), default="small",
                    help="box: small = PET 48x48x64 at 4 mm, wholebody = CT 512x512x700, PET 200x200x350; twin: "
-                        "small = PET 8 mm / CT 4 mm whole body, wholebody = the vendor's clinical grids (PET "
-                        "~4 mm, CT 512x512 at 0.98 mm)")
+                        "small = PET 8 mm / CT 4 mm whole body, trunk = the same voxels from the skull base to "
+                        "the upper thighs (the demo's), wholebody = the vendor's clinical grids (PET ~4 mm, CT "
+                        "512x512 at 0.98 mm)")
     s.add_argument("--faults", default="",
                    help="comma-separated faults to plant: nac,localizer,missing-weight,second-study,corrupted")
     s.add_argument("--label-errors", type=float, default=0.0, metavar="FRACTION",

@@ -49,12 +49,14 @@ DATASET_NAME = "ClipsDemo"
 #: Seeds of the synthetic cohort: the training patients and the held-out patients are always the same cohort;
 #: ``--seed`` seeds the training (``CLIPS_SEED``).
 COHORT_SEED, HELDOUT_SEED = 0, 1000
-#: The demo's synthetic patients (``--phantom``), at ``clips-nnunet synth``'s ``small`` grid: ``box`` (the default:
-#: the analytic box phantom, PET 48x48x64 at 4 mm, on which the demo's budget passes its self-check) or ``twin`` (the
-#: whole-body lymphoma twin, ``synth``'s default phantom, PET 131x64x64 at 8 mm). On the twin the demo's budget does
-#: not yet reach held-out Dice 0.5 (docs/demo.md, "The demo on the twin"), so the twin is opt-in.
-DEMO_PHANTOMS = ("box", "twin")
-DEFAULT_PHANTOM, DEMO_SIZE = "box", "small"
+#: The demo's synthetic patients (``--phantom``) and their ``clips-nnunet synth --size``: ``box`` (the default: the
+#: analytic box phantom, ``small``: PET 48x48x64 at 4 mm, on which the demo's budget passes its self-check) or
+#: ``twin`` (the lymphoma twin, ``synth``'s default phantom, ``trunk``: PET 108x64x64 at 8 mm from the skull base
+#: to the upper thighs). On the twin the demo's budget does not yet reach held-out Dice 0.5 (docs/demo.md, "The
+#: demo on the twin"), so the twin is opt-in.
+DEMO_SIZES = {"box": "small", "twin": "trunk"}
+DEMO_PHANTOMS = tuple(DEMO_SIZES)
+DEFAULT_PHANTOM = "box"
 #: The demo's amount of learning: epochs x iterations per epoch (batch 2). Measured on the default cohort
 #: (docs/demo.md): every seed tried reached held-out mean Dice >= 0.5 on 2 CPU cores.
 DEFAULT_EPOCHS = 50
@@ -200,9 +202,9 @@ def demo_steps(options: DemoOptions, device: str) -> List[DemoStep]:
         DemoStep("synth", f"synthetic DICOM cohort ({options.phantom} phantom): {options.patients} training + "
                           f"{options.heldout} held-out patients",
                  [["clips-nnunet", "synth", str(train_dicom), "-n", str(options.patients), "--seed",
-                   str(COHORT_SEED), "--phantom", options.phantom, "--size", DEMO_SIZE, "--quiet"],
+                   str(COHORT_SEED), "--phantom", options.phantom, "--size", DEMO_SIZES[options.phantom], "--quiet"],
                   ["clips-nnunet", "synth", str(heldout_dicom), "-n", str(options.heldout), "--seed",
-                   str(HELDOUT_SEED), "--phantom", options.phantom, "--size", DEMO_SIZE, "--quiet"]],
+                   str(HELDOUT_SEED), "--phantom", options.phantom, "--size", DEMO_SIZES[options.phantom], "--quiet"]],
                  output=w / "dicom"),
         DemoStep("convert", "DICOM -> nnU-Net raw dataset (SUVbw, CT on the PET grid, SEG/RTSTRUCT masks)",
                  [["clips-nnunet", "convert", str(train_dicom), "-d", did, "-n", DATASET_NAME, "--private-dir",

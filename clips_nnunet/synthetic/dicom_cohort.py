@@ -59,6 +59,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from clips_nnunet.dataset_conversion.write import write_image
+from clips_nnunet.errors import UsageError
 from clips_nnunet.io_utils import PathLike, atomic_path, atomic_write_bytes, atomic_write_json, read_json
 from clips_nnunet.synthetic.annotation_errors import ERROR_KINDS, choose_error_cases, plant_annotation_error
 from clips_nnunet.synthetic.phantom import (FAULTS, F18_HALF_LIFE_S, SIZES, VENDORS, GridSize, LesionSpec,  # noqa: F401
@@ -434,7 +435,14 @@ def make_synthetic_cohort(cohort_dir: PathLike, n_patients: int = 16, seed: int 
     if phantom == "twin":
         from clips_nnunet.synthetic.twin_annotators import TWIN_ERROR_KINDS as known
     label_error_kinds = tuple(label_error_kinds or known)
-    specs = make_study_specs(n_patients, seed=seed, size=size, faults=faults)
+    if phantom == "twin":
+        from clips_nnunet.synthetic.twin import TWIN_SIZES as sizes
+    else:
+        sizes = tuple(SIZES)
+    if size not in sizes:
+        raise UsageError(f"size {size!r} is not a size of the {phantom} phantom: choose {', '.join(sizes)}")
+    # the specs' box lesions are drawn on the box grid; the twin draws its own disease and ignores them
+    specs = make_study_specs(n_patients, seed=seed, size=size if phantom == "box" else "small", faults=faults)
     planned = choose_error_cases([s.key for s in specs], label_error_fraction, label_error_kinds,
                                  np.random.default_rng([seed, 1]), known=known)  # studies with an annotation error
     for s in specs:

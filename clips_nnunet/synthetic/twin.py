@@ -7,6 +7,8 @@ the PET physics (:mod:`~clips_nnunet.synthetic.twin_physics`). Grids:
 * clinical, per vendor (:data:`CLINICAL_GRIDS`): PET ~4-4.7 mm in-plane, 3-4 mm slices, 1050 mm from the vertex to
   the thighs; CT 512 x 512 at 0.98 mm, 3-5 mm slices, as the vendors' whole-body protocols reconstruct them;
 * small (:data:`SMALL_GRIDS`): the same whole body at PET 8 mm, CT 4 mm in-plane (tests, quick cohorts);
+* trunk (:data:`TRUNK_GRIDS`): the small grids' voxels over the oncological field of view, skull base to upper
+  thighs, placed as the study crop (the demo's DICOM twins);
 * study (:data:`STUDY_GRID`): 8 mm voxels, a crop from the skull base to the upper thighs, so a CPU study trains in
   minutes, with the same confounders (tonsils, salivary glands, thyroid, cervical and supraclavicular brown fat,
   heart, kidneys, ureters, bladder, bowel, marrow; the brain only in short patients).
@@ -48,6 +50,11 @@ SMALL_GRIDS: Tuple[Grid, Grid] = (Grid((131, 64, 64), (8.0, 8.0, 8.0)), Grid((13
 #: of the parotids and the inguinal stations.
 STUDY_GRID = Grid((108, 40, 48), (8.0, 8.0, 8.0))
 STUDY_CENTRE_S = 580.0
+#: A DICOM twin over the oncological field of view (skull base to mid-thigh, as the EANM FDG guideline acquires it):
+#: the small grids' voxels, the study crop's extent and placement, 512 mm wide.
+TRUNK_GRIDS: Tuple[Grid, Grid] = (Grid((108, 64, 64), (8.0, 8.0, 8.0)), Grid((108, 128, 128), (8.0, 4.0, 4.0)))
+#: The DICOM twin sizes (``clips-nnunet synth --phantom twin --size``, :func:`twin_grids`).
+TWIN_SIZES = ("small", "trunk", "wholebody")
 #: Intratumoral heterogeneity: cold patches (correlation FWHM :data:`HETEROGENEITY_CORR_MM`) where the uptake falls
 #: by up to ``depth`` (drawn per lesion in this range) of the painted value; see :func:`apply_heterogeneity`.
 HETEROGENEITY_DEPTH = (0.2, 0.6)
@@ -72,7 +79,8 @@ class TwinCase:
 
 
 def z_top_for(grid: Grid, patient: TwinPatient, study: bool) -> float:
-    """Patient z (mm) of the vertex: 20 mm below the top of a clinical field, or the study crop's centre level."""
+    """Patient z (mm) of the vertex: 20 mm below the top of a clinical field, or (``study``: a skull-base-to-thigh
+    crop, the study or trunk grid) :data:`STUDY_CENTRE_S` above the crop's centre, scaled with height."""
     if study:
         return grid.centre_mm[0] + STUDY_CENTRE_S * patient.height_m / 1.75
     return grid.centre_mm[0] + (grid.shape[0] - 1) / 2.0 * grid.spacing[0] - VERTEX_MARGIN_MM
@@ -129,7 +137,8 @@ def make_twin(seed: int, weight_kg: float = 75.0, height_m: float = 1.75, sex: s
     """Render one twin patient; deterministic for ``seed`` (and the other arguments).
 
     ``grids``: (PET grid, CT grid or None); default the Siemens clinical grids, or the study grid without CT when
-    ``study``. ``n_lesions`` forces the lesion count (tests).
+    ``study``. ``study``: the grids are a skull-base-to-thigh crop (:func:`z_top_for`). ``n_lesions`` forces the
+    lesion count (tests).
     """
     rng = np.random.default_rng([int(seed), 23])
     if grids is None:
@@ -179,12 +188,14 @@ def summarise(case: TwinCase) -> Dict[str, Any]:
 
 
 def twin_grids(size: str, vendor: str) -> Tuple[Grid, Grid]:
-    """(PET grid, CT grid) of a DICOM twin: ``wholebody`` (the vendor's clinical grids) or ``small``."""
+    """(PET grid, CT grid) of a DICOM twin: ``wholebody`` (the vendor's clinical grids), ``small`` or ``trunk``."""
     if size == "wholebody":
         return CLINICAL_GRIDS[vendor]
     if size == "small":
         return SMALL_GRIDS
-    raise ValueError(f"unknown twin size {size!r}: choose small or wholebody")
+    if size == "trunk":
+        return TRUNK_GRIDS
+    raise ValueError(f"unknown twin size {size!r}: choose {', '.join(TWIN_SIZES)}")
 
 
 def twin_difficulty(case: TwinCase) -> float:

@@ -37,10 +37,11 @@ class TwinStudy:
 
 
 def render_twin_study(spec: StudySpec, size: str = "wholebody") -> TwinStudy:
-    """Render the twin of one study spec on the vendor's grids (``wholebody``) or the small grids (``small``)."""
+    """Render the twin of one study spec on the vendor's grids (``wholebody``), the small grids (``small``) or the
+    skull-base-to-thigh crop (``trunk``)."""
     pet_grid, ct_grid = twin_grids(size, spec.vendor)
     case = make_twin(spec.seed, weight_kg=spec.weight_kg, height_m=spec.height_m, sex=spec.sex,
-                     grids=(pet_grid, ct_grid))
+                     grids=(pet_grid, ct_grid), study=size == "trunk")
     grid = GridSize(pet_grid.shape, pet_grid.spacing, ct_grid.shape, ct_grid.spacing)
     return TwinStudy(grid=grid, suv=case.pet, label=case.label, hu=case.ct, case=case)
 
