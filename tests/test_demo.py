@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from clips_nnunet.demo import (DEFAULT_EPOCHS, DEMO_TMTV_TRAINER, DEMO_TRAINER, DemoOptions, demo_budget,
-                               demo_environment, demo_steps, run_demo, write_demo_trainers)
+from clips_nnunet.demo import (DEFAULT_EPOCHS, DEFAULT_PATIENTS, DEFAULT_PHANTOM, DEMO_TMTV_TRAINER, DEMO_TRAINER,
+                               DemoOptions, demo_budget, demo_environment, demo_steps, run_demo, write_demo_trainers)
 from clips_nnunet.demo.pipeline import add_demo_configuration
 from clips_nnunet.errors import ClipsError
 
@@ -28,9 +28,15 @@ def test_steps_and_commands_cpu(tmp_path):
                                        "--phantom", "box", "--size", "small", "--quiet"]
     assert by["synth"].commands[1] == ["clips-nnunet", "synth", str(w / "dicom" / "heldout"), "-n", "2",
                                        "--seed", "1000", "--phantom", "box", "--size", "small", "--quiet"]
-    # --phantom twin: the same cohort seeds, whole-body twins
+    # --phantom twin: the same cohort seeds, twins from the skull base to the thighs
     twin = demo_steps(DemoOptions(workdir=tmp_path / "w", patients=10, phantom="twin"), "cpu")[0].commands
     assert [c[c.index("--phantom") + 1] for c in twin] == ["twin", "twin"] and twin[1][4:7] == ["2", "--seed", "1000"]
+    assert [c[c.index("--size") + 1] for c in twin] == ["trunk", "trunk"]
+    # without --patients / --epochs each phantom has its own measured defaults
+    for phantom, n in (("box", 14), ("twin", 24)):
+        steps = demo_steps(DemoOptions(workdir=tmp_path / phantom, phantom=phantom), "cpu")
+        assert steps[0].commands[0][4] == str(n) == str(DEFAULT_PATIENTS[phantom])
+        assert next(s for s in steps if s.epochs).epochs == DEFAULT_EPOCHS[phantom]
     assert by["convert"].commands[0][:7] == ["clips-nnunet", "convert", str(w / "dicom" / "train"), "-d", "981",
                                              "-n", "ClipsDemo"]
     assert "--resume" in by["convert"].commands[0]
@@ -64,8 +70,9 @@ def test_tmtv_adds_recipe_steps_and_gpu_device(tmp_path):
 
 def test_budget_is_a_fixed_amount_of_learning():
     """Epochs x iterations, not seconds: the same on any machine; 25 iterations per epoch on CPU, 50 on GPU."""
-    cpu = demo_budget("cpu")
-    assert (cpu["epochs"], cpu["iterations_per_epoch"], cpu["val_iterations_per_epoch"]) == (DEFAULT_EPOCHS, 25, 2)
+    cpu = demo_budget("cpu", phantom="box")
+    assert (cpu["epochs"], cpu["iterations_per_epoch"], cpu["val_iterations_per_epoch"]) == (50, 25, 2)
+    assert demo_budget("cpu", phantom="twin")["epochs"] == DEFAULT_EPOCHS["twin"] == 150
     assert cpu["features_divisor"] == 4 and demo_budget("cuda")["features_divisor"] == 1
     assert demo_budget("cuda")["iterations_per_epoch"] == 50 and demo_budget("cpu", 80)["epochs"] == 80
     # uniform sampling for 30 % of the epochs before the self-paced curriculum starts
@@ -78,7 +85,9 @@ def test_cli_default_epochs_and_options(tmp_path):
     from clips_nnunet.cli import build_parser
     from clips_nnunet.cli import demo as cli_demo
 
-    assert cli_demo.DEFAULT_EPOCHS == DEFAULT_EPOCHS  # the help's default is the demo's
+    # the help's defaults are the demo's
+    assert (cli_demo.DEFAULT_EPOCHS, cli_demo.DEFAULT_PATIENTS, cli_demo.DEFAULT_PHANTOM) == (
+        DEFAULT_EPOCHS, DEFAULT_PATIENTS, DEFAULT_PHANTOM)
     args = build_parser().parse_args(["demo", "--workdir", str(tmp_path), "--seed", "7", "--epochs", "60"])
     assert (args.seed, args.epochs, args.phantom) == (7, 60, "box")
     assert build_parser().parse_args(["demo", "--phantom", "twin"]).phantom == "twin"
@@ -129,7 +138,7 @@ def test_generated_trainers_are_budget_subclasses(tmp_path):
 def test_generated_cpu_trainer_builds_a_narrower_network(tmp_path):
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
-    budget = demo_budget("cpu")
+    budget = demo_budget("cpu", phantom="box")
     path = write_demo_trainers(tmp_path, budget, tmtv=False)
     spec = importlib.util.spec_from_file_location("clips_demo_trainers_narrow", path)
     module = importlib.util.module_from_spec(spec)

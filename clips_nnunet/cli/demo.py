@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-#: the demo's default number of epochs (clips_nnunet.demo.pipeline.DEFAULT_EPOCHS; kept here so that the help
-#: does not import the demo; tests/test_demo.py checks that both agree)
-DEFAULT_EPOCHS = 50
+#: the demo's defaults per phantom (clips_nnunet.demo.pipeline's; kept here so that the help does not import the
+#: demo; tests/test_demo.py checks that both agree)
+DEFAULT_PHANTOM = "box"
+DEFAULT_EPOCHS = {"box": 50, "twin": 150}
+DEFAULT_PATIENTS = {"box": 14, "twin": 24}
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -17,6 +19,10 @@ def run_demo(args: argparse.Namespace) -> int:
                           tmtv=args.tmtv, device=args.device, dataset_id=args.dataset_id, dry_run=args.dry_run,
                           phantom=args.phantom)
     return _run(options)
+
+
+def _per_phantom(values) -> str:
+    return ", ".join(f"{v} {k}" for k, v in values.items())
 
 
 def register(subparsers) -> None:
@@ -31,15 +37,14 @@ def register(subparsers) -> None:
                     "(held-out mean Dice >= 0.5); 1 when the model fails that check (the cause is printed).")
     p.add_argument("--workdir", default="clips_demo", help="folder for everything the demo writes (default: "
                    "./clips_demo); nnUNet_raw/preprocessed/results live inside it")
-    p.add_argument("--patients", type=int, default=14, help="synthetic training patients (default 14; two more "
-                   "are generated as held-out patients)")
-    p.add_argument("--phantom", choices=("box", "twin"), default="box",
-                   help="synthetic patients: box (default; the analytic box phantom, on which the demo's budget passes "
-                        "its self-check) or twin (the whole-body lymphoma twin of clips-nnunet synth; at the demo's "
-                        "budget it does not yet reach held-out Dice 0.5, docs/demo.md)")
+    p.add_argument("--patients", type=int, default=None, help="synthetic training patients (default %s; two "
+                   "more are generated as held-out patients)" % _per_phantom(DEFAULT_PATIENTS))
+    p.add_argument("--phantom", choices=tuple(DEFAULT_EPOCHS), default=DEFAULT_PHANTOM,
+                   help="synthetic patients (default %s): box (the analytic box phantom) or twin (the lymphoma "
+                        "twin of clips-nnunet synth, skull base to thighs at 8 mm; docs/demo.md)" % DEFAULT_PHANTOM)
     p.add_argument("--epochs", type=int, default=None, help="training epochs of 25 iterations (50 on GPU) per "
-                   "model (default %d): a fixed amount of learning, whatever the machine's speed; a slower "
-                   "machine takes longer" % DEFAULT_EPOCHS)
+                   "model (default %s): a fixed amount of learning, whatever the machine's speed; a slower "
+                   "machine takes longer" % _per_phantom(DEFAULT_EPOCHS))
     p.add_argument("--seed", type=int, default=0, help="training seed, passed to nnU-Net as CLIPS_SEED "
                    "(default 0); the synthetic cohort is always the same")
     p.add_argument("--tmtv", action="store_true", help="also train the TMTV-Net recipe (nnUNetTrainerTMTV) and "

@@ -41,7 +41,7 @@ from clips_nnunet.trainers.mixins import TrainerClass, class_attributes, patch_w
 
 __all__ = ["DemoOptions", "DemoStep", "demo_budget", "demo_environment", "demo_steps", "run_demo",
            "demo_trainer_classes", "write_demo_trainers", "DEMO_TRAINER", "DEMO_TMTV_TRAINER", "DEFAULT_EPOCHS",
-           "ITERATIONS_PER_EPOCH"]
+           "DEFAULT_PATIENTS", "DEFAULT_PHANTOM", "ITERATIONS_PER_EPOCH"]
 
 DEMO_TRAINER = "nnUNetTrainerCLSelfPacedDemo"
 DEMO_TMTV_TRAINER = "nnUNetTrainerTMTVDemo"
@@ -57,9 +57,10 @@ COHORT_SEED, HELDOUT_SEED = 0, 1000
 DEMO_SIZES = {"box": "small", "twin": "trunk"}
 DEMO_PHANTOMS = tuple(DEMO_SIZES)
 DEFAULT_PHANTOM = "box"
-#: The demo's amount of learning: epochs x iterations per epoch (batch 2). Measured on the default cohort
-#: (docs/demo.md): every seed tried reached held-out mean Dice >= 0.5 on 2 CPU cores.
-DEFAULT_EPOCHS = 50
+#: The demo's amount of learning per phantom: epochs x iterations per epoch (batch 2), and its training patients.
+#: Measured on each cohort with three training seeds (docs/demo.md).
+DEFAULT_EPOCHS = {"box": 50, "twin": 150}
+DEFAULT_PATIENTS = {"box": 14, "twin": 24}
 ITERATIONS_PER_EPOCH = {"cpu": 25, "cuda": 50}
 VAL_ITERATIONS_PER_EPOCH = 2
 #: Share of the epochs with uniform sampling before the self-paced curriculum starts. While the network still
@@ -84,10 +85,11 @@ REFERENCE_OTHER_MINUTES = {"cpu": 3.0, "cuda": 3.0}
 
 @dataclasses.dataclass(frozen=True)
 class DemoOptions:
-    """Options of :func:`run_demo` (the ``clips-nnunet demo`` flags). ``epochs`` None: :data:`DEFAULT_EPOCHS`."""
+    """Options of :func:`run_demo` (the ``clips-nnunet demo`` flags). ``epochs`` and ``patients`` None: the
+    phantom's :data:`DEFAULT_EPOCHS` and :data:`DEFAULT_PATIENTS`."""
 
     workdir: Path = Path("clips_demo")
-    patients: int = 14
+    patients: Optional[int] = None
     epochs: Optional[int] = None
     seed: int = 0
     tmtv: bool = False
@@ -97,10 +99,17 @@ class DemoOptions:
     heldout: int = 2
     phantom: str = DEFAULT_PHANTOM
 
+    @property
+    def n_patients(self) -> int:
+        """The training patients: ``patients``, or the phantom's default."""
+        return DEFAULT_PATIENTS[self.phantom] if self.patients is None else int(self.patients)
+
     def validate(self) -> None:
-        if self.patients < 6:
+        if self.phantom not in DEMO_PHANTOMS:
+            raise ClipsError(f"--phantom must be one of {', '.join(DEMO_PHANTOMS)}, got {self.phantom!r}")
+        if self.n_patients < 6:
             raise ClipsError(f"--patients must be >= 6 (nnU-Net needs enough cases for its 5-fold split), got "
-                             f"{self.patients}")
+                             f"{self.n_patients}")
         if self.epochs is not None and not (2 <= self.epochs <= 10000):
             raise ClipsError(f"--epochs must be in 2..10000, got {self.epochs}")
         if not 0 <= self.seed < 2 ** 31:
@@ -109,8 +118,6 @@ class DemoOptions:
             raise ClipsError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if not 1 <= self.dataset_id <= 999:
             raise ClipsError(f"--dataset-id must be 1..999, got {self.dataset_id}")
-        if self.phantom not in DEMO_PHANTOMS:
-            raise ClipsError(f"--phantom must be one of {', '.join(DEMO_PHANTOMS)}, got {self.phantom!r}")
         if self.heldout < 1:
             raise ClipsError(f"held-out patients must be >= 1, got {self.heldout}")
 
@@ -129,10 +136,10 @@ class DemoStep:
     epochs: int = 0  # a training step: its number of epochs (one progress line each)
 
 
-def demo_budget(device: str, epochs: Optional[int] = None) -> Dict[str, Any]:
-    """The training budget of each demo training: a fixed amount of learning, ``epochs`` (default
+def demo_budget(device: str, epochs: Optional[int] = None, phantom: str = DEFAULT_PHANTOM) -> Dict[str, Any]:
+    """The training budget of each demo training: a fixed amount of learning, ``epochs`` (default the phantom's
     :data:`DEFAULT_EPOCHS`) x iterations per epoch by device, whatever the machine's speed."""
-    n = int(epochs or DEFAULT_EPOCHS)
+    n = int(epochs or DEFAULT_EPOCHS[phantom])
     return {"epochs": n, "iterations_per_epoch": ITERATIONS_PER_EPOCH[device],
             "val_iterations_per_epoch": VAL_ITERATIONS_PER_EPOCH, "warmup_epochs": int(round(WARMUP_FRACTION * n)),
             "features_divisor": FEATURES_DIVISOR[device]}
@@ -196,12 +203,12 @@ def demo_steps(options: DemoOptions, device: str) -> List[DemoStep]:
     w = Path(options.workdir).resolve()
     did = str(options.dataset_id)
     train_dicom, heldout_dicom = w / "dicom" / "train", w / "dicom" / "heldout"
-    budget = demo_budget(device, options.epochs)
+    budget = demo_budget(device, options.epochs, options.phantom)
     plans_path = w / "nnUNet_preprocessed" / f"Dataset{options.dataset_id:03d}_{DATASET_NAME}" / "nnUNetPlans.json"
     steps = [
-        DemoStep("synth", f"synthetic DICOM cohort ({options.phantom} phantom): {options.patients} training + "
+        DemoStep("synth", f"synthetic DICOM cohort ({options.phantom} phantom): {options.n_patients} training + "
                           f"{options.heldout} held-out patients",
-                 [["clips-nnunet", "synth", str(train_dicom), "-n", str(options.patients), "--seed",
+                 [["clips-nnunet", "synth", str(train_dicom), "-n", str(options.n_patients), "--seed",
                    str(COHORT_SEED), "--phantom", options.phantom, "--size", DEMO_SIZES[options.phantom], "--quiet"],
                   ["clips-nnunet", "synth", str(heldout_dicom), "-n", str(options.heldout), "--seed",
                    str(HELDOUT_SEED), "--phantom", options.phantom, "--size", DEMO_SIZES[options.phantom], "--quiet"]],
@@ -337,7 +344,7 @@ def _marker(workdir: Path, step: DemoStep) -> Path:
 
 def _check_workdir_options(workdir: Path, options: DemoOptions, device: str, budget: Mapping[str, Any]) -> None:
     """A work folder holds one demo: re-running it with another seed, budget, cohort or device would mix runs."""
-    record = {"seed": options.seed, "epochs": int(budget["epochs"]), "patients": options.patients,
+    record = {"seed": options.seed, "epochs": int(budget["epochs"]), "patients": options.n_patients,
               "heldout": options.heldout, "device": device, "dataset_id": options.dataset_id,
               "phantom": options.phantom}
     path = workdir / "demo_options.json"
@@ -371,7 +378,7 @@ def run_demo(options: DemoOptions, runner: Optional[Runner] = None) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     workdir = Path(options.workdir).resolve()
-    budget = demo_budget(device, options.epochs)
+    budget = demo_budget(device, options.epochs, options.phantom)
     if not options.dry_run:
         workdir.mkdir(parents=True, exist_ok=True)
     _check_workdir_options(workdir, options, device, budget)
