@@ -1,15 +1,16 @@
 """The demo's model beside the threshold ceiling of the demo's own twin cohort.
 
-``clips-nnunet demo`` trains on 14 DICOM twins (generator seed 0) and predicts 2 held-out DICOM twins (seed 1000),
-``small`` grid (whole body, PET 8 mm). This script reads one or more finished demo work folders and prints, on the
-same patients:
+``clips-nnunet demo --phantom twin`` trains on DICOM twins (generator seed 0; 14 before the twin's own defaults,
+24 since) and predicts 2 held-out DICOM twins (seed 1000), at ``synth``'s ``trunk`` grid (skull base to thighs,
+PET 8 mm; runs before the trunk grid used the whole-body ``small`` grid). This script reads one or more finished
+demo work folders and prints, on the same patients:
 
 1. the demo model's held-out Dice per patient and its mean (recomputed from ``predictions/<trainer>/<pseudonym>/
    mask.nii.gz`` against the generator's clean mask, joined on the StudyInstanceUID through the private pseudonym
    map, as the demo's own evaluation does), plain and with bladder and brain (+10 mm) removed from the prediction;
-2. the best single global SUV threshold chosen on the 14 training twins (``twin_ceiling.threshold_ceiling`` on the
+2. the best single global SUV threshold chosen on the training twins (``twin_ceiling.threshold_ceiling`` on the
    generator's SUV and clean masks), scored on the same 2 held-out twins, plain and with bladder and brain masked;
-3. for a steadier figure of the rule, the same rule rotated over 3 folds of all 16 twins
+3. for a steadier figure of the rule, the same rule rotated over 3 folds of all training and held-out twins
    (``twin_ceiling.cross_validated_ceiling``);
 4. the margin of the model over the rule (the baseline, measured in the same run) and the load average.
 
@@ -100,8 +101,9 @@ def main(argv=None) -> int:
           f"{plain['test_dice_per_case']}")
     print(f"{'  the same, bladder + brain masked':<44} {masked['test_dice']:>13.3f} {masked['threshold']:>6.2f} "
           f"{masked['test_dice_per_case']}")
-    print(f"{'rule, 3-fold over all 16 twins: plain':<44} {cv_plain['test_dice']:>13.3f}")
-    print(f"{'rule, 3-fold over all 16 twins: masked':<44} {cv_masked['test_dice']:>13.3f}")
+    n_all = len(train_cases) + len(test_cases)
+    print(f"{f'rule, 3-fold over all {n_all} twins: plain':<44} {cv_plain['test_dice']:>13.3f}")
+    print(f"{f'rule, 3-fold over all {n_all} twins: masked':<44} {cv_masked['test_dice']:>13.3f}")
     runs = []
     for workdir in args.workdirs:
         workdir = workdir.resolve()
