@@ -431,14 +431,11 @@ def make_synthetic_cohort(cohort_dir: PathLike, n_patients: int = 16, seed: int 
             raise ValueError(f"unknown mask format {m!r}: use 'seg' and/or 'rtstruct'")
     if phantom not in PHANTOMS:
         raise ValueError(f"unknown phantom {phantom!r}: choose from {', '.join(PHANTOMS)}")
-    known = ERROR_KINDS
-    if phantom == "twin":
-        from clips_nnunet.synthetic.twin_annotators import TWIN_ERROR_KINDS as known
-    label_error_kinds = tuple(label_error_kinds or known)
+    known, sizes = ERROR_KINDS, tuple(SIZES)
     if phantom == "twin":
         from clips_nnunet.synthetic.twin import TWIN_SIZES as sizes
-    else:
-        sizes = tuple(SIZES)
+        from clips_nnunet.synthetic.twin_annotators import TWIN_ERROR_KINDS as known
+    label_error_kinds = tuple(label_error_kinds or known)
     if size not in sizes:
         raise UsageError(f"size {size!r} is not a size of the {phantom} phantom: choose {', '.join(sizes)}")
     # the specs' box lesions are drawn on the box grid; the twin draws its own disease and ignores them
