@@ -91,3 +91,23 @@ def test_box_phantom_refuses_the_twins_trunk_size(tmp_path):
     with pytest.raises(UsageError, match="size 'trunk' is not a size of the box phantom: choose small, wholebody"):
         make_synthetic_cohort(tmp_path / "c", n_patients=2, phantom="box", size="trunk", progress=False)
     assert not (tmp_path / "c").exists()
+
+
+def test_trunk_twins_are_the_small_twins_cropped(tmp_path):
+    """A twin's patient is seeded by its spec's ``seed``, drawn after the spec's box lesions, whose number depends on
+    the box grid: trunk specs are drawn on the small grid (the same patients as ``--size small``), wholebody specs on
+    the wholebody grid (the patients they were before ``trunk``), so the two seeds differ for at least one patient."""
+    from clips_nnunet.synthetic.dicom_cohort import spec_size
+    from clips_nnunet.synthetic.phantom import make_study_specs
+
+    assert (spec_size("trunk"), spec_size("small"), spec_size("wholebody")) == ("small", "small", "wholebody")
+    seeds = {size: [s.seed for s in make_study_specs(5, seed=3, size=size)] for size in ("small", "wholebody")}
+    assert seeds["small"] != seeds["wholebody"]
+    patients = {}
+    for size in ("small", "trunk"):
+        manifest = make_synthetic_cohort(tmp_path / size, n_patients=2, seed=3, phantom="twin", size=size,
+                                         progress=False)
+        patients[size] = [s["twin"]["patient"] for s in manifest["studies"]]
+        assert [tuple(s["grid"]["pet_shape"]) for s in manifest["studies"]] == [
+            (131 if size == "small" else 108, 64, 64)] * 2
+    assert patients["small"] == patients["trunk"]

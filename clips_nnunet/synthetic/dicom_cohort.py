@@ -409,6 +409,14 @@ def _expected_outcome(spec: StudySpec) -> Dict[str, Any]:
     return {"converts": True, "error_contains": []}
 
 
+def spec_size(size: str) -> str:
+    """The box grid on which :func:`~clips_nnunet.synthetic.phantom.make_study_specs` draws a cohort's specs for
+    ``size``: the size itself, and ``small`` for the twin's ``trunk``. The twin ignores the specs' box lesions, but
+    their draws come before each spec's ``seed``, which seeds the twin: so a trunk twin is the same patient as the
+    small one, and small and wholebody twins stay the patients they were before ``trunk`` existed."""
+    return size if size in SIZES else "small"
+
+
 def make_synthetic_cohort(cohort_dir: PathLike, n_patients: int = 16, seed: int = 0, size: str = "small",
                           faults: Iterable[str] = (), mask_formats: Sequence[str] = ("seg", "rtstruct"),
                           progress: bool = True, label_error_fraction: float = 0.0,
@@ -438,8 +446,7 @@ def make_synthetic_cohort(cohort_dir: PathLike, n_patients: int = 16, seed: int 
     label_error_kinds = tuple(label_error_kinds or known)
     if size not in sizes:
         raise UsageError(f"size {size!r} is not a size of the {phantom} phantom: choose {', '.join(sizes)}")
-    # the specs' box lesions are drawn on the box grid; the twin draws its own disease and ignores them
-    specs = make_study_specs(n_patients, seed=seed, size=size if phantom == "box" else "small", faults=faults)
+    specs = make_study_specs(n_patients, seed=seed, size=spec_size(size), faults=faults)
     planned = choose_error_cases([s.key for s in specs], label_error_fraction, label_error_kinds,
                                  np.random.default_rng([seed, 1]), known=known)  # studies with an annotation error
     for s in specs:
